@@ -1,0 +1,41 @@
+"""alma-mcp: a learning memory for AI agents, over the Model Context Protocol and in Python.
+
+Public API::
+
+    from alma_mcp import ALMA
+    alma = ALMA.from_config(".alma/config.yaml")
+    memories = alma.retrieve(task="Test the login form validation", agent="helena", top_k=5)
+    prompt = memories.to_prompt()
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .config import AlmaConfig, load_config
+from .errors import AlmaError, ConfigError, InvalidInput, NotFound, ScopeDenied, StorageError
+from .models import AntiPattern, DomainKnowledge, Heuristic, Outcome, UserPreference
+from .retrieval import MemorySlice, ScoredMemory
+from .service import ALMA, ForgetResult, LearnResult
+
+__all__ = [
+    "__version__",
+    "ALMA",
+    "AlmaConfig",
+    "load_config",
+    "MemorySlice",
+    "ScoredMemory",
+    "LearnResult",
+    "ForgetResult",
+    "Heuristic",
+    "AntiPattern",
+    "DomainKnowledge",
+    "UserPreference",
+    "Outcome",
+    "AlmaError",
+    "ConfigError",
+    "InvalidInput",
+    "NotFound",
+    "ScopeDenied",
+    "StorageError",
+]

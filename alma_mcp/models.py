@@ -1,0 +1,242 @@
+"""The five memory types, and the validated names and texts they are made of.
+
+Everything that crosses a boundary (MCP arguments, config, export files) is one of
+these pydantic models, so one set of rules decides what is valid everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+
+MemoryType = Literal["heuristic", "anti_pattern", "knowledge", "preference", "outcome"]
+MEMORY_TYPES: tuple[str, ...] = ("heuristic", "anti_pattern", "knowledge", "preference", "outcome")
+OutcomeKind = Literal["success", "failure", "partial"]
+
+MAX_TEXT_CHARS = 8000
+"""Longest text field accepted. A memory is a lesson, not a document."""
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
+_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
+_CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _./:-]{0,63}$")
+_MEMORY_ID_RE = re.compile(r"^[a-z_]{1,16}-[0-9a-f]{32}$")
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use 1-48 letters, digits, '-' or '_', "
+            "starting with a letter or digit (no spaces, dots or slashes)"
+        )
+    return value
+
+
+def _check_user(value: str) -> str:
+    if not _USER_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid user id: use 1-128 letters, digits or . _ @ + -, "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _check_category(value: str) -> str:
+    if not _CATEGORY_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid category: use 1-64 letters, digits, spaces or _ . / : -, "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _check_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only whitespace")
+    if len(value) > MAX_TEXT_CHARS:
+        raise ValueError(f"is {len(value)} characters long; the limit is {MAX_TEXT_CHARS}")
+    if _FORBIDDEN_CHARS.search(value):
+        raise ValueError("contains control characters (such as NUL); send plain text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode (it contains a lone surrogate)") from None
+    return value
+
+
+def _check_memory_id(value: str) -> str:
+    if not _MEMORY_ID_RE.match(value):
+        raise ValueError(f"{value!r} is not a memory id (ids look like 'heuristic-<32 hex digits>')")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+"""An agent or project name: safe in collection names, paths and URIs."""
+UserId = Annotated[str, AfterValidator(_check_user)]
+Category = Annotated[str, AfterValidator(_check_category)]
+Text = Annotated[str, AfterValidator(_check_text)]
+MemoryId = Annotated[str, AfterValidator(_check_memory_id)]
+Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
+Count = Annotated[int, Field(ge=0)]
+
+
+def strategy_key(strategy: str) -> str:
+    """A strategy's identity for grouping: case, punctuation and spacing do not matter."""
+    words = re.findall(r"[\w]+", strategy.lower())
+    return " ".join(words)[:200]
+
+
+def new_id(memory_type: str) -> str:
+    return f"{memory_type}-{uuid.uuid4().hex}"
+
+
+def memory_type_of(memory_id: str) -> str:
+    """The memory type encoded in an id, e.g. 'anti_pattern' for 'anti_pattern-3f…'."""
+    return memory_id.rsplit("-", 1)[0]
+
+
+class MemoryBase(BaseModel):
+    """What every memory carries: identity, scope, time, feedback and life-cycle state."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    id: str
+    project: Name
+    agent: Name
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    helpful: Count = 0
+    harmful: Count = 0
+    used: Count = 0
+    ignored: Count = 0
+    archived: bool = False
+    archived_reason: str | None = None
+
+    def text(self) -> str:
+        """The text that is embedded and indexed for this memory."""
+        raise NotImplementedError
+
+    def title(self) -> str:
+        """One line that says what this memory is, for listings."""
+        return self.text()[:120]
+
+
+class Heuristic(MemoryBase):
+    """A strategy that worked repeatedly on a kind of task."""
+
+    type: Literal["heuristic"] = "heuristic"
+    condition: Text
+    strategy: Text
+    task_type: Category | None = None
+    confidence: Confidence = 0.5
+    occurrence_count: Count = 1
+    success_count: Count = 1
+    supporting_outcomes: list[str] = Field(default_factory=list)
+    last_validated: datetime = Field(default_factory=utcnow)
+    strategy_key: str | None = Field(None, description="Set for learned heuristics: the strategy they group on.")
+
+    def text(self) -> str:
+        return f"{self.condition}\n{self.strategy}"
+
+    def title(self) -> str:
+        return f"When {self.condition[:60]}: {self.strategy[:60]}"
+
+
+class AntiPattern(MemoryBase):
+    """A strategy that failed repeatedly, why, and what to do instead."""
+
+    type: Literal["anti_pattern"] = "anti_pattern"
+    pattern: Text
+    why_bad: Text
+    better_alternative: Text | None = None
+    task_type: Category | None = None
+    confidence: Confidence = 0.5
+    occurrence_count: Count = 1
+    success_count: Count = 0
+    supporting_outcomes: list[str] = Field(default_factory=list)
+    last_seen: datetime = Field(default_factory=utcnow)
+    strategy_key: str | None = Field(None, description="Set for learned anti-patterns: the failing strategy.")
+
+    def text(self) -> str:
+        return f"{self.pattern}\n{self.why_bad}"
+
+    def title(self) -> str:
+        return f"Avoid: {self.pattern[:100]}"
+
+
+class DomainKnowledge(MemoryBase):
+    """A fact that is true in this project's domain."""
+
+    type: Literal["knowledge"] = "knowledge"
+    domain: Category
+    fact: Text
+    source: str = "agent"
+    confidence: Confidence = 0.8
+
+    def text(self) -> str:
+        return f"{self.domain}: {self.fact}"
+
+
+class UserPreference(MemoryBase):
+    """How a user wants things done."""
+
+    type: Literal["preference"] = "preference"
+    user_id: UserId
+    category: Category
+    preference: Text
+    source: str = "user"
+    confidence: Confidence = 0.9
+
+    def text(self) -> str:
+        return f"{self.category}: {self.preference}"
+
+
+class Outcome(MemoryBase):
+    """The raw record of one task: what was tried and how it went."""
+
+    type: Literal["outcome"] = "outcome"
+    task: Text
+    task_type: Category | None = None
+    outcome: OutcomeKind
+    strategy_used: Text
+    duration_ms: Annotated[int, Field(ge=0)] | None = None
+    error_message: Text | None = None
+    feedback: Text | None = None
+    user_id: UserId | None = None
+    confidence: Confidence = 1.0
+
+    def text(self) -> str:
+        return f"{self.task}\n{self.strategy_used}"
+
+    def title(self) -> str:
+        return f"[{self.outcome}] {self.task[:60]} via {self.strategy_used[:50]}"
+
+
+Memory = Annotated[
+    Union[Heuristic, AntiPattern, DomainKnowledge, UserPreference, Outcome],
+    Field(discriminator="type"),
+]
+MODEL_BY_TYPE: dict[str, type[MemoryBase]] = {
+    "heuristic": Heuristic,
+    "anti_pattern": AntiPattern,
+    "knowledge": DomainKnowledge,
+    "preference": UserPreference,
+    "outcome": Outcome,
+}
+memory_adapter: TypeAdapter[Any] = TypeAdapter(Memory)
+
+
+def parse_memory(data: dict[str, Any] | str) -> MemoryBase:
+    """Validate a memory from a dict or JSON text; raises pydantic.ValidationError."""
+    if isinstance(data, str):
+        return memory_adapter.validate_json(data)
+    return memory_adapter.validate_python(data)

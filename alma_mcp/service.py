@@ -1,0 +1,513 @@
+"""`ALMA`: the memory service. The MCP tools, the CLI and the Python harness all call this.
+
+Every method validates its arguments, checks the agent's scope, and raises an `AlmaError`
+subclass with a message the caller can act on. Writes happen under one lock per data
+directory (threads and processes), and a bad call never reaches the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence, TypeVar
+
+import anyio
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from .config import AlmaConfig, load_config
+from .embeddings import Embedder, create_embedder
+from .errors import InvalidInput, NotFound
+from .learning import Learner, LearnReport
+from .models import (
+    MEMORY_TYPES,
+    AntiPattern,
+    DomainKnowledge,
+    Heuristic,
+    Memory,
+    MemoryBase,
+    MemoryId,
+    Name,
+    Outcome,
+    Text,
+    UserId,
+    UserPreference,
+    new_id,
+    utcnow,
+)
+from .retrieval import MemorySlice, Retriever
+from .scope import check_can_learn, check_can_read
+from .store import MemoryStore
+from .writelock import WriteLock
+
+log = logging.getLogger("alma_mcp")
+T = TypeVar("T")
+
+FeedbackSignal = Literal["helpful", "harmful", "used", "ignored"]
+
+
+def _validated(adapter: TypeAdapter[Any], value: Any, what: str) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        raise InvalidInput(f"{what}: {exc.errors()[0]['msg']}") from None
+
+
+_name = TypeAdapter(Name)
+_user = TypeAdapter(UserId)
+_memory_id = TypeAdapter(MemoryId)
+
+
+def _build(model: type[T], what: str, **fields: Any) -> T:
+    try:
+        return model(**fields)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or what}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidInput(f"invalid {what}: {problems}") from None
+
+
+class LearnResult(BaseModel):
+    outcome_id: str
+    heuristics_created: list[str] = Field(default_factory=list)
+    heuristics_updated: list[str] = Field(default_factory=list)
+    heuristics_retired: list[str] = Field(default_factory=list)
+    anti_patterns_created: list[str] = Field(default_factory=list)
+    anti_patterns_updated: list[str] = Field(default_factory=list)
+    anti_patterns_retired: list[str] = Field(default_factory=list)
+    message: str
+
+
+class ForgetResult(BaseModel):
+    dry_run: bool
+    count: int
+    memories: list[dict[str, str]] = Field(description="id, type, agent and title of each memory concerned.")
+    message: str
+
+
+class MemoryDetail(BaseModel):
+    memory: Memory
+    provenance: list[Memory] = Field(
+        default_factory=list, description="The outcomes this lesson was learned from (for heuristics and anti-patterns)."
+    )
+
+
+class ALMA:
+    """The memory service for one project."""
+
+    def __init__(self, config: AlmaConfig, embedder: Embedder | None = None, store: MemoryStore | None = None) -> None:
+        self.config = config
+        settings = config.alma
+        self.embedder = embedder or create_embedder(
+            settings.embedding.model, settings.embedding.device, settings.embedding.cache_size
+        )
+        self._store = store
+        self._store_lock = threading.Lock()
+        lock_dir = config.data_dir if settings.storage == "chroma" else None
+        self.write_lock = WriteLock(lock_dir)
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, **kwargs: Any) -> "ALMA":
+        return cls(load_config(path), **kwargs)
+
+    # -- lazily opened parts ---------------------------------------------------------
+    @property
+    def store(self) -> MemoryStore:
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    settings = self.config.alma
+                    if settings.storage == "chroma-http":
+                        self._store = MemoryStore.http(settings.chroma_http, self.config.project, self.embedder)
+                    else:
+                        self._store = MemoryStore.embedded(
+                            self.config.data_dir / "chroma", self.config.project, self.embedder
+                        )
+        return self._store
+
+    @property
+    def retriever(self) -> Retriever:
+        if not hasattr(self, "_retriever"):
+            self._retriever = Retriever(self.store, self.embedder, self.config)
+        return self._retriever
+
+    @property
+    def learner(self) -> Learner:
+        if not hasattr(self, "_learner"):
+            self._learner = Learner(self.store, self.config)
+        return self._learner
+
+    def warm_up(self) -> None:
+        """Start loading the embedding model in the background."""
+        start = getattr(self.embedder, "start", None)
+        if start is not None:
+            start()
+
+    def close(self) -> None:
+        self.write_lock.close()
+
+    # -- checks ----------------------------------------------------------------------
+    def _agent(self, agent: str) -> str:
+        agent = _validated(_name, agent, "agent")
+        self.config.agent(agent)  # raises NotFound for an undeclared agent
+        return agent
+
+    def _types(self, memory_types: Sequence[str] | None) -> list[str] | None:
+        if memory_types is None:
+            return None
+        if isinstance(memory_types, str):
+            memory_types = [memory_types]
+        unknown = [t for t in memory_types if t not in MEMORY_TYPES]
+        if unknown:
+            raise NotFound(f"unknown memory type(s) {unknown}: use any of {list(MEMORY_TYPES)}")
+        if not memory_types:
+            raise InvalidInput(f"memory_types is empty: omit it for all types or name some of {list(MEMORY_TYPES)}")
+        return list(dict.fromkeys(memory_types))
+
+    # -- retrieval -------------------------------------------------------------------
+    def retrieve(
+        self,
+        task: str,
+        agent: str,
+        top_k: int | None = None,
+        user_id: str | None = None,
+        memory_types: Sequence[str] | None = None,
+    ) -> MemorySlice:
+        agent = self._agent(agent)
+        task = _build(_TaskText, "task", task=task).task
+        if top_k is not None and not (1 <= top_k <= 50):
+            raise InvalidInput(f"top_k is {top_k}: use a number from 1 to 50")
+        if user_id is not None:
+            user_id = _validated(_user, user_id, "user_id")
+        return self.retriever.retrieve(task, agent, top_k, user_id, self._types(memory_types))
+
+    # -- learning --------------------------------------------------------------------
+    def learn(
+        self,
+        agent: str,
+        task: str,
+        outcome: str,
+        strategy_used: str,
+        task_type: str | None = None,
+        duration_ms: int | None = None,
+        error_message: str | None = None,
+        feedback: str | None = None,
+        user_id: str | None = None,
+    ) -> LearnResult:
+        agent = self._agent(agent)
+        record = _build(
+            Outcome,
+            "outcome",
+            id=new_id("outcome"),
+            project=self.config.project,
+            agent=agent,
+            task=task,
+            task_type=task_type,
+            outcome=outcome,
+            strategy_used=strategy_used,
+            duration_ms=duration_ms,
+            error_message=error_message or None,
+            feedback=feedback or None,
+            user_id=user_id,
+        )
+        check_can_learn(self.config, agent, task_type, "outcomes")
+        vector = self.embedder.embed([record.text()])
+        with self.write_lock:
+            self.store.put([record], vector)
+            report = self.learner.apply(record, self.embedder.embed_query(record.task))
+        return _learn_result(record.id, report)
+
+    def _add(self, memory: MemoryBase, category: str | None, what: str) -> MemoryBase:
+        check_can_learn(self.config, memory.agent, category, what)
+        vector = self.embedder.embed([memory.text()])
+        with self.write_lock:
+            self.store.put([memory], vector)
+        return memory
+
+    def add_heuristic(
+        self,
+        agent: str,
+        condition: str,
+        strategy: str,
+        task_type: str | None = None,
+        confidence: float = 0.7,
+    ) -> Heuristic:
+        agent = self._agent(agent)
+        memory = _build(
+            Heuristic,
+            "heuristic",
+            id=new_id("heuristic"),
+            project=self.config.project,
+            agent=agent,
+            condition=condition,
+            strategy=strategy,
+            task_type=task_type,
+            confidence=confidence,
+        )
+        return self._add(memory, task_type, "heuristics")  # type: ignore[return-value]
+
+    def add_anti_pattern(
+        self,
+        agent: str,
+        pattern: str,
+        why_bad: str,
+        better_alternative: str | None = None,
+        task_type: str | None = None,
+    ) -> AntiPattern:
+        agent = self._agent(agent)
+        memory = _build(
+            AntiPattern,
+            "anti-pattern",
+            id=new_id("anti_pattern"),
+            project=self.config.project,
+            agent=agent,
+            pattern=pattern,
+            why_bad=why_bad,
+            better_alternative=better_alternative or None,
+            task_type=task_type,
+            confidence=0.7,
+        )
+        return self._add(memory, task_type, "anti-patterns")  # type: ignore[return-value]
+
+    def add_knowledge(
+        self, agent: str, domain: str, fact: str, source: str = "agent", confidence: float = 0.8
+    ) -> DomainKnowledge:
+        agent = self._agent(agent)
+        memory = _build(
+            DomainKnowledge,
+            "knowledge",
+            id=new_id("knowledge"),
+            project=self.config.project,
+            agent=agent,
+            domain=domain,
+            fact=fact,
+            source=source,
+            confidence=confidence,
+        )
+        return self._add(memory, memory.domain, "knowledge")  # type: ignore[return-value]
+
+    def add_preference(
+        self,
+        user_id: str,
+        category: str,
+        preference: str,
+        source: str = "user",
+        confidence: float = 0.9,
+        agent: str | None = None,
+    ) -> UserPreference:
+        recorded_by = self._agent(agent) if agent else "user"
+        memory = _build(
+            UserPreference,
+            "preference",
+            id=new_id("preference"),
+            project=self.config.project,
+            agent=recorded_by,
+            user_id=user_id,
+            category=category,
+            preference=preference,
+            source=source,
+            confidence=confidence,
+        )
+        if agent:
+            check_can_learn(self.config, recorded_by, memory.category, "preferences")
+        vector = self.embedder.embed([memory.text()])
+        with self.write_lock:
+            self.store.put([memory], vector)
+        return memory
+
+    def feedback(self, memory_id: str, signal: str, agent: str | None = None) -> MemoryBase:
+        """Count a feedback signal on a memory: helpful, harmful, used or ignored."""
+        memory_id = _validated(_memory_id, memory_id, "memory_id")
+        if signal not in ("helpful", "harmful", "used", "ignored"):
+            raise InvalidInput(f"signal {signal!r} is not one of helpful, harmful, used, ignored")
+        with self.write_lock:
+            memory = self.store.get(memory_id)
+            if agent is not None:
+                check_can_read(self.config, self._agent(agent), memory.agent)
+            setattr(memory, signal, getattr(memory, signal) + 1)
+            if signal in ("used", "helpful"):
+                memory.last_used_at = utcnow()
+            if hasattr(memory, "confidence") and signal in ("helpful", "harmful"):
+                step = 0.05 if signal == "helpful" else -0.10  # harmful counts twice
+                memory.confidence = round(min(1.0, max(0.0, memory.confidence + step)), 4)  # type: ignore[attr-defined]
+            memory.updated_at = utcnow()
+            self.store.update_metadata([memory])
+        return memory
+
+    # -- reading single memories -----------------------------------------------------
+    def get(self, memory_id: str) -> MemoryDetail:
+        memory_id = _validated(_memory_id, memory_id, "memory_id")
+        memory = self.store.get(memory_id)
+        provenance: list[MemoryBase] = []
+        supporting = getattr(memory, "supporting_outcomes", None)
+        if supporting:
+            found = self.store.fetch_with_vectors("outcome", memory.agent, supporting)
+            provenance = [found[i][0] for i in supporting if i in found]
+        return MemoryDetail(memory=memory, provenance=provenance)
+
+    def list_memories(
+        self, agent: str, memory_type: str, limit: int = 100, include_archived: bool = False
+    ) -> list[MemoryBase]:
+        agent = self._agent(agent)
+        (kind,) = self._types([memory_type]) or [memory_type]
+        memories: list[MemoryBase] = []
+        sources = self.config.readable_agents(agent) if kind != "preference" else [None]
+        for source in sources:
+            memories += self.store.list(kind, source, include_archived=include_archived)
+        memories.sort(key=lambda m: m.updated_at, reverse=True)
+        return memories[:limit]
+
+    def agents(self) -> list[dict[str, Any]]:
+        declared = self.config.alma.agents
+        stored = set(self.store.agents())
+        out = []
+        for name in sorted(set(declared) | stored):
+            settings = declared.get(name)
+            out.append(
+                {
+                    "name": name,
+                    "declared": settings is not None,
+                    "domain": settings.domain if settings else None,
+                    "description": settings.description if settings else None,
+                    "can_learn": settings.can_learn if settings else [],
+                    "cannot_learn": settings.cannot_learn if settings else [],
+                    "reads_from": self.config.readable_agents(name),
+                }
+            )
+        return out
+
+    # -- forgetting ------------------------------------------------------------------
+    def forget(
+        self,
+        memory_ids: Sequence[str] | None = None,
+        agent: str | None = None,
+        older_than_days: float | None = None,
+        below_confidence: float | None = None,
+        dry_run: bool = True,
+    ) -> ForgetResult:
+        if not memory_ids and agent is None and older_than_days is None and below_confidence is None:
+            raise InvalidInput(
+                "say what to forget: memory_ids, or agent with older_than_days and/or below_confidence"
+            )
+        if older_than_days is not None and older_than_days < 0:
+            raise InvalidInput("older_than_days must be 0 or more")
+        if below_confidence is not None and not (0 <= below_confidence <= 1):
+            raise InvalidInput("below_confidence must be between 0 and 1")
+        if memory_ids:
+            if agent is not None and not (older_than_days is None and below_confidence is None):
+                raise InvalidInput("give either memory_ids or criteria (agent, older_than_days, below_confidence), not both")
+            targets = [self.store.get(_validated(_memory_id, i, "memory_ids")) for i in dict.fromkeys(memory_ids)]
+            if agent is not None:
+                agent = self._agent(agent)
+                foreign = [m.id for m in targets if m.agent != agent]
+                if foreign:
+                    raise InvalidInput(f"memories {foreign} do not belong to agent {agent!r}")
+        else:
+            if agent is None:
+                raise InvalidInput("criteria need an agent: name the agent whose memories to forget")
+            agent = self._agent(agent)
+            cutoff = utcnow() - timedelta(days=older_than_days) if older_than_days is not None else None
+            targets = []
+            for kind in MEMORY_TYPES:
+                if kind == "preference":
+                    continue
+                for memory in self.store.list(kind, agent):
+                    if cutoff is not None and memory.updated_at > cutoff:
+                        continue
+                    if below_confidence is not None and getattr(memory, "confidence", 1.0) >= below_confidence:
+                        continue
+                    targets.append(memory)
+        listing = [{"id": m.id, "type": m.type, "agent": m.agent, "title": m.title()} for m in targets]  # type: ignore[attr-defined]
+        if dry_run:
+            return ForgetResult(
+                dry_run=True,
+                count=len(targets),
+                memories=listing,
+                message=f"would forget {len(targets)} memories; call again with dry_run=false to do it",
+            )
+        with self.write_lock:
+            removed = self.store.delete(targets)
+        return ForgetResult(dry_run=False, count=removed, memories=listing, message=f"forgot {removed} memories")
+
+    # -- overview --------------------------------------------------------------------
+    def stats(self, agent: str | None = None) -> dict[str, Any]:
+        if agent is not None:
+            agent = self._agent(agent)
+        per_agent: dict[str, dict[str, int]] = {}
+        for owner, kind in self.store.scopes():
+            if kind == "preference" or (agent is not None and owner != agent):
+                continue
+            per_agent.setdefault(owner, {t: 0 for t in MEMORY_TYPES if t != "preference"})[kind] = self.store.count(
+                kind, owner, include_archived=False
+            )
+        preferences = self.store.count("preference", None, include_archived=False)
+        total = sum(sum(c.values()) for c in per_agent.values()) + (preferences if agent is None else 0)
+        return {
+            "project": self.config.project,
+            "storage": self.store.description,
+            "agents": per_agent,
+            "preferences": preferences,
+            "total": total,
+        }
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.store.heartbeat() else "storage unreachable",
+            "project": self.config.project,
+            "storage": self.store.description,
+            "embedding_model": self.embedder.name,
+            "embedding_model_ready": bool(getattr(self.embedder, "ready", True)),
+            "config_file": str(self.config.source) if self.config.source else None,
+        }
+
+    # -- async variants, for use inside async agents ---------------------------------
+    async def aretrieve(self, *args: Any, **kwargs: Any) -> MemorySlice:
+        return await _in_thread(self.retrieve, *args, **kwargs)
+
+    async def alearn(self, *args: Any, **kwargs: Any) -> LearnResult:
+        return await _in_thread(self.learn, *args, **kwargs)
+
+    async def aadd_heuristic(self, *args: Any, **kwargs: Any) -> Heuristic:
+        return await _in_thread(self.add_heuristic, *args, **kwargs)
+
+    async def aadd_anti_pattern(self, *args: Any, **kwargs: Any) -> AntiPattern:
+        return await _in_thread(self.add_anti_pattern, *args, **kwargs)
+
+    async def aadd_knowledge(self, *args: Any, **kwargs: Any) -> DomainKnowledge:
+        return await _in_thread(self.add_knowledge, *args, **kwargs)
+
+    async def aadd_preference(self, *args: Any, **kwargs: Any) -> UserPreference:
+        return await _in_thread(self.add_preference, *args, **kwargs)
+
+    async def aforget(self, *args: Any, **kwargs: Any) -> ForgetResult:
+        return await _in_thread(self.forget, *args, **kwargs)
+
+    async def astats(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return await _in_thread(self.stats, *args, **kwargs)
+
+
+class _TaskText(BaseModel):
+    task: Text
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+
+def _learn_result(outcome_id: str, report: LearnReport) -> LearnResult:
+    parts = [f"recorded outcome {outcome_id}"]
+    for label, ids in (
+        ("created heuristic", report.heuristics_created),
+        ("updated heuristic", report.heuristics_updated),
+        ("retired heuristic", report.heuristics_retired),
+        ("created anti-pattern", report.anti_patterns_created),
+        ("updated anti-pattern", report.anti_patterns_updated),
+        ("retired anti-pattern", report.anti_patterns_retired),
+    ):
+        if ids:
+            parts.append(f"{label} {', '.join(ids)}")
+    return LearnResult(outcome_id=outcome_id, message="; ".join(parts), **report.__dict__)
+
+

@@ -1,0 +1,361 @@
+"""Memories in Chroma: one collection per (project, agent, memory type); preferences per project.
+
+The store knows nothing of ranking or learning. It turns memories into Chroma records
+(our own embedding, the memory's text as the document, its JSON plus filterable fields
+as metadata) and back, and it keeps a write generation per collection so that callers
+can cache reads and drop the cache when that collection changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .embeddings import Embedder
+from .errors import NotFound, StorageError
+from .models import MEMORY_TYPES, MemoryBase, memory_type_of, parse_memory, strategy_key
+
+log = logging.getLogger("alma_mcp")
+
+PREFERENCES = "preference"
+_PAGE = 2000
+
+
+def collection_name(project: str, memory_type: str, agent: str | None) -> str:
+    """`alma.<project>.<agent>.<type>`; preferences are per user, so per project: `alma.<project>._.preference`."""
+    if memory_type == PREFERENCES:
+        return f"alma.{project}._.{memory_type}"
+    return f"alma.{project}.{agent}.{memory_type}"
+
+
+def _parse_collection_name(name: str) -> tuple[str, str, str] | None:
+    parts = name.split(".")
+    if len(parts) != 4 or parts[0] != "alma" or parts[3] not in MEMORY_TYPES:
+        return None
+    return parts[1], parts[2], parts[3]
+
+
+@dataclass
+class Hit:
+    memory: MemoryBase
+    similarity: float
+    vector: np.ndarray | None = None
+
+
+def _metadata(memory: MemoryBase) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "agent": memory.agent,
+        "type": memory.type,  # type: ignore[attr-defined]
+        "archived": memory.archived,
+        "created_ts": memory.created_at.timestamp(),
+        "updated_ts": memory.updated_at.timestamp(),
+        "json": memory.model_dump_json(),
+    }
+    for key in ("user_id", "task_type", "domain", "category", "outcome", "strategy_key"):
+        value = getattr(memory, key, None)
+        if value is not None:
+            meta[key] = value
+    if memory.type == "outcome":  # type: ignore[attr-defined]
+        meta["strategy_key"] = strategy_key(memory.strategy_used)  # type: ignore[attr-defined]
+    return meta
+
+
+def _from_metadata(meta: dict[str, Any]) -> MemoryBase:
+    return parse_memory(meta["json"])
+
+
+def _chroma_error(action: str, exc: Exception) -> StorageError:
+    return StorageError(f"could not {action} in Chroma: {exc}")
+
+
+class MemoryStore:
+    """CRUD and vector search over Chroma for one project."""
+
+    def __init__(self, client: Any, project: str, embedder: Embedder, description: str = "chroma") -> None:
+        self.client = client
+        self.project = project
+        self.embedder = embedder
+        self.description = description
+        self._collections: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        self._generations: dict[str, int] = {}
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def embedded(cls, path: Path, project: str, embedder: Embedder) -> "MemoryStore":
+        import chromadb
+        from chromadb.config import Settings
+
+        path.mkdir(parents=True, exist_ok=True)
+        client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+        return cls(client, project, embedder, description=f"chroma (embedded, {path})")
+
+    @classmethod
+    def http(cls, settings: Any, project: str, embedder: Embedder) -> "MemoryStore":
+        import chromadb
+        from chromadb.config import Settings
+
+        try:
+            client = chromadb.HttpClient(
+                host=settings.host,
+                port=settings.port,
+                ssl=settings.ssl,
+                headers=settings.headers or None,
+                tenant=settings.tenant,
+                database=settings.database,
+                settings=Settings(anonymized_telemetry=False),
+            )
+        except Exception as exc:
+            raise StorageError(
+                f"cannot reach the Chroma server at {settings.host}:{settings.port}: {exc}"
+            ) from None
+        scheme = "https" if settings.ssl else "http"
+        return cls(client, project, embedder, description=f"chroma-http ({scheme}://{settings.host}:{settings.port})")
+
+    # -- collections -------------------------------------------------------------------
+    def _collection(self, memory_type: str, agent: str | None, create: bool) -> Any | None:
+        name = collection_name(self.project, memory_type, agent)
+        col = self._collections.get(name)
+        if col is not None:
+            return col
+        with self._lock:
+            col = self._collections.get(name)
+            if col is not None:
+                return col
+            try:
+                if create:
+                    col = self.client.get_or_create_collection(
+                        name,
+                        embedding_function=None,
+                        metadata={"hnsw:space": "cosine", "embedding_model": self.embedder.name},
+                    )
+                else:
+                    try:
+                        col = self.client.get_collection(name, embedding_function=None)
+                    except Exception:
+                        return None
+            except Exception as exc:
+                raise _chroma_error(f"open collection {name}", exc) from None
+            self._collections[name] = col
+            return col
+
+    def generation(self, memory_type: str, agent: str | None) -> int:
+        """A number that changes whenever this process writes to the collection."""
+        return self._generations.get(collection_name(self.project, memory_type, agent), 0)
+
+    def _bump(self, name: str) -> None:
+        self._generations[name] = self._generations.get(name, 0) + 1
+
+    def scopes(self) -> list[tuple[str, str]]:
+        """(agent, memory_type) of every collection of this project; agent '_' for preferences."""
+        try:
+            names = [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
+        except Exception as exc:
+            raise _chroma_error("list collections", exc) from None
+        found = []
+        for name in names:
+            parsed = _parse_collection_name(name)
+            if parsed and parsed[0] == self.project:
+                found.append((parsed[1], parsed[2]))
+        return sorted(found)
+
+    def agents(self) -> list[str]:
+        return sorted({agent for agent, _ in self.scopes() if agent != "_"})
+
+    # -- writes ------------------------------------------------------------------------
+    def put(self, memories: Sequence[MemoryBase], embeddings: np.ndarray | None = None) -> None:
+        """Insert or replace memories (upsert by id). Embeds their text unless vectors are given."""
+        if not memories:
+            return
+        if embeddings is None:
+            embeddings = self.embedder.embed([m.text() for m in memories])
+        groups: dict[str, list[int]] = {}
+        for i, memory in enumerate(memories):
+            name = collection_name(self.project, memory.type, memory.agent)  # type: ignore[attr-defined]
+            groups.setdefault(name, []).append(i)
+        with self._lock:
+            for name, indexes in groups.items():
+                first = memories[indexes[0]]
+                col = self._collection(first.type, first.agent, create=True)  # type: ignore[attr-defined]
+                try:
+                    col.upsert(
+                        ids=[memories[i].id for i in indexes],
+                        embeddings=embeddings[indexes],
+                        documents=[memories[i].text() for i in indexes],
+                        metadatas=[_metadata(memories[i]) for i in indexes],
+                    )
+                except Exception as exc:
+                    raise _chroma_error(f"write {len(indexes)} memories", exc) from None
+                finally:
+                    self._bump(name)
+
+    def update_metadata(self, memories: Sequence[MemoryBase]) -> None:
+        """Rewrite memories whose text did not change (counters, flags): no re-embedding."""
+        groups: dict[str, list[MemoryBase]] = {}
+        for memory in memories:
+            groups.setdefault(collection_name(self.project, memory.type, memory.agent), []).append(memory)  # type: ignore[attr-defined]
+        with self._lock:
+            for name, items in groups.items():
+                col = self._collection(items[0].type, items[0].agent, create=True)  # type: ignore[attr-defined]
+                try:
+                    col.update(ids=[m.id for m in items], metadatas=[_metadata(m) for m in items])
+                except Exception as exc:
+                    raise _chroma_error(f"update {len(items)} memories", exc) from None
+                finally:
+                    self._bump(name)
+
+    def delete(self, memories: Iterable[MemoryBase]) -> int:
+        groups: dict[str, list[MemoryBase]] = {}
+        for memory in memories:
+            groups.setdefault(collection_name(self.project, memory.type, memory.agent), []).append(memory)  # type: ignore[attr-defined]
+        deleted = 0
+        with self._lock:
+            for name, items in groups.items():
+                col = self._collection(items[0].type, items[0].agent, create=False)  # type: ignore[attr-defined]
+                if col is None:
+                    continue
+                try:
+                    col.delete(ids=[m.id for m in items])
+                except Exception as exc:
+                    raise _chroma_error(f"delete {len(items)} memories", exc) from None
+                finally:
+                    self._bump(name)
+                deleted += len(items)
+        return deleted
+
+    # -- reads -------------------------------------------------------------------------
+    def get(self, memory_id: str) -> MemoryBase:
+        memory_type = memory_type_of(memory_id)
+        if memory_type not in MEMORY_TYPES:
+            raise NotFound(f"no memory with id {memory_id!r}")
+        for agent, kind in self.scopes():
+            if kind != memory_type:
+                continue
+            col = self._collection(kind, agent, create=False)
+            if col is None:
+                continue
+            try:
+                got = col.get(ids=[memory_id], include=["metadatas"])
+            except Exception as exc:
+                raise _chroma_error("read a memory", exc) from None
+            if got["ids"]:
+                return _from_metadata(got["metadatas"][0])
+        raise NotFound(f"no memory with id {memory_id!r} in project {self.project!r}")
+
+    def fetch_with_vectors(
+        self, memory_type: str, agent: str | None, ids: Sequence[str]
+    ) -> dict[str, tuple[MemoryBase, np.ndarray]]:
+        """Memories of one collection by id, with their stored vectors."""
+        col = self._collection(memory_type, agent, create=False)
+        if col is None or not ids:
+            return {}
+        try:
+            got = col.get(ids=list(ids), include=["metadatas", "embeddings"])
+        except Exception as exc:
+            raise _chroma_error("read memories", exc) from None
+        return {
+            i: (_from_metadata(m), np.asarray(v, dtype=np.float32))
+            for i, m, v in zip(got["ids"], got["metadatas"], got["embeddings"])
+        }
+
+    def iter_memories(
+        self,
+        memory_type: str,
+        agent: str | None,
+        where: dict[str, Any] | None = None,
+        include_archived: bool = False,
+        with_embeddings: bool = False,
+    ) -> Iterator[tuple[MemoryBase, np.ndarray | None]]:
+        col = self._collection(memory_type, agent, create=False)
+        if col is None:
+            return
+        clauses = [] if include_archived else [{"archived": False}]
+        if where:
+            clauses += [{k: v} for k, v in where.items()]
+        flt = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        include = ["metadatas", "embeddings"] if with_embeddings else ["metadatas"]
+        offset = 0
+        while True:
+            try:
+                got = col.get(where=flt, include=include, limit=_PAGE, offset=offset)
+            except Exception as exc:
+                raise _chroma_error("list memories", exc) from None
+            metas = got["metadatas"] or []
+            vectors = got.get("embeddings") if with_embeddings else None
+            for i, meta in enumerate(metas):
+                yield _from_metadata(meta), (np.asarray(vectors[i], dtype=np.float32) if vectors is not None else None)
+            if len(metas) < _PAGE:
+                return
+            offset += _PAGE
+
+    def list(self, memory_type: str, agent: str | None, **kwargs: Any) -> list[MemoryBase]:
+        return [m for m, _ in self.iter_memories(memory_type, agent, **kwargs)]
+
+    def documents(self, memory_type: str, agent: str | None) -> tuple[list[str], list[str]]:
+        """(ids, texts) of the active memories of a collection, for the lexical index."""
+        col = self._collection(memory_type, agent, create=False)
+        if col is None:
+            return [], []
+        ids: list[str] = []
+        docs: list[str] = []
+        offset = 0
+        while True:
+            got = col.get(where={"archived": False}, include=["documents"], limit=_PAGE * 5, offset=offset)
+            ids += got["ids"]
+            docs += got["documents"]
+            if len(got["ids"]) < _PAGE * 5:
+                return ids, docs
+            offset += _PAGE * 5
+
+    def query(
+        self,
+        memory_type: str,
+        agent: str | None,
+        vector: np.ndarray,
+        n: int,
+        where: dict[str, Any] | None = None,
+    ) -> list[Hit]:
+        """The n nearest active memories, with cosine similarity (1 - Chroma's cosine distance)."""
+        col = self._collection(memory_type, agent, create=False)
+        if col is None:
+            return []
+        clauses: list[dict[str, Any]] = [{"archived": False}] + [{k: v} for k, v in (where or {}).items()]
+        flt = clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        try:
+            got = col.query(
+                query_embeddings=[vector], n_results=n, where=flt, include=["metadatas", "distances", "embeddings"]
+            )
+        except Exception as exc:
+            if "nothing" in str(exc).lower() or "0" == str(exc).strip():
+                return []
+            raise _chroma_error("search memories", exc) from None
+        vectors = got["embeddings"][0]
+        return [
+            Hit(_from_metadata(meta), 1.0 - float(dist), np.asarray(vec, dtype=np.float32))
+            for meta, dist, vec in zip(got["metadatas"][0], got["distances"][0], vectors)
+        ]
+
+    def count(self, memory_type: str, agent: str | None, include_archived: bool = True) -> int:
+        col = self._collection(memory_type, agent, create=False)
+        if col is None:
+            return 0
+        if include_archived:
+            return int(col.count())
+        return len(col.get(where={"archived": False}, include=[])["ids"])
+
+    def heartbeat(self) -> bool:
+        try:
+            self.client.heartbeat()
+            return True
+        except Exception:
+            return False
+
+
+def dump_json(memory: MemoryBase) -> dict[str, Any]:
+    return json.loads(memory.model_dump_json())
