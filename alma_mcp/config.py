@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, NotFound
 from .models import Category, Name
@@ -158,7 +158,16 @@ class AlmaConfig(_Strict):
     """The whole configuration file."""
 
     alma: AlmaSettings = Field(default_factory=AlmaSettings)
-    source: Path | None = Field(None, exclude=True, description="The file this was read from, if any.")
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> Path | None:
+        """The file this configuration was read from, if any."""
+        return self._source
+
+    @source.setter
+    def source(self, path: Path | None) -> None:
+        self._source = path
 
     # -- derived views -------------------------------------------------------------------
     @property

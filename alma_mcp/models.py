@@ -78,12 +78,20 @@ def _check_memory_id(value: str) -> str:
     return value
 
 
-Name = Annotated[str, AfterValidator(_check_name)]
+# The validators give the caller a readable message; json_schema_extra publishes the same rule
+# in the JSON Schemas and the MCP tool input schemas.
+Name = Annotated[str, AfterValidator(_check_name), Field(json_schema_extra={"pattern": _NAME_RE.pattern})]
 """An agent or project name: safe in collection names, paths and URIs."""
-UserId = Annotated[str, AfterValidator(_check_user)]
-Category = Annotated[str, AfterValidator(_check_category)]
-Text = Annotated[str, AfterValidator(_check_text)]
-MemoryId = Annotated[str, AfterValidator(_check_memory_id)]
+UserId = Annotated[str, AfterValidator(_check_user), Field(json_schema_extra={"pattern": _USER_RE.pattern})]
+Category = Annotated[
+    str, AfterValidator(_check_category), Field(json_schema_extra={"pattern": _CATEGORY_RE.pattern})
+]
+Text = Annotated[
+    str, AfterValidator(_check_text), Field(json_schema_extra={"minLength": 1, "maxLength": MAX_TEXT_CHARS})
+]
+MemoryId = Annotated[
+    str, AfterValidator(_check_memory_id), Field(json_schema_extra={"pattern": _MEMORY_ID_RE.pattern})
+]
 Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
 Count = Annotated[int, Field(ge=0)]
 
