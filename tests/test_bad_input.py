@@ -1,0 +1,128 @@
+"""Bad input gets an error result whose message says what to fix, and nothing stored changes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from alma_mcp.models import MAX_TEXT_CHARS
+from alma_mcp.server import create_server
+
+AGENTS = {
+    "helena": {"can_learn": ["form_testing", "ui_testing"], "cannot_learn": ["database"]},
+    "victor": {"cannot_learn": ["frontend"]},
+}
+
+LEARN = {"agent": "helena", "task": "Test the login form", "outcome": "success", "strategy_used": "Use labels", "task_type": "form_testing"}
+
+# (tool, arguments, words the error message must contain)
+BAD_CALLS = [
+    ("alma_retrieve", {"agent": "helena"}, ["task", "required"]),
+    ("alma_retrieve", {"task": "x"}, ["agent", "required"]),
+    ("alma_retrieve", {"agent": "helena", "task": "x", "top_k": "five"}, ["top_k"]),
+    ("alma_retrieve", {"agent": "helena", "task": "x", "top_k": 0}, ["top_k"]),
+    ("alma_retrieve", {"agent": "helena", "task": "x", "top_k": 10_000}, ["top_k"]),
+    ("alma_retrieve", {"agent": "nobody", "task": "x"}, ["unknown agent", "nobody"]),
+    ("alma_retrieve", {"agent": "../etc/passwd", "task": "x"}, ["not a valid name"]),
+    ("alma_retrieve", {"agent": "helena", "task": "x", "memory_types": ["bogus"]}, ["memory_types", "heuristic"]),
+    ("alma_retrieve", {"agent": "helena", "task": "   "}, ["task", "empty"]),
+    ("alma_retrieve", {"agent": "helena", "task": "x" * (MAX_TEXT_CHARS + 1)}, ["task", "limit"]),
+    ("alma_learn", {**LEARN, "outcome": "great"}, ["outcome", "success"]),
+    ("alma_learn", {**LEARN, "task": ""}, ["task", "empty"]),
+    ("alma_learn", {**LEARN, "strategy_used": None}, ["strategy_used"]),
+    ("alma_learn", {**LEARN, "duration_ms": -5}, ["duration_ms"]),
+    ("alma_learn", {**LEARN, "duration_ms": "slow"}, ["duration_ms"]),
+    ("alma_learn", {**LEARN, "task_type": "database"}, ["cannot_learn", "database"]),
+    ("alma_learn", {**LEARN, "task_type": "api_design"}, ["can_learn", "api_design"]),
+    ("alma_learn", {**LEARN, "task_type": None}, ["task_type", "can_learn"]),
+    ("alma_learn", {**LEARN, "agent": "helena/../victor"}, ["not a valid name"]),
+    ("alma_learn", {**LEARN, "agent": "ghost"}, ["unknown agent", "ghost"]),
+    ("alma_learn", {**LEARN, "task": "null byte \x00 inside"}, ["control characters"]),
+    ("alma_learn", {**LEARN, "task": "lone surrogate \ud800"}, ["task"]),
+    ("alma_learn", {**LEARN, "task": "x" * (MAX_TEXT_CHARS + 1)}, ["task", "limit"]),
+    ("alma_add_knowledge", {"agent": "victor", "domain": "frontend", "fact": "CSS grid is fine"}, ["cannot_learn", "frontend"]),
+    ("alma_add_knowledge", {"agent": "victor", "domain": "a/b\\c", "fact": "f"}, ["domain", "not a valid category"]),
+    ("alma_add_knowledge", {"agent": "victor", "domain": "billing", "fact": "f", "confidence": 1.5}, ["confidence"]),
+    ("alma_add_heuristic", {"agent": "helena", "condition": "c", "strategy": "s", "task_type": "database"}, ["cannot_learn"]),
+    ("alma_add_anti_pattern", {"agent": "victor", "pattern": "p"}, ["why_bad", "required"]),
+    ("alma_add_preference", {"user_id": "../../root", "category": "style", "preference": "p"}, ["user id"]),
+    ("alma_add_preference", {"user_id": "alice", "category": "", "preference": "p"}, ["category"]),
+    ("alma_feedback", {"memory_id": "not-an-id", "signal": "helpful"}, ["memory id"]),
+    ("alma_feedback", {"memory_id": "heuristic-" + "0" * 32, "signal": "helpful"}, ["no memory"]),
+    ("alma_feedback", {"memory_id": "heuristic-" + "0" * 32, "signal": "love"}, ["signal"]),
+    ("alma_forget", {}, ["say what to forget"]),
+    ("alma_forget", {"agent": "helena", "below_confidence": 3}, ["below_confidence"]),
+    ("alma_forget", {"memory_ids": ["knowledge-" + "f" * 32], "dry_run": False}, ["no memory"]),
+    ("alma_stats", {"agent": "ghost"}, ["unknown agent"]),
+    ("alma_no_such_tool", {}, ["alma_no_such_tool"]),
+]
+
+
+def snapshot(alma) -> str:
+    """Every stored memory (archived too), as JSON: compared before and after bad calls."""
+    rows = []
+    for agent, kind in alma.store.scopes():
+        rows += [m.model_dump(mode="json") for m in alma.store.list(kind, None if agent == "_" else agent, include_archived=True)]
+    return json.dumps(sorted(rows, key=lambda r: r["id"]), sort_keys=True)
+
+
+@pytest.fixture
+def seeded(make_alma):
+    alma = make_alma(allow_undeclared_agents=False, agents=AGENTS)
+    alma.add_knowledge("victor", "billing", "Invoices are generated nightly at 02:00 UTC")
+    alma.add_heuristic("helena", "Testing a login form", "Assert on visible error text, not CSS classes", "form_testing")
+    alma.add_preference("alice", "communication", "Short bullet-point reports")
+    for _ in range(2):
+        alma.learn(**LEARN)
+    return alma
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_every_bad_call_is_an_error_result_and_changes_nothing(seeded, mode):
+    before = snapshot(seeded)
+    async with Client(create_server(alma=seeded), mode=mode) as client:
+        for tool, arguments, words in BAD_CALLS:
+            result = await client.call_tool(tool, arguments)
+            assert result.is_error, f"{tool}({arguments}) should fail"
+            message = result.content[0].text
+            for word in words:
+                assert word.lower() in message.lower(), f"{tool}({arguments}): {word!r} not in {message!r}"
+            assert message.strip() != f"Error executing tool {tool}", "a crash, not an anticipated error"
+        # The server is still alive and well after all of that.
+        ok = await client.call_tool("alma_retrieve", {"agent": "helena", "task": "test the login form"})
+        assert not ok.is_error
+    assert snapshot(seeded) == before
+
+
+async def test_bad_resource_reads_are_clear_errors(seeded):
+    before = snapshot(seeded)
+    async with Client(create_server(alma=seeded), mode="legacy") as client:
+        for uri, words in [
+            ("alma://agents/helena/bogus", ["unknown memory type"]),
+            ("alma://agents/ghost/heuristic", ["unknown agent"]),
+            ("alma://agents/helena/prompt", ["task"]),
+            ("alma://agents/helena/prompt?task=x&top_k=abc", ["top_k"]),
+            ("alma://agents/helena/memories?task=x&top_k=999", ["top_k"]),
+            ("alma://memories/heuristic-" + "0" * 32, ["no memory"]),
+            ("alma://memories/whatever", ["memory id"]),
+        ]:
+            with pytest.raises(MCPError) as error:
+                await client.read_resource(uri)
+            for word in words:
+                assert word.lower() in str(error.value).lower(), f"{uri}: {error.value}"
+    assert snapshot(seeded) == before
+
+
+async def test_unusual_unicode_is_stored_and_found(seeded):
+    text = "Kundenfeedback: „Größe“ 👍🏽 — 日本語のエラー: 無効な入力 — RTL: שגיאה"
+    async with Client(create_server(alma=seeded), mode="legacy") as client:
+        taught = await client.call_tool("alma_add_knowledge", {"agent": "victor", "domain": "i18n", "fact": text})
+        assert not taught.is_error
+        got = await client.call_tool(
+            "alma_retrieve", {"agent": "victor", "task": "日本語のエラー 無効な入力", "memory_types": ["knowledge"]}
+        )
+        facts = [m["memory"]["fact"] for m in got.structured_content["knowledge"]]
+        assert text in facts

@@ -1,0 +1,132 @@
+"""The config file: starter, defaults, and clear failures naming the field."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alma_mcp.config import STARTER_CONFIG, load_config, parse_config, write_starter_config
+from alma_mcp.errors import ConfigError, NotFound
+from alma_mcp.schemas import generate, render
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_starter_config_is_valid_and_commented(tmp_path):
+    path = write_starter_config(tmp_path / ".alma" / "config.yaml", project="shop")
+    config = load_config(path)
+    assert config.project == "shop"
+    assert set(config.alma.agents) == {"helena", "victor"}
+    assert config.readable_agents("helena") == ["helena", "victor"]  # victor shares with helena
+    assert config.data_dir == (tmp_path / ".alma" / "data").resolve()
+    assert path.read_text().count("#") > 20
+    with pytest.raises(ConfigError, match="already exists"):
+        write_starter_config(path)
+
+
+def test_original_shape_is_accepted():
+    config = parse_config(
+        {
+            "alma": {
+                "project_id": "legacy-project",
+                "storage": "sqlite",
+                "domains": {"coding": {"enabled": True, "agents": ["helena"]}},
+                "agents": {"helena": {"domain": "coding", "can_learn": ["testing"], "cannot_learn": ["backend"], "min_occurrences_for_heuristic": 2}},
+            }
+        }
+    )
+    assert config.alma.storage == "chroma"
+    assert config.agent("helena").min_occurrences_for_heuristic == 2
+    with pytest.raises(NotFound, match="unknown agent 'victor'"):
+        config.agent("victor")
+
+
+@pytest.mark.parametrize(
+    "alma, words",
+    [
+        ({"agents": {"helena": {"min_occurrences_for_heuristic": 0}}}, ["agents.helena.min_occurrences_for_heuristic", "greater than or equal to 1"]),
+        ({"agents": {"helena": {"can_learn": "testing"}}}, ["agents.helena.can_learn", "list"]),
+        ({"storage": "postgres"}, ["storage", "unknown storage 'postgres'"]),
+        ({"project_id": "my project"}, ["project_id", "not a valid name"]),
+        ({"agents": {"bad/name": {}}}, ["agents", "not a valid name"]),
+        ({"agents": {"helena": {"inherit_from": ["ghost"]}}}, ["ghost", "not defined"]),
+        ({"agnets": {}}, ["agnets", "Extra inputs are not permitted"]),
+        ({"retrieval": {"top_k": 500}}, ["retrieval.top_k"]),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path, alma, words):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"alma": alma}))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    for word in words:
+        assert word in str(error.value)
+    assert str(path) in str(error.value)
+
+
+def test_invalid_yaml_and_missing_explicit_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("alma: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_no_config_means_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ALMA_CONFIG", raising=False)
+    config = load_config()
+    assert config.alma.allow_undeclared_agents is True
+    assert config.agent("anyone").can_learn == []
+
+
+def test_checked_in_schemas_match_the_models():
+    for name, schema in generate().items():
+        path = ROOT / "schemas" / name
+        assert path.exists(), f"schemas/{name} is missing: run python -m alma_mcp.schemas"
+        assert path.read_text(encoding="utf-8") == render(schema), (
+            f"schemas/{name} drifted from the models: run python -m alma_mcp.schemas"
+        )
+
+
+def test_starter_config_matches_the_schema_keys():
+    schema = generate()["config.schema.json"]
+    starter = yaml.safe_load(STARTER_CONFIG.format(project="p"))
+    settings = schema["$defs"]["AlmaSettings"]["properties"]
+    assert set(starter["alma"]) <= set(settings)
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", ANONYMIZED_TELEMETRY="False")
+    env.pop("ALMA_CONFIG", None)
+    return subprocess.run([sys.executable, "-m", "alma_mcp", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_cli_init_stats_search_and_bad_config(tmp_path):
+    done = run_cli("init", "--project", "cli-test", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / ".alma" / "config.yaml").exists()
+
+    stats = run_cli("stats", cwd=tmp_path)
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["project"] == "cli-test"
+
+    search = run_cli("search", "test the login form", "--agent", "helena", cwd=tmp_path)
+    assert search.returncode == 0, search.stderr
+    assert "nothing in memory is relevant" in search.stdout
+
+    unknown = run_cli("search", "x", "--agent", "ghost", cwd=tmp_path)
+    assert unknown.returncode == 2 and "unknown agent 'ghost'" in unknown.stderr
+
+    (tmp_path / ".alma" / "config.yaml").write_text("alma:\n  agents:\n    helena:\n      min_occurrences_for_heuristic: zero\n")
+    broken = run_cli("stats", cwd=tmp_path)
+    assert broken.returncode == 2
+    assert "agents.helena.min_occurrences_for_heuristic" in broken.stderr and "Traceback" not in broken.stderr

@@ -1,0 +1,177 @@
+"""The MCP surface through the SDK's real Client, in both the legacy handshake (what Claude
+Desktop speaks) and auto-negotiation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from alma_mcp.server import create_server
+
+MODES = ["legacy", "auto"]
+
+EXPECTED_TOOLS = {
+    "alma_retrieve",
+    "alma_learn",
+    "alma_add_heuristic",
+    "alma_add_anti_pattern",
+    "alma_add_knowledge",
+    "alma_add_preference",
+    "alma_forget",
+    "alma_stats",
+    "alma_health",
+    "alma_feedback",
+}
+
+
+def structured(result: Any) -> dict[str, Any]:
+    assert not result.is_error, result.content[0].text if result.content else result
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_lists_tools_resources_and_prompts(alma, mode):
+    server = create_server(alma=alma)
+    async with Client(server, mode=mode) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert EXPECTED_TOOLS <= set(tools)
+        assert tools["alma_retrieve"].annotations.read_only_hint is True
+        assert tools["alma_forget"].annotations.destructive_hint is True
+        assert tools["alma_learn"].annotations.read_only_hint is False
+        assert tools["alma_retrieve"].output_schema is not None
+        resources = {str(r.uri) for r in (await client.list_resources()).resources}
+        assert {"alma://agents", "alma://config", "alma://stats"} <= resources
+        templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
+        assert "alma://agents/{agent}/memories{?task,top_k,user_id}" in templates
+        assert "alma://agents/{agent}/prompt{?task,top_k,user_id}" in templates
+        assert "alma://agents/{agent}/{memory_type}" in templates
+        assert "alma://memories/{memory_id}" in templates
+        prompts = {p.name for p in (await client.list_prompts()).prompts}
+        assert {"alma_task", "alma_reflect"} <= prompts
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_teach_a_fact_and_get_it_back(alma, mode):
+    server = create_server(alma=alma)
+    async with Client(server, mode=mode) as client:
+        taught = structured(
+            await client.call_tool(
+                "alma_add_knowledge",
+                {"agent": "helena", "domain": "authentication", "fact": "The login API answers 422 with a field-errors array on invalid input"},
+            )
+        )
+        assert taught["id"].startswith("knowledge-")
+        got = structured(
+            await client.call_tool(
+                "alma_retrieve", {"agent": "helena", "task": "What does the sign-in endpoint return for bad credentials input?"}
+            )
+        )
+        assert [m["memory"]["id"] for m in got["knowledge"]] == [taught["id"]]
+        assert got["knowledge"][0]["similarity"] > 0.3
+        assert "422" in got["prompt"]
+        # Another agent does not see helena's fact.
+        other = structured(
+            await client.call_tool("alma_retrieve", {"agent": "victor", "task": "What does the sign-in endpoint return?"})
+        )
+        assert other["knowledge"] == [] and other["prompt"] == ""
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_three_similar_successes_make_a_heuristic_that_is_injected(alma, mode):
+    server = create_server(alma=alma)
+    tasks = [
+        "Test the login form validation for an empty email field",
+        "Test the login form validation when the email field is empty",
+        "Test login form validation with an empty e-mail field",
+    ]
+    strategy = "Submit the form with the field blank and assert the inline error next to the field"
+    async with Client(server, mode=mode) as client:
+        reports = []
+        for task in tasks:
+            reports.append(
+                structured(
+                    await client.call_tool(
+                        "alma_learn",
+                        {"agent": "helena", "task": task, "outcome": "success", "strategy_used": strategy, "task_type": "form_testing"},
+                    )
+                )
+            )
+        assert reports[0]["heuristics_created"] == [] and reports[1]["heuristics_created"] == []
+        assert len(reports[2]["heuristics_created"]) == 1
+        heuristic_id = reports[2]["heuristics_created"][0]
+        # A fourth success updates the same heuristic in place: never a duplicate.
+        fourth = structured(
+            await client.call_tool(
+                "alma_learn",
+                {"agent": "helena", "task": "Validate the login form's empty email handling", "outcome": "success", "strategy_used": strategy, "task_type": "form_testing"},
+            )
+        )
+        assert fourth["heuristics_created"] == [] and fourth["heuristics_updated"] == [heuristic_id]
+
+        got = structured(
+            await client.call_tool("alma_retrieve", {"agent": "helena", "task": "Check what the login form does with a blank email"})
+        )
+        assert [h["memory"]["id"] for h in got["heuristics"]] == [heuristic_id]
+        assert strategy in got["prompt"]
+
+        detail = json.loads((await client.read_resource(f"alma://memories/{heuristic_id}")).contents[0].text)
+        assert detail["memory"]["occurrence_count"] == 4
+        assert len(detail["provenance"]) == 4
+        assert all(p["type"] == "outcome" for p in detail["provenance"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_resources_and_prompts(alma, mode):
+    alma.add_heuristic("helena", "Testing a date picker widget", "Type the date instead of clicking through the calendar", "ui_testing")
+    alma.add_preference("alice", "communication", "Keep test reports to five bullet points")
+    server = create_server(alma=alma)
+    async with Client(server, mode=mode) as client:
+        agents = json.loads((await client.read_resource("alma://agents")).contents[0].text)
+        assert [a["name"] for a in agents] == ["helena"]
+        stats = json.loads((await client.read_resource("alma://stats")).contents[0].text)
+        assert stats["agents"]["helena"]["heuristic"] == 1 and stats["preferences"] == 1
+        config = json.loads((await client.read_resource("alma://config")).contents[0].text)
+        assert config["alma"]["project_id"] == "default"
+
+        uri = "alma://agents/helena/memories?task=Test%20the%20date%20picker%20and%20keep%20the%20test%20report%20short&user_id=alice"
+        sliced = json.loads((await client.read_resource(uri)).contents[0].text)
+        assert len(sliced["heuristics"]) == 1
+        assert sliced["preferences"][0]["memory"]["preference"] == "Keep test reports to five bullet points"
+
+        prompt = (await client.read_resource("alma://agents/helena/prompt?task=pick%20a%20date%20in%20the%20form")).contents[0]
+        assert prompt.mime_type == "text/markdown"
+        assert "Type the date" in prompt.text
+
+        listing = json.loads((await client.read_resource("alma://agents/helena/heuristic")).contents[0].text)
+        assert len(listing) == 1 and listing[0]["strategy"].startswith("Type the date")
+
+        task_prompt = await client.get_prompt("alma_task", {"agent": "helena", "task": "Select a date in the booking form's calendar"})
+        text = task_prompt.messages[0].content.text
+        assert "Type the date" in text and "alma_learn" in text and "Select a date" in text
+
+        reflect = await client.get_prompt("alma_reflect", {"agent": "helena", "task": "t", "outcome": "failure"})
+        assert "alma_learn" in reflect.messages[0].content.text
+
+
+async def test_stats_and_health_tools(alma):
+    alma.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC")
+    async with Client(create_server(alma=alma), mode="legacy") as client:
+        stats = structured(await client.call_tool("alma_stats", {}))
+        assert stats["agents"]["victor"]["knowledge"] == 1
+        health = structured(await client.call_tool("alma_health", {}))
+        assert health["status"] == "ok" and health["embedding_model_ready"] is True
+
+
+async def test_forget_dry_run_then_for_real(alma):
+    fact = alma.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC")
+    async with Client(create_server(alma=alma), mode="legacy") as client:
+        dry = structured(await client.call_tool("alma_forget", {"memory_ids": [fact.id]}))
+        assert dry["dry_run"] is True and dry["count"] == 1
+        assert alma.stats()["agents"]["victor"]["knowledge"] == 1
+        done = structured(await client.call_tool("alma_forget", {"memory_ids": [fact.id], "dry_run": False}))
+        assert done["dry_run"] is False and done["count"] == 1
+        assert alma.stats()["agents"]["victor"]["knowledge"] == 0

@@ -1,0 +1,150 @@
+"""The launch path a host uses: `python -m alma_mcp` as a stdio subprocess.
+
+One test talks raw JSON-RPC to check that stdout carries nothing but protocol messages and
+that `initialize` is answered before the embedding model has loaded; the other drives the
+server with the SDK's Client across a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client, StdioServerParameters
+
+pytestmark = pytest.mark.slow
+
+
+def write_config(tmp_path: Path) -> Path:
+    config = tmp_path / ".alma" / "config.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(
+        "alma:\n"
+        "  project_id: stdio-test\n"
+        "  agents:\n"
+        "    helena:\n"
+        "      can_learn: [form_testing]\n"
+        "      min_occurrences_for_heuristic: 3\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def test_stdout_is_protocol_only_and_initialize_is_fast(tmp_path):
+    config = write_config(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alma_mcp", "--config", str(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=server_env(),
+        cwd=tmp_path,
+    )
+    try:
+        start = time.perf_counter()
+        messages = [
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "raw-test", "version": "0"},
+                },
+            },
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+            {
+                "jsonrpc": "2.0",
+                "id": 3,
+                "method": "tools/call",
+                "params": {"name": "alma_retrieve", "arguments": {"agent": "helena", "task": "test the signup form"}},
+            },
+        ]
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write((json.dumps(messages[0]) + "\n").encode())
+        proc.stdin.flush()
+        first = json.loads(proc.stdout.readline())
+        initialize_seconds = time.perf_counter() - start
+        assert first["id"] == 1 and first["result"]["serverInfo"]["name"] == "alma-mcp"
+        for message in messages[1:]:
+            proc.stdin.write((json.dumps(message) + "\n").encode())
+        proc.stdin.flush()
+        replies = {}
+        while len(replies) < 2:
+            line = proc.stdout.readline()
+            assert line, "server closed stdout early"
+            reply = json.loads(line)  # every stdout line must be a JSON-RPC message
+            assert reply["jsonrpc"] == "2.0"
+            if "id" in reply:
+                replies[reply["id"]] = reply
+        assert {t["name"] for t in replies[2]["result"]["tools"]} >= {"alma_retrieve", "alma_learn"}
+        assert replies[3]["result"]["isError"] is False
+        # Cold start includes interpreter start-up and imports; the model loads afterwards.
+        assert initialize_seconds < 5.0, f"initialize took {initialize_seconds:.2f}s"
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.wait(timeout=30)
+    stderr = proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert "Traceback" not in stderr
+
+
+async def test_learn_restart_and_find_everything(tmp_path):
+    config = write_config(tmp_path)
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "alma_mcp", "--config", str(config)],
+        env=server_env(),
+        cwd=str(tmp_path),
+    )
+    strategy = "Leave the field blank, submit, and assert the inline error message"
+    tasks = [
+        "Test the signup form validation for an empty email",
+        "Test signup form validation when the email is left empty",
+        "Check the signup form's validation of a missing email address",
+    ]
+    with anyio.fail_after(120):
+        async with Client(params, mode="legacy") as client:
+            fact = await client.call_tool(
+                "alma_add_knowledge",
+                {"agent": "helena", "domain": "form_testing", "fact": "The signup form posts to /api/v2/users and shows errors under each field"},
+            )
+            assert not fact.is_error, fact.content
+            created = []
+            for task in tasks:
+                result = await client.call_tool(
+                    "alma_learn",
+                    {"agent": "helena", "task": task, "outcome": "success", "strategy_used": strategy, "task_type": "form_testing"},
+                )
+                assert not result.is_error, result.content
+                created += result.structured_content["heuristics_created"]
+            assert len(created) == 1
+            refused = await client.call_tool(
+                "alma_learn",
+                {"agent": "helena", "task": "Tune the Postgres query planner", "outcome": "success", "strategy_used": "x", "task_type": "database"},
+            )
+            assert refused.is_error and "can_learn" in refused.content[0].text
+
+        async with Client(params, mode="auto") as client:
+            got = await client.call_tool(
+                "alma_retrieve", {"agent": "helena", "task": "Verify what the registration form does when no email is typed"}
+            )
+            assert not got.is_error, got.content
+            data = got.structured_content
+            assert [h["memory"]["id"] for h in data["heuristics"]] == created
+            assert "/api/v2/users" in data["prompt"] and strategy in data["prompt"]
+            stats = await client.call_tool("alma_stats", {})
+            assert stats.structured_content["agents"]["helena"]["outcome"] == 3
