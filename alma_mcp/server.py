@@ -17,7 +17,8 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import ResourceSecurity
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.mcpserver.prompts.base import Message, UserMessage
-from mcp_types import ToolAnnotations
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, ToolAnnotations
 from pydantic import Field
 
 from . import __version__
@@ -312,8 +313,8 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
     def alma_task(agent: str, task: str, user_id: str | None = None) -> list[Message]:
         try:
             memory = service.retrieve(task, agent, None, user_id or None)
-        except AlmaError as exc:
-            raise ValueError(str(exc)) from None
+        except AlmaError as exc:  # the SDK would hide a plain exception's message
+            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
         parts = []
         if memory.prompt:
             parts.append(memory.prompt)

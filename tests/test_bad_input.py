@@ -116,6 +116,19 @@ async def test_bad_resource_reads_are_clear_errors(seeded):
     assert snapshot(seeded) == before
 
 
+async def test_bad_prompt_arguments_are_clear_errors(seeded):
+    async with Client(create_server(alma=seeded), mode="legacy") as client:
+        for arguments, words in [
+            ({"agent": "ghost", "task": "x"}, ["unknown agent 'ghost'"]),
+            ({"agent": "helena", "task": "  "}, ["task", "empty"]),
+            ({"agent": "helena"}, ["task"]),
+        ]:
+            with pytest.raises(MCPError) as error:
+                await client.get_prompt("alma_task", arguments)
+            for word in words:
+                assert word in str(error.value), str(error.value)
+
+
 async def test_unusual_unicode_is_stored_and_found(seeded):
     text = "Kundenfeedback: „Größe“ 👍🏽 — 日本語のエラー: 無効な入力 — RTL: שגיאה"
     async with Client(create_server(alma=seeded), mode="legacy") as client:
