@@ -17,6 +17,19 @@ from .errors import AlmaError, ConfigError, InvalidInput, NotFound, ScopeDenied,
 from .models import AntiPattern, DomainKnowledge, Heuristic, Outcome, UserPreference
 from .retrieval import MemorySlice, ScoredMemory
 from .service import ALMA, ForgetResult, LearnResult
+from .harness import (
+    Agent,
+    Briefing,
+    Context,
+    ExecutionResult,
+    Harness,
+    MemorySchema,
+    RunResult,
+    Setting,
+    Tool,
+    ToolType,
+)
+from .templates import create_harness
 
 __all__ = [
     "__version__",
@@ -27,6 +40,17 @@ __all__ = [
     "ScoredMemory",
     "LearnResult",
     "ForgetResult",
+    "Harness",
+    "create_harness",
+    "Setting",
+    "Context",
+    "Agent",
+    "MemorySchema",
+    "Tool",
+    "ToolType",
+    "Briefing",
+    "ExecutionResult",
+    "RunResult",
     "Heuristic",
     "AntiPattern",
     "DomainKnowledge",

@@ -487,6 +487,15 @@ class ALMA:
     async def astats(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return await _in_thread(self.stats, *args, **kwargs)
 
+    async def afeedback(self, *args: Any, **kwargs: Any) -> MemoryBase:
+        return await _in_thread(self.feedback, *args, **kwargs)
+
+    async def aget(self, *args: Any, **kwargs: Any) -> MemoryDetail:
+        return await _in_thread(self.get, *args, **kwargs)
+
+    async def alist_memories(self, *args: Any, **kwargs: Any) -> list[MemoryBase]:
+        return await _in_thread(self.list_memories, *args, **kwargs)
+
 
 class _TaskText(BaseModel):
     task: Text
