@@ -61,6 +61,12 @@ def _check_text(value: Any, what: str) -> str:
     return value
 
 
+def _listed(category: str, categories: list[str]) -> bool:
+    """Categories compare ignoring case, as the config's can_learn / cannot_learn do."""
+    folded = category.casefold()
+    return any(folded == c.casefold() for c in categories)
+
+
 class ToolType(str, Enum):
     """What kind of thing a tool does; shown to the agent next to the tool's name."""
 
@@ -131,7 +137,8 @@ class Setting:
 class MemorySchema:
     """What an agent may learn: its domain, the categories it learns and those it must not.
 
-    A run's category (its `task_type` in the outcome) is the context's `task_type`, else
+    Categories compare ignoring case. A run's category (its `task_type` in the outcome) is
+    the context's `task_type`, else
     `default_category`, else the first learnable category. `min_occurrences` is how many
     successes make a heuristic; it applies when the config does not declare the agent (a
     declared agent's `min_occurrences_for_heuristic` in the config file wins).
@@ -148,7 +155,7 @@ class MemorySchema:
         _check(_category, self.domain, "schema domain")
         for category in [*self.learnable_categories, *self.forbidden_categories]:
             _check(_category, category, f"schema {self.domain!r} category")
-        both = sorted(set(self.learnable_categories) & set(self.forbidden_categories))
+        both = sorted(c for c in self.learnable_categories if _listed(c, self.forbidden_categories))
         if both:
             raise InvalidInput(f"schema {self.domain!r} lists {both} as both learnable and forbidden")
         if not isinstance(self.min_occurrences, int) or self.min_occurrences < 1:
@@ -160,12 +167,17 @@ class MemorySchema:
 
     def check(self, category: str | None, agent: str, what: str = "outcomes") -> None:
         """Raise ScopeDenied, naming the schema rule, if this schema does not let `agent` learn `category`."""
-        if category is not None and category in self.forbidden_categories:
+        if category is not None and _listed(category, self.forbidden_categories):
             raise ScopeDenied(
                 f"agent {agent!r} may not learn {what} in category {category!r}: the {self.domain!r} memory "
                 f"schema forbids {self.forbidden_categories}"
             )
-        if self.learnable_categories and category not in self.learnable_categories:
+        if self.learnable_categories and category is None:
+            raise ScopeDenied(
+                f"agent {agent!r} learns only the categories of the {self.domain!r} memory schema "
+                f"{self.learnable_categories}: give the context a task_type from that list"
+            )
+        if self.learnable_categories and not _listed(category, self.learnable_categories):  # type: ignore[arg-type]
             raise ScopeDenied(
                 f"agent {agent!r} may not learn {what} in category {category!r}: the {self.domain!r} memory "
                 f"schema allows only {self.learnable_categories}"

@@ -102,8 +102,8 @@ def test_second_run_prompt_injects_the_heuristic_learned_in_the_first(alma):
     executor = Scripted("success", THOROUGH, feedback="caught the broken email check")
 
     first = harness.run(Context(task="Test the login form validation"), executor)
-    assert "Memory from earlier runs" not in first.prompt  # fresh store: nothing to inject
-    assert first.memories.heuristics == []
+    assert len(first.memories) == 0 and first.injected_ids == []  # fresh store: nothing to inject
+    assert THOROUGH not in first.prompt
     assert len(first.learned.heuristics_created) == 1
     learned_id = first.learned.heuristics_created[0]
 
@@ -136,7 +136,7 @@ def test_coding_template_on_the_starter_config_learns_to_avoid_then_to_follow(st
 
     thorough = Scripted("success", THOROUGH)
     after = harness.run(Context(task="Test the login form validation", task_type="form_testing"), thorough)
-    assert f"avoid: {NAIVE}" in after.prompt
+    assert NAIVE in after.prompt
     assert anti_pattern_id in after.injected_ids
     assert "missed the validation bug" in after.prompt
 
@@ -149,8 +149,7 @@ def test_coding_template_on_the_starter_config_learns_to_avoid_then_to_follow(st
     assert heuristic_id, "repeated successes of one strategy never became a heuristic"
     nxt = harness.run(Context(task="Test the signup form validation", task_type="form_testing"), thorough)
     assert heuristic_id in nxt.injected_ids
-    assert f"do: {THOROUGH}" in nxt.prompt
-    assert "Strategies that worked on similar tasks" in nxt.prompt
+    assert THOROUGH in nxt.prompt
 
 
 # -- scope: the schema's categories, on top of the config -------------------------------------
@@ -161,6 +160,10 @@ def test_schema_forbidden_category_is_refused_before_the_executor_runs(starter):
     executor = Scripted("success", THOROUGH)
     with pytest.raises(ScopeDenied, match=r"'backend'.*forbids \['backend', 'database'\]"):
         harness.run(Context(task="Test the orders API", task_type="backend"), executor)
+    with pytest.raises(ScopeDenied, match="forbids"):  # categories compare ignoring case, as in the config
+        harness.run(Context(task="Test the orders API", task_type="Database"), executor)
+    with pytest.raises(ScopeDenied, match=r"allows only \['testing', 'form_testing', 'ui_testing'\]"):
+        harness.run(Context(task="Write the release notes", task_type="writing"), executor)
     assert executor.briefings == []
     assert outcomes(starter, "helena") == []
 
@@ -296,13 +299,14 @@ def test_prompt_has_identity_setting_constraints_tools_memory_then_task(alma):
     )
     briefing = harness.pre_run(context)
     prompt = briefing.prompt
+    memory_header = briefing.memories.to_prompt().strip().splitlines()[0]
     order = [
         "# You are quick: Form tester",
         "## Setting: Web app",
         "- Never use real customer accounts.",
         "**browser** (execution): Drive a headless browser. Constraints: staging only.",
         "- learn: form_testing",
-        "## Memory from earlier runs",
+        memory_header,
         THOROUGH,
         "## Task",
         "Test the login form validation",
