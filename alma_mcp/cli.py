@@ -93,6 +93,37 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_wanted(args: argparse.Namespace) -> bool:
+    return not args.quiet
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    report = _service(args).export(args.out, with_embeddings=args.embeddings, progress=_progress_wanted(args))
+    print(report.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    report = _service(args).import_memories(args.file, progress=_progress_wanted(args))
+    for bad in report.rejected:
+        print(f"alma-mcp: {args.file} line {bad.line} rejected: {bad.error}", file=sys.stderr)
+    print(report.model_dump_json(indent=2))
+    return 1 if report.rejected else 0  # the good lines are in; the exit code says some were not
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    report = _service(args).reindex(force=args.force, progress=_progress_wanted(args))
+    print(report.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    print(_service(args).sweep(args.agent, dry_run=not args.apply).model_dump_json(indent=2))
+    return 0
+
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alma-mcp",
@@ -132,6 +163,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     health = sub.add_parser("health", help="check storage and the embedding model")
     health.set_defaults(func=cmd_health)
+
+    export = sub.add_parser("export", help="write every memory (archived too) to a JSONL file")
+    export.add_argument("--out", required=True, help="the file to write (replaced only when the export completes)")
+    export.add_argument(
+        "--embeddings", action="store_true", help="include the vectors (bigger file; import skips re-embedding)"
+    )
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
+    export.set_defaults(func=cmd_export)
+
+    load = sub.add_parser("import", help="load an export file (idempotent: importing twice adds nothing)")
+    load.add_argument("file")
+    load.add_argument("--quiet", action="store_true", help="no progress bar")
+    load.set_defaults(func=cmd_import)
+
+    reindex = sub.add_parser("reindex", help="re-embed every memory with the configured embedding model")
+    reindex.add_argument("--force", action="store_true", help="also collections already on the configured model")
+    reindex.add_argument("--quiet", action="store_true", help="no progress bar")
+    reindex.set_defaults(func=cmd_reindex)
+
+    sweep = sub.add_parser("sweep", help="archive decayed and over-cap memories (dry run unless --apply)")
+    sweep.add_argument("--agent")
+    sweep.add_argument("--apply", action="store_true", help="archive them (default: only list)")
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -98,6 +98,46 @@ class LearningSettings(_Strict):
     retire_below_confidence: float = Field(0.25, ge=0, le=1)
 
 
+class LifecycleSettings(_Strict):
+    """Forgetting and consolidation; see README 'Forgetting, consolidation and backup'."""
+
+    half_life_days: float | None = Field(
+        None,
+        gt=0,
+        description="Half-life of a memory's strength, counted from when it was last used, validated or "
+        "re-taught. None: the agent's retrieval.recency_half_life_days, so the strength that archives a "
+        "memory is the recency that ranks it.",
+    )
+    archive_floor: float = Field(
+        0.02, ge=0, lt=1, description="The decay sweep archives memories whose strength is below this (0: never)."
+    )
+    decay_types: list[Literal["heuristic", "anti_pattern", "knowledge", "preference", "outcome"]] = Field(
+        default_factory=lambda: ["heuristic", "anti_pattern", "knowledge"],
+        description="Memory types the decay sweep may archive. Preferences stay until the user changes them; "
+        "outcomes are the evidence lessons are learned from.",
+    )
+    sweep_every_writes: int = Field(
+        100, ge=0, description="Run the decay sweep and caps on the first write of a process and then every N writes (0: only on demand)."
+    )
+    merge_on_write: bool = Field(True, description="Merge a taught memory into a near-duplicate instead of adding it.")
+    merge_thresholds: dict[Literal["heuristic", "anti_pattern", "knowledge", "preference"], float | None] = Field(
+        default_factory=lambda: {"heuristic": 0.90, "anti_pattern": 0.90, "knowledge": 0.92, "preference": 0.92},
+        description="Cosine similarity at or above which two memories of a type are the same; null: never merge that type.",
+    )
+    max_memories_per_type: int | None = Field(
+        None, ge=1, description="Default cap of active memories per agent and type (agents.NAME.max_memories overrides)."
+    )
+
+    @field_validator("merge_thresholds")
+    @classmethod
+    def _thresholds_in_range(cls, value: dict[str, float | None]) -> dict[str, float | None]:
+        for kind, threshold in value.items():
+            if threshold is not None and not 0 < threshold <= 1:
+                raise ValueError(f"merge_thresholds.{kind} is {threshold}: use a cosine similarity above 0 and at most 1")
+        defaults = {"heuristic": 0.90, "anti_pattern": 0.90, "knowledge": 0.92, "preference": 0.92}
+        return {**defaults, **value}
+
+
 class AgentSettings(_Strict):
     domain: str | None = None
     description: str | None = None
@@ -124,6 +164,7 @@ class AlmaSettings(_Strict):
     http: HttpSettings = Field(default_factory=HttpSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     learning: LearningSettings = Field(default_factory=LearningSettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     allow_undeclared_agents: bool = Field(
         False, description="Let agents not listed under `agents` read and learn (anything)."
     )
@@ -301,6 +342,15 @@ alma:
     similarity_threshold: 0.70      # tasks this similar count as the same kind of task
     min_failures_for_anti_pattern: 2
     retire_below_confidence: 0.25
+
+  lifecycle:                        # forgetting and consolidation (README: "Forgetting, ...")
+    half_life_days: null            # null: retrieval.recency_half_life_days
+    archive_floor: 0.02             # the sweep archives memories weaker than this
+    decay_types: [heuristic, anti_pattern, knowledge]
+    sweep_every_writes: 100         # also on the first write of a process; 0: only on demand
+    merge_on_write: true            # a taught near-duplicate is merged, not added
+    merge_thresholds: {{heuristic: 0.90, anti_pattern: 0.90, knowledge: 0.92, preference: 0.92}}
+    max_memories_per_type: null     # a cap per agent and type (agents.NAME.max_memories overrides)
 
   allow_undeclared_agents: false    # true: agents not listed below may learn anything
 

@@ -26,6 +26,7 @@ from .config import AlmaConfig, load_config
 from .errors import AlmaError, NotFound
 from .models import MEMORY_TYPES, Category, Confidence, MemoryId, MemoryType, Name, Text, UserId
 from .retrieval import MemorySlice
+from .lifecycle import ConsolidateResult, RestoreResult, SweepResult
 from .service import ALMA, ForgetResult, LearnResult, MemoryDetail
 
 log = logging.getLogger("alma_mcp")
@@ -228,10 +229,51 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
         older_than_days: Annotated[float | None, Field(ge=0)] = None,
         below_confidence: Annotated[float | None, Field(ge=0, le=1)] = None,
         dry_run: Annotated[bool, Field(description="Only list what would go (the default).")] = True,
+        purge: Annotated[
+            bool, Field(description="Delete instead of archiving (a copy stays in the audit log). Default: archive.")
+        ] = False,
     ) -> ForgetResult:
-        """Remove memories by id, or an agent's memories older than N days and/or below a
-        confidence. Shows what would go unless dry_run is false."""
-        return service.forget(memory_ids, agent, older_than_days, below_confidence, dry_run)
+        """Take memories out of service: by id, or an agent's memories older than N days and/or
+        below a confidence. Shows what would go unless dry_run is false. They are archived
+        (restorable with alma_restore) unless purge is true. Every removal is in alma://audit."""
+        return service.forget(memory_ids, agent, older_than_days, below_confidence, dry_run, purge)
+
+    @mcp.tool(annotations=WRITE, title="Restore archived memories")
+    @tool_errors
+    def alma_restore(
+        memory_ids: Annotated[list[MemoryId], Field(min_length=1, max_length=1000)],
+    ) -> RestoreResult:
+        """Bring archived memories back into service (forgotten, decayed, capped, merged or retired
+        ones; purged ones too, from the audit log's copy). Their strength starts afresh."""
+        return service.restore(memory_ids)
+
+    @mcp.tool(annotations=DESTRUCTIVE, title="Merge near-duplicate memories")
+    @tool_errors
+    def alma_consolidate(
+        agent: Annotated[Name | None, Field(description="Whose memories (not needed for preferences).")] = None,
+        memory_type: Annotated[
+            Literal["heuristic", "anti_pattern", "knowledge", "preference"] | None,
+            Field(description="Which type (default: heuristics, anti-patterns and knowledge)."),
+        ] = None,
+        similarity_threshold: Annotated[
+            float | None, Field(gt=0, le=1, description="Cosine similarity to count as the same (default: per type from config).")
+        ] = None,
+        dry_run: Annotated[bool, Field(description="Only report what would be merged (the default).")] = True,
+    ) -> ConsolidateResult:
+        """Merge near-duplicate memories: the survivor keeps the counts, confidence and provenance
+        of both, the other is archived. Reports what it merged (or would merge)."""
+        return service.consolidate(agent, memory_type, similarity_threshold, dry_run)
+
+    @mcp.tool(annotations=DESTRUCTIVE, title="Archive decayed and over-cap memories")
+    @tool_errors
+    def alma_sweep(
+        agent: Annotated[Name | None, Field(description="Only this agent (default: the whole project).")] = None,
+        dry_run: Annotated[bool, Field(description="Only report what would be archived (the default).")] = True,
+    ) -> SweepResult:
+        """Archive memories whose strength (decaying with time since last use or validation) fell
+        below the floor, and the lowest-value ones past an agent's cap. Also runs by itself every
+        N writes (lifecycle.sweep_every_writes)."""
+        return service.sweep(agent, dry_run)
 
     @mcp.tool(annotations=READ_ONLY, title="Memory statistics")
     @tool_errors
@@ -259,6 +301,24 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
     @resource_errors
     def stats_resource() -> str:
         return _json(service.stats())
+
+    @mcp.resource(
+        "alma://audit",
+        mime_type="application/json",
+        description="The audit log, newest first: every memory archived, purged, merged or restored, why, when and by which call.",
+    )
+    @resource_errors
+    def audit_resource() -> str:
+        return _json(service.audit_log(limit=100))
+
+    @mcp.resource(
+        "alma://audit/{memory_id}",
+        mime_type="application/json",
+        description="The audit log entries about one memory, newest first.",
+    )
+    @resource_errors
+    def audit_memory_resource(memory_id: str) -> str:
+        return _json(service.audit_log(limit=1000, memory_id=memory_id))
 
     free_text = ResourceSecurity(exempt_params={"task"})
 

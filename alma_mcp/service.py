@@ -16,10 +16,12 @@ from typing import Any, Callable, Literal, Sequence, TypeVar
 import anyio
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from .audit import AuditEntry, AuditLog, entry_for, open_audit_log
 from .config import AlmaConfig, load_config
 from .embeddings import Embedder, create_embedder
-from .errors import InvalidInput, NotFound
+from .errors import AlmaError, InvalidInput, NotFound
 from .learning import Learner, LearnReport
+from .lifecycle import MERGEABLE, ConsolidateResult, Lifecycle, RestoreResult, SweepResult
 from .models import (
     MEMORY_TYPES,
     AntiPattern,
@@ -82,6 +84,9 @@ class LearnResult(BaseModel):
 
 class ForgetResult(BaseModel):
     dry_run: bool
+    action: Literal["archive", "purge"] = Field(
+        "archive", description="archive: kept, out of service, restorable; purge: deleted (a copy stays in the audit log)."
+    )
     count: int
     memories: list[dict[str, str]] = Field(description="id, type, agent and title of each memory concerned.")
     message: str
@@ -107,6 +112,8 @@ class ALMA:
         self._store_lock = threading.Lock()
         lock_dir = config.data_dir if settings.storage == "chroma" else None
         self.write_lock = WriteLock(lock_dir)
+        self._writes = 0  # this process's writes, to run the decay sweep every N of them
+        self._writes_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **kwargs: Any) -> "ALMA":
@@ -138,6 +145,21 @@ class ALMA:
         if not hasattr(self, "_learner"):
             self._learner = Learner(self.store, self.config)
         return self._learner
+
+    @property
+    def audit(self) -> AuditLog:
+        """Where every removal is recorded: a JSONL file (embedded) or a Chroma collection (chroma-http)."""
+        if not hasattr(self, "_audit"):
+            self._audit = open_audit_log(
+                self.config.alma.storage, self.config.data_dir, self.store.client, self.config.project
+            )
+        return self._audit
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        if not hasattr(self, "_lifecycle"):
+            self._lifecycle = Lifecycle(self.store, self.config, self.audit, self.embedder.embed)
+        return self._lifecycle
 
     def warm_up(self) -> None:
         """Start loading the embedding model in the background."""
@@ -217,14 +239,34 @@ class ALMA:
         with self.write_lock:
             self.store.put([record], vector)
             report = self.learner.apply(record, self.embedder.embed_query(record.task))
+            self._audit_retired(report)
+        self._after_write(agent, ["outcome", "heuristic", "anti_pattern"])
         return _learn_result(record.id, report)
+
+    def _audit_retired(self, report: LearnReport) -> None:
+        """Learning archives lessons the evidence turned against; the audit log must say so too."""
+        retired = [*report.heuristics_retired, *report.anti_patterns_retired]
+        if not retired:
+            return
+        memories = [self.store.get(memory_id) for memory_id in retired]
+        self.audit.append(
+            [entry_for(m, "archive", "learn", m.archived_reason or "retired by learning") for m in memories]
+        )
 
     def _add(self, memory: MemoryBase, category: str | None, what: str) -> MemoryBase:
         check_can_learn(self.config, memory.agent, category, what)
+        stored = self._store_new(memory, f"merge on write (add {what})")
+        self._after_write(memory.agent, [memory.type])  # type: ignore[attr-defined]
+        return stored
+
+    def _store_new(self, memory: MemoryBase, call: str) -> MemoryBase:
+        """Store a taught memory, or merge it into a near-duplicate; returns the one that stays active."""
         vector = self.embedder.embed([memory.text()])
         with self.write_lock:
-            self.store.put([memory], vector)
-        return memory
+            merged = self.lifecycle.merge_on_write(memory, vector[0], call)
+            if merged is None:
+                self.store.put([memory], vector)
+        return merged or memory
 
     def add_heuristic(
         self,
@@ -312,10 +354,9 @@ class ALMA:
         )
         if agent:
             check_can_learn(self.config, recorded_by, memory.category, "preferences")
-        vector = self.embedder.embed([memory.text()])
-        with self.write_lock:
-            self.store.put([memory], vector)
-        return memory
+        stored = self._store_new(memory, "merge on write (add preference)")
+        self._after_write(None, [])
+        return stored  # type: ignore[return-value]
 
     def feedback(self, memory_id: str, signal: str, agent: str | None = None) -> MemoryBase:
         """Count a feedback signal on a memory: helpful, harmful, used or ignored."""
@@ -386,7 +427,11 @@ class ALMA:
         older_than_days: float | None = None,
         below_confidence: float | None = None,
         dry_run: bool = True,
+        purge: bool = False,
     ) -> ForgetResult:
+        """Take memories out of service. By default they are archived (kept, restorable with
+        `restore`); `purge=True` deletes them, keeping a copy in the audit log. Either way every
+        memory concerned is written to the audit log first. `dry_run` (the default) only lists."""
         if not memory_ids and agent is None and older_than_days is None and below_confidence is None:
             raise InvalidInput(
                 "say what to forget: memory_ids, or agent with older_than_days and/or below_confidence"
@@ -413,23 +458,134 @@ class ALMA:
             for kind in MEMORY_TYPES:
                 if kind == "preference":
                     continue
-                for memory in self.store.list(kind, agent):
+                for memory in self.store.list(kind, agent, include_archived=purge):
                     if cutoff is not None and memory.updated_at > cutoff:
                         continue
                     if below_confidence is not None and getattr(memory, "confidence", 1.0) >= below_confidence:
                         continue
                     targets.append(memory)
+        action: Literal["archive", "purge"] = "purge" if purge else "archive"
+        if not purge:
+            targets = [m for m in targets if not m.archived]  # archiving twice would change nothing
         listing = [{"id": m.id, "type": m.type, "agent": m.agent, "title": m.title()} for m in targets]  # type: ignore[attr-defined]
+        verb = "delete" if purge else "archive"
         if dry_run:
             return ForgetResult(
                 dry_run=True,
+                action=action,
                 count=len(targets),
                 memories=listing,
-                message=f"would forget {len(targets)} memories; call again with dry_run=false to do it",
+                message=f"would {verb} {len(targets)} memories; call again with dry_run=false to do it",
             )
+        if memory_ids:
+            reason = "forgotten by id"
+        else:
+            rules = [f"older than {older_than_days:g} days" if older_than_days is not None else "",
+                     f"confidence below {below_confidence:g}" if below_confidence is not None else ""]
+            reason = "forgotten: " + (", ".join(r for r in rules if r) or f"all memories of {agent}")
+        call = "forget (purge)" if purge else "forget"
         with self.write_lock:
-            removed = self.store.delete(targets)
-        return ForgetResult(dry_run=False, count=removed, memories=listing, message=f"forgot {removed} memories")
+            if purge:
+                removed = self.lifecycle.purge(targets, call, reason)
+            else:
+                self.lifecycle.archive([(m, reason, {}) for m in targets], call)
+                removed = len(targets)
+        done = (
+            f"deleted {removed} memories (copies are in the audit log; restore brings one back)"
+            if purge
+            else f"archived {removed} memories (restore brings them back)"
+        )
+        return ForgetResult(dry_run=False, action=action, count=removed, memories=listing, message=done)
+
+    # -- life cycle: restore, consolidate, sweep, audit ------------------------------
+    def restore(self, memory_ids: Sequence[str]) -> RestoreResult:
+        """Bring archived memories back into service (purged ones too, from the audit log's copy)."""
+        if isinstance(memory_ids, str):
+            memory_ids = [memory_ids]
+        if not memory_ids:
+            raise InvalidInput("memory_ids is empty: name the archived memories to restore")
+        ids = [_validated(_memory_id, i, "memory_ids") for i in dict.fromkeys(memory_ids)]
+        with self.write_lock:
+            return self.lifecycle.restore(ids, "restore")
+
+    def consolidate(
+        self,
+        agent: str | None,
+        memory_type: str | None = None,
+        similarity_threshold: float | None = None,
+        dry_run: bool = True,
+    ) -> ConsolidateResult:
+        """Merge near-duplicates among an agent's memories of a type (all lesson and fact types when
+        None; preferences are per user, so `agent` may be None for them)."""
+        if memory_type is not None and memory_type not in MERGEABLE:
+            if memory_type == "outcome":
+                raise InvalidInput("outcomes are raw records and the evidence lessons are learned from: they are never merged")
+            self._types([memory_type])
+        if similarity_threshold is not None and not (0 < similarity_threshold <= 1):
+            raise InvalidInput(f"similarity_threshold is {similarity_threshold}: use a cosine similarity above 0 and at most 1")
+        if memory_type != "preference":
+            if agent is None:
+                raise InvalidInput("name the agent whose memories to consolidate (only preferences need none)")
+            agent = self._agent(agent)
+        elif agent is not None:
+            agent = self._agent(agent)
+        kinds = [memory_type] if memory_type else ["heuristic", "anti_pattern", "knowledge"]
+        with self.write_lock:
+            return self.lifecycle.consolidate(kinds, agent, similarity_threshold, dry_run, "consolidate")
+
+    def sweep(self, agent: str | None = None, dry_run: bool = True) -> SweepResult:
+        """Archive memories whose strength decayed below the floor, and those past an agent's cap."""
+        if agent is not None:
+            agent = self._agent(agent)
+        with self.write_lock:
+            return self.lifecycle.sweep(agent, dry_run, "sweep")
+
+    def audit_log(
+        self, limit: int = 100, memory_id: str | None = None, action: str | None = None, agent: str | None = None
+    ) -> list[AuditEntry]:
+        if not 1 <= limit <= 10000:
+            raise InvalidInput(f"limit is {limit}: use 1 to 10000")
+        if memory_id is not None:
+            memory_id = _validated(_memory_id, memory_id, "memory_id")
+        if agent is not None:
+            agent = _validated(_name, agent, "agent")
+        return self.audit.read(limit, memory_id, action, agent)
+
+    def _after_write(self, agent: str | None, kinds: Sequence[str]) -> None:
+        """Automatic upkeep: the agent's caps after each write; the whole sweep on the first write of
+        this process and every `lifecycle.sweep_every_writes` writes. Never fails the write itself."""
+        every = self.config.alma.lifecycle.sweep_every_writes
+        with self._writes_lock:
+            self._writes += 1
+            due = every > 0 and (self._writes == 1 or self._writes % every == 0)
+        try:
+            with self.write_lock:
+                if due:
+                    self.lifecycle.sweep(None, dry_run=False, call="automatic sweep")
+                elif agent is not None and self.lifecycle.cap(agent) is not None:
+                    for kind in kinds:
+                        self.lifecycle.enforce_cap(agent, kind, "cap")
+        except AlmaError as exc:
+            log.warning("automatic life-cycle upkeep failed (the write itself succeeded): %s", exc)
+
+    # -- backup ------------------------------------------------------------------------
+    def export(self, path: str | Path, with_embeddings: bool = False, progress: bool = False) -> Any:
+        """Write every memory (archived too) to a JSONL file; see `backup.export_memories`."""
+        from .backup import export_memories
+
+        return export_memories(self, Path(path), with_embeddings=with_embeddings, progress=progress)
+
+    def import_memories(self, path: str | Path, progress: bool = False) -> Any:
+        """Load an export file, idempotently; see `backup.import_memories`."""
+        from .backup import import_memories
+
+        return import_memories(self, Path(path), progress=progress)
+
+    def reindex(self, force: bool = False, progress: bool = False) -> Any:
+        """Re-embed every memory with the configured model; see `backup.reindex`."""
+        from .backup import reindex
+
+        return reindex(self, force=force, progress=progress)
 
     # -- overview --------------------------------------------------------------------
     def stats(self, agent: str | None = None) -> dict[str, Any]:

@@ -1,0 +1,205 @@
+"""The audit log: every memory that leaves active service (and every restore) is written here.
+
+An entry says what (memory id, type, agent, title), why (the reason), when (UTC time),
+and by which call (forget, decay sweep, cap, merge, consolidate, learning, import...).
+Entries are written *before* the store changes, so a crash can leave an entry for a
+change that did not happen, never a change without an entry. A purge (hard delete)
+keeps the whole memory in its entry, so even a purged memory can be restored.
+
+Two homes, chosen by the storage backend:
+- embedded Chroma: `audit.<project>.jsonl` in the data directory, appended under the write lock
+  and fsynced; a torn last line (a crash mid-append) is skipped when reading.
+- chroma-http: a collection `alma.<project>._.audit` on the Chroma server, so every
+  process and machine sharing the memory sees one log. Its name has the shape of a memory
+  collection but not one of the five types, so `MemoryStore.scopes()` ignores it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, Field, ValidationError
+
+from .errors import StorageError
+from .models import MemoryBase, utcnow
+
+log = logging.getLogger("alma_mcp")
+
+AuditAction = Literal["archive", "purge", "merge", "restore", "import", "reindex"]
+
+
+def audit_file(data_dir: Path, project: str) -> Path:
+    """`audit.<project>.jsonl` in the data directory (one data directory may hold several projects)."""
+    return data_dir / f"audit.{project}.jsonl"
+
+
+class AuditEntry(BaseModel):
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    at: datetime = Field(default_factory=utcnow)
+    action: AuditAction
+    call: str = Field(description="The call that did it: forget, decay sweep, cap, merge on write, consolidate, ...")
+    reason: str
+    memory_id: str | None = None
+    memory_type: str | None = None
+    agent: str | None = None
+    title: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+    snapshot: dict[str, Any] | None = Field(None, description="The whole memory, kept for purges.")
+    pid: int = Field(default_factory=os.getpid)
+
+
+def entry_for(
+    memory: MemoryBase,
+    action: AuditAction,
+    call: str,
+    reason: str,
+    details: dict[str, Any] | None = None,
+    keep_snapshot: bool = False,
+) -> AuditEntry:
+    return AuditEntry(
+        action=action,
+        call=call,
+        reason=reason,
+        memory_id=memory.id,
+        memory_type=memory.type,  # type: ignore[attr-defined]
+        agent=memory.agent,
+        title=memory.title(),
+        details=details or {},
+        snapshot=json.loads(memory.model_dump_json()) if keep_snapshot else None,
+    )
+
+
+def _matches(entry: AuditEntry, memory_id: str | None, action: str | None, agent: str | None) -> bool:
+    return (
+        (memory_id is None or entry.memory_id == memory_id)
+        and (action is None or entry.action == action)
+        and (agent is None or entry.agent == agent)
+    )
+
+
+class AuditLog(Protocol):
+    description: str
+
+    def append(self, entries: list[AuditEntry]) -> None: ...
+
+    def read(
+        self, limit: int = 100, memory_id: str | None = None, action: str | None = None, agent: str | None = None
+    ) -> list[AuditEntry]:
+        """The newest `limit` entries matching the filters, newest first."""
+        ...
+
+
+class JsonlAuditLog:
+    """One JSON object per line in a file; appends are single writes with O_APPEND, then fsync."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.description = f"file {path}"
+        self._lock = threading.Lock()
+
+    def append(self, entries: list[AuditEntry]) -> None:
+        if not entries:
+            return
+        payload = "".join(entry.model_dump_json() + "\n" for entry in entries).encode("utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    # A torn line left by a crash must not swallow the next entry.
+                    if os.fstat(fd).st_size and not self._ends_with_newline():
+                        payload = b"\n" + payload
+                    os.write(fd, payload)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            raise StorageError(f"could not write the audit log {self.path}: {exc}; nothing was changed") from None
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
+
+    def read(
+        self, limit: int = 100, memory_id: str | None = None, action: str | None = None, agent: str | None = None
+    ) -> list[AuditEntry]:
+        if not self.path.exists():
+            return []
+        found: list[AuditEntry] = []
+        with open(self.path, encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = AuditEntry.model_validate_json(line)
+                except ValidationError:
+                    log.warning("audit log %s: line %d is unreadable (torn by a crash?); skipped", self.path, number)
+                    continue
+                if _matches(entry, memory_id, action, agent):
+                    found.append(entry)
+        found.reverse()
+        return found[:limit]
+
+
+class ChromaAuditLog:
+    """Entries as records of one Chroma collection, visible to every process using the server."""
+
+    def __init__(self, client: Any, project: str) -> None:
+        self.client = client
+        self.name = f"alma.{project}._.audit"
+        self.description = f"chroma collection {self.name}"
+        self._collection: Any = None
+
+    def _col(self) -> Any:
+        if self._collection is None:
+            try:
+                self._collection = self.client.get_or_create_collection(
+                    self.name, embedding_function=None, metadata={"alma_audit": True}
+                )
+            except Exception as exc:
+                raise StorageError(f"could not open the audit collection {self.name}: {exc}") from None
+        return self._collection
+
+    def append(self, entries: list[AuditEntry]) -> None:
+        if not entries:
+            return
+        try:
+            self._col().add(
+                # Ids sort by time, so the newest entries are easy to pick.
+                ids=[f"{int(e.at.timestamp() * 1e6):018d}-{e.id}" for e in entries],
+                # Chroma wants a vector per record; the log is never searched by similarity.
+                embeddings=[[1.0] for _ in entries],
+                documents=[e.model_dump_json() for e in entries],
+                metadatas=[
+                    {"ts": e.at.timestamp(), "action": e.action, "memory_id": e.memory_id or "", "agent": e.agent or ""}
+                    for e in entries
+                ],
+            )
+        except Exception as exc:
+            raise StorageError(f"could not write the audit log ({self.name}): {exc}; nothing was changed") from None
+
+    def read(
+        self, limit: int = 100, memory_id: str | None = None, action: str | None = None, agent: str | None = None
+    ) -> list[AuditEntry]:
+        clauses = [{k: v} for k, v in (("memory_id", memory_id), ("action", action), ("agent", agent)) if v is not None]
+        where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        try:
+            got = self._col().get(where=where, include=["documents"])
+        except Exception as exc:
+            raise StorageError(f"could not read the audit log ({self.name}): {exc}") from None
+        rows = sorted(zip(got["ids"], got["documents"]), reverse=True)[:limit]
+        return [AuditEntry.model_validate_json(doc) for _, doc in rows]
+
+
+def open_audit_log(storage: str, data_dir: Path, client: Any, project: str) -> AuditLog:
+    if storage == "chroma-http":
+        return ChromaAuditLog(client, project)
+    return JsonlAuditLog(audit_file(data_dir, project))

@@ -1,0 +1,453 @@
+"""Backup and moving: export to JSONL, import it back, and re-embed after a model change.
+
+Every command here can be interrupted and run again without damage:
+
+- export writes `FILE.partial` and renames it to `FILE` only when complete;
+- import upserts by memory id in batches, and a memory already present and identical is
+  skipped, so a second run adds nothing;
+- reindex builds each collection's new vectors in a side collection (`alma-reindex.…`),
+  then, under the write lock, catches up with writes made meanwhile and swaps the names;
+  a run interrupted anywhere resumes or finishes the swap on the next run.
+
+The export format, version 1: the first line is a header object
+`{"format": "alma-mcp-export", "version": 1, "project", "exported_at", "embedding_model",
+"count"}`; each following line is `{"memory": {...}}` with the memory exactly as the
+models define it (all fields, archived ones included: counters, confidence, provenance
+such as `supporting_outcomes`), plus `"embedding_b64"` (float32, base64) when exported
+with vectors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from .audit import AuditEntry
+from .errors import InvalidInput, StorageError
+from .models import MemoryBase, MemoryId, memory_type_of, parse_memory, utcnow
+from .store import PREFERENCES, collection_name
+
+if TYPE_CHECKING:
+    from .service import ALMA
+
+log = logging.getLogger("alma_mcp")
+
+FORMAT = "alma-mcp-export"
+VERSION = 1
+BATCH = 256
+_NEW_PREFIX = "alma-reindex."
+_OLD_PREFIX = "alma-retired."
+_memory_id = TypeAdapter(MemoryId)
+
+
+def _progress(total: int | None, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    # stderr always: in stdio mode stdout belongs to the protocol.
+    return tqdm(total=total, desc=desc, unit="mem", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+
+
+# -- export ----------------------------------------------------------------------------
+class ExportReport(BaseModel):
+    path: str
+    count: int
+    by_type: dict[str, int]
+    with_embeddings: bool
+    seconds: float
+
+
+def _scopes(alma: "ALMA") -> list[tuple[str, str | None]]:
+    return [(kind, None if agent == "_" else agent) for agent, kind in alma.store.scopes()]
+
+
+def export_memories(alma: "ALMA", path: Path, with_embeddings: bool = False, progress: bool = False) -> ExportReport:
+    started = time.perf_counter()
+    store = alma.store
+    scopes = _scopes(alma)
+    total = sum(store.count(kind, agent) for kind, agent in scopes)
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "project": store.project,
+        "exported_at": utcnow().isoformat(),
+        "embedding_model": alma.embedder.name,
+        "count": total,
+        "with_embeddings": with_embeddings,
+    }
+    partial = path.with_name(path.name + ".partial")
+    by_type: dict[str, int] = defaultdict(int)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(partial, "w", encoding="utf-8") as out, _progress(total, "export", progress) as bar:
+            out.write(json.dumps(header) + "\n")
+            for kind, agent in scopes:
+                for memory, vector in store.iter_memories(kind, agent, include_archived=True, with_embeddings=with_embeddings):
+                    line = '{"memory": ' + memory.model_dump_json()
+                    if vector is not None:
+                        line += ', "embedding_b64": "' + base64.b64encode(vector.astype("<f4").tobytes()).decode() + '"'
+                    out.write(line + "}\n")
+                    by_type[kind] += 1
+                    bar.update(1)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # never leave a half file that looks like a backup
+        raise
+    return ExportReport(
+        path=str(path),
+        count=sum(by_type.values()),
+        by_type=dict(by_type),
+        with_embeddings=with_embeddings,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+# -- import ----------------------------------------------------------------------------
+class RejectedLine(BaseModel):
+    line: int
+    error: str
+
+
+class ImportReport(BaseModel):
+    path: str
+    lines: int = Field(description="Memory lines read (the header not counted).")
+    added: int = 0
+    updated: int = Field(0, description="Present with an older updated_at: replaced by the file's version.")
+    unchanged: int = Field(0, description="Present and identical: skipped (this is what makes import idempotent).")
+    kept_newer: int = Field(0, description="Present with a newer or equal updated_at: the store's version kept.")
+    rejected: list[RejectedLine] = Field(default_factory=list)
+    re_embedded: int = 0
+    project_rewritten: bool = Field(False, description="The file came from another project; memories were moved into this one.")
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.rejected
+
+
+def _read_header(first: str, path: Path) -> dict[str, Any]:
+    try:
+        header = json.loads(first)
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise InvalidInput(f"{path}: line 1 is not an alma-mcp export header (write one with `alma-mcp export`)")
+    version = header.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise InvalidInput(f"{path}: export format version {version!r} is newer than this alma-mcp reads ({VERSION}); upgrade alma-mcp")
+    return header
+
+
+def _parse_line(text: str, project: str) -> tuple[MemoryBase, np.ndarray | None]:
+    """One memory line -> (memory, vector or None); raises ValueError with a readable reason."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON (truncated or corrupted?): {exc.msg} at column {exc.colno}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("memory"), dict):
+        raise ValueError('not a memory line: expected {"memory": {...}}')
+    extra = set(data) - {"memory", "embedding_b64"}
+    if extra:
+        raise ValueError(f"unexpected keys {sorted(extra)}")
+    try:
+        memory = parse_memory(data["memory"])
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'memory'}: {e['msg']}" for e in exc.errors()[:3])
+        raise ValueError(f"invalid memory: {problems}") from None
+    try:
+        _memory_id.validate_python(memory.id)
+    except ValidationError:
+        raise ValueError(f"invalid memory id {memory.id!r}: ids look like 'heuristic-<32 hex digits>'") from None
+    if memory_type_of(memory.id) != memory.type:  # type: ignore[attr-defined]
+        raise ValueError(f"memory id {memory.id!r} does not match its type {memory.type!r}")  # type: ignore[attr-defined]
+    if memory.project != project:
+        memory.project = project
+    vector = None
+    if "embedding_b64" in data:
+        try:
+            vector = np.frombuffer(base64.b64decode(data["embedding_b64"], validate=True), dtype="<f4").astype(np.float32)
+        except (ValueError, TypeError):
+            raise ValueError("embedding_b64 is not valid base64 float32 data") from None
+        if vector.size == 0 or not np.all(np.isfinite(vector)):
+            raise ValueError("embedding_b64 holds no usable vector")
+    return memory, vector
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            yield number, line
+
+
+def import_memories(alma: "ALMA", path: Path, progress: bool = False, batch: int = BATCH) -> ImportReport:
+    started = time.perf_counter()
+    if not path.is_file():
+        raise InvalidInput(f"{path} does not exist or is not a file")
+    lines = _numbered_lines(path)
+    first = next(lines, None)
+    if first is None:
+        raise InvalidInput(f"{path} is empty: an export starts with a header line")
+    header = _read_header(first[1], path)
+    store = alma.store
+    report = ImportReport(path=str(path), lines=0, project_rewritten=header.get("project") not in (None, store.project))
+    # Vectors in the file are only usable when they come from the model in use now.
+    same_model = header.get("embedding_model") == alma.embedder.name
+    pending: list[tuple[int, MemoryBase, np.ndarray | None]] = []
+    with _progress(header.get("count") if isinstance(header.get("count"), int) else None, "import", progress) as bar:
+        for number, text in lines:
+            if not text.strip():
+                continue
+            report.lines += 1
+            try:
+                memory, vector = _parse_line(text, store.project)
+            except ValueError as exc:
+                report.rejected.append(RejectedLine(line=number, error=str(exc)))
+                log.warning("%s line %d rejected: %s", path, number, exc)
+                bar.update(1)
+                continue
+            pending.append((number, memory, vector if same_model else None))
+            if len(pending) >= batch:
+                _import_batch(alma, pending, report)
+                bar.update(len(pending))
+                pending = []
+        if pending:
+            _import_batch(alma, pending, report)
+            bar.update(len(pending))
+    if report.added or report.updated:
+        alma.audit.append(
+            [
+                AuditEntry(
+                    action="import",
+                    call="import",
+                    reason=f"imported from {path}",
+                    details={"added": report.added, "updated": report.updated, "rejected": len(report.rejected)},
+                )
+            ]
+        )
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _import_batch(alma: "ALMA", items: list[tuple[int, MemoryBase, np.ndarray | None]], report: ImportReport) -> None:
+    store = alma.store
+    # The last line for an id wins within a file, as a later upsert would.
+    latest: dict[str, tuple[MemoryBase, np.ndarray | None]] = {}
+    for _, memory, vector in items:
+        latest[memory.id] = (memory, vector)
+    by_scope: dict[tuple[str, str | None], list[tuple[MemoryBase, np.ndarray | None]]] = defaultdict(list)
+    for memory, vector in latest.values():
+        kind = memory.type  # type: ignore[attr-defined]
+        by_scope[(kind, None if kind == PREFERENCES else memory.agent)].append((memory, vector))
+    with alma.write_lock:
+        for (kind, agent), group in by_scope.items():
+            existing = store.fetch_with_vectors(kind, agent, [m.id for m, _ in group])
+            to_write: list[MemoryBase] = []
+            vectors: list[np.ndarray | None] = []
+            for memory, vector in group:
+                found = existing.get(memory.id)
+                if found is not None:
+                    old, old_vector = found
+                    if old.model_dump() == memory.model_dump():
+                        report.unchanged += 1
+                        continue
+                    if old.updated_at >= memory.updated_at:
+                        report.kept_newer += 1
+                        continue
+                    report.updated += 1
+                    if vector is None and old.text() == memory.text():
+                        vector = old_vector  # same text, same model: no need to embed again
+                else:
+                    report.added += 1
+                to_write.append(memory)
+                vectors.append(vector)
+            if not to_write:
+                continue
+            missing = [i for i, v in enumerate(vectors) if v is None or v.shape[0] != _dim(alma)]
+            if missing:
+                fresh = alma.embedder.embed([to_write[i].text() for i in missing])
+                for i, row in zip(missing, fresh):
+                    vectors[i] = row
+                report.re_embedded += len(missing)
+            store.put(to_write, np.stack(vectors))  # type: ignore[arg-type]
+
+
+def _dim(alma: "ALMA") -> int:
+    return int(alma.embedder.dim)
+
+
+# -- reindex ---------------------------------------------------------------------------
+class ReindexedCollection(BaseModel):
+    name: str
+    count: int
+    status: str = Field(description="reindexed, current (already on this model), or recovered")
+    previous_model: str | None = None
+
+
+class ReindexReport(BaseModel):
+    model: str
+    collections: list[ReindexedCollection]
+    re_embedded: int
+    seconds: float
+
+
+def _names(client: Any) -> set[str]:
+    try:
+        return {c if isinstance(c, str) else c.name for c in client.list_collections()}
+    except Exception as exc:
+        raise StorageError(f"could not list collections in Chroma: {exc}") from None
+
+
+def _get(client: Any, name: str) -> Any:
+    return client.get_collection(name, embedding_function=None)
+
+
+def _forget_cached(alma: "ALMA", name: str) -> None:
+    # The store caches collection handles by name; after a swap the name means a new collection.
+    store = alma.store
+    store._collections.pop(name, None)  # noqa: SLF001 - the store offers no public way to drop a handle
+    store._bump(name)  # noqa: SLF001 - and retrieval caches must see the change
+
+
+def _recover(alma: "ALMA", live: str, names: set[str]) -> bool:
+    """Finish a swap an earlier run left half done. Returns whether anything was recovered."""
+    client = alma.store.client
+    old, new = _OLD_PREFIX + live[len("alma.") :], _NEW_PREFIX + live[len("alma.") :]
+    if old not in names:
+        return False
+    if live not in names:
+        if new in names:
+            _get(client, new).modify(name=live)
+        else:
+            _get(client, old).modify(name=live)
+            _forget_cached(alma, live)
+            return True
+    client.delete_collection(old)
+    _forget_cached(alma, live)
+    return True
+
+
+def _metadata_page(col: Any, offset: int, limit: int, documents: bool) -> dict[str, Any]:
+    include = ["metadatas", "documents"] if documents else ["metadatas"]
+    return col.get(include=include, limit=limit, offset=offset)
+
+
+def _all_metadata(col: Any) -> dict[str, str]:
+    """id -> the memory JSON, for every record of a collection."""
+    out: dict[str, str] = {}
+    offset = 0
+    while True:
+        got = _metadata_page(col, offset, 5000, documents=False)
+        out.update({i: m.get("json", "") for i, m in zip(got["ids"], got["metadatas"])})
+        if len(got["ids"]) < 5000:
+            return out
+        offset += 5000
+
+
+def reindex(alma: "ALMA", force: bool = False, progress: bool = False, batch: int = BATCH) -> ReindexReport:
+    started = time.perf_counter()
+    store = alma.store
+    client = store.client
+    model = alma.embedder.name
+    names = _names(client)
+    recovered = set()
+    for name in sorted(names):
+        for side in (_OLD_PREFIX, _NEW_PREFIX):
+            if name.startswith(side + store.project + "."):
+                live = "alma." + name[len(side) :]
+                if _recover(alma, live, names):
+                    recovered.add(live)
+                names = _names(client)
+    lives = sorted(
+        collection_name(store.project, kind, None if agent == "_" else agent) for agent, kind in store.scopes()
+    )
+    todo: list[tuple[str, Any, str | None]] = []
+    report = ReindexReport(model=model, collections=[], re_embedded=0, seconds=0.0)
+    for live in lives:
+        col = _get(client, live)
+        previous = (col.metadata or {}).get("embedding_model")
+        if previous == model and not force:
+            status = "recovered" if live in recovered else "current"
+            report.collections.append(ReindexedCollection(name=live, count=col.count(), status=status, previous_model=previous))
+        else:
+            todo.append((live, col, previous))
+    total = sum(col.count() for _, col, _ in todo)
+    with _progress(total, "reindex", progress) as bar:
+        for live, col, previous in todo:
+            count = _reindex_collection(alma, live, col, batch, bar, report)
+            report.collections.append(ReindexedCollection(name=live, count=count, status="reindexed", previous_model=previous))
+    if report.re_embedded:
+        alma.audit.append(
+            [
+                AuditEntry(
+                    action="reindex",
+                    call="reindex",
+                    reason=f"re-embedded {report.re_embedded} memories with {model}",
+                    details={"collections": [c.name for c in report.collections if c.status == "reindexed"]},
+                )
+            ]
+        )
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _reindex_collection(alma: "ALMA", live: str, col: Any, batch: int, bar: Any, report: ReindexReport) -> int:
+    client = alma.store.client
+    model = alma.embedder.name
+    suffix = live[len("alma.") :]
+    new_name, old_name = _NEW_PREFIX + suffix, _OLD_PREFIX + suffix
+    new = client.get_or_create_collection(
+        new_name, embedding_function=None, metadata={"hnsw:space": "cosine", "embedding_model": model}
+    )
+    if (new.metadata or {}).get("embedding_model") != model:  # left by a run with yet another model
+        client.delete_collection(new_name)
+        new = client.get_or_create_collection(
+            new_name, embedding_function=None, metadata={"hnsw:space": "cosine", "embedding_model": model}
+        )
+
+    def copy(ids: list[str], documents: list[str], metadatas: list[dict[str, Any]]) -> None:
+        if not ids:
+            return
+        vectors = alma.embedder.embed(documents)
+        new.upsert(ids=ids, embeddings=vectors, documents=documents, metadatas=metadatas)
+        report.re_embedded += len(ids)
+
+    # 1. Copy without the lock: the server keeps working meanwhile. A rerun skips what is done.
+    offset = 0
+    while True:
+        got = _metadata_page(col, offset, batch, documents=True)
+        ids, docs, metas = got["ids"], got["documents"], got["metadatas"]
+        done = new.get(ids=ids, include=["metadatas"]) if ids else {"ids": [], "metadatas": []}
+        have = {i: (m or {}).get("json") for i, m in zip(done["ids"], done["metadatas"])}
+        keep = [k for k, i in enumerate(ids) if have.get(i) != metas[k].get("json")]
+        copy([ids[k] for k in keep], [docs[k] for k in keep], [metas[k] for k in keep])
+        bar.update(len(ids))
+        if len(ids) < batch:
+            break
+        offset += batch
+
+    # 2. Under the write lock: catch up with writes made meanwhile, then swap the names.
+    with alma.write_lock:
+        source, target = _all_metadata(col), _all_metadata(new)
+        stale = [i for i, doc in source.items() if target.get(i) != doc]
+        for start in range(0, len(stale), batch):
+            got = col.get(ids=stale[start : start + batch], include=["documents", "metadatas"])
+            copy(got["ids"], got["documents"], got["metadatas"])
+        gone = [i for i in target if i not in source]
+        if gone:
+            new.delete(ids=gone)
+        col.modify(name=old_name)
+        new.modify(name=live)
+        client.delete_collection(old_name)
+        _forget_cached(alma, live)
+    return len(source)
