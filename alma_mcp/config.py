@@ -67,35 +67,94 @@ class HttpSettings(_Strict):
 
 
 class RetrievalWeights(_Strict):
-    """How the final score is made; see README 'How retrieval scores'."""
+    """How the final score is made; see README 'How retrieval scores'.
 
-    similarity: float = Field(0.70, ge=0)
-    recency: float = Field(0.05, ge=0)
-    success: float = Field(0.10, ge=0)
-    confidence: float = Field(0.10, ge=0)
-    feedback: float = Field(0.05, ge=0)
+    The score is the weighted mean of relevance to the task (`similarity`), recency, success
+    rate, confidence and feedback, each 0-1; weights need not sum to 1 (they are normalised).
+    Relevance carries most of the weight: the others only reorder memories that are all on topic.
+    """
+
+    similarity: float = Field(0.70, ge=0, description="Relevance to the task (fused dense + lexical).")
+    recency: float = Field(0.05, ge=0, description="exp decay since last used or validated (half-life below).")
+    success: float = Field(0.10, ge=0, description="Success rate of a heuristic; outcome success=1, failure=0.")
+    confidence: float = Field(0.10, ge=0, description="The memory's confidence.")
+    feedback: float = Field(0.05, ge=0, description="helpful vs harmful votes; harmful counts twice.")
 
 
 class RetrievalSettings(_Strict):
-    top_k: int = Field(5, ge=1, le=50)
+    top_k: int = Field(5, ge=1, le=50, description="Memories per type, at most.")
     weights: RetrievalWeights = Field(default_factory=RetrievalWeights)
     relevance_floor: float = Field(
-        0.35, ge=0, le=1, description="Cosine similarity below which a memory is never injected."
+        0.40,
+        ge=0,
+        le=1,
+        description="Cosine similarity a memory needs to be injected, unless it passes the lexical floor. "
+        "Calibrated on the benchmark corpus (bench/retrieval.py).",
+    )
+    lexical_floor: float = Field(
+        0.60,
+        ge=0,
+        le=1,
+        description="Lexical coverage (share of the task's distinctive words found in the memory) that "
+        "lets a memory through even below relevance_floor: quoted error strings and identifiers. "
+        "Calibrated on the benchmark corpus; 1 turns the lexical door off.",
     )
     recency_half_life_days: float = Field(30.0, gt=0)
-    token_budget: int = Field(1500, ge=100)
+    token_budget: int = Field(1500, ge=100, description="Size of the injected prompt, in estimated tokens.")
     include_outcomes: bool = Field(
         False, description="Inject raw outcomes too (off: heuristics and anti-patterns carry the lessons)."
+    )
+    near_duplicate: float = Field(
+        0.92, gt=0, le=1, description="Cosine similarity at which a candidate duplicates one already chosen."
+    )
+    candidate_pool: int = Field(20, ge=1, le=500, description="Candidates per collection from each ranker.")
+    rrf_k: int = Field(10, ge=1, description="The k of reciprocal rank fusion, 1/(k + rank).")
+    lexical_weight: float = Field(
+        0.3,
+        ge=0,
+        description="Weight of the lexical ranking in the fusion, and of lexical coverage in the evidence "
+        "the floor looks at (similarity + lexical_weight x coverage).",
+    )
+    fusion_rank_share: float = Field(
+        0.25, ge=0, le=1, description="Share of relevance given by rank fusion; the rest is the evidence itself."
+    )
+    floor_margin: float = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="Once one memory clears the floor, others whose evidence is at most this much below it "
+        "are admitted too. 0: every memory must clear the floor itself.",
     )
 
 
 class LearningSettings(_Strict):
-    min_success_rate: float = Field(0.6, ge=0, le=1)
+    """How outcomes become heuristics and anti-patterns; see README 'How learning works'."""
+
+    min_success_rate: float = Field(
+        0.6, ge=0, le=1, description="Recent success rate a heuristic needs to appear (and to stay, see below)."
+    )
     similarity_threshold: float = Field(
-        0.70, ge=0, le=1, description="Cosine similarity at which two tasks count as the same kind of task."
+        0.45,
+        ge=0,
+        le=1,
+        description="Cosine similarity (all-MiniLM-L6-v2) of a task to an outcome, or to the mean of a "
+        "lesson's tasks, at which they count as the same kind of task. Calibrated on hand-written "
+        "paraphrases (bench/learning.py --calibrate): 0.70 grouped almost no paraphrases.",
     )
     min_failures_for_anti_pattern: int = Field(2, ge=1)
-    retire_below_confidence: float = Field(0.25, ge=0, le=1)
+    retire_below_confidence: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="A lesson is retired when its confidence falls below this and its recent rate "
+        "contradicts it; it comes back only 0.05 above it.",
+    )
+    evidence_half_life: float = Field(
+        10.0,
+        gt=0,
+        description="Outcomes after which an old outcome counts half in a lesson's success rate: "
+        "smaller adapts faster to a changed world, larger is steadier.",
+    )
 
 
 class LifecycleSettings(_Strict):
@@ -141,11 +200,22 @@ class LifecycleSettings(_Strict):
 class AgentSettings(_Strict):
     domain: str | None = None
     description: str | None = None
-    can_learn: list[Category] = Field(default_factory=list, description="Empty means anything.")
-    cannot_learn: list[Category] = Field(default_factory=list)
-    min_occurrences_for_heuristic: int = Field(3, ge=1)
-    share_with: list[Name] = Field(default_factory=list, description="Agents that may read this one's lessons.")
-    inherit_from: list[Name] = Field(default_factory=list, description="Agents whose lessons this one reads.")
+    can_learn: list[Category] = Field(
+        default_factory=list,
+        description="Categories this agent may write (task type of outcomes, heuristics and anti-patterns; "
+        "domain of knowledge; category of preferences), compared ignoring case. Empty means anything.",
+    )
+    cannot_learn: list[Category] = Field(
+        default_factory=list, description="Categories this agent may never write; checked before can_learn."
+    )
+    min_occurrences_for_heuristic: int = Field(3, ge=1, description="Successes a lesson needs to become a heuristic.")
+    share_with: list[Name] = Field(
+        default_factory=list,
+        description="Agents that may read this one's memories (retrieval, listings, single memories, feedback).",
+    )
+    inherit_from: list[Name] = Field(
+        default_factory=list, description="Agents whose memories this one reads, as if shared with it."
+    )
     max_memories: int | None = Field(None, ge=1, description="Cap per memory type; the lowest-value archived first.")
     retrieval: RetrievalSettings | None = None
 
@@ -188,6 +258,11 @@ class AlmaSettings(_Strict):
             for other in [*agent.share_with, *agent.inherit_from]:
                 if other not in self.agents:
                     raise ValueError(f"agents.{name} refers to agent {other!r}, which is not defined under agents")
+                if other == name:
+                    raise ValueError(f"agents.{name} lists itself in share_with/inherit_from; an agent always reads its own memories")
+            both = sorted({c.casefold() for c in agent.can_learn} & {c.casefold() for c in agent.cannot_learn})
+            if both:
+                raise ValueError(f"agents.{name} lists {both} in both can_learn and cannot_learn; keep each category in one list")
         for dname, domain in self.domains.items():
             for agent_name in domain.agents:
                 if agent_name not in self.agents:
@@ -268,7 +343,7 @@ def _format_validation_error(error: ValidationError, path: Path) -> str:
     lines = [f"invalid config file {path}:"]
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"  {where}: {item['msg']}")
+        lines.append(f"  {where}: {str(item['msg']).removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
@@ -339,7 +414,8 @@ alma:
 
   learning:
     min_success_rate: 0.6           # a heuristic needs at least this success rate
-    similarity_threshold: 0.70      # tasks this similar count as the same kind of task
+    similarity_threshold: 0.45      # tasks this similar count as the same kind of task
+    evidence_half_life: 10          # outcomes after which an old outcome counts half
     min_failures_for_anti_pattern: 2
     retire_below_confidence: 0.25
 

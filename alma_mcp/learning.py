@@ -1,19 +1,37 @@
 """From outcomes to lessons: repeated successes become heuristics, repeated failures anti-patterns.
 
-A *group* is the agent's outcomes, across its whole history, that used the same strategy
-(after normalising case and punctuation) on tasks similar to this one (cosine similarity at
-or above `learning.similarity_threshold`). Chroma filters by strategy before ranking, so
-interleaved tasks still find their group however many other outcomes came between them.
+A *lesson* is a cluster of the agent's outcomes that used the same strategy (after
+normalising case and punctuation) on the same kind of task. Every new outcome is placed by
+looking at the agent's whole history, never a window of recent outcomes: Chroma filters the
+outcomes by strategy before ranking them by task similarity, so tasks interleaved with any
+number of others still find their cluster.
 
-- A heuristic exists once a group has `min_occurrences_for_heuristic` successes and a success
-  rate of at least `learning.min_success_rate`. A heuristic that already holds any of the
-  group's outcomes is the same lesson and is updated in place, never duplicated.
-- An anti-pattern exists once a group has `min_failures_for_anti_pattern` failures and
-  fails more often than it succeeds.
-- Confidence is the lower bound of the 90% Wilson interval of the success rate (failure
-  rate for anti-patterns), so one noisy outcome moves it a little and many move it a lot.
-  A lesson whose confidence falls below `learning.retire_below_confidence` after at least
-  `min_occurrences` observations is archived (retired), never silently deleted.
+Placing an outcome (`Learner.apply`):
+1. Neighbours: outcomes with the same strategy whose task is at least
+   `learning.similarity_threshold` similar to this task, then (one more round) to the mean of
+   those tasks. Paraphrases of one task are often less similar to each other than to the
+   mean of a few of them, so the second round finds what one pairwise test misses.
+2. Lessons: every heuristic or anti-pattern on this strategy that holds one of these outcomes
+   or whose tasks (their mean vector) are similar enough. They are all the same lesson: one
+   of each kind is kept and any other is folded into it and archived as "merged into ...",
+   so two clusters that turn out to be one never leave two heuristics behind.
+3. Evidence: the success rate over all of the lesson's outcomes, each weighted by
+   0.5 ** (newer outcomes after it / `learning.evidence_half_life`), so a world that changes
+   shows up within a few outcomes while one noisy outcome barely moves it. Confidence is the
+   lower bound of the 90% Wilson interval of that rate (the failure rate for anti-patterns),
+   plus the feedback offset (`FEEDBACK_STEPS`).
+4. Rules: a heuristic appears at `min_occurrences_for_heuristic` successes and a rate of at
+   least `min_success_rate`; it is retired (archived, never deleted) only when its rate has
+   fallen below that bar *and* its confidence below `retire_below_confidence`, and comes back
+   only with the rate above the bar and the confidence clear of the floor (hysteresis). An
+   anti-pattern appears at `min_failures_for_anti_pattern` failures when the strategy fails
+   more often than not, and is retired the same way once it succeeds more often than not.
+   A cluster never holds an active heuristic and an active anti-pattern at once.
+
+Lessons are stored with the mean task vector of their outcomes as their embedding, so they
+are found by the tasks they apply to; their text (condition/strategy, pattern/why) feeds
+the lexical index and the prompt. Every lesson lists the outcome ids behind it
+(`supporting_outcomes`), which `alma://memories/{id}` shows as provenance.
 """
 
 from __future__ import annotations
@@ -21,25 +39,107 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
 from .config import AlmaConfig
-from .models import AntiPattern, Heuristic, MemoryBase, Outcome, strategy_key, utcnow
+from .models import AntiPattern, Heuristic, MemoryBase, Outcome, new_id, strategy_key, utcnow
 from .store import MemoryStore
 
 WILSON_Z = 1.645
+"""90% two-sided Wilson interval: a lower bound that three successes in three clear (0.53)."""
 GROUP_POOL = 500
+"""Nearest outcomes of the same strategy looked at when placing an outcome."""
+EXPANSION_ROUNDS = 2
+REINSTATE_MARGIN = 0.05
+"""A retired lesson comes back only this far above the floor, so it does not flap."""
+MERGED_PREFIX = "merged into "
+
+FEEDBACK_STEPS: dict[str, float] = {"helpful": 0.05, "harmful": -0.10, "used": 0.01, "ignored": -0.02}
+"""How much one feedback signal moves a memory's confidence. Harmful counts twice as much as
+helpful; being used is a weak vote for a memory, being shown and ignored a weak vote against."""
+RETIRE_ON_HARMFUL = 2
+"""Harmful signals needed (and more than half the helpful ones) before feedback alone retires."""
 
 
-def wilson_lower_bound(successes: int, trials: int, z: float = WILSON_Z) -> float:
+def wilson_lower_bound(successes: float, trials: float, z: float = WILSON_Z) -> float:
+    """Lower bound of the Wilson score interval; works with weighted (fractional) counts."""
     if trials <= 0:
         return 0.0
-    p = successes / trials
+    p = min(1.0, max(0.0, successes / trials))
     denom = 1 + z * z / trials
     centre = p + z * z / (2 * trials)
     margin = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
     return max(0.0, (centre - margin) / denom)
+
+
+def feedback_offset(memory: MemoryBase) -> float:
+    """The confidence the feedback counters add (or take away) on top of the evidence."""
+    return sum(step * getattr(memory, signal) for signal, step in FEEDBACK_STEPS.items())
+
+
+def _clamp(value: float) -> float:
+    return round(min(1.0, max(0.0, value)), 4)
+
+
+def apply_feedback(memory: MemoryBase, signal: str, floor: float) -> bool:
+    """Count one feedback signal on `memory` and move its confidence; True if it is now retired."""
+    setattr(memory, signal, getattr(memory, signal) + 1)
+    now = utcnow()
+    if signal in ("used", "helpful"):
+        memory.last_used_at = now
+    if hasattr(memory, "confidence"):
+        memory.confidence = _clamp(memory.confidence + FEEDBACK_STEPS[signal])  # type: ignore[attr-defined]
+    memory.updated_at = now
+    if (
+        memory.type in ("heuristic", "anti_pattern")  # type: ignore[attr-defined]
+        and not memory.archived
+        and memory.harmful >= RETIRE_ON_HARMFUL
+        and 2 * memory.harmful > memory.helpful
+        and memory.confidence < floor  # type: ignore[attr-defined]
+    ):
+        memory.archived = True
+        memory.archived_reason = f"retired: marked harmful {memory.harmful} times (helpful {memory.helpful})"
+        return True
+    return False
+
+
+@dataclass
+class Evidence:
+    """What a cluster of outcomes says about its strategy."""
+
+    outcomes: list[Outcome]
+    successes: int
+    failures: int
+    rate: float
+    """Recency-weighted success rate (a partial counts half)."""
+    weight: float
+    """Effective number of observations after recency weighting."""
+
+    @property
+    def confidence(self) -> float:
+        return wilson_lower_bound(self.rate * self.weight, self.weight)
+
+    @property
+    def fail_confidence(self) -> float:
+        return wilson_lower_bound((1 - self.rate) * self.weight, self.weight)
+
+
+def weigh(outcomes: Sequence[Outcome], half_life: float) -> Evidence:
+    ordered = sorted(outcomes, key=lambda m: m.created_at)
+    wins = total = 0.0
+    for age, outcome in enumerate(reversed(ordered)):
+        w = 0.5 ** (age / half_life)
+        wins += w * {"success": 1.0, "partial": 0.5, "failure": 0.0}[outcome.outcome]
+        total += w
+    return Evidence(
+        outcomes=ordered,
+        successes=sum(1 for m in ordered if m.outcome == "success"),
+        failures=sum(1 for m in ordered if m.outcome == "failure"),
+        rate=wins / total if total else 0.0,
+        weight=total,
+    )
 
 
 @dataclass
@@ -50,6 +150,17 @@ class LearnReport:
     anti_patterns_created: list[str] = field(default_factory=list)
     anti_patterns_updated: list[str] = field(default_factory=list)
     anti_patterns_retired: list[str] = field(default_factory=list)
+    lessons_merged: list[str] = field(default_factory=list)
+
+
+def _unit(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    mean = np.mean(np.stack(vectors), axis=0)
+    norm = float(np.linalg.norm(mean))
+    return (mean / norm if norm else mean).astype(np.float32)
+
+
+def is_merged(memory: MemoryBase) -> bool:
+    return bool(memory.archived and (memory.archived_reason or "").startswith(MERGED_PREFIX))
 
 
 class Learner:
@@ -57,186 +168,293 @@ class Learner:
         self.store = store
         self.config = config
 
-    def group(self, outcome: Outcome, vector: np.ndarray) -> list[Outcome]:
-        """The agent's outcomes with the same strategy on similar tasks (this one included)."""
+    # -- placing an outcome ------------------------------------------------------------
+    def _pool(self, outcome: Outcome, vector: np.ndarray, key: str) -> dict[str, tuple[Outcome, np.ndarray]]:
+        hits = self.store.query("outcome", outcome.agent, vector, GROUP_POOL, where={"strategy_key": key})
+        pool = {h.memory.id: (h.memory, h.vector) for h in hits if h.vector is not None}
+        pool[outcome.id] = (outcome, vector)
+        return pool  # type: ignore[return-value]
+
+    def _lessons(self, agent: str, key: str) -> list[MemoryBase]:
+        found: list[MemoryBase] = []
+        for kind in ("heuristic", "anti_pattern"):
+            found += [
+                m
+                for m in self.store.list(kind, agent, where={"strategy_key": key}, include_archived=True)
+                if not is_merged(m)
+            ]
+        return found
+
+    def _vectors_of(
+        self, agent: str, ids: Sequence[str], pool: dict[str, tuple[Outcome, np.ndarray]]
+    ) -> dict[str, tuple[Outcome, np.ndarray]]:
+        """Outcomes by id with their task vectors: from the pool, else read from the store."""
+        out = {i: pool[i] for i in ids if i in pool}
+        missing = [i for i in ids if i not in pool]
+        if missing:
+            for i, (memory, vec) in self.store.fetch_with_vectors("outcome", agent, missing).items():
+                out[i] = (memory, vec)  # type: ignore[assignment]
+        return out
+
+    def cluster(
+        self, outcome: Outcome, vector: np.ndarray
+    ) -> tuple[dict[str, tuple[Outcome, np.ndarray]], list[MemoryBase]]:
+        """The outcomes of this outcome's lesson (with task vectors) and the lessons that hold them.
+
+        A lesson's tasks are summed up by their mean vector. The outcome joins the lessons whose
+        mean is similar enough to its task, plus any lesson whose mean is similar to the joined
+        cluster's (two clusters that turn out to be one). With no such lesson, the cluster is
+        built from outcomes no lesson holds yet: similar to this task, then to their mean.
+        """
         threshold = self.config.alma.learning.similarity_threshold
-        hits = self.store.query(
-            "outcome", outcome.agent, vector, GROUP_POOL, where={"strategy_key": strategy_key(outcome.strategy_used)}
-        )
-        members = [h.memory for h in hits if h.similarity >= threshold]
-        if not any(m.id == outcome.id for m in members):
-            members.append(outcome)
-        return members  # type: ignore[return-value]
+        key = strategy_key(outcome.strategy_used)
+        pool = self._pool(outcome, vector, key)
+        centres: dict[str, tuple[np.ndarray, dict[str, tuple[Outcome, np.ndarray]]]] = {}
+        lessons = self._lessons(outcome.agent, key)
+        for lesson in lessons:
+            known = self._vectors_of(outcome.agent, list(getattr(lesson, "supporting_outcomes", [])), pool)
+            if known:
+                centres[lesson.id] = (_unit([v for _, v in known.values()]), known)
+        taken = {i for _, members in centres.values() for i in members}
+        free = {i: item for i, item in pool.items() if i not in taken or i == outcome.id}
 
-    def _lessons_for(self, kind: str, agent: str, key: str, member_ids: set[str]) -> list[MemoryBase]:
-        """Existing lessons (archived too) on this strategy that hold any outcome of the group."""
-        lessons = self.store.list(kind, agent, where={"strategy_key": key}, include_archived=True)
-        return [m for m in lessons if member_ids & set(getattr(m, "supporting_outcomes", []))]
+        group = {outcome.id: (outcome, vector)}
+        matched = [m for m in lessons if m.id in centres and float(np.dot(centres[m.id][0], vector)) >= threshold]
+        if matched:
+            for lesson in matched:
+                group.update(centres[lesson.id][1])
+            centre = _unit([v for _, v in group.values()])
+        else:
+            centre = vector
+            for _ in range(EXPANSION_ROUNDS):
+                group.update({i: item for i, item in free.items() if float(np.dot(item[1], centre)) >= threshold})
+                centre = _unit([v for _, v in group.values()])
+        # Lessons of the same cluster that this outcome alone did not reach, and outcomes no
+        # lesson holds yet that belong here: one pass against the cluster's mean.
+        for lesson in lessons:
+            if lesson not in matched and lesson.id in centres and float(np.dot(centres[lesson.id][0], centre)) >= threshold:
+                matched.append(lesson)
+                group.update(centres[lesson.id][1])
+        group.update({i: item for i, item in free.items() if float(np.dot(item[1], centre)) >= threshold})
+        return group, matched
 
+    # -- the rules ---------------------------------------------------------------------
     def apply(self, outcome: Outcome, vector: np.ndarray) -> LearnReport:
         report = LearnReport()
-        agent_settings = self.config.agent(outcome.agent)
         learning = self.config.alma.learning
-        members = self.group(outcome, vector)
+        floor = learning.retire_below_confidence
+        min_occurrences = self.config.agent(outcome.agent).min_occurrences_for_heuristic
         key = strategy_key(outcome.strategy_used)
-        ids = {m.id for m in members}
-        successes = [m for m in members if m.outcome == "success"]
-        failures = [m for m in members if m.outcome == "failure"]
-        trials = len(successes) + len(failures) + sum(0.5 for m in members if m.outcome == "partial")
-        wins = len(successes) + sum(0.5 for m in members if m.outcome == "partial")
+        group, matched = self.cluster(outcome, vector)
+        evidence = weigh([m for m, _ in group.values()], learning.evidence_half_life)
+        centre = _unit([v for _, v in group.values()])
+        ids = set(group)
         now = utcnow()
-        changed: list[MemoryBase] = []
-        new: list[MemoryBase] = []
+        writes: dict[str, MemoryBase] = {}
+
+        heuristic = _fold([m for m in matched if m.type == "heuristic"], writes)  # type: ignore[attr-defined]
+        anti = _fold([m for m in matched if m.type == "anti_pattern"], writes)  # type: ignore[attr-defined]
+        report.lessons_merged = [i for i, m in writes.items() if is_merged(m)]
+        task_type = _common_task_type(evidence.outcomes)
 
         # Heuristic: the strategy works on this kind of task.
-        heuristics = self._lessons_for("heuristic", outcome.agent, key, ids)
-        rate = wins / trials if trials else 0.0
-        confidence = wilson_lower_bound(round(wins), round(trials))
-        if heuristics:
-            primary = _merge_duplicates(heuristics, changed)
-            supporting = sorted(set(primary.supporting_outcomes) | ids)
-            h_members = {m.id: m for m in members}
-            primary.supporting_outcomes = supporting
-            primary.occurrence_count = max(primary.occurrence_count, len(h_members))
-            primary.success_count = max(0, min(primary.occurrence_count, len(successes)))
-            primary.confidence = round(confidence, 4)
-            primary.updated_at = now
-            if outcome.outcome == "success":
-                primary.last_validated = now
-            if primary.archived and confidence >= learning.retire_below_confidence and rate >= learning.min_success_rate:
-                primary.archived = False
-                primary.archived_reason = None
-            elif (
-                not primary.archived
-                and confidence < learning.retire_below_confidence
-                and rate < learning.min_success_rate
-                and len(members) >= agent_settings.min_occurrences_for_heuristic
-            ):
-                primary.archived = True
-                primary.archived_reason = (
-                    f"retired: success rate fell to {rate:.0%} over {len(members)} outcomes"
+        if heuristic is None:
+            if evidence.successes >= min_occurrences and evidence.rate >= learning.min_success_rate:
+                heuristic = Heuristic(
+                    id=new_id("heuristic"),
+                    project=outcome.project,
+                    agent=outcome.agent,
+                    condition=_condition(evidence.outcomes, group, centre),
+                    strategy=outcome.strategy_used,
+                    task_type=task_type,
+                    confidence=_clamp(evidence.confidence),
+                    occurrence_count=len(evidence.outcomes),
+                    success_count=evidence.successes,
+                    supporting_outcomes=sorted(ids),
+                    strategy_key=key,
                 )
-                report.heuristics_retired.append(primary.id)
-            changed.append(primary)
-            report.heuristics_updated.append(primary.id)
-        elif len(successes) >= agent_settings.min_occurrences_for_heuristic and rate >= learning.min_success_rate:
-            exemplar = _central(successes)
-            heuristic = Heuristic(
-                id=_new("heuristic"),
-                project=outcome.project,
-                agent=outcome.agent,
-                condition=exemplar.task,
-                strategy=outcome.strategy_used,
-                task_type=outcome.task_type,
-                confidence=round(confidence, 4),
-                occurrence_count=len(members),
-                success_count=len(successes),
-                supporting_outcomes=sorted(ids),
-                strategy_key=key,
-            )
-            new.append(heuristic)
-            report.heuristics_created.append(heuristic.id)
+                writes[heuristic.id] = heuristic
+                report.heuristics_created.append(heuristic.id)
+        else:
+            heuristic.supporting_outcomes = sorted(set(heuristic.supporting_outcomes) | ids)
+            heuristic.occurrence_count = len(evidence.outcomes)
+            heuristic.success_count = evidence.successes
+            heuristic.condition = _condition(evidence.outcomes, group, centre)
+            heuristic.confidence = _clamp(evidence.confidence + feedback_offset(heuristic))
+            heuristic.updated_at = now
+            if outcome.outcome == "success":
+                heuristic.last_validated = now
+            if not heuristic.archived and evidence.rate < learning.min_success_rate and heuristic.confidence < floor:
+                heuristic.archived = True
+                heuristic.archived_reason = (
+                    f"retired: recent success rate {evidence.rate:.0%} over {len(evidence.outcomes)} outcomes, "
+                    f"confidence {heuristic.confidence:.2f} below {floor}"
+                )
+                report.heuristics_retired.append(heuristic.id)
+            elif (
+                heuristic.archived
+                and evidence.successes >= min_occurrences
+                and evidence.rate >= learning.min_success_rate
+                and heuristic.confidence >= floor + REINSTATE_MARGIN
+            ):
+                heuristic.archived = False
+                heuristic.archived_reason = None
+                report.heuristics_created.append(heuristic.id)
+            else:
+                report.heuristics_updated.append(heuristic.id)
+            writes[heuristic.id] = heuristic
 
         # Anti-pattern: the strategy keeps failing on this kind of task.
-        anti_patterns = self._lessons_for("anti_pattern", outcome.agent, key, ids)
-        fail_rate = len(failures) / trials if trials else 0.0
-        fail_confidence = wilson_lower_bound(len(failures), round(trials))
-        if anti_patterns:
-            primary_ap = _merge_duplicates(anti_patterns, changed)
-            old_text = primary_ap.text()
-            primary_ap.supporting_outcomes = sorted(set(primary_ap.supporting_outcomes) | ids)
-            primary_ap.occurrence_count = len(failures)
-            primary_ap.success_count = len(successes)
-            primary_ap.confidence = round(fail_confidence, 4)
-            primary_ap.why_bad = _why_bad(failures) or primary_ap.why_bad
-            better = self._better_alternative(outcome, vector, key)
-            if better:
-                primary_ap.better_alternative = better
-            primary_ap.updated_at = now
+        fails_mostly = evidence.rate < 0.5
+        if anti is None:
+            if evidence.failures >= learning.min_failures_for_anti_pattern and fails_mostly:
+                anti = AntiPattern(
+                    id=new_id("anti_pattern"),
+                    project=outcome.project,
+                    agent=outcome.agent,
+                    pattern=_pattern(outcome.strategy_used, evidence.outcomes, group, centre),
+                    why_bad=_why_bad(evidence),
+                    better_alternative=self._better_alternative(outcome.agent, centre, key),
+                    task_type=task_type,
+                    confidence=_clamp(evidence.fail_confidence),
+                    occurrence_count=evidence.failures,
+                    success_count=evidence.successes,
+                    supporting_outcomes=sorted(ids),
+                    strategy_key=key,
+                )
+                writes[anti.id] = anti
+                report.anti_patterns_created.append(anti.id)
+        else:
+            anti.supporting_outcomes = sorted(set(anti.supporting_outcomes) | ids)
+            anti.occurrence_count = evidence.failures
+            anti.success_count = evidence.successes
+            anti.pattern = _pattern(outcome.strategy_used, evidence.outcomes, group, centre)
+            anti.why_bad = _why_bad(evidence)
+            anti.better_alternative = self._better_alternative(outcome.agent, centre, key) or anti.better_alternative
+            anti.confidence = _clamp(evidence.fail_confidence + feedback_offset(anti))
+            anti.updated_at = now
             if outcome.outcome == "failure":
-                primary_ap.last_seen = now
-            if primary_ap.archived and fail_confidence >= learning.retire_below_confidence and fail_rate > 0.5:
-                primary_ap.archived = False
-                primary_ap.archived_reason = None
-            elif not primary_ap.archived and fail_confidence < learning.retire_below_confidence and fail_rate < 0.5:
-                primary_ap.archived = True
-                primary_ap.archived_reason = f"retired: the strategy now succeeds ({1 - fail_rate:.0%})"
-                report.anti_patterns_retired.append(primary_ap.id)
-            (changed if primary_ap.text() == old_text else new).append(primary_ap)
-            report.anti_patterns_updated.append(primary_ap.id)
-        elif len(failures) >= learning.min_failures_for_anti_pattern and fail_rate > 0.5:
-            exemplar = _central(failures)
-            anti = AntiPattern(
-                id=_new("anti_pattern"),
-                project=outcome.project,
-                agent=outcome.agent,
-                pattern=f"{outcome.strategy_used} (on tasks like: {exemplar.task})",
-                why_bad=_why_bad(failures) or f"failed {len(failures)} of {len(members)} times on similar tasks",
-                better_alternative=self._better_alternative(outcome, vector, key),
-                task_type=outcome.task_type,
-                confidence=round(fail_confidence, 4),
-                occurrence_count=len(failures),
-                success_count=len(successes),
-                supporting_outcomes=sorted(ids),
-                strategy_key=key,
-            )
-            new.append(anti)
-            report.anti_patterns_created.append(anti.id)
+                anti.last_seen = now
+            if not anti.archived and not fails_mostly and anti.confidence < floor:
+                anti.archived = True
+                anti.archived_reason = (
+                    f"retired: the strategy now succeeds ({evidence.rate:.0%} recently), "
+                    f"confidence {anti.confidence:.2f} below {floor}"
+                )
+                report.anti_patterns_retired.append(anti.id)
+            elif (
+                anti.archived
+                and fails_mostly
+                and evidence.failures >= learning.min_failures_for_anti_pattern
+                and anti.confidence >= floor + REINSTATE_MARGIN
+            ):
+                anti.archived = False
+                anti.archived_reason = None
+                report.anti_patterns_created.append(anti.id)
+            else:
+                report.anti_patterns_updated.append(anti.id)
+            writes[anti.id] = anti
 
-        if new:
-            self.store.put(new)
-        if changed:
-            self.store.update_metadata(_unique(changed))
+        # One cluster never says both "do this" and "avoid this": the majority decides.
+        if heuristic is not None and anti is not None and not heuristic.archived and not anti.archived:
+            loser = heuristic if fails_mostly else anti
+            winner = anti if fails_mostly else heuristic
+            loser.archived = True
+            loser.archived_reason = f"retired: contradicted by {winner.id} (recent success rate {evidence.rate:.0%})"
+            (report.heuristics_retired if loser is heuristic else report.anti_patterns_retired).append(loser.id)
+
+        lessons = [m for m in writes.values() if m.id in {getattr(heuristic, "id", None), getattr(anti, "id", None)}]
+        others = [m for m in writes.values() if m not in lessons]
+        if lessons:
+            self.store.put(lessons, np.stack([centre] * len(lessons)))
+        if others:
+            self.store.update_metadata(others)
+        if heuristic is not None and not heuristic.archived and (
+            heuristic.id in report.heuristics_created
+        ):
+            self._offer_alternative(heuristic, centre)
         return report
 
-    def _better_alternative(self, outcome: Outcome, vector: np.ndarray, failing_key: str) -> str | None:
+    # -- better alternatives -----------------------------------------------------------
+    def _better_alternative(self, agent: str, centre: np.ndarray, failing_key: str) -> str | None:
+        """The strategy of the most confident active heuristic on the same kind of task."""
         threshold = self.config.alma.learning.similarity_threshold
-        hits = self.store.query("heuristic", outcome.agent, vector, 10)
+        hits = self.store.query("heuristic", agent, centre, 10)
         best = [
             h.memory
             for h in hits
-            if h.similarity >= threshold * 0.8 and getattr(h.memory, "strategy_key", None) != failing_key
+            if h.similarity >= threshold and getattr(h.memory, "strategy_key", None) != failing_key
         ]
         if not best:
             return None
-        top = max(best, key=lambda m: m.confidence)  # type: ignore[attr-defined]
-        return top.strategy  # type: ignore[attr-defined]
+        return max(best, key=lambda m: m.confidence).strategy  # type: ignore[attr-defined]
+
+    def _offer_alternative(self, heuristic: Heuristic, centre: np.ndarray) -> None:
+        """A new heuristic becomes the better alternative of anti-patterns on the same kind of task."""
+        threshold = self.config.alma.learning.similarity_threshold
+        changed = []
+        for hit in self.store.query("anti_pattern", heuristic.agent, centre, 10):
+            anti = hit.memory
+            if hit.similarity < threshold or getattr(anti, "strategy_key", None) == heuristic.strategy_key:
+                continue
+            better = self._better_alternative(heuristic.agent, hit.vector, anti.strategy_key)  # type: ignore[arg-type, attr-defined]
+            if better and better != anti.better_alternative:  # type: ignore[attr-defined]
+                anti.better_alternative = better  # type: ignore[attr-defined]
+                changed.append(anti)
+        if changed:
+            self.store.update_metadata(changed)
 
 
-def _merge_duplicates(lessons: list[MemoryBase], changed: list[MemoryBase]) -> MemoryBase:
-    """Keep the oldest lesson; fold any others of the same group into it and retire them."""
-    lessons = sorted(lessons, key=lambda m: m.created_at)
-    primary = lessons[0]
-    for extra in lessons[1:]:
-        primary.supporting_outcomes = sorted(set(primary.supporting_outcomes) | set(extra.supporting_outcomes))  # type: ignore[attr-defined]
-        if not extra.archived:
-            extra.archived = True
-            extra.archived_reason = f"merged into {primary.id}"
-            changed.append(extra)
+def _fold(lessons: list[MemoryBase], writes: dict[str, MemoryBase]) -> MemoryBase | None:
+    """One lesson of a kind per cluster: keep the oldest active one (else the oldest) and fold
+    any others into it, archived as merged, so no lesson is ever learned twice."""
+    if not lessons:
+        return None
+    ordered = sorted(lessons, key=lambda m: (m.archived, m.created_at))
+    primary = ordered[0]
+    for extra in ordered[1:]:
+        primary.supporting_outcomes = sorted(  # type: ignore[attr-defined]
+            set(primary.supporting_outcomes) | set(extra.supporting_outcomes)  # type: ignore[attr-defined]
+        )
+        primary.helpful += extra.helpful
+        primary.harmful += extra.harmful
+        primary.used += extra.used
+        primary.ignored += extra.ignored
+        extra.archived = True
+        extra.archived_reason = f"{MERGED_PREFIX}{primary.id}"
+        extra.updated_at = utcnow()
+        writes[extra.id] = extra
     return primary
 
 
-def _why_bad(failures: list[Outcome]) -> str | None:
+def _central(outcomes: list[Outcome], group: dict[str, tuple[Outcome, np.ndarray]], centre: np.ndarray) -> list[str]:
+    """Distinct task wordings, the most typical of the cluster first."""
+    ranked = sorted(outcomes, key=lambda m: -float(np.dot(group[m.id][1], centre)) if m.id in group else 0.0)
+    return list(dict.fromkeys(m.task for m in ranked))
+
+
+def _condition(outcomes: list[Outcome], group: dict[str, tuple[Outcome, np.ndarray]], centre: np.ndarray) -> str:
+    wins = [m for m in outcomes if m.outcome == "success"] or outcomes
+    tasks = _central(wins, group, centre)[:3]
+    return ("tasks like: " + "; ".join(tasks))[:2000]
+
+
+def _pattern(strategy: str, outcomes: list[Outcome], group: dict[str, tuple[Outcome, np.ndarray]], centre: np.ndarray) -> str:
+    losses = [m for m in outcomes if m.outcome == "failure"] or outcomes
+    tasks = _central(losses, group, centre)[:2]
+    return f"{strategy} (on tasks like: {'; '.join(tasks)})"[:4000]
+
+
+def _why_bad(evidence: Evidence) -> str:
+    failures = [m for m in evidence.outcomes if m.outcome == "failure"]
     reasons = Counter(m.error_message or m.feedback for m in failures if (m.error_message or m.feedback))
+    summary = f"failed {evidence.failures} of {len(evidence.outcomes)} times on similar tasks"
     if not reasons:
-        return None
+        return summary
     top = [f"{text} ({count}x)" if count > 1 else text for text, count in reasons.most_common(3)]
-    return "; ".join(top)[:2000]
+    return f"{summary}: " + "; ".join(top)[:1900]
 
 
-def _central(outcomes: list[Outcome]) -> Outcome:
-    """The outcome that names the lesson: the earliest, so the heuristic's wording is stable."""
-    return min(outcomes, key=lambda m: m.created_at)
-
-
-def _unique(memories: list[MemoryBase]) -> list[MemoryBase]:
-    seen: dict[str, MemoryBase] = {}
-    for memory in memories:
-        seen[memory.id] = memory
-    return list(seen.values())
-
-
-def _new(kind: str) -> str:
-    from .models import new_id
-
-    return new_id(kind)
+def _common_task_type(outcomes: list[Outcome]) -> str | None:
+    types = Counter(m.task_type for m in outcomes if m.task_type)
+    return types.most_common(1)[0][0] if types else None

@@ -214,11 +214,19 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
         memory_id: MemoryId,
         signal: Annotated[
             Literal["helpful", "harmful", "used", "ignored"],
-            Field(description="helpful / harmful move confidence and ranking (harmful twice as much)."),
+            Field(
+                description="helpful +0.05 / harmful -0.10 confidence (harmful counts twice); used +0.01 and "
+                "refreshes recency; ignored -0.02. Confidence and the helpful/harmful balance both rank."
+            ),
         ],
+        agent: Annotated[
+            Name | None,
+            Field(description="The agent giving feedback; it must be able to read the memory (own, shared or inherited)."),
+        ] = None,
     ) -> dict[str, Any]:
-        """Say whether an injected memory helped: counters that move its confidence and ranking."""
-        return service.feedback(memory_id, signal).model_dump(mode="json")
+        """Say whether an injected memory helped: counters that move its confidence and ranking.
+        A lesson marked harmful repeatedly, with its confidence below the floor, is retired."""
+        return service.feedback(memory_id, signal, agent).model_dump(mode="json")
 
     # -- tools: housekeeping -----------------------------------------------------------
     @mcp.tool(annotations=DESTRUCTIVE, title="Forget memories")
@@ -359,13 +367,14 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
         return _json(service.list_memories(agent, memory_type, limit=1000))
 
     @mcp.resource(
-        "alma://memories/{memory_id}",
+        "alma://memories/{memory_id}{?agent}",
         mime_type="application/json",
-        description="One memory with its provenance (the outcomes it was learned from).",
+        description="One memory with its provenance (the outcomes it was learned from). With ?agent=NAME, "
+        "only a memory that agent may read (own, shared or inherited); any other is reported missing.",
     )
     @resource_errors
-    def memory_resource(memory_id: str) -> str:
-        detail: MemoryDetail = service.get(memory_id)
+    def memory_resource(memory_id: str, agent: str | None = None) -> str:
+        detail: MemoryDetail = service.get(memory_id, agent or None)
         return _json(detail)
 
     # -- prompts -----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from .audit import AuditEntry, AuditLog, entry_for, open_audit_log
 from .config import AlmaConfig, load_config
 from .embeddings import Embedder, create_embedder
 from .errors import AlmaError, InvalidInput, NotFound
-from .learning import Learner, LearnReport
+from .learning import Learner, LearnReport, apply_feedback
 from .lifecycle import MERGEABLE, ConsolidateResult, Lifecycle, RestoreResult, SweepResult
 from .models import (
     MEMORY_TYPES,
@@ -53,7 +53,7 @@ def _validated(adapter: TypeAdapter[Any], value: Any, what: str) -> Any:
     try:
         return adapter.validate_python(value)
     except ValidationError as exc:
-        raise InvalidInput(f"{what}: {exc.errors()[0]['msg']}") from None
+        raise InvalidInput(f"{what}: {_message(exc.errors()[0])}") from None
 
 
 _name = TypeAdapter(Name)
@@ -65,10 +65,12 @@ def _build(model: type[T], what: str, **fields: Any) -> T:
     try:
         return model(**fields)  # type: ignore[call-arg]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or what}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or what}: {_message(e)}" for e in exc.errors())
         raise InvalidInput(f"invalid {what}: {problems}") from None
+
+
+def _message(error: Any) -> str:
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 class LearnResult(BaseModel):
@@ -79,6 +81,9 @@ class LearnResult(BaseModel):
     anti_patterns_created: list[str] = Field(default_factory=list)
     anti_patterns_updated: list[str] = Field(default_factory=list)
     anti_patterns_retired: list[str] = Field(default_factory=list)
+    lessons_merged: list[str] = Field(
+        default_factory=list, description="Lessons found to be the same lesson as another and folded into it."
+    )
     message: str
 
 
@@ -235,10 +240,12 @@ class ALMA:
             user_id=user_id,
         )
         check_can_learn(self.config, agent, task_type, "outcomes")
-        vector = self.embedder.embed([record.text()])
+        # An outcome is indexed by its task alone: learning groups outcomes of one strategy by
+        # how similar their tasks are, and the strategy is already matched exactly.
+        vector = self.embedder.embed_query(record.task)
         with self.write_lock:
-            self.store.put([record], vector)
-            report = self.learner.apply(record, self.embedder.embed_query(record.task))
+            self.store.put([record], vector[None, :])
+            report = self.learner.apply(record, vector)
             self._audit_retired(report)
         self._after_write(agent, ["outcome", "heuristic", "anti_pattern"])
         return _learn_result(record.id, report)
@@ -246,11 +253,12 @@ class ALMA:
     def _audit_retired(self, report: LearnReport) -> None:
         """Learning archives lessons the evidence turned against; the audit log must say so too."""
         retired = [*report.heuristics_retired, *report.anti_patterns_retired]
-        if not retired:
+        if not retired and not report.lessons_merged:
             return
         memories = [self.store.get(memory_id) for memory_id in retired]
         self.audit.append(
             [entry_for(m, "archive", "learn", m.archived_reason or "retired by learning") for m in memories]
+            + [entry_for(self.store.get(i), "merge", "learn", "same lesson") for i in report.lessons_merged]
         )
 
     def _add(self, memory: MemoryBase, category: str | None, what: str) -> MemoryBase:
@@ -363,24 +371,28 @@ class ALMA:
         memory_id = _validated(_memory_id, memory_id, "memory_id")
         if signal not in ("helpful", "harmful", "used", "ignored"):
             raise InvalidInput(f"signal {signal!r} is not one of helpful, harmful, used, ignored")
+        reader = self._agent(agent) if agent is not None else None
         with self.write_lock:
             memory = self.store.get(memory_id)
-            if agent is not None:
-                check_can_read(self.config, self._agent(agent), memory.agent)
-            setattr(memory, signal, getattr(memory, signal) + 1)
-            if signal in ("used", "helpful"):
-                memory.last_used_at = utcnow()
-            if hasattr(memory, "confidence") and signal in ("helpful", "harmful"):
-                step = 0.05 if signal == "helpful" else -0.10  # harmful counts twice
-                memory.confidence = round(min(1.0, max(0.0, memory.confidence + step)), 4)  # type: ignore[attr-defined]
-            memory.updated_at = utcnow()
+            if reader is not None:
+                check_can_read(self.config, reader, memory.agent, memory_id)
+            # Steps in learning.FEEDBACK_STEPS: helpful +0.05, harmful -0.10, used +0.01, ignored -0.02.
+            retired = apply_feedback(memory, signal, self.config.alma.learning.retire_below_confidence)
+            if retired:  # the audit entry goes first, like every archive
+                self.audit.append([entry_for(memory, "archive", "feedback", memory.archived_reason or "harmful")])
             self.store.update_metadata([memory])
+        self._after_write(memory.agent, [memory.type])  # type: ignore[attr-defined]
         return memory
 
     # -- reading single memories -----------------------------------------------------
-    def get(self, memory_id: str) -> MemoryDetail:
+    def get(self, memory_id: str, agent: str | None = None) -> MemoryDetail:
+        """One memory and the outcomes behind it. With `agent`, only if that agent may read it
+        (otherwise it is reported missing, as if it did not exist)."""
         memory_id = _validated(_memory_id, memory_id, "memory_id")
+        reader = self._agent(agent) if agent is not None else None
         memory = self.store.get(memory_id)
+        if reader is not None:
+            check_can_read(self.config, reader, memory.agent, memory_id)
         provenance: list[MemoryBase] = []
         supporting = getattr(memory, "supporting_outcomes", None)
         if supporting:
@@ -670,6 +682,7 @@ def _learn_result(outcome_id: str, report: LearnReport) -> LearnResult:
         ("created anti-pattern", report.anti_patterns_created),
         ("updated anti-pattern", report.anti_patterns_updated),
         ("retired anti-pattern", report.anti_patterns_retired),
+        ("merged duplicate lesson", report.lessons_merged),
     ):
         if ids:
             parts.append(f"{label} {', '.join(ids)}")

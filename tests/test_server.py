@@ -49,7 +49,7 @@ async def test_lists_tools_resources_and_prompts(alma, mode):
         assert "alma://agents/{agent}/memories{?task,top_k,user_id}" in templates
         assert "alma://agents/{agent}/prompt{?task,top_k,user_id}" in templates
         assert "alma://agents/{agent}/{memory_type}" in templates
-        assert "alma://memories/{memory_id}" in templates
+        assert "alma://memories/{memory_id}{?agent}" in templates
         prompts = {p.name for p in (await client.list_prompts()).prompts}
         assert {"alma_task", "alma_reflect"} <= prompts
 

@@ -1,0 +1,300 @@
+"""Learning curve: does an agent using alma-mcp get better run after run?
+
+A simulated agent meets a stream of tasks drawn from a dozen task families
+(bench/data/learning_families.json, written by hand for this benchmark). Each family has
+four candidate strategies: one works 85% of the time, the others 5-25%, so guessing succeeds
+about 32% of the time. Some strategies (retry with backoff, restart, more logging, a longer
+timeout) are candidates in several families and work in at most one of them, so a lesson
+must be tied to the kind of task, not just the strategy. Every task is one of eight
+paraphrases of its family, never the family's name.
+
+Three arms meet the same stream (same tasks, same random draws for success):
+- none: no memory; the agent guesses among the candidates.
+- raw: the outcome log only. Every outcome is recorded with `alma_learn`, but the server's
+  learning is switched off through its configuration (no lesson can reach its thresholds),
+  so memory holds raw outcomes and nothing else. Before a task the agent retrieves the five
+  most relevant outcomes (`alma_retrieve`, memory_types=["outcome"]) and does what a
+  sensible reader of that log does: repeat the candidate strategy with the most successes
+  shown (ties: the more relevant), else avoid the strategies shown failing and guess among
+  the rest.
+- alma: the default configuration. Before a task the agent calls `alma_retrieve`; it follows
+  the best-ranked heuristic whose strategy is a candidate, else avoids the candidates named
+  by the anti-patterns shown and guesses among the rest (among all when every one is named).
+  It records the outcome with `alma_learn` (failures with an error message).
+
+Both memory arms talk to a real MCP server through the SDK's Client (in process), each on a
+fresh embedded Chroma store with the real embedding model.
+
+Run:  /work/venv/bin/python bench/learning.py            (3 seeds x 200 episodes, ~5 min)
+      /work/venv/bin/python bench/learning.py --calibrate  (similarity of paraphrases)
+The table goes to stdout, the curve to bench/out/learning_curve.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import anyio  # noqa: E402
+import numpy as np  # noqa: E402
+from mcp import Client  # noqa: E402
+
+from alma_mcp.config import parse_config  # noqa: E402
+from alma_mcp.embeddings import SentenceTransformerEmbedder  # noqa: E402
+from alma_mcp.models import strategy_key  # noqa: E402
+from alma_mcp.server import create_server  # noqa: E402
+from alma_mcp.service import ALMA  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data" / "learning_families.json"
+OUT = HERE / "out"
+AGENT = "solver"
+ARMS = ("none", "raw", "alma")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    task_type: str
+    paraphrases: list[str]
+    strategies: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Episode:
+    family: Family
+    task: str
+    draw: float
+    """One uniform draw: the chosen strategy succeeds when draw < its success probability."""
+
+
+def load_families(path: Path = DATA) -> list[Family]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return [Family(f["name"], f["task_type"], f["paraphrases"], f["strategies"]) for f in data["families"]]
+
+
+def make_stream(families: list[Family], episodes: int, seed: int) -> list[Episode]:
+    rng = random.Random(seed)
+    return [
+        Episode(family, rng.choice(family.paraphrases), rng.random())
+        for family in (rng.choice(families) for _ in range(episodes))
+    ]
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- the agent's policies --------------------------------------------------------------
+def choose_alma(memory: dict[str, Any], candidates: list[str], rng: random.Random) -> tuple[str, str]:
+    by_key = {strategy_key(c): c for c in candidates}
+    # Advice can conflict when a strategy works on one kind of task and fails on another:
+    # trust whichever lesson is closer to this task.
+    warned = {}
+    for item in memory["anti_patterns"]:
+        key = item["memory"].get("strategy_key")
+        warned[key] = max(warned.get(key, 0.0), item["similarity"])
+    for item in memory["heuristics"]:
+        key = item["memory"].get("strategy_key") or strategy_key(item["memory"]["strategy"])
+        if key in by_key and item["similarity"] >= warned.get(key, 0.0):
+            return by_key[key], "heuristic"
+    allowed = [c for c in candidates if strategy_key(c) not in warned] or candidates
+    return rng.choice(allowed), ("guess, avoiding" if len(allowed) < len(candidates) else "guess")
+
+
+def choose_raw(memory: dict[str, Any], candidates: list[str], rng: random.Random) -> tuple[str, str]:
+    by_key = {strategy_key(c): c for c in candidates}
+    wins: dict[str, int] = {}
+    first_seen: dict[str, int] = {}
+    failed: set[str] = set()
+    for rank, item in enumerate(memory["outcomes"]):
+        key = strategy_key(item["memory"]["strategy_used"])
+        if key not in by_key:
+            continue
+        first_seen.setdefault(key, rank)
+        if item["memory"]["outcome"] == "success":
+            wins[key] = wins.get(key, 0) + 1
+        else:
+            failed.add(key)
+    if wins:
+        best = max(wins, key=lambda k: (wins[k], -first_seen[k]))
+        return by_key[best], "copy success"
+    allowed = [c for c in candidates if strategy_key(c) not in failed] or candidates
+    return rng.choice(allowed), "guess"
+
+
+# -- one arm on one stream -------------------------------------------------------------
+async def run_arm(arm: str, stream: list[Episode], seed: int, embedder: SentenceTransformerEmbedder) -> list[bool]:
+    rng = random.Random(seed * 1000 + 7)  # same guesses for the same situation in every arm
+    results: list[bool] = []
+    if arm == "none":
+        for episode in stream:
+            strategy = rng.choice(list(episode.family.strategies))
+            results.append(episode.draw < episode.family.strategies[strategy])
+        return results
+
+    agent: dict[str, Any] = {}
+    learning: dict[str, Any] = {}
+    if arm == "raw":  # outcomes are stored, but no lesson can ever reach its thresholds
+        agent = {"min_occurrences_for_heuristic": 1_000_000}
+        learning = {"min_failures_for_anti_pattern": 1_000_000}
+    with tempfile.TemporaryDirectory(prefix=f"alma-bench-{arm}-") as tmp:
+        config = parse_config(
+            {"alma": {"project_id": "bench", "data_dir": tmp, "learning": learning, "agents": {AGENT: agent}}}
+        )
+        service = ALMA(config, embedder=embedder)
+        server = create_server(alma=service)
+        try:
+            async with Client(server, mode="legacy") as client:
+                for i, episode in enumerate(stream):
+                    candidates = list(episode.family.strategies)
+                    args: dict[str, Any] = {"task": episode.task, "agent": AGENT}
+                    if arm == "raw":
+                        args["memory_types"] = ["outcome"]
+                    got = await client.call_tool("alma_retrieve", args)
+                    if got.is_error:
+                        raise RuntimeError(f"alma_retrieve failed: {got.content[0].text}")
+                    memory = got.structured_content
+                    choose = choose_raw if arm == "raw" else choose_alma
+                    strategy, _why = choose(memory, candidates, rng)
+                    success = episode.draw < episode.family.strategies[strategy]
+                    results.append(success)
+                    record = {
+                        "agent": AGENT,
+                        "task": episode.task,
+                        "outcome": "success" if success else "failure",
+                        "strategy_used": strategy,
+                        "task_type": episode.family.task_type,
+                    }
+                    if not success:
+                        record["error_message"] = f"the problem was still there after: {strategy.lower()}"
+                    learned = await client.call_tool("alma_learn", record)
+                    if learned.is_error:
+                        raise RuntimeError(f"alma_learn failed: {learned.content[0].text}")
+                    if (i + 1) % 50 == 0:
+                        _log(f"  {arm} seed {seed}: {i + 1}/{len(stream)} episodes, success so far {np.mean(results):.2f}")
+        finally:
+            service.close()
+    return results
+
+
+def blocks(results: list[bool], size: int) -> list[float]:
+    return [float(np.mean(results[i : i + size])) for i in range(0, len(results), size)]
+
+
+def calibrate(embedder: SentenceTransformerEmbedder, families: list[Family]) -> None:
+    """How similar paraphrases of one family are, pairwise and to the mean of a few others."""
+    texts = [p for f in families for p in f.paraphrases]
+    labels = np.array([i for i, f in enumerate(families) for _ in f.paraphrases])
+    vectors = embedder.embed(texts)
+    sims = vectors @ vectors.T
+    upper = np.triu_indices(len(texts), 1)
+    same = sims[upper][labels[upper[0]] == labels[upper[1]]]
+    other = sims[upper][labels[upper[0]] != labels[upper[1]]]
+    print("pairwise cosine similarity of task wordings (all-MiniLM-L6-v2)")
+    print(f"  same family:      p10 {np.percentile(same, 10):.3f}  median {np.median(same):.3f}")
+    print(f"  different family: median {np.median(other):.3f}  p99 {np.percentile(other, 99):.3f}  max {other.max():.3f}")
+    rng = np.random.default_rng(0)
+    print("threshold | pairs of one family grouped | mean-of-3 grouped | other-family pairs wrongly grouped")
+    for threshold in (0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 0.70):
+        hits = trials = 0
+        for _ in range(2000):
+            i = int(rng.integers(len(texts)))
+            pool = [j for j in np.flatnonzero(labels == labels[i]) if j != i]
+            centre = vectors[rng.choice(pool, 3, replace=False)].mean(axis=0)
+            hits += float(vectors[i] @ (centre / np.linalg.norm(centre))) >= threshold
+            trials += 1
+        print(
+            f"  {threshold:.2f}    | {np.mean(same >= threshold):.3f}                       | "
+            f"{hits / trials:.3f}             | {np.mean(other >= threshold):.4f}"
+        )
+
+
+def plot(curves: dict[str, list[float]], block: int, path: Path, episodes: int, seeds: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    x = [block * (i + 1) for i in range(len(next(iter(curves.values()))))]
+    labels = {"none": "no memory (guess)", "raw": "raw outcome log", "alma": "alma learning"}
+    for arm, ys in curves.items():
+        ax.plot(x, ys, marker="o", label=labels[arm])
+    ax.set_xlabel(f"episode (blocks of {block})")
+    ax.set_ylabel("success rate in block")
+    ax.set_ylim(0, 1)
+    ax.axhline(0.8, color="grey", linestyle=":", linewidth=1)
+    ax.set_title(f"Learning curve, {episodes} episodes, mean of seeds {seeds}")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    families = load_families()
+    embedder = SentenceTransformerEmbedder()
+    embedder.wait(timeout=300)
+    if args.calibrate:
+        calibrate(embedder, families)
+        return 0
+    seeds = list(range(args.seeds))
+    per_arm: dict[str, list[list[float]]] = {arm: [] for arm in args.arms}
+    finals: dict[str, list[float]] = {arm: [] for arm in args.arms}
+    started = time.perf_counter()
+    for seed in seeds:
+        stream = make_stream(families, args.episodes, seed)
+        for arm in args.arms:
+            t0 = time.perf_counter()
+            results = await run_arm(arm, stream, seed, embedder)
+            per_arm[arm].append(blocks(results, args.block))
+            finals[arm].append(per_arm[arm][-1][-1])
+            _log(f"seed {seed} arm {arm}: overall {np.mean(results):.3f}, last block {finals[arm][-1]:.2f} ({time.perf_counter() - t0:.0f}s)")
+    curves = {arm: list(np.mean(np.array(per_arm[arm]), axis=0)) for arm in args.arms}
+
+    print(f"Success rate per block of {args.block} episodes, mean over seeds {seeds} "
+          f"({len(families)} families, {args.episodes} episodes each run)")
+    print("| episodes | " + " | ".join(args.arms) + " |")
+    print("|---|" + "---|" * len(args.arms))
+    for b in range(len(curves[args.arms[0]])):
+        lo, hi = b * args.block + 1, min((b + 1) * args.block, args.episodes)
+        print(f"| {lo}-{hi} | " + " | ".join(f"{curves[arm][b]:.2f}" for arm in args.arms) + " |")
+    print("final block per seed: " + "; ".join(f"{arm} {[round(v, 2) for v in finals[arm]]}" for arm in args.arms))
+    guess = np.mean([np.mean(list(f.strategies.values())) for f in families])
+    print(f"expected success of a pure guess: {guess:.3f}; wall time {time.perf_counter() - started:.0f}s")
+    if not args.no_plot:
+        path = Path(args.out)
+        plot(curves, args.block, path, args.episodes, seeds)
+        print(f"curve written to {path}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--block", type=int, default=20)
+    parser.add_argument("--seeds", type=int, default=3, help="Runs with seeds 0..N-1; figures are their mean.")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--out", default=str(OUT / "learning_curve.png"))
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--calibrate", action="store_true", help="Print paraphrase similarities and exit.")
+    return anyio.run(main_async, parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""The learning protocol, with the real embedding model and real Chroma: outcomes grouped across
+the whole history into one lesson each, demotion and retirement that do not flip on one outcome,
+anti-patterns with why and what instead, provenance, and feedback counters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from alma_mcp.learning import FEEDBACK_STEPS, weigh, wilson_lower_bound
+from alma_mcp.models import Outcome, new_id
+from alma_mcp.server import create_server
+
+MODES = ["legacy", "auto"]
+
+FLAKY = [
+    "The login UI test fails intermittently in CI",
+    "The browser test for the login page is flaky on the CI server",
+    "Our end-to-end login test randomly fails in the pipeline",
+    "The login page UI test passes locally but sometimes fails in CI",
+    "Fix the flaky browser test of the login form in continuous integration",
+]
+SLOW_SQL = [
+    "The orders report SQL query is very slow",
+    "Speed up the slow database query behind the orders report",
+    "The SQL query for the orders report takes seconds to run",
+    "Make the slow orders report query in Postgres faster",
+]
+RATE_LIMIT = [
+    "The payment API returns 429 Too Many Requests",
+    "Calls to the payment provider API are rate limited with HTTP 429",
+    "The payment API keeps answering 429 rate limit exceeded",
+]
+WAIT = "Replace fixed sleeps with explicit waits for the element"
+INDEX = "Add a composite index on the filtered and sorted columns"
+BACKOFF = "Retry with exponential backoff and jitter"
+TIMEOUT = "Increase the test timeout"
+
+
+def active(alma, kind: str, agent: str = "bot") -> list[Any]:
+    return alma.list_memories(agent, kind, limit=1000)
+
+
+def everything(alma, kind: str, agent: str = "bot") -> list[Any]:
+    return alma.list_memories(agent, kind, limit=1000, include_archived=True)
+
+
+def test_interleaved_tasks_each_form_their_own_heuristic(alma):
+    # Three kinds of task, interleaved with each other and with unrelated noise: each still
+    # gathers its outcomes from the whole history, and one strategy (backoff) that works on one
+    # kind of task and fails on another is kept apart by task.
+    ids: dict[str, list[str]] = {WAIT: [], INDEX: [], BACKOFF: []}
+    noise = [
+        ("Write release notes for version 2.3", "Summarise merged pull requests"),
+        ("Rename the billing module", "Use the IDE's rename refactoring"),
+        ("Update the team calendar", "Edit the shared calendar"),
+        ("Translate the help page to German", "Use the glossary and translate by hand"),
+    ]
+    for i in range(5):
+        ids[WAIT].append(alma.learn("bot", FLAKY[i], "success", WAIT, "testing").outcome_id)
+        alma.learn("bot", *noise[i % 4][:1], "success", noise[i % 4][1])
+        if i < 4:
+            ids[INDEX].append(alma.learn("bot", SLOW_SQL[i], "success", INDEX, "database").outcome_id)
+        if i < 3:
+            ids[BACKOFF].append(alma.learn("bot", RATE_LIMIT[i], "success", BACKOFF, "integration").outcome_id)
+            # Backoff on the flaky test: a different lesson, failing (not merged with the above).
+            alma.learn("bot", FLAKY[i], "failure", BACKOFF, "testing", error_message="still flaky")
+    heuristics = {h.strategy: h for h in active(alma, "heuristic")}
+    assert set(heuristics) == {WAIT, INDEX, BACKOFF}
+    for strategy, outcome_ids in ids.items():
+        assert set(heuristics[strategy].supporting_outcomes) == set(outcome_ids), strategy
+        assert heuristics[strategy].success_count == len(outcome_ids)
+        assert heuristics[strategy].occurrence_count == len(outcome_ids)
+    assert heuristics[WAIT].task_type == "testing"
+    # The failing backoff on flaky tests became an anti-pattern of its own, with the working
+    # strategy for flaky tests as the better alternative.
+    (anti,) = active(alma, "anti_pattern")
+    assert anti.strategy_key == "retry with exponential backoff and jitter"
+    assert anti.success_count == 0 and anti.occurrence_count == 3
+    assert "still flaky" in anti.why_bad
+    assert anti.better_alternative == WAIT
+    # Retrieval for a new wording of each task brings its heuristic first.
+    got = alma.retrieve("The login browser test is flaky on CI again", "bot")
+    assert got.heuristics[0].memory.strategy == WAIT
+    assert BACKOFF in [a.memory.pattern.split(" (on tasks like")[0] for a in got.anti_patterns]
+
+
+def test_a_lesson_is_updated_in_place_never_duplicated(alma):
+    created = []
+    for i in range(12):
+        result = alma.learn("bot", FLAKY[i % len(FLAKY)], "success", WAIT, "testing")
+        created += result.heuristics_created
+    assert len(created) == 1
+    (heuristic,) = everything(alma, "heuristic")
+    assert heuristic.id == created[0]
+    assert heuristic.occurrence_count == 12 and heuristic.success_count == 12
+    assert heuristic.confidence > 0.7
+    # Case and punctuation do not make a new strategy.
+    alma.learn("bot", FLAKY[0], "success", "replace fixed sleeps with explicit waits for the element!", "testing")
+    assert [h.id for h in everything(alma, "heuristic")] == [heuristic.id]
+
+
+def test_two_groups_that_turn_out_to_be_one_lesson_are_folded(make_alma, tmp_path: Path):
+    # With a strict threshold, two wordings of one task form two heuristics.
+    data = tmp_path / "shared-data"
+    strict = make_alma(data_dir=data, learning={"similarity_threshold": 0.95})
+    for _ in range(3):
+        strict.learn("bot", FLAKY[0], "success", WAIT, "testing")
+        strict.learn("bot", FLAKY[1], "success", WAIT, "testing")
+    first, second = sorted(everything(strict, "heuristic"), key=lambda h: h.created_at)
+    assert first.id != second.id
+    strict.close()
+    # With the calibrated threshold the next outcome shows they are one lesson: one survives,
+    # holding every outcome; the other is archived as merged into it, never deleted.
+    calibrated = make_alma(data_dir=data)
+    result = calibrated.learn("bot", FLAKY[2], "success", WAIT, "testing")
+    assert result.lessons_merged == [second.id]
+    (kept,) = active(calibrated, "heuristic")
+    assert kept.id == first.id
+    assert set(first.supporting_outcomes) | set(second.supporting_outcomes) <= set(kept.supporting_outcomes)
+    assert kept.occurrence_count == 7
+    merged = {h.id: h for h in everything(calibrated, "heuristic")}[second.id]
+    assert merged.archived and merged.archived_reason == f"merged into {first.id}"
+    # And it stays one lesson.
+    calibrated.learn("bot", FLAKY[1], "success", WAIT, "testing")
+    assert [h.id for h in active(calibrated, "heuristic")] == [first.id]
+
+
+def test_a_heuristic_whose_strategy_starts_failing_is_demoted_then_retired(alma):
+    for i in range(5):
+        alma.learn("bot", FLAKY[i], "success", WAIT, "testing")
+    (heuristic,) = active(alma, "heuristic")
+    confidences = [heuristic.confidence]
+    retired_after = None
+    for n in range(1, 13):
+        result = alma.learn("bot", FLAKY[n % 5], "failure", WAIT, "testing", error_message="element still not found")
+        (current,) = everything(alma, "heuristic")
+        assert current.id == heuristic.id  # demoted in place, never replaced
+        if n == 1:
+            assert not current.archived, "one failure must not retire a heuristic"
+        if current.archived:
+            assert result.heuristics_retired == [heuristic.id]
+            retired_after = n
+            assert current.archived_reason.startswith("retired:")
+            break
+        confidences.append(current.confidence)
+    assert retired_after is not None and retired_after >= 3
+    assert confidences == sorted(confidences, reverse=True) and confidences[-1] < confidences[0]
+    assert alma.retrieve(FLAKY[0], "bot").heuristics == []
+    # The failures made it an anti-pattern of the same kind of task.
+    (anti,) = active(alma, "anti_pattern")
+    assert anti.strategy_key == heuristic.strategy_key
+    # When the world changes back, the same heuristic returns (no second one), not at once.
+    alma.learn("bot", FLAKY[0], "success", WAIT, "testing")
+    assert active(alma, "heuristic") == []
+    for i in range(10):
+        alma.learn("bot", FLAKY[i % 5], "success", WAIT, "testing")
+    (back,) = active(alma, "heuristic")
+    assert back.id == heuristic.id
+    assert active(alma, "anti_pattern") == []
+    assert len(everything(alma, "heuristic")) == 1
+
+
+def test_an_anti_pattern_whose_strategy_starts_succeeding_is_retired(alma):
+    for i in range(3):
+        alma.learn("bot", FLAKY[i], "failure", TIMEOUT, "testing", error_message="timed out after 60 s")
+    (anti,) = active(alma, "anti_pattern")
+    assert anti.why_bad.startswith("failed 3 of 3 times") and "timed out after 60 s (3x)" in anti.why_bad
+    assert anti.better_alternative is None
+    # A working strategy for the same kind of task appears: it becomes the better alternative.
+    for i in range(3):
+        alma.learn("bot", FLAKY[i + 1], "success", WAIT, "testing")
+    assert {a.id: a for a in active(alma, "anti_pattern")}[anti.id].better_alternative == WAIT
+    # The timeout strategy starts working: one success does not lift the anti-pattern.
+    result = alma.learn("bot", FLAKY[3], "success", TIMEOUT, "testing")
+    assert [a.id for a in active(alma, "anti_pattern")] == [anti.id] and not result.anti_patterns_retired
+    for i in range(6):
+        result = alma.learn("bot", FLAKY[i % 5], "success", TIMEOUT, "testing")
+        if result.anti_patterns_retired:
+            break
+    assert result.anti_patterns_retired == [anti.id]
+    retired = {a.id: a for a in everything(alma, "anti_pattern")}[anti.id]
+    assert retired.archived and "now succeeds" in retired.archived_reason
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_provenance_is_shown_at_the_memory_resource(alma, mode):
+    server = create_server(alma=alma)
+    async with Client(server, mode=mode) as client:
+        outcome_ids = []
+        for i in range(3):
+            result = await client.call_tool(
+                "alma_learn",
+                {"agent": "bot", "task": FLAKY[i], "outcome": "success", "strategy_used": WAIT, "task_type": "testing"},
+            )
+            assert not result.is_error
+            outcome_ids.append(result.structured_content["outcome_id"])
+        heuristic_id = result.structured_content["heuristics_created"][0]
+        detail = json.loads((await client.read_resource(f"alma://memories/{heuristic_id}")).contents[0].text)
+        assert detail["memory"]["supporting_outcomes"] == sorted(outcome_ids)
+        assert sorted(p["id"] for p in detail["provenance"]) == sorted(outcome_ids)
+        assert {p["task"] for p in detail["provenance"]} == set(FLAKY[:3])
+        assert all(p["strategy_used"] == WAIT for p in detail["provenance"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_feedback_counters_move_confidence_and_ranking(alma, mode):
+    taught = alma.add_heuristic("bot", "the login UI test is flaky in CI", "Wait for the network to be idle before clicking")
+    rival = alma.add_heuristic("bot", "the login UI test is flaky in CI", "Use explicit waits for the login button")
+    assert taught.id != rival.id
+    server = create_server(alma=alma)
+    async with Client(server, mode=mode) as client:
+
+        async def feedback(memory_id: str, signal: str) -> dict[str, Any]:
+            result = await client.call_tool("alma_feedback", {"memory_id": memory_id, "signal": signal, "agent": "bot"})
+            assert not result.is_error, result.content[0].text
+            return result.structured_content
+
+        start = taught.confidence
+        after = await feedback(taught.id, "helpful")
+        assert after["helpful"] == 1 and after["confidence"] == pytest.approx(start + FEEDBACK_STEPS["helpful"])
+        after = await feedback(taught.id, "harmful")
+        assert after["harmful"] == 1
+        assert after["confidence"] == pytest.approx(start + FEEDBACK_STEPS["helpful"] + FEEDBACK_STEPS["harmful"])
+        assert FEEDBACK_STEPS["harmful"] == -2 * FEEDBACK_STEPS["helpful"]
+        after = await feedback(taught.id, "used")
+        assert after["used"] == 1 and after["last_used_at"] is not None
+        after = await feedback(taught.id, "ignored")
+        assert after["ignored"] == 1
+        assert after["confidence"] < start
+        # The harmed memory now ranks below its equally relevant rival.
+        got = await client.call_tool("alma_retrieve", {"agent": "bot", "task": "The login UI test is flaky in CI"})
+        ranked = [h["memory"]["id"] for h in got.structured_content["heuristics"]]
+        assert ranked.index(rival.id) < ranked.index(taught.id)
+        # Repeated harm retires a lesson once its confidence is below the floor.
+        for _ in range(4):
+            after = await feedback(taught.id, "harmful")
+        assert after["archived"] and "harmful" in after["archived_reason"]
+        got = await client.call_tool("alma_retrieve", {"agent": "bot", "task": "The login UI test is flaky in CI"})
+        assert taught.id not in [h["memory"]["id"] for h in got.structured_content["heuristics"]]
+        bad = await client.call_tool("alma_feedback", {"memory_id": rival.id, "signal": "loved"})
+        assert bad.is_error
+
+
+def test_feedback_survives_relearning(alma):
+    for i in range(3):
+        alma.learn("bot", FLAKY[i], "success", WAIT, "testing")
+    (heuristic,) = active(alma, "heuristic")
+    alma.feedback(heuristic.id, "harmful", agent="bot")
+    alma.learn("bot", FLAKY[3], "success", WAIT, "testing")
+    (updated,) = active(alma, "heuristic")
+    assert updated.harmful == 1
+    outcomes = [o for o in everything(alma, "outcome") if o.strategy_used == WAIT]
+    evidence = weigh(outcomes, alma.config.alma.learning.evidence_half_life)
+    assert updated.confidence == pytest.approx(evidence.confidence + FEEDBACK_STEPS["harmful"], abs=1e-3)
+
+
+# -- pure logic (no model needed) ----------------------------------------------------------
+def _outcome(kind: str) -> Outcome:
+    return Outcome(id=new_id("outcome"), project="p", agent="a", task="t", outcome=kind, strategy_used="s")
+
+
+def test_wilson_lower_bound_grows_with_evidence():
+    assert wilson_lower_bound(0, 0) == 0.0
+    assert wilson_lower_bound(3, 3) < wilson_lower_bound(10, 10) < wilson_lower_bound(30, 30) < 1.0
+    assert wilson_lower_bound(5, 10) < 0.5 < wilson_lower_bound(30, 40)
+    assert wilson_lower_bound(2.5, 4.0) == pytest.approx(wilson_lower_bound(5, 8), abs=0.1)
+
+
+def test_recent_outcomes_weigh_more_but_one_does_not_flip_the_rate():
+    history = [_outcome("success") for _ in range(10)] + [_outcome("failure")]
+    evidence = weigh(history, 10)
+    assert evidence.successes == 10 and evidence.failures == 1
+    assert 0.85 < evidence.rate < 10 / 11  # the newest failure counts a little more than 1/11
+    old_failures = [_outcome("failure") for _ in range(10)] + [_outcome("success") for _ in range(10)]
+    assert weigh(old_failures, 10).rate > 0.6  # the recent successes dominate
+    assert weigh([_outcome("partial")], 10).rate == 0.5
+
