@@ -44,7 +44,7 @@ log = logging.getLogger("alma_mcp")
 
 FORMAT = "alma-mcp-export"
 VERSION = 1
-BATCH = 256
+BATCH = 512
 _NEW_PREFIX = "alma-reindex."
 _OLD_PREFIX = "alma-retired."
 _memory_id = TypeAdapter(MemoryId)
@@ -249,37 +249,66 @@ def _import_batch(alma: "ALMA", items: list[tuple[int, MemoryBase, np.ndarray | 
     for memory, vector in latest.values():
         kind = memory.type  # type: ignore[attr-defined]
         by_scope[(kind, None if kind == PREFERENCES else memory.agent)].append((memory, vector))
+    # Decide and embed without the write lock (embedding is slow; servers keep writing), then
+    # write under it, dropping any memory a server changed in the meantime.
+    to_write: list[MemoryBase] = []
+    vectors: list[np.ndarray | None] = []
+    added: set[str] = set()
+    for (kind, agent), group in by_scope.items():
+        existing = store.fetch_with_vectors(kind, agent, [m.id for m, _ in group])
+        for memory, vector in group:
+            found = existing.get(memory.id)
+            if found is not None:
+                old, old_vector = found
+                if old.model_dump() == memory.model_dump():
+                    report.unchanged += 1
+                    continue
+                if old.updated_at >= memory.updated_at:
+                    report.kept_newer += 1
+                    continue
+                report.updated += 1
+                if vector is None and old.text() == memory.text():
+                    vector = old_vector  # same text, same model: no need to embed again
+            else:
+                report.added += 1
+                added.add(memory.id)
+            to_write.append(memory)
+            vectors.append(vector)
+    if not to_write:
+        return
+    missing = [i for i, v in enumerate(vectors) if v is None or v.shape[0] != _dim(alma)]
+    if missing:
+        # One call for the whole batch: the model is fastest on full batches.
+        fresh = alma.embedder.embed([to_write[i].text() for i in missing])
+        for i, row in zip(missing, fresh):
+            vectors[i] = row
+        report.re_embedded += len(missing)
     with alma.write_lock:
-        for (kind, agent), group in by_scope.items():
-            existing = store.fetch_with_vectors(kind, agent, [m.id for m, _ in group])
-            to_write: list[MemoryBase] = []
-            vectors: list[np.ndarray | None] = []
-            for memory, vector in group:
-                found = existing.get(memory.id)
-                if found is not None:
-                    old, old_vector = found
-                    if old.model_dump() == memory.model_dump():
-                        report.unchanged += 1
-                        continue
-                    if old.updated_at >= memory.updated_at:
-                        report.kept_newer += 1
-                        continue
-                    report.updated += 1
-                    if vector is None and old.text() == memory.text():
-                        vector = old_vector  # same text, same model: no need to embed again
+        keep = _still_newer(store, to_write, added, report)
+        if keep:
+            store.put([to_write[i] for i in keep], np.stack([vectors[i] for i in keep]))  # type: ignore[misc]
+
+
+def _still_newer(store: Any, memories: list[MemoryBase], added: set[str], report: ImportReport) -> list[int]:
+    """Indexes of `memories` still newer than what the store holds now."""
+    by_scope: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+    for i, memory in enumerate(memories):
+        kind = memory.type  # type: ignore[attr-defined]
+        by_scope[(kind, None if kind == PREFERENCES else memory.agent)].append(i)
+    keep: list[int] = []
+    for (kind, agent), indexes in by_scope.items():
+        current = store.fetch_with_vectors(kind, agent, [memories[i].id for i in indexes])
+        for i in indexes:
+            now = current.get(memories[i].id)
+            if now is not None and now[0].updated_at >= memories[i].updated_at and now[0].model_dump() != memories[i].model_dump():
+                report.kept_newer += 1  # changed by a server since we looked: its version stays
+                if memories[i].id in added:
+                    report.added -= 1
                 else:
-                    report.added += 1
-                to_write.append(memory)
-                vectors.append(vector)
-            if not to_write:
+                    report.updated -= 1
                 continue
-            missing = [i for i, v in enumerate(vectors) if v is None or v.shape[0] != _dim(alma)]
-            if missing:
-                fresh = alma.embedder.embed([to_write[i].text() for i in missing])
-                for i, row in zip(missing, fresh):
-                    vectors[i] = row
-                report.re_embedded += len(missing)
-            store.put(to_write, np.stack(vectors))  # type: ignore[arg-type]
+            keep.append(i)
+    return keep
 
 
 def _dim(alma: "ALMA") -> int:
