@@ -4,72 +4,239 @@ even where embeddings blur them.
 The tokenizer keeps identifiers whole as well as split (`UniqueViolation`, `users_email_key`,
 `ERR_CERT_DATE_INVALID` are one token each and also their parts), because an agent quoting an
 error message should find the memory that quotes it.
+
+The index is incremental: a write to the collection adds, replaces or removes single documents
+instead of rebuilding the whole index, which at 100,000 memories would cost seconds on every
+write. Scoring is vectorised with numpy over the postings of the query's terms only.
+
+Besides the BM25 score, a search reports each hit's *coverage*: the share of the query's
+IDF mass that the document contains. BM25 scores are not comparable across queries; coverage
+is (0-1), which is what lets the relevance floor accept a strong lexical match, such as an
+error string quoted verbatim, that the embedding model scored low.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import Counter, defaultdict
-from typing import Sequence
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
 
 _WORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*[A-Za-z0-9]|[A-Za-z0-9]")
-_SPLIT_RE = re.compile(r"[_.:/-]+|(?<=[a-z])(?=[A-Z])")
+_PUNCT_RE = re.compile(r"[_.:/-]+")
+_CAMEL_RE = re.compile(r"(?<=[a-z])(?=[A-Z])")
 
 STOPWORDS = frozenset(
     """a an and are as at be but by for from has have how i if in into is it its of on or our so
     that the their then there these this to was we were what when which while will with you your
-    do does did not no can should would could may might must just than too very also use using used""".split()
+    do does did not no can should would could may might must just than too very also use using used
+    my me they them he she his her us am been being get got make out up all any some""".split()
 )
 
 
+def _stem(word: str) -> str:
+    """A deliberately light plural stripper: 'tests' and 'test' should meet, 'class' stay whole."""
+    if len(word) > 4 and word.isalpha():
+        if word.endswith("ies"):
+            return word[:-3] + "y"
+        if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+            return word[:-1]
+    return word
+
+
 def tokenize(text: str) -> list[str]:
+    """Words, lower-cased and lightly stemmed; an identifier also yields its segments and parts.
+
+    `psycopg2.errors.UniqueViolation` gives the whole, `psycopg2`, `error`, `uniqueviolation`,
+    `unique` and `violation`, so a query quoting any of these spellings meets the memory.
+    """
     tokens: list[str] = []
     for word in _WORD_RE.findall(text):
-        lower = word.lower()
-        parts = [p.lower() for p in _SPLIT_RE.split(word) if p]
-        if lower not in STOPWORDS:
-            tokens.append(lower)
-        if len(parts) > 1:
-            tokens += [p for p in parts if p not in STOPWORDS and len(p) > 1]
+        pieces = [word]
+        segments = [s for s in _PUNCT_RE.split(word) if s]
+        if len(segments) > 1:
+            pieces += segments
+        for segment in segments:
+            camel = [c for c in _CAMEL_RE.split(segment) if c]
+            if len(camel) > 1:
+                pieces += camel
+        seen: set[str] = set()
+        for i, piece in enumerate(pieces):
+            lower = piece.lower()
+            if lower in STOPWORDS or lower in seen or (i > 0 and len(lower) < 2):
+                continue
+            seen.add(lower)
+            tokens.append(_stem(lower))
     return tokens
 
 
-class BM25Index:
-    """Okapi BM25 (k1=1.2, b=0.75) over a fixed set of documents."""
+@dataclass
+class LexicalHit:
+    id: str
+    score: float
+    coverage: float
+    """Share (0-1) of the query's IDF mass found in this document."""
 
-    def __init__(self, ids: Sequence[str], texts: Sequence[str], k1: float = 1.2, b: float = 0.75) -> None:
-        self.ids = list(ids)
+
+class _Postings:
+    """The (slot, term frequency) pairs of one term, with a numpy view rebuilt only after a change."""
+
+    __slots__ = ("slots", "tfs", "_arrays")
+
+    def __init__(self) -> None:
+        self.slots: list[int] = []
+        self.tfs: list[int] = []
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+
+    def append(self, slot: int, tf: int) -> None:
+        self.slots.append(slot)
+        self.tfs.append(tf)
+        self._arrays = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = (np.asarray(self.slots, dtype=np.int64), np.asarray(self.tfs, dtype=np.float32))
+        return self._arrays
+
+
+class BM25Index:
+    """Okapi BM25 (k1=1.2, b=0.75), incremental: `add`, `remove`, `search`. Thread-safe."""
+
+    def __init__(
+        self, ids: Sequence[str] = (), texts: Sequence[str] = (), k1: float = 1.2, b: float = 0.75
+    ) -> None:
         self.k1 = k1
         self.b = b
-        self.postings: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        self.lengths: list[int] = []
-        for doc, text in enumerate(texts):
-            counts = Counter(tokenize(text))
-            self.lengths.append(sum(counts.values()))
-            for term, tf in counts.items():
-                self.postings[term].append((doc, tf))
-        n = len(self.ids)
-        self.avg_len = (sum(self.lengths) / n) if n else 0.0
-        self.idf = {
-            term: math.log(1.0 + (n - len(p) + 0.5) / (len(p) + 0.5)) for term, p in self.postings.items()
-        }
+        self._lock = threading.RLock()
+        self._postings: dict[str, _Postings] = {}
+        self._df: Counter[str] = Counter()
+        self._slot_of: dict[str, int] = {}
+        self._ids: list[str | None] = []
+        self._terms: list[tuple[tuple[str, int], ...]] = []  # (term, tf) of each slot: undo df, compact
+        self._lengths = np.zeros(64, dtype=np.float32)
+        self._alive = np.zeros(64, dtype=np.float32)  # 1.0 live, 0.0 removed (multiplied into scores)
+        self._total_length = 0.0
+        self._dead = 0
+        self.add_many(ids, texts)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self._slot_of)
 
-    def search(self, query: str, n: int) -> list[tuple[str, float]]:
-        """The n best (id, score) pairs with a positive score, best first."""
-        if not self.ids:
-            return []
-        scores: dict[int, float] = defaultdict(float)
-        for term in set(tokenize(query)):
-            postings = self.postings.get(term)
-            if not postings:
-                continue
-            idf = self.idf[term]
-            for doc, tf in postings:
-                norm = self.k1 * (1 - self.b + self.b * self.lengths[doc] / (self.avg_len or 1))
-                scores[doc] += idf * tf * (self.k1 + 1) / (tf + norm)
-        best = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)[:n]
-        return [(self.ids[doc], score) for doc, score in best]
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._slot_of
+
+    # -- writes --------------------------------------------------------------------------
+    def add_many(self, ids: Iterable[str], texts: Iterable[str]) -> None:
+        with self._lock:
+            for doc_id, text in zip(ids, texts):
+                self._add(doc_id, text)
+            self._maybe_compact()
+
+    def add(self, doc_id: str, text: str) -> None:
+        """Index a document; a document with the same id is replaced."""
+        self.add_many([doc_id], [text])
+
+    def remove(self, doc_ids: Iterable[str]) -> None:
+        with self._lock:
+            for doc_id in doc_ids:
+                self._remove(doc_id)
+            self._maybe_compact()
+
+    def _add(self, doc_id: str, text: str) -> None:
+        if doc_id in self._slot_of:
+            self._remove(doc_id)
+        self._insert(doc_id, tuple(Counter(tokenize(text)).items()))
+
+    def _insert(self, doc_id: str, term_counts: tuple[tuple[str, int], ...]) -> None:
+        slot = len(self._ids)
+        if slot >= len(self._lengths):
+            grown = max(64, 2 * len(self._lengths))
+            self._lengths = np.resize(self._lengths, grown)
+            self._alive = np.resize(self._alive, grown)
+            self._lengths[slot:] = 0
+            self._alive[slot:] = 0
+        length = float(sum(tf for _, tf in term_counts))
+        self._ids.append(doc_id)
+        self._terms.append(term_counts)
+        self._lengths[slot] = length
+        self._alive[slot] = 1.0
+        self._total_length += length
+        self._slot_of[doc_id] = slot
+        for term, tf in term_counts:
+            postings = self._postings.get(term)
+            if postings is None:
+                postings = self._postings[term] = _Postings()
+            postings.append(slot, tf)
+            self._df[term] += 1
+
+    def _remove(self, doc_id: str) -> None:
+        slot = self._slot_of.pop(doc_id, None)
+        if slot is None:
+            return
+        self._alive[slot] = 0.0
+        self._total_length -= float(self._lengths[slot])
+        for term, _ in self._terms[slot]:
+            self._df[term] -= 1
+        self._ids[slot] = None
+        self._dead += 1
+
+    def _maybe_compact(self) -> None:
+        # Removed slots stay in the postings (masked out) until they are a third of the index;
+        # then the live documents are re-slotted from their stored term counts (no re-tokenizing).
+        if self._dead <= 64 or self._dead * 3 <= len(self._ids):
+            return
+        live = [(doc_id, self._terms[slot]) for doc_id, slot in self._slot_of.items()]
+        self._postings, self._df, self._slot_of, self._ids, self._terms = {}, Counter(), {}, [], []
+        self._lengths = np.zeros(max(64, len(live)), dtype=np.float32)
+        self._alive = np.zeros(max(64, len(live)), dtype=np.float32)
+        self._total_length, self._dead = 0.0, 0
+        for doc_id, term_counts in live:
+            self._insert(doc_id, term_counts)
+
+    # -- reads ---------------------------------------------------------------------------
+    def idf(self, term: str) -> float:
+        n = len(self._slot_of)
+        df = self._df.get(term, 0)
+        return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+
+    def search(self, query: str, n: int) -> list[LexicalHit]:
+        """The n best documents with a positive score, best first, with their query coverage."""
+        with self._lock:
+            live = len(self._slot_of)
+            if not live or n <= 0:
+                return []
+            terms = list(dict.fromkeys(tokenize(query)))
+            if not terms:
+                return []
+            size = len(self._ids)
+            scores = np.zeros(size, dtype=np.float32)
+            matched_idf = np.zeros(size, dtype=np.float32)
+            avg_length = self._total_length / live if live else 1.0
+            norm = self.k1 * (1.0 - self.b + self.b * self._lengths[:size] / (avg_length or 1.0))
+            query_idf = 0.0
+            for term in terms:
+                idf = self.idf(term)
+                query_idf += idf
+                postings = self._postings.get(term)
+                if postings is None or self._df.get(term, 0) <= 0:
+                    continue
+                slots, tfs = postings.arrays()
+                alive = self._alive[slots]
+                scores[slots] += alive * idf * tfs * (self.k1 + 1.0) / (tfs + norm[slots])
+                matched_idf[slots] += alive * idf
+            positive = np.flatnonzero(scores > 0)
+            if not len(positive):
+                return []
+            if len(positive) > n:
+                top = positive[np.argpartition(-scores[positive], n - 1)[:n]]
+            else:
+                top = positive
+            top = top[np.argsort(-scores[top], kind="stable")]
+            return [
+                LexicalHit(self._ids[slot], float(scores[slot]), min(1.0, float(matched_idf[slot]) / (query_idf or 1.0)))  # type: ignore[arg-type]
+                for slot in top
+            ]

@@ -1,21 +1,35 @@
 """Which memories to inject for a task, and how they are ranked.
 
-For each memory type the agent may read: dense candidates from Chroma (cosine similarity)
-and lexical candidates from BM25 are fused by reciprocal rank fusion; a relevance floor
-drops what is not about the task; the final score mixes relevance with recency, success
-rate, confidence and feedback (weights in `RetrievalWeights`, documented in the README);
-near-duplicates are kept out of the top_k. Results are cached per scope: the cache key
-holds the write generation of every collection read, so any write to the scope
-invalidates it.
+For every collection the agent may read, dense candidates come from Chroma (cosine
+similarity of our own embeddings) and lexical candidates from an incremental BM25 index
+over the same memories. The two rankings are fused by reciprocal rank fusion (RRF), across
+all memory types at once so that scores are comparable between sections.
+
+A candidate is *relevant* when it clears the floor: its cosine similarity reaches
+`relevance_floor`, or its lexical coverage (the share of the task's IDF mass the memory
+contains) reaches `lexical_floor`. The second door is what lets an error string or identifier
+quoted verbatim through even when the embedding model blurs it. Both floors are calibrated on
+the benchmark corpus (bench/retrieval.py). Nothing that fails the floor is ever returned, so a
+task with nothing relevant gets an empty prompt.
+
+The final score mixes relevance with recency, success rate, confidence and feedback
+(`RetrievalWeights`, README "How retrieval scores"). Per type, near-duplicates of a memory
+already chosen are skipped, so one lesson stored five times never fills the top_k.
+
+Results are cached per scope: the key holds the scope (agent, user, types, and every
+collection read with its write generation), so any write to the scope invalidates it; a TTL
+bounds how stale recency can get.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -25,18 +39,25 @@ from .embeddings import Embedder
 from .lexical import BM25Index
 from .models import MEMORY_TYPES, Memory, MemoryBase
 from .prompt import render_prompt
-from .store import PREFERENCES, MemoryStore
+from .store import PREFERENCES, MemoryStore, collection_name
 
-RRF_K = 60
-NEAR_DUPLICATE = 0.92
-"""Cosine similarity above which a candidate counts as a near-duplicate of one already chosen."""
+Mode = Literal["hybrid", "dense", "lexical"]
+"""hybrid is what the server uses; dense-only and lexical-only exist for the benchmark."""
+
+_RESULT_TTL_SECONDS = 300.0
+"""Cached results expire after this long, so recency in a cached score is never far off."""
 
 
 class ScoredMemory(BaseModel):
     memory: Memory
-    score: float = Field(description="Final ranking score, 0-1.")
+    score: float = Field(description="Final ranking score, 0-1: relevance mixed with recency, success, confidence, feedback.")
+    relevance: float = Field(0.0, description="How well the memory matches the task, 0-1 (fused dense and lexical).")
     similarity: float = Field(description="Cosine similarity of the memory to the task.")
     lexical: float = Field(0.0, description="BM25 score of the memory for the task (0 when no term matched).")
+    coverage: float = Field(0.0, description="Share (0-1) of the task's distinctive words found in the memory.")
+    matched_by: Literal["dense", "lexical", "both"] = Field(
+        "dense", description="Which door let it through the relevance floor."
+    )
     source_agent: str = Field(description="The agent whose memory this is (differs when inherited or shared).")
 
 
@@ -65,6 +86,10 @@ class MemorySlice(BaseModel):
     def all(self) -> list[ScoredMemory]:
         return [item for items in self.by_type().values() for item in items]
 
+    def ranked(self) -> list[ScoredMemory]:
+        """Every returned memory, all types together, best score first."""
+        return sorted(self.all(), key=lambda item: item.score, reverse=True)
+
     def to_prompt(self) -> str:
         return self.prompt
 
@@ -81,7 +106,9 @@ _FIELD_BY_TYPE = {
 }
 
 
+# -- the parts of the score -----------------------------------------------------------------
 def recency(memory: MemoryBase, half_life_days: float, now: datetime) -> float:
+    """1 for a memory used or validated just now, halving every `half_life_days`."""
     last = memory.last_used_at or memory.updated_at
     validated = getattr(memory, "last_validated", None) or getattr(memory, "last_seen", None)
     if validated and validated > last:
@@ -106,22 +133,186 @@ def feedback_score(memory: MemoryBase) -> float:
     return 0.5 + 0.5 * (positive - negative) / (positive + negative + 2)
 
 
-class _LexicalCache:
-    def __init__(self) -> None:
-        self._indexes: dict[tuple[str, str | None], tuple[int, BM25Index]] = {}
-        self._lock = threading.Lock()
+def lexical_text(memory: MemoryBase) -> str:
+    """What BM25 indexes: the embedded text plus the fields that carry exact strings.
 
-    def get(self, store: MemoryStore, memory_type: str, agent: str | None) -> BM25Index:
-        key = (memory_type, agent)
-        generation = store.generation(memory_type, agent)
-        cached = self._indexes.get(key)
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        ids, docs = store.documents(memory_type, agent)
-        index = BM25Index(ids, docs)
+    An outcome's error message or an anti-pattern's alternative is where identifiers live;
+    indexing them lexically finds a quoted error without changing what is embedded.
+    """
+    extra = [
+        getattr(memory, name, None)
+        for name in ("error_message", "better_alternative", "feedback", "task_type", "strategy_key")
+    ]
+    return "\n".join([memory.text(), *[value for value in extra if isinstance(value, str) and value]])
+
+
+# -- the lexical side -------------------------------------------------------------------
+class LexicalIndexes:
+    """One incremental BM25 index per collection, kept in step with the store's writes.
+
+    An index is built from the store the first time a collection is searched; after that,
+    the store's write listener adds, replaces and removes single memories, so a write costs
+    microseconds instead of a rebuild.
+    """
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self._indexes: dict[str, BM25Index] = {}
+        self._lock = threading.RLock()
+        self._follows_writes = hasattr(store, "add_write_listener")
+        self._built_at: dict[str, int] = {}
+        if self._follows_writes:
+            store.add_write_listener(self._on_write)
+
+    def get(self, memory_type: str, agent: str | None) -> BM25Index:
+        name = collection_name(self.store.project, memory_type, agent)
+        index = self._indexes.get(name)
+        if index is not None and (self._follows_writes or self._built_at.get(name) == self.store.generation(memory_type, agent)):
+            return index
+        with self._lock:  # writes wait while a collection is first read, so none is missed
+            index = self._indexes.get(name)
+            generation = self.store.generation(memory_type, agent)
+            if index is None or (not self._follows_writes and self._built_at.get(name) != generation):
+                index = BM25Index()
+                memories = [m for m, _ in self.store.iter_memories(memory_type, agent)]
+                index.add_many([m.id for m in memories], [lexical_text(m) for m in memories])
+                self._indexes[name] = index
+                self._built_at[name] = generation
+            return index
+
+    def _on_write(self, name: str, memories: Sequence[MemoryBase], deleted: bool) -> None:
         with self._lock:
-            self._indexes[key] = (generation, index)
-        return index
+            index = self._indexes.get(name)
+            if index is None:
+                return  # not read yet: it is built from the store, which already holds this write
+            gone = [m.id for m in memories if deleted or m.archived]
+            kept = [m for m in memories if not (deleted or m.archived)]
+            if gone:
+                index.remove(gone)
+            if kept:
+                index.add_many([m.id for m in kept], [lexical_text(m) for m in kept])
+
+
+# -- candidates ---------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    """One memory considered for a task, with every signal the ranking uses."""
+
+    memory: MemoryBase
+    vector: np.ndarray
+    similarity: float
+    lexical: float = 0.0
+    coverage: float = 0.0
+    dense_rank: int | None = None
+    lexical_rank: int | None = None
+    relevance: float = 0.0
+    evidence: float = 0.0
+    score: float = 0.0
+    dense_ok: bool = False
+    lexical_ok: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cleared(self) -> bool:
+        return self.dense_ok or self.lexical_ok
+
+    @property
+    def matched_by(self) -> Literal["dense", "lexical", "both"]:
+        if self.dense_ok and self.lexical_ok:
+            return "both"
+        return "lexical" if self.lexical_ok else "dense"
+
+    def scored(self) -> ScoredMemory:
+        return ScoredMemory(
+            memory=self.memory,
+            score=round(self.score, 4),
+            relevance=round(self.relevance, 4),
+            similarity=round(self.similarity, 4),
+            lexical=round(self.lexical, 3),
+            coverage=round(self.coverage, 3),
+            matched_by=self.matched_by,
+            source_agent=self.memory.agent,
+        )
+
+
+def fuse(candidates: Sequence[Candidate], settings: RetrievalSettings, mode: Mode) -> None:
+    """Set each candidate's relevance, evidence and floor verdicts, in place.
+
+    relevance (for ranking) = fusion_rank_share x weighted RRF of the two rankings
+                            + (1 - fusion_rank_share) x evidence
+    evidence (for the floor) = cosine similarity + lexical_weight x lexical coverage
+    Dense-only and lexical-only modes use one ranker and one signal (similarity, coverage).
+    """
+    k = settings.rrf_k
+    lexical_weight = settings.lexical_weight
+    for c in candidates:
+        dense_part = 1.0 / (k + 1 + c.dense_rank) if c.dense_rank is not None else 0.0
+        lexical_part = 1.0 / (k + 1 + c.lexical_rank) if c.lexical_rank is not None else 0.0
+        if mode == "dense":
+            c.evidence = c.similarity
+            c.relevance = c.similarity
+        elif mode == "lexical":
+            c.evidence = c.coverage
+            c.relevance = 0.5 * lexical_part * (k + 1) + 0.5 * c.coverage
+        else:
+            rrf = (dense_part + lexical_weight * lexical_part) * (k + 1) / (1.0 + lexical_weight)
+            c.evidence = c.similarity + lexical_weight * c.coverage
+            share = settings.fusion_rank_share
+            c.relevance = share * rrf + (1.0 - share) * min(1.0, max(0.0, c.evidence))
+        c.dense_ok = c.evidence >= settings.relevance_floor
+        # The lexical door: a task quoting an identifier or error string the memory contains.
+        c.lexical_ok = (
+            mode != "dense" and settings.lexical_floor < 1.0 and c.lexical > 0 and c.coverage >= settings.lexical_floor
+        )
+
+
+def final_score(candidate: Candidate, settings: RetrievalSettings, now: datetime) -> float:
+    w = settings.weights
+    total = w.similarity + w.recency + w.success + w.confidence + w.feedback
+    memory = candidate.memory
+    value = (
+        w.similarity * candidate.relevance
+        + w.recency * recency(memory, settings.recency_half_life_days, now)
+        + w.success * success_rate(memory)
+        + w.confidence * float(getattr(memory, "confidence", 0.5))
+        + w.feedback * feedback_score(memory)
+    )
+    return value / (total or 1.0)
+
+
+def select(candidates: Sequence[Candidate], top_k: int, near_duplicate: float) -> list[Candidate]:
+    """The top_k by score, skipping near-duplicates of a memory already chosen."""
+    chosen: list[Candidate] = []
+    for candidate in sorted(candidates, key=lambda c: c.score, reverse=True):
+        if any(float(np.dot(candidate.vector, other.vector)) >= near_duplicate for other in chosen):
+            continue
+        chosen.append(candidate)
+        if len(chosen) >= top_k:
+            break
+    return chosen
+
+
+def choose(
+    candidates: Sequence[Candidate], kinds: Sequence[str], top_k: int, settings: RetrievalSettings
+) -> dict[str, list[Candidate]]:
+    """Per type: the admitted candidates, best first, near-duplicates skipped, top_k kept.
+
+    The floor works at two levels. The task is answered at all only if some candidate clears
+    the floor (by evidence or by the lexical door): otherwise nothing is returned. When it is,
+    candidates whose evidence is within `floor_margin` below the floor are admitted too, since
+    the memories around a clearly relevant one are often relevant in a weaker way.
+    """
+    if not any(c.cleared for c in candidates):
+        return {kind: [] for kind in kinds}
+    admit = settings.relevance_floor - settings.floor_margin
+    return {
+        kind: select(
+            [c for c in candidates if c.memory.type == kind and (c.cleared or c.evidence >= admit)],  # type: ignore[attr-defined]
+            top_k,
+            settings.near_duplicate,
+        )
+        for kind in kinds
+    }
 
 
 class Retriever:
@@ -129,10 +320,17 @@ class Retriever:
         self.store = store
         self.embedder = embedder
         self.config = config
-        self._lexical = _LexicalCache()
-        self._results: OrderedDict[tuple[Any, ...], MemorySlice] = OrderedDict()
+        self.lexical = LexicalIndexes(store)
+        self._results: OrderedDict[tuple[Any, ...], tuple[float, MemorySlice]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def clear_cache(self) -> None:
+        """Forget cached results (the benchmark uses it to time uncached retrievals)."""
+        with self._lock:
+            self._results.clear()
 
     def _scopes(self, agent: str, memory_types: Sequence[str], user_id: str | None) -> list[tuple[str, str | None]]:
         readable = self.config.readable_agents(agent)
@@ -145,6 +343,11 @@ class Retriever:
                 scopes += [(kind, source) for source in readable]
         return scopes
 
+    def _types(self, memory_types: Sequence[str] | None, settings: RetrievalSettings) -> list[str]:
+        if memory_types is None:
+            return [t for t in MEMORY_TYPES if t != "outcome" or settings.include_outcomes]
+        return list(memory_types)
+
     def retrieve(
         self,
         task: str,
@@ -153,36 +356,33 @@ class Retriever:
         user_id: str | None = None,
         memory_types: Sequence[str] | None = None,
         settings: RetrievalSettings | None = None,
+        mode: Mode = "hybrid",
     ) -> MemorySlice:
         settings = settings or self.config.retrieval_for(agent)
         top_k = top_k or settings.top_k
-        if memory_types is None:
-            memory_types = [t for t in MEMORY_TYPES if t != "outcome" or settings.include_outcomes]
-        scopes = self._scopes(agent, memory_types, user_id)
+        kinds = self._types(memory_types, settings)
+        scopes = self._scopes(agent, kinds, user_id)
         key = (
+            mode,
             task,
             agent,
             top_k,
             user_id,
-            tuple(memory_types),
+            tuple(kinds),
+            settings.model_dump_json(),
             tuple((kind, source, self.store.generation(kind, source)) for kind, source in scopes),
         )
+        now_mono = time.monotonic()
         with self._lock:
-            hit = self._results.get(key)
-            if hit is not None:
+            cached = self._results.get(key)
+            if cached is not None and now_mono - cached[0] < _RESULT_TTL_SECONDS:
                 self._results.move_to_end(key)
-                return hit.model_copy(deep=True)
+                self.cache_hits += 1
+                return cached[1].model_copy(deep=True)
+            self.cache_misses += 1
 
-        vector = self.embedder.embed_query(task)
-        now = datetime.now(timezone.utc)
-        by_type: dict[str, list[ScoredMemory]] = {kind: [] for kind in memory_types}
-        for kind in memory_types:
-            candidates: list[tuple[ScoredMemory, np.ndarray]] = []
-            for scope_kind, source in scopes:
-                if scope_kind != kind:
-                    continue
-                candidates += self._candidates(task, vector, kind, source, user_id, top_k, settings, now)
-            by_type[kind] = _select(candidates, top_k)
+        candidates = self.candidates(task, agent, user_id, kinds, settings, mode)
+        by_type = {kind: [c.scored() for c in chosen] for kind, chosen in choose(candidates, kinds, top_k, settings).items()}
         result = MemorySlice(
             task=task,
             agent=agent,
@@ -191,81 +391,54 @@ class Retriever:
         )
         result.prompt = render_prompt(by_type, settings.token_budget)
         with self._lock:
-            self._results[key] = result
+            self._results[key] = (now_mono, result)
             while len(self._results) > self._cache_size:
                 self._results.popitem(last=False)
         return result.model_copy(deep=True)
 
-    def _candidates(
+    def candidates(
         self,
         task: str,
-        vector: np.ndarray,
-        kind: str,
-        source: str | None,
+        agent: str,
         user_id: str | None,
-        top_k: int,
+        memory_types: Sequence[str],
         settings: RetrievalSettings,
-        now: datetime,
-    ) -> list[tuple[ScoredMemory, np.ndarray]]:
-        pool = max(4 * top_k, 20)
-        where = {"user_id": user_id} if kind == PREFERENCES else None
-        dense = self.store.query(kind, source, vector, pool, where=where)
-        found: dict[str, tuple[MemoryBase, float, np.ndarray]] = {
-            h.memory.id: (h.memory, h.similarity, h.vector) for h in dense  # type: ignore[misc]
-        }
-        dense_rank = {h.memory.id: r for r, h in enumerate(dense)}
-        lexical = self._lexical.get(self.store, kind, source).search(task, pool)
-        lexical_score = dict(lexical)
-        lexical_rank = {doc: r for r, (doc, _) in enumerate(lexical)}
-        missing = [doc for doc, _ in lexical if doc not in found]
-        if missing:
-            for doc, (memory, vec) in self.store.fetch_with_vectors(kind, source, missing).items():
-                if memory.archived or (kind == PREFERENCES and getattr(memory, "user_id", None) != user_id):
-                    continue
-                found[doc] = (memory, float(np.dot(vec, vector)), vec)
-
-        weights = settings.weights
-        total = weights.similarity + weights.recency + weights.success + weights.confidence + weights.feedback
-        best_rrf = 2.0 / (RRF_K + 1)
-        out: list[tuple[ScoredMemory, np.ndarray]] = []
-        for doc, (memory, similarity, vec) in found.items():
-            if similarity < settings.relevance_floor:
+        mode: Mode = "hybrid",
+    ) -> list[Candidate]:
+        """Every candidate from every readable collection, fused and scored, before the floor."""
+        vector = self.embedder.embed_query(task)
+        pool = settings.candidate_pool
+        found: dict[str, Candidate] = {}
+        lexical_hits: list[tuple[float, str]] = []
+        for kind, source in self._scopes(agent, memory_types, user_id):
+            where = {"user_id": user_id} if kind == PREFERENCES else None
+            if mode != "lexical":
+                for hit in self.store.query(kind, source, vector, pool, where=where):
+                    found[hit.memory.id] = Candidate(hit.memory, hit.vector, hit.similarity)  # type: ignore[arg-type]
+            if mode == "dense":
                 continue
-            rrf = 0.0
-            if doc in dense_rank:
-                rrf += 1.0 / (RRF_K + 1 + dense_rank[doc])
-            if doc in lexical_rank:
-                rrf += 1.0 / (RRF_K + 1 + lexical_rank[doc])
-            relevance = 0.5 * similarity + 0.5 * (rrf / best_rrf)
-            score = (
-                weights.similarity * relevance
-                + weights.recency * recency(memory, settings.recency_half_life_days, now)
-                + weights.success * success_rate(memory)
-                + weights.confidence * float(getattr(memory, "confidence", 0.5))
-                + weights.feedback * feedback_score(memory)
-            ) / (total or 1.0)
-            out.append(
-                (
-                    ScoredMemory(
-                        memory=memory,
-                        score=round(score, 4),
-                        similarity=round(similarity, 4),
-                        lexical=round(lexical_score.get(doc, 0.0), 3),
-                        source_agent=memory.agent,
-                    ),
-                    vec,
-                )
-            )
-        return out
+            hits = self.lexical.get(kind, source).search(task, pool)
+            missing = [h.id for h in hits if h.id not in found]
+            if missing:
+                for doc, (memory, vec) in self.store.fetch_with_vectors(kind, source, missing).items():
+                    if memory.archived or (kind == PREFERENCES and getattr(memory, "user_id", None) != user_id):
+                        continue
+                    found[doc] = Candidate(memory, vec, float(np.dot(vec, vector)))
+            for h in hits:
+                candidate = found.get(h.id)
+                if candidate is not None:
+                    candidate.lexical, candidate.coverage = h.score, h.coverage
+                    lexical_hits.append((h.score, h.id))
 
-
-def _select(candidates: list[tuple[ScoredMemory, np.ndarray]], top_k: int) -> list[ScoredMemory]:
-    """The top_k by score, skipping near-duplicates of a memory already chosen."""
-    chosen: list[tuple[ScoredMemory, np.ndarray]] = []
-    for item, vec in sorted(candidates, key=lambda c: c[0].score, reverse=True):
-        if any(float(np.dot(vec, other)) >= NEAR_DUPLICATE for _, other in chosen):
-            continue
-        chosen.append((item, vec))
-        if len(chosen) >= top_k:
-            break
-    return [item for item, _ in chosen]
+        # Ranks are global across collections, so the fused scores compare between sections.
+        dense_order = sorted(found.values(), key=lambda c: c.similarity, reverse=True)
+        for rank, candidate in enumerate(dense_order):
+            candidate.dense_rank = rank
+        for rank, (_, doc) in enumerate(sorted(lexical_hits, reverse=True)):
+            found[doc].lexical_rank = rank
+        candidates = list(found.values())
+        fuse(candidates, settings, mode)
+        now = datetime.now(timezone.utc)
+        for candidate in candidates:
+            candidate.score = final_score(candidate, settings, now)
+        return candidates

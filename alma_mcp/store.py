@@ -13,7 +13,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -39,6 +39,10 @@ def _parse_collection_name(name: str) -> tuple[str, str, str] | None:
     if len(parts) != 4 or parts[0] != "alma" or parts[3] not in MEMORY_TYPES:
         return None
     return parts[1], parts[2], parts[3]
+
+
+WriteListener = Callable[[str, Sequence[MemoryBase], bool], None]
+"""(collection name, the memories written, True when they were deleted)."""
 
 
 @dataclass
@@ -70,6 +74,11 @@ def _from_metadata(meta: dict[str, Any]) -> MemoryBase:
     return parse_memory(meta["json"])
 
 
+def _hit(row: tuple[dict[str, Any], float, Any]) -> "Hit":
+    meta, distance, vector = row
+    return Hit(_from_metadata(meta), 1.0 - float(distance), np.asarray(vector, dtype=np.float32))
+
+
 def _chroma_error(action: str, exc: Exception) -> StorageError:
     return StorageError(f"could not {action} in Chroma: {exc}")
 
@@ -85,6 +94,7 @@ class MemoryStore:
         self._collections: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._generations: dict[str, int] = {}
+        self._write_listeners: list[WriteListener] = []
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -152,6 +162,15 @@ class MemoryStore:
     def _bump(self, name: str) -> None:
         self._generations[name] = self._generations.get(name, 0) + 1
 
+    def add_write_listener(self, listener: "WriteListener") -> None:
+        """Call `listener(collection, memories, deleted)` after every write this process makes, so
+        indexes derived from the store (the lexical index) follow it without re-reading it."""
+        self._write_listeners.append(listener)
+
+    def _notify(self, name: str, memories: Sequence[MemoryBase], deleted: bool) -> None:
+        for listener in self._write_listeners:
+            listener(name, memories, deleted)
+
     def scopes(self) -> list[tuple[str, str]]:
         """(agent, memory_type) of every collection of this project; agent '_' for preferences."""
         try:
@@ -194,6 +213,7 @@ class MemoryStore:
                     raise _chroma_error(f"write {len(indexes)} memories", exc) from None
                 finally:
                     self._bump(name)
+                self._notify(name, [memories[i] for i in indexes], deleted=False)
 
     def update_metadata(self, memories: Sequence[MemoryBase]) -> None:
         """Rewrite memories whose text did not change (counters, flags): no re-embedding."""
@@ -209,6 +229,7 @@ class MemoryStore:
                     raise _chroma_error(f"update {len(items)} memories", exc) from None
                 finally:
                     self._bump(name)
+                self._notify(name, items, deleted=False)
 
     def delete(self, memories: Iterable[MemoryBase]) -> int:
         groups: dict[str, list[MemoryBase]] = {}
@@ -226,6 +247,7 @@ class MemoryStore:
                     raise _chroma_error(f"delete {len(items)} memories", exc) from None
                 finally:
                     self._bump(name)
+                self._notify(name, items, deleted=True)
                 deleted += len(items)
         return deleted
 
@@ -325,21 +347,29 @@ class MemoryStore:
         col = self._collection(memory_type, agent, create=False)
         if col is None:
             return []
+        if not where:
+            # Any metadata filter makes Chroma check every record (about 0.5 s at 100,000 memories),
+            # so "active only" is applied to an unfiltered, widened search; the filtered search is
+            # the fallback for when archived memories crowd the nearest ones out.
+            got = self._nearest(col, vector, 2 * n + 8, None)
+            rows = list(zip(got["metadatas"][0], got["distances"][0], got["embeddings"][0]))
+            active = [row for row in rows if not row[0].get("archived")]
+            if len(active) >= n or len(rows) < 2 * n + 8:
+                return [_hit(row) for row in active[:n]]
         clauses: list[dict[str, Any]] = [{"archived": False}] + [{k: v} for k, v in (where or {}).items()]
         flt = clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        got = self._nearest(col, vector, n, flt)
+        return [_hit(row) for row in zip(got["metadatas"][0], got["distances"][0], got["embeddings"][0])]
+
+    def _nearest(self, col: Any, vector: np.ndarray, n: int, flt: dict[str, Any] | None) -> dict[str, Any]:
         try:
-            got = col.query(
+            return col.query(
                 query_embeddings=[vector], n_results=n, where=flt, include=["metadatas", "distances", "embeddings"]
             )
         except Exception as exc:
             if "nothing" in str(exc).lower() or "0" == str(exc).strip():
-                return []
+                return {"metadatas": [[]], "distances": [[]], "embeddings": [[]]}
             raise _chroma_error("search memories", exc) from None
-        vectors = got["embeddings"][0]
-        return [
-            Hit(_from_metadata(meta), 1.0 - float(dist), np.asarray(vec, dtype=np.float32))
-            for meta, dist, vec in zip(got["metadatas"][0], got["distances"][0], vectors)
-        ]
 
     def count(self, memory_type: str, agent: str | None, include_archived: bool = True) -> int:
         col = self._collection(memory_type, agent, create=False)

