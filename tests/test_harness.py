@@ -406,3 +406,17 @@ def test_example_runs_and_the_agent_improves(script, tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "new heuristic" in done.stdout
+
+
+async def test_pre_run_and_post_run_can_drive_an_agent_loop_the_caller_owns(alma):
+    """For agents that are not one callable: take the briefing, act, then report."""
+    harness = Harness(small_setting(), quick_learner(), alma)
+    briefing = harness.pre_run(Context(task="Test the login form validation"))
+    assert briefing.task_type == "form_testing" and len(briefing.memories) == 0
+    first = harness.post_run(briefing, ExecutionResult("success", THOROUGH))
+    assert first.learned.heuristics_created
+    later = await harness.apre_run(Context(task="Test the login form validation in Firefox"))
+    assert first.learned.heuristics_created[0] in later.prompt
+    second = await harness.apost_run(later, {"outcome": "success", "strategy": THOROUGH})  # type: ignore[arg-type]
+    assert alma.get(second.learned.outcome_id).memory.task == "Test the login form validation in Firefox"
+    assert second.learned.heuristics_updated or second.learned.heuristics_created
