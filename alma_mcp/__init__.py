@@ -6,6 +6,11 @@ Public API::
     alma = ALMA.from_config(".alma/config.yaml")
     memories = alma.retrieve(task="Test the login form validation", agent="helena", top_k=5)
     prompt = memories.to_prompt()
+
+    # The harness: retrieve and inject before a run, learn from its outcome after.
+    from alma_mcp import Context, ExecutionResult, create_harness
+    harness = create_harness("coding", "helena", alma)
+    result = harness.run(Context(task="Test the signup form"), executor)  # executor(briefing) -> ExecutionResult
 """
 
 from __future__ import annotations
