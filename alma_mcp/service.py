@@ -652,6 +652,15 @@ class ALMA:
     async def aforget(self, *args: Any, **kwargs: Any) -> ForgetResult:
         return await _in_thread(self.forget, *args, **kwargs)
 
+    async def arestore(self, *args: Any, **kwargs: Any) -> RestoreResult:
+        return await _in_thread(self.restore, *args, **kwargs)
+
+    async def aconsolidate(self, *args: Any, **kwargs: Any) -> ConsolidateResult:
+        return await _in_thread(self.consolidate, *args, **kwargs)
+
+    async def asweep(self, *args: Any, **kwargs: Any) -> SweepResult:
+        return await _in_thread(self.sweep, *args, **kwargs)
+
     async def astats(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return await _in_thread(self.stats, *args, **kwargs)
 

@@ -449,3 +449,11 @@ async def test_life_cycle_tools_and_audit_resource(make_alma, mode):
         assert bad.is_error
         bad_restore = await client.call_tool("alma_restore", {"memory_ids": [b.id]})
         assert bad_restore.is_error and "not archived" in bad_restore.content[0].text
+
+
+async def test_async_variants_for_async_agents(alma):
+    fact = alma.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC")
+    assert (await alma.aforget([fact.id], dry_run=False)).count == 1
+    assert (await alma.arestore([fact.id])).count == 1
+    assert (await alma.aconsolidate("victor", "knowledge")).count == 0
+    assert (await alma.asweep()).dry_run is True
