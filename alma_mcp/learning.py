@@ -6,15 +6,16 @@ looking at the agent's whole history, never a window of recent outcomes: Chroma 
 outcomes by strategy before ranking them by task similarity, so tasks interleaved with any
 number of others still find their cluster.
 
-Placing an outcome (`Learner.apply`):
-1. Neighbours: outcomes with the same strategy whose task is at least
-   `learning.similarity_threshold` similar to this task, then (one more round) to the mean of
-   those tasks. Paraphrases of one task are often less similar to each other than to the
-   mean of a few of them, so the second round finds what one pairwise test misses.
-2. Lessons: every heuristic or anti-pattern on this strategy that holds one of these outcomes
-   or whose tasks (their mean vector) are similar enough. They are all the same lesson: one
-   of each kind is kept and any other is folded into it and archived as "merged into ...",
-   so two clusters that turn out to be one never leave two heuristics behind.
+Placing an outcome (`Learner.apply`, `Learner.cluster`):
+1. Lessons first: the outcome joins every heuristic or anti-pattern on its strategy whose
+   tasks (their mean vector) are at least `learning.similarity_threshold` similar to its
+   task, and any lesson whose mean is that similar to the joined cluster's mean. They are all
+   the same lesson: one of each kind is kept and any other is folded into it and archived as
+   "merged into ...", so two clusters that turn out to be one never leave two heuristics.
+2. No lesson yet: the cluster starts from the outcomes of that strategy that no lesson holds
+   and that are within `threshold - SEED_MARGIN` of this task (the strategy already matches
+   exactly), then keeps those within the threshold of their mean (two rounds). Paraphrases
+   are often less similar to each other than to the mean of a few of them.
 3. Evidence: the success rate over all of the lesson's outcomes, each weighted by
    0.5 ** (newer outcomes after it / `learning.evidence_half_life`), so a world that changes
    shows up within a few outcomes while one noisy outcome barely moves it. Confidence is the
@@ -52,6 +53,8 @@ WILSON_Z = 1.645
 GROUP_POOL = 500
 """Nearest outcomes of the same strategy looked at when placing an outcome."""
 EXPANSION_ROUNDS = 2
+SEED_MARGIN = 0.10
+"""How much looser the first, outcome-to-outcome step of a new cluster is than the threshold."""
 REINSTATE_MARGIN = 0.05
 """A retired lesson comes back only this far above the floor, so it does not flap."""
 MERGED_PREFIX = "merged into "
@@ -225,9 +228,14 @@ class Learner:
                 group.update(centres[lesson.id][1])
             centre = _unit([v for _, v in group.values()])
         else:
-            centre = vector
+            # No lesson yet: start from the outcomes nearest this one (a looser bar, since the
+            # strategy already matches exactly), then keep what is close to their mean.
+            seed = threshold - SEED_MARGIN
+            group.update({i: item for i, item in free.items() if float(np.dot(item[1], vector)) >= seed})
+            centre = _unit([v for _, v in group.values()])
             for _ in range(EXPANSION_ROUNDS):
-                group.update({i: item for i, item in free.items() if float(np.dot(item[1], centre)) >= threshold})
+                group = {i: item for i, item in free.items() if float(np.dot(item[1], centre)) >= threshold}
+                group[outcome.id] = (outcome, vector)
                 centre = _unit([v for _, v in group.values()])
         # Lessons of the same cluster that this outcome alone did not reach, and outcomes no
         # lesson holds yet that belong here: one pass against the cluster's mean.

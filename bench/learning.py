@@ -22,6 +22,11 @@ Three arms meet the same stream (same tasks, same random draws for success):
   by the anti-patterns shown and guesses among the rest (among all when every one is named).
   It records the outcome with `alma_learn` (failures with an error message).
 
+- oracle (a reference, no server): the same rules as alma's learner (thresholds, recency
+  weighting, Wilson confidence, retirement) applied with perfect grouping (the true family)
+  and perfect recall. It is the ceiling of these rules on this stream; the gap between alma
+  and oracle is what imperfect grouping and retrieval of paraphrased tasks cost.
+
 Both memory arms talk to a real MCP server through the SDK's Client (in process), each on a
 fresh embedded Chroma store with the real embedding model.
 
@@ -51,9 +56,10 @@ import anyio  # noqa: E402
 import numpy as np  # noqa: E402
 from mcp import Client  # noqa: E402
 
-from alma_mcp.config import parse_config  # noqa: E402
+from alma_mcp.config import AgentSettings, LearningSettings, parse_config  # noqa: E402
 from alma_mcp.embeddings import SentenceTransformerEmbedder  # noqa: E402
-from alma_mcp.models import strategy_key  # noqa: E402
+from alma_mcp.learning import weigh  # noqa: E402
+from alma_mcp.models import Outcome, new_id, strategy_key  # noqa: E402
 from alma_mcp.server import create_server  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
 
@@ -61,7 +67,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "learning_families.json"
 OUT = HERE / "out"
 AGENT = "solver"
-ARMS = ("none", "raw", "alma")
+ARMS = ("none", "raw", "alma", "oracle")
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,9 @@ async def run_arm(arm: str, stream: list[Episode], seed: int, embedder: Sentence
             results.append(episode.draw < episode.family.strategies[strategy])
         return results
 
+    if arm == "oracle":
+        return run_oracle(stream, rng)
+
     agent: dict[str, Any] = {}
     learning: dict[str, Any] = {}
     if arm == "raw":  # outcomes are stored, but no lesson can ever reach its thresholds
@@ -190,6 +199,45 @@ async def run_arm(arm: str, stream: list[Episode], seed: int, embedder: Sentence
     return results
 
 
+def run_oracle(stream: list[Episode], rng: random.Random) -> list[bool]:
+    """alma's rules on perfectly grouped outcomes: (family, strategy) is the lesson."""
+    settings = LearningSettings()
+    min_occurrences = AgentSettings().min_occurrences_for_heuristic
+    floor = settings.retire_below_confidence
+    history: dict[tuple[str, str], list[Outcome]] = {}
+    heuristic: dict[tuple[str, str], bool] = {}
+    anti: dict[tuple[str, str], bool] = {}
+    results = []
+    for episode in stream:
+        name, candidates = episode.family.name, list(episode.family.strategies)
+        trusted = [c for c in candidates if heuristic.get((name, c))]
+        if trusted:
+            strategy = trusted[0]
+        else:
+            strategy = rng.choice([c for c in candidates if not anti.get((name, c))] or candidates)
+        success = episode.draw < episode.family.strategies[strategy]
+        results.append(success)
+        key = (name, strategy)
+        history.setdefault(key, []).append(
+            Outcome(id=new_id("outcome"), project="p", agent="a", task=episode.task,
+                    outcome="success" if success else "failure", strategy_used=strategy)
+        )
+        ev = weigh(history[key], settings.evidence_half_life)
+        if not heuristic.get(key):
+            heuristic[key] = (ev.successes >= min_occurrences and ev.rate >= settings.min_success_rate
+                              and (key not in heuristic or ev.confidence >= floor + 0.05))
+        elif ev.rate < settings.min_success_rate and ev.confidence < floor:
+            heuristic[key] = False
+        if not anti.get(key):
+            anti[key] = (ev.failures >= settings.min_failures_for_anti_pattern and ev.rate < 0.5
+                         and (key not in anti or ev.fail_confidence >= floor + 0.05))
+        elif ev.rate >= 0.5 and ev.fail_confidence < floor:
+            anti[key] = False
+        if heuristic[key] and anti[key]:
+            heuristic[key], anti[key] = ev.rate >= 0.5, ev.rate < 0.5
+    return results
+
+
 def blocks(results: list[bool], size: int) -> list[float]:
     return [float(np.mean(results[i : i + size])) for i in range(0, len(results), size)]
 
@@ -230,9 +278,15 @@ def plot(curves: dict[str, list[float]], block: int, path: Path, episodes: int, 
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     x = [block * (i + 1) for i in range(len(next(iter(curves.values()))))]
-    labels = {"none": "no memory (guess)", "raw": "raw outcome log", "alma": "alma learning"}
+    labels = {
+        "none": "no memory (guess)",
+        "raw": "raw outcome log",
+        "alma": "alma learning",
+        "oracle": "same rules, perfect grouping (reference)",
+    }
     for arm, ys in curves.items():
-        ax.plot(x, ys, marker="o", label=labels[arm])
+        style = {"linestyle": "--", "marker": None, "color": "grey"} if arm == "oracle" else {"marker": "o"}
+        ax.plot(x, ys, label=labels[arm], **style)
     ax.set_xlabel(f"episode (blocks of {block})")
     ax.set_ylabel("success rate in block")
     ax.set_ylim(0, 1)
