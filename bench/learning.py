@@ -142,7 +142,9 @@ def choose_raw(memory: dict[str, Any], candidates: list[str], rng: random.Random
 
 
 # -- one arm on one stream -------------------------------------------------------------
-async def run_arm(arm: str, stream: list[Episode], seed: int, embedder: SentenceTransformerEmbedder) -> list[bool]:
+async def run_arm(
+    arm: str, stream: list[Episode], seed: int, embedder: SentenceTransformerEmbedder, min_occurrences: int
+) -> list[bool]:
     rng = random.Random(seed * 1000 + 7)  # same guesses for the same situation in every arm
     results: list[bool] = []
     if arm == "none":
@@ -152,9 +154,9 @@ async def run_arm(arm: str, stream: list[Episode], seed: int, embedder: Sentence
         return results
 
     if arm == "oracle":
-        return run_oracle(stream, rng)
+        return run_oracle(stream, rng, min_occurrences)
 
-    agent: dict[str, Any] = {}
+    agent: dict[str, Any] = {"min_occurrences_for_heuristic": min_occurrences}
     learning: dict[str, Any] = {}
     if arm == "raw":  # outcomes are stored, but no lesson can ever reach its thresholds
         agent = {"min_occurrences_for_heuristic": 1_000_000}
@@ -199,10 +201,9 @@ async def run_arm(arm: str, stream: list[Episode], seed: int, embedder: Sentence
     return results
 
 
-def run_oracle(stream: list[Episode], rng: random.Random) -> list[bool]:
+def run_oracle(stream: list[Episode], rng: random.Random, min_occurrences: int) -> list[bool]:
     """alma's rules on perfectly grouped outcomes: (family, strategy) is the lesson."""
     settings = LearningSettings()
-    min_occurrences = AgentSettings().min_occurrences_for_heuristic
     floor = settings.retire_below_confidence
     history: dict[tuple[str, str], list[Outcome]] = {}
     heuristic: dict[tuple[str, str], bool] = {}
@@ -315,14 +316,15 @@ async def main_async(args: argparse.Namespace) -> int:
         stream = make_stream(families, args.episodes, seed)
         for arm in args.arms:
             t0 = time.perf_counter()
-            results = await run_arm(arm, stream, seed, embedder)
+            results = await run_arm(arm, stream, seed, embedder, args.min_occurrences)
             per_arm[arm].append(blocks(results, args.block))
             finals[arm].append(per_arm[arm][-1][-1])
             _log(f"seed {seed} arm {arm}: overall {np.mean(results):.3f}, last block {finals[arm][-1]:.2f} ({time.perf_counter() - t0:.0f}s)")
     curves = {arm: list(np.mean(np.array(per_arm[arm]), axis=0)) for arm in args.arms}
 
     print(f"Success rate per block of {args.block} episodes, mean over seeds {seeds} "
-          f"({len(families)} families, {args.episodes} episodes each run)")
+          f"({len(families)} families, {args.episodes} episodes each run, "
+          f"min_occurrences_for_heuristic={args.min_occurrences})")
     print("| episodes | " + " | ".join(args.arms) + " |")
     print("|---|" + "---|" * len(args.arms))
     for b in range(len(curves[args.arms[0]])):
@@ -344,6 +346,12 @@ def main() -> int:
     parser.add_argument("--block", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=3, help="Runs with seeds 0..N-1; figures are their mean.")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument(
+        "--min-occurrences",
+        type=int,
+        default=AgentSettings().min_occurrences_for_heuristic,
+        help="The agent's min_occurrences_for_heuristic (default: the config default).",
+    )
     parser.add_argument("--out", default=str(OUT / "learning_curve.png"))
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--calibrate", action="store_true", help="Print paraphrase similarities and exit.")
