@@ -74,12 +74,28 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
+_IDENTIFIER_RE = re.compile(r"[_.:/]|\d|[a-z][A-Z]")
+
+
+def identifiers(text: str) -> set[str]:
+    """The identifier-shaped words of a text, as tokens: `users_email_key`, `ERR_CERT_DATE_INVALID`,
+    `UniqueViolation`, `psycopg2.errors`, `4242`... An exact match on one of these is strong
+    evidence that a memory is about the very thing the task quotes."""
+    found = set()
+    for word in _WORD_RE.findall(text):
+        if len(word) >= 5 and _IDENTIFIER_RE.search(word) and not word.isdigit():
+            found.add(_stem(word.lower()))
+    return found
+
+
 @dataclass
 class LexicalHit:
     id: str
     score: float
     coverage: float
     """Share (0-1) of the query's IDF mass found in this document."""
+    identifiers: int = 0
+    """How many identifier-shaped words of the query the document contains verbatim."""
 
 
 class _Postings:
@@ -215,6 +231,8 @@ class BM25Index:
             size = len(self._ids)
             scores = np.zeros(size, dtype=np.float32)
             matched_idf = np.zeros(size, dtype=np.float32)
+            quoted = np.zeros(size, dtype=np.float32)
+            query_identifiers = identifiers(query)
             avg_length = self._total_length / live if live else 1.0
             norm = self.k1 * (1.0 - self.b + self.b * self._lengths[:size] / (avg_length or 1.0))
             query_idf = 0.0
@@ -228,6 +246,8 @@ class BM25Index:
                 alive = self._alive[slots]
                 scores[slots] += alive * idf * tfs * (self.k1 + 1.0) / (tfs + norm[slots])
                 matched_idf[slots] += alive * idf
+                if term in query_identifiers:
+                    quoted[slots] += alive
             positive = np.flatnonzero(scores > 0)
             if not len(positive):
                 return []
@@ -237,6 +257,11 @@ class BM25Index:
                 top = positive
             top = top[np.argsort(-scores[top], kind="stable")]
             return [
-                LexicalHit(self._ids[slot], float(scores[slot]), min(1.0, float(matched_idf[slot]) / (query_idf or 1.0)))  # type: ignore[arg-type]
+                LexicalHit(
+                    self._ids[slot],  # type: ignore[arg-type]
+                    float(scores[slot]),
+                    min(1.0, float(matched_idf[slot]) / (query_idf or 1.0)),
+                    int(quoted[slot]),
+                )
                 for slot in top
             ]

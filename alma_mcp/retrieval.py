@@ -203,6 +203,7 @@ class Candidate:
     similarity: float
     lexical: float = 0.0
     coverage: float = 0.0
+    quoted: int = 0
     dense_rank: int | None = None
     lexical_rank: int | None = None
     relevance: float = 0.0
@@ -260,9 +261,13 @@ def fuse(candidates: Sequence[Candidate], settings: RetrievalSettings, mode: Mod
             share = settings.fusion_rank_share
             c.relevance = share * rrf + (1.0 - share) * min(1.0, max(0.0, c.evidence))
         c.dense_ok = c.evidence >= settings.relevance_floor
-        # The lexical door: a task quoting an identifier or error string the memory contains.
+        # The lexical door: the memory holds most of the task's distinctive words, or quotes an
+        # identifier of the task verbatim (an error code, a constraint name, a config key).
         c.lexical_ok = (
-            mode != "dense" and settings.lexical_floor < 1.0 and c.lexical > 0 and c.coverage >= settings.lexical_floor
+            mode != "dense"
+            and settings.lexical_floor < 1.0
+            and c.lexical > 0
+            and (c.coverage >= settings.lexical_floor or c.quoted > 0)
         )
 
 
@@ -410,15 +415,36 @@ class Retriever:
         pool = settings.candidate_pool
         found: dict[str, Candidate] = {}
         lexical_hits: list[tuple[float, str]] = []
+        admit = settings.relevance_floor - settings.floor_margin
         for kind, source in self._scopes(agent, memory_types, user_id):
             where = {"user_id": user_id} if kind == PREFERENCES else None
+            dense: list[Candidate] = []
             if mode != "lexical":
                 for hit in self.store.query(kind, source, vector, pool, where=where):
-                    found[hit.memory.id] = Candidate(hit.memory, hit.vector, hit.similarity)  # type: ignore[arg-type]
+                    dense.append(Candidate(hit.memory, hit.vector, hit.similarity))  # type: ignore[arg-type]
+                found.update((c.memory.id, c) for c in dense)
             if mode == "dense":
                 continue
             hits = self.lexical.get(kind, source).search(task, pool)
-            missing = [h.id for h in hits if h.id not in found]
+            lexical_hits += [(h.score, h.id) for h in hits]
+            # A memory the dense search did not return is less similar than the last one it did
+            # (`ceiling`), so it can only be admitted through the lexical door or if its coverage
+            # lifts it over the floor; reading it from the store costs a round trip, so only
+            # memories that could pass are read. A dense search that came back short has seen
+            # every active memory of the collection.
+            ceiling = min((c.similarity for c in dense), default=1.0) if len(dense) >= pool or mode == "lexical" else None
+            missing = [
+                h.id
+                for h in hits
+                if h.id not in found
+                and ceiling is not None
+                and (
+                    mode == "lexical"
+                    or h.identifiers > 0
+                    or h.coverage >= settings.lexical_floor
+                    or ceiling + settings.lexical_weight * h.coverage >= admit
+                )
+            ]
             if missing:
                 for doc, (memory, vec) in self.store.fetch_with_vectors(kind, source, missing).items():
                     if memory.archived or (kind == PREFERENCES and getattr(memory, "user_id", None) != user_id):
@@ -427,15 +453,15 @@ class Retriever:
             for h in hits:
                 candidate = found.get(h.id)
                 if candidate is not None:
-                    candidate.lexical, candidate.coverage = h.score, h.coverage
-                    lexical_hits.append((h.score, h.id))
+                    candidate.lexical, candidate.coverage, candidate.quoted = h.score, h.coverage, h.identifiers
 
         # Ranks are global across collections, so the fused scores compare between sections.
         dense_order = sorted(found.values(), key=lambda c: c.similarity, reverse=True)
         for rank, candidate in enumerate(dense_order):
             candidate.dense_rank = rank
         for rank, (_, doc) in enumerate(sorted(lexical_hits, reverse=True)):
-            found[doc].lexical_rank = rank
+            if doc in found:  # ranked among all lexical hits, read or not, so reads never change ranks
+                found[doc].lexical_rank = rank
         candidates = list(found.values())
         fuse(candidates, settings, mode)
         now = datetime.now(timezone.utc)

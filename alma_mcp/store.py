@@ -3,7 +3,11 @@
 The store knows nothing of ranking or learning. It turns memories into Chroma records
 (our own embedding, the memory's text as the document, its JSON plus filterable fields
 as metadata) and back, and it keeps a write generation per collection so that callers
-can cache reads and drop the cache when that collection changes.
+can cache reads and drop the cache when that collection changes, whichever process wrote.
+
+Two backends: the embedded store (a folder, shared safely by several processes through
+`writelock.SharedClient`) and a Chroma server (`storage: chroma-http`, Chroma's own HTTP
+client), where other processes' writes are noticed through tokens kept on the server.
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+import uuid
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -20,6 +28,7 @@ import numpy as np
 from .embeddings import Embedder
 from .errors import NotFound, StorageError
 from .models import MEMORY_TYPES, MemoryBase, memory_type_of, parse_memory, strategy_key
+from .writelock import SharedClient, shared_client
 
 log = logging.getLogger("alma_mcp")
 
@@ -86,7 +95,14 @@ def _chroma_error(action: str, exc: Exception) -> StorageError:
 class MemoryStore:
     """CRUD and vector search over Chroma for one project."""
 
-    def __init__(self, client: Any, project: str, embedder: Embedder, description: str = "chroma") -> None:
+    def __init__(
+        self,
+        client: Any,
+        project: str,
+        embedder: Embedder,
+        description: str = "chroma",
+        change_check_seconds: float | None = None,
+    ) -> None:
         self.client = client
         self.project = project
         self.embedder = embedder
@@ -94,16 +110,28 @@ class MemoryStore:
         self._collections: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._generations: dict[str, int] = {}
+        # Whose writes generation() can see: the embedded store's shared counters see every
+        # process's; a server's change tokens are read at most every `change_check_seconds`.
+        self._shared = client if isinstance(client, SharedClient) else None
+        self._remote = (
+            _RemoteChanges(client, project, change_check_seconds) if change_check_seconds is not None else None
+        )
         self._write_listeners: list[WriteListener] = []
 
     # -- construction ------------------------------------------------------------------
     @classmethod
-    def embedded(cls, path: Path, project: str, embedder: Embedder) -> "MemoryStore":
+    def embedded(cls, path: Path, project: str, embedder: Embedder, lock_dir: Path | None = None) -> "MemoryStore":
+        """The embedded store in folder `path`. Processes sharing it coordinate through a lock and
+        counters in `lock_dir` (default: the folder above, i.e. the data directory)."""
         import chromadb
         from chromadb.config import Settings
 
         path.mkdir(parents=True, exist_ok=True)
-        client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+
+        def open_client(folder: Path) -> Any:
+            return chromadb.PersistentClient(path=str(folder), settings=Settings(anonymized_telemetry=False))
+
+        client = shared_client(path, open_client, lock_dir)
         return cls(client, project, embedder, description=f"chroma (embedded, {path})")
 
     @classmethod
@@ -126,7 +154,13 @@ class MemoryStore:
                 f"cannot reach the Chroma server at {settings.host}:{settings.port}: {exc}"
             ) from None
         scheme = "https" if settings.ssl else "http"
-        return cls(client, project, embedder, description=f"chroma-http ({scheme}://{settings.host}:{settings.port})")
+        return cls(
+            client,
+            project,
+            embedder,
+            description=f"chroma-http ({scheme}://{settings.host}:{settings.port}, {settings.tenant}/{settings.database})",
+            change_check_seconds=getattr(settings, "change_check_seconds", 1.0),
+        )
 
     # -- collections -------------------------------------------------------------------
     def _collection(self, memory_type: str, agent: str | None, create: bool) -> Any | None:
@@ -156,11 +190,33 @@ class MemoryStore:
             return col
 
     def generation(self, memory_type: str, agent: str | None) -> int:
-        """A number that changes whenever this process writes to the collection."""
-        return self._generations.get(collection_name(self.project, memory_type, agent), 0)
+        """A number that changes whenever any process writes to the collection.
+
+        Embedded: exact, from counters shared by every process on the data directory. Chroma
+        server: this process's writes at once, other processes' within `change_check_seconds`.
+        """
+        name = collection_name(self.project, memory_type, agent)
+        local = self._generations.get(name, 0)
+        if self._shared is not None:
+            return (self._shared.lock.counters.of(name) << 20) + local
+        if self._remote is not None:
+            return (self._remote.token(name) << 20) + local
+        return local
 
     def _bump(self, name: str) -> None:
         self._generations[name] = self._generations.get(name, 0) + 1
+        if self._remote is not None:
+            self._remote.changed([name])
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write, possibly to several collections: exclusive across processes when embedded."""
+        if self._shared is not None:
+            with self._shared.lock.write():
+                yield
+        else:
+            with self._lock:
+                yield
 
     def add_write_listener(self, listener: "WriteListener") -> None:
         """Call `listener(collection, memories, deleted)` after every write this process makes, so
@@ -198,7 +254,7 @@ class MemoryStore:
         for i, memory in enumerate(memories):
             name = collection_name(self.project, memory.type, memory.agent)  # type: ignore[attr-defined]
             groups.setdefault(name, []).append(i)
-        with self._lock:
+        with self._writing():
             for name, indexes in groups.items():
                 first = memories[indexes[0]]
                 col = self._collection(first.type, first.agent, create=True)  # type: ignore[attr-defined]
@@ -220,7 +276,7 @@ class MemoryStore:
         groups: dict[str, list[MemoryBase]] = {}
         for memory in memories:
             groups.setdefault(collection_name(self.project, memory.type, memory.agent), []).append(memory)  # type: ignore[attr-defined]
-        with self._lock:
+        with self._writing():
             for name, items in groups.items():
                 col = self._collection(items[0].type, items[0].agent, create=True)  # type: ignore[attr-defined]
                 try:
@@ -236,7 +292,7 @@ class MemoryStore:
         for memory in memories:
             groups.setdefault(collection_name(self.project, memory.type, memory.agent), []).append(memory)  # type: ignore[attr-defined]
         deleted = 0
-        with self._lock:
+        with self._writing():
             for name, items in groups.items():
                 col = self._collection(items[0].type, items[0].agent, create=False)  # type: ignore[attr-defined]
                 if col is None:
@@ -351,10 +407,11 @@ class MemoryStore:
             # Any metadata filter makes Chroma check every record (about 0.5 s at 100,000 memories),
             # so "active only" is applied to an unfiltered, widened search; the filtered search is
             # the fallback for when archived memories crowd the nearest ones out.
-            got = self._nearest(col, vector, 2 * n + 8, None)
+            wide = n + max(4, n // 4)
+            got = self._nearest(col, vector, wide, None)
             rows = list(zip(got["metadatas"][0], got["distances"][0], got["embeddings"][0]))
             active = [row for row in rows if not row[0].get("archived")]
-            if len(active) >= n or len(rows) < 2 * n + 8:
+            if len(active) >= n or len(rows) < wide:
                 return [_hit(row) for row in active[:n]]
         clauses: list[dict[str, Any]] = [{"archived": False}] + [{k: v} for k, v in (where or {}).items()]
         flt = clauses[0] if len(clauses) == 1 else {"$and": clauses}
@@ -385,6 +442,55 @@ class MemoryStore:
             return True
         except Exception:
             return False
+
+
+class _RemoteChanges:
+    """Change tokens in a small collection on the Chroma server (`alma.<project>.changes`), one
+    record per memory collection, replaced by a random token on every write. Every process
+    sharing the server reads them (at most every `interval` seconds) to drop stale caches."""
+
+    def __init__(self, client: Any, project: str, interval: float) -> None:
+        self.client = client
+        self.name = f"alma.{project}.changes"
+        self.interval = interval
+        self._tokens: dict[str, int] = {}
+        self._read_at = float("-inf")
+        self._col: Any = None
+        self._lock = threading.Lock()
+
+    def _collection(self) -> Any:
+        if self._col is None:
+            # A one-dimensional dummy vector: Chroma wants one per record; these are never searched.
+            self._col = self.client.get_or_create_collection(
+                self.name, embedding_function=None, metadata={"alma_changes": True}
+            )
+        return self._col
+
+    def token(self, name: str) -> int:
+        now = time.monotonic()
+        if now - self._read_at >= self.interval:
+            with self._lock:
+                if now - self._read_at >= self.interval:
+                    try:
+                        got = self._collection().get(include=["metadatas"])
+                        self._tokens = {
+                            i: zlib.crc32(str((m or {}).get("token", "")).encode())
+                            for i, m in zip(got["ids"], got["metadatas"])
+                        }
+                    except Exception as exc:  # a cache may be a little stale; the call itself must not fail
+                        log.warning("could not read change tokens from the Chroma server: %s", exc)
+                    self._read_at = time.monotonic()
+        return self._tokens.get(name, 0)
+
+    def changed(self, names: list[str]) -> None:
+        try:
+            self._collection().upsert(
+                ids=names,
+                embeddings=[[1.0] for _ in names],
+                metadatas=[{"token": uuid.uuid4().hex} for _ in names],
+            )
+        except Exception as exc:
+            log.warning("could not record a change on the Chroma server (other processes' caches may lag): %s", exc)
 
 
 def dump_json(memory: MemoryBase) -> dict[str, Any]:

@@ -181,7 +181,14 @@ def make_filler(
 
 # -- services --------------------------------------------------------------------------------
 def bench_config(data_dir: Path, retrieval: dict[str, Any] | None = None) -> AlmaConfig:
-    alma: dict[str, Any] = {"project_id": PROJECT, "data_dir": str(data_dir), "allow_undeclared_agents": True}
+    # The decay sweep and merge-on-write belong to the life-cycle benchmark; off here so the
+    # figures are retrieval's own.
+    alma: dict[str, Any] = {
+        "project_id": PROJECT,
+        "data_dir": str(data_dir),
+        "allow_undeclared_agents": True,
+        "lifecycle": {"sweep_every_writes": 0, "merge_on_write": False},
+    }
     if retrieval:
         alma["retrieval"] = retrieval
     return parse_config({"alma": alma})

@@ -1,0 +1,263 @@
+"""Retrieval with the real embedding model on a real embedded Chroma store: the floor, the
+lexical door for identifiers, near-duplicates, anti-patterns under a tight budget, and the
+result cache's invalidation by writes to the scope."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import anyio
+from mcp import Client
+
+from alma_mcp.lexical import BM25Index, tokenize
+from alma_mcp.prompt import estimate_tokens
+from alma_mcp.server import create_server
+from alma_mcp.service import ALMA
+
+PLAYWRIGHT_LESSONS = [
+    ("Testing a login form with client-side validation",
+     "Assert the inline errors via getByRole('alert') before submitting, then post the same bad payload "
+     "to /api/auth/login and expect HTTP 422 so server-side validation is covered too."),
+    ("A Playwright test flakes waiting for a button right after navigation",
+     "Remove waitForTimeout calls; await page.waitForURL after the click and use web-first assertions "
+     "such as expect(locator).toBeVisible(), which retry until the timeout."),
+    ("Testing checkout where the Stripe card field lives inside an iframe",
+     "Use page.frameLocator on the Stripe iframe and fill the card input there; 4242 4242 4242 4242 succeeds."),
+    ("Running an accessibility audit on a new page",
+     "Run AxeBuilder with the wcag2a and wcag2aa tags and fail the test on any serious violation."),
+]
+
+
+def teach_playwright(alma: ALMA, agent: str = "helena") -> None:
+    for condition, strategy in PLAYWRIGHT_LESSONS:
+        alma.add_heuristic(agent, condition, strategy, task_type="testing")
+    alma.add_anti_pattern(
+        agent,
+        "Sleeping a fixed number of seconds before clicking",
+        "Fixed sleeps are too short on CI and waste time locally; the test stays flaky.",
+        "Wait for the URL or use auto-retrying assertions.",
+    )
+    alma.add_knowledge(agent, "testing", "Staging sends the X-Test-Bypass header to skip the captcha on /signup.")
+
+
+def test_a_task_with_nothing_relevant_gets_an_empty_prompt(alma: ALMA) -> None:
+    teach_playwright(alma)
+    for task in (
+        "Bake a sourdough loaf with a crisp crust for the weekend.",
+        "Plan the seating chart for the company summer party.",
+        "Translate the quarterly newsletter into Spanish.",
+    ):
+        result = alma.retrieve(task, "helena")
+        assert result.prompt == "", f"something was injected for {task!r}: {[m.memory.id for m in result.all()]}"
+        assert len(result) == 0
+
+
+def test_a_paraphrased_task_finds_its_memory(alma: ALMA) -> None:
+    teach_playwright(alma)
+    result = alma.retrieve(
+        "Fix a flaky end-to-end test that clicks a button too early after navigating",
+        "helena",
+    )
+    assert result.heuristics, "the flaky-test lesson should clear the floor"
+    assert "waitForURL" in result.heuristics[0].memory.strategy  # type: ignore[attr-defined]
+    assert "waitForURL" in result.prompt
+
+
+def test_the_floor_holds_through_a_real_mcp_client(make_alma: Callable[..., ALMA]) -> None:
+    alma = make_alma()
+    teach_playwright(alma)
+
+    async def scenario() -> None:
+        async with Client(create_server(alma=alma), mode="legacy") as client:
+            with anyio.fail_after(60):
+                empty = await client.call_tool(
+                    "alma_retrieve", {"agent": "helena", "task": "Write a haiku about autumn leaves."}
+                )
+                relevant = await client.call_tool(
+                    "alma_retrieve",
+                    {"agent": "helena", "task": "Check the sign-in form rejects a blank password, in the browser and the API."},
+                )
+            assert not empty.is_error and not relevant.is_error
+            assert empty.structured_content["prompt"] == ""
+            assert "getByRole('alert')" in relevant.structured_content["prompt"]
+
+    anyio.run(scenario)
+
+
+def test_an_exact_error_string_is_found_lexically_when_the_embedding_floor_would_drop_it(
+    make_alma: Callable[..., ALMA],
+) -> None:
+    # An embedding floor no memory can reach: only the lexical door can let anything through.
+    strict = {"relevance_floor": 0.95, "floor_margin": 0.0}
+    alma = make_alma(retrieval={**strict, "lexical_floor": 0.5})
+    teach_playwright(alma, "victor")
+    alma.add_knowledge(
+        "victor",
+        "database",
+        "Signup raises psycopg2.errors.UniqueViolation on users_email_key when the email differs only in case; "
+        "normalise emails to lower case before the insert.",
+    )
+    for n in range(30):  # hard distractors: same vocabulary, other tables and errors
+        alma.add_knowledge("victor", "database", f"Table orders_{n} has a foreign key to customers; batch job {n} retries on deadlock.")
+    task = "Sentry: psycopg2.errors.UniqueViolation duplicate key value violates unique constraint users_email_key"
+    found = alma.retrieve(task, "victor", memory_types=["knowledge"])
+    assert [m.memory.fact.startswith("Signup raises") for m in found.knowledge] == [True]  # type: ignore[attr-defined]
+    assert found.knowledge[0].matched_by == "lexical"
+    assert found.knowledge[0].coverage > 0.3
+
+    shut = make_alma(data_dir=alma.config.data_dir, retrieval={**strict, "lexical_floor": 1.0})
+    assert shut.retrieve(task, "victor", memory_types=["knowledge"]).knowledge == []
+
+
+def test_near_duplicates_never_fill_the_top_k(make_alma: Callable[..., ALMA]) -> None:
+    alma = make_alma(lifecycle={"merge_on_write": False})  # store the duplicates; retrieval must cope
+    variants = [
+        "Remove fixed sleeps and wait for the URL after the click, then assert with auto-retrying expect.",
+        "Remove fixed sleeps and wait for the URL after clicking, then assert with auto-retrying expect().",
+        "Remove the fixed sleeps, wait for the URL after the click, then assert with auto-retrying expect.",
+        "Remove fixed sleeps; wait for the URL after the click and assert with auto-retrying expect.",
+    ]
+    for strategy in variants:
+        alma.add_heuristic("helena", "A Playwright test is flaky after navigation", strategy, task_type="testing")
+    alma.add_heuristic(
+        "helena", "A Playwright test is flaky in CI only", "Run it with --repeat-each=20 and a trace to find the race.", task_type="testing"
+    )
+    alma.add_heuristic(
+        "helena", "A flaky Playwright test depends on test data", "Give every test its own user via a fixture so runs cannot collide.", task_type="testing"
+    )
+    result = alma.retrieve("Fix a flaky Playwright test that fails after navigating to a page", "helena", top_k=3)
+    chosen = result.heuristics
+    assert len(chosen) == 3
+    vectors = alma.embedder.embed([m.memory.text() for m in chosen])
+    similarity = vectors @ vectors.T
+    near = alma.config.alma.retrieval.near_duplicate
+    assert all(similarity[i, j] < near for i in range(3) for j in range(3) if i != j)
+    assert sum(1 for m in chosen if "fixed sleeps" in m.memory.strategy) == 1  # type: ignore[attr-defined]
+
+
+CHECKOUT_ASPECTS = [
+    "guest checkout without an account",
+    "a discount code applied at the last step",
+    "shipping to a different billing address",
+    "a cart with a backordered item",
+    "express delivery chosen at the last moment",
+    "a gift message on the order",
+]
+
+
+def test_a_relevant_anti_pattern_is_shown_even_when_heuristics_would_fill_the_budget(
+    make_alma: Callable[..., ALMA],
+) -> None:
+    alma = make_alma(retrieval={"token_budget": 400}, lifecycle={"merge_on_write": False})
+    for aspect in CHECKOUT_ASPECTS:
+        alma.add_heuristic(
+            "helena",
+            f"Testing the checkout form: {aspect}",
+            f"For {aspect}, fill the checkout form with valid data, submit it, and assert the confirmation page "
+            "shows the order number, the total and the delivery address exactly as entered.",
+            task_type="testing",
+            confidence=0.95,
+        )
+    alma.add_anti_pattern(
+        "helena",
+        "Submitting the checkout form with a live credit card in tests",
+        "It charges real money and the payment provider flags the account.",
+        "Use the provider's sandbox test cards.",
+    )
+    result = alma.retrieve("Write tests for the checkout form", "helena")
+    assert result.anti_patterns, "the anti-pattern should clear the floor"
+    assert len(result.heuristics) >= 3
+    assert "live credit card" in result.prompt
+    assert estimate_tokens(result.prompt) <= 400
+    assert result.prompt.count("when: Testing the checkout form") < len(result.heuristics), "the budget should bind"
+
+
+LOGIN_RULES = [
+    "validates the email field when it loses focus and shows the error under the field",
+    "locks the account for fifteen minutes after five wrong passwords",
+    "accepts passwords of at least twelve characters including one digit",
+    "keeps the user signed in for thirty days when remember me is ticked",
+    "redirects to the page the user came from after a successful sign in",
+    "shows a captcha after three failed attempts from one address",
+]
+
+
+def test_the_prompt_keeps_to_its_token_budget(make_alma: Callable[..., ALMA], tmp_path: Path) -> None:
+    for budget in (150, 400, 1500):
+        alma = make_alma(
+            retrieval={"token_budget": budget}, lifecycle={"merge_on_write": False}, data_dir=tmp_path / f"b{budget}"
+        )
+        teach_playwright(alma)
+        for rule in LOGIN_RULES:
+            alma.add_knowledge("helena", "testing", f"The login form {rule}. " * 3)
+        result = alma.retrieve("Test the login form validation", "helena", top_k=10)
+        assert result.prompt, budget
+        assert estimate_tokens(result.prompt) <= budget, (budget, estimate_tokens(result.prompt))
+        shown = result.prompt.count("- memory `")
+        assert 1 <= shown <= len(result)
+        if budget == 1500:
+            assert shown > 3  # a real budget holds several memories
+        else:
+            assert shown < len(result)  # a small one cannot hold them all
+
+
+def test_the_result_cache_is_invalidated_by_a_write_to_the_scope_only(alma: ALMA) -> None:
+    teach_playwright(alma)
+    task = "Test the signup page's captcha bypass on staging"
+    first = alma.retrieve(task, "helena")
+    misses = alma.retriever.cache_misses
+    again = alma.retrieve(task, "helena")
+    assert again == first and alma.retriever.cache_misses == misses  # served from the cache
+
+    alma.add_knowledge("victor", "api", "The staging captcha is reCAPTCHA v3 with a 0.5 threshold.")  # another scope
+    alma.retrieve(task, "helena")
+    assert alma.retriever.cache_misses == misses, "a write to another agent must not invalidate helena's results"
+
+    taught = alma.add_heuristic(
+        "helena", "Testing signup behind the captcha on staging", "Send the X-Test-Bypass header from the Playwright config."
+    )
+    after = alma.retrieve(task, "helena")
+    assert alma.retriever.cache_misses == misses + 1
+    assert taught.id in [m.memory.id for m in after.all()], "the new memory must be visible at once"
+
+
+def test_the_lexical_index_follows_writes_and_forgetting(alma: ALMA) -> None:
+    teach_playwright(alma)
+    alma.retrieve("warm the indexes", "helena")  # builds the lexical indexes from the store
+    taught = alma.add_knowledge("helena", "ci", "Error ERR_PNPM_OUTDATED_LOCKFILE means the lockfile must be regenerated.")
+    index = alma.retriever.lexical.get("knowledge", "helena")
+    assert [h.id for h in index.search("ERR_PNPM_OUTDATED_LOCKFILE", 3)][:1] == [taught.id]
+    alma.forget(memory_ids=[taught.id], dry_run=False)
+    assert taught.id not in [h.id for h in index.search("ERR_PNPM_OUTDATED_LOCKFILE", 3)]
+    assert taught.id not in [m.memory.id for m in alma.retrieve("ERR_PNPM_OUTDATED_LOCKFILE in CI", "helena").all()]
+
+
+def test_bm25_index_adds_replaces_and_removes() -> None:
+    index = BM25Index(["a", "b"], ["psycopg2.errors.UniqueViolation on signup", "flaky tests in CI"])
+    assert [h.id for h in index.search("UniqueViolation", 5)] == ["a"]
+    index.add("a", "nothing about databases")  # replaces
+    assert index.search("UniqueViolation", 5) == []
+    index.remove(["b"])
+    assert index.search("flaky", 5) == [] and len(index) == 1
+    many = BM25Index([f"d{i}" for i in range(400)], [f"term{i % 7} filler{i}" for i in range(400)])
+    many.remove([f"d{i}" for i in range(300)])  # compacts
+    hits = many.search("term3", 200)
+    assert {h.id for h in hits} == {f"d{i}" for i in range(300, 400) if i % 7 == 3}
+    assert all(0 < h.coverage <= 1 for h in hits)
+
+
+def test_identifiers_are_tokenized_whole_and_in_parts() -> None:
+    tokens = tokenize("psycopg2.errors.UniqueViolation users_email_key NET::ERR_CERT_DATE_INVALID")
+    for expected in ("psycopg2.errors.uniqueviolation", "uniqueviolation", "unique", "violation", "users_email_key", "email", "net::err_cert_date_invalid", "cert"):
+        assert expected in tokens
+
+
+def test_archived_memories_are_never_retrieved(alma: ALMA) -> None:
+    teach_playwright(alma)
+    task = "Audit the new settings page for accessibility problems"
+    found = alma.retrieve(task, "helena").heuristics
+    target = next(m.memory for m in found if "AxeBuilder" in m.memory.strategy)  # type: ignore[attr-defined]
+    target.archived = True
+    alma.store.update_metadata([target])
+    assert target.id not in [m.memory.id for m in alma.retrieve(task, "helena").all()]
