@@ -225,16 +225,17 @@ def import_memories(alma: "ALMA", path: Path, progress: bool = False, batch: int
             _import_batch(alma, pending, report)
             bar.update(len(pending))
     if report.added or report.updated:
-        alma.audit.append(
-            [
-                AuditEntry(
-                    action="import",
-                    call="import",
-                    reason=f"imported from {path}",
-                    details={"added": report.added, "updated": report.updated, "rejected": len(report.rejected)},
-                )
-            ]
-        )
+        with alma.write_lock:  # the audit log is appended under the write lock, like every entry
+            alma.audit.append(
+                [
+                    AuditEntry(
+                        action="import",
+                        call="import",
+                        reason=f"imported from {path}",
+                        details={"added": report.added, "updated": report.updated, "rejected": len(report.rejected)},
+                    )
+                ]
+            )
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 
@@ -416,16 +417,17 @@ def reindex(alma: "ALMA", force: bool = False, progress: bool = False, batch: in
             count = _reindex_collection(alma, live, col, batch, bar, report)
             report.collections.append(ReindexedCollection(name=live, count=count, status="reindexed", previous_model=previous))
     if report.re_embedded:
-        alma.audit.append(
-            [
-                AuditEntry(
-                    action="reindex",
-                    call="reindex",
-                    reason=f"re-embedded {report.re_embedded} memories with {model}",
-                    details={"collections": [c.name for c in report.collections if c.status == "reindexed"]},
-                )
-            ]
-        )
+        with alma.write_lock:
+            alma.audit.append(
+                [
+                    AuditEntry(
+                        action="reindex",
+                        call="reindex",
+                        reason=f"re-embedded {report.re_embedded} memories with {model}",
+                        details={"collections": [c.name for c in report.collections if c.status == "reindexed"]},
+                    )
+                ]
+            )
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 
