@@ -30,7 +30,7 @@ Three arms meet the same stream (same tasks, same random draws for success):
 Both memory arms talk to a real MCP server through the SDK's Client (in process), each on a
 fresh embedded Chroma store with the real embedding model.
 
-Run:  /work/venv/bin/python bench/learning.py            (3 seeds x 200 episodes, ~5 min)
+Run:  /work/venv/bin/python bench/learning.py            (5 seeds x 200 episodes, 3-5 min)
       /work/venv/bin/python bench/learning.py --calibrate  (similarity of paraphrases)
 The table goes to stdout, the curve to bench/out/learning_curve.png.
 """
@@ -344,7 +344,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--block", type=int, default=20)
-    parser.add_argument("--seeds", type=int, default=3, help="Runs with seeds 0..N-1; figures are their mean.")
+    parser.add_argument("--seeds", type=int, default=5, help="Runs with seeds 0..N-1; figures are their mean.")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument(
         "--min-occurrences",
