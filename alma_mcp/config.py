@@ -85,19 +85,20 @@ class RetrievalSettings(_Strict):
     top_k: int = Field(5, ge=1, le=50, description="Memories per type, at most.")
     weights: RetrievalWeights = Field(default_factory=RetrievalWeights)
     relevance_floor: float = Field(
-        0.40,
+        0.46,
         ge=0,
         le=1,
-        description="Cosine similarity a memory needs to be injected, unless it passes the lexical floor. "
-        "Calibrated on the benchmark corpus (bench/retrieval.py).",
+        description="Evidence (cosine similarity + lexical_weight x lexical coverage) the best memory needs "
+        "for anything to be injected. Calibrated by bench/retrieval.py on its corpus; stores of about "
+        "10,000 memories per agent need about 0.54 to keep false injections under 10%.",
     )
     lexical_floor: float = Field(
-        0.60,
+        0.90,
         ge=0,
         le=1,
         description="Lexical coverage (share of the task's distinctive words found in the memory) that "
-        "lets a memory through even below relevance_floor: quoted error strings and identifiers. "
-        "Calibrated on the benchmark corpus; 1 turns the lexical door off.",
+        "opens the lexical door even below relevance_floor; a memory quoting an identifier of the task "
+        "verbatim also passes. 1 shuts the door.",
     )
     recency_half_life_days: float = Field(30.0, gt=0)
     token_budget: int = Field(1500, ge=100, description="Size of the injected prompt, in estimated tokens.")
@@ -108,18 +109,18 @@ class RetrievalSettings(_Strict):
         0.92, gt=0, le=1, description="Cosine similarity at which a candidate duplicates one already chosen."
     )
     candidate_pool: int = Field(20, ge=1, le=500, description="Candidates per collection from each ranker.")
-    rrf_k: int = Field(10, ge=1, description="The k of reciprocal rank fusion, 1/(k + rank).")
+    rrf_k: int = Field(5, ge=1, description="The k of reciprocal rank fusion, 1/(k + rank).")
     lexical_weight: float = Field(
-        0.3,
+        0.15,
         ge=0,
         description="Weight of the lexical ranking in the fusion, and of lexical coverage in the evidence "
         "the floor looks at (similarity + lexical_weight x coverage).",
     )
     fusion_rank_share: float = Field(
-        0.25, ge=0, le=1, description="Share of relevance given by rank fusion; the rest is the evidence itself."
+        0.5, ge=0, le=1, description="Share of relevance given by rank fusion; the rest is the evidence itself."
     )
     floor_margin: float = Field(
-        0.10,
+        0.20,
         ge=0,
         le=1,
         description="Once one memory clears the floor, others whose evidence is at most this much below it "
@@ -407,7 +408,7 @@ alma:
 
   retrieval:
     top_k: 5                        # per memory type
-    relevance_floor: 0.35           # below this similarity nothing is injected
+    relevance_floor: 0.46           # evidence the best memory needs, or nothing is injected
     token_budget: 1500              # size of the injected prompt
     recency_half_life_days: 30
     weights: {{similarity: 0.70, recency: 0.05, success: 0.10, confidence: 0.10, feedback: 0.05}}

@@ -152,32 +152,33 @@ class LexicalIndexes:
 
     An index is built from the store the first time a collection is searched; after that,
     the store's write listener adds, replaces and removes single memories, so a write costs
-    microseconds instead of a rebuild.
+    microseconds instead of a rebuild. The collection's write generation, which also counts
+    other processes' writes, is remembered after every update: when it has moved without this
+    process writing, another process wrote, and the index is rebuilt from the store.
     """
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
         self._indexes: dict[str, BM25Index] = {}
+        self._synced: dict[str, int] = {}
         self._lock = threading.RLock()
-        self._follows_writes = hasattr(store, "add_write_listener")
-        self._built_at: dict[str, int] = {}
-        if self._follows_writes:
+        if hasattr(store, "add_write_listener"):
             store.add_write_listener(self._on_write)
 
     def get(self, memory_type: str, agent: str | None) -> BM25Index:
         name = collection_name(self.store.project, memory_type, agent)
         index = self._indexes.get(name)
-        if index is not None and (self._follows_writes or self._built_at.get(name) == self.store.generation(memory_type, agent)):
+        if index is not None and self._synced.get(name) == self.store.generation(memory_type, agent):
             return index
-        with self._lock:  # writes wait while a collection is first read, so none is missed
-            index = self._indexes.get(name)
+        with self._lock:  # writes wait while a collection is (re)read, so none is missed
             generation = self.store.generation(memory_type, agent)
-            if index is None or (not self._follows_writes and self._built_at.get(name) != generation):
+            index = self._indexes.get(name)
+            if index is None or self._synced.get(name) != generation:
                 index = BM25Index()
                 memories = [m for m, _ in self.store.iter_memories(memory_type, agent)]
                 index.add_many([m.id for m in memories], [lexical_text(m) for m in memories])
                 self._indexes[name] = index
-                self._built_at[name] = generation
+                self._synced[name] = generation
             return index
 
     def _on_write(self, name: str, memories: Sequence[MemoryBase], deleted: bool) -> None:
@@ -191,6 +192,10 @@ class LexicalIndexes:
                 index.remove(gone)
             if kept:
                 index.add_many([m.id for m in kept], [lexical_text(m) for m in kept])
+            first = memories[0] if memories else None
+            if first is not None:
+                agent = None if first.type == PREFERENCES else first.agent  # type: ignore[attr-defined]
+                self._synced[name] = self.store.generation(first.type, agent)  # type: ignore[attr-defined]
 
 
 # -- candidates ---------------------------------------------------------------------------
