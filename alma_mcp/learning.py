@@ -82,9 +82,19 @@ def wilson_lower_bound(successes: float, trials: float, z: float = WILSON_Z) -> 
     return max(0.0, (centre - margin) / denom)
 
 
+VOTES_OFFSET_RANGE = (-0.5, 0.25)
+USAGE_OFFSET_LIMIT = 0.05
+"""Bounds of what feedback alone adds to a learned lesson's confidence: helpful/harmful votes
+within -0.5 .. +0.25, used/ignored within +-0.05. Counters that keep growing (an agent reporting
+`used` on every run) must not pin a lesson at 1 whatever the evidence, nor mute a harmful vote."""
+
+
 def feedback_offset(memory: MemoryBase) -> float:
     """The confidence the feedback counters add (or take away) on top of the evidence."""
-    return sum(step * getattr(memory, signal) for signal, step in FEEDBACK_STEPS.items())
+    votes = FEEDBACK_STEPS["helpful"] * memory.helpful + FEEDBACK_STEPS["harmful"] * memory.harmful
+    usage = FEEDBACK_STEPS["used"] * memory.used + FEEDBACK_STEPS["ignored"] * memory.ignored
+    low, high = VOTES_OFFSET_RANGE
+    return min(high, max(low, votes)) + min(USAGE_OFFSET_LIMIT, max(-USAGE_OFFSET_LIMIT, usage))
 
 
 def _clamp(value: float) -> float:
@@ -93,12 +103,15 @@ def _clamp(value: float) -> float:
 
 def apply_feedback(memory: MemoryBase, signal: str, floor: float) -> bool:
     """Count one feedback signal on `memory` and move its confidence; True if it is now retired."""
+    before = feedback_offset(memory)
     setattr(memory, signal, getattr(memory, signal) + 1)
     now = utcnow()
     if signal in ("used", "helpful"):
         memory.last_used_at = now
     if hasattr(memory, "confidence"):
-        memory.confidence = _clamp(memory.confidence + FEEDBACK_STEPS[signal])  # type: ignore[attr-defined]
+        # The step, as far as the bounded offset still moves (see VOTES_OFFSET_RANGE).
+        step = feedback_offset(memory) - before
+        memory.confidence = _clamp(memory.confidence + step)  # type: ignore[attr-defined]
     memory.updated_at = now
     if (
         memory.type in ("heuristic", "anti_pattern")  # type: ignore[attr-defined]

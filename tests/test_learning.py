@@ -11,8 +11,16 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from alma_mcp.learning import FEEDBACK_STEPS, weigh, wilson_lower_bound
-from alma_mcp.models import Outcome, new_id
+from alma_mcp.learning import (
+    FEEDBACK_STEPS,
+    USAGE_OFFSET_LIMIT,
+    VOTES_OFFSET_RANGE,
+    apply_feedback,
+    feedback_offset,
+    weigh,
+    wilson_lower_bound,
+)
+from alma_mcp.models import Heuristic, Outcome, new_id
 from alma_mcp.server import create_server
 
 MODES = ["legacy", "auto"]
@@ -280,3 +288,21 @@ def test_recent_outcomes_weigh_more_but_one_does_not_flip_the_rate():
     assert weigh(old_failures, 10).rate > 0.6  # the recent successes dominate
     assert weigh([_outcome("partial")], 10).rate == 0.5
 
+
+
+def test_feedback_offset_is_bounded_so_counters_never_outweigh_evidence():
+    lesson = Heuristic(
+        id=new_id("heuristic"), project="p", agent="a", condition="c", strategy="s", confidence=0.5, strategy_key="s"
+    )
+    for _ in range(100):
+        apply_feedback(lesson, "used", floor=0.25)
+    assert lesson.used == 100
+    assert feedback_offset(lesson) == pytest.approx(USAGE_OFFSET_LIMIT)
+    assert lesson.confidence == pytest.approx(0.5 + USAGE_OFFSET_LIMIT)
+    # A harmful vote still counts in full after all that use.
+    apply_feedback(lesson, "harmful", floor=0.25)
+    assert lesson.confidence == pytest.approx(0.5 + USAGE_OFFSET_LIMIT + FEEDBACK_STEPS["harmful"])
+    for _ in range(20):
+        apply_feedback(lesson, "helpful", floor=0.25)
+    assert feedback_offset(lesson) == pytest.approx(VOTES_OFFSET_RANGE[1] + USAGE_OFFSET_LIMIT)
+    assert not lesson.archived
