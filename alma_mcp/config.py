@@ -42,6 +42,12 @@ class ChromaHttpSettings(_Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     tenant: str = "default_tenant"
     database: str = "default_database"
+    change_check_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How often this process asks the server whether other processes wrote, to drop stale "
+        "result caches (0: before every cached read).",
+    )
 
 
 class EmbeddingSettings(_Strict):
@@ -62,6 +68,10 @@ class HttpSettings(_Strict):
     allowed_origins: list[str] = Field(
         default_factory=list,
         description="Origins allowed to call the server besides loopback ones (DNS-rebinding guard).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values accepted besides loopback names and the bound host, e.g. 'memory.example.com:8765'.",
     )
     max_request_bytes: int = Field(1_048_576, ge=1024)
 

@@ -69,6 +69,7 @@ def transport_security(settings: HttpSettings, host: str, port: int) -> Transpor
     hosts = [f"{name}:*" for name in ("127.0.0.1", "localhost", "[::1]")] + ["127.0.0.1", "localhost", "[::1]"]
     if not is_loopback(host):
         hosts += [host, f"{host}:{port}"]
+    hosts += list(settings.allowed_hosts)
     origins = [f"http://{name}:*" for name in ("127.0.0.1", "localhost", "[::1]")]
     origins += [f"http://{name}" for name in ("127.0.0.1", "localhost", "[::1]")]
     origins += list(settings.allowed_origins)
