@@ -26,18 +26,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import shutil
 import sys
 import tempfile
-import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
-    PROJECT,
     Task,
     Stopwatch,
     bench_config,
@@ -148,7 +144,7 @@ def calibrate(
     if mode == "lexical":
         lexical_floors = [1.0]  # in lexical-only mode the evidence is the coverage: one floor is enough
     best: tuple[tuple[float, float], RetrievalSettings, dict[str, dict[str, float]]] | None = None
-    for floor, lexical_floor, margin in itertools.product(evidence_floors, lexical_floors, (0.0, 0.05, 0.1, 0.15, 0.2)):
+    for floor, lexical_floor, margin in itertools.product(evidence_floors, lexical_floors, (0.0, 0.1, 0.2, 0.3)):
         settings = ranking.model_copy(update={"relevance_floor": floor, "lexical_floor": lexical_floor, "floor_margin": margin})
         table = evaluate({tid: served(c, settings, mode) for tid, c in candidates.items()}, tasks)
         if table.get("no_answer", {}).get("FI", 0.0) > CALIBRATION_FI:
@@ -203,7 +199,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="skip the 100,000-memory level")
     parser.add_argument("--workdir", type=Path, default=None, help="where the Chroma stores go (default: a temp dir)")
     parser.add_argument("--base-only", action="store_true", help="only the hand-written corpus (no filler, no latency)")
+    parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only time alma_retrieve on the stores a previous run left in --workdir (e.g. on a quieter machine)",
+    )
     args = parser.parse_args(argv)
+    if args.latency_only:
+        if args.workdir is None:
+            parser.error("--latency-only needs the --workdir of a previous run")
+        return latency_only(args.workdir)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alma-bench-"))
     embedder = SentenceTransformerEmbedder()
@@ -272,27 +277,71 @@ def main(argv: Sequence[str] | None = None) -> int:
                     alma.retriever.lexical.get(kind, agent if kind != "preference" else None)
         log(f"lexical indexes built in {sw.ms / 1000:.1f} s")
         print_table(
-            f"Served, floors on: {level:,} memories per agent ({', '.join(level_agents)}), "
-            f"{len(level_tasks)} test tasks",
+            f"Served, floors calibrated on the hand-written corpus alone: {level:,} memories per agent "
+            f"({', '.join(level_agents)}), {len(level_tasks)} test tasks",
             accuracy(alma, level_tasks, calibrated),
         )
+        # The same calibration tasks, now among the filler: more distractors raise the best
+        # similarity a no-answer task meets, so the floor is recalibrated for this size.
+        level_calibration = [t for t in calibration if t.agent in level_agents]
+        recalibrated = dict(calibrated)
+        for mode in MODES:
+            recalibrated[mode], _ = calibrate(alma, level_calibration, base, mode)
+        s = recalibrated["hybrid"]
+        print(
+            f"\nRecalibrated at {level:,} per agent (hybrid): relevance_floor={s.relevance_floor:.2f} "
+            f"lexical_floor={s.lexical_floor:.2f} floor_margin={s.floor_margin:.2f} rrf_k={s.rrf_k} "
+            f"lexical_weight={s.lexical_weight} fusion_rank_share={s.fusion_rank_share}"
+        )
+        print_table(
+            f"Ranking quality, no floor: {level:,} memories per agent, {len(level_tasks)} test tasks",
+            accuracy(alma, level_tasks, {mode: x.model_copy(update=NO_FLOOR) for mode, x in recalibrated.items()}),
+            with_fi=False,
+        )
+        print_table(
+            f"Served, floors recalibrated at {level:,} per agent, {len(level_tasks)} test tasks",
+            accuracy(alma, level_tasks, recalibrated),
+        )
+        alma.config.alma.retrieval = recalibrated["hybrid"]
         latency_rows.append((level, asyncio.run(mcp_latency(alma, level_tasks))))
-    print_latency(latency_rows)
+        print_latency(latency_rows[-1:])
     return 0
 
 
-async def mcp_latency(alma: ALMA, tasks: Sequence[Task], rounds: int = 3) -> dict[str, dict[str, float]]:
+def latency_only(workdir: Path) -> int:
+    embedder = SentenceTransformerEmbedder()
+    embedder.wait(timeout=300)
+    alma = build_service(workdir / "base", embedder, {"include_outcomes": True})
+    _, test = split(load_tasks())
+    by_size: dict[int, list[Task]] = {}
+    for agent in sorted({t.agent for t in test}):
+        size = sum(alma.store.count(kind, agent, include_archived=False) for kind in KINDS if kind != "preference")
+        level = 100_000 if size >= 100_000 else 10_000 if size >= 10_000 else size
+        by_size.setdefault(level, []).extend(t for t in test if t.agent == agent)
+    for level, tasks in sorted(by_size.items()):
+        with Stopwatch() as sw:
+            for kind in KINDS:
+                for agent in {t.agent for t in tasks}:
+                    alma.retriever.lexical.get(kind, agent if kind != "preference" else None)
+        log(f"{level:,}: lexical indexes built from the store in {sw.ms / 1000:.1f} s")
+        print_latency([(level, asyncio.run(mcp_latency(alma, tasks)))])
+    return 0
+
+
+async def mcp_latency(alma: ALMA, tasks: Sequence[Task], rounds: int = 2) -> dict[str, dict[str, float]]:
     """alma_retrieve timed through a real MCP client (the SDK's in-process Client, legacy handshake)."""
     from mcp import Client
 
     from alma_mcp.server import create_server
 
     server = create_server(alma=alma)
-    samples: dict[str, list[float]] = {"new task": [], "seen task, cache cleared": [], "repeat (cached)": [], "after a write": [], "write (add_knowledge)": []}
+    samples: dict[str, list[float]] = {"new task": [], "seen task, cache cleared": [], "repeat (cached)": [], "cache cleared, default types": [], "after a write": [], "write (add_knowledge)": []}
     async with Client(server, mode="legacy") as client:
 
-        async def retrieve(task: Task, text: str) -> float:
-            arguments: dict[str, Any] = {"task": text, "agent": task.agent, "memory_types": KINDS}
+        async def retrieve(task: Task, text: str, kinds: list[str] | None = KINDS) -> float:
+            arguments: dict[str, Any] = {"task": text, "agent": task.agent}
+            if kinds is not None:
+                arguments["memory_types"] = kinds
             if task.user_id:
                 arguments["user_id"] = task.user_id
             with Stopwatch() as sw:
@@ -310,15 +359,24 @@ async def mcp_latency(alma: ALMA, tasks: Sequence[Task], rounds: int = 3) -> dic
                 samples["seen task, cache cleared"].append(await retrieve(task, task.task))
             for task in tasks:
                 samples["repeat (cached)"].append(await retrieve(task, task.task))
+            alma.retriever.clear_cache()
+            for task in tasks:  # the default types: no raw outcomes, so one collection fewer
+                samples["cache cleared, default types"].append(await retrieve(task, task.task, None))
+        written = []
         for number, task in enumerate(tasks[:30]):
+            # A fact about nothing the tasks ask, into the scope the next retrieval reads: it
+            # invalidates that scope's cached results and updates its lexical index.
             with Stopwatch() as sw:
                 result = await client.call_tool(
                     "alma_add_knowledge",
-                    {"agent": task.agent, "domain": "bench", "fact": f"Benchmark write {number}: {task.task[:80]}"},
+                    {"agent": task.agent, "domain": "bench", "fact": f"Runner {number} prunes its build cache every Sunday."},
                 )
             assert not result.is_error, result
+            written.append(result.structured_content["id"])
             samples["write (add_knowledge)"].append(sw.ms)
             samples["after a write"].append(await retrieve(task, task.task))
+    # Leave the store as it was, so the next level measures the corpus and the filler only.
+    alma.store.delete([alma.store.get(memory_id) for memory_id in written])
     return {name: {**percentiles(values), "n": len(values)} for name, values in samples.items()}
 
 
