@@ -261,3 +261,16 @@ def test_archived_memories_are_never_retrieved(alma: ALMA) -> None:
     target.archived = True
     alma.store.update_metadata([target])
     assert target.id not in [m.memory.id for m in alma.retrieve(task, "helena").all()]
+
+
+def test_another_writer_on_the_same_store_is_seen_by_the_lexical_index(make_alma: Callable[..., ALMA], tmp_path: Path) -> None:
+    reader = make_alma(data_dir=tmp_path / "shared")
+    writer = make_alma(data_dir=tmp_path / "shared")  # a second service, as a second process would be
+    teach_playwright(reader)
+    task = "CI says ERR_PNPM_OUTDATED_LOCKFILE on install"
+    before = reader.retrieve(task, "helena")  # builds the reader's lexical indexes
+    assert all("ERR_PNPM" not in m.memory.text() for m in before.all())
+    taught = writer.add_knowledge("helena", "ci", "ERR_PNPM_OUTDATED_LOCKFILE: run pnpm install without --frozen-lockfile once and commit the lockfile.")
+    index = reader.retriever.lexical.get("knowledge", "helena")
+    assert taught.id in [h.id for h in index.search(task, 5)], "the reader's index must pick up the other writer's memory"
+    assert taught.id in [m.memory.id for m in reader.retrieve(task, "helena").knowledge]
