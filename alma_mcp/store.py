@@ -168,26 +168,24 @@ class MemoryStore:
         col = self._collections.get(name)
         if col is not None:
             return col
-        with self._lock:
-            col = self._collections.get(name)
-            if col is not None:
-                return col
-            try:
-                if create:
-                    col = self.client.get_or_create_collection(
-                        name,
-                        embedding_function=None,
-                        metadata={"hnsw:space": "cosine", "embedding_model": self.embedder.name},
-                    )
-                else:
-                    try:
-                        col = self.client.get_collection(name, embedding_function=None)
-                    except Exception:
-                        return None
-            except Exception as exc:
-                raise _chroma_error(f"open collection {name}", exc) from None
-            self._collections[name] = col
-            return col
+        # No store lock around these calls: they take the directory lock, and a reader holding a
+        # store lock while it waits for a writer that needs the same store lock would deadlock.
+        # Opening a collection twice at once is harmless (get_or_create is idempotent).
+        try:
+            if create:
+                col = self.client.get_or_create_collection(
+                    name,
+                    embedding_function=None,
+                    metadata={"hnsw:space": "cosine", "embedding_model": self.embedder.name},
+                )
+            else:
+                try:
+                    col = self.client.get_collection(name, embedding_function=None)
+                except Exception:
+                    return None
+        except Exception as exc:
+            raise _chroma_error(f"open collection {name}", exc) from None
+        return self._collections.setdefault(name, col)
 
     def generation(self, memory_type: str, agent: str | None) -> int:
         """A number that changes whenever any process writes to the collection.
@@ -224,6 +222,12 @@ class MemoryStore:
         self._write_listeners.append(listener)
 
     def _notify(self, name: str, memories: Sequence[MemoryBase], deleted: bool) -> None:
+        if self._shared is not None:
+            # After the write lock is released: see DirectoryLock.after_write (deadlock otherwise).
+            memories = list(memories)
+            for listener in self._write_listeners:
+                self._shared.lock.after_write(lambda listener=listener: listener(name, memories, deleted))
+            return
         for listener in self._write_listeners:
             listener(name, memories, deleted)
 
