@@ -56,5 +56,5 @@ def test_inspector_lists_tools_and_round_trips_a_fact(tmp_path):
     )
     assert taught.get("isError") is not True
 
-    prompt = inspect(tmp_path, "--method", "resources/read", "--uri", "alma://agents/helena/prompt?task=what%20does%20login%20return%20on%20bad%20input")
+    prompt = inspect(tmp_path, "--method", "resources/read", "--uri", "alma://agents/helena/prompt?task=login%20endpoint%20errors%20for%20invalid%20input")
     assert "422" in prompt["contents"][0]["text"]
