@@ -197,6 +197,40 @@ def test_a_running_process_sees_another_process_write_at_once(tmp_path, real_emb
     assert alma.feedback(taught, "helpful").helpful == 1
 
 
+def test_threads_reading_and_writing_at_once_do_not_deadlock(tmp_path, real_embedder):
+    """The HTTP server runs handlers on many threads: retrievals (which hold the lexical index's
+    lock while reading the store) and learns (which hold the write lock) interleave freely."""
+    import threading
+
+    from alma_mcp.config import load_config
+    from alma_mcp.service import ALMA
+
+    alma = ALMA(load_config(write_config(tmp_path)), embedder=real_embedder)
+    tasks = [f"Fix the flaky {w} test in the checkout flow" for w in WORDS[:12]]
+    failures: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        rng = random.Random(n)
+        try:
+            for i in range(8):
+                if (n + i) % 3 == 0:
+                    alma.learn("helena", rng.choice(tasks), "success", f"Wait for the network to settle ({n % 2})")
+                else:
+                    alma.retrieve(rng.choice(tasks), "helena")
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 180
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "threads still blocked after 180 s: a deadlock"
+    assert failures == []
+    assert alma.stats()["agents"]["helena"]["outcome"] == sum(1 for n in range(6) for i in range(8) if (n + i) % 3 == 0)
+
+
 def test_write_lock_excludes_other_processes(tmp_path):
     """While one process holds the write lock, another cannot write; it waits, then proceeds."""
     from alma_mcp.writelock import WriteLock
