@@ -7,11 +7,12 @@ directory (threads and processes), and a bad call never reaches the store.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Literal, Sequence, TypeVar
 
 import anyio
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
@@ -102,6 +103,18 @@ class MemoryDetail(BaseModel):
     provenance: list[Memory] = Field(
         default_factory=list, description="The outcomes this lesson was learned from (for heuristics and anti-patterns)."
     )
+
+
+def _async_twin(method: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """`await alma.aNAME(...)`: NAME run on a worker thread, so async agents never block their loop."""
+
+    @functools.wraps(method)
+    async def twin(self: "ALMA", *args: Any, **kwargs: Any) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(method, self, *args, **kwargs))
+
+    twin.__name__ = twin.__qualname__ = f"a{method.__name__}"
+    twin.__doc__ = f"Async variant of `{method.__name__}` (runs it on a worker thread).\n\n{method.__doc__ or ''}"
+    return twin
 
 
 class ALMA:
@@ -630,56 +643,27 @@ class ALMA:
             "config_file": str(self.config.source) if self.config.source else None,
         }
 
-    # -- async variants, for use inside async agents ---------------------------------
-    async def aretrieve(self, *args: Any, **kwargs: Any) -> MemorySlice:
-        return await _in_thread(self.retrieve, *args, **kwargs)
-
-    async def alearn(self, *args: Any, **kwargs: Any) -> LearnResult:
-        return await _in_thread(self.learn, *args, **kwargs)
-
-    async def aadd_heuristic(self, *args: Any, **kwargs: Any) -> Heuristic:
-        return await _in_thread(self.add_heuristic, *args, **kwargs)
-
-    async def aadd_anti_pattern(self, *args: Any, **kwargs: Any) -> AntiPattern:
-        return await _in_thread(self.add_anti_pattern, *args, **kwargs)
-
-    async def aadd_knowledge(self, *args: Any, **kwargs: Any) -> DomainKnowledge:
-        return await _in_thread(self.add_knowledge, *args, **kwargs)
-
-    async def aadd_preference(self, *args: Any, **kwargs: Any) -> UserPreference:
-        return await _in_thread(self.add_preference, *args, **kwargs)
-
-    async def aforget(self, *args: Any, **kwargs: Any) -> ForgetResult:
-        return await _in_thread(self.forget, *args, **kwargs)
-
-    async def arestore(self, *args: Any, **kwargs: Any) -> RestoreResult:
-        return await _in_thread(self.restore, *args, **kwargs)
-
-    async def aconsolidate(self, *args: Any, **kwargs: Any) -> ConsolidateResult:
-        return await _in_thread(self.consolidate, *args, **kwargs)
-
-    async def asweep(self, *args: Any, **kwargs: Any) -> SweepResult:
-        return await _in_thread(self.sweep, *args, **kwargs)
-
-    async def astats(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return await _in_thread(self.stats, *args, **kwargs)
-
-    async def afeedback(self, *args: Any, **kwargs: Any) -> MemoryBase:
-        return await _in_thread(self.feedback, *args, **kwargs)
-
-    async def aget(self, *args: Any, **kwargs: Any) -> MemoryDetail:
-        return await _in_thread(self.get, *args, **kwargs)
-
-    async def alist_memories(self, *args: Any, **kwargs: Any) -> list[MemoryBase]:
-        return await _in_thread(self.list_memories, *args, **kwargs)
+    # -- async variants, for use inside async agents: the same calls on a worker thread --
+    aretrieve = _async_twin(retrieve)
+    alearn = _async_twin(learn)
+    aadd_heuristic = _async_twin(add_heuristic)
+    aadd_anti_pattern = _async_twin(add_anti_pattern)
+    aadd_knowledge = _async_twin(add_knowledge)
+    aadd_preference = _async_twin(add_preference)
+    aforget = _async_twin(forget)
+    arestore = _async_twin(restore)
+    aconsolidate = _async_twin(consolidate)
+    asweep = _async_twin(sweep)
+    astats = _async_twin(stats)
+    afeedback = _async_twin(feedback)
+    aget = _async_twin(get)
+    alist_memories = _async_twin(list_memories)
 
 
 class _TaskText(BaseModel):
     task: Text
 
 
-async def _in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
 
 def _learn_result(outcome_id: str, report: LearnReport) -> LearnResult:
