@@ -1,7 +1,8 @@
 """From outcomes to lessons: repeated successes become heuristics, repeated failures anti-patterns.
 
 A *lesson* is a cluster of the agent's outcomes that used the same strategy (after
-normalising case and punctuation) on the same kind of task. Every new outcome is placed by
+normalising case and punctuation) on the same kind of task, under the same task type (ignoring
+case; outcomes of different task types are never one lesson). Every new outcome is placed by
 looking at the agent's whole history, never a window of recent outcomes: Chroma filters the
 outcomes by strategy before ranking them by task similarity, so tasks interleaved with any
 number of others still find their cluster.
@@ -12,6 +13,10 @@ Placing an outcome (`Learner.apply`, `Learner.cluster`):
    task, and any lesson whose mean is that similar to the joined cluster's mean. They are all
    the same lesson: one of each kind is kept and any other is folded into it and archived as
    "merged into ...", so two clusters that turn out to be one never leave two heuristics.
+   When no lesson is that close, the nearest lesson of the strategy within the looser seed bar
+   (`threshold - SEED_MARGIN`) takes the outcome: an unusual wording of a task it covers, whose
+   stray failures would otherwise form an anti-pattern against a strategy that works; and
+   lessons whose means are within that bar of the cluster's mean are folded in too.
 2. No lesson yet: the cluster starts from the outcomes of that strategy that no lesson holds
    and that are within `threshold - SEED_MARGIN` of this task (the strategy already matches
    exactly), then keeps those within the threshold of their mean (two rounds). Paraphrases
@@ -186,6 +191,14 @@ def _unit_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (total / norm if norm else total).astype(np.float32)
 
 
+def same_task_type(a: str | None, b: str | None) -> bool:
+    """Outcomes filed under different task types (ignoring case; none is a type of its own) are
+    never one lesson. The caller's own category is the strongest hint there is that two
+    similar-sounding tasks (a rate-limited API, a CORS-blocked API call) are not one kind of task;
+    letting an untyped outcome join any type would let it bridge two typed lessons into one."""
+    return (a or "").casefold() == (b or "").casefold()
+
+
 def is_merged(memory: MemoryBase) -> bool:
     return bool(memory.archived and (memory.archived_reason or "").startswith(MERGED_PREFIX))
 
@@ -198,17 +211,21 @@ class Learner:
     # -- placing an outcome ------------------------------------------------------------
     def _pool(self, outcome: Outcome, vector: np.ndarray, key: str) -> dict[str, tuple[Outcome, np.ndarray]]:
         hits = self.store.query("outcome", outcome.agent, vector, GROUP_POOL, where={"strategy_key": key})
-        pool = {h.memory.id: (h.memory, h.vector) for h in hits if h.vector is not None}
+        pool = {
+            h.memory.id: (h.memory, h.vector)
+            for h in hits
+            if h.vector is not None and same_task_type(h.memory.task_type, outcome.task_type)  # type: ignore[attr-defined]
+        }
         pool[outcome.id] = (outcome, vector)
         return pool  # type: ignore[return-value]
 
-    def _lessons(self, agent: str, key: str) -> list[MemoryBase]:
+    def _lessons(self, agent: str, key: str, task_type: str | None = None) -> list[MemoryBase]:
         found: list[MemoryBase] = []
         for kind in ("heuristic", "anti_pattern"):
             found += [
                 m
                 for m in self.store.list(kind, agent, where={"strategy_key": key}, include_archived=True)
-                if not is_merged(m)
+                if not is_merged(m) and same_task_type(m.task_type, task_type)  # type: ignore[attr-defined]
             ]
         return found
 
@@ -237,7 +254,7 @@ class Learner:
         key = strategy_key(outcome.strategy_used)
         pool = self._pool(outcome, vector, key)
         centres: dict[str, tuple[np.ndarray, dict[str, tuple[Outcome, np.ndarray]]]] = {}
-        lessons = self._lessons(outcome.agent, key)
+        lessons = self._lessons(outcome.agent, key, outcome.task_type)
         for lesson in lessons:
             known = self._vectors_of(outcome.agent, list(getattr(lesson, "supporting_outcomes", [])), pool)
             if known:
@@ -246,7 +263,15 @@ class Learner:
         free = {i: item for i, item in pool.items() if i not in taken or i == outcome.id}
 
         group = {outcome.id: (outcome, vector)}
-        matched = [m for m in lessons if m.id in centres and float(np.dot(centres[m.id][0], vector)) >= threshold]
+        near = {m.id: float(np.dot(centres[m.id][0], vector)) for m in lessons if m.id in centres}
+        matched = [m for m in lessons if near.get(m.id, -1.0) >= threshold]
+        if not matched:
+            # An unusual wording of a task a lesson already covers: it joins the nearest lesson of
+            # its strategy within the looser seed bar rather than starting a cluster of its own,
+            # where two stray failures of a strategy that works would make an anti-pattern.
+            closest = max((m for m in lessons if m.id in near), key=lambda m: near[m.id], default=None)
+            if closest is not None and near[closest.id] >= threshold - SEED_MARGIN:
+                matched = [closest]
         if matched:
             for lesson in matched:
                 group.update(centres[lesson.id][1])
@@ -264,7 +289,7 @@ class Learner:
         # Lessons of the same cluster that this outcome alone did not reach, and outcomes no
         # lesson holds yet that belong here: one pass against the cluster's mean.
         for lesson in lessons:
-            if lesson not in matched and lesson.id in centres and float(np.dot(centres[lesson.id][0], centre)) >= threshold:
+            if lesson not in matched and lesson.id in centres and float(np.dot(centres[lesson.id][0], centre)) >= threshold - SEED_MARGIN:
                 matched.append(lesson)
                 group.update(centres[lesson.id][1])
         group.update({i: item for i, item in free.items() if float(np.dot(item[1], centre)) >= threshold})

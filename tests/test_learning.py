@@ -138,6 +138,56 @@ def test_two_groups_that_turn_out_to_be_one_lesson_are_folded(make_alma, tmp_pat
     assert [h.id for h in active(calibrated, "heuristic")] == [first.id]
 
 
+UNUSUAL_FLAKY = "Headless Chrome test is unreliable on the build agents"
+"""Similarity 0.43 to the mean of FLAKY: under the 0.45 threshold, over the 0.35 seed bar."""
+FAR_FLAKY = "A Cypress spec sometimes cannot find the submit button"
+"""Similarity 0.28 to the mean of FLAKY: under both bars."""
+CORS_API = "Calls to the payment API fail with a CORS error in the browser"
+"""Similarity 0.63 to the mean of RATE_LIMIT: the embedding alone takes it for the same kind of task."""
+
+
+def test_an_unusual_wording_joins_the_nearest_lesson_instead_of_condemning_its_strategy(alma):
+    for task in FLAKY:
+        alma.learn("bot", task, "success", WAIT, "testing")
+    (heuristic,) = active(alma, "heuristic")
+    # Two failures of the working strategy on an unusual wording of the same task: they count
+    # against the heuristic (7 outcomes, 5 successes) and make no anti-pattern of their own.
+    failed = [
+        alma.learn("bot", UNUSUAL_FLAKY, "failure", WAIT, "testing", error_message="still flaky").outcome_id
+        for _ in range(2)
+    ]
+    (after,) = everything(alma, "heuristic")
+    assert after.id == heuristic.id and set(failed) <= set(after.supporting_outcomes)
+    assert after.occurrence_count == 7 and after.success_count == 5 and not after.archived
+    assert active(alma, "anti_pattern") == []
+    # A wording under the looser bar too is still another kind of task: its failures stay apart.
+    for _ in range(2):
+        alma.learn("bot", FAR_FLAKY, "failure", WAIT, "testing", error_message="button not found")
+    (anti,) = active(alma, "anti_pattern")
+    assert not set(anti.supporting_outcomes) & set(after.supporting_outcomes)
+    assert [h.id for h in active(alma, "heuristic")] == [heuristic.id]
+
+
+def test_different_task_types_are_never_one_lesson(alma):
+    for task in RATE_LIMIT:
+        alma.learn("bot", task, "success", BACKOFF, "integration")
+    (heuristic,) = active(alma, "heuristic")
+    # Backoff fails on a CORS error: a wording the embedding finds close to the rate limit, but
+    # the caller filed it as another task type, so it is its own lesson, not noise in this one.
+    for _ in range(2):
+        alma.learn("bot", CORS_API, "failure", BACKOFF, "Frontend", error_message="blocked by CORS policy")
+    (anti,) = active(alma, "anti_pattern")
+    assert anti.task_type == "Frontend" and anti.strategy_key == heuristic.strategy_key
+    (kept,) = active(alma, "heuristic")
+    assert kept.id == heuristic.id and kept.occurrence_count == 3 and kept.success_count == 3
+    # Task types compare ignoring case; an outcome without one does not bridge the two lessons.
+    alma.learn("bot", RATE_LIMIT[0], "success", BACKOFF, "INTEGRATION")
+    untyped = alma.learn("bot", RATE_LIMIT[1], "success", BACKOFF).outcome_id
+    lessons = {h.id: h for h in active(alma, "heuristic")}
+    assert lessons[heuristic.id].occurrence_count == 4 and untyped not in lessons[heuristic.id].supporting_outcomes
+    assert [a.id for a in active(alma, "anti_pattern")] == [anti.id]
+
+
 def test_a_heuristic_whose_strategy_starts_failing_is_demoted_then_retired(alma):
     for i in range(5):
         alma.learn("bot", FLAKY[i], "success", WAIT, "testing")
