@@ -24,9 +24,22 @@ from pydantic import Field
 from . import __version__
 from .config import AlmaConfig, load_config
 from .errors import AlmaError, NotFound
-from .models import MEMORY_TYPES, Category, Confidence, MemoryId, MemoryType, Name, Text, UserId
-from .retrieval import MemorySlice
 from .lifecycle import ConsolidateResult, RestoreResult, SweepResult
+from .models import (
+    MEMORY_TYPES,
+    AntiPattern,
+    Category,
+    Confidence,
+    DomainKnowledge,
+    Heuristic,
+    MemoryId,
+    MemoryType,
+    Name,
+    Text,
+    UserId,
+    UserPreference,
+)
+from .retrieval import MemorySlice
 from .service import ALMA, ForgetResult, LearnResult, MemoryDetail
 
 log = logging.getLogger("alma_mcp")
@@ -168,9 +181,10 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
         strategy: Annotated[Text, Field(description="What to do.")],
         task_type: Category | None = None,
         confidence: Confidence = 0.7,
-    ) -> dict[str, Any]:
-        """Teach a strategy that works under a condition."""
-        return service.add_heuristic(agent, condition, strategy, task_type, confidence).model_dump(mode="json")
+    ) -> Heuristic:
+        """Teach a strategy that works under a condition. A near-duplicate of a stored heuristic is
+        merged into it (the returned memory is the one that stays)."""
+        return service.add_heuristic(agent, condition, strategy, task_type, confidence)
 
     @mcp.tool(annotations=WRITE, title="Teach an anti-pattern")
     @tool_errors
@@ -180,9 +194,9 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
         why_bad: Annotated[Text, Field(description="Why it fails.")],
         better_alternative: Text | None = None,
         task_type: Category | None = None,
-    ) -> dict[str, Any]:
+    ) -> AntiPattern:
         """Teach something to avoid, why, and what to do instead."""
-        return service.add_anti_pattern(agent, pattern, why_bad, better_alternative, task_type).model_dump(mode="json")
+        return service.add_anti_pattern(agent, pattern, why_bad, better_alternative, task_type)
 
     @mcp.tool(annotations=WRITE, title="Teach a domain fact")
     @tool_errors
@@ -192,9 +206,9 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
         fact: Text,
         source: Annotated[str, Field(max_length=200)] = "agent",
         confidence: Confidence = 0.8,
-    ) -> dict[str, Any]:
+    ) -> DomainKnowledge:
         """Teach a fact that is true in this project's domain."""
-        return service.add_knowledge(agent, domain, fact, source, confidence).model_dump(mode="json")
+        return service.add_knowledge(agent, domain, fact, source, confidence)
 
     @mcp.tool(annotations=WRITE, title="Record a user preference")
     @tool_errors
@@ -204,9 +218,9 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
         preference: Text,
         source: Annotated[str, Field(max_length=200)] = "user",
         agent: Annotated[Name | None, Field(description="The agent recording it, if any.")] = None,
-    ) -> dict[str, Any]:
+    ) -> UserPreference:
         """Record how a user wants things done; shown to every agent working for that user."""
-        return service.add_preference(user_id, category, preference, source, agent=agent).model_dump(mode="json")
+        return service.add_preference(user_id, category, preference, source, agent=agent)
 
     @mcp.tool(annotations=WRITE, title="Give feedback on a memory")
     @tool_errors

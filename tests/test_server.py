@@ -175,3 +175,19 @@ async def test_forget_dry_run_then_for_real(alma):
         done = structured(await client.call_tool("alma_forget", {"memory_ids": [fact.id], "dry_run": False}))
         assert done["dry_run"] is False and done["count"] == 1
         assert alma.stats()["agents"]["victor"]["knowledge"] == 0
+
+
+async def test_teaching_tools_publish_their_output_schema(alma):
+    async with Client(create_server(alma=alma), mode="legacy") as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        for name, field in [
+            ("alma_add_heuristic", "strategy"),
+            ("alma_add_anti_pattern", "why_bad"),
+            ("alma_add_knowledge", "fact"),
+            ("alma_add_preference", "preference"),
+        ]:
+            assert field in tools[name].output_schema["properties"], name
+        pref = structured(
+            await client.call_tool("alma_add_preference", {"user_id": "alice", "category": "tone", "preference": "No emoji"})
+        )
+        assert pref["type"] == "preference" and pref["user_id"] == "alice"
