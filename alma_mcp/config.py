@@ -136,6 +136,23 @@ class RetrievalSettings(_Strict):
         description="Once one memory clears the floor, others whose evidence is at most this much below it "
         "are admitted too. 0: every memory must clear the floor itself.",
     )
+    key_weight: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Share of a memory's similarity that comes from its key field alone (a heuristic's "
+        "condition, an anti-pattern's pattern, a fact, an outcome's task, a preference) rather than its "
+        "whole text: tasks are worded like situations, not like the lessons learned in them. 0: whole text only.",
+    )
+    preference_floor: float = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="Evidence a preference of the user named by user_id needs to be injected. Lower than "
+        "relevance_floor on purpose: the caller asked for this user's preferences, and general ones "
+        "('keep reports short') look unrelated to most tasks. Preferences never open the floor for "
+        "the other types.",
+    )
 
 
 class LearningSettings(_Strict):

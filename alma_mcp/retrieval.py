@@ -5,12 +5,19 @@ similarity of our own embeddings) and lexical candidates from an incremental BM2
 over the same memories. The two rankings are fused by reciprocal rank fusion (RRF), across
 all memory types at once so that scores are comparable between sections.
 
-A candidate is *relevant* when it clears the floor: its cosine similarity reaches
-`relevance_floor`, or its lexical coverage (the share of the task's IDF mass the memory
+A memory's similarity to the task mixes the cosine similarity of its whole text with that of
+its key field alone (`key_weight`; a heuristic's condition, an anti-pattern's pattern, a fact,
+an outcome's task): tasks are worded like the situation a lesson was learned in, and the
+lesson's own words dilute the match. Key vectors are embedded the first time a memory is a
+candidate and kept in an LRU, so a warm query costs a few dot products.
+
+A candidate is *relevant* when it clears the floor: its evidence (similarity plus a share of
+lexical coverage) reaches `relevance_floor`, or its lexical coverage (the share of the task's IDF mass the memory
 contains) reaches `lexical_floor`. The second door is what lets an error string or identifier
 quoted verbatim through even when the embedding model blurs it. Both floors are calibrated on
 the benchmark corpus (bench/retrieval.py). Nothing that fails the floor is ever returned, so a
-task with nothing relevant gets an empty prompt.
+task with nothing relevant gets an empty prompt. The preferences of the user named by
+`user_id` have their own, lower floor (`preference_floor`): the caller asked for them.
 
 The final score mixes relevance with recency, success rate, confidence and feedback
 (`RetrievalWeights`, README "How retrieval scores"). Per type, near-duplicates of a memory
@@ -52,7 +59,9 @@ class ScoredMemory(BaseModel):
     memory: Memory
     score: float = Field(description="Final ranking score, 0-1: relevance mixed with recency, success, confidence, feedback.")
     relevance: float = Field(0.0, description="How well the memory matches the task, 0-1 (fused dense and lexical).")
-    similarity: float = Field(description="Cosine similarity of the memory to the task.")
+    similarity: float = Field(
+        description="Similarity of the memory to the task: cosine of its whole text, mixed with that of its key field (key_weight)."
+    )
     lexical: float = Field(0.0, description="BM25 score of the memory for the task (0 when no term matched).")
     coverage: float = Field(0.0, description="Share (0-1) of the task's distinctive words found in the memory.")
     matched_by: Literal["dense", "lexical", "both"] = Field(
@@ -144,6 +153,55 @@ def lexical_text(memory: MemoryBase) -> str:
         for name in ("error_message", "better_alternative", "feedback", "task_type", "strategy_key")
     ]
     return "\n".join([memory.text(), *[value for value in extra if isinstance(value, str) and value]])
+
+
+_KEY_FIELD = {
+    "heuristic": "condition",
+    "anti_pattern": "pattern",
+    "knowledge": "fact",
+    "outcome": "task",
+    "preference": "preference",
+}
+
+
+def key_text(memory: MemoryBase) -> str:
+    """The part of a memory a task is worded like: the situation, not the lesson learned in it."""
+    value = getattr(memory, _KEY_FIELD.get(memory.type, ""), None)  # type: ignore[attr-defined]
+    return value if isinstance(value, str) and value else memory.text()
+
+
+class KeyVectors:
+    """Embeddings of memories' key fields, made the first time a memory is a candidate.
+
+    The store holds one vector per memory (its whole text); a second vector per memory would
+    cost every write an extra embedding and the store a second index. Only candidates ever
+    need a key vector, so they are embedded in one batch on first sight and kept in an LRU
+    keyed by (id, key text): an edited memory gets a new entry, the old one ages out.
+    """
+
+    def __init__(self, embedder: Embedder, capacity: int = 100_000) -> None:
+        self.embedder = embedder
+        self.capacity = capacity
+        self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.embedded = 0
+
+    def similarities(self, memories: Sequence[MemoryBase], query: np.ndarray) -> np.ndarray:
+        keys = [(m.id, key_text(m)) for m in memories]
+        with self._lock:
+            found = {key: self._vectors.get(key) for key in keys}
+        missing = list(dict.fromkeys(key for key, vector in found.items() if vector is None))
+        if missing:
+            vectors = self.embedder.embed([text for _, text in missing])
+            with self._lock:
+                for key, vector in zip(missing, vectors):
+                    self._vectors[key] = found[key] = vector
+                self.embedded += len(missing)
+                while len(self._vectors) > self.capacity:
+                    self._vectors.popitem(last=False)
+        if not keys:
+            return np.zeros(0, dtype=np.float32)
+        return np.stack([found[key] for key in keys]) @ query  # type: ignore[misc]
 
 
 # -- the lexical side -------------------------------------------------------------------
@@ -311,13 +369,22 @@ def choose(
     the floor (by evidence or by the lexical door): otherwise nothing is returned. When it is,
     candidates whose evidence is within `floor_margin` below the floor are admitted too, since
     the memories around a clearly relevant one are often relevant in a weaker way.
+
+    Preferences (present only when the caller named a user) have their own, lower floor,
+    `preference_floor`: that user's general preferences ("keep reports short") rarely look like
+    the task, and the caller asked for them.
     """
-    if not any(c.cleared for c in candidates):
-        return {kind: [] for kind in kinds}
-    admit = settings.relevance_floor - settings.floor_margin
+    answered = any(c.cleared for c in candidates)
+    admit = settings.relevance_floor - settings.floor_margin if answered else math.inf
+
+    def admitted(c: Candidate) -> bool:
+        if c.memory.type == PREFERENCES and c.evidence >= settings.preference_floor:  # type: ignore[attr-defined]
+            return True
+        return answered and (c.cleared or c.evidence >= admit)
+
     return {
         kind: select(
-            [c for c in candidates if c.memory.type == kind and (c.cleared or c.evidence >= admit)],  # type: ignore[attr-defined]
+            [c for c in candidates if c.memory.type == kind and admitted(c)],  # type: ignore[attr-defined]
             top_k,
             settings.near_duplicate,
         )
@@ -331,6 +398,7 @@ class Retriever:
         self.embedder = embedder
         self.config = config
         self.lexical = LexicalIndexes(store)
+        self.keys = KeyVectors(embedder)
         self._results: OrderedDict[tuple[Any, ...], tuple[float, MemorySlice]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -436,7 +504,9 @@ class Retriever:
             # (`ceiling`), so it can only be admitted through the lexical door or if its coverage
             # lifts it over the floor; reading it from the store costs a round trip, so only
             # memories that could pass are read. A dense search that came back short has seen
-            # every active memory of the collection.
+            # every active memory of the collection. (The bound ignores the key-field share of
+            # the similarity, added below: a memory outside a pool of 20 whose key alone would
+            # lift it over the floor is rare, and reading every lexical hit costs a round trip.)
             ceiling = min((c.similarity for c in dense), default=1.0) if len(dense) >= pool or mode == "lexical" else None
             missing = [
                 h.id
@@ -459,6 +529,12 @@ class Retriever:
                 candidate = found.get(h.id)
                 if candidate is not None:
                     candidate.lexical, candidate.coverage, candidate.quoted = h.score, h.coverage, h.identifiers
+
+        if settings.key_weight > 0 and mode != "lexical" and found:
+            share = settings.key_weight
+            key_similarities = self.keys.similarities([c.memory for c in found.values()], vector)
+            for candidate, key_similarity in zip(found.values(), key_similarities):
+                candidate.similarity = (1.0 - share) * candidate.similarity + share * float(key_similarity)
 
         # Ranks are global across collections, so the fused scores compare between sections.
         dense_order = sorted(found.values(), key=lambda c: c.similarity, reverse=True)

@@ -63,6 +63,8 @@ CALIBRATION_FI = 0.05
 """The floors are calibrated to a stricter rate than the target: the calibration split has only
 about a dozen no-answer tasks, so 10% there would leave no margin on unseen tasks."""
 KINDS = list(MEMORY_TYPES)
+KEY_WEIGHTS = (0.0, 0.15, 0.3, 0.45)
+"""Shares of the key field in the similarity tried on the corpus (0: whole text only)."""
 
 
 # -- ranking offline from candidates (the same functions the Retriever runs) -----------------------
@@ -113,10 +115,26 @@ def gather(alma: ALMA, tasks: Sequence[Task], settings: RetrievalSettings, mode:
     return {t.id: retriever.candidates(t.task, t.agent, t.user_id, KINDS, settings, mode) for t in tasks}
 
 
-NO_FLOOR = {"relevance_floor": 0.0, "lexical_floor": 0.0, "floor_margin": 0.0}
+NO_FLOOR = {"relevance_floor": 0.0, "lexical_floor": 0.0, "floor_margin": 0.0, "preference_floor": 0.0}
 
 
 def calibrate(
+    alma: ALMA, tasks: Sequence[Task], base: RetrievalSettings, mode: Mode, key_weights: Sequence[float] | None = None
+) -> tuple[RetrievalSettings, dict[str, dict[str, float]]]:
+    """Settings chosen on these (calibration) tasks only: for each key_weight (the key field's
+    share of the similarity; default: keep base's), the ranking and floors below, and the
+    key_weight whose served figures are best."""
+    best: tuple[float, RetrievalSettings, dict[str, dict[str, float]]] | None = None
+    for key_weight in key_weights if key_weights and mode != "lexical" else [base.key_weight]:
+        settings, table = calibrate_floors(alma, tasks, base.model_copy(update={"key_weight": key_weight}), mode)
+        log(f"  {mode} key_weight={key_weight}: objective {objective(table):.3f}")
+        if best is None or objective(table) > best[0] + 1e-9:
+            best = (objective(table), settings, table)
+    assert best is not None
+    return best[1], best[2]
+
+
+def calibrate_floors(
     alma: ALMA, tasks: Sequence[Task], base: RetrievalSettings, mode: Mode
 ) -> tuple[RetrievalSettings, dict[str, dict[str, float]]]:
     """Settings chosen on these (calibration) tasks only, in two steps.
@@ -226,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = alma.config.retrieval_for("helena")
     calibrated: dict[Mode, RetrievalSettings] = {}
     for mode in MODES:
-        calibrated[mode], table = calibrate(alma, calibration, base, mode)
+        calibrated[mode], table = calibrate(alma, calibration, base, mode, KEY_WEIGHTS)
         s = calibrated[mode]
         log(
             f"calibrated {mode}: on calibration tasks nDCG@10={table['answerable']['nDCG@10']:.3f} "
@@ -237,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"  {mode:<8} relevance_floor={s.relevance_floor:.2f} lexical_floor={s.lexical_floor:.2f} "
             f"floor_margin={s.floor_margin:.2f} rrf_k={s.rrf_k} lexical_weight={s.lexical_weight} "
-            f"fusion_rank_share={s.fusion_rank_share}"
+            f"fusion_rank_share={s.fusion_rank_share} key_weight={s.key_weight}"
         )
     unfloored = {mode: s.model_copy(update=NO_FLOOR) for mode, s in calibrated.items()}
     print_table(
@@ -286,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level_calibration = [t for t in calibration if t.agent in level_agents]
         recalibrated = dict(calibrated)
         for mode in MODES:
-            recalibrated[mode], _ = calibrate(alma, level_calibration, base, mode)
+            level_base = base.model_copy(update={"key_weight": calibrated[mode].key_weight})
+            recalibrated[mode], _ = calibrate(alma, level_calibration, level_base, mode)
         s = recalibrated["hybrid"]
         print(
             f"\nRecalibrated at {level:,} per agent (hybrid): relevance_floor={s.relevance_floor:.2f} "

@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Callable
 
 import anyio
+import numpy as np
 from mcp import Client
 
+from alma_mcp.config import RetrievalSettings
 from alma_mcp.lexical import BM25Index, tokenize
 from alma_mcp.prompt import estimate_tokens
+from alma_mcp.retrieval import KeyVectors
 from alma_mcp.server import create_server
 from alma_mcp.service import ALMA
 
@@ -274,3 +277,45 @@ def test_another_writer_on_the_same_store_is_seen_by_the_lexical_index(make_alma
     index = reader.retriever.lexical.get("knowledge", "helena")
     assert taught.id in [h.id for h in index.search(task, 5)], "the reader's index must pick up the other writer's memory"
     assert taught.id in [m.memory.id for m in reader.retrieve(task, "helena").knowledge]
+
+
+def test_a_named_users_general_preferences_are_injected_under_their_own_floor(alma: ALMA) -> None:
+    teach_playwright(alma)
+    alma.add_preference("alice", "reporting", "Keep reports short: five bullet points at most, no preamble.")
+    alma.add_preference("bob", "reporting", "Always include the full stack trace in reports.")
+    task = "Summarise what went wrong in last night's run of the mobile release pipeline."
+
+    # Without a user, nothing about this task clears the floor: nothing is injected.
+    assert alma.retrieve(task, "helena").prompt == ""
+
+    # With alice named, her general preference is injected though it looks unrelated to the task,
+    # and bob's is not: preferences are the named user's only.
+    named = alma.retrieve(task, "helena", user_id="alice")
+    assert [m.memory.preference for m in named.preferences] == [  # type: ignore[attr-defined]
+        "Keep reports short: five bullet points at most, no preamble."
+    ]
+    assert named.preferences[0].similarity < alma.config.retrieval_for("helena").relevance_floor
+    assert "five bullet points" in named.prompt and "stack trace" not in named.prompt
+    # A preference under its own floor does not open the floor for the other types.
+    assert not named.heuristics and not named.anti_patterns and not named.knowledge
+
+    # The preference floor is configurable: at the main floor's height, the same call injects nothing.
+    strict = RetrievalSettings(preference_floor=0.9)
+    assert alma.retriever.retrieve(task, "helena", user_id="alice", settings=strict).prompt == ""
+
+
+def test_key_vectors_are_embedded_once_per_key_text(alma: ALMA) -> None:
+    teach_playwright(alma)
+    heuristic = alma.retrieve("A Playwright test flakes right after navigation", "helena").heuristics[0].memory
+    keys = KeyVectors(alma.embedder)
+    query = alma.embedder.embed_query("flaky test after a page navigation")
+    first = keys.similarities([heuristic], query)
+    assert keys.embedded == 1
+    assert np.allclose(keys.similarities([heuristic, heuristic], query), [first[0], first[0]])
+    assert keys.embedded == 1, "a memory seen before is not embedded again"
+    # The key is the situation alone: closer to a task worded like it than the whole memory is.
+    condition_only = float(alma.embedder.embed([heuristic.condition])[0] @ query)  # type: ignore[attr-defined]
+    assert abs(float(first[0]) - condition_only) < 1e-4
+    edited = heuristic.model_copy(update={"condition": "Testing a date picker in every time zone"})
+    keys.similarities([edited], query)
+    assert keys.embedded == 2, "an edited key text is embedded anew"
