@@ -8,29 +8,32 @@ timeout) are candidates in several families and work in at most one of them, so 
 must be tied to the kind of task, not just the strategy. Every task is one of eight
 paraphrases of its family, never the family's name.
 
-Three arms meet the same stream (same tasks, same random draws for success):
+The arms meet the same stream (same tasks, same random draws for success). The two memory
+arms follow one policy and differ only in what the server gives them: alma = raw + lessons.
 - none: no memory; the agent guesses among the candidates.
 - raw: the outcome log only. Every outcome is recorded with `alma_learn`, but the server's
   learning is switched off through its configuration (no lesson can reach its thresholds),
   so memory holds raw outcomes and nothing else. Before a task the agent retrieves the five
-  most relevant outcomes (`alma_retrieve`, memory_types=["outcome"]) and does what a
-  sensible reader of that log does: repeat the candidate strategy with the most successes
-  shown (ties: the more relevant), else avoid the strategies shown failing and guess among
-  the rest.
-- alma: the default configuration. Before a task the agent calls `alma_retrieve`; it follows
-  the best-ranked heuristic whose strategy is a candidate, else avoids the candidates named
-  by the anti-patterns shown and guesses among the rest (among all when every one is named).
-  It records the outcome with `alma_learn` (failures with an error message).
+  most relevant outcomes (`alma_retrieve`, memory_types=["outcome"]) and reads them as a
+  sensible agent would: repeat the candidate strategy with the most successes shown (ties: the
+  more relevant), else avoid the candidates shown failing and guess among the rest.
+- alma: the default configuration. Before a task the agent calls `alma_retrieve` with
+  memory_types=["heuristic", "anti_pattern", "outcome"] (the same five outcomes as raw, plus
+  the lessons). It follows the best-ranked heuristic whose strategy is a candidate (unless an
+  anti-pattern on that strategy is closer to the task); else it reads the outcomes exactly as
+  the raw arm does, with the candidates named by the anti-patterns shown struck out first.
+  Both memory arms record the outcome with `alma_learn` (failures with an error message).
 
-- oracle (a reference, no server): the same rules as alma's learner (thresholds, recency
-  weighting, Wilson confidence, retirement) applied with perfect grouping (the true family)
-  and perfect recall. It is the ceiling of these rules on this stream; the gap between alma
-  and oracle is what imperfect grouping and retrieval of paraphrased tasks cost.
+- oracle (a reference, no server): the same policy and the same rules as alma's learner
+  (thresholds, recency weighting, Wilson confidence, retirement) applied with perfect grouping
+  (the true family), reading the family's five latest outcomes as its log. It is the ceiling
+  of this policy and these rules on this stream; the gap between alma and oracle is what
+  imperfect grouping and retrieval of paraphrased tasks cost.
 
 Both memory arms talk to a real MCP server through the SDK's Client (in process), each on a
 fresh embedded Chroma store with the real embedding model.
 
-Run:  /work/venv/bin/python bench/learning.py            (5 seeds x 200 episodes, 3-5 min)
+Run:  /work/venv/bin/python bench/learning.py            (10 seeds x 200 episodes, 5-10 min)
       /work/venv/bin/python bench/learning.py --calibrate  (similarity of paraphrases)
 The table goes to stdout, the curve to bench/out/learning_curve.png.
 """
@@ -104,30 +107,21 @@ def _log(message: str) -> None:
 
 
 # -- the agent's policies --------------------------------------------------------------
-def choose_alma(memory: dict[str, Any], candidates: list[str], rng: random.Random) -> tuple[str, str]:
-    by_key = {strategy_key(c): c for c in candidates}
-    # Advice can conflict when a strategy works on one kind of task and fails on another:
-    # trust whichever lesson is closer to this task.
-    warned = {}
-    for item in memory["anti_patterns"]:
-        key = item["memory"].get("strategy_key")
-        warned[key] = max(warned.get(key, 0.0), item["similarity"])
-    for item in memory["heuristics"]:
-        key = item["memory"].get("strategy_key") or strategy_key(item["memory"]["strategy"])
-        if key in by_key and item["similarity"] >= warned.get(key, 0.0):
-            return by_key[key], "heuristic"
-    allowed = [c for c in candidates if strategy_key(c) not in warned] or candidates
-    return rng.choice(allowed), ("guess, avoiding" if len(allowed) < len(candidates) else "guess")
-
-
-def choose_raw(memory: dict[str, Any], candidates: list[str], rng: random.Random) -> tuple[str, str]:
+# One policy, two readers: the raw arm reads the outcome log only; the alma arm reads the
+# same log (alma returns it too) plus the lessons learned from it. alma = raw + lessons.
+def choose_from_log(
+    outcomes: list[dict[str, Any]], candidates: list[str], rng: random.Random, barred: set[str] = frozenset()  # type: ignore[assignment]
+) -> tuple[str, str]:
+    """What a sensible reader of the outcomes shown does: repeat the candidate with the most
+    successes among them (ties: the more relevant), else avoid the candidates shown failing and
+    guess among the rest. `barred` strategy keys (named by anti-patterns) are never chosen."""
     by_key = {strategy_key(c): c for c in candidates}
     wins: dict[str, int] = {}
     first_seen: dict[str, int] = {}
     failed: set[str] = set()
-    for rank, item in enumerate(memory["outcomes"]):
+    for rank, item in enumerate(outcomes):
         key = strategy_key(item["memory"]["strategy_used"])
-        if key not in by_key:
+        if key not in by_key or key in barred:
             continue
         first_seen.setdefault(key, rank)
         if item["memory"]["outcome"] == "success":
@@ -137,8 +131,29 @@ def choose_raw(memory: dict[str, Any], candidates: list[str], rng: random.Random
     if wins:
         best = max(wins, key=lambda k: (wins[k], -first_seen[k]))
         return by_key[best], "copy success"
-    allowed = [c for c in candidates if strategy_key(c) not in failed] or candidates
-    return rng.choice(allowed), "guess"
+    open_ = [c for c in candidates if strategy_key(c) not in barred] or candidates
+    allowed = [c for c in open_ if strategy_key(c) not in failed] or open_
+    return rng.choice(allowed), ("guess, avoiding" if len(allowed) < len(candidates) else "guess")
+
+
+def choose_raw(memory: dict[str, Any], candidates: list[str], rng: random.Random) -> tuple[str, str]:
+    return choose_from_log(memory["outcomes"], candidates, rng)
+
+
+def choose_alma(memory: dict[str, Any], candidates: list[str], rng: random.Random) -> tuple[str, str]:
+    by_key = {strategy_key(c): c for c in candidates}
+    # Advice can conflict when a strategy works on one kind of task and fails on another:
+    # trust whichever lesson is closer to this task.
+    warned: dict[str, float] = {}
+    for item in memory["anti_patterns"]:
+        key = item["memory"].get("strategy_key")
+        warned[key] = max(warned.get(key, 0.0), item["similarity"])
+    for item in memory["heuristics"]:
+        key = item["memory"].get("strategy_key") or strategy_key(item["memory"]["strategy"])
+        if key in by_key and item["similarity"] >= warned.get(key, 0.0):
+            return by_key[key], "heuristic"
+    # No heuristic yet: the raw arm's reading of the outcome log, minus the warned strategies.
+    return choose_from_log(memory["outcomes"], candidates, rng, set(warned))
 
 
 # -- one arm on one stream -------------------------------------------------------------
@@ -172,8 +187,8 @@ async def run_arm(
                 for i, episode in enumerate(stream):
                     candidates = list(episode.family.strategies)
                     args: dict[str, Any] = {"task": episode.task, "agent": AGENT}
-                    if arm == "raw":
-                        args["memory_types"] = ["outcome"]
+                    # Both arms see the five most relevant raw outcomes; alma also its lessons.
+                    args["memory_types"] = ["outcome"] if arm == "raw" else ["heuristic", "anti_pattern", "outcome"]
                     got = await client.call_tool("alma_retrieve", args)
                     if got.is_error:
                         raise RuntimeError(f"alma_retrieve failed: {got.content[0].text}")
@@ -208,21 +223,24 @@ def run_oracle(stream: list[Episode], rng: random.Random, min_occurrences: int) 
     history: dict[tuple[str, str], list[Outcome]] = {}
     heuristic: dict[tuple[str, str], bool] = {}
     anti: dict[tuple[str, str], bool] = {}
+    log: dict[str, list[Outcome]] = {}
     results = []
     for episode in stream:
         name, candidates = episode.family.name, list(episode.family.strategies)
         trusted = [c for c in candidates if heuristic.get((name, c))]
         if trusted:
             strategy = trusted[0]
-        else:
-            strategy = rng.choice([c for c in candidates if not anti.get((name, c))] or candidates)
+        else:  # the family's five latest outcomes, read as the agents read theirs
+            shown = [{"memory": {"strategy_used": o.strategy_used, "outcome": o.outcome}} for o in log.get(name, [])[-5:][::-1]]
+            barred = {strategy_key(c) for c in candidates if anti.get((name, c))}
+            strategy, _why = choose_from_log(shown, candidates, rng, barred)
         success = episode.draw < episode.family.strategies[strategy]
         results.append(success)
         key = (name, strategy)
-        history.setdefault(key, []).append(
-            Outcome(id=new_id("outcome"), project="p", agent="a", task=episode.task,
-                    outcome="success" if success else "failure", strategy_used=strategy)
-        )
+        outcome = Outcome(id=new_id("outcome"), project="p", agent="a", task=episode.task,
+                          outcome="success" if success else "failure", strategy_used=strategy)
+        history.setdefault(key, []).append(outcome)
+        log.setdefault(name, []).append(outcome)
         ev = weigh(history[key], settings.evidence_half_life)
         if not heuristic.get(key):
             heuristic[key] = (ev.successes >= min_occurrences and ev.rate >= settings.min_success_rate
@@ -283,7 +301,7 @@ def plot(curves: dict[str, list[float]], block: int, path: Path, episodes: int, 
         "none": "no memory (guess)",
         "raw": "raw outcome log",
         "alma": "alma learning",
-        "oracle": "same rules, perfect grouping (reference)",
+        "oracle": "same policy and rules, perfect grouping (reference)",
     }
     for arm, ys in curves.items():
         style = {"linestyle": "--", "marker": None, "color": "grey"} if arm == "oracle" else {"marker": "o"}
@@ -331,6 +349,9 @@ async def main_async(args: argparse.Namespace) -> int:
         lo, hi = b * args.block + 1, min((b + 1) * args.block, args.episodes)
         print(f"| {lo}-{hi} | " + " | ".join(f"{curves[arm][b]:.2f}" for arm in args.arms) + " |")
     print("final block per seed: " + "; ".join(f"{arm} {[round(v, 2) for v in finals[arm]]}" for arm in args.arms))
+    print("final block, mean and standard deviation over seeds: " + "; ".join(
+        f"{arm} {np.mean(finals[arm]):.3f} +- {np.std(finals[arm], ddof=1) if len(finals[arm]) > 1 else 0.0:.3f}"
+        for arm in args.arms))
     guess = np.mean([np.mean(list(f.strategies.values())) for f in families])
     print(f"expected success of a pure guess: {guess:.3f}; wall time {time.perf_counter() - started:.0f}s")
     if not args.no_plot:
@@ -344,7 +365,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--block", type=int, default=20)
-    parser.add_argument("--seeds", type=int, default=5, help="Runs with seeds 0..N-1; figures are their mean.")
+    parser.add_argument("--seeds", type=int, default=10, help="Runs with seeds 0..N-1; figures are their mean.")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument(
         "--min-occurrences",
