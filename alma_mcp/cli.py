@@ -122,8 +122,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alma-mcp",
