@@ -23,7 +23,6 @@ import pytest
 from mcp import Client
 
 from alma_mcp.audit import AuditEntry, ChromaAuditLog, JsonlAuditLog, audit_file
-from alma_mcp.embeddings import HashEmbedder
 from alma_mcp.errors import InvalidInput, NotFound
 from alma_mcp.lifecycle import days_to_floor, plan_merges, strength
 from alma_mcp.models import DomainKnowledge, Heuristic, new_id, utcnow
