@@ -99,8 +99,8 @@ class RetrievalSettings(_Strict):
         ge=0,
         le=1,
         description="Evidence (cosine similarity + lexical_weight x lexical coverage) the best memory needs "
-        "for anything to be injected. Calibrated by bench/retrieval.py on its corpus; stores of about "
-        "10,000 memories per agent need about 0.54 to keep false injections under 10%.",
+        "for anything to be injected. Calibrated by bench/retrieval.py on its corpus; larger stores "
+        "need a higher floor (README 'How retrieval scores').",
     )
     lexical_floor: float = Field(
         0.90,
@@ -121,23 +121,23 @@ class RetrievalSettings(_Strict):
     candidate_pool: int = Field(20, ge=1, le=500, description="Candidates per collection from each ranker.")
     rrf_k: int = Field(5, ge=1, description="The k of reciprocal rank fusion, 1/(k + rank).")
     lexical_weight: float = Field(
-        0.15,
+        0.5,
         ge=0,
         description="Weight of the lexical ranking in the fusion, and of lexical coverage in the evidence "
         "the floor looks at (similarity + lexical_weight x coverage).",
     )
     fusion_rank_share: float = Field(
-        0.5, ge=0, le=1, description="Share of relevance given by rank fusion; the rest is the evidence itself."
+        0.25, ge=0, le=1, description="Share of relevance given by rank fusion; the rest is the evidence itself."
     )
     floor_margin: float = Field(
-        0.20,
+        0.10,
         ge=0,
         le=1,
         description="Once one memory clears the floor, others whose evidence is at most this much below it "
         "are admitted too. 0: every memory must clear the floor itself.",
     )
     key_weight: float = Field(
-        0.3,
+        0.15,
         ge=0,
         le=1,
         description="Share of a memory's similarity that comes from its key field alone (a heuristic's "

@@ -91,8 +91,9 @@ def test_the_floor_holds_through_a_real_mcp_client(make_alma: Callable[..., ALMA
 def test_an_exact_error_string_is_found_lexically_when_the_embedding_floor_would_drop_it(
     make_alma: Callable[..., ALMA],
 ) -> None:
-    # An embedding floor no memory can reach: only the lexical door can let anything through.
-    strict = {"relevance_floor": 0.95, "floor_margin": 0.0}
+    # An evidence floor (similarity + lexical_weight x coverage) no memory here reaches: only the
+    # lexical door can let anything through.
+    strict = {"relevance_floor": 0.95, "floor_margin": 0.0, "lexical_weight": 0.15}
     alma = make_alma(retrieval={**strict, "lexical_floor": 0.5})
     teach_playwright(alma, "victor")
     alma.add_knowledge(
