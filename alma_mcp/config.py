@@ -95,7 +95,7 @@ class RetrievalSettings(_Strict):
     top_k: int = Field(5, ge=1, le=50, description="Memories per type, at most.")
     weights: RetrievalWeights = Field(default_factory=RetrievalWeights)
     relevance_floor: float = Field(
-        0.46,
+        0.42,
         ge=0,
         le=1,
         description="Evidence (cosine similarity + lexical_weight x lexical coverage) the best memory needs "
@@ -121,16 +121,16 @@ class RetrievalSettings(_Strict):
     candidate_pool: int = Field(20, ge=1, le=500, description="Candidates per collection from each ranker.")
     rrf_k: int = Field(5, ge=1, description="The k of reciprocal rank fusion, 1/(k + rank).")
     lexical_weight: float = Field(
-        0.5,
+        0.15,
         ge=0,
         description="Weight of the lexical ranking in the fusion, and of lexical coverage in the evidence "
         "the floor looks at (similarity + lexical_weight x coverage).",
     )
     fusion_rank_share: float = Field(
-        0.25, ge=0, le=1, description="Share of relevance given by rank fusion; the rest is the evidence itself."
+        0.5, ge=0, le=1, description="Share of relevance given by rank fusion; the rest is the evidence itself."
     )
     floor_margin: float = Field(
-        0.10,
+        0.20,
         ge=0,
         le=1,
         description="Once one memory clears the floor, others whose evidence is at most this much below it "
