@@ -243,21 +243,24 @@ class LexicalIndexes:
                 self._synced[name] = generation
             return index
 
-    def _on_write(self, name: str, memories: Sequence[MemoryBase], deleted: bool) -> None:
+    def _on_write(self, name: str, memories: Sequence[MemoryBase], deleted: bool, before: int, after: int) -> None:
         with self._lock:
             index = self._indexes.get(name)
             if index is None:
                 return  # not read yet: it is built from the store, which already holds this write
+            if self._synced.get(name) != before:
+                # Another process wrote since this index was read: applying only our own write
+                # would mark its memories as seen. Drop the index; the next search rebuilds it.
+                self._indexes.pop(name, None)
+                self._synced.pop(name, None)
+                return
             gone = [m.id for m in memories if deleted or m.archived]
             kept = [m for m in memories if not (deleted or m.archived)]
             if gone:
                 index.remove(gone)
             if kept:
                 index.add_many([m.id for m in kept], [lexical_text(m) for m in kept])
-            first = memories[0] if memories else None
-            if first is not None:
-                agent = None if first.type == PREFERENCES else first.agent  # type: ignore[attr-defined]
-                self._synced[name] = self.store.generation(first.type, agent)  # type: ignore[attr-defined]
+            self._synced[name] = after
 
 
 # -- candidates ---------------------------------------------------------------------------

@@ -50,8 +50,10 @@ def _parse_collection_name(name: str) -> tuple[str, str, str] | None:
     return parts[1], parts[2], parts[3]
 
 
-WriteListener = Callable[[str, Sequence[MemoryBase], bool], None]
-"""(collection name, the memories written, True when they were deleted)."""
+WriteListener = Callable[[str, Sequence[MemoryBase], bool, int, int], None]
+"""(collection name, the memories written, True when they were deleted, the collection's
+generation just before and just after this write). A listener whose view was at `before`
+may apply the write and move to `after`; any other view missed a write by another process."""
 
 
 @dataclass
@@ -193,7 +195,9 @@ class MemoryStore:
         Embedded: exact, from counters shared by every process on the data directory. Chroma
         server: this process's writes at once, other processes' within `change_check_seconds`.
         """
-        name = collection_name(self.project, memory_type, agent)
+        return self._generation_of(collection_name(self.project, memory_type, agent))
+
+    def _generation_of(self, name: str) -> int:
         local = self._generations.get(name, 0)
         if self._shared is not None:
             return (self._shared.lock.counters.of(name) << 20) + local
@@ -221,15 +225,19 @@ class MemoryStore:
         indexes derived from the store (the lexical index) follow it without re-reading it."""
         self._write_listeners.append(listener)
 
-    def _notify(self, name: str, memories: Sequence[MemoryBase], deleted: bool) -> None:
+    def _notify(self, name: str, memories: Sequence[MemoryBase], deleted: bool, before: int) -> None:
+        """Tell the listeners about a write; call with the write lock held, after `_bump`."""
+        after = self._generation_of(name)  # under the lock: no other process wrote in between
         if self._shared is not None:
             # After the write lock is released: see DirectoryLock.after_write (deadlock otherwise).
             memories = list(memories)
             for listener in self._write_listeners:
-                self._shared.lock.after_write(lambda listener=listener: listener(name, memories, deleted))
+                self._shared.lock.after_write(
+                    lambda listener=listener: listener(name, memories, deleted, before, after)
+                )
             return
         for listener in self._write_listeners:
-            listener(name, memories, deleted)
+            listener(name, memories, deleted, before, after)
 
     def scopes(self) -> list[tuple[str, str]]:
         """(agent, memory_type) of every collection of this project; agent '_' for preferences."""
@@ -262,6 +270,7 @@ class MemoryStore:
             for name, indexes in groups.items():
                 first = memories[indexes[0]]
                 col = self._collection(first.type, first.agent, create=True)  # type: ignore[attr-defined]
+                before = self._generation_of(name)
                 try:
                     col.upsert(
                         ids=[memories[i].id for i in indexes],
@@ -273,7 +282,7 @@ class MemoryStore:
                     raise _chroma_error(f"write {len(indexes)} memories", exc) from None
                 finally:
                     self._bump(name)
-                self._notify(name, [memories[i] for i in indexes], deleted=False)
+                self._notify(name, [memories[i] for i in indexes], False, before)
 
     def update_metadata(self, memories: Sequence[MemoryBase]) -> None:
         """Rewrite memories whose text did not change (counters, flags): no re-embedding."""
@@ -283,13 +292,14 @@ class MemoryStore:
         with self._writing():
             for name, items in groups.items():
                 col = self._collection(items[0].type, items[0].agent, create=True)  # type: ignore[attr-defined]
+                before = self._generation_of(name)
                 try:
                     col.update(ids=[m.id for m in items], metadatas=[_metadata(m) for m in items])
                 except Exception as exc:
                     raise _chroma_error(f"update {len(items)} memories", exc) from None
                 finally:
                     self._bump(name)
-                self._notify(name, items, deleted=False)
+                self._notify(name, items, False, before)
 
     def delete(self, memories: Iterable[MemoryBase]) -> int:
         groups: dict[str, list[MemoryBase]] = {}
@@ -301,13 +311,14 @@ class MemoryStore:
                 col = self._collection(items[0].type, items[0].agent, create=False)  # type: ignore[attr-defined]
                 if col is None:
                     continue
+                before = self._generation_of(name)
                 try:
                     col.delete(ids=[m.id for m in items])
                 except Exception as exc:
                     raise _chroma_error(f"delete {len(items)} memories", exc) from None
                 finally:
                     self._bump(name)
-                self._notify(name, items, deleted=True)
+                self._notify(name, items, True, before)
                 deleted += len(items)
         return deleted
 

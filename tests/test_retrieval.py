@@ -280,6 +280,20 @@ def test_another_writer_on_the_same_store_is_seen_by_the_lexical_index(make_alma
     assert taught.id in [m.memory.id for m in reader.retrieve(task, "helena").knowledge]
 
 
+def test_a_write_of_ours_after_another_writers_does_not_hide_theirs(make_alma: Callable[..., ALMA], tmp_path: Path) -> None:
+    # The lexical index follows this process's writes incrementally; when another process wrote
+    # first, applying only our write must not mark the index as up to date.
+    reader = make_alma(data_dir=tmp_path / "shared")
+    writer = make_alma(data_dir=tmp_path / "shared")
+    teach_playwright(reader)
+    task = "CI says ERR_PNPM_OUTDATED_LOCKFILE on install"
+    reader.retrieve(task, "helena")  # builds the reader's lexical indexes
+    theirs = writer.add_knowledge("helena", "ci", "ERR_PNPM_OUTDATED_LOCKFILE: run pnpm install without --frozen-lockfile once and commit the lockfile.")
+    reader.add_knowledge("helena", "ci", "The CI runners cache the pnpm store under /opt/pnpm-store between jobs.")
+    index = reader.retriever.lexical.get("knowledge", "helena")
+    assert theirs.id in [h.id for h in index.search(task, 5)]
+
+
 def test_a_named_users_general_preferences_are_injected_under_their_own_floor(alma: ALMA) -> None:
     teach_playwright(alma)
     alma.add_preference("alice", "reporting", "Keep reports short: five bullet points at most, no preamble.")
