@@ -203,3 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("alma-mcp: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `alma-mcp stats | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
