@@ -12,18 +12,13 @@ import os
 import random
 import secrets
 import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import anyio
-import httpx
-import httpx2
 import pytest
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
+from serving import authorized_client, serve_http
 
 pytestmark = pytest.mark.slow
 
@@ -33,36 +28,12 @@ WORDS = (
 ).split()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start(config: Path, token: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", ANONYMIZED_TELEMETRY="False", ALMA_MCP_TOKEN=token)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "alma_mcp", "--config", str(config), "serve", "--http", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/mcp"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, "the server exited while starting"
-        try:
-            httpx.get(url, timeout=1)
-            return proc, url
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, "the server did not start within 60 s"
-            time.sleep(0.1)
+    return serve_http(config, token, stderr=subprocess.DEVNULL)
 
 
 def client(url: str, token: str) -> Client:
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(60))
-    return Client(streamable_http_client(url, http_client=http), mode="legacy")
+    return authorized_client(url, token, timeout=60)
 
 
 async def test_sigkill_mid_stream_loses_no_acknowledged_write(tmp_path):

@@ -11,24 +11,20 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
 import anyio
 import httpx
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from alma_mcp.config import HttpSettings
 from alma_mcp.errors import ConfigError
 from alma_mcp.http import build_http_app
 from alma_mcp.server import create_server
+from serving import authorized_client, free_port, serve_http, stop
 
 pytestmark = pytest.mark.slow
 
@@ -41,12 +37,6 @@ INIT = {
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_http_server(root: Path, token: str | None, extra_args: list[str] | None = None) -> tuple[subprocess.Popen, str]:
     """Start `alma-mcp serve --http` on a free loopback port; return it once it answers HTTP."""
     config = root / ".alma" / "config.yaml"
@@ -56,44 +46,7 @@ def start_http_server(root: Path, token: str | None, extra_args: list[str] | Non
             "alma:\n  project_id: http-test\n  allow_undeclared_agents: true\n  http:\n    max_request_bytes: 65536\n",
             encoding="utf-8",
         )
-    port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", ANONYMIZED_TELEMETRY="False")
-    env.pop("ALMA_MCP_TOKEN", None)
-    if token:
-        env["ALMA_MCP_TOKEN"] = token
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "alma_mcp", "--config", str(config), "serve", "--http", "--port", str(port), *(extra_args or [])],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}/mcp"
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            httpx.get(url, timeout=1)
-            return proc, url
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise TimeoutError("the HTTP server did not start within 60 s") from None
-            time.sleep(0.1)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def authorized_client(url: str, token: str, mode: str = "legacy") -> Client:
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(120))
-    return Client(streamable_http_client(url, http_client=http), mode=mode)
+    return serve_http(config, token, extra_args)
 
 
 @pytest.fixture(scope="module")
