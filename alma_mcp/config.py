@@ -170,6 +170,14 @@ class LearningSettings(_Strict):
         "paraphrases (bench/learning.py --calibrate): 0.70 grouped almost no paraphrases.",
     )
     min_failures_for_anti_pattern: int = Field(2, ge=1)
+    min_alternative_outcomes: int = Field(
+        6,
+        ge=1,
+        description="Outcomes of other strategies on the same kind of task after which "
+        "an anti-pattern is judged against them: it then needs its strategy to do significantly worse "
+        "than they do (the upper 90% Wilson bound of its success rate below their success rate), and it "
+        "is retired once it no longer does. Before that, failing more often than not is enough.",
+    )
     retire_below_confidence: float = Field(
         0.25,
         ge=0,

@@ -50,7 +50,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import AlmaConfig
+from .config import AlmaConfig, LearningSettings
 from .models import AntiPattern, Heuristic, MemoryBase, Outcome, new_id, strategy_key, utcnow
 from .store import MemoryStore
 
@@ -63,6 +63,10 @@ SEED_MARGIN = 0.10
 """How much looser the first, outcome-to-outcome step of a new cluster is than the threshold."""
 REINSTATE_MARGIN = 0.05
 """A retired lesson comes back only this far above the floor, so it does not flap."""
+ALTERNATIVES_POOL = 200
+"""Nearest outcomes looked at for what the other strategies did on the same kind of task."""
+REVIEW_POOL = 10
+"""Nearest anti-patterns judged again against their alternatives after each outcome."""
 MERGED_PREFIX = "merged into "
 LESSON_STRATEGY_WEIGHT = 0.8
 """Weight of the strategy's embedding added to the mean task vector in a lesson's stored vector:
@@ -151,6 +155,14 @@ class Evidence:
     def fail_confidence(self) -> float:
         return wilson_lower_bound((1 - self.rate) * self.weight, self.weight)
 
+    @property
+    def upper(self) -> float:
+        """Upper bound of the 90% Wilson interval of the success rate: how well the strategy might
+        still do. Two failures in two tries leave 0.58, three 0.47, ten 0.21."""
+        if self.weight <= 0:
+            return 1.0
+        return 1.0 - self.fail_confidence
+
 
 def weigh(outcomes: Sequence[Outcome], half_life: float) -> Evidence:
     ordered = sorted(outcomes, key=lambda m: m.created_at)
@@ -166,6 +178,59 @@ def weigh(outcomes: Sequence[Outcome], half_life: float) -> Evidence:
         rate=wins / total if total else 0.0,
         weight=total,
     )
+
+
+# -- the rules, as pure functions of the evidence (bench/learning.py's oracle arm calls them too) --
+def worse_than_alternatives(evidence: Evidence, alternatives: Evidence | None, settings: LearningSettings) -> bool | None:
+    """Does the strategy do significantly worse than the other strategies tried on the same kind of
+    task? Yes when even the upper Wilson bound of its success rate is below their (pooled,
+    recency-weighted) success rate. None while those alternatives have fewer than
+    `min_alternative_outcomes` outcomes: there is nothing to compare it with yet."""
+    if alternatives is None or len(alternatives.outcomes) < settings.min_alternative_outcomes:
+        return None
+    return evidence.upper < alternatives.rate
+
+
+def heuristic_state(
+    state: bool | None, evidence: Evidence, confidence: float, settings: LearningSettings, min_occurrences: int
+) -> bool:
+    """Whether a heuristic on this evidence is active. `state`: None (there is none yet), True
+    (active) or False (retired). `confidence` is the evidence's plus the feedback offset."""
+    qualifies = evidence.successes >= min_occurrences and evidence.rate >= settings.min_success_rate
+    if state is None:
+        return qualifies
+    if state:
+        return not (evidence.rate < settings.min_success_rate and confidence < settings.retire_below_confidence)
+    return qualifies and confidence >= settings.retire_below_confidence + REINSTATE_MARGIN
+
+
+def anti_pattern_state(
+    state: bool | None,
+    evidence: Evidence,
+    alternatives: Evidence | None,
+    confidence: float,
+    settings: LearningSettings,
+) -> bool:
+    """Whether an anti-pattern on this evidence is active (`state` as for `heuristic_state`).
+
+    It needs `min_failures_for_anti_pattern` failures, a strategy that fails more often than
+    not, and, once the alternatives on this kind of task are known, a strategy that does
+    significantly worse than they do: a strategy failing 2 of 3 times where everything else
+    fails 9 of 10 is not the thing to avoid. So an anti-pattern built on two unlucky failures
+    of a strategy that works is retired as soon as the alternatives tried instead prove no
+    better, rather than locking the strategy out for good (an agent that obeys it never tries
+    the strategy again, so its own outcomes could never retire it).
+    """
+    worse = worse_than_alternatives(evidence, alternatives, settings)
+    warranted = (
+        evidence.failures >= settings.min_failures_for_anti_pattern and evidence.rate < 0.5 and worse is not False
+    )
+    if state is None:
+        return warranted
+    if state:
+        succeeds_now = evidence.rate >= 0.5 and confidence < settings.retire_below_confidence
+        return not (succeeds_now or worse is False)
+    return warranted and confidence >= settings.retire_below_confidence + REINSTATE_MARGIN
 
 
 @dataclass
@@ -316,7 +381,7 @@ class Learner:
 
         # Heuristic: the strategy works on this kind of task.
         if heuristic is None:
-            if evidence.successes >= min_occurrences and evidence.rate >= learning.min_success_rate:
+            if heuristic_state(None, evidence, evidence.confidence, learning, min_occurrences):
                 heuristic = Heuristic(
                     id=new_id("heuristic"),
                     project=outcome.project,
@@ -341,36 +406,26 @@ class Learner:
             heuristic.updated_at = now
             if outcome.outcome == "success":
                 heuristic.last_validated = now
-            if not heuristic.archived and evidence.rate < learning.min_success_rate and heuristic.confidence < floor:
-                heuristic.archived = True
-                heuristic.archived_reason = (
-                    f"retired: recent success rate {evidence.rate:.0%} over {len(evidence.outcomes)} outcomes, "
-                    f"confidence {heuristic.confidence:.2f} below {floor}"
-                )
-                report.heuristics_retired.append(heuristic.id)
-            elif (
-                heuristic.archived
-                and evidence.successes >= min_occurrences
-                and evidence.rate >= learning.min_success_rate
-                and heuristic.confidence >= floor + REINSTATE_MARGIN
-            ):
-                heuristic.archived = False
-                heuristic.archived_reason = None
-                report.heuristics_created.append(heuristic.id)
+            active = heuristic_state(not heuristic.archived, evidence, heuristic.confidence, learning, min_occurrences)
+            if active == heuristic.archived:
+                _set_active(heuristic, active, _heuristic_retired_reason(evidence, heuristic.confidence, floor))
+                (report.heuristics_created if active else report.heuristics_retired).append(heuristic.id)
             else:
                 report.heuristics_updated.append(heuristic.id)
             writes[heuristic.id] = heuristic
 
-        # Anti-pattern: the strategy keeps failing on this kind of task.
+        # Anti-pattern: the strategy keeps failing on this kind of task, and (once they are known)
+        # more often than the other strategies tried on it.
+        alternatives = self._alternatives(outcome.agent, centre, key, outcome.task_type)
         fails_mostly = evidence.rate < 0.5
         if anti is None:
-            if evidence.failures >= learning.min_failures_for_anti_pattern and fails_mostly:
+            if anti_pattern_state(None, evidence, alternatives, evidence.fail_confidence, learning):
                 anti = AntiPattern(
                     id=new_id("anti_pattern"),
                     project=outcome.project,
                     agent=outcome.agent,
                     pattern=_pattern(outcome.strategy_used, evidence.outcomes, group, centre),
-                    why_bad=_why_bad(evidence),
+                    why_bad=_why_bad(evidence, alternatives),
                     better_alternative=self._better_alternative(outcome.agent, centre, key),
                     task_type=task_type,
                     confidence=_clamp(evidence.fail_confidence),
@@ -386,28 +441,16 @@ class Learner:
             anti.occurrence_count = evidence.failures
             anti.success_count = evidence.successes
             anti.pattern = _pattern(outcome.strategy_used, evidence.outcomes, group, centre)
-            anti.why_bad = _why_bad(evidence)
+            anti.why_bad = _why_bad(evidence, alternatives)
             anti.better_alternative = self._better_alternative(outcome.agent, centre, key) or anti.better_alternative
             anti.confidence = _clamp(evidence.fail_confidence + feedback_offset(anti))
             anti.updated_at = now
             if outcome.outcome == "failure":
                 anti.last_seen = now
-            if not anti.archived and not fails_mostly and anti.confidence < floor:
-                anti.archived = True
-                anti.archived_reason = (
-                    f"retired: the strategy now succeeds ({evidence.rate:.0%} recently), "
-                    f"confidence {anti.confidence:.2f} below {floor}"
-                )
-                report.anti_patterns_retired.append(anti.id)
-            elif (
-                anti.archived
-                and fails_mostly
-                and evidence.failures >= learning.min_failures_for_anti_pattern
-                and anti.confidence >= floor + REINSTATE_MARGIN
-            ):
-                anti.archived = False
-                anti.archived_reason = None
-                report.anti_patterns_created.append(anti.id)
+            active = anti_pattern_state(not anti.archived, evidence, alternatives, anti.confidence, learning)
+            if active == anti.archived:
+                _set_active(anti, active, _anti_pattern_retired_reason(evidence, alternatives, anti.confidence, floor))
+                (report.anti_patterns_created if active else report.anti_patterns_retired).append(anti.id)
             else:
                 report.anti_patterns_updated.append(anti.id)
             writes[anti.id] = anti
@@ -430,7 +473,54 @@ class Learner:
             heuristic.id in report.heuristics_created
         ):
             self._offer_alternative(heuristic, centre)
+        report.anti_patterns_retired += self._review_anti_patterns(outcome, centre, key)
         return report
+
+    # -- comparing a strategy with the others tried on the same kind of task -----------
+    def _alternatives(self, agent: str, centre: np.ndarray, key: str, task_type: str | None) -> Evidence | None:
+        """What the other strategies did on this kind of task: the outcomes of the same task type
+        with a different strategy whose task is at least `similarity_threshold` similar to the
+        lesson's mean, weighed like a lesson's own (None when there are none)."""
+        learning = self.config.alma.learning
+        hits = self.store.query("outcome", agent, centre, ALTERNATIVES_POOL)
+        others = [
+            h.memory
+            for h in hits
+            if h.similarity >= learning.similarity_threshold
+            and same_task_type(h.memory.task_type, task_type)  # type: ignore[attr-defined]
+            and strategy_key(h.memory.strategy_used) != key  # type: ignore[attr-defined]
+        ]
+        return weigh(others, learning.evidence_half_life) if others else None  # type: ignore[arg-type]
+
+    def _review_anti_patterns(self, outcome: Outcome, centre: np.ndarray, key: str) -> list[str]:
+        """An outcome of one strategy is evidence about the alternatives to every other: the active
+        anti-patterns of other strategies on the same kind of task are judged again against what
+        the alternatives now show, and retired when their strategy is no longer significantly
+        worse. The agent obeys an anti-pattern and stops trying its strategy, so its own outcomes
+        could never do this."""
+        learning = self.config.alma.learning
+        retired: list[MemoryBase] = []
+        for hit in self.store.query("anti_pattern", outcome.agent, centre, REVIEW_POOL):
+            anti = hit.memory
+            anti_key = getattr(anti, "strategy_key", None)
+            if anti_key is None or anti_key == key or not same_task_type(anti.task_type, outcome.task_type):  # type: ignore[attr-defined]
+                continue
+            known = self.store.fetch_with_vectors("outcome", anti.agent, list(anti.supporting_outcomes))  # type: ignore[attr-defined]
+            if not known:
+                continue
+            anti_centre = _unit([v for _, v in known.values()])
+            if float(np.dot(anti_centre, centre)) < learning.similarity_threshold:
+                continue  # another kind of task: this outcome says nothing about its alternatives
+            evidence = weigh([m for m, _ in known.values()], learning.evidence_half_life)  # type: ignore[misc]
+            alternatives = self._alternatives(anti.agent, anti_centre, anti_key, anti.task_type)  # type: ignore[attr-defined]
+            if not anti_pattern_state(True, evidence, alternatives, anti.confidence, learning):  # type: ignore[attr-defined]
+                reason = _anti_pattern_retired_reason(evidence, alternatives, anti.confidence, learning.retire_below_confidence)  # type: ignore[attr-defined]
+                _set_active(anti, False, reason)
+                anti.updated_at = utcnow()
+                retired.append(anti)
+        if retired:
+            self.store.update_metadata(retired)
+        return [m.id for m in retired]
 
     def _lesson_vectors(self, lessons: list[MemoryBase], centre: np.ndarray, strategy: str) -> np.ndarray:
         """The mean of the lesson's tasks, so it is found by the tasks it applies to, plus its
@@ -509,10 +599,37 @@ def _pattern(strategy: str, outcomes: list[Outcome], group: dict[str, tuple[Outc
     return f"{strategy} (on tasks like: {'; '.join(tasks)})"[:4000]
 
 
-def _why_bad(evidence: Evidence) -> str:
+def _set_active(lesson: MemoryBase, active: bool, retired_reason: str) -> None:
+    lesson.archived = not active
+    lesson.archived_reason = None if active else retired_reason
+
+
+def _heuristic_retired_reason(evidence: Evidence, confidence: float, floor: float) -> str:
+    return (
+        f"retired: recent success rate {evidence.rate:.0%} over {len(evidence.outcomes)} outcomes, "
+        f"confidence {confidence:.2f} below {floor}"
+    )
+
+
+def _anti_pattern_retired_reason(
+    evidence: Evidence, alternatives: Evidence | None, confidence: float, floor: float
+) -> str:
+    if evidence.rate >= 0.5 and confidence < floor:
+        return f"retired: the strategy now succeeds ({evidence.rate:.0%} recently), confidence {confidence:.2f} below {floor}"
+    assert alternatives is not None
+    return (
+        f"retired: no worse than the alternatives: the other strategies tried on similar tasks succeeded "
+        f"{alternatives.rate:.0%} of the time, and this one may succeed up to {evidence.upper:.0%} "
+        f"({evidence.successes} of {len(evidence.outcomes)})"
+    )
+
+
+def _why_bad(evidence: Evidence, alternatives: Evidence | None = None) -> str:
     failures = [m for m in evidence.outcomes if m.outcome == "failure"]
     reasons = Counter(m.error_message or m.feedback for m in failures if (m.error_message or m.feedback))
     summary = f"failed {evidence.failures} of {len(evidence.outcomes)} times on similar tasks"
+    if alternatives is not None and alternatives.outcomes:
+        summary += f" (other strategies succeeded {alternatives.rate:.0%} of {len(alternatives.outcomes)} times)"
     if not reasons:
         return summary
     top = [f"{text} ({count}x)" if count > 1 else text for text, count in reasons.most_common(3)]

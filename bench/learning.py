@@ -61,7 +61,7 @@ from mcp import Client  # noqa: E402
 
 from alma_mcp.config import AgentSettings, LearningSettings, parse_config  # noqa: E402
 from alma_mcp.embeddings import SentenceTransformerEmbedder  # noqa: E402
-from alma_mcp.learning import weigh  # noqa: E402
+from alma_mcp.learning import Evidence, anti_pattern_state, heuristic_state, weigh  # noqa: E402
 from alma_mcp.models import Outcome, new_id, strategy_key  # noqa: E402
 from alma_mcp.server import create_server  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
@@ -217,14 +217,20 @@ async def run_arm(
 
 
 def run_oracle(stream: list[Episode], rng: random.Random, min_occurrences: int) -> list[bool]:
-    """alma's rules on perfectly grouped outcomes: (family, strategy) is the lesson."""
+    """alma's rules on perfectly grouped outcomes: (family, strategy) is the lesson, and the
+    family's outcomes of the other strategies are its alternatives. The rules themselves are the
+    server's own functions (alma_mcp.learning), so this arm cannot drift from them."""
     settings = LearningSettings()
-    floor = settings.retire_below_confidence
     history: dict[tuple[str, str], list[Outcome]] = {}
     heuristic: dict[tuple[str, str], bool] = {}
     anti: dict[tuple[str, str], bool] = {}
     log: dict[str, list[Outcome]] = {}
     results = []
+
+    def alternatives(name: str, strategy: str, candidates: list[str]) -> Evidence | None:
+        others = [o for c in candidates if c != strategy for o in history.get((name, c), [])]
+        return weigh(others, settings.evidence_half_life) if others else None
+
     for episode in stream:
         name, candidates = episode.family.name, list(episode.family.strategies)
         trusted = [c for c in candidates if heuristic.get((name, c))]
@@ -242,18 +248,17 @@ def run_oracle(stream: list[Episode], rng: random.Random, min_occurrences: int) 
         history.setdefault(key, []).append(outcome)
         log.setdefault(name, []).append(outcome)
         ev = weigh(history[key], settings.evidence_half_life)
-        if not heuristic.get(key):
-            heuristic[key] = (ev.successes >= min_occurrences and ev.rate >= settings.min_success_rate
-                              and (key not in heuristic or ev.confidence >= floor + 0.05))
-        elif ev.rate < settings.min_success_rate and ev.confidence < floor:
-            heuristic[key] = False
-        if not anti.get(key):
-            anti[key] = (ev.failures >= settings.min_failures_for_anti_pattern and ev.rate < 0.5
-                         and (key not in anti or ev.fail_confidence >= floor + 0.05))
-        elif ev.rate >= 0.5 and ev.fail_confidence < floor:
-            anti[key] = False
-        if heuristic[key] and anti[key]:
+        heuristic[key] = heuristic_state(heuristic.get(key), ev, ev.confidence, settings, min_occurrences)
+        anti[key] = anti_pattern_state(anti.get(key), ev, alternatives(name, strategy, candidates), ev.fail_confidence, settings)
+        if heuristic[key] and anti[key]:  # one lesson never says both: the majority decides
             heuristic[key], anti[key] = ev.rate >= 0.5, ev.rate < 0.5
+        # This outcome is evidence about the alternatives to every other strategy of the family.
+        for other in candidates:
+            if other != strategy and anti.get((name, other)):
+                other_ev = weigh(history[(name, other)], settings.evidence_half_life)
+                anti[(name, other)] = anti_pattern_state(
+                    True, other_ev, alternatives(name, other, candidates), other_ev.fail_confidence, settings
+                )
     return results
 
 

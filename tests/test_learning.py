@@ -11,16 +11,19 @@ from typing import Any
 import pytest
 from mcp import Client
 
+from alma_mcp.config import LearningSettings
 from alma_mcp.learning import (
     FEEDBACK_STEPS,
     USAGE_OFFSET_LIMIT,
     VOTES_OFFSET_RANGE,
+    anti_pattern_state,
     apply_feedback,
     feedback_offset,
     weigh,
     wilson_lower_bound,
+    worse_than_alternatives,
 )
-from alma_mcp.models import Heuristic, Outcome, new_id
+from alma_mcp.models import Heuristic, Outcome, new_id, strategy_key
 from alma_mcp.server import create_server
 
 MODES = ["legacy", "auto"]
@@ -47,6 +50,7 @@ WAIT = "Replace fixed sleeps with explicit waits for the element"
 INDEX = "Add a composite index on the filtered and sorted columns"
 BACKOFF = "Retry with exponential backoff and jitter"
 TIMEOUT = "Increase the test timeout"
+RETRY = "Retry the failing test automatically up to three times"
 
 
 def active(alma, kind: str, agent: str = "bot") -> list[Any]:
@@ -245,6 +249,57 @@ def test_an_anti_pattern_whose_strategy_starts_succeeding_is_retired(alma):
     assert retired.archived and "now succeeds" in retired.archived_reason
 
 
+def test_an_anti_pattern_on_thin_evidence_is_retired_when_the_alternatives_do_no_better(alma):
+    # The strategy that works fails on its first two tries: with nothing else tried on these
+    # tasks yet, that is an anti-pattern.
+    for i in range(2):
+        alma.learn("bot", FLAKY[i], "failure", WAIT, "testing", error_message="still flaky")
+    (anti,) = active(alma, "anti_pattern")
+    assert anti.strategy_key == strategy_key(WAIT)
+    # The agent obeys it and tries other strategies instead, which fail as well. Once they have
+    # min_alternative_outcomes (6) outcomes and do no better than WAIT still might (0 of 2 leaves
+    # an upper bound of 58%), the anti-pattern is retired, though WAIT itself was never retried.
+    minimum = alma.config.alma.learning.min_alternative_outcomes
+    retired_after = None
+    for n in range(1, minimum + 3):
+        result = alma.learn("bot", FLAKY[n % 5], "failure", (TIMEOUT, RETRY)[n % 2], "testing", error_message="still flaky")
+        if anti.id in result.anti_patterns_retired:
+            retired_after = n
+            break
+    assert retired_after == minimum
+    retired = {a.id: a for a in everything(alma, "anti_pattern")}[anti.id]
+    assert retired.archived and retired.archived_reason.startswith("retired: no worse than the alternatives")
+    assert all(a.strategy_key != anti.strategy_key for a in active(alma, "anti_pattern"))
+    # The next failure of WAIT alone does not bring it back: 0 of 3 (upper bound 47%) is still
+    # no worse than alternatives that failed every time.
+    result = alma.learn("bot", FLAKY[4], "failure", WAIT, "testing", error_message="still flaky")
+    assert not result.anti_patterns_created
+    assert all(a.strategy_key != anti.strategy_key for a in active(alma, "anti_pattern"))
+
+
+def test_an_anti_pattern_needs_its_strategy_to_do_worse_than_the_alternatives(alma):
+    # Everything tried on these tasks fails: TIMEOUT and RETRY, 4 times each.
+    for i in range(4):
+        alma.learn("bot", FLAKY[i], "failure", TIMEOUT, "testing", error_message="timed out")
+        alma.learn("bot", FLAKY[i + 1], "failure", RETRY, "testing", error_message="still flaky")
+    # So two failures in three of WAIT are no reason to avoid it.
+    alma.learn("bot", FLAKY[0], "success", WAIT, "testing")
+    for i in range(2):
+        result = alma.learn("bot", FLAKY[i + 1], "failure", WAIT, "testing", error_message="still flaky")
+    assert not result.anti_patterns_created
+    assert all(a.strategy_key != strategy_key(WAIT) for a in everything(alma, "anti_pattern"))
+    # Where the alternatives succeed, the same failures do make one, which says how they did.
+    for i in range(6):
+        alma.learn("bot", SLOW_SQL[i % 4], "success", INDEX, "database")
+    for i in range(2):
+        result = alma.learn("bot", SLOW_SQL[i], "failure", TIMEOUT, "database", error_message="still slow")
+    (created,) = result.anti_patterns_created
+    (anti,) = [a for a in active(alma, "anti_pattern") if a.id == created]
+    assert anti.strategy_key == strategy_key(TIMEOUT) and anti.task_type == "database"
+    assert "other strategies succeeded 100% of 6 times" in anti.why_bad
+    assert anti.better_alternative == INDEX
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_provenance_is_shown_at_the_memory_resource(alma, mode):
     server = create_server(alma=alma)
@@ -338,6 +393,36 @@ def test_recent_outcomes_weigh_more_but_one_does_not_flip_the_rate():
     assert weigh(old_failures, 10).rate > 0.6  # the recent successes dominate
     assert weigh([_outcome("partial")], 10).rate == 0.5
 
+
+def _evidence(successes: int, failures: int):
+    return weigh([_outcome("success")] * successes + [_outcome("failure")] * failures, 10)
+
+
+def test_an_anti_pattern_is_judged_against_the_alternatives_once_they_are_known():
+    settings = LearningSettings(min_alternative_outcomes=6)
+    two_failures = _evidence(0, 2)
+    assert two_failures.upper == pytest.approx(0.575, abs=0.01)
+    assert _evidence(0, 3).upper < 0.5 < two_failures.upper
+    # Too few alternatives to compare with: failing more often than not is enough.
+    assert worse_than_alternatives(two_failures, _evidence(5, 0), settings) is None
+    assert anti_pattern_state(None, two_failures, _evidence(5, 0), two_failures.fail_confidence, settings)
+    assert anti_pattern_state(None, two_failures, None, two_failures.fail_confidence, settings)
+    # Alternatives that do better than it possibly could: an anti-pattern.
+    assert worse_than_alternatives(two_failures, _evidence(5, 1), settings) is True
+    assert anti_pattern_state(None, two_failures, _evidence(5, 1), two_failures.fail_confidence, settings)
+    # Alternatives that fail as well: no anti-pattern, and an active one is retired.
+    assert worse_than_alternatives(two_failures, _evidence(1, 7), settings) is False
+    assert not anti_pattern_state(None, two_failures, _evidence(1, 7), two_failures.fail_confidence, settings)
+    assert not anti_pattern_state(True, two_failures, _evidence(1, 7), two_failures.fail_confidence, settings)
+    # Strong evidence stands against middling alternatives: 0 of 10 (upper bound 0.21) vs 40%.
+    ten_failures = _evidence(0, 10)
+    assert anti_pattern_state(True, ten_failures, _evidence(4, 6), ten_failures.fail_confidence, settings)
+    # A retired one comes back only when the evidence warrants it again, with the margin.
+    assert anti_pattern_state(False, ten_failures, _evidence(4, 6), ten_failures.fail_confidence, settings)
+    assert not anti_pattern_state(False, ten_failures, _evidence(4, 6), 0.27, settings)
+    # One failure is never enough (min_failures_for_anti_pattern 2), whatever the alternatives.
+    one = _evidence(0, 1)
+    assert not anti_pattern_state(None, one, _evidence(8, 0), one.fail_confidence, settings)
 
 
 def test_feedback_offset_is_bounded_so_counters_never_outweigh_evidence():
