@@ -34,6 +34,8 @@ Both memory arms talk to a real MCP server through the SDK's Client (in process)
 fresh embedded Chroma store with the real embedding model.
 
 Run:  /work/venv/bin/python bench/learning.py            (10 seeds x 200 episodes, 5-10 min)
+      /work/venv/bin/python bench/learning.py --first-seed 200   (held-out seeds 200-209)
+      Arms can run in parallel: --arms raw --save a.json, --arms alma --save b.json, then --load a.json b.json.
       /work/venv/bin/python bench/learning.py --calibrate  (similarity of paraphrases)
 The table goes to stdout, the curve to bench/out/learning_curve.png.
 """
@@ -324,25 +326,49 @@ def plot(curves: dict[str, list[float]], block: int, path: Path, episodes: int, 
     plt.close(fig)
 
 
+def load_runs(paths: list[str], args: argparse.Namespace) -> tuple[list[int], dict[str, list[list[float]]]]:
+    """Arms run separately (`--save`, e.g. in parallel) on the same seeds, put back together."""
+    seeds: list[int] | None = None
+    per_arm: dict[str, list[list[float]]] = {}
+    for path in paths:
+        run = json.loads(Path(path).read_text(encoding="utf-8"))
+        if seeds is not None and run["seeds"] != seeds:
+            raise SystemExit(f"{path}: seeds {run['seeds']} differ from {seeds}")
+        if (run["episodes"], run["block"], run["min_occurrences"]) != (args.episodes, args.block, args.min_occurrences):
+            raise SystemExit(f"{path}: episodes, block or min_occurrences differ from this command's")
+        seeds = run["seeds"]
+        per_arm.update(run["per_arm"])
+    args.arms = [arm for arm in ARMS if arm in per_arm]
+    return seeds or [], per_arm
+
+
 async def main_async(args: argparse.Namespace) -> int:
     families = load_families()
-    embedder = SentenceTransformerEmbedder()
-    embedder.wait(timeout=300)
-    if args.calibrate:
-        calibrate(embedder, families)
-        return 0
-    seeds = list(range(args.seeds))
-    per_arm: dict[str, list[list[float]]] = {arm: [] for arm in args.arms}
-    finals: dict[str, list[float]] = {arm: [] for arm in args.arms}
     started = time.perf_counter()
-    for seed in seeds:
-        stream = make_stream(families, args.episodes, seed)
-        for arm in args.arms:
-            t0 = time.perf_counter()
-            results = await run_arm(arm, stream, seed, embedder, args.min_occurrences)
-            per_arm[arm].append(blocks(results, args.block))
-            finals[arm].append(per_arm[arm][-1][-1])
-            _log(f"seed {seed} arm {arm}: overall {np.mean(results):.3f}, last block {finals[arm][-1]:.2f} ({time.perf_counter() - t0:.0f}s)")
+    if args.load:
+        seeds, per_arm = load_runs(args.load, args)
+    else:
+        embedder = SentenceTransformerEmbedder()
+        embedder.wait(timeout=300)
+        if args.calibrate:
+            calibrate(embedder, families)
+            return 0
+        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+        per_arm = {arm: [] for arm in args.arms}
+        for seed in seeds:
+            stream = make_stream(families, args.episodes, seed)
+            for arm in args.arms:
+                t0 = time.perf_counter()
+                results = await run_arm(arm, stream, seed, embedder, args.min_occurrences)
+                per_arm[arm].append(blocks(results, args.block))
+                _log(f"seed {seed} arm {arm}: overall {np.mean(results):.3f}, last block {per_arm[arm][-1][-1]:.2f} ({time.perf_counter() - t0:.0f}s)")
+        if args.save:
+            Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.save).write_text(json.dumps({
+                "seeds": seeds, "episodes": args.episodes, "block": args.block,
+                "min_occurrences": args.min_occurrences, "per_arm": per_arm,
+            }), encoding="utf-8")
+    finals = {arm: [runs[-1] for runs in per_arm[arm]] for arm in args.arms}
     curves = {arm: list(np.mean(np.array(per_arm[arm]), axis=0)) for arm in args.arms}
 
     print(f"Success rate per block of {args.block} episodes, mean over seeds {seeds} "
@@ -370,7 +396,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--block", type=int, default=20)
-    parser.add_argument("--seeds", type=int, default=10, help="Runs with seeds 0..N-1; figures are their mean.")
+    parser.add_argument("--seeds", type=int, default=10, help="Number of runs (seeds); figures are their mean.")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="Seeds first..first+N-1 (default 0). The rules were tuned on seeds 0-9: report others as held out.",
+    )
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument(
         "--min-occurrences",
@@ -380,6 +412,10 @@ def main() -> int:
     )
     parser.add_argument("--out", default=str(OUT / "learning_curve.png"))
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--save", help="Also write the per-seed block results of this run to this JSON file.")
+    parser.add_argument(
+        "--load", nargs="+", help="Run nothing: combine the arms of files written by --save (same seeds) into one table and curve."
+    )
     parser.add_argument("--calibrate", action="store_true", help="Print paraphrase similarities and exit.")
     return anyio.run(main_async, parser.parse_args())
 
