@@ -453,6 +453,7 @@ alma:
     similarity_threshold: 0.45      # tasks this similar count as the same kind of task
     evidence_half_life: 10          # outcomes after which an old outcome counts half
     min_failures_for_anti_pattern: 2
+    min_alternative_outcomes: 6     # then an anti-pattern must do worse than the other strategies tried
     retire_below_confidence: 0.25
 
   lifecycle:                        # forgetting and consolidation (README: "Forgetting, ...")

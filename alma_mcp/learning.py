@@ -33,6 +33,17 @@ Placing an outcome (`Learner.apply`, `Learner.cluster`):
    anti-pattern appears at `min_failures_for_anti_pattern` failures when the strategy fails
    more often than not, and is retired the same way once it succeeds more often than not.
    A cluster never holds an active heuristic and an active anti-pattern at once.
+5. Anti-patterns are relative: "avoid this" means "something else does better here". Once the
+   other strategies tried on the same kind of task (outcomes of the same task type whose task
+   is within the threshold of the lesson's mean) have `min_alternative_outcomes` outcomes, an
+   anti-pattern needs its strategy to do significantly worse than they do: the upper Wilson
+   bound of its success rate below their pooled, recency-weighted success rate. And whenever
+   any strategy is tried on that kind of task, the active anti-patterns of the others there are
+   judged again (`_review_anti_patterns`) and retired once they no longer hold. An agent obeys
+   an anti-pattern and stops trying its strategy, so without this two unlucky failures of the
+   strategy that works would lock it out for good; strong evidence (0 of 10) still stands.
+   The rules are pure functions of the evidence (`heuristic_state`, `anti_pattern_state`),
+   which the benchmark's oracle arm calls as well.
 
 Lessons are stored with the mean task vector of their outcomes plus their strategy's vector
 as their embedding, so they are found by the tasks they apply to while lessons of different
