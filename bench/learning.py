@@ -250,9 +250,15 @@ def run_oracle(stream: list[Episode], rng: random.Random, min_occurrences: int) 
         history.setdefault(key, []).append(outcome)
         log.setdefault(name, []).append(outcome)
         ev = weigh(history[key], settings.evidence_half_life)
-        heuristic[key] = heuristic_state(heuristic.get(key), ev, ev.confidence, settings, min_occurrences)
-        anti[key] = anti_pattern_state(anti.get(key), ev, alternatives(name, strategy, candidates), ev.fail_confidence, settings)
-        if heuristic[key] and anti[key]:  # one lesson never says both: the majority decides
+        # A lesson exists (active or retired) once it has been active; until then its state is
+        # None, as on the server, where there is no lesson to come back.
+        state = heuristic_state(heuristic.get(key), ev, ev.confidence, settings, min_occurrences)
+        if state or key in heuristic:
+            heuristic[key] = state
+        state = anti_pattern_state(anti.get(key), ev, alternatives(name, strategy, candidates), ev.fail_confidence, settings)
+        if state or key in anti:
+            anti[key] = state
+        if heuristic.get(key) and anti.get(key):  # one lesson never says both: the majority decides
             heuristic[key], anti[key] = ev.rate >= 0.5, ev.rate < 0.5
         # This outcome is evidence about the alternatives to every other strategy of the family.
         for other in candidates:
