@@ -170,13 +170,14 @@ class LearningSettings(_Strict):
         "paraphrases (bench/learning.py --calibrate): 0.70 grouped almost no paraphrases.",
     )
     min_failures_for_anti_pattern: int = Field(2, ge=1)
-    min_alternative_outcomes: int = Field(
-        6,
+    min_alternative_outcomes: int | None = Field(
+        None,
         ge=1,
-        description="Outcomes of other strategies on the same kind of task after which "
-        "an anti-pattern is judged against them: it then needs its strategy to do significantly worse "
-        "than they do (the upper 90% Wilson bound of its success rate below their success rate), and it "
-        "is retired once it no longer does. Before that, failing more often than not is enough.",
+        description="Relative anti-patterns (off by default; 6 is a sane value): outcomes of other strategies "
+        "on the same kind of task after which an anti-pattern is judged against them. It then needs its "
+        "strategy to do significantly worse than they do (the upper 90% Wilson bound of its success rate "
+        "below their success rate), and it is retired once it no longer does. Before that, failing more "
+        "often than not is enough. null: anti-patterns are never compared with the alternatives.",
     )
     retire_below_confidence: float = Field(
         0.25,
@@ -453,7 +454,7 @@ alma:
     similarity_threshold: 0.45      # tasks this similar count as the same kind of task
     evidence_half_life: 10          # outcomes after which an old outcome counts half
     min_failures_for_anti_pattern: 2
-    min_alternative_outcomes: 6     # then an anti-pattern must do worse than the other strategies tried
+    min_alternative_outcomes: null  # e.g. 6: anti-patterns must then do worse than the other strategies tried
     retire_below_confidence: 0.25
 
   lifecycle:                        # forgetting and consolidation (README: "Forgetting, ...")

@@ -33,7 +33,9 @@ Placing an outcome (`Learner.apply`, `Learner.cluster`):
    anti-pattern appears at `min_failures_for_anti_pattern` failures when the strategy fails
    more often than not, and is retired the same way once it succeeds more often than not.
    A cluster never holds an active heuristic and an active anti-pattern at once.
-5. Anti-patterns are relative: "avoid this" means "something else does better here". Once the
+5. Optionally (`min_alternative_outcomes`, off by default: on the benchmark it removed the
+   lock-outs below but did not raise the success rate; README "How learning works"),
+   anti-patterns are relative: "avoid this" means "something else does better here". Once the
    other strategies tried on the same kind of task (outcomes of the same task type whose task
    is within the threshold of the lesson's mean) have `min_alternative_outcomes` outcomes, an
    anti-pattern needs its strategy to do significantly worse than they do: the upper Wilson
@@ -197,7 +199,8 @@ def worse_than_alternatives(evidence: Evidence, alternatives: Evidence | None, s
     task? Yes when even the upper Wilson bound of its success rate is below their (pooled,
     recency-weighted) success rate. None while those alternatives have fewer than
     `min_alternative_outcomes` outcomes: there is nothing to compare it with yet."""
-    if alternatives is None or len(alternatives.outcomes) < settings.min_alternative_outcomes:
+    minimum = settings.min_alternative_outcomes
+    if minimum is None or alternatives is None or len(alternatives.outcomes) < minimum:
         return None
     return evidence.upper < alternatives.rate
 
@@ -427,7 +430,8 @@ class Learner:
 
         # Anti-pattern: the strategy keeps failing on this kind of task, and (once they are known)
         # more often than the other strategies tried on it.
-        alternatives = self._alternatives(outcome.agent, centre, key, outcome.task_type)
+        compare = learning.min_alternative_outcomes is not None
+        alternatives = self._alternatives(outcome.agent, centre, key, outcome.task_type) if compare else None
         fails_mostly = evidence.rate < 0.5
         if anti is None:
             if anti_pattern_state(None, evidence, alternatives, evidence.fail_confidence, learning):
@@ -484,7 +488,8 @@ class Learner:
             heuristic.id in report.heuristics_created
         ):
             self._offer_alternative(heuristic, centre)
-        report.anti_patterns_retired += self._review_anti_patterns(outcome, centre, key)
+        if compare:
+            report.anti_patterns_retired += self._review_anti_patterns(outcome, centre, key)
         return report
 
     # -- comparing a strategy with the others tried on the same kind of task -----------

@@ -249,7 +249,12 @@ def test_an_anti_pattern_whose_strategy_starts_succeeding_is_retired(alma):
     assert retired.archived and "now succeeds" in retired.archived_reason
 
 
-def test_an_anti_pattern_on_thin_evidence_is_retired_when_the_alternatives_do_no_better(alma):
+RELATIVE = {"min_alternative_outcomes": 6}
+"""Relative anti-patterns, off by default."""
+
+
+def test_an_anti_pattern_on_thin_evidence_is_retired_when_the_alternatives_do_no_better(make_alma):
+    alma = make_alma(learning=RELATIVE)
     # The strategy that works fails on its first two tries: with nothing else tried on these
     # tasks yet, that is an anti-pattern.
     for i in range(2):
@@ -277,7 +282,18 @@ def test_an_anti_pattern_on_thin_evidence_is_retired_when_the_alternatives_do_no
     assert all(a.strategy_key != anti.strategy_key for a in active(alma, "anti_pattern"))
 
 
-def test_an_anti_pattern_needs_its_strategy_to_do_worse_than_the_alternatives(alma):
+def test_by_default_anti_patterns_are_not_compared_with_the_alternatives(alma):
+    assert alma.config.alma.learning.min_alternative_outcomes is None
+    for i in range(2):
+        alma.learn("bot", FLAKY[i], "failure", WAIT, "testing", error_message="still flaky")
+    for n in range(8):
+        result = alma.learn("bot", FLAKY[n % 5], "failure", (TIMEOUT, RETRY)[n % 2], "testing", error_message="still flaky")
+        assert not result.anti_patterns_retired
+    assert strategy_key(WAIT) in {a.strategy_key for a in active(alma, "anti_pattern")}
+
+
+def test_an_anti_pattern_needs_its_strategy_to_do_worse_than_the_alternatives(make_alma):
+    alma = make_alma(learning=RELATIVE)
     # Everything tried on these tasks fails: TIMEOUT and RETRY, 4 times each.
     for i in range(4):
         alma.learn("bot", FLAKY[i], "failure", TIMEOUT, "testing", error_message="timed out")
@@ -399,8 +415,9 @@ def _evidence(successes: int, failures: int):
 
 
 def test_an_anti_pattern_is_judged_against_the_alternatives_once_they_are_known():
-    settings = LearningSettings(min_alternative_outcomes=6)
     two_failures = _evidence(0, 2)
+    assert worse_than_alternatives(two_failures, _evidence(8, 0), LearningSettings()) is None  # off by default
+    settings = LearningSettings(min_alternative_outcomes=6)
     assert two_failures.upper == pytest.approx(0.575, abs=0.01)
     assert _evidence(0, 3).upper < 0.5 < two_failures.upper
     # Too few alternatives to compare with: failing more often than not is enough.
