@@ -59,7 +59,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -422,7 +422,7 @@ class Learner:
                 heuristic.last_validated = now
             active = heuristic_state(not heuristic.archived, evidence, heuristic.confidence, learning, min_occurrences)
             if active == heuristic.archived:
-                _set_active(heuristic, active, _heuristic_retired_reason(evidence, heuristic.confidence, floor))
+                _set_active(heuristic, active, lambda: _heuristic_retired_reason(evidence, heuristic.confidence, floor))
                 (report.heuristics_created if active else report.heuristics_retired).append(heuristic.id)
             else:
                 report.heuristics_updated.append(heuristic.id)
@@ -464,7 +464,7 @@ class Learner:
                 anti.last_seen = now
             active = anti_pattern_state(not anti.archived, evidence, alternatives, anti.confidence, learning)
             if active == anti.archived:
-                _set_active(anti, active, _anti_pattern_retired_reason(evidence, alternatives, anti.confidence, floor))
+                _set_active(anti, active, lambda: _anti_pattern_retired_reason(evidence, alternatives, anti.confidence, floor))
                 (report.anti_patterns_created if active else report.anti_patterns_retired).append(anti.id)
             else:
                 report.anti_patterns_updated.append(anti.id)
@@ -530,8 +530,7 @@ class Learner:
             evidence = weigh([m for m, _ in known.values()], learning.evidence_half_life)  # type: ignore[misc]
             alternatives = self._alternatives(anti.agent, anti_centre, anti_key, anti.task_type)  # type: ignore[attr-defined]
             if not anti_pattern_state(True, evidence, alternatives, anti.confidence, learning):  # type: ignore[attr-defined]
-                reason = _anti_pattern_retired_reason(evidence, alternatives, anti.confidence, learning.retire_below_confidence)  # type: ignore[attr-defined]
-                _set_active(anti, False, reason)
+                _set_active(anti, False, lambda: _anti_pattern_retired_reason(evidence, alternatives, anti.confidence, learning.retire_below_confidence))  # type: ignore[attr-defined]
                 anti.updated_at = utcnow()
                 retired.append(anti)
         if retired:
@@ -615,9 +614,10 @@ def _pattern(strategy: str, outcomes: list[Outcome], group: dict[str, tuple[Outc
     return f"{strategy} (on tasks like: {'; '.join(tasks)})"[:4000]
 
 
-def _set_active(lesson: MemoryBase, active: bool, retired_reason: str) -> None:
+def _set_active(lesson: MemoryBase, active: bool, retired_reason: Callable[[], str]) -> None:
+    """Reinstate or retire a lesson; the reason is worked out only for a retirement."""
     lesson.archived = not active
-    lesson.archived_reason = None if active else retired_reason
+    lesson.archived_reason = None if active else retired_reason()
 
 
 def _heuristic_retired_reason(evidence: Evidence, confidence: float, floor: float) -> str:
@@ -630,9 +630,8 @@ def _heuristic_retired_reason(evidence: Evidence, confidence: float, floor: floa
 def _anti_pattern_retired_reason(
     evidence: Evidence, alternatives: Evidence | None, confidence: float, floor: float
 ) -> str:
-    if evidence.rate >= 0.5 and confidence < floor:
+    if alternatives is None or (evidence.rate >= 0.5 and confidence < floor):
         return f"retired: the strategy now succeeds ({evidence.rate:.0%} recently), confidence {confidence:.2f} below {floor}"
-    assert alternatives is not None
     return (
         f"retired: no worse than the alternatives: the other strategies tried on similar tasks succeeded "
         f"{alternatives.rate:.0%} of the time, and this one may succeed up to {evidence.upper:.0%} "

@@ -316,6 +316,26 @@ def test_an_anti_pattern_needs_its_strategy_to_do_worse_than_the_alternatives(ma
     assert anti.better_alternative == INDEX
 
 
+@pytest.mark.parametrize("relative", [False, True], ids=["default", "relative"])
+def test_a_retired_anti_pattern_comes_back_when_its_strategy_fails_again(make_alma, relative):
+    alma = make_alma(learning=RELATIVE if relative else {})
+    for i in range(3):
+        alma.learn("bot", FLAKY[i], "failure", TIMEOUT, "testing", error_message="timed out")
+    (anti,) = active(alma, "anti_pattern")
+    for i in range(10):
+        alma.learn("bot", FLAKY[i % 5], "success", TIMEOUT, "testing")
+    assert active(alma, "anti_pattern") == []
+    returned = None
+    for n in range(1, 15):
+        result = alma.learn("bot", FLAKY[n % 5], "failure", TIMEOUT, "testing", error_message="timed out")
+        if result.anti_patterns_created:
+            returned = n
+            break
+    assert returned is not None and returned >= 3, "one failure must not bring it back"
+    (back,) = active(alma, "anti_pattern")
+    assert back.id == anti.id and back.archived_reason is None
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_provenance_is_shown_at_the_memory_resource(alma, mode):
     server = create_server(alma=alma)
