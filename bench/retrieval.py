@@ -2,6 +2,7 @@
 
     python bench/retrieval.py            # full: 342 hand-written memories, then 10,000 and 100,000 per agent
     python bench/retrieval.py --quick    # skips the 100,000 level
+    python bench/retrieval.py --base-only --model BAAI/bge-small-en-v1.5   # another model (needs it locally or internet)
 
 What it does, in order:
 1. Loads the hand-written corpus (bench/data): memories of six agents and all five types, and
@@ -13,8 +14,11 @@ What it does, in order:
    nDCG@10 (graded) on the test tasks by kind, and the false-injection rate on the no-answer
    test tasks (a task counts when anything at all would be injected).
 4. Adds synthetic filler (10,000 memories per agent; then 100,000 for two agents) and repeats
-   the accuracy figures, then times `alma_retrieve` through a real MCP client (the SDK's
-   in-process `Client`, legacy handshake) against the server built by `create_server`.
+   the accuracy figures, then times each mode in process (`Retriever.retrieve`, new task texts,
+   nothing cached) and `alma_retrieve` through a real MCP client (the SDK's in-process
+   `Client`, legacy handshake) against the server built by `create_server`.
+
+Floors are calibrated per run, so `--model` compares embedding models on equal terms.
 
 Ranking is judged on what retrieval returns: all five memory types (outcomes included, since
 the corpus labels outcomes that quote an error), top_k = 5 per type, after the floor and the
@@ -220,6 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip the 100,000-memory level")
     parser.add_argument("--workdir", type=Path, default=None, help="where the Chroma stores go (default: a temp dir)")
+    parser.add_argument(
+        "--model",
+        default="all-MiniLM-L6-v2",
+        help="sentence-transformers model name or folder (default: the bundled all-MiniLM-L6-v2)",
+    )
     parser.add_argument("--base-only", action="store_true", help="only the hand-written corpus (no filler, no latency)")
     parser.add_argument(
         "--latency-only",
@@ -233,8 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return latency_only(args.workdir)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alma-bench-"))
-    embedder = SentenceTransformerEmbedder()
+    embedder = SentenceTransformerEmbedder(args.model)
     embedder.wait(timeout=300)
+    log(f"embedding model: {embedder.name} ({embedder.dim} dimensions)")
     memories = load_memories()
     tasks = load_tasks()
     calibration, test = split(tasks)
@@ -325,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Served, floors recalibrated at {level:,} per agent, {len(level_tasks)} test tasks",
             accuracy(alma, level_tasks, recalibrated),
         )
+        print_mode_latency(level, mode_latency(alma, level_tasks, recalibrated))
         alma.config.alma.retrieval = recalibrated["hybrid"]
         latency_rows.append((level, asyncio.run(mcp_latency(alma, level_tasks))))
         print_latency(latency_rows[-1:])
@@ -349,6 +360,33 @@ def latency_only(workdir: Path) -> int:
         log(f"{level:,}: lexical indexes built from the store in {sw.ms / 1000:.1f} s")
         print_latency([(level, asyncio.run(mcp_latency(alma, tasks)))])
     return 0
+
+
+def mode_latency(
+    alma: ALMA, tasks: Sequence[Task], settings: dict[Mode, RetrievalSettings]
+) -> dict[Mode, dict[str, float]]:
+    """Each mode timed in process (Retriever.retrieve, all five types): task texts never seen
+    before, so the query is embedded and no result is cached. The MCP figures below add the
+    protocol and the server's thread hop to the hybrid."""
+    samples: dict[Mode, list[float]] = {mode: [] for mode in MODES}
+    for mode in MODES:
+        for task in tasks[:3]:  # untimed: the first reads open collections and build indexes
+            alma.retriever.retrieve(f"{task.task} (warm-up)", task.agent, TOP_K, task.user_id, KINDS, settings[mode], mode)
+        for task in tasks:
+            with Stopwatch() as sw:
+                alma.retriever.retrieve(
+                    f"{task.task} ({mode} timing)", task.agent, TOP_K, task.user_id, KINDS, settings[mode], mode
+                )
+            samples[mode].append(sw.ms)
+    return {mode: {**percentiles(values), "n": len(values)} for mode, values in samples.items()}
+
+
+def print_mode_latency(level: int, table: dict[Mode, dict[str, float]]) -> None:
+    print(f"\nLatency by mode, in process (Retriever.retrieve, new task texts), {level:,} memories per agent, ms")
+    print(f"{'mode':<8} {'n':>4} {'p50':>7} {'p95':>7} {'p99':>7}")
+    for mode, row in table.items():
+        print(f"{mode:<8} {int(row['n']):>4} {row['p50']:>7.1f} {row['p95']:>7.1f} {row['p99']:>7.1f}")
+    sys.stdout.flush()
 
 
 async def mcp_latency(alma: ALMA, tasks: Sequence[Task], rounds: int = 2) -> dict[str, dict[str, float]]:
