@@ -9,12 +9,13 @@ Every command here can be interrupted and run again without damage:
   then, under the write lock, catches up with writes made meanwhile and swaps the names;
   a run interrupted anywhere resumes or finishes the swap on the next run.
 
-The export format, version 1: the first line is a header object
-`{"format": "alma-mcp-export", "version": 1, "project", "exported_at", "embedding_model",
+The export format, version 2: the first line is a header object
+`{"format": "alma-mcp-export", "version": 2, "project", "exported_at", "embedding_model",
 "count"}`; each following line is `{"memory": {...}}` with the memory exactly as the
 models define it (all fields, archived ones included: counters, confidence, provenance
 such as `supporting_outcomes`), plus `"embedding_b64"` (float32, base64) when exported
-with vectors.
+with vectors, and `"key_embedding_b64"` (the key field's vector, float32, base64) when the
+memory has one. Version 1 files (no key vectors) are read too; their keys are embedded on import.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from .audit import AuditEntry
 from .errors import InvalidInput, StorageError
-from .models import MemoryBase, MemoryId, memory_type_of, parse_memory, utcnow
-from .store import PREFERENCES, collection_name
+from .models import MemoryBase, MemoryId, key_text, memory_type_of, parse_memory, utcnow
+from .store import PREFERENCES, collection_name, key_metadata, stored_key_vector
 
 if TYPE_CHECKING:
     from .service import ALMA
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("alma_mcp")
 
 FORMAT = "alma-mcp-export"
-VERSION = 1
+VERSION = 2
 BATCH = 512
 _NEW_PREFIX = "alma-reindex."
 _OLD_PREFIX = "alma-retired."
@@ -91,10 +92,16 @@ def export_memories(alma: "ALMA", path: Path, with_embeddings: bool = False, pro
         with open(partial, "w", encoding="utf-8") as out, _progress(total, "export", progress) as bar:
             out.write(json.dumps(header) + "\n")
             for kind, agent in scopes:
-                for memory, vector in store.iter_memories(kind, agent, include_archived=True, with_embeddings=with_embeddings):
+                if with_embeddings:
+                    rows = ((h.memory, h.vector, h.key_vector) for h in store.iter_hits(kind, agent, include_archived=True))
+                else:
+                    rows = ((m, None, None) for m, _ in store.iter_memories(kind, agent, include_archived=True))
+                for memory, vector, key_vector in rows:
                     line = '{"memory": ' + memory.model_dump_json()
                     if vector is not None:
-                        line += ', "embedding_b64": "' + base64.b64encode(vector.astype("<f4").tobytes()).decode() + '"'
+                        line += ', "embedding_b64": "' + _b64(vector) + '"'
+                    if key_vector is not None:
+                        line += ', "key_embedding_b64": "' + _b64(key_vector) + '"'
                     out.write(line + "}\n")
                     by_type[kind] += 1
                     bar.update(1)
@@ -111,6 +118,10 @@ def export_memories(alma: "ALMA", path: Path, with_embeddings: bool = False, pro
         with_embeddings=with_embeddings,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def _b64(vector: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
 
 
 # -- import ----------------------------------------------------------------------------
@@ -149,15 +160,28 @@ def _read_header(first: str, path: Path) -> dict[str, Any]:
     return header
 
 
-def _parse_line(text: str, project: str) -> tuple[MemoryBase, np.ndarray | None]:
-    """One memory line -> (memory, vector or None); raises ValueError with a readable reason."""
+def _vector(data: dict[str, Any], name: str) -> np.ndarray | None:
+    if name not in data:
+        return None
+    try:
+        vector = np.frombuffer(base64.b64decode(data[name], validate=True), dtype="<f4").astype(np.float32)
+    except (ValueError, TypeError):
+        raise ValueError(f"{name} is not valid base64 float32 data") from None
+    if vector.size == 0 or not np.all(np.isfinite(vector)):
+        raise ValueError(f"{name} holds no usable vector")
+    return vector
+
+
+def _parse_line(text: str, project: str) -> tuple[MemoryBase, np.ndarray | None, np.ndarray | None]:
+    """One memory line -> (memory, vector or None, key vector or None); raises ValueError with a
+    readable reason."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON (truncated or corrupted?): {exc.msg} at column {exc.colno}") from None
     if not isinstance(data, dict) or not isinstance(data.get("memory"), dict):
         raise ValueError('not a memory line: expected {"memory": {...}}')
-    extra = set(data) - {"memory", "embedding_b64"}
+    extra = set(data) - {"memory", "embedding_b64", "key_embedding_b64"}
     if extra:
         raise ValueError(f"unexpected keys {sorted(extra)}")
     try:
@@ -173,15 +197,7 @@ def _parse_line(text: str, project: str) -> tuple[MemoryBase, np.ndarray | None]
         raise ValueError(f"memory id {memory.id!r} does not match its type {memory.type!r}")  # type: ignore[attr-defined]
     if memory.project != project:
         memory.project = project
-    vector = None
-    if "embedding_b64" in data:
-        try:
-            vector = np.frombuffer(base64.b64decode(data["embedding_b64"], validate=True), dtype="<f4").astype(np.float32)
-        except (ValueError, TypeError):
-            raise ValueError("embedding_b64 is not valid base64 float32 data") from None
-        if vector.size == 0 or not np.all(np.isfinite(vector)):
-            raise ValueError("embedding_b64 holds no usable vector")
-    return memory, vector
+    return memory, _vector(data, "embedding_b64"), _vector(data, "key_embedding_b64")
 
 
 def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -203,20 +219,20 @@ def import_memories(alma: "ALMA", path: Path, progress: bool = False, batch: int
     report = ImportReport(path=str(path), lines=0, project_rewritten=header.get("project") not in (None, store.project))
     # Vectors in the file are only usable when they come from the model in use now.
     same_model = header.get("embedding_model") == alma.embedder.name
-    pending: list[tuple[int, MemoryBase, np.ndarray | None]] = []
+    pending: list[tuple[int, MemoryBase, np.ndarray | None, np.ndarray | None]] = []
     with _progress(header.get("count") if isinstance(header.get("count"), int) else None, "import", progress) as bar:
         for number, text in lines:
             if not text.strip():
                 continue
             report.lines += 1
             try:
-                memory, vector = _parse_line(text, store.project)
+                memory, vector, key_vector = _parse_line(text, store.project)
             except ValueError as exc:
                 report.rejected.append(RejectedLine(line=number, error=str(exc)))
                 log.warning("%s line %d rejected: %s", path, number, exc)
                 bar.update(1)
                 continue
-            pending.append((number, memory, vector if same_model else None))
+            pending.append((number, memory, vector if same_model else None, key_vector if same_model else None))
             if len(pending) >= batch:
                 _import_batch(alma, pending, report)
                 bar.update(len(pending))
@@ -240,27 +256,31 @@ def import_memories(alma: "ALMA", path: Path, progress: bool = False, batch: int
     return report
 
 
-def _import_batch(alma: "ALMA", items: list[tuple[int, MemoryBase, np.ndarray | None]], report: ImportReport) -> None:
+def _import_batch(
+    alma: "ALMA", items: list[tuple[int, MemoryBase, np.ndarray | None, np.ndarray | None]], report: ImportReport
+) -> None:
     store = alma.store
+    dim = _dim(alma)
     # The last line for an id wins within a file, as a later upsert would.
-    latest: dict[str, tuple[MemoryBase, np.ndarray | None]] = {}
-    for _, memory, vector in items:
-        latest[memory.id] = (memory, vector)
-    by_scope: dict[tuple[str, str | None], list[tuple[MemoryBase, np.ndarray | None]]] = defaultdict(list)
-    for memory, vector in latest.values():
+    latest: dict[str, tuple[MemoryBase, np.ndarray | None, np.ndarray | None]] = {}
+    for _, memory, vector, key_vector in items:
+        latest[memory.id] = (memory, vector, key_vector)
+    by_scope: dict[tuple[str, str | None], list[tuple[MemoryBase, np.ndarray | None, np.ndarray | None]]] = defaultdict(list)
+    for memory, vector, key_vector in latest.values():
         kind = memory.type  # type: ignore[attr-defined]
-        by_scope[(kind, None if kind == PREFERENCES else memory.agent)].append((memory, vector))
+        by_scope[(kind, None if kind == PREFERENCES else memory.agent)].append((memory, vector, key_vector))
     # Decide and embed without the write lock (embedding is slow; servers keep writing), then
     # write under it, dropping any memory a server changed in the meantime.
     to_write: list[MemoryBase] = []
     vectors: list[np.ndarray | None] = []
+    key_vectors: list[np.ndarray | None] = []
     added: set[str] = set()
     for (kind, agent), group in by_scope.items():
-        existing = store.fetch_with_vectors(kind, agent, [m.id for m, _ in group])
-        for memory, vector in group:
+        existing = store.fetch_hits(kind, agent, [m.id for m, _, _ in group])
+        for memory, vector, key_vector in group:
             found = existing.get(memory.id)
             if found is not None:
-                old, old_vector = found
+                old = found.memory
                 if old.model_dump() == memory.model_dump():
                     report.unchanged += 1
                     continue
@@ -269,25 +289,36 @@ def _import_batch(alma: "ALMA", items: list[tuple[int, MemoryBase, np.ndarray | 
                     continue
                 report.updated += 1
                 if vector is None and old.text() == memory.text():
-                    vector = old_vector  # same text, same model: no need to embed again
+                    vector = found.vector  # same text, same model: no need to embed again
+                if key_vector is None and key_text(old) == key_text(memory):
+                    key_vector = found.key_vector  # None when the store has none for it
             else:
                 report.added += 1
                 added.add(memory.id)
             to_write.append(memory)
             vectors.append(vector)
+            key_vectors.append(key_vector)
     if not to_write:
         return
-    missing = [i for i, v in enumerate(vectors) if v is None or v.shape[0] != _dim(alma)]
+    missing = [i for i, v in enumerate(vectors) if v is None or v.shape[0] != dim]
     if missing:
-        # One call for the whole batch: the model is fastest on full batches.
-        fresh = alma.embedder.embed([to_write[i].text() for i in missing])
+        # One call for the whole batch (texts and key fields): the model is fastest on full batches.
+        fresh = store.embed([to_write[i] for i in missing])
         for i, row in zip(missing, fresh):
             vectors[i] = row
         report.re_embedded += len(missing)
+    keyless = [i for i, v in enumerate(key_vectors) if v is None or v.shape[0] != dim]
+    if keyless:
+        for i, row in zip(keyless, store.key_vectors([to_write[i] for i in keyless])):
+            key_vectors[i] = row
     with alma.write_lock:
         keep = _still_newer(store, to_write, added, report)
         if keep:
-            store.put([to_write[i] for i in keep], np.stack([vectors[i] for i in keep]))  # type: ignore[misc]
+            store.put(
+                [to_write[i] for i in keep],
+                np.stack([vectors[i] for i in keep]),  # type: ignore[misc]
+                key_embeddings=np.stack([key_vectors[i] for i in keep]),  # type: ignore[misc]
+            )
 
 
 def _still_newer(store: Any, memories: list[MemoryBase], added: set[str], report: ImportReport) -> list[int]:
@@ -328,6 +359,9 @@ class ReindexReport(BaseModel):
     model: str
     collections: list[ReindexedCollection]
     re_embedded: int
+    keys_filled: int = Field(
+        0, description="Memories of current collections that had no key vector (stored by an older alma-mcp): embedded now."
+    )
     seconds: float
 
 
@@ -409,6 +443,7 @@ def reindex(alma: "ALMA", force: bool = False, progress: bool = False, batch: in
         if previous == model and not force:
             status = "recovered" if live in recovered else "current"
             report.collections.append(ReindexedCollection(name=live, count=col.count(), status=status, previous_model=previous))
+            report.keys_filled += _fill_key_vectors(alma, live, col, batch)
         else:
             todo.append((live, col, previous))
     total = sum(col.count() for _, col, _ in todo)
@@ -432,6 +467,30 @@ def reindex(alma: "ALMA", force: bool = False, progress: bool = False, batch: in
     return report
 
 
+def _fill_key_vectors(alma: "ALMA", live: str, col: Any, batch: int) -> int:
+    """Give every memory of a current collection that lacks one (stored before key vectors
+    were kept) its key vector, so retrieval need not embed it. Only those fields are written."""
+    todo: list[tuple[str, MemoryBase]] = []
+    offset = 0
+    while True:
+        got = _metadata_page(col, offset, 5000, documents=False)
+        for i, meta in zip(got["ids"], got["metadatas"]):
+            memory = parse_memory((meta or {}).get("json", ""))
+            if stored_key_vector(memory, meta) is None:
+                todo.append((i, memory))
+        if len(got["ids"]) < 5000:
+            break
+        offset += 5000
+    for start in range(0, len(todo), batch):
+        part = todo[start : start + batch]
+        vectors = alma.embedder.embed([key_text(m) for _, m in part])
+        with alma.write_lock:
+            # Chroma merges metadata on update: the memory's other fields stay as a server left them.
+            col.update(ids=[i for i, _ in part], metadatas=[key_metadata(m, v) for (_, m), v in zip(part, vectors)])
+            alma.store._bump(live)  # noqa: SLF001 - cached retrievals of this collection are stale now
+    return len(todo)
+
+
 def _reindex_collection(alma: "ALMA", live: str, col: Any, batch: int, bar: Any, report: ReindexReport) -> int:
     client = alma.store.client
     model = alma.embedder.name
@@ -449,8 +508,11 @@ def _reindex_collection(alma: "ALMA", live: str, col: Any, batch: int, bar: Any,
     def copy(ids: list[str], documents: list[str], metadatas: list[dict[str, Any]]) -> None:
         if not ids:
             return
-        vectors = alma.embedder.embed(documents)
-        new.upsert(ids=ids, embeddings=vectors, documents=documents, metadatas=metadatas)
+        # The key fields' vectors come from the model too: embedded in the same batch.
+        memories = [parse_memory(m["json"]) for m in metadatas]
+        vectors = alma.embedder.embed(documents + [key_text(m) for m in memories])
+        metadatas = [m | key_metadata(memory, key) for m, memory, key in zip(metadatas, memories, vectors[len(ids) :])]
+        new.upsert(ids=ids, embeddings=vectors[: len(ids)], documents=documents, metadatas=metadatas)
         report.re_embedded += len(ids)
 
     # 1. Copy without the lock: the server keeps working meanwhile. A rerun skips what is done.

@@ -248,3 +248,21 @@ def parse_memory(data: dict[str, Any] | str) -> MemoryBase:
     if isinstance(data, str):
         return memory_adapter.validate_json(data)
     return memory_adapter.validate_python(data)
+
+
+_KEY_FIELD = {
+    "heuristic": "condition",
+    "anti_pattern": "pattern",
+    "knowledge": "fact",
+    "outcome": "task",
+    "preference": "preference",
+}
+
+
+def key_text(memory: MemoryBase) -> str:
+    """The part of a memory a task is worded like: the situation, not the lesson learned in it.
+
+    Retrieval mixes its similarity into the whole text's (`key_weight`); the store embeds it on
+    every write and keeps the vector with the memory."""
+    value = getattr(memory, _KEY_FIELD.get(memory.type, ""), None)  # type: ignore[attr-defined]
+    return value if isinstance(value, str) and value else memory.text()

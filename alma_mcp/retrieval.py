@@ -8,9 +8,9 @@ all memory types at once so that scores are comparable between sections.
 A memory's similarity to the task mixes the cosine similarity of its whole text with that of
 its key field alone (`key_weight`; a heuristic's condition, an anti-pattern's pattern, a fact,
 an outcome's task): tasks are worded like the situation a lesson was learned in, and the
-lesson's own words dilute the match. Only the closest candidates are keyed; a key vector is
-embedded the first time its memory is one of them and kept in an LRU, so a warm query costs a
-few dot products.
+lesson's own words dilute the match. Only the closest candidates are keyed; the key vector is
+embedded when the memory is written and stored with it (`KeyVectors` embeds those of older
+memories on first sight), so a warm query costs a few dot products.
 
 A candidate is *relevant* when it clears the floor: its evidence (similarity plus a share of
 lexical coverage) reaches `relevance_floor`, or its lexical coverage (the share of the task's IDF mass the memory
@@ -45,7 +45,7 @@ from pydantic import BaseModel, Field
 from .config import AlmaConfig, RetrievalSettings
 from .embeddings import Embedder
 from .lexical import BM25Index
-from .models import MEMORY_TYPES, Memory, MemoryBase
+from .models import MEMORY_TYPES, Memory, MemoryBase, key_text
 from .prompt import render_prompt
 from .store import PREFERENCES, MemoryStore, collection_name
 
@@ -159,28 +159,14 @@ def lexical_text(memory: MemoryBase) -> str:
     return "\n".join([memory.text(), *[value for value in extra if isinstance(value, str) and value]])
 
 
-_KEY_FIELD = {
-    "heuristic": "condition",
-    "anti_pattern": "pattern",
-    "knowledge": "fact",
-    "outcome": "task",
-    "preference": "preference",
-}
-
-
-def key_text(memory: MemoryBase) -> str:
-    """The part of a memory a task is worded like: the situation, not the lesson learned in it."""
-    value = getattr(memory, _KEY_FIELD.get(memory.type, ""), None)  # type: ignore[attr-defined]
-    return value if isinstance(value, str) and value else memory.text()
-
-
 class KeyVectors:
-    """Embeddings of memories' key fields, made the first time a memory is a candidate.
+    """Similarities of memories' key fields to a task.
 
-    The store holds one vector per memory (its whole text); a second vector per memory would
-    cost every write an extra embedding and the store a second index. Only candidates ever
-    need a key vector, so they are embedded in one batch on first sight and kept in an LRU
-    keyed by (id, key text): an edited memory gets a new entry, the old one ages out.
+    The store keeps a key vector with every memory written since key vectors existed (embedded
+    with its text at write time), so a warm query costs a few dot products. A memory stored
+    before then, or whose key text changed on a path that kept an old vector, has none: its key
+    is embedded the first time it is a candidate and kept in an LRU keyed by (id, key text), so
+    an edited memory gets a new entry and the old one ages out. `embedded` counts those.
     """
 
     def __init__(self, embedder: Embedder, capacity: int = 100_000) -> None:
@@ -190,22 +176,34 @@ class KeyVectors:
         self._lock = threading.Lock()
         self.embedded = 0
 
-    def similarities(self, memories: Sequence[MemoryBase], query: np.ndarray) -> np.ndarray:
-        keys = [(m.id, key_text(m)) for m in memories]
-        with self._lock:
-            found = {key: self._vectors.get(key) for key in keys}
-        missing = list(dict.fromkeys(key for key, vector in found.items() if vector is None))
-        if missing:
-            vectors = self.embedder.embed([text for _, text in missing])
-            with self._lock:
-                for key, vector in zip(missing, vectors):
-                    self._vectors[key] = found[key] = vector
-                self.embedded += len(missing)
-                while len(self._vectors) > self.capacity:
-                    self._vectors.popitem(last=False)
-        if not keys:
+    def similarities(
+        self,
+        memories: Sequence[MemoryBase],
+        query: np.ndarray,
+        stored: Sequence[np.ndarray | None] | None = None,
+    ) -> np.ndarray:
+        """Cosine similarity of each memory's key field to `query`; `stored[i]`, when given and
+        not None, is memory i's key vector as read from the store."""
+        if not memories:
             return np.zeros(0, dtype=np.float32)
-        return np.stack([found[key] for key in keys]) @ query  # type: ignore[misc]
+        rows: list[np.ndarray | None] = list(stored) if stored is not None else [None] * len(memories)
+        need = [i for i, row in enumerate(rows) if row is None]
+        if need:
+            keys = [(memories[i].id, key_text(memories[i])) for i in need]
+            with self._lock:
+                found = {key: self._vectors.get(key) for key in keys}
+            missing = list(dict.fromkeys(key for key, vector in found.items() if vector is None))
+            if missing:
+                vectors = self.embedder.embed([text for _, text in missing])
+                with self._lock:
+                    for key, vector in zip(missing, vectors):
+                        self._vectors[key] = found[key] = vector
+                    self.embedded += len(missing)
+                    while len(self._vectors) > self.capacity:
+                        self._vectors.popitem(last=False)
+            for i, key in zip(need, keys):
+                rows[i] = found[key]
+        return np.stack(rows) @ query  # type: ignore[arg-type]
 
 
 # -- the lexical side -------------------------------------------------------------------
@@ -282,6 +280,8 @@ class Candidate:
     dense_ok: bool = False
     lexical_ok: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    key_vector: np.ndarray | None = None
+    """The key field's vector as stored with the memory (None for memories stored without one)."""
 
     @property
     def cleared(self) -> bool:
@@ -501,7 +501,7 @@ class Retriever:
             dense: list[Candidate] = []
             if mode != "lexical":
                 for hit in self.store.query(kind, source, vector, pool, where=where):
-                    dense.append(Candidate(hit.memory, hit.vector, hit.similarity))  # type: ignore[arg-type]
+                    dense.append(Candidate(hit.memory, hit.vector, hit.similarity, key_vector=hit.key_vector))  # type: ignore[arg-type]
                 found.update((c.memory.id, c) for c in dense)
             if mode == "dense":
                 continue
@@ -528,10 +528,11 @@ class Retriever:
                 )
             ]
             if missing:
-                for doc, (memory, vec) in self.store.fetch_with_vectors(kind, source, missing).items():
+                for doc, hit in self.store.fetch_hits(kind, source, missing).items():
+                    memory, vec = hit.memory, hit.vector
                     if memory.archived or (kind == PREFERENCES and getattr(memory, "user_id", None) != user_id):
                         continue
-                    found[doc] = Candidate(memory, vec, float(np.dot(vec, vector)))
+                    found[doc] = Candidate(memory, vec, float(np.dot(vec, vector)), key_vector=hit.key_vector)  # type: ignore[arg-type]
             for h in hits:
                 candidate = found.get(h.id)
                 if candidate is not None:
@@ -543,7 +544,7 @@ class Retriever:
             # at 10,000 memories met about 50 new ones, 0.8 s, when all were keyed).
             share = settings.key_weight
             closest = sorted(found.values(), key=lambda c: c.similarity, reverse=True)[:_KEYED_CANDIDATES]
-            key_similarities = self.keys.similarities([c.memory for c in closest], vector)
+            key_similarities = self.keys.similarities([c.memory for c in closest], vector, [c.key_vector for c in closest])
             for candidate, key_similarity in zip(closest, key_similarities):
                 candidate.similarity = (1.0 - share) * candidate.similarity + share * float(key_similarity)
 

@@ -257,7 +257,8 @@ class ALMA:
         # how similar their tasks are, and the strategy is already matched exactly.
         vector = self.embedder.embed_query(record.task)
         with self.write_lock:
-            self.store.put([record], vector[None, :])
+            # Its key field is its task too: the one vector serves as both.
+            self.store.put([record], vector[None, :], key_embeddings=vector[None, :])
             report = self.learner.apply(record, vector)
             self._audit_retired(report)
         self._after_write(agent, ["outcome", "heuristic", "anti_pattern"])
@@ -282,7 +283,7 @@ class ALMA:
 
     def _store_new(self, memory: MemoryBase, call: str) -> MemoryBase:
         """Store a taught memory, or merge it into a near-duplicate; returns the one that stays active."""
-        vector = self.embedder.embed([memory.text()])
+        vector = self.store.embed([memory])  # with its key field, in one batch, for the put below
         with self.write_lock:
             merged = self.lifecycle.merge_on_write(memory, vector[0], call)
             if merged is None:

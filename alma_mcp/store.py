@@ -12,12 +12,14 @@ client), where other processes' writes are noticed through tokens kept on the se
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
 import time
 import uuid
 import zlib
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +29,20 @@ import numpy as np
 
 from .embeddings import Embedder
 from .errors import NotFound, StorageError
-from .models import MEMORY_TYPES, MemoryBase, memory_type_of, parse_memory, strategy_key
+from .models import MEMORY_TYPES, MemoryBase, key_text, memory_type_of, parse_memory, strategy_key
 from .writelock import SharedClient, shared_client
 
 log = logging.getLogger("alma_mcp")
 
 PREFERENCES = "preference"
 _PAGE = 2000
+
+KEY_VECTOR = "key_vec"
+"""Metadata field: the embedding of the memory's key field (models.key_text), float16, base64."""
+KEY_CHECK = "key_crc"
+"""Metadata field: CRC-32 of the key text that KEY_VECTOR embeds. Chroma merges metadata on update,
+so a key vector can outlive its text on paths that rewrite a memory without one; the check tells."""
+_KEY_CACHE_SIZE = 4096
 
 
 def collection_name(project: str, memory_type: str, agent: str | None) -> str:
@@ -61,6 +70,33 @@ class Hit:
     memory: MemoryBase
     similarity: float
     vector: np.ndarray | None = None
+    key_vector: np.ndarray | None = None
+    """The stored embedding of the memory's key field; None for a memory stored without one."""
+
+
+def key_check(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def encode_key_vector(vector: np.ndarray) -> str:
+    # float16 halves the metadata (1 KB for 384 dimensions); the error it adds to a cosine
+    # similarity is about 1e-4, below what ranking or the floors can resolve.
+    return base64.b64encode(np.asarray(vector, dtype="<f2").tobytes()).decode("ascii")
+
+
+def key_metadata(memory: MemoryBase, vector: np.ndarray) -> dict[str, Any]:
+    return {KEY_VECTOR: encode_key_vector(vector), KEY_CHECK: key_check(key_text(memory))}
+
+
+def stored_key_vector(memory: MemoryBase, meta: dict[str, Any]) -> np.ndarray | None:
+    """The key vector kept in `meta`, if it was made from the memory's current key text."""
+    encoded = meta.get(KEY_VECTOR)
+    if not isinstance(encoded, str) or meta.get(KEY_CHECK) != key_check(key_text(memory)):
+        return None
+    try:
+        return np.frombuffer(base64.b64decode(encoded), dtype="<f2").astype(np.float32)
+    except (ValueError, TypeError):
+        return None
 
 
 def _metadata(memory: MemoryBase) -> dict[str, Any]:
@@ -87,7 +123,8 @@ def _from_metadata(meta: dict[str, Any]) -> MemoryBase:
 
 def _hit(row: tuple[dict[str, Any], float, Any]) -> "Hit":
     meta, distance, vector = row
-    return Hit(_from_metadata(meta), 1.0 - float(distance), np.asarray(vector, dtype=np.float32))
+    memory = _from_metadata(meta)
+    return Hit(memory, 1.0 - float(distance), np.asarray(vector, dtype=np.float32), stored_key_vector(memory, meta))
 
 
 def _chroma_error(action: str, exc: Exception) -> StorageError:
@@ -119,6 +156,9 @@ class MemoryStore:
             _RemoteChanges(client, project, change_check_seconds) if change_check_seconds is not None else None
         )
         self._write_listeners: list[WriteListener] = []
+        # Key vectors embedded recently, by key text: embed() fills it for the put() that follows,
+        # and a lesson rewritten with the same condition is not embedded again.
+        self._key_cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -255,13 +295,53 @@ class MemoryStore:
     def agents(self) -> list[str]:
         return sorted({agent for agent, _ in self.scopes() if agent != "_"})
 
+    # -- embedding -----------------------------------------------------------------------
+    def embed(self, memories: Sequence[MemoryBase]) -> np.ndarray:
+        """The text vectors of memories, embedded in one batch together with their key fields,
+        whose vectors are kept for the put() that stores them."""
+        texts = [m.text() for m in memories]
+        with self._lock:
+            keys = [k for k in dict.fromkeys(key_text(m) for m in memories) if k not in self._key_cache]
+        vectors = self.embedder.embed(texts + keys)
+        self._remember_keys(keys, vectors[len(texts) :])
+        return vectors[: len(texts)]
+
+    def key_vectors(self, memories: Sequence[MemoryBase]) -> np.ndarray:
+        """The embeddings of memories' key fields (models.key_text): recent ones from a cache,
+        the rest embedded in one batch."""
+        keys = [key_text(m) for m in memories]
+        with self._lock:
+            found = {k: self._key_cache.get(k) for k in dict.fromkeys(keys)}
+        missing = [k for k, v in found.items() if v is None]
+        if missing:
+            fresh = self.embedder.embed(missing)
+            found.update(zip(missing, fresh))
+            self._remember_keys(missing, fresh)
+        return np.stack([found[k] for k in keys])  # type: ignore[misc]
+
+    def _remember_keys(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        with self._lock:
+            for key, vector in zip(keys, vectors):
+                self._key_cache[key] = vector
+                self._key_cache.move_to_end(key)
+            while len(self._key_cache) > _KEY_CACHE_SIZE:
+                self._key_cache.popitem(last=False)
+
     # -- writes ------------------------------------------------------------------------
-    def put(self, memories: Sequence[MemoryBase], embeddings: np.ndarray | None = None) -> None:
-        """Insert or replace memories (upsert by id). Embeds their text unless vectors are given."""
+    def put(
+        self,
+        memories: Sequence[MemoryBase],
+        embeddings: np.ndarray | None = None,
+        key_embeddings: np.ndarray | None = None,
+    ) -> None:
+        """Insert or replace memories (upsert by id). Embeds their text unless vectors are given,
+        and their key fields unless key vectors are given: every memory is stored with both."""
         if not memories:
             return
         if embeddings is None:
-            embeddings = self.embedder.embed([m.text() for m in memories])
+            embeddings = self.embed(memories)
+        if key_embeddings is None:
+            key_embeddings = self.key_vectors(memories)
         groups: dict[str, list[int]] = {}
         for i, memory in enumerate(memories):
             name = collection_name(self.project, memory.type, memory.agent)  # type: ignore[attr-defined]
@@ -276,7 +356,7 @@ class MemoryStore:
                         ids=[memories[i].id for i in indexes],
                         embeddings=embeddings[indexes],
                         documents=[memories[i].text() for i in indexes],
-                        metadatas=[_metadata(memories[i]) for i in indexes],
+                        metadatas=[_metadata(memories[i]) | key_metadata(memories[i], key_embeddings[i]) for i in indexes],
                     )
                 except Exception as exc:
                     raise _chroma_error(f"write {len(indexes)} memories", exc) from None
@@ -356,6 +436,36 @@ class MemoryStore:
             i: (_from_metadata(m), np.asarray(v, dtype=np.float32))
             for i, m, v in zip(got["ids"], got["metadatas"], got["embeddings"])
         }
+
+    def fetch_hits(self, memory_type: str, agent: str | None, ids: Sequence[str]) -> dict[str, Hit]:
+        """Memories of one collection by id, with their stored vectors and key vectors (similarity 0)."""
+        col = self._collection(memory_type, agent, create=False)
+        if col is None or not ids:
+            return {}
+        try:
+            got = col.get(ids=list(ids), include=["metadatas", "embeddings"])
+        except Exception as exc:
+            raise _chroma_error("read memories", exc) from None
+        return {i: _hit((m, 1.0, v)) for i, m, v in zip(got["ids"], got["metadatas"], got["embeddings"])}
+
+    def iter_hits(self, memory_type: str, agent: str | None, include_archived: bool = False) -> Iterator[Hit]:
+        """Every memory of a collection with its vector and key vector (similarity 0), page by page."""
+        col = self._collection(memory_type, agent, create=False)
+        if col is None:
+            return
+        flt = None if include_archived else {"archived": False}
+        offset = 0
+        while True:
+            try:
+                got = col.get(where=flt, include=["metadatas", "embeddings"], limit=_PAGE, offset=offset)
+            except Exception as exc:
+                raise _chroma_error("list memories", exc) from None
+            metas = got["metadatas"] or []
+            for meta, vector in zip(metas, got["embeddings"] if len(metas) else []):
+                yield _hit((meta, 1.0, vector))
+            if len(metas) < _PAGE:
+                return
+            offset += _PAGE
 
     def iter_memories(
         self,
