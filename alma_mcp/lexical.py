@@ -17,6 +17,7 @@ error string quoted verbatim, that the embedding model scored low.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -56,22 +57,31 @@ def tokenize(text: str) -> list[str]:
     """
     tokens: list[str] = []
     for word in _WORD_RE.findall(text):
-        pieces = [word]
-        segments = [s for s in _PUNCT_RE.split(word) if s]
-        if len(segments) > 1:
-            pieces += segments
-        for segment in segments:
-            camel = [c for c in _CAMEL_RE.split(segment) if c]
-            if len(camel) > 1:
-                pieces += camel
-        seen: set[str] = set()
-        for i, piece in enumerate(pieces):
-            lower = piece.lower()
-            if lower in STOPWORDS or lower in seen or (i > 0 and len(lower) < 2):
-                continue
-            seen.add(lower)
-            tokens.append(_stem(lower))
+        tokens += _word_tokens(word)
     return tokens
+
+
+@functools.lru_cache(maxsize=262_144)
+def _word_tokens(word: str) -> tuple[str, ...]:
+    # Words repeat a great deal across memories, so each is split and stemmed once: building the
+    # index of 100,000 memories spent most of its time here.
+    pieces = [word]
+    segments = [s for s in _PUNCT_RE.split(word) if s]
+    if len(segments) > 1:
+        pieces += segments
+    for segment in segments:
+        camel = [c for c in _CAMEL_RE.split(segment) if c]
+        if len(camel) > 1:
+            pieces += camel
+    tokens: list[str] = []
+    seen: set[str] = set()
+    for i, piece in enumerate(pieces):
+        lower = piece.lower()
+        if lower in STOPWORDS or lower in seen or (i > 0 and len(lower) < 2):
+            continue
+        seen.add(lower)
+        tokens.append(_stem(lower))
+    return tuple(tokens)
 
 
 _IDENTIFIER_RE = re.compile(r"[_.:/]|\d|[a-z][A-Z]")
@@ -182,12 +192,15 @@ class BM25Index:
         self._alive[slot] = 1.0
         self._total_length += length
         self._slot_of[doc_id] = slot
-        for term, tf in term_counts:
-            postings = self._postings.get(term)
+        all_postings, df = self._postings, self._df
+        for term, tf in term_counts:  # inlined _Postings.append: this loop is most of a build
+            postings = all_postings.get(term)
             if postings is None:
-                postings = self._postings[term] = _Postings()
-            postings.append(slot, tf)
-            self._df[term] += 1
+                postings = all_postings[term] = _Postings()
+            postings.slots.append(slot)
+            postings.tfs.append(tf)
+            postings._arrays = None
+            df[term] += 1
 
     def _remove(self, doc_id: str) -> None:
         slot = self._slot_of.pop(doc_id, None)

@@ -453,16 +453,16 @@ class MemoryStore:
         col = self._collection(memory_type, agent, create=False)
         if col is None:
             return
-        flt = None if include_archived else {"archived": False}
         offset = 0
         while True:
-            try:
-                got = col.get(where=flt, include=["metadatas", "embeddings"], limit=_PAGE, offset=offset)
+            try:  # unfiltered, archived ones skipped here: see iter_memories
+                got = col.get(include=["metadatas", "embeddings"], limit=_PAGE, offset=offset)
             except Exception as exc:
                 raise _chroma_error("list memories", exc) from None
             metas = got["metadatas"] or []
             for meta, vector in zip(metas, got["embeddings"] if len(metas) else []):
-                yield _hit((meta, 1.0, vector))
+                if include_archived or not meta.get("archived"):
+                    yield _hit((meta, 1.0, vector))
             if len(metas) < _PAGE:
                 return
             offset += _PAGE
@@ -478,9 +478,13 @@ class MemoryStore:
         col = self._collection(memory_type, agent, create=False)
         if col is None:
             return
-        clauses = [] if include_archived else [{"archived": False}]
-        if where:
-            clauses += [{k: v} for k, v in where.items()]
+        # A metadata filter makes Chroma scan every record for every page (four times slower than
+        # reading them all at 3,000 memories, and worse as the offset grows), so "active only"
+        # alone is applied here; other filters go to Chroma.
+        clauses = [{k: v} for k, v in (where or {}).items()]
+        skip_archived = not include_archived and not clauses
+        if not include_archived and clauses:
+            clauses.insert(0, {"archived": False})
         flt = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
         include = ["metadatas", "embeddings"] if with_embeddings else ["metadatas"]
         offset = 0
@@ -492,6 +496,8 @@ class MemoryStore:
             metas = got["metadatas"] or []
             vectors = got.get("embeddings") if with_embeddings else None
             for i, meta in enumerate(metas):
+                if skip_archived and meta.get("archived"):
+                    continue
                 yield _from_metadata(meta), (np.asarray(vectors[i], dtype=np.float32) if vectors is not None else None)
             if len(metas) < _PAGE:
                 return
