@@ -36,6 +36,8 @@ log = logging.getLogger("alma_mcp")
 
 PREFERENCES = "preference"
 _PAGE = 2000
+_RECORDS_PER_COLLECTION = 5000
+"""Stored records (metadata and vector) a process keeps per collection for searches (RecordCache)."""
 
 KEY_VECTOR = "key_vec"
 """Metadata field: the embedding of the memory's key field (models.key_text), float16, base64."""
@@ -131,6 +133,58 @@ def _chroma_error(action: str, exc: Exception) -> StorageError:
     return StorageError(f"could not {action} in Chroma: {exc}")
 
 
+class RecordCache:
+    """Records (metadata and vector) recently read from each collection, valid for one write generation.
+
+    A nearest-neighbour search that asks Chroma for ids and distances only takes about a quarter
+    of the time of one that also reads every hit's metadata and vector, and a warm server meets
+    the same memories again and again. Each collection's entries are tagged with the write
+    generation they were read at (which counts every process's writes); when the collection's
+    generation has moved, its entries are dropped before any is served, so a write (ours or
+    another process's) is never hidden. Entries are raw rows, parsed on every use, so no caller
+    can change what the cache holds.
+    """
+
+    def __init__(self, per_collection: int = _RECORDS_PER_COLLECTION) -> None:
+        self.per_collection = per_collection
+        self._rows: dict[str, OrderedDict[str, tuple[dict[str, Any], Any]]] = {}
+        self._generations: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, name: str, generation: int, ids: Sequence[str]) -> dict[str, tuple[dict[str, Any], Any]]:
+        with self._lock:
+            rows = self._rows.get(name)
+            if rows is None or self._generations.get(name) != generation:
+                rows = self._rows[name] = OrderedDict()
+                self._generations[name] = generation
+            found = {}
+            for doc in ids:
+                row = rows.get(doc)
+                if row is not None:
+                    rows.move_to_end(doc)
+                    found[doc] = row
+            self.hits += len(found)
+            self.misses += len(ids) - len(found)
+            return found
+
+    def add(self, name: str, generation: int, rows: dict[str, tuple[dict[str, Any], Any]]) -> None:
+        """Keep rows read at `generation` (the generation read before they were fetched)."""
+        with self._lock:
+            if self._generations.get(name) != generation:
+                return  # the collection moved on while they were read: they may be stale
+            kept = self._rows.setdefault(name, OrderedDict())
+            kept.update(rows)
+            while len(kept) > self.per_collection:
+                kept.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+            self._generations.clear()
+
+
 class MemoryStore:
     """CRUD and vector search over Chroma for one project."""
 
@@ -156,6 +210,7 @@ class MemoryStore:
             _RemoteChanges(client, project, change_check_seconds) if change_check_seconds is not None else None
         )
         self._write_listeners: list[WriteListener] = []
+        self.records = RecordCache()
         # Key vectors embedded recently, by key text: embed() fills it for the put() that follows,
         # and a lesson rewritten with the same condition is not embedded again.
         self._key_cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -442,11 +497,19 @@ class MemoryStore:
         col = self._collection(memory_type, agent, create=False)
         if col is None or not ids:
             return {}
-        try:
-            got = col.get(ids=list(ids), include=["metadatas", "embeddings"])
-        except Exception as exc:
-            raise _chroma_error("read memories", exc) from None
-        return {i: _hit((m, 1.0, v)) for i, m, v in zip(got["ids"], got["metadatas"], got["embeddings"])}
+        name = collection_name(self.project, memory_type, agent)
+        generation = self._generation_of(name)  # before reading: see RecordCache.add
+        rows = self.records.get(name, generation, ids)
+        missing = [doc for doc in ids if doc not in rows]
+        if missing:
+            try:
+                got = col.get(ids=missing, include=["metadatas", "embeddings"])
+            except Exception as exc:
+                raise _chroma_error("read memories", exc) from None
+            read = {doc: (meta, vec) for doc, meta, vec in zip(got["ids"], got["metadatas"], got["embeddings"])}
+            self.records.add(name, generation, read)
+            rows.update(read)
+        return {doc: _hit((meta, 1.0, vec)) for doc, (meta, vec) in rows.items()}
 
     def iter_hits(self, memory_type: str, agent: str | None, include_archived: bool = False) -> Iterator[Hit]:
         """Every memory of a collection with its vector and key vector (similarity 0), page by page."""
@@ -534,30 +597,47 @@ class MemoryStore:
         col = self._collection(memory_type, agent, create=False)
         if col is None:
             return []
+        name = collection_name(self.project, memory_type, agent)
         if not where:
             # Any metadata filter makes Chroma check every record (about 0.5 s at 100,000 memories),
             # so "active only" is applied to an unfiltered, widened search; the filtered search is
             # the fallback for when archived memories crowd the nearest ones out.
             wide = n + max(4, n // 4)
-            got = self._nearest(col, vector, wide, None)
-            rows = list(zip(got["metadatas"][0], got["distances"][0], got["embeddings"][0]))
+            rows = self._search(col, name, vector, wide, None)
             active = [row for row in rows if not row[0].get("archived")]
             if len(active) >= n or len(rows) < wide:
                 return [_hit(row) for row in active[:n]]
         clauses: list[dict[str, Any]] = [{"archived": False}] + [{k: v} for k, v in (where or {}).items()]
         flt = clauses[0] if len(clauses) == 1 else {"$and": clauses}
-        got = self._nearest(col, vector, n, flt)
-        return [_hit(row) for row in zip(got["metadatas"][0], got["distances"][0], got["embeddings"][0])]
+        return [_hit(row) for row in self._search(col, name, vector, n, flt)]
 
-    def _nearest(self, col: Any, vector: np.ndarray, n: int, flt: dict[str, Any] | None) -> dict[str, Any]:
+    def _search(
+        self, col: Any, name: str, vector: np.ndarray, n: int, flt: dict[str, Any] | None
+    ) -> list[tuple[dict[str, Any], float, Any]]:
+        """(metadata, distance, vector) of the n nearest records, nearest first.
+
+        Chroma is asked for ids and distances only; the records come from the RecordCache, and
+        those it lacks are read by id in one call."""
+        generation = self._generation_of(name)  # before reading: see RecordCache.add
         try:
-            return col.query(
-                query_embeddings=[vector], n_results=n, where=flt, include=["metadatas", "distances", "embeddings"]
-            )
+            got = col.query(query_embeddings=[vector], n_results=n, where=flt, include=["distances"])
         except Exception as exc:
             if "nothing" in str(exc).lower() or "0" == str(exc).strip():
-                return {"metadatas": [[]], "distances": [[]], "embeddings": [[]]}
+                return []
             raise _chroma_error("search memories", exc) from None
+        ids, distances = got["ids"][0], got["distances"][0]
+        rows = self.records.get(name, generation, ids)
+        missing = [doc for doc in ids if doc not in rows]
+        if missing:
+            try:
+                fetched = col.get(ids=missing, include=["metadatas", "embeddings"])
+            except Exception as exc:
+                raise _chroma_error("read memories", exc) from None
+            read = {doc: (meta, vec) for doc, meta, vec in zip(fetched["ids"], fetched["metadatas"], fetched["embeddings"])}
+            self.records.add(name, generation, read)
+            rows.update(read)
+        # A record deleted by another process between the search and the read is skipped.
+        return [(rows[doc][0], distance, rows[doc][1]) for doc, distance in zip(ids, distances) if doc in rows]
 
     def count(self, memory_type: str, agent: str | None, include_archived: bool = True) -> int:
         col = self._collection(memory_type, agent, create=False)

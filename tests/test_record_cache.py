@@ -1,0 +1,59 @@
+"""The store's record cache: searches reuse records read before, and never hide a write.
+
+Real Chroma and the real model. Two services on one data folder stand for two processes: they
+share the folder's lock and change counters exactly as separate processes do.
+"""
+
+from __future__ import annotations
+
+from alma_mcp.store import collection_name
+
+
+def _knowledge_ids(alma, task: str) -> list[str]:
+    return [item.memory.id for item in alma.retrieve(task, "helena", memory_types=["knowledge"]).knowledge]
+
+
+def test_a_repeated_search_reads_records_from_the_cache(alma) -> None:
+    alma.add_knowledge("helena", "payments", "Stripe test cards: 4242 4242 4242 4242 always succeeds.")
+    alma.add_knowledge("helena", "payments", "Stripe card 4000 0000 0000 0002 is always declined.")
+    records = alma.store.records
+    alma.retrieve("Which Stripe test card numbers succeed or fail?", "helena", memory_types=["knowledge"])
+    misses = records.misses
+    alma.retriever.clear_cache()
+    alma.retrieve("Which Stripe card numbers can I use in tests?", "helena", memory_types=["knowledge"])
+    assert records.misses == misses, "the second search read records it had already read"
+    assert records.hits >= 2
+
+
+def test_a_write_is_seen_by_the_next_search(alma) -> None:
+    kept = alma.add_knowledge("helena", "payments", "Stripe test cards: 4242 4242 4242 4242 always succeeds.")
+    gone = alma.add_knowledge("helena", "payments", "Stripe card 4000 0000 0000 0002 is always declined.")
+    task = "Which Stripe test card numbers succeed or fail?"
+    assert set(_knowledge_ids(alma, task)) == {kept.id, gone.id}
+
+    alma.forget([gone.id], dry_run=False)  # archives: a metadata-only write
+    assert _knowledge_ids(alma, task) == [kept.id]
+
+    edited = alma.store.get(kept.id)
+    edited.fact = "Stripe test cards: 4242 4242 4242 4242 succeeds, with any future expiry date."
+    alma.store.put([edited])
+    found = alma.retrieve(task, "helena", memory_types=["knowledge"]).knowledge
+    assert [item.memory.fact for item in found] == [edited.fact]
+
+
+def test_another_process_write_is_never_hidden(make_alma, tmp_path) -> None:
+    folder = tmp_path / "shared"
+    first = make_alma(data_dir=folder)
+    second = make_alma(data_dir=folder)
+    memory = first.add_knowledge("helena", "payments", "Stripe test cards: 4242 4242 4242 4242 always succeeds.")
+    task = "Which Stripe test card numbers succeed?"
+    assert _knowledge_ids(first, task) == [memory.id]
+    name = collection_name(first.store.project, "knowledge", "helena")
+    assert first.store.records._rows[name], "the first search should have kept the record"
+
+    changed = second.store.get(memory.id)
+    changed.fact = "Stripe test card 4242 4242 4242 4242 succeeds; use any CVC."
+    second.store.put([changed])  # the other "process"
+
+    found = first.retrieve(task, "helena", memory_types=["knowledge"]).knowledge
+    assert [item.memory.fact for item in found] == [changed.fact]
