@@ -35,6 +35,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Sequence
@@ -45,7 +46,17 @@ from pydantic import BaseModel, Field
 from .config import AlmaConfig, RetrievalSettings
 from .embeddings import Embedder
 from .lexical import BM25Index
-from .models import MEMORY_TYPES, Memory, MemoryBase, key_text
+from .models import (
+    MEMORY_TYPES,
+    AntiPattern,
+    DomainKnowledge,
+    Heuristic,
+    Memory,
+    MemoryBase,
+    Outcome,
+    UserPreference,
+    key_text,
+)
 from .prompt import render_prompt
 from .store import PREFERENCES, MemoryStore, collection_name
 
@@ -54,6 +65,10 @@ Mode = Literal["hybrid", "dense", "lexical"]
 
 _KEYED_CANDIDATES = 10
 """Per query, how many candidates (closest by whole text first) get the key field's similarity."""
+
+_SEARCH_THREADS = 4
+"""Collections searched at once: Chroma's search releases the GIL, so a retrieval over the
+four or five collections of an agent costs about the slowest search, not their sum."""
 
 _RESULT_TTL_SECONDS = 300.0
 """Cached results expire after this long, so recency in a cached score is never far off."""
@@ -74,17 +89,49 @@ class ScoredMemory(BaseModel):
     source_agent: str = Field(description="The agent whose memory this is (differs when inherited or shared).")
 
 
+# One class per type, so that a section's JSON schema names its memory type instead of a union
+# of five: a client that checks structured output against the schema (the MCP SDK's does) tries
+# every branch of a union for every memory, which cost more than the retrieval it checks.
+class ScoredHeuristic(ScoredMemory):
+    memory: Heuristic
+
+
+class ScoredAntiPattern(ScoredMemory):
+    memory: AntiPattern
+
+
+class ScoredKnowledge(ScoredMemory):
+    memory: DomainKnowledge
+
+
+class ScoredPreference(ScoredMemory):
+    memory: UserPreference
+
+
+class ScoredOutcome(ScoredMemory):
+    memory: Outcome
+
+
+SCORED_BY_TYPE: dict[str, type[ScoredMemory]] = {
+    "heuristic": ScoredHeuristic,
+    "anti_pattern": ScoredAntiPattern,
+    "knowledge": ScoredKnowledge,
+    "preference": ScoredPreference,
+    "outcome": ScoredOutcome,
+}
+
+
 class MemorySlice(BaseModel):
     """What retrieval found for one task, by type, and the prompt to inject."""
 
     task: str
     agent: str
     user_id: str | None = None
-    heuristics: list[ScoredMemory] = Field(default_factory=list)
-    anti_patterns: list[ScoredMemory] = Field(default_factory=list)
-    knowledge: list[ScoredMemory] = Field(default_factory=list)
-    preferences: list[ScoredMemory] = Field(default_factory=list)
-    outcomes: list[ScoredMemory] = Field(default_factory=list)
+    heuristics: list[ScoredHeuristic] = Field(default_factory=list)
+    anti_patterns: list[ScoredAntiPattern] = Field(default_factory=list)
+    knowledge: list[ScoredKnowledge] = Field(default_factory=list)
+    preferences: list[ScoredPreference] = Field(default_factory=list)
+    outcomes: list[ScoredOutcome] = Field(default_factory=list)
     prompt: str = Field("", description="Markdown to inject before the task; empty when nothing is relevant.")
 
     def by_type(self) -> dict[str, list[ScoredMemory]]:
@@ -294,7 +341,7 @@ class Candidate:
         return "lexical" if self.lexical_ok else "dense"
 
     def scored(self) -> ScoredMemory:
-        return ScoredMemory(
+        return SCORED_BY_TYPE[self.memory.type](  # type: ignore[attr-defined]
             memory=self.memory,
             score=round(self.score, 4),
             relevance=round(self.relevance, 4),
@@ -406,11 +453,16 @@ class Retriever:
         self.config = config
         self.lexical = LexicalIndexes(store)
         self.keys = KeyVectors(embedder)
+        self._searches = ThreadPoolExecutor(_SEARCH_THREADS, thread_name_prefix="alma-search")
         self._results: OrderedDict[tuple[Any, ...], tuple[float, MemorySlice]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self.cache_hits = 0
         self.cache_misses = 0
+
+    def close(self) -> None:
+        """Let the search threads go (they would also end with the process)."""
+        self._searches.shutdown(wait=False)
 
     def clear_cache(self) -> None:
         """Forget cached results (the benchmark uses it to time uncached retrievals)."""
@@ -496,11 +548,17 @@ class Retriever:
         found: dict[str, Candidate] = {}
         lexical_hits: list[tuple[float, str]] = []
         admit = settings.relevance_floor - settings.floor_margin
-        for kind, source in self._scopes(agent, memory_types, user_id):
-            where = {"user_id": user_id} if kind == PREFERENCES else None
+        scopes = self._scopes(agent, memory_types, user_id)
+
+        def search(scope: tuple[str, str | None]) -> list[Any]:
+            kind, source = scope
+            return self.store.query(kind, source, vector, pool, where={"user_id": user_id} if kind == PREFERENCES else None)
+
+        nearest = list(self._searches.map(search, scopes)) if mode != "lexical" else [[] for _ in scopes]
+        for (kind, source), dense_hits in zip(scopes, nearest):
             dense: list[Candidate] = []
             if mode != "lexical":
-                for hit in self.store.query(kind, source, vector, pool, where=where):
+                for hit in dense_hits:
                     dense.append(Candidate(hit.memory, hit.vector, hit.similarity, key_vector=hit.key_vector))  # type: ignore[arg-type]
                 found.update((c.memory.id, c) for c in dense)
             if mode == "dense":

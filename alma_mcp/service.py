@@ -186,6 +186,8 @@ class ALMA:
             start()
 
     def close(self) -> None:
+        if hasattr(self, "_retriever"):
+            self._retriever.close()
         self.write_lock.close()
 
     # -- checks ----------------------------------------------------------------------
