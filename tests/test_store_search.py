@@ -1,4 +1,6 @@
-"""The store's record cache: searches reuse records read before, and never hide a write.
+"""The store's nearest-neighbour search: archived memories and other users' preferences are
+filtered out without slow Chroma filters, and the record cache reuses records read before but
+never hides a write.
 
 Real Chroma and the real model. Two services on one data folder stand for two processes: they
 share the folder's lock and change counters exactly as separate processes do.
@@ -57,3 +59,17 @@ def test_another_process_write_is_never_hidden(make_alma, tmp_path) -> None:
 
     found = first.retrieve(task, "helena", memory_types=["knowledge"]).knowledge
     assert [item.memory.fact for item in found] == [changed.fact]
+
+
+def test_a_users_preferences_skip_archived_ones_even_when_they_crowd_the_nearest(alma) -> None:
+    kept = alma.add_preference("alice", "style", "Keep commit messages under 72 characters per line.")
+    crowd = [
+        alma.add_preference("alice", "style", f"Keep commit messages short, variant {i}: at most {50 + i} characters.")
+        for i in range(30)
+    ]
+    alma.add_preference("bob", "style", "Write commit messages in French.")
+    alma.forget([m.id for m in crowd], dry_run=False)
+    hits = alma.store.query("preference", None, alma.embedder.embed_query("commit message length"), 5, where={"user_id": "alice"})
+    assert [hit.memory.id for hit in hits] == [kept.id]
+    found = alma.retrieve("How long may a commit message be?", "helena", user_id="alice", memory_types=["preference"])
+    assert [item.memory.id for item in found.preferences] == [kept.id]
