@@ -498,17 +498,7 @@ class MemoryStore:
         if col is None or not ids:
             return {}
         name = collection_name(self.project, memory_type, agent)
-        generation = self._generation_of(name)  # before reading: see RecordCache.add
-        rows = self.records.get(name, generation, ids)
-        missing = [doc for doc in ids if doc not in rows]
-        if missing:
-            try:
-                got = col.get(ids=missing, include=["metadatas", "embeddings"])
-            except Exception as exc:
-                raise _chroma_error("read memories", exc) from None
-            read = {doc: (meta, vec) for doc, meta, vec in zip(got["ids"], got["metadatas"], got["embeddings"])}
-            self.records.add(name, generation, read)
-            rows.update(read)
+        rows = self._rows(col, name, self._generation_of(name), ids)
         return {doc: _hit((meta, 1.0, vec)) for doc, (meta, vec) in rows.items()}
 
     def iter_hits(self, memory_type: str, agent: str | None, include_archived: bool = False) -> Iterator[Hit]:
@@ -629,18 +619,24 @@ class MemoryStore:
                 return []
             raise _chroma_error("search memories", exc) from None
         ids, distances = got["ids"][0], got["distances"][0]
+        rows = self._rows(col, name, generation, ids)
+        # A record deleted by another process between the search and the read is skipped.
+        return [(rows[doc][0], distance, rows[doc][1]) for doc, distance in zip(ids, distances) if doc in rows]
+
+    def _rows(self, col: Any, name: str, generation: int, ids: Sequence[str]) -> dict[str, tuple[dict[str, Any], Any]]:
+        """(metadata, vector) of these records: from the RecordCache, the rest read by id in one
+        call and kept. `generation` must have been read before the ids were found."""
         rows = self.records.get(name, generation, ids)
         missing = [doc for doc in ids if doc not in rows]
         if missing:
             try:
-                fetched = col.get(ids=missing, include=["metadatas", "embeddings"])
+                got = col.get(ids=missing, include=["metadatas", "embeddings"])
             except Exception as exc:
                 raise _chroma_error("read memories", exc) from None
-            read = {doc: (meta, vec) for doc, meta, vec in zip(fetched["ids"], fetched["metadatas"], fetched["embeddings"])}
+            read = {doc: (meta, vec) for doc, meta, vec in zip(got["ids"], got["metadatas"], got["embeddings"])}
             self.records.add(name, generation, read)
             rows.update(read)
-        # A record deleted by another process between the search and the read is skipped.
-        return [(rows[doc][0], distance, rows[doc][1]) for doc, distance in zip(ids, distances) if doc in rows]
+        return rows
 
     def count(self, memory_type: str, agent: str | None, include_archived: bool = True) -> int:
         col = self._collection(memory_type, agent, create=False)
