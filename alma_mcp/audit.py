@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .errors import StorageError
 from .models import MemoryBase, utcnow
+from .store import chroma_filter
 
 log = logging.getLogger("alma_mcp")
 
@@ -190,7 +191,7 @@ class ChromaAuditLog:
         self, limit: int = 100, memory_id: str | None = None, action: str | None = None, agent: str | None = None
     ) -> list[AuditEntry]:
         clauses = [{k: v} for k, v in (("memory_id", memory_id), ("action", action), ("agent", agent)) if v is not None]
-        where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        where = chroma_filter(clauses)
         try:
             got = self._col().get(where=where, include=["documents"])
         except Exception as exc:

@@ -129,6 +129,11 @@ def _hit(row: tuple[dict[str, Any], float, Any]) -> "Hit":
     return Hit(memory, 1.0 - float(distance), np.asarray(vector, dtype=np.float32), stored_key_vector(memory, meta))
 
 
+def chroma_filter(clauses: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Chroma's `where` for these clauses, all of which must hold (None for none)."""
+    return None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": list(clauses)}
+
+
 def _chroma_error(action: str, exc: Exception) -> StorageError:
     return StorageError(f"could not {action} in Chroma: {exc}")
 
@@ -178,11 +183,6 @@ class RecordCache:
             kept.update(rows)
             while len(kept) > self.per_collection:
                 kept.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._rows.clear()
-            self._generations.clear()
 
 
 class MemoryStore:
@@ -480,17 +480,7 @@ class MemoryStore:
         self, memory_type: str, agent: str | None, ids: Sequence[str]
     ) -> dict[str, tuple[MemoryBase, np.ndarray]]:
         """Memories of one collection by id, with their stored vectors."""
-        col = self._collection(memory_type, agent, create=False)
-        if col is None or not ids:
-            return {}
-        try:
-            got = col.get(ids=list(ids), include=["metadatas", "embeddings"])
-        except Exception as exc:
-            raise _chroma_error("read memories", exc) from None
-        return {
-            i: (_from_metadata(m), np.asarray(v, dtype=np.float32))
-            for i, m, v in zip(got["ids"], got["metadatas"], got["embeddings"])
-        }
+        return {doc: (hit.memory, hit.vector) for doc, hit in self.fetch_hits(memory_type, agent, ids).items()}  # type: ignore[misc]
 
     def fetch_hits(self, memory_type: str, agent: str | None, ids: Sequence[str]) -> dict[str, Hit]:
         """Memories of one collection by id, with their stored vectors and key vectors (similarity 0)."""
@@ -503,22 +493,8 @@ class MemoryStore:
 
     def iter_hits(self, memory_type: str, agent: str | None, include_archived: bool = False) -> Iterator[Hit]:
         """Every memory of a collection with its vector and key vector (similarity 0), page by page."""
-        col = self._collection(memory_type, agent, create=False)
-        if col is None:
-            return
-        offset = 0
-        while True:
-            try:  # unfiltered, archived ones skipped here: see iter_memories
-                got = col.get(include=["metadatas", "embeddings"], limit=_PAGE, offset=offset)
-            except Exception as exc:
-                raise _chroma_error("list memories", exc) from None
-            metas = got["metadatas"] or []
-            for meta, vector in zip(metas, got["embeddings"] if len(metas) else []):
-                if include_archived or not meta.get("archived"):
-                    yield _hit((meta, 1.0, vector))
-            if len(metas) < _PAGE:
-                return
-            offset += _PAGE
+        for meta, vector in self._pages(memory_type, agent, None, include_archived, with_embeddings=True):
+            yield _hit((meta, 1.0, vector))
 
     def iter_memories(
         self,
@@ -528,6 +504,18 @@ class MemoryStore:
         include_archived: bool = False,
         with_embeddings: bool = False,
     ) -> Iterator[tuple[MemoryBase, np.ndarray | None]]:
+        for meta, vector in self._pages(memory_type, agent, where, include_archived, with_embeddings):
+            yield _from_metadata(meta), (np.asarray(vector, dtype=np.float32) if vector is not None else None)
+
+    def _pages(
+        self,
+        memory_type: str,
+        agent: str | None,
+        where: dict[str, Any] | None,
+        include_archived: bool,
+        with_embeddings: bool,
+    ) -> Iterator[tuple[dict[str, Any], Any]]:
+        """(metadata, vector or None) of every record of a collection matching `where`, page by page."""
         col = self._collection(memory_type, agent, create=False)
         if col is None:
             return
@@ -538,7 +526,7 @@ class MemoryStore:
         skip_archived = not include_archived and not clauses
         if not include_archived and clauses:
             clauses.insert(0, {"archived": False})
-        flt = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        flt = chroma_filter(clauses)
         include = ["metadatas", "embeddings"] if with_embeddings else ["metadatas"]
         offset = 0
         while True:
@@ -547,33 +535,17 @@ class MemoryStore:
             except Exception as exc:
                 raise _chroma_error("list memories", exc) from None
             metas = got["metadatas"] or []
-            vectors = got.get("embeddings") if with_embeddings else None
+            vectors = got.get("embeddings") if with_embeddings and len(metas) else None
             for i, meta in enumerate(metas):
                 if skip_archived and meta.get("archived"):
                     continue
-                yield _from_metadata(meta), (np.asarray(vectors[i], dtype=np.float32) if vectors is not None else None)
+                yield meta, (vectors[i] if vectors is not None else None)
             if len(metas) < _PAGE:
                 return
             offset += _PAGE
 
     def list(self, memory_type: str, agent: str | None, **kwargs: Any) -> list[MemoryBase]:
         return [m for m, _ in self.iter_memories(memory_type, agent, **kwargs)]
-
-    def documents(self, memory_type: str, agent: str | None) -> tuple[list[str], list[str]]:
-        """(ids, texts) of the active memories of a collection, for the lexical index."""
-        col = self._collection(memory_type, agent, create=False)
-        if col is None:
-            return [], []
-        ids: list[str] = []
-        docs: list[str] = []
-        offset = 0
-        while True:
-            got = col.get(where={"archived": False}, include=["documents"], limit=_PAGE * 5, offset=offset)
-            ids += got["ids"]
-            docs += got["documents"]
-            if len(got["ids"]) < _PAGE * 5:
-                return ids, docs
-            offset += _PAGE * 5
 
     def query(
         self,
@@ -594,14 +566,12 @@ class MemoryStore:
         # search; the search filtered by it too is the fallback for when archived memories crowd
         # the nearest ones out.
         clauses: list[dict[str, Any]] = [{k: v} for k, v in (where or {}).items()]
-        asked = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
         wide = n + max(4, n // 4)
-        rows = self._search(col, name, vector, wide, asked)
+        rows = self._search(col, name, vector, wide, chroma_filter(clauses))
         active = [row for row in rows if not row[0].get("archived")]
         if len(active) >= n or len(rows) < wide:
             return [_hit(row) for row in active[:n]]
-        clauses.insert(0, {"archived": False})
-        flt = clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        flt = chroma_filter([{"archived": False}, *clauses])
         return [_hit(row) for row in self._search(col, name, vector, n, flt)]
 
     def _search(
