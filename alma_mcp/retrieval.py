@@ -556,11 +556,11 @@ class Retriever:
 
         nearest = list(self._searches.map(search, scopes)) if mode != "lexical" else [[] for _ in scopes]
         for (kind, source), dense_hits in zip(scopes, nearest):
-            dense: list[Candidate] = []
-            if mode != "lexical":
-                for hit in dense_hits:
-                    dense.append(Candidate(hit.memory, hit.vector, hit.similarity, key_vector=hit.key_vector))  # type: ignore[arg-type]
-                found.update((c.memory.id, c) for c in dense)
+            dense = [
+                Candidate(hit.memory, hit.vector, hit.similarity, key_vector=hit.key_vector)  # type: ignore[arg-type]
+                for hit in dense_hits  # none in lexical mode
+            ]
+            found.update((c.memory.id, c) for c in dense)
             if mode == "dense":
                 continue
             hits = self.lexical.get(kind, source).search(task, pool)
