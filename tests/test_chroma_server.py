@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from alma_mcp.config import parse_config
 from alma_mcp.errors import StorageError
 from alma_mcp.server import create_server
 from alma_mcp.service import ALMA
+from serving import free_port, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.chroma_server]
 
@@ -40,12 +40,6 @@ def chroma_command() -> str:
     if found is None:
         pytest.fail("the `chroma` command is not installed next to this Python (pip install chromadb)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -73,12 +67,7 @@ def chroma_server(tmp_path_factory) -> Iterator[dict[str, Any]]:
             raise TimeoutError("the Chroma server did not answer its heartbeat within 60 s")
         time.sleep(0.1)
     yield {"host": "127.0.0.1", "port": port}
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop(proc)
     log.close()
 
 
