@@ -170,6 +170,15 @@ class LearningSettings(_Strict):
         "paraphrases (bench/learning.py --calibrate): 0.70 grouped almost no paraphrases.",
     )
     min_failures_for_anti_pattern: int = Field(2, ge=1)
+    max_success_bound_for_anti_pattern: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="An anti-pattern also needs its strategy to be unlikely to work on that kind of task: "
+        "the upper bound of the 90% Wilson interval of its (recency-weighted) success rate below this. 0 of 2 "
+        "(0.58) and 1 of 5 (0.56-0.61) qualify; 1 of 3 (0.74-0.77) and 2 of 4 (0.81-0.85) do not, so a strategy that works is not struck out "
+        "by a few unlucky tries (an agent that obeys the anti-pattern never tries it again). 1: off.",
+    )
     min_alternative_outcomes: int | None = Field(
         None,
         ge=1,
@@ -454,6 +463,7 @@ alma:
     similarity_threshold: 0.45      # tasks this similar count as the same kind of task
     evidence_half_life: 10          # outcomes after which an old outcome counts half
     min_failures_for_anti_pattern: 2
+    max_success_bound_for_anti_pattern: 0.7   # ... and a strategy unlikely to work (upper Wilson bound)
     min_alternative_outcomes: null  # e.g. 6: anti-patterns must then do worse than the other strategies tried
     retire_below_confidence: 0.25
 

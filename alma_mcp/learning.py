@@ -31,7 +31,12 @@ Placing an outcome (`Learner.apply`, `Learner.cluster`):
    fallen below that bar *and* its confidence below `retire_below_confidence`, and comes back
    only with the rate above the bar and the confidence clear of the floor (hysteresis). An
    anti-pattern appears at `min_failures_for_anti_pattern` failures when the strategy fails
-   more often than not, and is retired the same way once it succeeds more often than not.
+   more often than not and is unlikely to work at all (the upper bound of the 90% Wilson
+   interval of its success rate below `max_success_bound_for_anti_pattern`, 0.7: two straight
+   failures qualify, a win and two losses do not), and is retired the same way once it
+   succeeds more often than not. The bound matters because an agent that obeys an
+   anti-pattern never tries its strategy again: one built on a working strategy's unlucky
+   start would lock it out for good.
    A cluster never holds an active heuristic and an active anti-pattern at once.
 5. Optionally (`min_alternative_outcomes`, off by default: on the benchmark it removed the
    lock-outs below but did not raise the success rate; README "How learning works"),
@@ -228,7 +233,9 @@ def anti_pattern_state(
     """Whether an anti-pattern on this evidence is active (`state` as for `heuristic_state`).
 
     It needs `min_failures_for_anti_pattern` failures, a strategy that fails more often than
-    not, and, once the alternatives on this kind of task are known, a strategy that does
+    not and is unlikely to work at all (the upper Wilson bound of its success rate below
+    `max_success_bound_for_anti_pattern`: two straight failures qualify, two wins and two losses
+    do not), and, once the alternatives on this kind of task are known, a strategy that does
     significantly worse than they do: a strategy failing 2 of 3 times where everything else
     fails 9 of 10 is not the thing to avoid. So an anti-pattern built on two unlucky failures
     of a strategy that works is retired as soon as the alternatives tried instead prove no
@@ -237,7 +244,10 @@ def anti_pattern_state(
     """
     worse = worse_than_alternatives(evidence, alternatives, settings)
     warranted = (
-        evidence.failures >= settings.min_failures_for_anti_pattern and evidence.rate < 0.5 and worse is not False
+        evidence.failures >= settings.min_failures_for_anti_pattern
+        and evidence.rate < 0.5
+        and evidence.upper < settings.max_success_bound_for_anti_pattern
+        and worse is not False
     )
     if state is None:
         return warranted

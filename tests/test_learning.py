@@ -213,7 +213,14 @@ def test_a_heuristic_whose_strategy_starts_failing_is_demoted_then_retired(alma)
     assert retired_after is not None and retired_after >= 3
     assert confidences == sorted(confidences, reverse=True) and confidences[-1] < confidences[0]
     assert alma.retrieve(FLAKY[0], "bot").heuristics == []
-    # The failures made it an anti-pattern of the same kind of task.
+    # Failures that go on make it an anti-pattern of the same kind of task, once the strategy is
+    # unlikely to work at all (max_success_bound_for_anti_pattern), not at the first doubt.
+    assert active(alma, "anti_pattern") == []
+    for extra in range(1, 6):
+        alma.learn("bot", FLAKY[extra % 5], "failure", WAIT, "testing", error_message="element still not found")
+        if active(alma, "anti_pattern"):
+            break
+    assert 1 <= extra <= 3, extra
     (anti,) = active(alma, "anti_pattern")
     assert anti.strategy_key == heuristic.strategy_key
     # When the world changes back, the same heuristic returns (no second one), not at once.
@@ -460,6 +467,40 @@ def test_an_anti_pattern_is_judged_against_the_alternatives_once_they_are_known(
     # One failure is never enough (min_failures_for_anti_pattern 2), whatever the alternatives.
     one = _evidence(0, 1)
     assert not anti_pattern_state(None, one, _evidence(8, 0), one.fail_confidence, settings)
+
+
+def test_an_anti_pattern_needs_a_strategy_unlikely_to_work():
+    """Failing more often than not is not enough: a working strategy's unlucky start (a win and
+    two losses, two and two) must not strike it out, since an agent that obeys the anti-pattern
+    never tries it again. Two straight failures, or one win in four, are enough."""
+    settings = LearningSettings()
+    assert settings.max_success_bound_for_anti_pattern == 0.7
+    for wins, losses, expected in ((0, 2, True), (0, 3, True), (1, 3, True), (1, 4, True), (1, 2, False), (2, 2, False), (2, 3, False)):
+        evidence = _evidence(wins, losses)
+        assert evidence.rate < 0.5 and evidence.failures >= settings.min_failures_for_anti_pattern
+        assert (evidence.upper < 0.7) is expected, (wins, losses, evidence.upper)
+        assert anti_pattern_state(None, evidence, None, evidence.fail_confidence, settings) is expected, (wins, losses)
+        # A retired one comes back by the same rule.
+        assert anti_pattern_state(False, evidence, None, 0.9, settings) is expected, (wins, losses)
+    # 1: off, the rule of failing more often than not alone.
+    off = LearningSettings(max_success_bound_for_anti_pattern=1.0)
+    assert anti_pattern_state(None, _evidence(2, 2), None, 0.2, off)
+
+
+def test_a_win_and_two_losses_make_no_anti_pattern_two_straight_losses_do(alma):
+    alma.learn("bot", FLAKY[0], "success", TIMEOUT, "testing")
+    for i in (1, 2):
+        result = alma.learn("bot", FLAKY[i], "failure", TIMEOUT, "testing", error_message="timed out after 60 s")
+        assert not result.anti_patterns_created
+    assert active(alma, "anti_pattern") == []
+    # One more loss: now it is unlikely to work (1 of 4: upper bound 0.64), and an anti-pattern appears.
+    created = alma.learn("bot", FLAKY[3], "failure", TIMEOUT, "testing", error_message="timed out after 60 s")
+    (anti,) = active(alma, "anti_pattern")
+    assert created.anti_patterns_created == [anti.id] and anti.occurrence_count == 3 and anti.success_count == 1
+    # Another strategy's two straight losses are enough.
+    for i in (0, 1):
+        alma.learn("bot", FLAKY[i], "failure", RETRY, "testing", error_message="still flaky")
+    assert {a.strategy_key for a in active(alma, "anti_pattern")} == {strategy_key(TIMEOUT), strategy_key(RETRY)}
 
 
 def test_feedback_offset_is_bounded_so_counters_never_outweigh_evidence():
