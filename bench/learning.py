@@ -170,6 +170,7 @@ async def run_arm(
     embedder: SentenceTransformerEmbedder,
     min_occurrences: int,
     min_alternatives: int | None = None,
+    bound: float | None = None,
 ) -> list[bool]:
     rng = random.Random(seed * 1000 + 7)  # same guesses for the same situation in every arm
     results: list[bool] = []
@@ -180,13 +181,15 @@ async def run_arm(
         return results
 
     if arm == "oracle":
-        return run_oracle(stream, rng, min_occurrences, min_alternatives)
+        return run_oracle(stream, rng, min_occurrences, min_alternatives, bound)
 
     if arm == "ceiling":
         return [episode.draw < max(episode.family.strategies.values()) for episode in stream]
 
     agent: dict[str, Any] = {"min_occurrences_for_heuristic": min_occurrences}
     learning: dict[str, Any] = {"min_alternative_outcomes": min_alternatives}
+    if bound is not None:
+        learning["max_success_bound_for_anti_pattern"] = bound
     if arm == "raw":  # outcomes are stored, but no lesson can ever reach its thresholds
         agent = {"min_occurrences_for_heuristic": 1_000_000}
         learning = {"min_failures_for_anti_pattern": 1_000_000}
@@ -231,12 +234,18 @@ async def run_arm(
 
 
 def run_oracle(
-    stream: list[Episode], rng: random.Random, min_occurrences: int, min_alternatives: int | None = None
+    stream: list[Episode],
+    rng: random.Random,
+    min_occurrences: int,
+    min_alternatives: int | None = None,
+    bound: float | None = None,
 ) -> list[bool]:
     """alma's rules on perfectly grouped outcomes: (family, strategy) is the lesson, and the
     family's outcomes of the other strategies are its alternatives. The rules themselves are the
     server's own functions (alma_mcp.learning), so this arm cannot drift from them."""
     settings = LearningSettings(min_alternative_outcomes=min_alternatives)
+    if bound is not None:
+        settings = settings.model_copy(update={"max_success_bound_for_anti_pattern": bound})
     history: dict[tuple[str, str], list[Outcome]] = {}
     heuristic: dict[tuple[str, str], bool] = {}
     anti: dict[tuple[str, str], bool] = {}
@@ -356,9 +365,12 @@ def load_runs(paths: list[str], args: argparse.Namespace) -> tuple[list[int], di
         run = json.loads(Path(path).read_text(encoding="utf-8"))
         if seeds is not None and run["seeds"] != seeds:
             raise SystemExit(f"{path}: seeds {run['seeds']} differ from {seeds}")
-        mine = (args.episodes, args.block, args.min_occurrences, args.min_alternatives)
-        if (run["episodes"], run["block"], run["min_occurrences"], run.get("min_alternatives")) != mine:
-            raise SystemExit(f"{path}: episodes, block, min_occurrences or min_alternative_outcomes differ from this command's")
+        mine = (args.episodes, args.block, args.min_occurrences, args.min_alternatives, args.bound)
+        if (run["episodes"], run["block"], run["min_occurrences"], run.get("min_alternatives"), run.get("bound")) != mine:
+            raise SystemExit(
+                f"{path}: episodes, block, min_occurrences, min_alternative_outcomes or max_success_bound_for_anti_pattern "
+                "differ from this command's"
+            )
         seeds = run["seeds"]
         per_arm.update(run["per_arm"])
     args.arms = [arm for arm in ARMS if arm in per_arm]
@@ -382,21 +394,23 @@ async def main_async(args: argparse.Namespace) -> int:
             stream = make_stream(families, args.episodes, seed)
             for arm in args.arms:
                 t0 = time.perf_counter()
-                results = await run_arm(arm, stream, seed, embedder, args.min_occurrences, args.min_alternatives)
+                results = await run_arm(arm, stream, seed, embedder, args.min_occurrences, args.min_alternatives, args.bound)
                 per_arm[arm].append(blocks(results, args.block))
                 _log(f"seed {seed} arm {arm}: overall {np.mean(results):.3f}, last block {per_arm[arm][-1][-1]:.2f} ({time.perf_counter() - t0:.0f}s)")
         if args.save:
             Path(args.save).parent.mkdir(parents=True, exist_ok=True)
             Path(args.save).write_text(json.dumps({
                 "seeds": seeds, "episodes": args.episodes, "block": args.block,
-                "min_occurrences": args.min_occurrences, "min_alternatives": args.min_alternatives, "per_arm": per_arm,
+                "min_occurrences": args.min_occurrences, "min_alternatives": args.min_alternatives, "bound": args.bound,
+                "per_arm": per_arm,
             }), encoding="utf-8")
     finals = {arm: [runs[-1] for runs in per_arm[arm]] for arm in args.arms}
     curves = {arm: list(np.mean(np.array(per_arm[arm]), axis=0)) for arm in args.arms}
 
     print(f"Success rate per block of {args.block} episodes, mean over seeds {seeds} "
           f"({len(families)} families, {args.episodes} episodes each run, "
-          f"min_occurrences_for_heuristic={args.min_occurrences}, min_alternative_outcomes={args.min_alternatives})")
+          f"min_occurrences_for_heuristic={args.min_occurrences}, min_alternative_outcomes={args.min_alternatives}, "
+          f"max_success_bound_for_anti_pattern={LearningSettings().max_success_bound_for_anti_pattern if args.bound is None else args.bound})")
     print("| episodes | " + " | ".join(args.arms) + " |")
     print("|---|" + "---|" * len(args.arms))
     for b in range(len(curves[args.arms[0]])):
@@ -439,6 +453,13 @@ def main() -> int:
         type=int,
         default=None,
         help="learning.min_alternative_outcomes for the alma and oracle arms (default: off, as in the config).",
+    )
+    parser.add_argument(
+        "--max-success-bound-for-anti-pattern",
+        dest="bound",
+        type=float,
+        default=None,
+        help="learning.max_success_bound_for_anti_pattern for the alma and oracle arms (default: the config default; 1: off).",
     )
     parser.add_argument("--out", default=str(OUT / "learning_curve.png"))
     parser.add_argument("--no-plot", action="store_true")
