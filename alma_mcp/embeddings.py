@@ -2,7 +2,9 @@
 
 Importing sentence-transformers takes seconds, so `SentenceTransformerEmbedder` loads the
 model on a background thread: the server answers `initialize` at once and the first call
-that needs a vector waits for it.
+that needs a vector waits for it. Once the model is loaded, the same thread prepares the ONNX
+Runtime copy of it (`onnx_encoder`) that embeds small inputs (a task, a memory or two) twice
+as fast; until it is ready, or if it cannot be made, torch does everything.
 """
 
 from __future__ import annotations
@@ -89,10 +91,15 @@ def resolve_model(name: str) -> str:
 class SentenceTransformerEmbedder:
     """A sentence-transformers model, loaded in the background on first need or on `start()`."""
 
-    def __init__(self, model: str = "all-MiniLM-L6-v2", device: str = "cpu", cache_size: int = 2048) -> None:
+    def __init__(
+        self, model: str = "all-MiniLM-L6-v2", device: str = "cpu", cache_size: int = 2048, onnx: bool = True
+    ) -> None:
         self.name = model
         self.device = device
+        self.onnx = onnx
         self._model = None
+        self._small = None  # an onnx_encoder.OnnxEncoder once prepared
+        self._small_done = threading.Event()
         self._error: BaseException | None = None
         self._ready = threading.Event()
         self._started = False
@@ -124,8 +131,30 @@ class SentenceTransformerEmbedder:
         except BaseException as exc:  # reported to every caller that waits
             self._error = exc
             log.error("could not load embedding model %s: %s", self.name, exc)
+            self._small_done.set()
+            return
         finally:
             self._ready.set()
+        try:
+            if self.onnx:
+                from .onnx_encoder import prepare
+
+                self._small = prepare(self._model, target, self.device)
+        except Exception as exc:  # torch keeps working; the reason is logged
+            log.warning("small inputs stay on torch: %s", exc)
+        finally:
+            self._small_done.set()
+
+    def wait_small(self, timeout: float | None = None) -> str:
+        """Wait until the small-input path is settled; returns 'onnx' or 'torch'."""
+        self.start()
+        self._small_done.wait(timeout)
+        return "onnx" if self._small is not None else "torch"
+
+    @property
+    def small_backend(self) -> str:
+        """What embeds small inputs right now: 'onnx' or 'torch'."""
+        return "onnx" if self._small is not None else "torch"
 
     def wait(self, timeout: float | None = None) -> None:
         self.start()
@@ -150,6 +179,9 @@ class SentenceTransformerEmbedder:
         self.wait()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        small = self._small
+        if small is not None and len(texts) <= _ONE_THREAD_TEXTS:
+            return small.encode(texts)  # one thread, thread-safe; same vectors as below
         import torch
 
         with self._encode_lock:  # torch is not safe to call from many threads at once
@@ -222,7 +254,7 @@ class HashEmbedder:
         return self._vector(text)
 
 
-def create_embedder(model: str, device: str = "cpu", cache_size: int = 2048) -> Embedder:
+def create_embedder(model: str, device: str = "cpu", cache_size: int = 2048, onnx: bool = True) -> Embedder:
     if model.startswith("hash-"):
         return HashEmbedder(int(model.split("-", 1)[1]))
-    return SentenceTransformerEmbedder(model, device=device, cache_size=cache_size)
+    return SentenceTransformerEmbedder(model, device=device, cache_size=cache_size, onnx=onnx)

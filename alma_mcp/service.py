@@ -124,7 +124,7 @@ class ALMA:
         self.config = config
         settings = config.alma
         self.embedder = embedder or create_embedder(
-            settings.embedding.model, settings.embedding.device, settings.embedding.cache_size
+            settings.embedding.model, settings.embedding.device, settings.embedding.cache_size, settings.embedding.onnx
         )
         self._store = store
         self._store_lock = threading.Lock()

