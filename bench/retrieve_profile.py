@@ -43,11 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", default="helena,victor")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile", type=Path, default=None)
+    parser.add_argument(
+        "--no-onnx", action="store_true", help="embed small inputs with torch, as before embedding.onnx (to compare)"
+    )
     args = parser.parse_args(argv)
     agents = args.agents.split(",")
 
-    embedder = SentenceTransformerEmbedder()
+    embedder = SentenceTransformerEmbedder(onnx=not args.no_onnx)
     embedder.wait(timeout=300)
+    log(f"small inputs embedded by {embedder.wait_small(timeout=600)}")
     alma = ALMA(bench_config(args.workdir / "base", {"include_outcomes": True}), embedder=embedder)
     _, test = split(load_tasks())
     tasks = [t for t in test if t.agent in agents]
