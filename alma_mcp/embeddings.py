@@ -173,7 +173,10 @@ class SentenceTransformerEmbedder:
     @property
     def dim(self) -> int:
         self.wait()
-        return int(self._model.get_sentence_embedding_dimension())  # type: ignore[union-attr]
+        model = self._model
+        # sentence-transformers 6 renamed the method (the old name warns); older releases have only that one.
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension  # type: ignore[union-attr]
+        return int(dimension())
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         self.wait()
