@@ -36,12 +36,11 @@ def _setup_logging(level: str) -> None:
 def _service(args: argparse.Namespace) -> Any:
     """The service for a one-shot command. It embeds one text or one batch and exits, so the ONNX
     copy of the model (worth it for a server's many small calls) is not prepared."""
-    from .embeddings import create_embedder
     from .service import ALMA
 
     config = load_config(args.config)
-    embedding = config.alma.embedding
-    return ALMA(config, embedder=create_embedder(embedding.model, embedding.device, embedding.cache_size, onnx=False))
+    config.alma.embedding.onnx = False
+    return ALMA(config)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

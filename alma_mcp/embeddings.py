@@ -149,7 +149,7 @@ class SentenceTransformerEmbedder:
         """Wait until the small-input path is settled; returns 'onnx' or 'torch'."""
         self.start()
         self._small_done.wait(timeout)
-        return "onnx" if self._small is not None else "torch"
+        return self.small_backend
 
     @property
     def small_backend(self) -> str:

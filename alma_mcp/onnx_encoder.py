@@ -20,11 +20,11 @@ calls of a few texts here once it is ready, and keeps torch for bulk work.
 
 from __future__ import annotations
 
+import atexit
+import copy
 import hashlib
 import logging
 import os
-import atexit
-import copy
 import subprocess
 import sys
 import tempfile
