@@ -182,7 +182,7 @@ class LearningSettings(_Strict):
         le=1,
         description="An anti-pattern also needs its strategy to be unlikely to work on that kind of task: "
         "the upper bound of the 90% Wilson interval of its (recency-weighted) success rate below this. 0 of 2 "
-        "(0.58) and 1 of 5 (0.56-0.61) qualify; 1 of 3 (0.74-0.77) and 2 of 4 (0.81-0.85) do not, so a strategy that works is not struck out "
+        "(0.58) and 1 of 4 (0.64-0.68) qualify; 1 of 3 (0.74-0.77) and 2 of 4 (0.81-0.85) do not, so a strategy that works is not struck out "
         "by a few unlucky tries (an agent that obeys the anti-pattern never tries it again). 1: off.",
     )
     min_alternative_outcomes: int | None = Field(
