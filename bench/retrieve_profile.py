@@ -1,6 +1,7 @@
 """Warm `alma_retrieve` latency, and where its time goes, on stores a benchmark run left behind.
 
     python bench/retrieve_profile.py --workdir DIR --agents helena,victor [--rounds 2] [--profile OUT.txt]
+        [--retrieval '{"relevance_floor": 0.54}']
 
 DIR is a `--workdir` of bench/retrieval.py (its `base` store). The lexical indexes of the agents'
 collections are built first (timed), then `alma_retrieve` is timed through a real MCP client by
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import cProfile
 import io
+import json
 import pstats
 import sys
 import time
@@ -46,13 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-onnx", action="store_true", help="embed small inputs with torch, as before embedding.onnx (to compare)"
     )
+    parser.add_argument(
+        "--retrieval",
+        type=json.loads,
+        default={},
+        help="retrieval settings as JSON (default: the config defaults), e.g. the floor bench/retrieval.py "
+        "recalibrated for this store's size: the fewer memories pass, the less each answer costs to send",
+    )
     args = parser.parse_args(argv)
     agents = args.agents.split(",")
 
     embedder = SentenceTransformerEmbedder(onnx=not args.no_onnx)
     embedder.wait(timeout=300)
     log(f"small inputs embedded by {embedder.wait_small(timeout=600)}")
-    alma = ALMA(bench_config(args.workdir / "base", {"include_outcomes": True}), embedder=embedder)
+    alma = ALMA(bench_config(args.workdir / "base", {"include_outcomes": True, **args.retrieval}), embedder=embedder)
     _, test = split(load_tasks())
     tasks = [t for t in test if t.agent in agents]
     started = time.perf_counter()
