@@ -263,10 +263,12 @@ class AgentSettings(_Strict):
     min_occurrences_for_heuristic: int = Field(3, ge=1, description="Successes a lesson needs to become a heuristic.")
     share_with: list[Name] = Field(
         default_factory=list,
-        description="Agents that may read this one's memories (retrieval, listings, single memories, feedback).",
+        description="Agents that may read this one's lessons and knowledge (retrieval, listings, single memories, "
+        "feedback); raw outcomes are never shared.",
     )
     inherit_from: list[Name] = Field(
-        default_factory=list, description="Agents whose memories this one reads, as if shared with it."
+        default_factory=list,
+        description="Agents whose lessons and knowledge this one reads, as if shared with it (not their raw outcomes).",
     )
     max_memories: int | None = Field(None, ge=1, description="Cap per memory type; the lowest-value archived first.")
     retrieval: RetrievalSettings | None = None
@@ -374,9 +376,15 @@ class AlmaConfig(_Strict):
             return settings.retrieval
         return self.alma.retrieval
 
-    def readable_agents(self, agent: str) -> list[str]:
-        """The agents whose lessons `agent` may read: itself, what it inherits, what is shared with it."""
+    def readable_agents(self, agent: str, memory_type: str | None = None) -> list[str]:
+        """The agents whose lessons `agent` may read: itself, what it inherits, what is shared with it.
+
+        Raw outcomes (`memory_type="outcome"`) are an agent's own log and are never shared: what
+        inherit_from and share_with pass on are the lessons learned from them (heuristics,
+        anti-patterns) and knowledge."""
         names = [agent]
+        if memory_type == "outcome":
+            return names
         own = self.alma.agents.get(agent)
         if own is not None:
             names += [a for a in own.inherit_from if a not in names]

@@ -470,14 +470,13 @@ class Retriever:
             self._results.clear()
 
     def _scopes(self, agent: str, memory_types: Sequence[str], user_id: str | None) -> list[tuple[str, str | None]]:
-        readable = self.config.readable_agents(agent)
         scopes: list[tuple[str, str | None]] = []
         for kind in memory_types:
             if kind == PREFERENCES:
                 if user_id:
                     scopes.append((kind, None))
             else:
-                scopes += [(kind, source) for source in readable]
+                scopes += [(kind, source) for source in self.config.readable_agents(agent, kind)]
         return scopes
 
     def _types(self, memory_types: Sequence[str] | None, settings: RetrievalSettings) -> list[str]:

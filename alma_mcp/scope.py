@@ -44,18 +44,20 @@ def check_can_learn(config: AlmaConfig, agent: str, category: str | None, what: 
             )
 
 
-def can_read(config: AlmaConfig, reader: str, owner: str) -> bool:
-    return owner in config.readable_agents(reader)
+def can_read(config: AlmaConfig, reader: str, owner: str, memory_type: str | None = None) -> bool:
+    return owner in config.readable_agents(reader, memory_type)
 
 
-def check_can_read(config: AlmaConfig, reader: str, owner: str, memory_id: str | None = None) -> None:
+def check_can_read(
+    config: AlmaConfig, reader: str, owner: str, memory_id: str | None = None, memory_type: str | None = None
+) -> None:
     """Raise if `reader` may not see `owner`'s memories.
 
     With a `memory_id` the memory is invisible: NotFound, worded like a missing id. Without
     one (a listing or search that names the other agent) ScopeDenied says which setting
     would allow it.
     """
-    if can_read(config, reader, owner):
+    if can_read(config, reader, owner, memory_type):
         return
     if memory_id is not None:
         raise NotFound(f"no memory with id {memory_id!r} in project {config.project!r}")

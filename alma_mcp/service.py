@@ -40,7 +40,7 @@ from .models import (
     utcnow,
 )
 from .retrieval import MemorySlice, Retriever
-from .scope import check_can_learn, check_can_read
+from .scope import can_read, check_can_learn, check_can_read
 from .store import MemoryStore
 from .writelock import WriteLock
 
@@ -391,7 +391,7 @@ class ALMA:
         with self.write_lock:
             memory = self.store.get(memory_id)
             if reader is not None:
-                check_can_read(self.config, reader, memory.agent, memory_id)
+                check_can_read(self.config, reader, memory.agent, memory_id, memory.type)  # type: ignore[attr-defined]
             # Steps in learning.FEEDBACK_STEPS: helpful +0.05, harmful -0.10, used +0.01, ignored -0.02.
             retired = apply_feedback(memory, signal, self.config.alma.learning.retire_below_confidence)
             if retired:  # the audit entry goes first, like every archive
@@ -408,10 +408,12 @@ class ALMA:
         reader = self._agent(agent) if agent is not None else None
         memory = self.store.get(memory_id)
         if reader is not None:
-            check_can_read(self.config, reader, memory.agent, memory_id)
+            check_can_read(self.config, reader, memory.agent, memory_id, memory.type)  # type: ignore[attr-defined]
         provenance: list[MemoryBase] = []
         supporting = getattr(memory, "supporting_outcomes", None)
-        if supporting:
+        # Another agent's lesson is shown without the raw outcomes behind it (their ids stay in
+        # supporting_outcomes): outcomes are never shared.
+        if supporting and (reader is None or can_read(self.config, reader, memory.agent, "outcome")):
             found = self.store.fetch_with_vectors("outcome", memory.agent, supporting)
             provenance = [found[i][0] for i in supporting if i in found]
         return MemoryDetail(memory=memory, provenance=provenance)
@@ -422,7 +424,7 @@ class ALMA:
         agent = self._agent(agent)
         (kind,) = self._types([memory_type]) or [memory_type]
         memories: list[MemoryBase] = []
-        sources = self.config.readable_agents(agent) if kind != "preference" else [None]
+        sources = self.config.readable_agents(agent, kind) if kind != "preference" else [None]
         for source in sources:
             memories += self.store.list(kind, source, include_archived=include_archived)
         memories.sort(key=lambda m: m.updated_at, reverse=True)

@@ -87,6 +87,13 @@ def test_share_with_and_inherit_from_allow_reading_in_one_direction_only(make_al
         assert heuristic_id in [m.id for m in alma.list_memories(reader, "heuristic")]
         assert alma.get(heuristic_id, agent=reader).memory.id == heuristic_id
         assert alma.feedback(heuristic_id, "used", agent=reader).used >= 1
+        # ...but never victor's raw outcomes: the lessons are shared, the log is not.
+        assert alma.retrieve(TASK, reader, memory_types=["outcome"]).outcomes == []
+        assert outcome_id not in [m.id for m in alma.list_memories(reader, "outcome")]
+        with pytest.raises(NotFound, match="no memory with id"):
+            alma.get(outcome_id, agent=reader)
+        with pytest.raises(NotFound, match="no memory with id"):
+            alma.feedback(outcome_id, "helpful", agent=reader)
     # ...but max, who has neither setting, sees nothing of it anywhere.
     assert alma.retrieve(TASK, "max").heuristics == [] and alma.retrieve(TASK, "max").knowledge == []
     assert alma.list_memories("max", "heuristic") == [] and alma.list_memories("max", "outcome") == []
@@ -113,6 +120,16 @@ def test_share_with_and_inherit_from_allow_reading_in_one_direction_only(make_al
     assert str(hidden.value).replace(heuristic_id, "X") == str(missing.value).replace("heuristic-" + "0" * 32, "X")
     # Refused feedback changed nothing.
     assert alma.get(heuristic_id).memory.helpful == 0
+    # The owner sees its own outcomes, and the raw outcomes behind a lesson; a reader of the
+    # lesson does not.
+    for _ in range(3):
+        alma.learn("victor", TASK, "success", FIX, "backend")
+    lesson = next(h for h in alma.list_memories("victor", "heuristic") if h.supporting_outcomes)
+    assert outcome_id in lesson.supporting_outcomes
+    assert alma.retrieve(TASK, "victor", memory_types=["outcome"]).outcomes
+    assert outcome_id in [m.id for m in alma.get(lesson.id, agent="victor").provenance]
+    assert alma.get(lesson.id).provenance  # the operator's view, no agent
+    assert alma.get(lesson.id, agent="helena").provenance == []
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -126,6 +143,10 @@ async def test_read_scope_over_mcp(make_alma, mode):
         assert shared["memory"]["id"] == heuristic_id
         with pytest.raises(Exception, match="no memory with id"):
             await client.read_resource(f"alma://memories/{outcome_id}?agent=max")
+        with pytest.raises(Exception, match="no memory with id"):  # shared lessons, not the log
+            await client.read_resource(f"alma://memories/{outcome_id}?agent=helena")
+        mine = json.loads((await client.read_resource(f"alma://memories/{outcome_id}?agent=victor")).contents[0].text)
+        assert mine["memory"]["id"] == outcome_id
         listing = json.loads((await client.read_resource("alma://agents/max/heuristic")).contents[0].text)
         assert listing == []
         listing = json.loads((await client.read_resource("alma://agents/helena/heuristic")).contents[0].text)
