@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,6 +41,10 @@ THREADS = max(1, min(2, os.cpu_count() or 1))
 """Threads one call may use. One query on two threads took 5.5-7.4 ms here against 9.1 ms on one;
 a retrieval embeds before it searches, so the second core is idle then. The threads sleep when
 idle (no spin-waiting), so they take nothing from concurrent searches."""
+
+STALE_DAYS = 30
+"""An exported file no server has loaded for this long is deleted by the next server that loads
+another one from the same folder (see `tidy`)."""
 
 MAX_DIFFERENCE = 1e-4
 """Largest difference allowed between an ONNX vector and torch's for the same probe text."""
@@ -214,10 +219,39 @@ def prepare(model: Any, target: str, device: str) -> OnnxEncoder | None:
                 reason = f"its vectors differ from torch's by {difference:.1e}"
         if difference <= MAX_DIFFERENCE:
             log.info("small inputs through ONNX Runtime (%s, vectors within %.1e of torch's)", path, difference)
+            tidy(path)
             return encoder
         log.warning("the ONNX file %s is not usable (%s); %s", path, reason, "exporting it again" if attempt == "cached" else "staying on torch")
         path.unlink(missing_ok=True)
     return None
+
+
+def tidy(used: Path, now: float | None = None) -> list[Path]:
+    """Mark `used` as in use (its mtime) and delete the other exported files of its folder that no
+    server has used for STALE_DAYS: files of a model no longer configured, or of an older torch
+    (the fingerprint changes with either), 90 MB each. Also leftover `.part` files of an export
+    that died over a day ago. Returns what was deleted; a file another process deletes or uses
+    at the same moment is left to it."""
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        os.utime(used, (now, now))
+        siblings = list(used.parent.iterdir())
+    except OSError:
+        return removed
+    for path in siblings:
+        if path == used:
+            continue
+        try:
+            age = now - path.stat().st_mtime
+            if (path.suffix == ".onnx" and age > STALE_DAYS * 86400) or (path.suffix == ".part" and age > 86400):
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    if removed:
+        log.info("deleted %d ONNX file(s) unused for %d days from %s", len(removed), STALE_DAYS, used.parent)
+    return removed
 
 
 def export(target: str, out: Path) -> None:

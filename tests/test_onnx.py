@@ -8,6 +8,7 @@ at an empty folder.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -91,11 +92,20 @@ def test_a_broken_cached_file_is_exported_again(real_embedder: SentenceTransform
     path = tmp_path / "onnx" / f"{onnx_encoder._fingerprint(real_embedder._model, target)}.onnx"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not an onnx file")
+    # Files of other models or an older torch: one unused for 40 days goes, one used yesterday
+    # stays; so does an export of another server still being written, but not one that died.
+    now = time.time()
+    stale, recent = path.parent / "stale-model.onnx", path.parent / "recent-model.onnx"
+    dead, live = path.parent / "x.onnx1234.part", path.parent / "y.onnx5678.part"
+    for sibling, days in ((stale, 40), (recent, 1), (dead, 2), (live, 0)):
+        sibling.write_bytes(b"x")
+        os.utime(sibling, (now - days * 86400, now - days * 86400))
     encoder = prepare(real_embedder._model, target, "cpu")
     assert isinstance(encoder, OnnxEncoder) and encoder.path == path
     assert path.stat().st_size > 1_000_000  # the real export replaced it
     assert np.abs(encoder.encode(TEXTS[:2]) - torch_vectors(real_embedder, TEXTS[:2])).max() < 1e-5
-    assert list(path.parent.glob("*.part")) == []  # nothing half-written left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, recent.name, live.name])
+    assert now - path.stat().st_mtime < 60  # marked as in use
 
 
 def test_vectors_that_differ_from_torch_are_never_used(real_embedder: SentenceTransformerEmbedder, tmp_path, monkeypatch, caplog):
