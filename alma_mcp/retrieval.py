@@ -549,47 +549,50 @@ class Retriever:
         admit = settings.relevance_floor - settings.floor_margin
         scopes = self._scopes(agent, memory_types, user_id)
 
-        def search(scope: tuple[str, str | None]) -> list[Any]:
+        def search(scope: tuple[str, str | None]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+            """One collection: its lexical hits, its nearest memories, and the lexical hits the
+            dense search did not return that could still pass, read in the same call to Chroma."""
             kind, source = scope
-            return self.store.query(kind, source, vector, pool, where={"user_id": user_id} if kind == PREFERENCES else None)
+            hits = self.lexical.get(kind, source).search(task, pool) if mode != "dense" else []
+            if mode == "lexical":
+                return hits, [], self.store.fetch_hits(kind, source, [h.id for h in hits]) if hits else {}
 
-        nearest = list(self._searches.map(search, scopes)) if mode != "lexical" else [[] for _ in scopes]
-        for (kind, source), dense_hits in zip(scopes, nearest):
-            dense = [
-                Candidate(hit.memory, hit.vector, hit.similarity, key_vector=hit.key_vector)  # type: ignore[arg-type]
-                for hit in dense_hits  # none in lexical mode
-            ]
-            found.update((c.memory.id, c) for c in dense)
-            if mode == "dense":
-                continue
-            hits = self.lexical.get(kind, source).search(task, pool)
+            def could_pass(ids: list[str], similarities: list[float], complete: bool) -> list[str]:
+                # A memory the search did not return is less similar than the last one it did
+                # (`ceiling`), so it can only be admitted through the lexical door or if its
+                # coverage lifts it over the floor; only those are read. A search that came back
+                # short has seen every memory. Hits among the ids found are read anyway. (The
+                # bound ignores the key-field share of the similarity, added below: a memory
+                # outside the pool whose key alone would lift it over the floor is rare.)
+                seen = set(ids)
+                ceiling = None if complete or not similarities else min(similarities)
+                return [
+                    h.id
+                    for h in hits
+                    if h.id in seen
+                    or (
+                        ceiling is not None
+                        and (
+                            h.identifiers > 0
+                            or h.coverage >= settings.lexical_floor
+                            or ceiling + settings.lexical_weight * h.coverage >= admit
+                        )
+                    )
+                ]
+
+            where = {"user_id": user_id} if kind == PREFERENCES else None
+            dense, extra = self.store.query_and_read(kind, source, vector, pool, where, could_pass if hits else None)
+            return hits, dense, extra
+
+        for (kind, source), (hits, dense_hits, extra) in zip(scopes, self._searches.map(search, scopes)):
+            for hit in dense_hits:
+                found[hit.memory.id] = Candidate(hit.memory, hit.vector, hit.similarity, key_vector=hit.key_vector)  # type: ignore[arg-type]
             lexical_hits += [(h.score, h.id) for h in hits]
-            # A memory the dense search did not return is less similar than the last one it did
-            # (`ceiling`), so it can only be admitted through the lexical door or if its coverage
-            # lifts it over the floor; reading it from the store costs a round trip, so only
-            # memories that could pass are read. A dense search that came back short has seen
-            # every active memory of the collection. (The bound ignores the key-field share of
-            # the similarity, added below: a memory outside a pool of 20 whose key alone would
-            # lift it over the floor is rare, and reading every lexical hit costs a round trip.)
-            ceiling = min((c.similarity for c in dense), default=1.0) if len(dense) >= pool or mode == "lexical" else None
-            missing = [
-                h.id
-                for h in hits
-                if h.id not in found
-                and ceiling is not None
-                and (
-                    mode == "lexical"
-                    or h.identifiers > 0
-                    or h.coverage >= settings.lexical_floor
-                    or ceiling + settings.lexical_weight * h.coverage >= admit
-                )
-            ]
-            if missing:
-                for doc, hit in self.store.fetch_hits(kind, source, missing).items():
-                    memory, vec = hit.memory, hit.vector
-                    if memory.archived or (kind == PREFERENCES and getattr(memory, "user_id", None) != user_id):
-                        continue
-                    found[doc] = Candidate(memory, vec, float(np.dot(vec, vector)), key_vector=hit.key_vector)  # type: ignore[arg-type]
+            for doc, hit in extra.items():
+                memory, vec = hit.memory, hit.vector
+                if doc in found or memory.archived or (kind == PREFERENCES and getattr(memory, "user_id", None) != user_id):
+                    continue
+                found[doc] = Candidate(memory, vec, float(np.dot(vec, vector)), key_vector=hit.key_vector)  # type: ignore[arg-type]
             for h in hits:
                 candidate = found.get(h.id)
                 if candidate is not None:

@@ -556,9 +556,26 @@ class MemoryStore:
         where: dict[str, Any] | None = None,
     ) -> list[Hit]:
         """The n nearest active memories, with cosine similarity (1 - Chroma's cosine distance)."""
+        return self.query_and_read(memory_type, agent, vector, n, where)[0]
+
+    def query_and_read(
+        self,
+        memory_type: str,
+        agent: str | None,
+        vector: np.ndarray,
+        n: int,
+        where: dict[str, Any] | None = None,
+        also: Callable[[list[str], list[float], bool], Sequence[str]] | None = None,
+    ) -> tuple[list[Hit], dict[str, Hit]]:
+        """query(), plus other records of the collection read in the same call to Chroma (with
+        similarity 0, like fetch_hits): those `also(ids, similarities, complete)` names once the
+        nearest ids are known (all the search found, nearest first, archived ones too, which may
+        be more than the n returned). `complete` is true when the search saw every record the
+        filter allows. Reading by id costs a round trip of its own (about 2-4 ms), so retrieval uses
+        this to read the lexical hits the dense search did not return with the dense hits."""
         col = self._collection(memory_type, agent, create=False)
         if col is None:
-            return []
+            return [], {}
         name = collection_name(self.project, memory_type, agent)
         # "Active only" as a Chroma filter is slow: on its own it makes Chroma check every record
         # (about 0.5 s at 100,000 memories), and combined with another clause ({"user_id": ...})
@@ -567,17 +584,24 @@ class MemoryStore:
         # the nearest ones out.
         clauses: list[dict[str, Any]] = [{k: v} for k, v in (where or {}).items()]
         wide = n + max(4, n // 4)
-        rows = self._search(col, name, vector, wide, chroma_filter(clauses))
+        rows, extra = self._search(col, name, vector, wide, chroma_filter(clauses), also)
         active = [row for row in rows if not row[0].get("archived")]
         if len(active) >= n or len(rows) < wide:
-            return [_hit(row) for row in active[:n]]
+            return [_hit(row) for row in active[:n]], extra
         flt = chroma_filter([{"archived": False}, *clauses])
-        return [_hit(row) for row in self._search(col, name, vector, n, flt)]
+        return [_hit(row) for row in self._search(col, name, vector, n, flt)[0]], extra
 
     def _search(
-        self, col: Any, name: str, vector: np.ndarray, n: int, flt: dict[str, Any] | None
-    ) -> list[tuple[dict[str, Any], float, Any]]:
-        """(metadata, distance, vector) of the n nearest records, nearest first.
+        self,
+        col: Any,
+        name: str,
+        vector: np.ndarray,
+        n: int,
+        flt: dict[str, Any] | None,
+        also: Callable[[list[str], list[float], bool], Sequence[str]] | None = None,
+    ) -> tuple[list[tuple[dict[str, Any], float, Any]], dict[str, Hit]]:
+        """(metadata, distance, vector) of the n nearest records, nearest first, and the records
+        `also` names (see query_and_read).
 
         Chroma is asked for ids and distances only; the records come from the RecordCache, and
         those it lacks are read by id in one call."""
@@ -586,12 +610,14 @@ class MemoryStore:
             got = col.query(query_embeddings=[vector], n_results=n, where=flt, include=["distances"])
         except Exception as exc:
             if "nothing" in str(exc).lower() or "0" == str(exc).strip():
-                return []
+                return [], {}
             raise _chroma_error("search memories", exc) from None
         ids, distances = got["ids"][0], got["distances"][0]
-        rows = self._rows(col, name, generation, ids)
+        extra_ids = list(dict.fromkeys(also(ids, [1.0 - float(d) for d in distances], len(ids) < n))) if also else []
+        rows = self._rows(col, name, generation, list(dict.fromkeys([*ids, *extra_ids])))
         # A record deleted by another process between the search and the read is skipped.
-        return [(rows[doc][0], distance, rows[doc][1]) for doc, distance in zip(ids, distances) if doc in rows]
+        extra = {doc: _hit((rows[doc][0], 1.0, rows[doc][1])) for doc in extra_ids if doc in rows}
+        return [(rows[doc][0], distance, rows[doc][1]) for doc, distance in zip(ids, distances) if doc in rows], extra
 
     def _rows(self, col: Any, name: str, generation: int, ids: Sequence[str]) -> dict[str, tuple[dict[str, Any], Any]]:
         """(metadata, vector) of these records: from the RecordCache, the rest read by id in one

@@ -73,3 +73,33 @@ def test_a_users_preferences_skip_archived_ones_even_when_they_crowd_the_nearest
     assert [hit.memory.id for hit in hits] == [kept.id]
     found = alma.retrieve("How long may a commit message be?", "helena", user_id="alice", memory_types=["preference"])
     assert [item.memory.id for item in found.preferences] == [kept.id]
+
+
+def test_lexical_hits_beyond_the_nearest_are_read_in_the_same_call(make_alma, monkeypatch) -> None:
+    # Forty facts close to the task in meaning, and one far from it that quotes the task's error
+    # code: the dense search does not return that one, the lexical door must, and reading it must
+    # not cost a second round trip to Chroma.
+    import chromadb.api.models.Collection as chroma_collection
+
+    alma = make_alma(lifecycle={"merge_on_write": False})  # forty near-identical facts stay forty
+    for i in range(40):
+        alma.add_knowledge("helena", "deploys", f"Deploy pipeline note {i}: the checkout service deploy step {i} needs the release branch green first.")
+    far = alma.add_knowledge("helena", "canteen", "The canteen card reader shows ERR_PGW_4711 when its paper roll is empty.")
+    task = "The checkout service deploy step fails with ERR_PGW_4711"
+    nearest = alma.store.query("knowledge", "helena", alma.embedder.embed_query(task), 25)
+    assert far.id not in [hit.memory.id for hit in nearest], "the test needs the fact outside the dense search"
+
+    alma.retriever.lexical.get("knowledge", "helena")  # the BM25 index is built from the store first
+    reads = []
+    real_get = chroma_collection.Collection.get
+
+    def counted(self, *args, **kwargs):
+        reads.append(kwargs.get("ids"))
+        return real_get(self, *args, **kwargs)
+
+    monkeypatch.setattr(chroma_collection.Collection, "get", counted)
+    alma.store.records._rows.clear()
+    alma.retriever.clear_cache()
+    found = alma.retrieve(task, "helena", memory_types=["knowledge"]).knowledge
+    assert far.id in [item.memory.id for item in found]
+    assert len(reads) == 1 and far.id in reads[0], reads
