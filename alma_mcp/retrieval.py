@@ -590,7 +590,7 @@ class Retriever:
             lexical_hits += [(h.score, h.id) for h in hits]
             for doc, hit in extra.items():
                 memory, vec = hit.memory, hit.vector
-                if doc in found or memory.archived or (kind == PREFERENCES and getattr(memory, "user_id", None) != user_id):
+                if memory.archived or (kind == PREFERENCES and getattr(memory, "user_id", None) != user_id):
                     continue
                 found[doc] = Candidate(memory, vec, float(np.dot(vec, vector)), key_vector=hit.key_vector)  # type: ignore[arg-type]
             for h in hits:

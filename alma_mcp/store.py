@@ -567,12 +567,13 @@ class MemoryStore:
         where: dict[str, Any] | None = None,
         also: Callable[[list[str], list[float], bool], Sequence[str]] | None = None,
     ) -> tuple[list[Hit], dict[str, Hit]]:
-        """query(), plus other records of the collection read in the same call to Chroma (with
-        similarity 0, like fetch_hits): those `also(ids, similarities, complete)` names once the
-        nearest ids are known (all the search found, nearest first, archived ones too, which may
-        be more than the n returned). `complete` is true when the search saw every record the
-        filter allows. Reading by id costs a round trip of its own (about 2-4 ms), so retrieval uses
-        this to read the lexical hits the dense search did not return with the dense hits."""
+        """query(), plus other records of the collection read in the same call to Chroma: those
+        `also(ids, similarities, complete)` names once the nearest ids are known (all the search
+        found, nearest first, archived ones too, which may be more than the n returned), as hits
+        with similarity 0 like fetch_hits, less those already among the n returned. `complete` is
+        true when the search saw every record the filter allows. Reading by id costs a round trip
+        of its own (about 2-4 ms), so retrieval uses this to read the lexical hits the dense
+        search did not return with the dense hits."""
         col = self._collection(memory_type, agent, create=False)
         if col is None:
             return [], {}
@@ -587,9 +588,13 @@ class MemoryStore:
         rows, extra = self._search(col, name, vector, wide, chroma_filter(clauses), also)
         active = [row for row in rows if not row[0].get("archived")]
         if len(active) >= n or len(rows) < wide:
-            return [_hit(row) for row in active[:n]], extra
-        flt = chroma_filter([{"archived": False}, *clauses])
-        return [_hit(row) for row in self._search(col, name, vector, n, flt)[0]], extra
+            hits = [_hit(row) for row in active[:n]]
+        else:
+            flt = chroma_filter([{"archived": False}, *clauses])
+            hits = [_hit(row) for row in self._search(col, name, vector, n, flt)[0]]
+        # Records `also` named that are among the hits are not parsed a second time.
+        returned = {hit.memory.id for hit in hits}
+        return hits, {doc: _hit((meta, 1.0, vec)) for doc, (meta, vec) in extra.items() if doc not in returned}
 
     def _search(
         self,
@@ -599,9 +604,9 @@ class MemoryStore:
         n: int,
         flt: dict[str, Any] | None,
         also: Callable[[list[str], list[float], bool], Sequence[str]] | None = None,
-    ) -> tuple[list[tuple[dict[str, Any], float, Any]], dict[str, Hit]]:
-        """(metadata, distance, vector) of the n nearest records, nearest first, and the records
-        `also` names (see query_and_read).
+    ) -> tuple[list[tuple[dict[str, Any], float, Any]], dict[str, tuple[dict[str, Any], Any]]]:
+        """(metadata, distance, vector) of the n nearest records, nearest first, and (metadata,
+        vector) of the records `also` names (see query_and_read).
 
         Chroma is asked for ids and distances only; the records come from the RecordCache, and
         those it lacks are read by id in one call."""
@@ -616,7 +621,7 @@ class MemoryStore:
         extra_ids = list(dict.fromkeys(also(ids, [1.0 - float(d) for d in distances], len(ids) < n))) if also else []
         rows = self._rows(col, name, generation, list(dict.fromkeys([*ids, *extra_ids])))
         # A record deleted by another process between the search and the read is skipped.
-        extra = {doc: _hit((rows[doc][0], 1.0, rows[doc][1])) for doc in extra_ids if doc in rows}
+        extra = {doc: rows[doc] for doc in extra_ids if doc in rows}
         return [(rows[doc][0], distance, rows[doc][1]) for doc, distance in zip(ids, distances) if doc in rows], extra
 
     def _rows(self, col: Any, name: str, generation: int, ids: Sequence[str]) -> dict[str, tuple[dict[str, Any], Any]]:
