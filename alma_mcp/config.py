@@ -285,6 +285,12 @@ class AlmaSettings(_Strict):
     data_dir: Path | None = None
     chroma_http: ChromaHttpSettings = Field(default_factory=ChromaHttpSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    vector_search: Literal["memory", "chroma"] = Field(
+        "memory",
+        description="Where retrieval finds a task's nearest memories: 'memory' searches an exact copy of each "
+        "searched collection's vectors held by this process (about 1.6 KB per memory; faster), 'chroma' asks "
+        "Chroma's own index (approximate; no copy).",
+    )
     http: HttpSettings = Field(default_factory=HttpSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     learning: LearningSettings = Field(default_factory=LearningSettings)
@@ -459,6 +465,9 @@ alma:
     model: all-MiniLM-L6-v2         # any sentence-transformers model name or local folder
     device: cpu
     onnx: true                      # small inputs through ONNX Runtime (same vectors, ~2x faster)
+
+  vector_search: memory             # retrieval's nearest memories: exact, from vectors held in memory
+                                    # (~1.6 KB per memory searched); "chroma": Chroma's own index
 
   http:                             # used by `alma-mcp serve --http`
     host: 127.0.0.1                 # loopback by default; other hosts need a token

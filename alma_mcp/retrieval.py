@@ -36,7 +36,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Literal, Sequence
 
@@ -45,6 +45,7 @@ from pydantic import BaseModel, Field
 
 from .config import AlmaConfig, RetrievalSettings
 from .embeddings import Embedder
+from .dense import VectorIndex
 from .lexical import BM25Index
 from .models import (
     MEMORY_TYPES,
@@ -253,9 +254,22 @@ class KeyVectors:
         return np.stack(rows) @ query  # type: ignore[arg-type]
 
 
-# -- the lexical side -------------------------------------------------------------------
-class LexicalIndexes:
-    """One incremental BM25 index per collection, kept in step with the store's writes.
+# -- the search indexes ------------------------------------------------------------------
+@dataclass
+class CollectionIndex:
+    """What retrieval searches in one collection: its active memories' BM25 index and, unless
+    Chroma does the nearest-neighbour search (`vector_search: chroma`), their vectors."""
+
+    lexical: BM25Index
+    dense: VectorIndex | None
+
+
+def _owner(memory: MemoryBase) -> str | None:
+    return getattr(memory, "user_id", None) if memory.type == PREFERENCES else None  # type: ignore[attr-defined]
+
+
+class SearchIndexes:
+    """One CollectionIndex per collection, kept in step with the store's writes.
 
     An index is built from the store the first time a collection is searched; after that,
     the store's write listener adds, replaces and removes single memories, so a write costs
@@ -264,15 +278,16 @@ class LexicalIndexes:
     process writing, another process wrote, and the index is rebuilt from the store.
     """
 
-    def __init__(self, store: MemoryStore) -> None:
+    def __init__(self, store: MemoryStore, vectors: bool = True) -> None:
         self.store = store
-        self._indexes: dict[str, BM25Index] = {}
+        self.vectors = vectors
+        self._indexes: dict[str, CollectionIndex] = {}
         self._synced: dict[str, int] = {}
         self._lock = threading.RLock()
         if hasattr(store, "add_write_listener"):
             store.add_write_listener(self._on_write)
 
-    def get(self, memory_type: str, agent: str | None) -> BM25Index:
+    def get(self, memory_type: str, agent: str | None) -> CollectionIndex:
         name = collection_name(self.store.project, memory_type, agent)
         index = self._indexes.get(name)
         if index is not None and self._synced.get(name) == self.store.generation(memory_type, agent):
@@ -281,14 +296,32 @@ class LexicalIndexes:
             generation = self.store.generation(memory_type, agent)
             index = self._indexes.get(name)
             if index is None or self._synced.get(name) != generation:
-                index = BM25Index()
-                memories = [m for m, _ in self.store.iter_memories(memory_type, agent)]
-                index.add_many([m.id for m in memories], [lexical_text(m) for m in memories])
+                memories, vectors = [], []
+                rows = (
+                    self.store.read_collection(memory_type, agent)
+                    if self.vectors
+                    else self.store.iter_memories(memory_type, agent)
+                )
+                for memory, vector in rows:
+                    memories.append(memory)
+                    vectors.append(vector)
+                index = CollectionIndex(BM25Index(), VectorIndex() if self.vectors else None)
+                index.lexical.add_many([m.id for m in memories], [lexical_text(m) for m in memories])
+                if index.dense is not None and memories:
+                    index.dense.add_many([m.id for m in memories], np.stack(vectors), [_owner(m) for m in memories])  # type: ignore[arg-type]
                 self._indexes[name] = index
                 self._synced[name] = generation
             return index
 
-    def _on_write(self, name: str, memories: Sequence[MemoryBase], deleted: bool, before: int, after: int) -> None:
+    def _on_write(
+        self,
+        name: str,
+        memories: Sequence[MemoryBase],
+        deleted: bool,
+        before: int,
+        after: int,
+        vectors: np.ndarray | None = None,
+    ) -> None:
         with self._lock:
             index = self._indexes.get(name)
             if index is None:
@@ -296,16 +329,31 @@ class LexicalIndexes:
             if self._synced.get(name) != before:
                 # Another process wrote since this index was read: applying only our own write
                 # would mark its memories as seen. Drop the index; the next search rebuilds it.
-                self._indexes.pop(name, None)
-                self._synced.pop(name, None)
+                self._drop(name)
                 return
             gone = [m.id for m in memories if deleted or m.archived]
-            kept = [m for m in memories if not (deleted or m.archived)]
+            kept = [i for i, m in enumerate(memories) if not (deleted or m.archived)]
+            if index.dense is not None:
+                if vectors is not None:
+                    index.dense.add_many([memories[i].id for i in kept], vectors[kept], [_owner(memories[i]) for i in kept])
+                elif any(memories[i].id not in index.dense for i in kept):
+                    # A metadata-only write brought back a memory this index does not hold (a
+                    # restore): its vector is in the store, not in the write. Read it all again.
+                    self._drop(name)
+                    return
+                else:
+                    for i in kept:
+                        index.dense.set_owner(memories[i].id, _owner(memories[i]))
+                index.dense.remove(gone)
             if gone:
-                index.remove(gone)
+                index.lexical.remove(gone)
             if kept:
-                index.add_many([m.id for m in kept], [lexical_text(m) for m in kept])
+                index.lexical.add_many([memories[i].id for i in kept], [lexical_text(memories[i]) for i in kept])
             self._synced[name] = after
+
+    def _drop(self, name: str) -> None:
+        self._indexes.pop(name, None)
+        self._synced.pop(name, None)
 
 
 # -- candidates ---------------------------------------------------------------------------
@@ -451,7 +499,7 @@ class Retriever:
         self.store = store
         self.embedder = embedder
         self.config = config
-        self.lexical = LexicalIndexes(store)
+        self.indexes = SearchIndexes(store, vectors=config.alma.vector_search == "memory")
         self.keys = KeyVectors(embedder)
         self._searches = ThreadPoolExecutor(_SEARCH_THREADS, thread_name_prefix="alma-search")
         self._results: OrderedDict[tuple[Any, ...], tuple[float, MemorySlice]] = OrderedDict()
@@ -553,7 +601,8 @@ class Retriever:
             """One collection: its lexical hits, its nearest memories, and the lexical hits the
             dense search did not return that could still pass, read in the same call to Chroma."""
             kind, source = scope
-            hits = self.lexical.get(kind, source).search(task, pool) if mode != "dense" else []
+            index = self.indexes.get(kind, source)
+            hits = index.lexical.search(task, pool) if mode != "dense" else []
             if mode == "lexical":
                 return hits, [], self.store.fetch_hits(kind, source, [h.id for h in hits]) if hits else {}
 
@@ -580,12 +629,23 @@ class Retriever:
                     )
                 ]
 
+            if index.dense is not None:
+                # The nearest memories from the in-memory index (exact, active ones only), then
+                # their records and the lexical hits that could pass, in one read.
+                ids, similarities, complete = index.dense.search(vector, pool, user_id, restrict=kind == PREFERENCES)
+                nearest = set(ids)
+                extra_ids = [doc for doc in could_pass(ids, similarities, complete) if doc not in nearest] if hits else []
+                read = self.store.fetch_hits(kind, source, list(dict.fromkeys([*ids, *extra_ids])))
+                dense = [replace(read[doc], similarity=sim) for doc, sim in zip(ids, similarities) if doc in read]
+                return hits, dense, {doc: read[doc] for doc in extra_ids if doc in read}
             where = {"user_id": user_id} if kind == PREFERENCES else None
             dense, extra = self.store.query_and_read(kind, source, vector, pool, where, could_pass if hits else None)
             return hits, dense, extra
 
         for (kind, source), (hits, dense_hits, extra) in zip(scopes, self._searches.map(search, scopes)):
             for hit in dense_hits:
+                if hit.memory.archived:  # archived by another process since the index was read
+                    continue
                 found[hit.memory.id] = Candidate(hit.memory, hit.vector, hit.similarity, key_vector=hit.key_vector)  # type: ignore[arg-type]
             lexical_hits += [(h.score, h.id) for h in hits]
             for doc, hit in extra.items():

@@ -61,10 +61,11 @@ def _parse_collection_name(name: str) -> tuple[str, str, str] | None:
     return parts[1], parts[2], parts[3]
 
 
-WriteListener = Callable[[str, Sequence[MemoryBase], bool, int, int], None]
+WriteListener = Callable[[str, Sequence[MemoryBase], bool, int, int, "np.ndarray | None"], None]
 """(collection name, the memories written, True when they were deleted, the collection's
-generation just before and just after this write). A listener whose view was at `before`
-may apply the write and move to `after`; any other view missed a write by another process."""
+generation just before and just after this write, and the memories' text vectors when the write
+stored them, else None). A listener whose view was at `before` may apply the write and move to
+`after`; any other view missed a write by another process."""
 
 
 @dataclass
@@ -177,6 +178,8 @@ class RecordCache:
     def add(self, name: str, generation: int, rows: dict[str, tuple[dict[str, Any], Any]]) -> None:
         """Keep rows read at `generation` (the generation read before they were fetched)."""
         with self._lock:
+            if name not in self._generations:  # nothing kept yet: start at the generation they were read at
+                self._generations[name] = generation
             if self._generations.get(name) != generation:
                 return  # the collection moved on while they were read: they may be stale
             kept = self._rows.setdefault(name, OrderedDict())
@@ -317,22 +320,25 @@ class MemoryStore:
 
     def add_write_listener(self, listener: "WriteListener") -> None:
         """Call `listener(collection, memories, deleted)` after every write this process makes, so
-        indexes derived from the store (the lexical index) follow it without re-reading it."""
+        indexes derived from the store (retrieval's search indexes) follow it without re-reading it."""
         self._write_listeners.append(listener)
 
-    def _notify(self, name: str, memories: Sequence[MemoryBase], deleted: bool, before: int) -> None:
-        """Tell the listeners about a write; call with the write lock held, after `_bump`."""
+    def _notify(
+        self, name: str, memories: Sequence[MemoryBase], deleted: bool, before: int, vectors: np.ndarray | None = None
+    ) -> None:
+        """Tell the listeners about a write; call with the write lock held, after `_bump`.
+        `vectors`: the memories' text vectors, when the write stored them (put)."""
         after = self._generation_of(name)  # under the lock: no other process wrote in between
         if self._shared is not None:
             # After the write lock is released: see DirectoryLock.after_write (deadlock otherwise).
             memories = list(memories)
             for listener in self._write_listeners:
                 self._shared.lock.after_write(
-                    lambda listener=listener: listener(name, memories, deleted, before, after)
+                    lambda listener=listener: listener(name, memories, deleted, before, after, vectors)
                 )
             return
         for listener in self._write_listeners:
-            listener(name, memories, deleted, before, after)
+            listener(name, memories, deleted, before, after, vectors)
 
     def scopes(self) -> list[tuple[str, str]]:
         """(agent, memory_type) of every collection of this project; agent '_' for preferences."""
@@ -417,7 +423,7 @@ class MemoryStore:
                     raise _chroma_error(f"write {len(indexes)} memories", exc) from None
                 finally:
                     self._bump(name)
-                self._notify(name, [memories[i] for i in indexes], False, before)
+                self._notify(name, [memories[i] for i in indexes], False, before, np.asarray(embeddings[indexes], dtype=np.float32))
 
     def update_metadata(self, memories: Sequence[MemoryBase]) -> None:
         """Rewrite memories whose text did not change (counters, flags): no re-embedding."""
@@ -506,6 +512,22 @@ class MemoryStore:
     ) -> Iterator[tuple[MemoryBase, np.ndarray | None]]:
         for meta, vector in self._pages(memory_type, agent, where, include_archived, with_embeddings):
             yield _from_metadata(meta), (np.asarray(vector, dtype=np.float32) if vector is not None else None)
+
+    def read_collection(self, memory_type: str, agent: str | None) -> Iterator[tuple[MemoryBase, np.ndarray]]:
+        """Every active memory of a collection with its vector, for an index built from the store.
+        The records read also fill the record cache (up to its size per collection), so the
+        searches that follow read none of them again."""
+        name = collection_name(self.project, memory_type, agent)
+        generation = self._generation_of(name)  # before reading: see RecordCache.add
+        page: dict[str, tuple[dict[str, Any], Any]] = {}
+        for meta, vector in self._pages(memory_type, agent, None, False, with_embeddings=True):
+            memory = _from_metadata(meta)
+            page[memory.id] = (meta, vector)
+            yield memory, np.asarray(vector, dtype=np.float32)
+            if len(page) >= _PAGE:
+                self.records.add(name, generation, page)
+                page = {}
+        self.records.add(name, generation, page)
 
     def _pages(
         self,

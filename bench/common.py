@@ -180,7 +180,7 @@ def make_filler(
 
 
 # -- services --------------------------------------------------------------------------------
-def bench_config(data_dir: Path, retrieval: dict[str, Any] | None = None) -> AlmaConfig:
+def bench_config(data_dir: Path, retrieval: dict[str, Any] | None = None, vector_search: str = "memory") -> AlmaConfig:
     # The decay sweep and merge-on-write belong to the life-cycle benchmark; off here so the
     # figures are retrieval's own.
     alma: dict[str, Any] = {
@@ -188,6 +188,7 @@ def bench_config(data_dir: Path, retrieval: dict[str, Any] | None = None) -> Alm
         "data_dir": str(data_dir),
         "allow_undeclared_agents": True,
         "lifecycle": {"sweep_every_writes": 0, "merge_on_write": False},
+        "vector_search": vector_search,
     }
     if retrieval:
         alma["retrieval"] = retrieval

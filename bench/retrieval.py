@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Stopwatch() as sw:
             for kind in KINDS:  # first read of each collection builds its lexical index
                 for agent in level_agents:
-                    alma.retriever.lexical.get(kind, agent if kind != "preference" else None)
+                    alma.retriever.indexes.get(kind, agent if kind != "preference" else None)
         log(f"lexical indexes built in {sw.ms / 1000:.1f} s")
         print_table(
             f"Served, floors calibrated on the hand-written corpus alone: {level:,} memories per agent "
@@ -356,7 +356,7 @@ def latency_only(workdir: Path) -> int:
         with Stopwatch() as sw:
             for kind in KINDS:
                 for agent in {t.agent for t in tasks}:
-                    alma.retriever.lexical.get(kind, agent if kind != "preference" else None)
+                    alma.retriever.indexes.get(kind, agent if kind != "preference" else None)
         log(f"{level:,}: lexical indexes built from the store in {sw.ms / 1000:.1f} s")
         print_latency([(level, asyncio.run(mcp_latency(alma, tasks)))])
     return 0

@@ -1,9 +1,9 @@
 """Warm `alma_retrieve` latency, and where its time goes, on stores a benchmark run left behind.
 
     python bench/retrieve_profile.py --workdir DIR --agents helena,victor [--rounds 2] [--profile OUT.txt]
-        [--retrieval '{"relevance_floor": 0.54}']
+        [--retrieval '{"relevance_floor": 0.54}'] [--vector-search chroma]
 
-DIR is a `--workdir` of bench/retrieval.py (its `base` store). The lexical indexes of the agents'
+DIR is a `--workdir` of bench/retrieval.py (its `base` store). The search indexes of the agents'
 collections are built first (timed), then `alma_retrieve` is timed through a real MCP client by
 bench/retrieval.py's `mcp_latency` (the SDK's in-process `Client`, legacy handshake; all five
 types; the test-split tasks of those agents): new task (a text never seen: embedded, nothing
@@ -55,20 +55,27 @@ def main(argv: list[str] | None = None) -> int:
         help="retrieval settings as JSON (default: the config defaults), e.g. the floor bench/retrieval.py "
         "recalibrated for this store's size: the fewer memories pass, the less each answer costs to send",
     )
+    parser.add_argument(
+        "--vector-search",
+        choices=["memory", "chroma"],
+        default="memory",
+        help="where the nearest memories are found (the config's vector_search; default: memory)",
+    )
     args = parser.parse_args(argv)
     agents = args.agents.split(",")
 
     embedder = SentenceTransformerEmbedder(onnx=not args.no_onnx)
     embedder.wait(timeout=300)
     log(f"small inputs embedded by {embedder.wait_small(timeout=600)}")
-    alma = ALMA(bench_config(args.workdir / "base", {"include_outcomes": True, **args.retrieval}), embedder=embedder)
+    config = bench_config(args.workdir / "base", {"include_outcomes": True, **args.retrieval}, args.vector_search)
+    alma = ALMA(config, embedder=embedder)
     _, test = split(load_tasks())
     tasks = [t for t in test if t.agent in agents]
     started = time.perf_counter()
     for kind in KINDS:
         for agent in agents:
-            alma.retriever.lexical.get(kind, agent if kind != "preference" else None)
-    log(f"lexical indexes of {', '.join(agents)} built in {time.perf_counter() - started:.1f} s; {len(tasks)} tasks")
+            alma.retriever.indexes.get(kind, agent if kind != "preference" else None)
+    log(f"search indexes of {', '.join(agents)} built in {time.perf_counter() - started:.1f} s; {len(tasks)} tasks")
 
     table = asyncio.run(mcp_latency(alma, tasks, args.rounds))
     print(f"{'call':<30} {'n':>4} {'p50':>7} {'p95':>7}   (ms, through a real MCP client)")

@@ -230,7 +230,7 @@ def test_the_lexical_index_follows_writes_and_forgetting(alma: ALMA) -> None:
     teach_playwright(alma)
     alma.retrieve("warm the indexes", "helena")  # builds the lexical indexes from the store
     taught = alma.add_knowledge("helena", "ci", "Error ERR_PNPM_OUTDATED_LOCKFILE means the lockfile must be regenerated.")
-    index = alma.retriever.lexical.get("knowledge", "helena")
+    index = alma.retriever.indexes.get("knowledge", "helena").lexical
     assert [h.id for h in index.search("ERR_PNPM_OUTDATED_LOCKFILE", 3)][:1] == [taught.id]
     alma.forget(memory_ids=[taught.id], dry_run=False)
     assert taught.id not in [h.id for h in index.search("ERR_PNPM_OUTDATED_LOCKFILE", 3)]
@@ -275,7 +275,7 @@ def test_another_writer_on_the_same_store_is_seen_by_the_lexical_index(make_alma
     before = reader.retrieve(task, "helena")  # builds the reader's lexical indexes
     assert all("ERR_PNPM" not in m.memory.text() for m in before.all())
     taught = writer.add_knowledge("helena", "ci", "ERR_PNPM_OUTDATED_LOCKFILE: run pnpm install without --frozen-lockfile once and commit the lockfile.")
-    index = reader.retriever.lexical.get("knowledge", "helena")
+    index = reader.retriever.indexes.get("knowledge", "helena").lexical
     assert taught.id in [h.id for h in index.search(task, 5)], "the reader's index must pick up the other writer's memory"
     assert taught.id in [m.memory.id for m in reader.retrieve(task, "helena").knowledge]
 
@@ -290,7 +290,7 @@ def test_a_write_of_ours_after_another_writers_does_not_hide_theirs(make_alma: C
     reader.retrieve(task, "helena")  # builds the reader's lexical indexes
     theirs = writer.add_knowledge("helena", "ci", "ERR_PNPM_OUTDATED_LOCKFILE: run pnpm install without --frozen-lockfile once and commit the lockfile.")
     reader.add_knowledge("helena", "ci", "The CI runners cache the pnpm store under /opt/pnpm-store between jobs.")
-    index = reader.retriever.lexical.get("knowledge", "helena")
+    index = reader.retriever.indexes.get("knowledge", "helena").lexical
     assert theirs.id in [h.id for h in index.search(task, 5)]
 
 

@@ -8,6 +8,8 @@ share the folder's lock and change counters exactly as separate processes do.
 
 from __future__ import annotations
 
+import pytest
+
 from alma_mcp.store import collection_name
 
 
@@ -75,13 +77,14 @@ def test_a_users_preferences_skip_archived_ones_even_when_they_crowd_the_nearest
     assert [item.memory.id for item in found.preferences] == [kept.id]
 
 
-def test_lexical_hits_beyond_the_nearest_are_read_in_the_same_call(make_alma, monkeypatch) -> None:
+@pytest.mark.parametrize("vector_search", ["memory", "chroma"])
+def test_lexical_hits_beyond_the_nearest_are_read_in_the_same_call(make_alma, monkeypatch, vector_search) -> None:
     # Forty facts close to the task in meaning, and one far from it that quotes the task's error
     # code: the dense search does not return that one, the lexical door must, and reading it must
     # not cost a second round trip to Chroma.
     import chromadb.api.models.Collection as chroma_collection
 
-    alma = make_alma(lifecycle={"merge_on_write": False})  # forty near-identical facts stay forty
+    alma = make_alma(lifecycle={"merge_on_write": False}, vector_search=vector_search)  # forty near-identical facts stay forty
     for i in range(40):
         alma.add_knowledge("helena", "deploys", f"Deploy pipeline note {i}: the checkout service deploy step {i} needs the release branch green first.")
     far = alma.add_knowledge("helena", "canteen", "The canteen card reader shows ERR_PGW_4711 when its paper roll is empty.")
@@ -89,7 +92,7 @@ def test_lexical_hits_beyond_the_nearest_are_read_in_the_same_call(make_alma, mo
     nearest = alma.store.query("knowledge", "helena", alma.embedder.embed_query(task), 25)
     assert far.id not in [hit.memory.id for hit in nearest], "the test needs the fact outside the dense search"
 
-    alma.retriever.lexical.get("knowledge", "helena")  # the BM25 index is built from the store first
+    alma.retriever.indexes.get("knowledge", "helena").lexical  # the BM25 index is built from the store first
     reads = []
     real_get = chroma_collection.Collection.get
 

@@ -1,0 +1,125 @@
+"""The in-memory vector index (`vector_search: memory`): exact search, and kept in step with the
+store through every kind of write, ours and another process's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from alma_mcp.dense import VectorIndex
+from alma_mcp.service import ALMA
+
+from test_retrieval import teach_playwright
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_search_is_exact_and_follows_adds_replacements_and_removals() -> None:
+    rng = np.random.default_rng(7)
+    vectors = unit(rng.normal(size=(300, 16)))
+    ids = [f"m{i}" for i in range(300)]
+    index = VectorIndex()
+    index.add_many(ids[:150], vectors[:150] * 3.0)  # not unit length: cosine, as Chroma measures it
+    index.add_many(ids[150:], vectors[150:])
+    query = vectors[42]
+
+    def brute(allowed: list[int], n: int) -> list[str]:
+        scores = vectors[allowed] @ query
+        return [ids[allowed[i]] for i in np.argsort(-scores)[:n]]
+
+    got, similarities, complete = index.search(query, 10)
+    assert got == brute(list(range(300)), 10) and got[0] == "m42"
+    assert similarities == sorted(similarities, reverse=True) and similarities[0] == pytest.approx(1.0, abs=1e-5)
+    assert not complete
+
+    index.remove(["m42", "m7", "nothing"])
+    index.add_many(["m8"], -vectors[42:43])  # replaced: now the farthest
+    index.add_many(["new"], vectors[42:43])
+    assert len(index) == 299 and "m42" not in index and "new" in index
+    got, _, _ = index.search(query, 300)
+    assert got[0] == "new" and got[-1] == "m8" and "m42" not in got and "m7" not in got
+    assert index.search(query, 300)[2] is True  # every row returned
+
+
+def test_an_owner_restricted_search_sees_only_that_owners_rows() -> None:
+    rng = np.random.default_rng(1)
+    vectors = unit(rng.normal(size=(40, 8)))
+    index = VectorIndex()
+    index.add_many([f"p{i}" for i in range(40)], vectors, ["alice" if i % 4 == 0 else "bob" for i in range(40)])
+    got, _, complete = index.search(vectors[1], 50, owner="alice", restrict=True)
+    assert sorted(got) == sorted(f"p{i}" for i in range(0, 40, 4)) and complete
+    index.set_owner("p1", "alice")
+    assert index.search(vectors[1], 1, owner="alice", restrict=True)[0] == ["p1"]
+    assert index.search(vectors[1], 5, owner="carol", restrict=True) == ([], [], True)
+    with pytest.raises(ValueError, match="dimension"):
+        index.add_many(["x"], np.ones((1, 9), dtype=np.float32))
+
+
+def _index_matches_store(alma: ALMA, kind: str, agent: str) -> None:
+    """The index holds exactly the collection's active memories, with their stored vectors."""
+    dense = alma.retriever.indexes.get(kind, agent).dense
+    assert dense is not None
+    active = {m.id: v for m, v in alma.store.iter_memories(kind, agent, with_embeddings=True)}
+    assert len(dense) == len(active)
+    for doc, vector in active.items():
+        got, similarities, _ = dense.search(vector, 1)
+        assert got == [doc] and similarities[0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_retrieval_from_memory_ranks_as_chroma_does(make_alma: Callable[..., ALMA], tmp_path: Path) -> None:
+    memory = make_alma(data_dir=tmp_path / "shared", vector_search="memory")
+    teach_playwright(memory)
+    for i, fact in enumerate(["The staging database is reset every Sunday night.", "Release branches are cut on Tuesdays.",
+                              "The design system lives in packages/ui and uses Storybook."]):
+        memory.add_knowledge("helena", "process", fact)
+    chroma = make_alma(data_dir=tmp_path / "shared", vector_search="chroma")
+    for task in ["Write an end-to-end test for the checkout flow", "Check the new settings page for accessibility",
+                 "When is the staging database wiped?", "Plan the release of the mobile app"]:
+        a, b = memory.retrieve(task, "helena"), chroma.retrieve(task, "helena")
+        assert [(m.memory.id, round(m.score, 4)) for m in a.all()] == [(m.memory.id, round(m.score, 4)) for m in b.all()]
+    assert memory.retriever.indexes.get("heuristic", "helena").dense is not None
+    assert chroma.retriever.indexes.get("heuristic", "helena").dense is None
+
+
+def test_the_index_follows_every_write_and_never_asks_chroma_to_search(
+    make_alma: Callable[..., ALMA], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import chromadb.api.models.Collection as chroma_collection
+
+    alma = make_alma(data_dir=tmp_path / "shared", lifecycle={"merge_on_write": False})
+    teach_playwright(alma)
+    task = "The staging database is wiped: when does that happen?"
+    facts = [alma.add_knowledge("helena", "ops", text) for text in [
+        "The staging database is reset every Sunday night at 02:00.",
+        "Staging data is wiped weekly, so never keep test fixtures only there.",
+        "The canteen closes at three on Fridays.",
+    ]]
+    searches = []
+    real_query = chroma_collection.Collection.query
+    monkeypatch.setattr(chroma_collection.Collection, "query", lambda self, *a, **k: searches.append(1) or real_query(self, *a, **k))
+    ids = lambda: [m.memory.id for m in alma.retrieve(task, "helena", memory_types=["knowledge"]).knowledge]  # noqa: E731
+
+    assert facts[0].id in ids()
+    _index_matches_store(alma, "knowledge", "helena")
+    alma.forget(memory_ids=[facts[0].id], dry_run=False)  # archived: a metadata-only write
+    assert facts[0].id not in ids()
+    _index_matches_store(alma, "knowledge", "helena")
+    alma.restore([facts[0].id])  # back: its vector is not in the write, so the index reads the store again
+    assert facts[0].id in ids()
+    _index_matches_store(alma, "knowledge", "helena")
+    alma.forget(memory_ids=[facts[1].id], dry_run=False, purge=True)  # deleted
+    assert facts[1].id not in ids()
+    _index_matches_store(alma, "knowledge", "helena")
+
+    other = make_alma(data_dir=tmp_path / "shared", lifecycle={"merge_on_write": False})  # another process
+    theirs = other.add_knowledge("helena", "ops", "Staging is wiped every Sunday; reseed it with make seed-staging.")
+    ours = alma.add_knowledge("helena", "ops", "Production backups run nightly at 01:00.")
+    assert theirs.id in ids(), "another writer's memory must be found after a write of ours"
+    _index_matches_store(alma, "knowledge", "helena")
+    assert ours.id in {m.id for m in alma.store.list("knowledge", "helena")}
+    assert searches == [], "retrieval searched Chroma although the vectors are in memory"
