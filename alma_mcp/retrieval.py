@@ -1,8 +1,10 @@
 """Which memories to inject for a task, and how they are ranked.
 
-For every collection the agent may read, dense candidates come from Chroma (cosine
-similarity of our own embeddings) and lexical candidates from an incremental BM25 index
-over the same memories. The two rankings are fused by reciprocal rank fusion (RRF), across
+For every collection the agent may read, dense candidates (cosine similarity of our own
+embeddings) come from an exact in-memory copy of the collection's vectors (`vector_search:
+memory`, alma_mcp/dense.py) or from Chroma's own index (`vector_search: chroma`), and lexical
+candidates from an incremental BM25 index over the same memories; both indexes are built in
+one pass over the store and follow its writes (`SearchIndexes`). The two rankings are fused by reciprocal rank fusion (RRF), across
 all memory types at once so that scores are comparable between sections.
 
 A memory's similarity to the task mixes the cosine similarity of its whole text with that of

@@ -175,6 +175,42 @@ class RecordCache:
             self.misses += len(ids) - len(found)
             return found
 
+    def follow(
+        self,
+        name: str,
+        before: int,
+        after: int,
+        ids: Sequence[str],
+        deleted: bool = False,
+        metas: Sequence[dict[str, Any]] | None = None,
+        vectors: Any = None,
+    ) -> None:
+        """Apply a write of this process to the kept rows, so the next search reads none of them
+        from Chroma again: deleted rows go, written rows (`metas` and `vectors`: the whole
+        record) are kept, and a metadata-only write (`metas` alone) is merged into rows kept,
+        as Chroma merges it. Kept rows that were not at `before` are left to be dropped."""
+        with self._lock:
+            rows = self._rows.get(name)
+            if rows is None or self._generations.get(name) != before:
+                return
+            if deleted:
+                for doc in ids:
+                    rows.pop(doc, None)
+            elif metas is not None and vectors is not None:
+                for doc, meta, vector in zip(ids, metas, vectors):
+                    rows[doc] = (meta, vector)
+                    rows.move_to_end(doc)
+                while len(rows) > self.per_collection:
+                    rows.popitem(last=False)
+            elif metas is not None:
+                for doc, meta in zip(ids, metas):
+                    row = rows.get(doc)
+                    if row is not None:
+                        rows[doc] = (row[0] | meta, row[1])
+            else:
+                rows.clear()
+            self._generations[name] = after
+
     def add(self, name: str, generation: int, rows: dict[str, tuple[dict[str, Any], Any]]) -> None:
         """Keep rows read at `generation` (the generation read before they were fetched)."""
         with self._lock:
@@ -324,11 +360,19 @@ class MemoryStore:
         self._write_listeners.append(listener)
 
     def _notify(
-        self, name: str, memories: Sequence[MemoryBase], deleted: bool, before: int, vectors: np.ndarray | None = None
+        self,
+        name: str,
+        memories: Sequence[MemoryBase],
+        deleted: bool,
+        before: int,
+        vectors: np.ndarray | None = None,
+        metas: Sequence[dict[str, Any]] | None = None,
     ) -> None:
-        """Tell the listeners about a write; call with the write lock held, after `_bump`.
-        `vectors`: the memories' text vectors, when the write stored them (put)."""
+        """Tell the record cache and the listeners about a write; call with the write lock held,
+        after `_bump`. `vectors`: the memories' text vectors, when the write stored them (put);
+        `metas`: the metadata written."""
         after = self._generation_of(name)  # under the lock: no other process wrote in between
+        self.records.follow(name, before, after, [m.id for m in memories], deleted, metas, vectors)
         if self._shared is not None:
             # After the write lock is released: see DirectoryLock.after_write (deadlock otherwise).
             memories = list(memories)
@@ -412,18 +456,20 @@ class MemoryStore:
                 first = memories[indexes[0]]
                 col = self._collection(first.type, first.agent, create=True)  # type: ignore[attr-defined]
                 before = self._generation_of(name)
+                metas = [_metadata(memories[i]) | key_metadata(memories[i], key_embeddings[i]) for i in indexes]
+                vectors = np.asarray(embeddings[indexes], dtype=np.float32)
                 try:
                     col.upsert(
                         ids=[memories[i].id for i in indexes],
-                        embeddings=embeddings[indexes],
+                        embeddings=vectors,
                         documents=[memories[i].text() for i in indexes],
-                        metadatas=[_metadata(memories[i]) | key_metadata(memories[i], key_embeddings[i]) for i in indexes],
+                        metadatas=metas,
                     )
                 except Exception as exc:
                     raise _chroma_error(f"write {len(indexes)} memories", exc) from None
                 finally:
                     self._bump(name)
-                self._notify(name, [memories[i] for i in indexes], False, before, np.asarray(embeddings[indexes], dtype=np.float32))
+                self._notify(name, [memories[i] for i in indexes], False, before, vectors, metas)
 
     def update_metadata(self, memories: Sequence[MemoryBase]) -> None:
         """Rewrite memories whose text did not change (counters, flags): no re-embedding."""
@@ -434,13 +480,14 @@ class MemoryStore:
             for name, items in groups.items():
                 col = self._collection(items[0].type, items[0].agent, create=True)  # type: ignore[attr-defined]
                 before = self._generation_of(name)
+                metas = [_metadata(m) for m in items]
                 try:
-                    col.update(ids=[m.id for m in items], metadatas=[_metadata(m) for m in items])
+                    col.update(ids=[m.id for m in items], metadatas=metas)
                 except Exception as exc:
                     raise _chroma_error(f"update {len(items)} memories", exc) from None
                 finally:
                     self._bump(name)
-                self._notify(name, items, False, before)
+                self._notify(name, items, False, before, metas=metas)
 
     def delete(self, memories: Iterable[MemoryBase]) -> int:
         groups: dict[str, list[MemoryBase]] = {}

@@ -8,6 +8,7 @@ share the folder's lock and change counters exactly as separate processes do.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from alma_mcp.store import collection_name
@@ -43,6 +44,39 @@ def test_a_write_is_seen_by_the_next_search(alma) -> None:
     alma.store.put([edited])
     found = alma.retrieve(task, "helena", memory_types=["knowledge"]).knowledge
     assert [item.memory.fact for item in found] == [edited.fact]
+
+
+def test_our_own_writes_keep_the_record_cache_right_without_reading_chroma(alma, monkeypatch) -> None:
+    # A write of this process updates the kept records in place (as Chroma stores them), so the
+    # retrieval after alma_learn or a feedback vote costs no read; what it returns must be exactly
+    # what a fresh read of the store gives.
+    import chromadb.api.models.Collection as chroma_collection
+
+    task = "Which Stripe test card numbers succeed or fail?"
+    kept = alma.add_knowledge("helena", "payments", "Stripe test cards: 4242 4242 4242 4242 always succeeds.")
+    gone = alma.add_knowledge("helena", "payments", "Stripe card 4000 0000 0000 0002 is always declined.")
+    voted = alma.add_knowledge("helena", "payments", "Stripe card 4000 0000 0000 9995 fails with insufficient funds.")
+    alma.retrieve(task, "helena", memory_types=["knowledge"])  # indexes built, records kept
+    reads: list = []
+    real_get = chroma_collection.Collection.get
+    monkeypatch.setattr(chroma_collection.Collection, "get", lambda self, *a, **k: reads.append(k.get("ids")) or real_get(self, *a, **k))
+
+    alma.feedback(voted.id, "helpful", "helena")  # a metadata-only write
+    alma.forget([gone.id], dry_run=False)  # archived: metadata only
+    added = alma.add_knowledge("helena", "payments", "Stripe card 4000 0000 0000 3220 asks for 3-D Secure authentication.")
+    reads.clear()  # the writes read the memories they change; the retrieval must read nothing
+    found = {item.memory.id: item.memory for item in alma.retrieve(task, "helena", memory_types=["knowledge"]).knowledge}
+    assert reads == [], f"the retrieval after our own writes read from Chroma: {reads}"
+    assert kept.id in found and added.id in found and gone.id not in found
+    monkeypatch.undo()
+    fresh = alma.store.fetch_hits("knowledge", "helena", list(found))  # what the cache holds
+    alma.store.records._rows.clear()
+    stored = alma.store.fetch_hits("knowledge", "helena", list(found))  # what Chroma holds
+    for doc in found:
+        assert fresh[doc].memory == stored[doc].memory and found[doc] == stored[doc].memory
+        assert np.array_equal(fresh[doc].vector, stored[doc].vector)
+        assert np.array_equal(fresh[doc].key_vector, stored[doc].key_vector)
+    assert stored[voted.id].memory.helpful == 1
 
 
 def test_another_process_write_is_never_hidden(make_alma, tmp_path) -> None:
