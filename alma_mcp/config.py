@@ -285,11 +285,12 @@ class AlmaSettings(_Strict):
     data_dir: Path | None = None
     chroma_http: ChromaHttpSettings = Field(default_factory=ChromaHttpSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
-    vector_search: Literal["memory", "chroma"] = Field(
-        "memory",
-        description="Where retrieval finds a task's nearest memories: 'memory' searches an exact copy of each "
-        "searched collection's vectors held by this process (about 1.6 KB per memory; faster), 'chroma' asks "
-        "Chroma's own index (approximate; no copy).",
+    vector_search: Literal["auto", "memory", "chroma"] = Field(
+        "auto",
+        description="Where retrieval finds a task's nearest memories. 'memory': an exact scan of a copy of each "
+        "searched collection's vectors held by this process (about 1.6 KB per memory); 'chroma': Chroma's own "
+        "(approximate) index, no copy; 'auto': memory for collections of up to 15,000 memories, where a scan is "
+        "faster than a Chroma query, Chroma for larger ones.",
     )
     http: HttpSettings = Field(default_factory=HttpSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
@@ -466,8 +467,9 @@ alma:
     device: cpu
     onnx: true                      # small inputs through ONNX Runtime (same vectors, ~2x faster)
 
-  vector_search: memory             # retrieval's nearest memories: exact, from vectors held in memory
-                                    # (~1.6 KB per memory searched); "chroma": Chroma's own index
+  vector_search: auto               # retrieval's nearest memories: an exact scan of vectors held in memory
+                                    # (~1.6 KB per memory) up to 15,000 a collection, Chroma's index beyond;
+                                    # memory | chroma: always one of the two
 
   http:                             # used by `alma-mcp serve --http`
     host: 127.0.0.1                 # loopback by default; other hosts need a token

@@ -180,7 +180,7 @@ def make_filler(
 
 
 # -- services --------------------------------------------------------------------------------
-def bench_config(data_dir: Path, retrieval: dict[str, Any] | None = None, vector_search: str = "memory") -> AlmaConfig:
+def bench_config(data_dir: Path, retrieval: dict[str, Any] | None = None, vector_search: str = "auto") -> AlmaConfig:
     # The decay sweep and merge-on-write belong to the life-cycle benchmark; off here so the
     # figures are retrieval's own.
     alma: dict[str, Any] = {

@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--vector-search",
-        choices=["memory", "chroma"],
-        default="memory",
-        help="where the nearest memories are found (the config's vector_search; default: memory)",
+        choices=["auto", "memory", "chroma"],
+        default="auto",
+        help="where the nearest memories are found (the config's vector_search; default: auto)",
     )
     args = parser.parse_args(argv)
     agents = args.agents.split(",")

@@ -123,3 +123,34 @@ def test_the_index_follows_every_write_and_never_asks_chroma_to_search(
     _index_matches_store(alma, "knowledge", "helena")
     assert ours.id in {m.id for m in alma.store.list("knowledge", "helena")}
     assert searches == [], "retrieval searched Chroma although the vectors are in memory"
+
+
+def test_auto_searches_small_collections_in_memory_and_large_ones_in_chroma(
+    make_alma: Callable[..., ALMA], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import alma_mcp.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "IN_MEMORY_LIMIT", 4)  # the real limit is 15,000: same rule, smaller store
+    alma = make_alma(data_dir=tmp_path / "shared", lifecycle={"merge_on_write": False})  # vector_search: auto, the default
+    chroma = make_alma(data_dir=tmp_path / "shared", vector_search="chroma")
+    assert alma.config.alma.vector_search == "auto"
+    teach_playwright(alma)  # four heuristics, one fact
+    alma.add_heuristic("helena", "Testing a file upload", "Use setInputFiles with a fixture file, then assert the preview.", task_type="testing")
+    facts = ["Releases go out on Tuesdays after the 10:00 stand-up.", "The release manager this quarter is Priya.",
+             "Mobile releases wait two days for the app store review.", "Hotfixes skip the release train but need two approvals.",
+             "The staging database is reset every Sunday night.", "Release notes are drafted in the #releases channel."]
+    for fact in facts[:2]:
+        alma.add_knowledge("helena", "ops", fact)
+    task = "When and how do releases go out?"
+
+    def same() -> None:
+        ours, theirs = alma.retrieve(task, "helena"), chroma.retrieve(task, "helena")
+        assert ours.knowledge and [m.memory.id for m in ours.all()] == [m.memory.id for m in theirs.all()]
+
+    same()
+    assert alma.retriever.indexes.get("heuristic", "helena").dense is None, "over the limit: Chroma searches it"
+    assert alma.retriever.indexes.get("knowledge", "helena").dense is not None, "under the limit: searched in memory"
+    for fact in facts[2:]:  # the collection grows past the limit
+        alma.add_knowledge("helena", "ops", fact)
+    assert alma.retriever.indexes.get("knowledge", "helena").dense is None
+    same()
