@@ -73,7 +73,7 @@ _KEYED_CANDIDATES = 10
 IN_MEMORY_LIMIT = 15_000
 """`vector_search: auto` searches a collection in memory up to this many records, Chroma beyond:
 a full scan reads every vector (30,000 take 3.4-6 ms here, 10,000 about 1 ms), while Chroma's
-HNSW query costs about 1.5-2 ms whatever the size (README "Speed")."""
+HNSW query costs about 1.5-2 ms whatever the size (README, "Retrieval: recall, false injection, latency")."""
 
 VectorSearch = Literal["auto", "memory", "chroma"]
 
@@ -644,10 +644,11 @@ class Retriever:
                     )
                 ]
 
-            if index.dense is not None:
+            if in_memory:
                 # The nearest memories from the in-memory index (exact, active ones only), then
                 # their records and the lexical hits that could pass, in one read.
-                ids, similarities, complete = index.dense.search(vector, pool, user_id, restrict=kind == PREFERENCES)
+                dense_index: VectorIndex = index.dense  # type: ignore[assignment]
+                ids, similarities, complete = dense_index.search(vector, pool, user_id, restrict=kind == PREFERENCES)
                 nearest = set(ids)
                 extra_ids = [doc for doc in could_pass(ids, similarities, complete) if doc not in nearest] if hits else []
                 read = self.store.fetch_hits(kind, source, list(dict.fromkeys([*ids, *extra_ids])))
@@ -657,6 +658,11 @@ class Retriever:
             dense, extra = self.store.query_and_read(kind, source, vector, pool, where, could_pass if hits else None)
             return hits, dense, extra
 
+        # All of the scope's collections are scanned in memory, or none: a scan's BLAS threads spin
+        # on both cores for a while after it, which slowed Chroma's queries of the larger
+        # collections running beside it by more than the scan saved (65 against 51-57 ms at
+        # 100,000 per agent).
+        in_memory = mode != "lexical" and all(self.indexes.get(kind, source).dense is not None for kind, source in scopes)
         for (kind, source), (hits, dense_hits, extra) in zip(scopes, self._searches.map(search, scopes)):
             for hit in dense_hits:
                 if hit.memory.archived:  # archived by another process since the index was read
