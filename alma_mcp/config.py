@@ -289,8 +289,9 @@ class AlmaSettings(_Strict):
         "auto",
         description="Where retrieval finds a task's nearest memories. 'memory': an exact scan of a copy of each "
         "searched collection's vectors held by this process (about 1.6 KB per memory); 'chroma': Chroma's own "
-        "(approximate) index, no copy; 'auto': memory for collections of up to 15,000 memories, where a scan is "
-        "faster than a Chroma query, Chroma for larger ones.",
+        "(approximate) index, no copy; 'auto': collections of up to 15,000 memories, where a scan is faster than a "
+        "Chroma query, are held in memory, and a retrieval scans when all the collections it reads are held, "
+        "else it asks Chroma.",
     )
     http: HttpSettings = Field(default_factory=HttpSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
