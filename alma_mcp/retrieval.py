@@ -616,7 +616,7 @@ class Retriever:
             """One collection: its lexical hits, its nearest memories, and the lexical hits the
             dense search did not return that could still pass, read in the same call to Chroma."""
             kind, source = scope
-            index = self.indexes.get(kind, source)
+            index, dense_index = indexes[scope]
             hits = index.lexical.search(task, pool) if mode != "dense" else []
             if mode == "lexical":
                 return hits, [], self.store.fetch_hits(kind, source, [h.id for h in hits]) if hits else {}
@@ -644,10 +644,9 @@ class Retriever:
                     )
                 ]
 
-            if in_memory:
+            if in_memory and dense_index is not None:
                 # The nearest memories from the in-memory index (exact, active ones only), then
                 # their records and the lexical hits that could pass, in one read.
-                dense_index: VectorIndex = index.dense  # type: ignore[assignment]
                 ids, similarities, complete = dense_index.search(vector, pool, user_id, restrict=kind == PREFERENCES)
                 nearest = set(ids)
                 extra_ids = [doc for doc in could_pass(ids, similarities, complete) if doc not in nearest] if hits else []
@@ -662,7 +661,13 @@ class Retriever:
         # on both cores for a while after it, which slowed Chroma's queries of the larger
         # collections running beside it by more than the scan saved (65 against 51-57 ms at
         # 100,000 per agent).
-        in_memory = mode != "lexical" and all(self.indexes.get(kind, source).dense is not None for kind, source in scopes)
+        # Each collection's index is taken once, with its vectors as they are now: a concurrent
+        # write may drop them (a collection grown past IN_MEMORY_LIMIT) while the search runs.
+        indexes: dict[tuple[str, str | None], tuple[CollectionIndex, VectorIndex | None]] = {}
+        for scope in scopes:
+            index = self.indexes.get(*scope)
+            indexes[scope] = (index, index.dense)
+        in_memory = mode != "lexical" and all(dense is not None for _, dense in indexes.values())
         for (kind, source), (hits, dense_hits, extra) in zip(scopes, self._searches.map(search, scopes)):
             for hit in dense_hits:
                 if hit.memory.archived:  # archived by another process since the index was read

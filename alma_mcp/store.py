@@ -145,10 +145,11 @@ class RecordCache:
     A nearest-neighbour search that asks Chroma for ids and distances only takes about a quarter
     of the time of one that also reads every hit's metadata and vector, and a warm server meets
     the same memories again and again. Each collection's entries are tagged with the write
-    generation they were read at (which counts every process's writes); when the collection's
-    generation has moved, its entries are dropped before any is served, so a write (ours or
-    another process's) is never hidden. Entries are raw rows, parsed on every use, so no caller
-    can change what the cache holds.
+    generation they were read at (which counts every process's writes). A write of this process
+    is applied to the entries in place (`follow`); when the collection's generation has moved any
+    other way (another process wrote), its entries are dropped before any is served, so no write
+    is ever hidden. Entries are raw rows, parsed on every use, so no caller can change what the
+    cache holds.
     """
 
     def __init__(self, per_collection: int = _RECORDS_PER_COLLECTION) -> None:
@@ -355,7 +356,7 @@ class MemoryStore:
                 yield
 
     def add_write_listener(self, listener: "WriteListener") -> None:
-        """Call `listener(collection, memories, deleted)` after every write this process makes, so
+        """Call `listener` (see WriteListener) after every write this process makes, so
         indexes derived from the store (retrieval's search indexes) follow it without re-reading it."""
         self._write_listeners.append(listener)
 

@@ -154,3 +154,23 @@ def test_auto_searches_small_collections_in_memory_and_large_ones_in_chroma(
         alma.add_knowledge("helena", "ops", fact)
     assert alma.retriever.indexes.get("knowledge", "helena").dense is None
     same()
+
+
+def test_vectors_dropped_by_a_concurrent_write_do_not_break_a_search_under_way(make_alma: Callable[..., ALMA]) -> None:
+    # A write can drop a collection's in-memory vectors (grown past the limit) while a retrieval
+    # that decided to scan in memory is searching: the search keeps the vectors it started with.
+    alma = make_alma(vector_search="memory")
+    teach_playwright(alma)
+    task = "Write an end-to-end test for the checkout flow"
+    expected = [m.memory.id for m in alma.retrieve(task, "helena").all()]
+    alma.retriever.clear_cache()
+    searches = alma.retriever._searches
+    real_map = searches.map
+
+    def map_after_a_write(fn, scopes):  # type: ignore[no-untyped-def]
+        for scope in list(scopes):
+            alma.retriever.indexes.get(*scope).dense = None  # what _on_write does past the limit
+        return real_map(fn, scopes)
+
+    searches.map = map_after_a_write  # type: ignore[method-assign]
+    assert [m.memory.id for m in alma.retrieve(task, "helena").all()] == expected
