@@ -604,7 +604,9 @@ class Retriever:
         settings: RetrievalSettings,
         mode: Mode = "hybrid",
     ) -> list[Candidate]:
-        """Every candidate from every readable collection, fused and scored, before the floor."""
+        """Every candidate from every readable collection, fused and scored, before the floor.
+        Their memories are shared with the store's record cache (Record.shared): read them, never
+        change them."""
         vector = self.embedder.embed_query(task)
         pool = settings.candidate_pool
         found: dict[str, Candidate] = {}
@@ -619,7 +621,7 @@ class Retriever:
             index, dense_index = indexes[scope]
             hits = index.lexical.search(task, pool) if mode != "dense" else []
             if mode == "lexical":
-                return hits, [], self.store.fetch_hits(kind, source, [h.id for h in hits]) if hits else {}
+                return hits, [], self.store.fetch_hits(kind, source, [h.id for h in hits], shared=True) if hits else {}
 
             def could_pass(ids: list[str], similarities: list[float], complete: bool) -> list[str]:
                 # A memory the search did not return is less similar than the last one it did
@@ -650,11 +652,13 @@ class Retriever:
                 ids, similarities, complete = dense_index.search(vector, pool, user_id, restrict=kind == PREFERENCES)
                 nearest = set(ids)
                 extra_ids = [doc for doc in could_pass(ids, similarities, complete) if doc not in nearest] if hits else []
-                read = self.store.fetch_hits(kind, source, list(dict.fromkeys([*ids, *extra_ids])))
+                read = self.store.fetch_hits(kind, source, list(dict.fromkeys([*ids, *extra_ids])), shared=True)
                 dense = [replace(read[doc], similarity=sim) for doc, sim in zip(ids, similarities) if doc in read]
                 return hits, dense, {doc: read[doc] for doc in extra_ids if doc in read}
             where = {"user_id": user_id} if kind == PREFERENCES else None
-            dense, extra = self.store.query_and_read(kind, source, vector, pool, where, could_pass if hits else None)
+            dense, extra = self.store.query_and_read(
+                kind, source, vector, pool, where, could_pass if hits else None, shared=True
+            )
             return hits, dense, extra
 
         # All of the scope's collections are scanned in memory, or none: a scan's BLAS threads spin

@@ -21,7 +21,7 @@ import uuid
 import zlib
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -124,10 +124,36 @@ def _from_metadata(meta: dict[str, Any]) -> MemoryBase:
     return parse_memory(meta["json"])
 
 
-def _hit(row: tuple[dict[str, Any], float, Any]) -> "Hit":
-    meta, distance, vector = row
+def _hit(meta: dict[str, Any], similarity: float, vector: Any) -> "Hit":
     memory = _from_metadata(meta)
-    return Hit(memory, 1.0 - float(distance), np.asarray(vector, dtype=np.float32), stored_key_vector(memory, meta))
+    return Hit(memory, similarity, np.asarray(vector, dtype=np.float32), stored_key_vector(memory, meta))
+
+
+class Record:
+    """One record as read from Chroma (metadata and vector). A record is never changed: a write
+    that changes it makes a new one.
+
+    `hit()` parses it anew every time, for callers that may change what they get (learning,
+    lifecycle, backup). `shared()` parses it once and hands every caller the same memory and
+    arrays: for retrieval alone, which only reads them and gives its caller copies. Parsing a
+    memory's JSON and decoding its key vector was about a third of a warm retrieval's own time
+    (about a hundred records a call at 10,000 memories)."""
+
+    __slots__ = ("meta", "vector", "_parsed")
+
+    def __init__(self, meta: dict[str, Any], vector: Any) -> None:
+        self.meta = meta
+        self.vector = vector
+        self._parsed: Hit | None = None
+
+    def hit(self, similarity: float = 0.0) -> "Hit":
+        return _hit(self.meta, similarity, self.vector)
+
+    def shared(self, similarity: float = 0.0) -> "Hit":
+        parsed = self._parsed
+        if parsed is None:  # two threads may both parse it once: the same result, no harm
+            parsed = self._parsed = self.hit()
+        return replace(parsed, similarity=similarity)
 
 
 def chroma_filter(clauses: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -148,19 +174,19 @@ class RecordCache:
     generation they were read at (which counts every process's writes). A write of this process
     is applied to the entries in place (`follow`); when the collection's generation has moved any
     other way (another process wrote), its entries are dropped before any is served, so no write
-    is ever hidden. Entries are raw rows, parsed on every use, so no caller can change what the
-    cache holds.
+    is ever hidden. Entries are Records: raw rows, parsed anew for every caller that may change
+    what it gets (see Record).
     """
 
     def __init__(self, per_collection: int = _RECORDS_PER_COLLECTION) -> None:
         self.per_collection = per_collection
-        self._rows: dict[str, OrderedDict[str, tuple[dict[str, Any], Any]]] = {}
+        self._rows: dict[str, OrderedDict[str, Record]] = {}
         self._generations: dict[str, int] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, name: str, generation: int, ids: Sequence[str]) -> dict[str, tuple[dict[str, Any], Any]]:
+    def get(self, name: str, generation: int, ids: Sequence[str]) -> dict[str, Record]:
         with self._lock:
             rows = self._rows.get(name)
             if rows is None or self._generations.get(name) != generation:
@@ -199,7 +225,7 @@ class RecordCache:
                     rows.pop(doc, None)
             elif metas is not None and vectors is not None:
                 for doc, meta, vector in zip(ids, metas, vectors):
-                    rows[doc] = (meta, vector)
+                    rows[doc] = Record(meta, vector)
                     rows.move_to_end(doc)
                 while len(rows) > self.per_collection:
                     rows.popitem(last=False)
@@ -207,12 +233,12 @@ class RecordCache:
                 for doc, meta in zip(ids, metas):
                     row = rows.get(doc)
                     if row is not None:
-                        rows[doc] = (row[0] | meta, row[1])
+                        rows[doc] = Record(row.meta | meta, row.vector)
             else:
                 rows.clear()
             self._generations[name] = after
 
-    def add(self, name: str, generation: int, rows: dict[str, tuple[dict[str, Any], Any]]) -> None:
+    def add(self, name: str, generation: int, rows: dict[str, Record]) -> None:
         """Keep rows read at `generation` (the generation read before they were fetched)."""
         with self._lock:
             if name not in self._generations:  # nothing kept yet: start at the generation they were read at
@@ -536,19 +562,23 @@ class MemoryStore:
         """Memories of one collection by id, with their stored vectors."""
         return {doc: (hit.memory, hit.vector) for doc, hit in self.fetch_hits(memory_type, agent, ids).items()}  # type: ignore[misc]
 
-    def fetch_hits(self, memory_type: str, agent: str | None, ids: Sequence[str]) -> dict[str, Hit]:
-        """Memories of one collection by id, with their stored vectors and key vectors (similarity 0)."""
+    def fetch_hits(
+        self, memory_type: str, agent: str | None, ids: Sequence[str], shared: bool = False
+    ) -> dict[str, Hit]:
+        """Memories of one collection by id, with their stored vectors and key vectors (similarity 0).
+        `shared`: the memories may be the objects other shared reads get (see Record): only for a
+        caller that never changes them."""
         col = self._collection(memory_type, agent, create=False)
         if col is None or not ids:
             return {}
         name = collection_name(self.project, memory_type, agent)
         rows = self._rows(col, name, self._generation_of(name), ids)
-        return {doc: _hit((meta, 1.0, vec)) for doc, (meta, vec) in rows.items()}
+        return {doc: row.shared() if shared else row.hit() for doc, row in rows.items()}
 
     def iter_hits(self, memory_type: str, agent: str | None, include_archived: bool = False) -> Iterator[Hit]:
         """Every memory of a collection with its vector and key vector (similarity 0), page by page."""
         for meta, vector in self._pages(memory_type, agent, None, include_archived, with_embeddings=True):
-            yield _hit((meta, 1.0, vector))
+            yield _hit(meta, 0.0, vector)
 
     def iter_memories(
         self,
@@ -567,10 +597,10 @@ class MemoryStore:
         searches that follow read none of them again."""
         name = collection_name(self.project, memory_type, agent)
         generation = self._generation_of(name)  # before reading: see RecordCache.add
-        page: dict[str, tuple[dict[str, Any], Any]] = {}
+        page: dict[str, Record] = {}
         for meta, vector in self._pages(memory_type, agent, None, False, with_embeddings=True):
             memory = _from_metadata(meta)
-            page[memory.id] = (meta, vector)
+            page[memory.id] = Record(meta, vector)
             yield memory, np.asarray(vector, dtype=np.float32)
             if len(page) >= _PAGE:
                 self.records.add(name, generation, page)
@@ -636,6 +666,7 @@ class MemoryStore:
         n: int,
         where: dict[str, Any] | None = None,
         also: Callable[[list[str], list[float], bool], Sequence[str]] | None = None,
+        shared: bool = False,
     ) -> tuple[list[Hit], dict[str, Hit]]:
         """query(), plus other records of the collection read in the same call to Chroma: those
         `also(ids, similarities, complete)` names once the nearest ids are known (all the search
@@ -643,7 +674,7 @@ class MemoryStore:
         with similarity 0 like fetch_hits, less those already among the n returned. `complete` is
         true when the search saw every record the filter allows. Reading by id costs a round trip
         of its own (about 2-4 ms), so retrieval uses this to read the lexical hits the dense
-        search did not return with the dense hits."""
+        search did not return with the dense hits. `shared` as for fetch_hits."""
         col = self._collection(memory_type, agent, create=False)
         if col is None:
             return [], {}
@@ -656,15 +687,14 @@ class MemoryStore:
         clauses: list[dict[str, Any]] = [{k: v} for k, v in (where or {}).items()]
         wide = n + max(4, n // 4)
         rows, extra = self._search(col, name, vector, wide, chroma_filter(clauses), also)
-        active = [row for row in rows if not row[0].get("archived")]
-        if len(active) >= n or len(rows) < wide:
-            hits = [_hit(row) for row in active[:n]]
-        else:
+        active = [(row, similarity) for row, similarity in rows if not row.meta.get("archived")]
+        if len(active) < n and len(rows) >= wide:
             flt = chroma_filter([{"archived": False}, *clauses])
-            hits = [_hit(row) for row in self._search(col, name, vector, n, flt)[0]]
+            active = self._search(col, name, vector, n, flt)[0]
+        hits = [row.shared(similarity) if shared else row.hit(similarity) for row, similarity in active[:n]]
         # Records `also` named that are among the hits are not parsed a second time.
         returned = {hit.memory.id for hit in hits}
-        return hits, {doc: _hit((meta, 1.0, vec)) for doc, (meta, vec) in extra.items() if doc not in returned}
+        return hits, {doc: row.shared() if shared else row.hit() for doc, row in extra.items() if doc not in returned}
 
     def _search(
         self,
@@ -674,9 +704,9 @@ class MemoryStore:
         n: int,
         flt: dict[str, Any] | None,
         also: Callable[[list[str], list[float], bool], Sequence[str]] | None = None,
-    ) -> tuple[list[tuple[dict[str, Any], float, Any]], dict[str, tuple[dict[str, Any], Any]]]:
-        """(metadata, distance, vector) of the n nearest records, nearest first, and (metadata,
-        vector) of the records `also` names (see query_and_read).
+    ) -> tuple[list[tuple[Record, float]], dict[str, Record]]:
+        """The n nearest records with their cosine similarity, nearest first, and the records
+        `also` names (see query_and_read).
 
         Chroma is asked for ids and distances only; the records come from the RecordCache, and
         those it lacks are read by id in one call."""
@@ -692,11 +722,11 @@ class MemoryStore:
         rows = self._rows(col, name, generation, list(dict.fromkeys([*ids, *extra_ids])))
         # A record deleted by another process between the search and the read is skipped.
         extra = {doc: rows[doc] for doc in extra_ids if doc in rows}
-        return [(rows[doc][0], distance, rows[doc][1]) for doc, distance in zip(ids, distances) if doc in rows], extra
+        return [(rows[doc], 1.0 - float(distance)) for doc, distance in zip(ids, distances) if doc in rows], extra
 
-    def _rows(self, col: Any, name: str, generation: int, ids: Sequence[str]) -> dict[str, tuple[dict[str, Any], Any]]:
-        """(metadata, vector) of these records: from the RecordCache, the rest read by id in one
-        call and kept. `generation` must have been read before the ids were found."""
+    def _rows(self, col: Any, name: str, generation: int, ids: Sequence[str]) -> dict[str, Record]:
+        """These records: from the RecordCache, the rest read by id in one call and kept.
+        `generation` must have been read before the ids were found."""
         rows = self.records.get(name, generation, ids)
         missing = [doc for doc in ids if doc not in rows]
         if missing:
@@ -704,7 +734,7 @@ class MemoryStore:
                 got = col.get(ids=missing, include=["metadatas", "embeddings"])
             except Exception as exc:
                 raise _chroma_error("read memories", exc) from None
-            read = {doc: (meta, vec) for doc, meta, vec in zip(got["ids"], got["metadatas"], got["embeddings"])}
+            read = {doc: Record(meta, vec) for doc, meta, vec in zip(got["ids"], got["metadatas"], got["embeddings"])}
             self.records.add(name, generation, read)
             rows.update(read)
         return rows

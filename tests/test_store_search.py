@@ -79,6 +79,30 @@ def test_our_own_writes_keep_the_record_cache_right_without_reading_chroma(alma,
     assert stored[voted.id].memory.helpful == 1
 
 
+def test_retrieval_parses_a_kept_record_once_and_no_caller_can_change_what_it_holds(alma) -> None:
+    # Retrieval shares one parse of each kept record (it only reads it); the memories it returns,
+    # and those every other reader gets (learning changes what it reads), are the caller's own.
+    text = "Stripe test cards: 4242 4242 4242 4242 always succeeds."
+    fact = alma.add_knowledge("helena", "payments", text)
+    task = "Which Stripe test card numbers succeed?"
+    returned = alma.retrieve(task, "helena", memory_types=["knowledge"]).knowledge[0].memory
+    returned.fact = "changed by the caller"
+
+    first = alma.store.fetch_hits("knowledge", "helena", [fact.id], shared=True)[fact.id]
+    second = alma.store.fetch_hits("knowledge", "helena", [fact.id], shared=True)[fact.id]
+    assert first.memory is second.memory, "a kept record was parsed again for a shared read"
+    assert first.memory.fact == text
+    own = alma.store.fetch_hits("knowledge", "helena", [fact.id])[fact.id]
+    assert own.memory is not first.memory and own.memory == first.memory
+    own.memory.fact = "changed by a reader that may change what it reads"
+    own.memory.helpful = 7
+
+    alma.retriever.clear_cache()
+    again = alma.retrieve(task, "helena", memory_types=["knowledge"]).knowledge[0].memory
+    assert (again.fact, again.helpful) == (text, 0)
+    assert alma.store.fetch_hits("knowledge", "helena", [fact.id], shared=True)[fact.id].memory.fact == text
+
+
 def test_another_process_write_is_never_hidden(make_alma, tmp_path) -> None:
     folder = tmp_path / "shared"
     first = make_alma(data_dir=folder)
