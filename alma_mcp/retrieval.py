@@ -39,7 +39,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Sequence
 
@@ -653,7 +653,7 @@ class Retriever:
                 nearest = set(ids)
                 extra_ids = [doc for doc in could_pass(ids, similarities, complete) if doc not in nearest] if hits else []
                 read = self.store.fetch_hits(kind, source, list(dict.fromkeys([*ids, *extra_ids])), shared=True)
-                dense = [replace(read[doc], similarity=sim) for doc, sim in zip(ids, similarities) if doc in read]
+                dense = [read[doc].at(sim) for doc, sim in zip(ids, similarities) if doc in read]
                 return hits, dense, {doc: read[doc] for doc in extra_ids if doc in read}
             where = {"user_id": user_id} if kind == PREFERENCES else None
             dense, extra = self.store.query_and_read(
