@@ -147,7 +147,8 @@ class Record:
 
     def __init__(self, meta: dict[str, Any], vector: Any) -> None:
         self.meta = meta
-        self.vector = vector
+        # Chroma reads vectors as float64: float32, as they were written, takes half the memory.
+        self.vector = np.asarray(vector, dtype=np.float32)
         self._parsed: Hit | None = None
 
     def hit(self, similarity: float = 0.0) -> "Hit":
