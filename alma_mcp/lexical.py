@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from array import array
 import re
 import threading
 from collections import Counter
@@ -109,13 +110,16 @@ class LexicalHit:
 
 
 class _Postings:
-    """The (slot, term frequency) pairs of one term, with a numpy view rebuilt only after a change."""
+    """The (slot, term frequency) pairs of one term, with a numpy copy rebuilt only after a change.
+
+    Kept in typed arrays (8 bytes a pair) rather than lists of ints (about 44): the postings and
+    the per-document term lists were most of the index's memory, about 2 KB a memory."""
 
     __slots__ = ("slots", "tfs", "_arrays")
 
     def __init__(self) -> None:
-        self.slots: list[int] = []
-        self.tfs: list[int] = []
+        self.slots = array("i")
+        self.tfs = array("i")
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     def append(self, slot: int, tf: int) -> None:
@@ -125,7 +129,11 @@ class _Postings:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self._arrays is None:
-            self._arrays = (np.asarray(self.slots, dtype=np.int64), np.asarray(self.tfs, dtype=np.float32))
+            # Copies: a view would pin the arrays' buffers, and they must stay free to grow.
+            self._arrays = (
+                np.frombuffer(self.slots, dtype=np.int32).astype(np.int64),
+                np.frombuffer(self.tfs, dtype=np.int32).astype(np.float32),
+            )
         return self._arrays
 
 
@@ -142,7 +150,8 @@ class BM25Index:
         self._df: Counter[str] = Counter()
         self._slot_of: dict[str, int] = {}
         self._ids: list[str | None] = []
-        self._terms: list[tuple[tuple[str, int], ...]] = []  # (term, tf) of each slot: undo df, compact
+        # The terms of each slot and their frequencies, to undo df on removal and to compact.
+        self._terms: list[tuple[tuple[str, ...], array]] = []
         self._lengths = np.zeros(64, dtype=np.float32)
         self._alive = np.zeros(64, dtype=np.float32)  # 1.0 live, 0.0 removed (multiplied into scores)
         self._total_length = 0.0
@@ -175,9 +184,10 @@ class BM25Index:
     def _add(self, doc_id: str, text: str) -> None:
         if doc_id in self._slot_of:
             self._remove(doc_id)
-        self._insert(doc_id, tuple(Counter(tokenize(text)).items()))
+        counts = Counter(tokenize(text))
+        self._insert(doc_id, (tuple(counts), array("i", counts.values())))
 
-    def _insert(self, doc_id: str, term_counts: tuple[tuple[str, int], ...]) -> None:
+    def _insert(self, doc_id: str, term_counts: tuple[tuple[str, ...], array]) -> None:
         slot = len(self._ids)
         if slot >= len(self._lengths):
             grown = max(64, 2 * len(self._lengths))
@@ -185,7 +195,8 @@ class BM25Index:
             self._alive = np.resize(self._alive, grown)
             self._lengths[slot:] = 0
             self._alive[slot:] = 0
-        length = float(sum(tf for _, tf in term_counts))
+        terms, tfs = term_counts
+        length = float(sum(tfs))
         self._ids.append(doc_id)
         self._terms.append(term_counts)
         self._lengths[slot] = length
@@ -193,7 +204,7 @@ class BM25Index:
         self._total_length += length
         self._slot_of[doc_id] = slot
         all_postings, df = self._postings, self._df
-        for term, tf in term_counts:  # inlined _Postings.append: this loop is most of a build
+        for term, tf in zip(terms, tfs):  # inlined _Postings.append: this loop is most of a build
             postings = all_postings.get(term)
             if postings is None:
                 postings = all_postings[term] = _Postings()
@@ -208,7 +219,7 @@ class BM25Index:
             return
         self._alive[slot] = 0.0
         self._total_length -= float(self._lengths[slot])
-        for term, _ in self._terms[slot]:
+        for term in self._terms[slot][0]:
             self._df[term] -= 1
         self._ids[slot] = None
         self._dead += 1

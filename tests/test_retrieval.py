@@ -244,11 +244,17 @@ def test_bm25_index_adds_replaces_and_removes() -> None:
     assert index.search("UniqueViolation", 5) == []
     index.remove(["b"])
     assert index.search("flaky", 5) == [] and len(index) == 1
-    many = BM25Index([f"d{i}" for i in range(400)], [f"term{i % 7} filler{i}" for i in range(400)])
+    texts = [f"term{i % 7} filler{i} " + f"term{i % 7} " * (i % 3) for i in range(400)]  # some terms repeat
+    many = BM25Index([f"d{i}" for i in range(400)], texts)
     many.remove([f"d{i}" for i in range(300)])  # compacts
     hits = many.search("term3", 200)
     assert {h.id for h in hits} == {f"d{i}" for i in range(300, 400) if i % 7 == 3}
     assert all(0 < h.coverage <= 1 for h in hits)
+    # Compacted, it scores exactly as an index built from the documents left.
+    fresh = BM25Index([f"d{i}" for i in range(300, 400)], texts[300:])
+    query = "term3 term5 filler350"
+    assert [(h.id, h.score) for h in many.search(query, 50)] == [(h.id, h.score) for h in fresh.search(query, 50)]
+    assert len({round(h.score, 4) for h in fresh.search("term3", 50)}) > 1, "term frequencies should tell documents apart"
 
 
 def test_identifiers_are_tokenized_whole_and_in_parts() -> None:
