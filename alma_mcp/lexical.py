@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import functools
 import math
-from array import array
 import re
 import threading
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence

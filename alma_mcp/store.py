@@ -129,8 +129,9 @@ def _from_metadata(meta: dict[str, Any]) -> MemoryBase:
 
 
 def _hit(meta: dict[str, Any], similarity: float, vector: Any) -> "Hit":
+    """A hit of its own: a fresh memory and arrays no one else holds."""
     memory = _from_metadata(meta)
-    return Hit(memory, similarity, np.asarray(vector, dtype=np.float32), stored_key_vector(memory, meta))
+    return Hit(memory, similarity, np.array(vector, dtype=np.float32), stored_key_vector(memory, meta))
 
 
 class Record:

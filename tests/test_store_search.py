@@ -96,10 +96,12 @@ def test_retrieval_parses_a_kept_record_once_and_no_caller_can_change_what_it_ho
     assert own.memory is not first.memory and own.memory == first.memory
     own.memory.fact = "changed by a reader that may change what it reads"
     own.memory.helpful = 7
+    own.vector[:] = 0.0
 
     alma.retriever.clear_cache()
     again = alma.retrieve(task, "helena", memory_types=["knowledge"]).knowledge[0].memory
     assert (again.fact, again.helpful) == (text, 0)
+    assert np.any(alma.store.fetch_hits("knowledge", "helena", [fact.id], shared=True)[fact.id].vector)
     assert alma.store.fetch_hits("knowledge", "helena", [fact.id], shared=True)[fact.id].memory.fact == text
 
 
