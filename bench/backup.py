@@ -1,6 +1,6 @@
 """Export, import and reindex rates for a store of N memories (default 10,000), on this machine.
 
-    /work/venv/bin/python bench/backup.py [--n 10000] [--no-reindex]
+    .venv/bin/python bench/backup.py [--n 10000] [--no-reindex]
 
 Builds a store of N synthetic memories of all five types (embedded with the real model,
 written straight to the store), then times:

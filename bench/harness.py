@@ -14,8 +14,8 @@ Figures printed:
 2. success rate by block of runs, against a memoryless agent guessing on the same draws;
 3. `arun` throughput with 1 and 8 concurrent runs (one ALMA, one write lock).
 
-Run:  /work/venv/bin/python bench/harness.py            (120 sequential runs + 2 x 64 async, ~1-2 min)
-      /work/venv/bin/python bench/harness.py --runs 60  (quicker)
+Run:  .venv/bin/python bench/harness.py            (120 sequential runs + 2 x 64 async, ~1-2 min)
+      .venv/bin/python bench/harness.py --runs 60  (quicker)
 Real model (its query cache off), real embedded Chroma, in temp folders. Progress goes to
 stderr, figures to stdout.
 """

@@ -37,10 +37,10 @@ arms follow one policy and differ only in what the server gives them: alma = raw
 Both memory arms talk to a real MCP server through the SDK's Client (in process), each on a
 fresh embedded Chroma store with the real embedding model.
 
-Run:  /work/venv/bin/python bench/learning.py            (10 seeds x 200 episodes, 5-10 min)
-      /work/venv/bin/python bench/learning.py --first-seed 200   (held-out seeds 200-209)
+Run:  .venv/bin/python bench/learning.py            (10 seeds x 200 episodes, 5-10 min)
+      .venv/bin/python bench/learning.py --first-seed 200   (held-out seeds 200-209)
       Arms can run in parallel: --arms raw --save a.json, --arms alma --save b.json, then --load a.json b.json.
-      /work/venv/bin/python bench/learning.py --calibrate  (similarity of paraphrases)
+      .venv/bin/python bench/learning.py --calibrate  (similarity of paraphrases)
 The table goes to stdout, the curve to bench/out/learning_curve.png.
 """
 
