@@ -111,10 +111,35 @@ def memory_type_of(memory_id: str) -> str:
     return memory_id.rsplit("-", 1)[0]
 
 
+# Keywords that constrain one JSON type only, so a `null` passes them whatever they say.
+_TYPE_BOUND_KEYWORDS = frozenset(
+    {"type", "format", "pattern", "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum",
+     "exclusiveMaximum", "multipleOf", "items", "minItems", "maxItems", "uniqueItems"}
+)
+
+
+def nullable_as_type_list(schema: dict[str, Any]) -> None:
+    """Publish an optional field (`X | None`) as `{"type": ["X", "null"], ...}` instead of pydantic's
+    `{"anyOf": [{"type": "X", ...}, {"type": "null"}]}`: the same set of values, checked in one step.
+    A client that validates structured results (the MCP SDK's checks every one with jsonschema)
+    otherwise tries both branches of every optional field of every memory returned. Only plain
+    branches are folded; one with an enum, a const or a reference keeps its anyOf."""
+    for prop in schema.get("properties", {}).values():
+        options = prop.get("anyOf")
+        if not isinstance(options, list) or len(options) != 2 or {"type": "null"} not in options:
+            continue
+        other = options[1] if options[0] == {"type": "null"} else options[0]
+        if not isinstance(other.get("type"), str) or not set(other) <= _TYPE_BOUND_KEYWORDS or set(other) & set(prop):
+            continue
+        del prop["anyOf"]
+        prop.update(other)
+        prop["type"] = [other["type"], "null"]
+
+
 class MemoryBase(BaseModel):
     """What every memory carries: identity, scope, time, feedback and life-cycle state."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=nullable_as_type_list)
 
     id: str
     project: Name

@@ -44,7 +44,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal, Sequence
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .config import AlmaConfig, RetrievalSettings
 from .embeddings import Embedder
@@ -60,6 +60,7 @@ from .models import (
     Outcome,
     UserPreference,
     key_text,
+    nullable_as_type_list,
 )
 from .prompt import render_prompt
 from .store import PREFERENCES, MemoryStore, collection_name
@@ -134,6 +135,8 @@ SCORED_BY_TYPE: dict[str, type[ScoredMemory]] = {
 
 class MemorySlice(BaseModel):
     """What retrieval found for one task, by type, and the prompt to inject."""
+
+    model_config = ConfigDict(json_schema_extra=nullable_as_type_list)
 
     task: str
     agent: str

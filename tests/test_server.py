@@ -191,3 +191,32 @@ async def test_teaching_tools_publish_their_output_schema(alma):
             await client.call_tool("alma_add_preference", {"user_id": "alice", "category": "tone", "preference": "No emoji"})
         )
         assert pref["type"] == "preference" and pref["user_id"] == "alice"
+
+
+async def test_retrieve_output_schema_folds_optional_fields_and_still_checks_them(alma):
+    """Optional fields are published as type lists (one step for a validating client), with the
+    same meaning as pydantic's two-branch anyOf: null passes, a wrong type or pattern does not."""
+    from jsonschema import Draft202012Validator
+
+    alma.add_heuristic("helena", "Testing a login form", "Submit it empty first and check every field error", task_type="form_testing")
+    async with Client(create_server(alma=alma), mode="legacy") as client:
+        schema = {t.name: t for t in (await client.list_tools()).tools}["alma_retrieve"].output_schema
+        got = structured(await client.call_tool("alma_retrieve", {"agent": "helena", "task": "Test the login form"}))
+    assert '"anyOf"' not in json.dumps(schema)
+    heuristic = schema["$defs"]["Heuristic"]["properties"]
+    assert heuristic["task_type"]["type"] == ["string", "null"] and "pattern" in heuristic["task_type"]
+    assert heuristic["last_used_at"]["type"] == ["string", "null"]
+    validator = Draft202012Validator(schema)
+    assert got["heuristics"], got
+    validator.validate(got)
+    memory = got["heuristics"][0]["memory"]
+    for field, value, ok in [
+        ("task_type", None, True),
+        ("last_used_at", None, True),
+        ("task_type", 5, False),
+        ("task_type", "bad\ncategory", False),
+        ("archived_reason", ["not", "a", "string"], False),
+    ]:
+        changed = json.loads(json.dumps(got))
+        changed["heuristics"][0]["memory"] = {**memory, field: value}
+        assert validator.is_valid(changed) is ok, (field, value)
