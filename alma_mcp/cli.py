@@ -82,7 +82,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     alma = _service(args)
-    result = alma.retrieve(args.task, args.agent, args.top_k, args.user)
+    result = alma.retrieve(args.task, args.agent, args.top_k, args.user, task_type=args.task_type)
     if args.json:
         print(result.model_dump_json(indent=2))
     elif result.prompt:
@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--agent", required=True)
     search.add_argument("--top-k", type=int, default=None)
     search.add_argument("--user", default=None, help="include this user's preferences")
+    search.add_argument("--task-type", default=None, help="leave out lessons and outcomes filed under other task types")
     search.add_argument("--json", action="store_true", help="print the full result as JSON")
     search.set_defaults(func=cmd_search)
 

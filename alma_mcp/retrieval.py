@@ -74,7 +74,7 @@ _KEYED_CANDIDATES = 10
 IN_MEMORY_LIMIT = 15_000
 """`vector_search: auto` searches a collection in memory up to this many records, Chroma beyond:
 a full scan reads every vector (30,000 take 3.4-6 ms here, 10,000 about 1 ms), while Chroma's
-HNSW query costs about 1.5-2 ms whatever the size (README, "Retrieval: recall, false injection, latency")."""
+HNSW query costs about 1.5-2 ms whatever the size (bench/README.md, "Retrieval: recall, false injection, latency")."""
 
 VectorSearch = Literal["auto", "memory", "chroma"]
 
@@ -275,6 +275,13 @@ class CollectionIndex:
 
     lexical: BM25Index
     dense: VectorIndex | None
+
+
+def _other_type(memory: MemoryBase, wanted: str | None) -> bool:
+    """Filed under a task type other than `wanted` (lower case; None wants every type). A memory
+    filed under none never is, nor knowledge and preferences, which have no task type."""
+    filed = getattr(memory, "task_type", None)
+    return wanted is not None and bool(filed) and filed.lower() != wanted
 
 
 def _owner(memory: MemoryBase) -> str | None:
@@ -559,6 +566,7 @@ class Retriever:
         memory_types: Sequence[str] | None = None,
         settings: RetrievalSettings | None = None,
         mode: Mode = "hybrid",
+        task_type: str | None = None,
     ) -> MemorySlice:
         settings = settings or self.config.retrieval_for(agent)
         top_k = top_k or settings.top_k
@@ -571,6 +579,7 @@ class Retriever:
             top_k,
             user_id,
             tuple(kinds),
+            task_type.lower() if task_type else None,
             settings.model_dump_json(),
             tuple((kind, source, self.store.generation(kind, source)) for kind, source in scopes),
         )
@@ -583,7 +592,7 @@ class Retriever:
                 return cached[1].model_copy(deep=True)
             self.cache_misses += 1
 
-        candidates = self.candidates(task, agent, user_id, kinds, settings, mode)
+        candidates = self.candidates(task, agent, user_id, kinds, settings, mode, task_type)
         by_type = {kind: [c.scored() for c in chosen] for kind, chosen in choose(candidates, kinds, top_k, settings).items()}
         result = MemorySlice(
             task=task,
@@ -606,12 +615,16 @@ class Retriever:
         memory_types: Sequence[str],
         settings: RetrievalSettings,
         mode: Mode = "hybrid",
+        task_type: str | None = None,
     ) -> list[Candidate]:
         """Every candidate from every readable collection, fused and scored, before the floor.
         Their memories are shared with the store's record cache (Record.shared): read them, never
-        change them."""
+        change them. With `task_type`, lessons and outcomes filed under another task type are left
+        out (those filed under none stay): each ranker then looks twice as deep, so that the
+        memories left still fill the pool."""
         vector = self.embedder.embed_query(task)
-        pool = settings.candidate_pool
+        pool = settings.candidate_pool * (2 if task_type else 1)
+        wanted_type = task_type.lower() if task_type else None
         found: dict[str, Candidate] = {}
         lexical_hits: list[tuple[float, str]] = []
         admit = settings.relevance_floor - settings.floor_margin
@@ -679,11 +692,15 @@ class Retriever:
             for hit in dense_hits:
                 if hit.memory.archived:  # archived by another process since the index was read
                     continue
+                if _other_type(hit.memory, wanted_type):
+                    continue
                 found[hit.memory.id] = Candidate(hit.memory, hit.vector, hit.similarity, key_vector=hit.key_vector)  # type: ignore[arg-type]
             lexical_hits += [(h.score, h.id) for h in hits]
             for doc, hit in extra.items():
                 memory, vec = hit.memory, hit.vector
                 if memory.archived or (kind == PREFERENCES and getattr(memory, "user_id", None) != user_id):
+                    continue
+                if _other_type(memory, wanted_type):
                     continue
                 found[doc] = Candidate(memory, vec, float(np.dot(vec, vector)), key_vector=hit.key_vector)  # type: ignore[arg-type]
             for h in hits:

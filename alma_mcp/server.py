@@ -148,10 +148,14 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
         memory_types: Annotated[
             list[MemoryType] | None, Field(description="Only these types (default: all but raw outcomes).")
         ] = None,
+        task_type: Annotated[
+            Category | None,
+            Field(description="The task's category, as given to alma_learn: leaves out lessons and outcomes of other task types."),
+        ] = None,
     ) -> MemorySlice:
         """Get the memories relevant to a task, by type with scores, and `prompt`: the markdown to
         inject before doing the task. An empty prompt means nothing relevant is known."""
-        return service.retrieve(task, agent, top_k, user_id, memory_types)
+        return service.retrieve(task, agent, top_k, user_id, memory_types, task_type)
 
     # -- tools: after a task -----------------------------------------------------------
     @mcp.tool(annotations=WRITE, title="Record a task outcome and learn from it")
@@ -342,32 +346,40 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
     def audit_memory_resource(memory_id: str) -> str:
         return _json(service.audit_log(limit=1000, memory_id=memory_id))
 
-    free_text = ResourceSecurity(exempt_params={"task"})
+    free_text = ResourceSecurity(exempt_params={"task", "task_type"})
+
+    def task_type_param(value: str | None) -> str | None:
+        return value or None  # an empty ?task_type= means none; the service validates the rest
 
     @mcp.resource(
-        "alma://agents/{agent}/memories{?task,top_k,user_id}",
+        "alma://agents/{agent}/memories{?task,top_k,user_id,task_type}",
         mime_type="application/json",
         description="The memories retrieved for a task (JSON), or the agent's recent memories without one.",
         security=free_text,
     )
     @resource_errors
-    def memories_resource(agent: str, task: str | None = None, top_k: str | None = None, user_id: str | None = None) -> str:
+    def memories_resource(
+        agent: str, task: str | None = None, top_k: str | None = None, user_id: str | None = None, task_type: str | None = None
+    ) -> str:
         k = _int_param(top_k, "top_k", 5, 1, 50)
         if not task:
             return _json({kind: service.list_memories(agent, kind, limit=k) for kind in MEMORY_TYPES if kind != "preference"})
-        return _json(service.retrieve(task, agent, k, user_id or None))
+        return _json(service.retrieve(task, agent, k, user_id or None, task_type=task_type_param(task_type)))
 
     @mcp.resource(
-        "alma://agents/{agent}/prompt{?task,top_k,user_id}",
+        "alma://agents/{agent}/prompt{?task,top_k,user_id,task_type}",
         mime_type="text/markdown",
         description="The markdown memory block to inject before a task.",
         security=free_text,
     )
     @resource_errors
-    def prompt_resource(agent: str, task: str | None = None, top_k: str | None = None, user_id: str | None = None) -> str:
+    def prompt_resource(
+        agent: str, task: str | None = None, top_k: str | None = None, user_id: str | None = None, task_type: str | None = None
+    ) -> str:
         if not task:
             raise ResourceError("add the task to the URI: alma://agents/AGENT/prompt?task=...")
-        return service.retrieve(task, agent, _int_param(top_k, "top_k", 5, 1, 50), user_id or None).prompt
+        k = _int_param(top_k, "top_k", 5, 1, 50)
+        return service.retrieve(task, agent, k, user_id or None, task_type=task_type_param(task_type)).prompt
 
     @mcp.resource(
         "alma://agents/{agent}/{memory_type}",
@@ -393,9 +405,9 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
 
     # -- prompts -----------------------------------------------------------------------
     @mcp.prompt(title="Task with memory", description="The task, with what memory knows about it injected first.")
-    def alma_task(agent: str, task: str, user_id: str | None = None) -> list[Message]:
+    def alma_task(agent: str, task: str, user_id: str | None = None, task_type: str | None = None) -> list[Message]:
         try:
-            memory = service.retrieve(task, agent, None, user_id or None)
+            memory = service.retrieve(task, agent, None, user_id or None, task_type=task_type or None)
         except AlmaError as exc:  # the SDK would hide a plain exception's message
             raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
         parts = []

@@ -26,6 +26,7 @@ from .lifecycle import MERGEABLE, ConsolidateResult, Lifecycle, RestoreResult, S
 from .models import (
     MEMORY_TYPES,
     AntiPattern,
+    Category,
     DomainKnowledge,
     Heuristic,
     Memory,
@@ -59,6 +60,7 @@ def _validated(adapter: TypeAdapter[Any], value: Any, what: str) -> Any:
 
 _name = TypeAdapter(Name)
 _user = TypeAdapter(UserId)
+_category = TypeAdapter(Category)
 _memory_id = TypeAdapter(MemoryId)
 
 
@@ -216,6 +218,7 @@ class ALMA:
         top_k: int | None = None,
         user_id: str | None = None,
         memory_types: Sequence[str] | None = None,
+        task_type: str | None = None,
     ) -> MemorySlice:
         agent = self._agent(agent)
         task = _build(_TaskText, "task", task=task).task
@@ -223,7 +226,9 @@ class ALMA:
             raise InvalidInput(f"top_k is {top_k}: use a number from 1 to 50")
         if user_id is not None:
             user_id = _validated(_user, user_id, "user_id")
-        return self.retriever.retrieve(task, agent, top_k, user_id, self._types(memory_types))
+        if task_type is not None:
+            task_type = _validated(_category, task_type, "task_type")
+        return self.retriever.retrieve(task, agent, top_k, user_id, self._types(memory_types), task_type=task_type)
 
     # -- learning --------------------------------------------------------------------
     def learn(

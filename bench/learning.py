@@ -171,6 +171,7 @@ async def run_arm(
     min_occurrences: int,
     min_alternatives: int | None = None,
     bound: float | None = None,
+    typed_retrieval: bool = False,
 ) -> list[bool]:
     rng = random.Random(seed * 1000 + 7)  # same guesses for the same situation in every arm
     results: list[bool] = []
@@ -206,6 +207,8 @@ async def run_arm(
                     args: dict[str, Any] = {"task": episode.task, "agent": AGENT}
                     # Both arms see the five most relevant raw outcomes; alma also its lessons.
                     args["memory_types"] = ["outcome"] if arm == "raw" else ["heuristic", "anti_pattern", "outcome"]
+                    if typed_retrieval:  # the task type the agent files its outcome under, known before the task
+                        args["task_type"] = episode.family.task_type
                     got = await client.call_tool("alma_retrieve", args)
                     if got.is_error:
                         raise RuntimeError(f"alma_retrieve failed: {got.content[0].text}")
@@ -365,11 +368,12 @@ def load_runs(paths: list[str], args: argparse.Namespace) -> tuple[list[int], di
         run = json.loads(Path(path).read_text(encoding="utf-8"))
         if seeds is not None and run["seeds"] != seeds:
             raise SystemExit(f"{path}: seeds {run['seeds']} differ from {seeds}")
-        mine = (args.episodes, args.block, args.min_occurrences, args.min_alternatives, args.bound)
-        if (run["episodes"], run["block"], run["min_occurrences"], run.get("min_alternatives"), run.get("bound")) != mine:
+        mine = (args.episodes, args.block, args.min_occurrences, args.min_alternatives, args.bound, args.typed_retrieval)
+        theirs = (run["episodes"], run["block"], run["min_occurrences"], run.get("min_alternatives"), run.get("bound"), run.get("typed_retrieval", False))
+        if theirs != mine:
             raise SystemExit(
-                f"{path}: episodes, block, min_occurrences, min_alternative_outcomes or max_success_bound_for_anti_pattern "
-                "differ from this command's"
+                f"{path}: episodes, block, min_occurrences, min_alternative_outcomes, max_success_bound_for_anti_pattern "
+                "or --typed-retrieval differ from this command's"
             )
         seeds = run["seeds"]
         per_arm.update(run["per_arm"])
@@ -394,7 +398,9 @@ async def main_async(args: argparse.Namespace) -> int:
             stream = make_stream(families, args.episodes, seed)
             for arm in args.arms:
                 t0 = time.perf_counter()
-                results = await run_arm(arm, stream, seed, embedder, args.min_occurrences, args.min_alternatives, args.bound)
+                results = await run_arm(
+                    arm, stream, seed, embedder, args.min_occurrences, args.min_alternatives, args.bound, args.typed_retrieval
+                )
                 per_arm[arm].append(blocks(results, args.block))
                 _log(f"seed {seed} arm {arm}: overall {np.mean(results):.3f}, last block {per_arm[arm][-1][-1]:.2f} ({time.perf_counter() - t0:.0f}s)")
         if args.save:
@@ -402,6 +408,7 @@ async def main_async(args: argparse.Namespace) -> int:
             Path(args.save).write_text(json.dumps({
                 "seeds": seeds, "episodes": args.episodes, "block": args.block,
                 "min_occurrences": args.min_occurrences, "min_alternatives": args.min_alternatives, "bound": args.bound,
+                "typed_retrieval": args.typed_retrieval,
                 "per_arm": per_arm,
             }), encoding="utf-8")
     finals = {arm: [runs[-1] for runs in per_arm[arm]] for arm in args.arms}
@@ -410,7 +417,8 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"Success rate per block of {args.block} episodes, mean over seeds {seeds} "
           f"({len(families)} families, {args.episodes} episodes each run, "
           f"min_occurrences_for_heuristic={args.min_occurrences}, min_alternative_outcomes={args.min_alternatives}, "
-          f"max_success_bound_for_anti_pattern={LearningSettings().max_success_bound_for_anti_pattern if args.bound is None else args.bound})")
+          f"max_success_bound_for_anti_pattern={LearningSettings().max_success_bound_for_anti_pattern if args.bound is None else args.bound}, "
+          f"task_type passed to alma_retrieve: {'yes' if args.typed_retrieval else 'no'})")
     print("| episodes | " + " | ".join(args.arms) + " |")
     print("|---|" + "---|" * len(args.arms))
     for b in range(len(curves[args.arms[0]])):
@@ -460,6 +468,12 @@ def main() -> int:
         type=float,
         default=None,
         help="learning.max_success_bound_for_anti_pattern for the alma and oracle arms (default: the config default; 1: off).",
+    )
+    parser.add_argument(
+        "--typed-retrieval",
+        action="store_true",
+        help="both memory arms pass the task's type to alma_retrieve, so lessons and outcomes of other task types "
+        "are left out (default: every task type is a candidate)",
     )
     parser.add_argument("--out", default=str(OUT / "learning_curve.png"))
     parser.add_argument("--no-plot", action="store_true")

@@ -30,6 +30,7 @@ BAD_CALLS = [
     ("alma_retrieve", {"agent": "helena", "task": "x", "memory_types": ["bogus"]}, ["memory_types", "heuristic"]),
     ("alma_retrieve", {"agent": "helena", "task": "   "}, ["task", "empty"]),
     ("alma_retrieve", {"agent": "helena", "task": "x" * (MAX_TEXT_CHARS + 1)}, ["task", "limit"]),
+    ("alma_retrieve", {"agent": "helena", "task": "x", "task_type": "../../etc"}, ["task_type", "category"]),
     ("alma_learn", {**LEARN, "outcome": "great"}, ["outcome", "success"]),
     ("alma_learn", {**LEARN, "task": ""}, ["task", "empty"]),
     ("alma_learn", {**LEARN, "strategy_used": None}, ["strategy_used"]),
@@ -106,6 +107,7 @@ async def test_bad_resource_reads_are_clear_errors(seeded):
             ("alma://agents/helena/prompt", ["task"]),
             ("alma://agents/helena/prompt?task=x&top_k=abc", ["top_k"]),
             ("alma://agents/helena/memories?task=x&top_k=999", ["top_k"]),
+            ("alma://agents/helena/prompt?task=x&task_type=%2E%2E%2Fetc", ["task_type", "category"]),
             ("alma://memories/heuristic-" + "0" * 32, ["no memory"]),
             ("alma://memories/whatever", ["memory id"]),
         ]:

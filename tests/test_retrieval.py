@@ -340,3 +340,47 @@ def test_key_vectors_are_embedded_once_per_key_text(alma: ALMA) -> None:
     edited = heuristic.model_copy(update={"condition": "Testing a date picker in every time zone"})
     keys.similarities([edited], query)
     assert keys.embedded == 2, "an edited key text is embedded anew"
+
+
+def test_task_type_leaves_out_lessons_and_outcomes_of_other_task_types(alma: ALMA) -> None:
+    """`task_type` keeps lessons and outcomes filed under it (or under none) and drops the others:
+    retry works on rate limits and fails on certificate errors, and each kind of task is told only
+    its own lesson. Knowledge has no task type and stays."""
+    retry = "Retry the request with exponential backoff and jitter"
+    alma.add_heuristic("victor", "The partner API answers 429 Too Many Requests during the nightly sync", retry, task_type="rate_limits")
+    alma.add_anti_pattern("victor", f"{retry} when the partner API call fails", "Backing off changed nothing.", task_type="tls")
+    alma.add_heuristic("victor", "Calls to the partner API fail", "Check the partner's status page first")  # no task type
+    alma.learn("victor", "The partner API call failed with certificate verify failed", "failure", retry, task_type="tls")
+    alma.add_knowledge("victor", "integrations", "The partner API allows 100 requests a minute per key.")
+    task = "Calls to the partner API keep failing during the sync"
+    kinds = ["heuristic", "anti_pattern", "outcome", "knowledge"]
+
+    def types_seen(result) -> dict[str, set[str | None]]:
+        return {kind: {getattr(item.memory, "task_type", "n/a") for item in items} for kind, items in result.by_type().items() if items}
+
+    untyped = alma.retrieve(task, "victor", memory_types=kinds)
+    assert types_seen(untyped)["heuristic"] == {"rate_limits", None}
+    assert types_seen(untyped)["anti_pattern"] == {"tls"} and types_seen(untyped)["outcome"] == {"tls"}
+
+    typed = alma.retrieve(task, "victor", memory_types=kinds, task_type="Rate_Limits")  # case does not matter
+    seen = types_seen(typed)
+    assert seen["heuristic"] == {"rate_limits", None}
+    assert "anti_pattern" not in seen and "outcome" not in seen
+    assert [k.memory.fact for k in typed.knowledge] == [k.memory.fact for k in untyped.knowledge] != []
+    assert "exponential backoff" in typed.prompt and "Avoid" not in typed.prompt
+
+    tls = alma.retrieve(task, "victor", memory_types=kinds, task_type="tls")
+    assert types_seen(tls)["anti_pattern"] == {"tls"} and types_seen(tls)["heuristic"] == {None}
+    # A cached untyped result is not handed out for a typed call, nor the other way round.
+    assert alma.retrieve(task, "victor", memory_types=kinds).model_dump() == untyped.model_dump()
+
+
+async def test_task_type_through_the_client_and_a_bad_one_is_refused(alma: ALMA) -> None:
+    alma.add_heuristic("victor", "The partner API answers 429 Too Many Requests", "Back off and retry", task_type="rate_limits")
+    alma.add_heuristic("victor", "The partner API fails with certificate verify failed", "Renew the certificate chain", task_type="tls")
+    async with Client(create_server(alma=alma), mode="legacy") as client:
+        got = await client.call_tool("alma_retrieve", {"agent": "victor", "task": "The partner API call fails", "task_type": "tls"})
+        assert not got.is_error
+        assert [h["memory"]["task_type"] for h in got.structured_content["heuristics"]] == ["tls"]
+        bad = await client.call_tool("alma_retrieve", {"agent": "victor", "task": "The partner API call fails", "task_type": "bad\ntype"})
+        assert bad.is_error and "task_type" in bad.content[0].text

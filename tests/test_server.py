@@ -46,8 +46,8 @@ async def test_lists_tools_resources_and_prompts(alma, mode):
         resources = {str(r.uri) for r in (await client.list_resources()).resources}
         assert {"alma://agents", "alma://config", "alma://stats"} <= resources
         templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
-        assert "alma://agents/{agent}/memories{?task,top_k,user_id}" in templates
-        assert "alma://agents/{agent}/prompt{?task,top_k,user_id}" in templates
+        assert "alma://agents/{agent}/memories{?task,top_k,user_id,task_type}" in templates
+        assert "alma://agents/{agent}/prompt{?task,top_k,user_id,task_type}" in templates
         assert "alma://agents/{agent}/{memory_type}" in templates
         assert "alma://memories/{memory_id}{?agent}" in templates
         prompts = {p.name for p in (await client.list_prompts()).prompts}
@@ -155,6 +155,17 @@ async def test_resources_and_prompts(alma, mode):
 
         reflect = await client.get_prompt("alma_reflect", {"agent": "helena", "task": "t", "outcome": "failure"})
         assert "alma_learn" in reflect.messages[0].content.text
+
+        # task_type filters the same way on every surface: the heuristic is filed under ui_testing.
+        for task_type, kept in [("ui_testing", True), ("api_testing", False)]:
+            typed = json.loads((await client.read_resource(f"{uri}&task_type={task_type}")).contents[0].text)
+            assert len(typed["heuristics"]) == int(kept), task_type
+            typed_prompt = (await client.read_resource(f"alma://agents/helena/prompt?task=pick%20a%20date%20in%20the%20form&task_type={task_type}")).contents[0]
+            assert ("Type the date" in typed_prompt.text) is kept, task_type
+            typed_task = await client.get_prompt(
+                "alma_task", {"agent": "helena", "task": "Select a date in the booking form's calendar", "task_type": task_type}
+            )
+            assert ("Type the date" in typed_task.messages[0].content.text) is kept, task_type
 
 
 async def test_stats_and_health_tools(alma):
