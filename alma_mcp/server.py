@@ -348,9 +348,6 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
 
     free_text = ResourceSecurity(exempt_params={"task", "task_type"})
 
-    def task_type_param(value: str | None) -> str | None:
-        return value or None  # an empty ?task_type= means none; the service validates the rest
-
     @mcp.resource(
         "alma://agents/{agent}/memories{?task,top_k,user_id,task_type}",
         mime_type="application/json",
@@ -364,7 +361,7 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
         k = _int_param(top_k, "top_k", 5, 1, 50)
         if not task:
             return _json({kind: service.list_memories(agent, kind, limit=k) for kind in MEMORY_TYPES if kind != "preference"})
-        return _json(service.retrieve(task, agent, k, user_id or None, task_type=task_type_param(task_type)))
+        return _json(service.retrieve(task, agent, k, user_id or None, task_type=task_type or None))
 
     @mcp.resource(
         "alma://agents/{agent}/prompt{?task,top_k,user_id,task_type}",
@@ -379,7 +376,7 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
         if not task:
             raise ResourceError("add the task to the URI: alma://agents/AGENT/prompt?task=...")
         k = _int_param(top_k, "top_k", 5, 1, 50)
-        return service.retrieve(task, agent, k, user_id or None, task_type=task_type_param(task_type)).prompt
+        return service.retrieve(task, agent, k, user_id or None, task_type=task_type or None).prompt
 
     @mcp.resource(
         "alma://agents/{agent}/{memory_type}",
