@@ -480,7 +480,7 @@ alma:
 
   retrieval:
     top_k: 5                        # per memory type
-    relevance_floor: 0.46           # evidence the best memory needs, or nothing is injected
+    relevance_floor: 0.42           # evidence the best memory needs, or nothing is injected
     token_budget: 1500              # size of the injected prompt
     recency_half_life_days: 30
     weights: {{similarity: 0.70, recency: 0.05, success: 0.10, confidence: 0.10, feedback: 0.05}}

@@ -130,3 +130,22 @@ def test_cli_init_stats_search_and_bad_config(tmp_path):
     broken = run_cli("stats", cwd=tmp_path)
     assert broken.returncode == 2
     assert "agents.helena.min_occurrences_for_heuristic" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_starter_config_values_are_the_defaults():
+    """The starter says its values are the defaults unless marked "example": a default that moves
+    (relevance_floor went from 0.46 to 0.42 with a recalibration) must move in the starter too, or
+    `alma-mcp init` quietly configures something other than what the README documents."""
+    from alma_mcp.config import AlmaSettings
+
+    starter = yaml.safe_load(STARTER_CONFIG.format(project="p"))["alma"]
+    defaults = AlmaSettings().model_dump(mode="json")
+    per_project = {"project_id", "data_dir", "domains", "agents"}  # what init writes for this project, and examples
+
+    def drift(value: object, default: object, path: str) -> list[str]:
+        if isinstance(value, dict):
+            return [d for key, item in value.items() for d in drift(item, default[key], f"{path}.{key}")]  # type: ignore[index]
+        return [] if value == default else [f"{path}: starter {value!r}, default {default!r}"]
+
+    found = [d for key, value in starter.items() if key not in per_project for d in drift(value, defaults[key], key)]
+    assert found == []
