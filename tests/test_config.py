@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alma_mcp.config import STARTER_CONFIG, load_config, parse_config, write_starter_config
+from alma_mcp.config import STARTER_CONFIG, AlmaSettings, load_config, parse_config, write_starter_config
 from alma_mcp.errors import ConfigError, NotFound
 from alma_mcp.schemas import generate, render
 
@@ -132,20 +133,31 @@ def test_cli_init_stats_search_and_bad_config(tmp_path):
     assert "agents.helena.min_occurrences_for_heuristic" in broken.stderr and "Traceback" not in broken.stderr
 
 
+def _drift(value: object, default: object, path: str) -> list[str]:
+    """Where a documented config section says something other than the schema's default
+    (`...` stands for keys a document leaves out)."""
+    if isinstance(value, dict):
+        return [d for key, item in value.items() if key != "..." for d in _drift(item, default[key], f"{path}.{key}")]  # type: ignore[index]
+    return [] if value == default else [f"{path}: documented {value!r}, default {default!r}"]
+
+
+def _documented_drift(documented: dict[str, object], examples: set[str]) -> list[str]:
+    defaults = AlmaSettings().model_dump(mode="json")
+    return [d for key, value in documented.items() if key not in examples for d in _drift(value, defaults[key], key)]
+
+
 def test_starter_config_values_are_the_defaults():
     """The starter says its values are the defaults unless marked "example": a default that moves
     (relevance_floor went from 0.46 to 0.42 with a recalibration) must move in the starter too, or
     `alma-mcp init` quietly configures something other than what the README documents."""
-    from alma_mcp.config import AlmaSettings
-
     starter = yaml.safe_load(STARTER_CONFIG.format(project="p"))["alma"]
-    defaults = AlmaSettings().model_dump(mode="json")
-    per_project = {"project_id", "data_dir", "domains", "agents"}  # what init writes for this project, and examples
+    assert _documented_drift(starter, {"project_id", "data_dir", "domains", "agents"}) == []
 
-    def drift(value: object, default: object, path: str) -> list[str]:
-        if isinstance(value, dict):
-            return [d for key, item in value.items() for d in drift(item, default[key], f"{path}.{key}")]  # type: ignore[index]
-        return [] if value == default else [f"{path}: starter {value!r}, default {default!r}"]
 
-    found = [d for key, value in starter.items() if key not in per_project for d in drift(value, defaults[key], key)]
-    assert found == []
+def test_readme_config_summary_values_are_the_defaults():
+    """The README's Configuration block drifted with the starter (it said 0.46 too)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"^```yaml\n(.*?)^```", text[text.index("### Configuration") :], re.S | re.M)
+    assert block is not None, "the README's Configuration section lost its yaml block"
+    summary = yaml.safe_load(block.group(1))["alma"]
+    assert _documented_drift(summary, {"project_id", "data_dir", "chroma_http", "domains", "agents"}) == []
