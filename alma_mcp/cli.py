@@ -93,8 +93,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    print(json.dumps(_service(args).health(), indent=2))
-    return 0
+    """Unlike the MCP tool (which answers at once), wait for the model and embed a probe text:
+    the exit code says whether a server started with this config could serve (0) or not (1)."""
+    alma = _service(args)
+    try:
+        alma.embedder.wait(args.timeout)
+        alma.embedder.embed(["health check"])
+    except Exception as exc:  # the reason is in the report below, and on stderr
+        log.error("%s", exc)
+    report = alma.health()
+    print(json.dumps(report, indent=2))
+    return 0 if report["status"] == "ok" and report["embedding_model_ready"] else 1
 
 
 def _progress_wanted(args: argparse.Namespace) -> bool:
@@ -164,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print the full result as JSON")
     search.set_defaults(func=cmd_search)
 
-    health = sub.add_parser("health", help="check storage and the embedding model")
+    health = sub.add_parser("health", help="check storage and the embedding model (exit 1 if either fails)")
+    health.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the model to load")
     health.set_defaults(func=cmd_health)
 
     export = sub.add_parser("export", help="write every memory (archived too) to a JSONL file")

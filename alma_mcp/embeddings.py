@@ -171,6 +171,15 @@ class SentenceTransformerEmbedder:
         return self._ready.is_set() and self._error is None
 
     @property
+    def status(self) -> str:
+        """'not started', 'loading', 'ready', or 'failed: <reason>' (never blocks)."""
+        if not self._started:
+            return "not started"
+        if not self._ready.is_set():
+            return "loading"
+        return "ready" if self._error is None else f"failed: {self._error}"
+
+    @property
     def dim(self) -> int:
         self.wait()
         model = self._model

@@ -644,12 +644,21 @@ class ALMA:
         }
 
     def health(self) -> dict[str, Any]:
+        """Storage and model state, without waiting: a model still loading is not a fault, one
+        that failed to load is (every retrieval and write would fail with its reason)."""
+        model = str(getattr(self.embedder, "status", "ready"))
+        problems = []
+        if not self.store.heartbeat():
+            problems.append("storage unreachable")
+        if model.startswith("failed"):
+            problems.append("embedding model failed to load")
         return {
-            "status": "ok" if self.store.heartbeat() else "storage unreachable",
+            "status": "; ".join(problems) or "ok",
             "project": self.config.project,
             "storage": self.store.description,
             "embedding_model": self.embedder.name,
-            "embedding_model_ready": bool(getattr(self.embedder, "ready", True)),
+            "embedding_model_ready": model == "ready",
+            "embedding_model_status": model,
             "config_file": str(self.config.source) if self.config.source else None,
         }
 

@@ -161,3 +161,26 @@ def test_readme_config_summary_values_are_the_defaults():
     assert block is not None, "the README's Configuration section lost its yaml block"
     summary = yaml.safe_load(block.group(1))["alma"]
     assert _documented_drift(summary, {"project_id", "data_dir", "chroma_http", "domains", "agents"}) == []
+
+
+@pytest.mark.slow
+def test_cli_health_proves_the_model_loads_and_fails_loudly_when_it_cannot(tmp_path):
+    """`alma-mcp health` is what a script or a monitor runs: exit 0 only when a server started
+    with this config could serve; a model that cannot load (a name unavailable offline) is exit 1
+    with the reason, not "ok"."""
+    good = run_cli("init", "--project", "health-test", cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+    healthy = run_cli("health", cwd=tmp_path)
+    assert healthy.returncode == 0, healthy.stderr
+    report = json.loads(healthy.stdout)
+    assert report["status"] == "ok" and report["embedding_model_status"] == "ready"
+
+    (tmp_path / "bad.yaml").write_text(
+        f"alma:\n  data_dir: {tmp_path / 'data2'}\n  embedding:\n    model: no-such-model-offline\n"
+    )
+    broken = run_cli("--config", "bad.yaml", "health", cwd=tmp_path)
+    assert broken.returncode == 1, broken.stdout
+    report = json.loads(broken.stdout)
+    assert report["status"] == "embedding model failed to load"
+    assert report["embedding_model_status"].startswith("failed: ") and report["embedding_model_ready"] is False
+    assert "set alma.embedding.model" in broken.stderr

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from mcp import Client
 
+from alma_mcp.config import parse_config
 from alma_mcp.server import create_server
+from alma_mcp.service import ALMA
 
 MODES = ["legacy", "auto"]
 
@@ -231,3 +233,29 @@ async def test_retrieve_output_schema_folds_optional_fields_and_still_checks_the
         changed = json.loads(json.dumps(got))
         changed["heuristics"][0]["memory"] = {**memory, field: value}
         assert validator.is_valid(changed) is ok, (field, value)
+
+
+async def test_a_model_that_cannot_load_is_reported_not_hidden(tmp_path):
+    """With an embedding model unavailable offline, health says so (it used to answer "ok"), and
+    a retrieval or a write is an error result naming the setting to fix, with nothing stored."""
+    from alma_mcp.embeddings import SentenceTransformerEmbedder
+
+    embedder = SentenceTransformerEmbedder("no-such-model-offline", onnx=False)
+    with pytest.raises(Exception):
+        embedder.wait(timeout=120)
+    service = ALMA(parse_config({"alma": {"data_dir": str(tmp_path), "allow_undeclared_agents": True}}), embedder=embedder)
+    try:
+        async with Client(create_server(alma=service), mode="legacy") as client:
+            health = structured(await client.call_tool("alma_health", {}))
+            assert health["status"] == "embedding model failed to load"
+            assert health["embedding_model_status"].startswith("failed: ")
+            for name, args in [
+                ("alma_retrieve", {"agent": "helena", "task": "Test the login form"}),
+                ("alma_add_knowledge", {"agent": "helena", "domain": "auth", "fact": "Sessions last 8 hours"}),
+            ]:
+                result = await client.call_tool(name, args)
+                assert result.is_error, name
+                assert "alma.embedding.model" in result.content[0].text, result.content[0].text
+        assert service.stats()["total"] == 0
+    finally:
+        service.close()
