@@ -104,7 +104,12 @@ class VectorIndex:
         size = len(self._ids)
         if not size or n <= 0:
             return [], [], True
-        scores = self._matrix[:size] @ vector
+        # einsum, not `@`: numpy's own loop on this thread. A BLAS product is split across
+        # OpenBLAS's threads, which then spin on both cores for a while after it and slowed the
+        # query embedding that follows a scan (a new task at 100,000 memories: 47-52 ms p50
+        # through the client with `@`, 35 with one BLAS thread); single-threaded, einsum is the
+        # faster of the two (35,000 vectors: 2.0 ms against 2.7).
+        scores = np.einsum("ij,j->i", self._matrix[:size], vector)
         if restrict:
             allowed = np.fromiter((o == owner for o in self._owners), dtype=bool, count=size)
             scores = np.where(allowed, scores, -np.inf)
