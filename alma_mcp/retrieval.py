@@ -71,10 +71,14 @@ Mode = Literal["hybrid", "dense", "lexical"]
 _KEYED_CANDIDATES = 10
 """Per query, how many candidates (closest by whole text first) get the key field's similarity."""
 
-IN_MEMORY_LIMIT = 15_000
-"""`vector_search: auto` searches a collection in memory up to this many records, Chroma beyond:
-a full scan reads every vector (30,000 take 3.4-6 ms here, 10,000 about 1 ms), while Chroma's
-HNSW query costs about 1.5-2 ms whatever the size (bench/README.md, "Retrieval: recall, false injection, latency")."""
+IN_MEMORY_LIMIT = 200_000
+"""`vector_search: auto` searches a collection in memory up to this many records, Chroma beyond.
+A scan reads every vector (35,000 take about 2 ms here, 200,000 about 12) where Chroma's HNSW
+query costs about 2.5 ms at any size, but HNSW is approximate, and on stores full of near-
+duplicates (the benchmark's filler; an agent's many outcomes of one kind of task) it lost the
+right memory: at 100,000 per agent it returned 85-88% of the exact 10 nearest, none of them for
+some tasks, and dense-only Recall@5 fell to 0.05 against 0.41 exact (bench/README.md, "Retrieval:
+recall, false injection, latency"). The limit was 15,000 when speed alone decided it."""
 
 VectorSearch = Literal["auto", "memory", "chroma"]
 
