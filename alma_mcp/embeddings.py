@@ -167,10 +167,6 @@ class SentenceTransformerEmbedder:
             )
 
     @property
-    def ready(self) -> bool:
-        return self._ready.is_set() and self._error is None
-
-    @property
     def status(self) -> str:
         """'not started', 'loading', 'ready', or 'failed: <reason>' (never blocks)."""
         if not self._started:
@@ -243,7 +239,7 @@ class HashEmbedder:
     def wait(self, timeout: float | None = None) -> None:
         pass
 
-    ready = True
+    status = "ready"  # as SentenceTransformerEmbedder.status reports a loaded model
 
     def _vector(self, text: str) -> np.ndarray:
         vec = np.zeros(self._dim, dtype=np.float32)

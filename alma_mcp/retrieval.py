@@ -681,10 +681,11 @@ class Retriever:
             )
             return hits, dense, extra
 
-        # All of the scope's collections are scanned in memory, or none: a scan's BLAS threads spin
-        # on both cores for a while after it, which slowed Chroma's queries of the larger
-        # collections running beside it by more than the scan saved (65 against 51-57 ms at
-        # 100,000 per agent).
+        # All of the scope's collections are scanned in memory, or none: when the scan was a BLAS
+        # product, its threads spun on both cores after it and slowed Chroma's queries of the
+        # larger collections running beside it by more than the scan saved (65 against 51-57 ms
+        # at 100,000 per agent). The scan is single-threaded now (dense.py); mixing the two has
+        # not been measured since.
         # Each collection's index is taken once, with its vectors as they are now: a concurrent
         # write may drop them (a collection grown past IN_MEMORY_LIMIT) while the search runs.
         indexes: dict[tuple[str, str | None], tuple[CollectionIndex, VectorIndex | None]] = {}

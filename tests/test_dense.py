@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from alma_mcp.dense import VectorIndex
+from alma_mcp.embeddings import HashEmbedder
+from alma_mcp.models import DomainKnowledge, new_id
 from alma_mcp.service import ALMA
 
 from test_retrieval import teach_playwright
@@ -176,32 +178,25 @@ def test_vectors_dropped_by_a_concurrent_write_do_not_break_a_search_under_way(m
     assert [m.memory.id for m in alma.retrieve(task, "helena").all()] == expected
 
 
-class _PlantedQueries:
-    """The test's fake embedder, except for the planted tasks, whose vectors it is given."""
+class _PlantedQueries(HashEmbedder):
+    """The unit tests' fake embedder, except for the planted tasks, whose vectors it is given."""
 
-    def __init__(self, base: object, planted: dict[str, np.ndarray]) -> None:
-        self._base, self._planted = base, planted
-        self.name = "planted"
-
-    @property
-    def dim(self) -> int:
-        return self._base.dim  # type: ignore[attr-defined]
-
-    def embed(self, texts):  # type: ignore[no-untyped-def]
-        return self._base.embed(texts)  # type: ignore[attr-defined]
+    def __init__(self, planted: dict[str, np.ndarray]) -> None:
+        super().__init__()
+        self._planted = planted
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self._planted[text] if text in self._planted else self._base.embed_query(text)  # type: ignore[attr-defined]
+        return self._planted[text] if text in self._planted else super().embed_query(text)
 
 
-def test_auto_finds_the_true_nearest_among_twenty_thousand_near_duplicates(make_alma, hash_embedder, tmp_path) -> None:
+def test_auto_finds_the_true_nearest_among_twenty_thousand_near_duplicates(make_alma, tmp_path) -> None:
     """Chroma's HNSW index is approximate: among many near-duplicates (what an agent's outcomes of
     one kind of task look like) it missed the nearest memory for 4-7 of these 20 queries, run after
     run, and at 100,000 memories per agent the benchmark's dense Recall@5 fell to 0.05. Under
     `auto` a collection of this size is scanned exactly, so every planted memory is found; with the
     old limit (15,000) this test fails."""
     rng = np.random.default_rng(0)
-    dim = hash_embedder.dim
+    dim = HashEmbedder().dim
     centres = unit(rng.normal(size=(30, dim)))
     filler = unit(centres[rng.integers(30, size=20_000)] + 0.5 * rng.normal(size=(20_000, dim)) / np.sqrt(dim))
     planted = unit(rng.normal(size=(20, dim)) + 1.2 * centres[rng.integers(30, size=20)])
@@ -209,13 +204,11 @@ def test_auto_finds_the_true_nearest_among_twenty_thousand_near_duplicates(make_
     everything = np.vstack([planted, filler])
     tasks = {f"planted task {i}": queries[i] for i in range(20)}
     alma = make_alma(
-        embedder=_PlantedQueries(hash_embedder, tasks),
+        embedder=_PlantedQueries(tasks),
         data_dir=tmp_path / "near-duplicates",
         lifecycle={"merge_on_write": False, "sweep_every_writes": 0},
         retrieval={"relevance_floor": 0.0, "floor_margin": 0.0, "lexical_floor": 0.0, "key_weight": 0.0},
     )
-    from alma_mcp.models import DomainKnowledge, new_id
-
     def fact(text: str) -> DomainKnowledge:
         return DomainKnowledge(id=new_id("knowledge"), project=alma.config.project, agent="ops", domain="ops", fact=text)
 
