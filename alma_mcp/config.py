@@ -287,7 +287,7 @@ class AlmaSettings(_Strict):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     vector_search: Literal["auto", "memory", "chroma"] = Field(
         "auto",
-        description="Where retrieval finds a task's nearest memories. 'memory': an exact scan of a copy of each "
+        description="Where retrieval (and learning's grouping and merge on write) finds the nearest memories. 'memory': an exact scan of a copy of each "
         "searched collection's vectors held by this process (about 1.6 KB per memory); 'chroma': Chroma's own "
         "(approximate) index, no copy; 'auto': collections of up to 200,000 memories are held in memory (exact, "
         "and at 100,000 per agent as fast as Chroma's index, which missed the nearest memories among near-"
@@ -468,7 +468,7 @@ alma:
     device: cpu
     onnx: true                      # small inputs through ONNX Runtime (same vectors, ~2x faster)
 
-  vector_search: auto               # retrieval's nearest memories: an exact scan of vectors held in memory
+  vector_search: auto               # nearest memories (retrieval, learning, merging): exact scan of vectors held in memory
                                     # (~1.6 KB per memory) up to 200,000 a collection, Chroma's index beyond;
                                     # memory | chroma: always one of the two
 

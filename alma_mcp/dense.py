@@ -19,14 +19,17 @@ class VectorIndex:
     """Unit vectors by id, searched by inner product (cosine similarity).
 
     `owners` tags each row with a value a search can be restricted to (the user of a
-    preference); None matches only an unrestricted search.
+    preference, the strategy of an outcome); None matches only an unrestricted search. Owners
+    are kept as small integer codes beside the matrix, so a restricted search at 100,000 rows
+    costs a comparison of two arrays, not 100,000 string comparisons.
     """
 
     def __init__(self, dimension: int | None = None) -> None:
         self._dimension = dimension
         self._matrix = np.zeros((0, dimension or 0), dtype=np.float32)
         self._ids: list[str] = []
-        self._owners: list[str | None] = []
+        self._owner_rows = np.zeros(0, dtype=np.int32)  # each row's owner, as a code
+        self._codes: dict[str | None, int] = {None: 0}
         self._row: dict[str, int] = {}
         self._lock = threading.Lock()  # a search never sees a write half done
 
@@ -59,21 +62,24 @@ class VectorIndex:
             row = self._row.get(doc)
             if row is not None:
                 self._matrix[row] = block[i]
-                self._owners[row] = owners[i]
+                self._owner_rows[row] = self._code(owners[i])
         if fresh:
             self._grow(len(fresh))
             start = len(self._ids)
             self._matrix[start : start + len(fresh)] = block[fresh]
+            self._owner_rows[start : start + len(fresh)] = [self._code(owners[i]) for i in fresh]
             for offset, i in enumerate(fresh):
                 self._row[ids[i]] = start + offset
                 self._ids.append(ids[i])
-                self._owners.append(owners[i])
+
+    def _code(self, owner: str | None) -> int:
+        return self._codes.setdefault(owner, len(self._codes))
 
     def set_owner(self, doc: str, owner: str | None) -> None:
         with self._lock:
             row = self._row.get(doc)
             if row is not None:
-                self._owners[row] = owner
+                self._owner_rows[row] = self._code(owner)
 
     def remove(self, ids: Sequence[str]) -> None:
         with self._lock:
@@ -88,10 +94,10 @@ class VectorIndex:
         if row != last:  # move the last row into the hole
             moved = self._ids[last]
             self._matrix[row] = self._matrix[last]
-            self._ids[row], self._owners[row] = moved, self._owners[last]
+            self._owner_rows[row] = self._owner_rows[last]
+            self._ids[row] = moved
             self._row[moved] = row
         self._ids.pop()
-        self._owners.pop()
 
     def search(self, vector: np.ndarray, n: int, owner: str | None = None, restrict: bool = False) -> tuple[list[str], list[float], bool]:
         """The n rows most similar to `vector`, most similar first: (ids, similarities, complete).
@@ -111,7 +117,8 @@ class VectorIndex:
         # faster of the two (35,000 vectors: 2.0 ms against 2.7).
         scores = np.einsum("ij,j->i", self._matrix[:size], vector)
         if restrict:
-            allowed = np.fromiter((o == owner for o in self._owners), dtype=bool, count=size)
+            code = self._codes.get(owner)
+            allowed = self._owner_rows[:size] == code if code is not None else np.zeros(size, dtype=bool)
             scores = np.where(allowed, scores, -np.inf)
             total = int(allowed.sum())
         else:
@@ -131,4 +138,7 @@ class VectorIndex:
         grown = np.zeros((capacity, self._dimension or 0), dtype=np.float32)
         grown[: len(self._ids)] = self._matrix[: len(self._ids)]
         self._matrix = grown
+        owners = np.zeros(capacity, dtype=np.int32)
+        owners[: len(self._ids)] = self._owner_rows[: len(self._ids)]
+        self._owner_rows = owners
 

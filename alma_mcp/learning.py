@@ -3,9 +3,11 @@
 A *lesson* is a cluster of the agent's outcomes that used the same strategy (after
 normalising case and punctuation) on the same kind of task, under the same task type (ignoring
 case; outcomes of different task types are never one lesson). Every new outcome is placed by
-looking at the agent's whole history, never a window of recent outcomes: Chroma filters the
-outcomes by strategy before ranking them by task similarity, so tasks interleaved with any
-number of others still find their cluster.
+looking at the agent's whole history, never a window of recent outcomes: the outcomes of its
+strategy are ranked by task similarity (exactly, through the retriever's in-memory copy of the
+collection, `SearchIndexes.nearest`; Chroma's approximate index only for a collection past the
+in-memory limit or under `vector_search: chroma`), so tasks interleaved with any number of
+others still find their cluster.
 
 Placing an outcome (`Learner.apply`, `Learner.cluster`):
 1. Lessons first: the outcome joins every heuristic or anti-pattern on its strategy whose
@@ -70,6 +72,7 @@ import numpy as np
 
 from .config import AlmaConfig, LearningSettings
 from .models import AntiPattern, Heuristic, MemoryBase, Outcome, new_id, strategy_key, utcnow
+from .retrieval import SearchIndexes
 from .store import MemoryStore
 
 WILSON_Z = 1.645
@@ -293,13 +296,15 @@ def is_merged(memory: MemoryBase) -> bool:
 
 
 class Learner:
-    def __init__(self, store: MemoryStore, config: AlmaConfig) -> None:
+    def __init__(self, store: MemoryStore, config: AlmaConfig, indexes: SearchIndexes | None = None) -> None:
+        """`indexes`: the retriever's (one in-memory copy of each collection serves both)."""
         self.store = store
         self.config = config
+        self.indexes = indexes if indexes is not None else SearchIndexes(store, config.alma.vector_search)
 
     # -- placing an outcome ------------------------------------------------------------
     def _pool(self, outcome: Outcome, vector: np.ndarray, key: str) -> dict[str, tuple[Outcome, np.ndarray]]:
-        hits = self.store.query("outcome", outcome.agent, vector, GROUP_POOL, where={"strategy_key": key})
+        hits = self.indexes.nearest("outcome", outcome.agent, vector, GROUP_POOL, owner=key, restrict=True)
         pool = {
             h.memory.id: (h.memory, h.vector)
             for h in hits
@@ -508,7 +513,7 @@ class Learner:
         with a different strategy whose task is at least `similarity_threshold` similar to the
         lesson's mean, weighed like a lesson's own (None when there are none)."""
         learning = self.config.alma.learning
-        hits = self.store.query("outcome", agent, centre, ALTERNATIVES_POOL)
+        hits = self.indexes.nearest("outcome", agent, centre, ALTERNATIVES_POOL)
         others = [
             h.memory
             for h in hits
@@ -526,7 +531,7 @@ class Learner:
         could never do this."""
         learning = self.config.alma.learning
         retired: list[MemoryBase] = []
-        for hit in self.store.query("anti_pattern", outcome.agent, centre, REVIEW_POOL):
+        for hit in self.indexes.nearest("anti_pattern", outcome.agent, centre, REVIEW_POOL):
             anti = hit.memory
             anti_key = getattr(anti, "strategy_key", None)
             if anti_key is None or anti_key == key or not same_task_type(anti.task_type, outcome.task_type):  # type: ignore[attr-defined]
@@ -558,7 +563,7 @@ class Learner:
     def _better_alternative(self, agent: str, centre: np.ndarray, failing_key: str) -> str | None:
         """The strategy of the most confident active heuristic on the same kind of task."""
         threshold = self.config.alma.learning.similarity_threshold
-        hits = self.store.query("heuristic", agent, centre, 10)
+        hits = self.indexes.nearest("heuristic", agent, centre, 10)
         best = [
             h.memory
             for h in hits
@@ -572,7 +577,7 @@ class Learner:
         """A new heuristic becomes the better alternative of anti-patterns on the same kind of task."""
         threshold = self.config.alma.learning.similarity_threshold
         changed = []
-        for hit in self.store.query("anti_pattern", heuristic.agent, centre, 10):
+        for hit in self.indexes.nearest("anti_pattern", heuristic.agent, centre, 10):
             anti = hit.memory
             if hit.similarity < threshold or getattr(anti, "strategy_key", None) == heuristic.strategy_key:
                 continue

@@ -39,7 +39,7 @@ from .audit import AuditEntry, AuditLog, entry_for
 from .config import AlmaConfig
 from .errors import InvalidInput, NotFound
 from .models import MemoryBase, parse_memory, utcnow
-from .retrieval import feedback_score, recency, success_rate
+from .retrieval import SearchIndexes, feedback_score, recency, success_rate
 from .store import PREFERENCES, MemoryStore
 
 LESSONS = ("heuristic", "anti_pattern")
@@ -216,11 +216,20 @@ class Lifecycle:
     Callers hold the service's write lock around every method that changes the store.
     """
 
-    def __init__(self, store: MemoryStore, config: AlmaConfig, audit: AuditLog, embed: Callable[[list[str]], np.ndarray]) -> None:
+    def __init__(
+        self,
+        store: MemoryStore,
+        config: AlmaConfig,
+        audit: AuditLog,
+        embed: Callable[[list[str]], np.ndarray],
+        indexes: SearchIndexes | None = None,
+    ) -> None:
+        """`indexes`: the retriever's, whose in-memory copies make the search for a duplicate exact."""
         self.store = store
         self.config = config
         self.audit = audit
         self.embed = embed
+        self.indexes = indexes if indexes is not None else SearchIndexes(store, config.alma.vector_search)
 
     @property
     def settings(self) -> Any:
@@ -312,10 +321,9 @@ class Lifecycle:
         if not self.settings.merge_on_write or threshold is None or kind not in MERGEABLE:
             return None
         scope = None if kind == PREFERENCES else memory.agent
-        where = {"user_id": memory.user_id} if kind == PREFERENCES else None  # type: ignore[attr-defined]
-        hits = [
-            h for h in self.store.query(kind, scope, vector, 5, where=where) if h.similarity >= threshold and compatible(h.memory, memory)
-        ]
+        user = memory.user_id if kind == PREFERENCES else None  # type: ignore[attr-defined]
+        nearest = self.indexes.nearest(kind, scope, vector, 5, owner=user, restrict=kind == PREFERENCES)
+        hits = [h for h in nearest if h.similarity >= threshold and compatible(h.memory, memory)]
         if not hits:
             return None
         best = max(hits, key=lambda h: h.similarity)

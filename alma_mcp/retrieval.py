@@ -61,9 +61,10 @@ from .models import (
     UserPreference,
     key_text,
     nullable_as_type_list,
+    strategy_key,
 )
 from .prompt import render_prompt
-from .store import PREFERENCES, MemoryStore, collection_name
+from .store import PREFERENCES, Hit, MemoryStore, collection_name
 
 Mode = Literal["hybrid", "dense", "lexical"]
 """hybrid is what the server uses; dense-only and lexical-only exist for the benchmark."""
@@ -289,7 +290,13 @@ def _other_type(memory: MemoryBase, wanted: str | None) -> bool:
 
 
 def _owner(memory: MemoryBase) -> str | None:
-    return getattr(memory, "user_id", None) if memory.type == PREFERENCES else None  # type: ignore[attr-defined]
+    """What a search of the in-memory index can be restricted to: a preference's user (every
+    read of preferences is), an outcome's strategy (learning groups the outcomes of one)."""
+    if memory.type == PREFERENCES:
+        return getattr(memory, "user_id", None)
+    if memory.type == "outcome":
+        return strategy_key(memory.strategy_used)  # type: ignore[attr-defined]
+    return None
 
 
 class SearchIndexes:
@@ -306,38 +313,65 @@ class SearchIndexes:
         self.store = store
         self.vector_search = vector_search
         self._indexes: dict[str, CollectionIndex] = {}
-        self._synced: dict[str, int] = {}
-        self._lock = threading.RLock()
+        self._synced: dict[str, int | None] = {}
+        # Locking. A collection is (re)read under its own build lock, one reader at a time, and that
+        # reader may wait for the store (a write under way). Write listeners run inside the
+        # store's write lock, so they never wait for a build lock: a write that meets a build
+        # under way is noted in `_missed`, and the build's index is then read again on next use.
+        # `_lock` guards the dicts only and is never held while waiting for anything.
+        self._lock = threading.Lock()
+        self._building: dict[str, threading.Lock] = {}
+        self._missed: set[str] = set()
         if hasattr(store, "add_write_listener"):
             store.add_write_listener(self._on_write)
 
-    def get(self, memory_type: str, agent: str | None) -> CollectionIndex:
+    def _build_lock(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._building.setdefault(name, threading.Lock())
+
+    def ready(self, memory_type: str, agent: str | None) -> CollectionIndex | None:
+        """The collection's index if it is built and follows every write so far; never waits."""
         name = collection_name(self.store.project, memory_type, agent)
         index = self._indexes.get(name)
         if index is not None and self._synced.get(name) == self.store.generation(memory_type, agent):
             return index
-        with self._lock:  # writes wait while a collection is (re)read, so none is missed
-            generation = self.store.generation(memory_type, agent)
-            index = self._indexes.get(name)
-            if index is None or self._synced.get(name) != generation:
-                in_memory = self.vector_search == "memory" or (
-                    self.vector_search == "auto" and self.store.count(memory_type, agent) <= IN_MEMORY_LIMIT
-                )
-                memories, vectors = [], []
-                rows = (
-                    self.store.read_collection(memory_type, agent)
-                    if in_memory
-                    else self.store.iter_memories(memory_type, agent)
-                )
-                for memory, vector in rows:
-                    memories.append(memory)
-                    vectors.append(vector)
-                index = CollectionIndex(BM25Index(), VectorIndex() if in_memory else None)
-                index.lexical.add_many([m.id for m in memories], [lexical_text(m) for m in memories])
-                if index.dense is not None and memories:
-                    index.dense.add_many([m.id for m in memories], np.stack(vectors), [_owner(m) for m in memories])  # type: ignore[arg-type]
+        return None
+
+    def get(self, memory_type: str, agent: str | None) -> CollectionIndex:
+        """The collection's index, (re)built from the store when it is not current. May wait for a
+        write under way: not to be called with the store's write lock held (see `ready`)."""
+        index = self.ready(memory_type, agent)
+        if index is not None:
+            return index
+        name = collection_name(self.store.project, memory_type, agent)
+        with self._build_lock(name):
+            index = self.ready(memory_type, agent)
+            if index is not None:
+                return index
+            with self._lock:
+                self._missed.discard(name)
+            generation = self.store.generation(memory_type, agent)  # before reading: see _missed
+            in_memory = self.vector_search == "memory" or (
+                self.vector_search == "auto" and self.store.count(memory_type, agent) <= IN_MEMORY_LIMIT
+            )
+            memories, vectors = [], []
+            rows = (
+                self.store.read_collection(memory_type, agent)
+                if in_memory
+                else self.store.iter_memories(memory_type, agent)
+            )
+            for memory, vector in rows:
+                memories.append(memory)
+                vectors.append(vector)
+            index = CollectionIndex(BM25Index(), VectorIndex() if in_memory else None)
+            index.lexical.add_many([m.id for m in memories], [lexical_text(m) for m in memories])
+            if index.dense is not None and memories:
+                index.dense.add_many([m.id for m in memories], np.stack(vectors), [_owner(m) for m in memories])  # type: ignore[arg-type]
+            with self._lock:
                 self._indexes[name] = index
-                self._synced[name] = generation
+                # A write of ours during the read may or may not be in it: read it again next time.
+                self._synced[name] = None if name in self._missed else generation
+                self._missed.discard(name)
             return index
 
     def _on_write(
@@ -349,40 +383,85 @@ class SearchIndexes:
         after: int,
         vectors: np.ndarray | None = None,
     ) -> None:
-        with self._lock:
-            index = self._indexes.get(name)
-            if index is None:
-                return  # not read yet: it is built from the store, which already holds this write
-            if self._synced.get(name) != before:
-                # Another process wrote since this index was read: applying only our own write
-                # would mark its memories as seen. Drop the index; the next search rebuilds it.
+        build = self._build_lock(name)
+        if not build.acquire(blocking=False):
+            with self._lock:  # a build is reading this collection: it will be read again
+                self._missed.add(name)
+            return
+        try:
+            self._follow(name, memories, deleted, before, after, vectors)
+        finally:
+            build.release()
+
+    def _follow(
+        self,
+        name: str,
+        memories: Sequence[MemoryBase],
+        deleted: bool,
+        before: int,
+        after: int,
+        vectors: np.ndarray | None,
+    ) -> None:
+        index = self._indexes.get(name)
+        if index is None:
+            return  # not read yet: it is built from the store, which already holds this write
+        if self._synced.get(name) != before:
+            # Another process wrote since this index was read: applying only our own write
+            # would mark its memories as seen. Drop the index; the next search rebuilds it.
+            self._drop(name)
+            return
+        gone = [m.id for m in memories if deleted or m.archived]
+        kept = [i for i, m in enumerate(memories) if not (deleted or m.archived)]
+        if index.dense is not None:
+            if vectors is not None:
+                index.dense.add_many([memories[i].id for i in kept], vectors[kept], [_owner(memories[i]) for i in kept])
+            elif any(memories[i].id not in index.dense for i in kept):
+                # A metadata-only write brought back a memory this index does not hold (a
+                # restore): its vector is in the store, not in the write. Read it all again.
                 self._drop(name)
                 return
-            gone = [m.id for m in memories if deleted or m.archived]
-            kept = [i for i, m in enumerate(memories) if not (deleted or m.archived)]
-            if index.dense is not None:
-                if vectors is not None:
-                    index.dense.add_many([memories[i].id for i in kept], vectors[kept], [_owner(memories[i]) for i in kept])
-                elif any(memories[i].id not in index.dense for i in kept):
-                    # A metadata-only write brought back a memory this index does not hold (a
-                    # restore): its vector is in the store, not in the write. Read it all again.
-                    self._drop(name)
-                    return
-                else:
-                    for i in kept:
-                        index.dense.set_owner(memories[i].id, _owner(memories[i]))
-                index.dense.remove(gone)
-                if self.vector_search == "auto" and len(index.dense) > IN_MEMORY_LIMIT:
-                    index.dense = None  # grown past the size where a full scan beats Chroma's index
-            if gone:
-                index.lexical.remove(gone)
-            if kept:
-                index.lexical.add_many([memories[i].id for i in kept], [lexical_text(memories[i]) for i in kept])
+            else:
+                for i in kept:
+                    index.dense.set_owner(memories[i].id, _owner(memories[i]))
+            index.dense.remove(gone)
+            if self.vector_search == "auto" and len(index.dense) > IN_MEMORY_LIMIT:
+                index.dense = None  # grown past the size where a full scan beats Chroma's index
+        if gone:
+            index.lexical.remove(gone)
+        if kept:
+            index.lexical.add_many([memories[i].id for i in kept], [lexical_text(memories[i]) for i in kept])
+        with self._lock:
             self._synced[name] = after
 
     def _drop(self, name: str) -> None:
-        self._indexes.pop(name, None)
-        self._synced.pop(name, None)
+        with self._lock:
+            self._indexes.pop(name, None)
+            self._synced.pop(name, None)
+
+    def nearest(
+        self, memory_type: str, agent: str | None, vector: np.ndarray, n: int, owner: str | None = None, restrict: bool = False
+    ) -> list[Hit]:
+        """The n nearest active memories of a collection with their vectors, nearest first: the
+        write path's search (learning's grouping, merge on write). Exact when the collection is
+        held in memory, as retrieval's is; else Chroma's index. `restrict`: only memories whose
+        owner (see _owner: a preference's user, an outcome's strategy key) equals `owner`.
+
+        Chroma's index is approximate, and an agent's outcomes of one kind of task are near-
+        duplicates of each other: among 100,000 outcomes sharing one strategy, the 500 nearest it
+        returned left out the true nearest for 6-8 of 40 tasks (asked for 10, for 17-20 of 40).
+
+        Called with the store's write lock held, so it never waits for an index: one that is not
+        current (not built yet, or another process wrote since) leaves the search to Chroma. The
+        service brings the indexes up to date (`get`) before it takes the lock."""
+        index = self.ready(memory_type, agent)
+        if index is None or index.dense is None:
+            where = None
+            if restrict:
+                where = {"user_id": owner} if memory_type == PREFERENCES else {"strategy_key": owner}
+            return self.store.query(memory_type, agent, vector, n, where=where)
+        ids, similarities, _ = index.dense.search(vector, n, owner, restrict)
+        found = self.store.fetch_hits(memory_type, agent, ids)
+        return [found[doc].at(similarity) for doc, similarity in zip(ids, similarities) if doc in found]
 
 
 # -- candidates ---------------------------------------------------------------------------

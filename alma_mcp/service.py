@@ -163,7 +163,7 @@ class ALMA:
     @property
     def learner(self) -> Learner:
         if not hasattr(self, "_learner"):
-            self._learner = Learner(self.store, self.config)
+            self._learner = Learner(self.store, self.config, self.retriever.indexes)
         return self._learner
 
     @property
@@ -178,7 +178,7 @@ class ALMA:
     @property
     def lifecycle(self) -> Lifecycle:
         if not hasattr(self, "_lifecycle"):
-            self._lifecycle = Lifecycle(self.store, self.config, self.audit, self.embedder.embed)
+            self._lifecycle = Lifecycle(self.store, self.config, self.audit, self.embedder.embed, self.retriever.indexes)
         return self._lifecycle
 
     def warm_up(self) -> None:
@@ -263,6 +263,7 @@ class ALMA:
         # An outcome is indexed by its task alone: learning groups outcomes of one strategy by
         # how similar their tasks are, and the strategy is already matched exactly.
         vector = self.embedder.embed_query(record.task)
+        self._current_indexes([("outcome", agent), ("heuristic", agent), ("anti_pattern", agent)])
         with self.write_lock:
             # Its key field is its task too: the one vector serves as both.
             self.store.put([record], vector[None, :], key_embeddings=vector[None, :])
@@ -270,6 +271,13 @@ class ALMA:
             self._audit_retired(report)
         self._after_write(agent, ["outcome", "heuristic", "anti_pattern"])
         return _learn_result(record.id, report)
+
+    def _current_indexes(self, scopes: list[tuple[str, str | None]]) -> None:
+        """Bring up to date the in-memory indexes a write will search (learning's grouping, merge
+        on write), before the write lock is taken: under it they are used only if current, never
+        waited for (retrieval.SearchIndexes.nearest), and Chroma's approximate index is asked."""
+        for memory_type, agent in scopes:
+            self.retriever.indexes.get(memory_type, agent)
 
     def _audit_retired(self, report: LearnReport) -> None:
         """Learning archives lessons the evidence turned against; the audit log must say so too."""
@@ -291,6 +299,7 @@ class ALMA:
     def _store_new(self, memory: MemoryBase, call: str) -> MemoryBase:
         """Store a taught memory, or merge it into a near-duplicate; returns the one that stays active."""
         vector = self.store.embed([memory])  # with its key field, in one batch, for the put below
+        self._current_indexes([(memory.type, None if memory.type == "preference" else memory.agent)])  # type: ignore[attr-defined]
         with self.write_lock:
             merged = self.lifecycle.merge_on_write(memory, vector[0], call)
             if merged is None:

@@ -65,7 +65,9 @@ WriteListener = Callable[[str, Sequence[MemoryBase], bool, int, int, "np.ndarray
 """(collection name, the memories written, True when they were deleted, the collection's
 generation just before and just after this write, and the memories' text vectors when the write
 stored them, else None). A listener whose view was at `before` may apply the write and move to
-`after`; any other view missed a write by another process."""
+`after`; any other view missed a write by another process. Listeners are called with the
+write lock held and must never wait for a lock that a reader may hold while it waits for the
+store."""
 
 
 @dataclass
@@ -406,16 +408,14 @@ class MemoryStore:
         `metas`: the metadata written."""
         after = self._generation_of(name)  # under the lock: no other process wrote in between
         self.records.follow(name, before, after, [m.id for m in memories], deleted, metas, vectors)
-        if self._shared is not None:
-            # After the write lock is released: see DirectoryLock.after_write (deadlock otherwise).
-            memories = list(memories)
-            for listener in self._write_listeners:
-                self._shared.lock.after_write(
-                    lambda listener=listener: listener(name, memories, deleted, before, after, vectors)
-                )
-            return
+        # Inside the write lock, so a search the writer makes next (learning's grouping) sees its
+        # own write. A listener must never wait for a lock that a reader can hold while it waits
+        # for the store (retrieval.SearchIndexes._on_write), or the two would deadlock.
         for listener in self._write_listeners:
-            listener(name, memories, deleted, before, after, vectors)
+            try:
+                listener(name, memories, deleted, before, after, vectors)
+            except Exception:  # a follower's failure must not undo or hide a finished write
+                log.exception("a write listener failed")
 
     def scopes(self) -> list[tuple[str, str]]:
         """(agent, memory_type) of every collection of this project; agent '_' for preferences."""

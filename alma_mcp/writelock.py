@@ -26,7 +26,6 @@ whenever any process writes to that collection, which is what result caches are 
 
 from __future__ import annotations
 
-import logging
 import mmap
 import os
 import struct
@@ -50,7 +49,6 @@ COUNTER_FILE = "generations.bin"
 SLOTS = 1024
 """Per-collection counters, hashed by collection name; a collision only costs a spurious cache miss."""
 _WORD = struct.Struct("<Q")
-log = logging.getLogger("alma_mcp")
 
 
 class LockTimeout(StorageError):
@@ -267,27 +265,6 @@ class DirectoryLock:
         if outermost:
             fd, self._fds.fd = self._fds.fd, None
             self._file.release(fd)
-            if exclusive:
-                pending, self._fds.pending = getattr(self._fds, "pending", []), []
-                for callback in pending:
-                    try:
-                        callback()
-                    except Exception:  # a follower's failure must not undo or hide a finished write
-                        log.exception("a write listener failed")
-
-    def after_write(self, callback: Callable[[], None]) -> None:
-        """Run `callback` once this thread's outermost write lock is released (now if it holds none).
-
-        Write listeners (the lexical index) take their own locks, and readers may hold those
-        locks while they wait for the store; running listeners inside the write lock would
-        deadlock against them.
-        """
-        if not self._threads.holds_write():
-            callback()
-            return
-        if not hasattr(self._fds, "pending"):
-            self._fds.pending = []
-        self._fds.pending.append(callback)
 
     @contextmanager
     def read(self) -> Iterator[None]:

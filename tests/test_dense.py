@@ -179,7 +179,7 @@ def test_vectors_dropped_by_a_concurrent_write_do_not_break_a_search_under_way(m
 
 
 class _PlantedQueries(HashEmbedder):
-    """The unit tests' fake embedder, except for the planted tasks, whose vectors it is given."""
+    """The unit tests' fake embedder, except for the planted texts, whose vectors it is given."""
 
     def __init__(self, planted: dict[str, np.ndarray]) -> None:
         super().__init__()
@@ -187,6 +187,18 @@ class _PlantedQueries(HashEmbedder):
 
     def embed_query(self, text: str) -> np.ndarray:
         return self._planted[text] if text in self._planted else super().embed_query(text)
+
+    def embed(self, texts):  # type: ignore[no-untyped-def]
+        return np.stack([self.embed_query(t) for t in texts]) if len(texts) else super().embed(texts)
+
+
+def _near_duplicates(rng: np.random.Generator, planted: int, filler: int) -> tuple[np.ndarray, np.ndarray]:
+    """`planted` vectors and `filler` near-duplicates of 30 centres (an agent's memories of a few
+    kinds of task), the planted ones apart from the filler (similarity about 0.7 to it)."""
+    dim = HashEmbedder().dim
+    centres = unit(rng.normal(size=(30, dim)))
+    rows = unit(centres[rng.integers(30, size=filler)] + 0.5 * rng.normal(size=(filler, dim)) / np.sqrt(dim))
+    return unit(rng.normal(size=(planted, dim)) + 1.2 * centres[rng.integers(30, size=planted)]), rows
 
 
 def test_auto_finds_the_true_nearest_among_twenty_thousand_near_duplicates(make_alma, tmp_path) -> None:
@@ -220,3 +232,65 @@ def test_auto_finds_the_true_nearest_among_twenty_thousand_near_duplicates(make_
         nearest = memories[int(np.argmax(everything @ query))].id
         got = alma.retriever.retrieve(task, "ops", 5, None, ["knowledge"], mode="dense")
         assert nearest in [m.memory.id for m in got.knowledge], f"query {i}: the true nearest memory was not returned"
+
+
+def test_a_duplicate_is_merged_even_among_twenty_thousand_near_duplicates(make_alma, tmp_path) -> None:
+    """Merge on write looks for the five nearest memories. Asked of Chroma's approximate index,
+    that search missed a stored fact's duplicate (similarity 0.95) for 3-5 of these 40 among 20,000
+    near-duplicates, and the duplicate was stored beside it; it goes through the exact in-memory
+    index now (this test fails with the search through Chroma)."""
+    rng = np.random.default_rng(0)
+    planted, filler = _near_duplicates(rng, 40, 20_000)
+    duplicates = unit(planted + 0.3 * unit(rng.normal(size=planted.shape)))
+    assert (np.sum(duplicates * planted, axis=1) > 0.95).all()
+    texts = {f"ops: told again {i}": duplicates[i] for i in range(40)}
+    alma = make_alma(embedder=_PlantedQueries(texts), data_dir=tmp_path / "merge", lifecycle={"sweep_every_writes": 0})
+
+    def fact(text: str) -> DomainKnowledge:
+        return DomainKnowledge(id=new_id("knowledge"), project=alma.config.project, agent="ops", domain="ops", fact=text)
+
+    memories = [fact(f"stored {i}") for i in range(40)] + [fact(f"routine note {i}") for i in range(20_000)]
+    everything = np.vstack([planted, filler])
+    for start in range(0, len(memories), 5000):
+        alma.store.put(memories[start : start + 5000], everything[start : start + 5000])
+    for i in range(40):
+        alma.add_knowledge("ops", "ops", f"told again {i}")
+    superseded = [alma.store.get(m.id) for m in memories[:40]]
+    assert all(m.archived and "taught again" in (m.archived_reason or "") for m in superseded), (
+        "each fact superseded by the one that repeats it"
+    )
+    assert alma.store.count("knowledge", "ops", include_archived=False) == 20_040, "no duplicate active beside its fact"
+
+
+def test_learning_groups_over_the_exact_nearest_outcomes_of_a_strategy(make_alma, tmp_path) -> None:
+    """Learning forms a lesson from the outcomes nearest a new one with the same strategy, over the
+    agent's whole history. Among 20,000 outcomes sharing one strategy, Chroma's index left some of
+    the true 500 nearest out of the pool for every one of these tasks; the pool is exact now, and
+    restricted to the strategy, whatever the other strategies' outcomes (this test fails with the
+    pool asked of Chroma)."""
+    from alma_mcp.models import Outcome, strategy_key
+
+    rng = np.random.default_rng(1)
+    planted, filler = _near_duplicates(rng, 20, 20_000)
+    alma = make_alma(embedder=HashEmbedder(), data_dir=tmp_path / "outcomes", lifecycle={"merge_on_write": False, "sweep_every_writes": 0})
+    strategies = ["retry with backoff", "restart the worker"]
+    outcomes = [
+        Outcome(
+            id=new_id("outcome"), project=alma.config.project, agent="ops", task=f"task {i}", task_type="ops",
+            strategy_used=strategies[i % 2], outcome="success" if i % 3 else "failure",
+        )
+        for i in range(20_000)
+    ]
+    for start in range(0, len(outcomes), 5000):
+        alma.store.put(outcomes[start : start + 5000], filler[start : start + 5000])
+    same = np.array([o.strategy_used == strategies[0] for o in outcomes])
+    alma.learn("ops", "one more task", "success", strategies[1], task_type="ops")  # as a server runs
+    for i, vector in enumerate(planted):
+        new = Outcome(
+            id=new_id("outcome"), project=alma.config.project, agent="ops", task=f"new task {i}", task_type="ops",
+            strategy_used=strategies[0], outcome="success",
+        )
+        pool = alma.learner._pool(new, vector, strategy_key(strategies[0]))
+        scores = np.where(same, filler @ vector, -np.inf)
+        nearest = {outcomes[j].id for j in np.argsort(-scores)[:500]}
+        assert set(pool) - {new.id} == nearest, f"task {i}: the pool is not the 500 nearest outcomes of the strategy"

@@ -74,8 +74,10 @@ def test_our_own_writes_keep_the_record_cache_right_without_reading_chroma(alma,
     stored = alma.store.fetch_hits("knowledge", "helena", list(found))  # what Chroma holds
     for doc in found:
         assert fresh[doc].memory == stored[doc].memory and found[doc] == stored[doc].memory
-        assert np.array_equal(fresh[doc].vector, stored[doc].vector)
-        assert np.array_equal(fresh[doc].key_vector, stored[doc].key_vector)
+        # Chroma's cosine index renormalises what it is given, and a vector read back from it can
+        # differ from the one written in the last bit of float32 (1e-8): same vector, all the same.
+        assert np.allclose(fresh[doc].vector, stored[doc].vector, rtol=0, atol=1e-6)
+        assert np.array_equal(fresh[doc].key_vector, stored[doc].key_vector)  # metadata: exact
     assert stored[voted.id].memory.helpful == 1
 
 
