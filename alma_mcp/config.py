@@ -293,6 +293,12 @@ class AlmaSettings(_Strict):
         "and at 100,000 per agent as fast as Chroma's index, which missed the nearest memories among near-"
         "duplicates), and a retrieval scans when all the collections it reads are held, else it asks Chroma.",
     )
+    preload_indexes: bool = Field(
+        True,
+        description="When the server starts, read every declared agent's collections into the search indexes in a "
+        "background thread, so that the first retrieval and the first learn do not wait for them (seconds at "
+        "100,000 memories). Off: each collection is read when it is first searched.",
+    )
     http: HttpSettings = Field(default_factory=HttpSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     learning: LearningSettings = Field(default_factory=LearningSettings)
@@ -471,6 +477,7 @@ alma:
   vector_search: auto               # nearest memories (retrieval, learning, merging): exact scan of vectors held in memory
                                     # (~1.6 KB per memory) up to 200,000 a collection, Chroma's index beyond;
                                     # memory | chroma: always one of the two
+  preload_indexes: true             # read the agents' collections in the background at start (first calls don't wait)
 
   http:                             # used by `alma-mcp serve --http`
     host: 127.0.0.1                 # loopback by default; other hosts need a token

@@ -34,6 +34,7 @@ bounds how stale recency can get.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -65,6 +66,8 @@ from .models import (
 )
 from .prompt import render_prompt
 from .store import PREFERENCES, Hit, MemoryStore, collection_name
+
+log = logging.getLogger("alma_mcp")
 
 Mode = Literal["hybrid", "dense", "lexical"]
 """hybrid is what the server uses; dense-only and lexical-only exist for the benchmark."""
@@ -316,12 +319,16 @@ class SearchIndexes:
         self._synced: dict[str, int | None] = {}
         # Locking. A collection is (re)read under its own build lock, one reader at a time, and that
         # reader may wait for the store (a write under way). Write listeners run inside the
-        # store's write lock, so they never wait for a build lock: a write that meets a build
-        # under way is noted in `_missed`, and the build's index is then read again on next use.
+        # store's write lock, so they never wait for a build lock: a write made while the
+        # collection is being read is queued in `_reading` and applied by the reader once its
+        # index is in place (applying a write twice leaves an index as applying it once).
         # `_lock` guards the dicts only and is never held while waiting for anything.
         self._lock = threading.Lock()
         self._building: dict[str, threading.Lock] = {}
-        self._missed: set[str] = set()
+        self._reading: dict[str, list[tuple[Sequence[MemoryBase], bool, int, int, np.ndarray | None]]] = {}
+        self._preparing: set[str] = set()
+        self.preloaded: tuple[int, int] | None = None
+        """(collections read, collections to read) by `preload`; None when there is none."""
         if hasattr(store, "add_write_listener"):
             store.add_write_listener(self._on_write)
 
@@ -337,6 +344,43 @@ class SearchIndexes:
             return index
         return None
 
+    def prepare(self, memory_type: str, agent: str | None) -> None:
+        """Bring the collection's index up to date in a background thread, unless it is current;
+        returns at once. The write path asks for this before it takes the write lock, so that a
+        first write to a large collection does not wait seconds for its index to be read."""
+        if self.ready(memory_type, agent) is not None:
+            return
+        name = collection_name(self.store.project, memory_type, agent)
+        with self._lock:
+            if name in self._preparing:
+                return
+            self._preparing.add(name)
+
+        def build() -> None:
+            try:
+                self.get(memory_type, agent)
+            except Exception as exc:  # the next search reads it again, or reports the failure
+                log.warning("could not read %s for its search index: %s", name, exc)
+            finally:
+                with self._lock:
+                    self._preparing.discard(name)
+
+        # Not a daemon: a daemon thread still inside Chroma when the interpreter finalizes can
+        # crash the process (seen: SIGSEGV on exit, tests/test_multiprocess.py); exit waits for
+        # this one read instead.
+        threading.Thread(target=build, name=f"alma-index-{name}").start()
+
+    def preload(self, scopes: Sequence[tuple[str, str | None]], stop: threading.Event) -> None:
+        """Read these collections' indexes one after another (the server does this in the
+        background at start) until `stop` is set or the main thread ends; `preloaded` tells how far it got. A search
+        that needs one still being read waits for its reader instead of reading it again."""
+        self.preloaded = (0, len(scopes))
+        for done, (memory_type, agent) in enumerate(scopes, start=1):
+            if stop.is_set() or not threading.main_thread().is_alive():  # closed, or the program is exiting
+                return
+            self.get(memory_type, agent)
+            self.preloaded = (done, len(scopes))
+
     def get(self, memory_type: str, agent: str | None) -> CollectionIndex:
         """The collection's index, (re)built from the store when it is not current. May wait for a
         write under way: not to be called with the store's write lock held (see `ready`)."""
@@ -349,30 +393,43 @@ class SearchIndexes:
             if index is not None:
                 return index
             with self._lock:
-                self._missed.discard(name)
-            generation = self.store.generation(memory_type, agent)  # before reading: see _missed
-            in_memory = self.vector_search == "memory" or (
-                self.vector_search == "auto" and self.store.count(memory_type, agent) <= IN_MEMORY_LIMIT
-            )
-            memories, vectors = [], []
-            rows = (
-                self.store.read_collection(memory_type, agent)
-                if in_memory
-                else self.store.iter_memories(memory_type, agent)
-            )
-            for memory, vector in rows:
-                memories.append(memory)
-                vectors.append(vector)
-            index = CollectionIndex(BM25Index(), VectorIndex() if in_memory else None)
-            index.lexical.add_many([m.id for m in memories], [lexical_text(m) for m in memories])
-            if index.dense is not None and memories:
-                index.dense.add_many([m.id for m in memories], np.stack(vectors), [_owner(m) for m in memories])  # type: ignore[arg-type]
+                self._reading[name] = []  # from here on, writes are queued for this reader
+            try:
+                generation = self.store.generation(memory_type, agent)  # before reading
+                index = self._read(memory_type, agent)
+            except BaseException:
+                with self._lock:
+                    del self._reading[name]
+                raise
             with self._lock:
                 self._indexes[name] = index
-                # A write of ours during the read may or may not be in it: read it again next time.
-                self._synced[name] = None if name in self._missed else generation
-                self._missed.discard(name)
+                self._synced[name] = generation
+            while True:  # the writes made while it was read, which it may or may not hold
+                with self._lock:
+                    writes = self._reading[name]
+                    if not writes:
+                        del self._reading[name]
+                        break
+                    self._reading[name] = []
+                for memories, deleted, before, after, vectors in writes:
+                    if after > generation:  # else the read began after that write: it holds it
+                        self._follow(index, name, memories, deleted, before, after, vectors)
             return index
+
+    def _read(self, memory_type: str, agent: str | None) -> CollectionIndex:
+        in_memory = self.vector_search == "memory" or (
+            self.vector_search == "auto" and self.store.count(memory_type, agent) <= IN_MEMORY_LIMIT
+        )
+        memories, vectors = [], []
+        rows = self.store.read_collection(memory_type, agent) if in_memory else self.store.iter_memories(memory_type, agent)
+        for memory, vector in rows:
+            memories.append(memory)
+            vectors.append(vector)
+        index = CollectionIndex(BM25Index(), VectorIndex() if in_memory else None)
+        index.lexical.add_many([m.id for m in memories], [lexical_text(m) for m in memories])
+        if index.dense is not None and memories:
+            index.dense.add_many([m.id for m in memories], np.stack(vectors), [_owner(m) for m in memories])  # type: ignore[arg-type]
+        return index
 
     def _on_write(
         self,
@@ -384,17 +441,24 @@ class SearchIndexes:
         vectors: np.ndarray | None = None,
     ) -> None:
         build = self._build_lock(name)
-        if not build.acquire(blocking=False):
-            with self._lock:  # a build is reading this collection: it will be read again
-                self._missed.add(name)
+        if build.acquire(blocking=False):  # no reader: follow the write now
+            try:
+                index = self._indexes.get(name)
+                if index is not None:  # else not read yet: it is built from the store, which holds this write
+                    self._follow(index, name, memories, deleted, before, after, vectors)
+            finally:
+                build.release()
             return
-        try:
-            self._follow(name, memories, deleted, before, after, vectors)
-        finally:
-            build.release()
+        with self._lock:
+            writes = self._reading.get(name)
+            if writes is not None:  # being read: its reader applies this write when it is done
+                writes.append((memories, deleted, before, after, vectors))
+            elif name in self._synced:  # a reader just done, or about to start: read it again
+                self._synced[name] = None
 
     def _follow(
         self,
+        index: CollectionIndex,
         name: str,
         memories: Sequence[MemoryBase],
         deleted: bool,
@@ -402,13 +466,10 @@ class SearchIndexes:
         after: int,
         vectors: np.ndarray | None,
     ) -> None:
-        index = self._indexes.get(name)
-        if index is None:
-            return  # not read yet: it is built from the store, which already holds this write
         if self._synced.get(name) != before:
             # Another process wrote since this index was read: applying only our own write
             # would mark its memories as seen. Drop the index; the next search rebuilds it.
-            self._drop(name)
+            self._drop(name, index)
             return
         gone = [m.id for m in memories if deleted or m.archived]
         kept = [i for i, m in enumerate(memories) if not (deleted or m.archived)]
@@ -418,7 +479,7 @@ class SearchIndexes:
             elif any(memories[i].id not in index.dense for i in kept):
                 # A metadata-only write brought back a memory this index does not hold (a
                 # restore): its vector is in the store, not in the write. Read it all again.
-                self._drop(name)
+                self._drop(name, index)
                 return
             else:
                 for i in kept:
@@ -431,12 +492,14 @@ class SearchIndexes:
         if kept:
             index.lexical.add_many([memories[i].id for i in kept], [lexical_text(memories[i]) for i in kept])
         with self._lock:
-            self._synced[name] = after
+            if self._indexes.get(name) is index:
+                self._synced[name] = after
 
-    def _drop(self, name: str) -> None:
+    def _drop(self, name: str, index: CollectionIndex) -> None:
         with self._lock:
-            self._indexes.pop(name, None)
-            self._synced.pop(name, None)
+            if self._indexes.get(name) is index:
+                del self._indexes[name]
+                self._synced.pop(name, None)
 
     def nearest(
         self, memory_type: str, agent: str | None, vector: np.ndarray, n: int, owner: str | None = None, restrict: bool = False
@@ -451,8 +514,8 @@ class SearchIndexes:
         returned left out the true nearest for 6-8 of 40 tasks (asked for 10, for 17-20 of 40).
 
         Called with the store's write lock held, so it never waits for an index: one that is not
-        current (not built yet, or another process wrote since) leaves the search to Chroma. The
-        service brings the indexes up to date (`get`) before it takes the lock."""
+        current (not read yet, or another process wrote since) leaves the search to Chroma. The
+        service asks for the indexes (`prepare`) before it takes the lock."""
         index = self.ready(memory_type, agent)
         if index is None or index.dense is None:
             where = None

@@ -42,7 +42,7 @@ from .models import (
 )
 from .retrieval import MemorySlice, Retriever
 from .scope import can_read, check_can_learn, check_can_read
-from .store import MemoryStore
+from .store import PREFERENCES, MemoryStore
 from .writelock import WriteLock
 
 log = logging.getLogger("alma_mcp")
@@ -129,11 +129,13 @@ class ALMA:
             settings.embedding.model, settings.embedding.device, settings.embedding.cache_size, settings.embedding.onnx
         )
         self._store = store
-        self._store_lock = threading.Lock()
+        self._store_lock = threading.RLock()  # reentrant: the retriever is made under it and opens the store
         lock_dir = config.data_dir if settings.storage == "chroma" else None
         self.write_lock = WriteLock(lock_dir)
         self._writes = 0  # this process's writes, to run the decay sweep every N of them
         self._writes_lock = threading.Lock()
+        self._preloading = threading.Event()  # set once the preload has been started
+        self._closing = threading.Event()  # stops the preload
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **kwargs: Any) -> "ALMA":
@@ -157,7 +159,9 @@ class ALMA:
     @property
     def retriever(self) -> Retriever:
         if not hasattr(self, "_retriever"):
-            self._retriever = Retriever(self.store, self.embedder, self.config)
+            with self._store_lock:  # one retriever, also when the preload and a first call race
+                if not hasattr(self, "_retriever"):
+                    self._retriever = Retriever(self.store, self.embedder, self.config)
         return self._retriever
 
     @property
@@ -182,12 +186,42 @@ class ALMA:
         return self._lifecycle
 
     def warm_up(self) -> None:
-        """Start loading the embedding model in the background."""
+        """Start loading the embedding model in the background and, unless `preload_indexes` is
+        off, reading the declared agents' collections into the search indexes (once)."""
         start = getattr(self.embedder, "start", None)
         if start is not None:
             start()
+        if self.config.alma.preload_indexes and not self._preloading.is_set():
+            self._preloading.set()
+            # Not a daemon (see SearchIndexes.prepare): at exit it stops after the collection it is reading.
+            threading.Thread(target=self._preload, name="alma-preload").start()
+
+    def _preload(self) -> None:
+        try:  # the store is opened here too, off the thread that answers initialize
+            self.retriever.indexes.preload(self._preload_scopes(), self._closing)
+        except Exception as exc:  # then each collection is read when it is first searched
+            self._preload_failed = f"{type(exc).__name__}: {exc}"
+            log.warning("could not preload the search indexes (they are read on first use): %s", exc)
+
+    def _preload_scopes(self) -> list[tuple[str, str | None]]:
+        """Every collection an agent reads (the declared ones, and with allow_undeclared_agents
+        those with memories stored): what retrieval reads by default first, then the outcomes
+        learning groups, so that the first retrieval waits for as little as it can."""
+        agents = list(self.config.alma.agents)
+        if self.config.alma.allow_undeclared_agents:
+            agents += [a for a in self.store.agents() if a not in agents]
+        kinds = [t for t in MEMORY_TYPES if t != "outcome"] + ["outcome"]
+        scopes: list[tuple[str, str | None]] = []
+        for kind in kinds:
+            if kind == PREFERENCES:
+                scopes.append((kind, None))
+                continue
+            for agent in agents:
+                scopes += [(kind, source) for source in self.config.readable_agents(agent, kind)]
+        return list(dict.fromkeys(scopes))
 
     def close(self) -> None:
+        self._closing.set()
         if hasattr(self, "_retriever"):
             self._retriever.close()
         self.write_lock.close()
@@ -273,11 +307,12 @@ class ALMA:
         return _learn_result(record.id, report)
 
     def _current_indexes(self, scopes: list[tuple[str, str | None]]) -> None:
-        """Bring up to date the in-memory indexes a write will search (learning's grouping, merge
-        on write), before the write lock is taken: under it they are used only if current, never
-        waited for (retrieval.SearchIndexes.nearest), and Chroma's approximate index is asked."""
+        """Ask for the in-memory indexes a write will search (learning's grouping, merge on write)
+        before the write lock is taken. Under it they are used only if current, never waited for
+        (retrieval.SearchIndexes.nearest); until one is read (in the background, seconds at
+        100,000 memories), the write asks Chroma's approximate index, as it always did."""
         for memory_type, agent in scopes:
-            self.retriever.indexes.get(memory_type, agent)
+            self.retriever.indexes.prepare(memory_type, agent)
 
     def _audit_retired(self, report: LearnReport) -> None:
         """Learning archives lessons the evidence turned against; the audit log must say so too."""
@@ -669,7 +704,20 @@ class ALMA:
             "embedding_model_ready": model == "ready",
             "embedding_model_status": model,
             "config_file": str(self.config.source) if self.config.source else None,
+            "search_indexes": self._preload_status(),
         }
+
+    def _preload_status(self) -> str:
+        """How far the start-up read of the search indexes is (see warm_up)."""
+        if not self._preloading.is_set():
+            return "read when first searched"
+        if hasattr(self, "_preload_failed"):
+            return f"preload failed, read when first searched ({self._preload_failed})"
+        preloaded = self._retriever.indexes.preloaded if hasattr(self, "_retriever") else None
+        if preloaded is None:
+            return "preloading (opening the store)"
+        done, total = preloaded
+        return f"preloaded ({total} collections)" if done == total else f"preloading ({done} of {total} collections read)"
 
     # -- async variants, for use inside async agents: the same calls on a worker thread --
     aretrieve = _async_twin(retrieve)

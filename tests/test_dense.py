@@ -3,6 +3,7 @@ store through every kind of write, ours and another process's."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -192,6 +193,15 @@ class _PlantedQueries(HashEmbedder):
         return np.stack([self.embed_query(t) for t in texts]) if len(texts) else super().embed(texts)
 
 
+def _wait_until_ready(alma: ALMA, memory_type: str, agent: str) -> None:
+    """A write asks for its collection's index, which is read in the background."""
+    deadline = time.monotonic() + 120
+    while alma.retriever.indexes.ready(memory_type, agent) is None:
+        assert time.monotonic() < deadline, f"the {memory_type} index of {agent} was never read"
+        time.sleep(0.05)
+        alma.retriever.indexes.prepare(memory_type, agent)  # as the next write would
+
+
 def _near_duplicates(rng: np.random.Generator, planted: int, filler: int) -> tuple[np.ndarray, np.ndarray]:
     """`planted` vectors and `filler` near-duplicates of 30 centres (an agent's memories of a few
     kinds of task), the planted ones apart from the filler (similarity about 0.7 to it)."""
@@ -253,13 +263,15 @@ def test_a_duplicate_is_merged_even_among_twenty_thousand_near_duplicates(make_a
     everything = np.vstack([planted, filler])
     for start in range(0, len(memories), 5000):
         alma.store.put(memories[start : start + 5000], everything[start : start + 5000])
+    alma.add_knowledge("ops", "ops", "one more fact")  # asks for the index, read in the background
+    _wait_until_ready(alma, "knowledge", "ops")
     for i in range(40):
         alma.add_knowledge("ops", "ops", f"told again {i}")
     superseded = [alma.store.get(m.id) for m in memories[:40]]
     assert all(m.archived and "taught again" in (m.archived_reason or "") for m in superseded), (
         "each fact superseded by the one that repeats it"
     )
-    assert alma.store.count("knowledge", "ops", include_archived=False) == 20_040, "no duplicate active beside its fact"
+    assert alma.store.count("knowledge", "ops", include_archived=False) == 20_041, "no duplicate active beside its fact"
 
 
 def test_learning_groups_over_the_exact_nearest_outcomes_of_a_strategy(make_alma, tmp_path) -> None:
@@ -284,7 +296,8 @@ def test_learning_groups_over_the_exact_nearest_outcomes_of_a_strategy(make_alma
     for start in range(0, len(outcomes), 5000):
         alma.store.put(outcomes[start : start + 5000], filler[start : start + 5000])
     same = np.array([o.strategy_used == strategies[0] for o in outcomes])
-    alma.learn("ops", "one more task", "success", strategies[1], task_type="ops")  # as a server runs
+    alma.learn("ops", "one more task", "success", strategies[1], task_type="ops")  # asks for the index
+    _wait_until_ready(alma, "outcome", "ops")
     for i, vector in enumerate(planted):
         new = Outcome(
             id=new_id("outcome"), project=alma.config.project, agent="ops", task=f"new task {i}", task_type="ops",
@@ -294,3 +307,68 @@ def test_learning_groups_over_the_exact_nearest_outcomes_of_a_strategy(make_alma
         scores = np.where(same, filler @ vector, -np.inf)
         nearest = {outcomes[j].id for j in np.argsort(-scores)[:500]}
         assert set(pool) - {new.id} == nearest, f"task {i}: the pool is not the 500 nearest outcomes of the strategy"
+
+
+def test_a_write_made_while_an_index_is_read_is_applied_to_it(make_alma) -> None:
+    """Write listeners run inside the store's write lock and never wait for an index being read
+    (that reader may be waiting for the store: a deadlock). A write made meanwhile is queued and
+    applied by the reader once its index is in place, so the index holds it and is current."""
+    import threading
+
+    alma = make_alma(embedder=HashEmbedder())
+    first = DomainKnowledge(id=new_id("knowledge"), project=alma.config.project, agent="ops", domain="ops", fact="Kafka has twelve partitions")
+    alma.store.put([first])
+    indexes = alma.retriever.indexes
+    real_read = indexes._read
+    written: list[DomainKnowledge] = []
+
+    def read_then_write(memory_type: str, agent: str | None):  # type: ignore[no-untyped-def]
+        index = real_read(memory_type, agent)  # the collection is read; a write lands before the index is in place
+        writer = threading.Thread(target=lambda: written.append(alma.add_knowledge("ops", "ops", "Redis evicts with allkeys-lru")))
+        writer.start()
+        writer.join(timeout=60)
+        assert not writer.is_alive(), "the write waited for the index being read"
+        return index
+
+    indexes._read = read_then_write  # type: ignore[method-assign]
+    index = indexes.get("knowledge", "ops")
+    indexes._read = real_read  # type: ignore[method-assign]
+    assert written and written[0].id in index.dense and first.id in index.dense
+    assert indexes.ready("knowledge", "ops") is index, "the index follows the write made while it was read"
+    found = alma.retriever.retrieve("Redis evicts keys with allkeys-lru", "ops", 5, None, ["knowledge"], mode="lexical")
+    assert written[0].id in [m.memory.id for m in found.knowledge]
+
+
+def test_warm_up_reads_every_declared_agents_collections_in_the_background(make_alma) -> None:
+    """The server's warm-up (preload_indexes, on by default) reads each collection a declared
+    agent searches, its own and those shared with it, so the first retrieval and the first learn
+    find their indexes current instead of waiting seconds for them; off, nothing is read early."""
+    agents = {"ops": {}, "dev": {"inherit_from": ["ops"]}}
+    alma = make_alma(embedder=HashEmbedder(), agents=agents)
+    alma.add_knowledge("ops", "ops", "Kafka has twelve partitions")
+    alma.learn("dev", "deploy the api", "success", "blue-green deploy", task_type="deploy")
+    again = ALMA(alma.config, embedder=HashEmbedder())  # a new server on the same data
+    indexes = again.retriever.indexes
+    assert indexes.ready("knowledge", "ops") is None, "nothing is read before warm-up"
+    again.warm_up()
+    deadline = time.monotonic() + 60
+    wanted = [("knowledge", "ops"), ("outcome", "dev"), ("heuristic", "dev"), ("preference", None)]
+    while any(indexes.ready(kind, agent) is None for kind, agent in wanted):
+        assert time.monotonic() < deadline, "warm-up did not read every collection"
+        time.sleep(0.05)
+    assert [hit.id for hit in indexes.ready("knowledge", "ops").lexical.search("Kafka partitions", 5)] == [
+        alma.store.list("knowledge", "ops")[0].id
+    ]
+    assert len(indexes.ready("outcome", "dev").dense) == 1, "the outcome log is read with its vectors"
+    deadline = time.monotonic() + 30
+    while not again.health()["search_indexes"].startswith("preloaded"):
+        assert again.health()["search_indexes"].startswith("preloading") and time.monotonic() < deadline
+        time.sleep(0.05)
+    again.close()
+
+    off = ALMA(alma.config.model_copy(update={"alma": alma.config.alma.model_copy(update={"preload_indexes": False})}), embedder=HashEmbedder())
+    off.warm_up()
+    time.sleep(0.5)
+    assert off.retriever.indexes.ready("knowledge", "ops") is None, "preload_indexes: false reads on first use"
+    assert off.health()["search_indexes"] == "read when first searched"
+    off.close()

@@ -140,7 +140,7 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path, real_embedder):
     for proc in procs:
         _, stderr = proc.communicate(timeout=600)
         if proc.returncode != 0:
-            errors.append(stderr[-2000:])
+            errors.append(f"exit {proc.returncode}: {stderr[-2000:]}")
     assert not errors, errors
 
     written = [line for a in acks for line in a.read_text().split()]
