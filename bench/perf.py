@@ -1,6 +1,6 @@
 """Performance: cold start, retrieve and learn latency by store size, server memory.
 
-    python bench/perf.py [--sizes 1000,10000,100000] [--retrieves 100] [--learns 40]
+    python bench/perf.py [--sizes 1000,10000,100000] [--retrieves 100] [--learns 40] [--preload on|off|off,on]
 
 For each size, the store is filled (cumulatively) with synthetic memories for one agent
 (bench/common.py's filler: real embeddings of sentence halves, distinct texts), then a real
@@ -107,13 +107,16 @@ def measure(config: Path, tasks: list[str], retrieves: int, learns: int) -> dict
         server.notify("notifications/initialized")
         server.call("alma_retrieve", {"agent": AGENT, "task": tasks[0]})
         first_retrieve = time.perf_counter() - server.spawned
+        preloaded = None
         while True:  # the search indexes are read in the background from the start (preload_indexes)
-            health = server.call("alma_health", {})["structuredContent"]
-            if health["search_indexes"].startswith("preloaded"):
+            status = server.call("alma_health", {})["structuredContent"]["search_indexes"]
+            if status.startswith("preloaded"):
+                preloaded = time.perf_counter() - server.spawned
                 break
-            assert health["search_indexes"].startswith("preloading"), health["search_indexes"]
+            if status == "read when first searched":  # preload_indexes: false
+                break
+            assert status.startswith("preloading"), status
             time.sleep(0.1)
-        preloaded = time.perf_counter() - server.spawned
 
         retrieve_ms = []
         for task in tasks[1 : 1 + retrieves]:
@@ -152,15 +155,24 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--retrieves", type=int, default=100)
     parser.add_argument("--learns", type=int, default=40)
+    parser.add_argument(
+        "--preload", default="on", help="preload_indexes for the server: on, off, or off,on (each size measured both ways, in that order)"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    arms = args.preload.split(",")
+    assert set(arms) <= {"on", "off"}, "--preload takes on, off or both, comma-separated"
 
     root = Path(tempfile.mkdtemp(prefix="alma-perf-"))
-    config_path = root / ".alma" / "config.yaml"
-    config_path.parent.mkdir(parents=True)
-    config_path.write_text(
-        f"alma:\n  project_id: {PROJECT}\n  data_dir: {root / 'data'}\n  allow_undeclared_agents: true\n", encoding="utf-8"
-    )
+    configs = {}
+    for arm in arms:  # one config per arm, on the same store
+        configs[arm] = root / arm / ".alma" / "config.yaml"
+        configs[arm].parent.mkdir(parents=True)
+        configs[arm].write_text(
+            f"alma:\n  project_id: {PROJECT}\n  data_dir: {root / 'data'}\n  allow_undeclared_agents: true\n"
+            f"  preload_indexes: {'true' if arm == 'on' else 'false'}\n",
+            encoding="utf-8",
+        )
     alma = ALMA(parse_config({"alma": {"project_id": PROJECT, "data_dir": str(root / "data"), "allow_undeclared_agents": True}}))
     situations, lessons = filler_sentences()
     situation_vectors, lesson_vectors = alma.embedder.embed(situations), alma.embedder.embed(lessons)
@@ -174,14 +186,17 @@ def main() -> None:
         put_in_batches(alma.store, memories, vectors)
         stored = size
         log(f"{size} memories stored ({time.perf_counter() - started:.0f} s to add); measuring")
-        rows.append((size, measure(config_path, tasks, args.retrieves, args.learns)))
+        for arm in arms:
+            log(f"{size}: preload {arm}")
+            rows.append((size, arm, measure(configs[arm], tasks, args.retrieves, args.learns)))
 
     print("\nalma-mcp performance: one `alma-mcp` stdio server, JSON-RPC from this process, real embedding model (CPU)\n")
-    print("| memories | spawn→initialize | spawn→first retrieve | spawn→indexes preloaded | retrieve p50 / p95 ms | learn p50 / p95 ms | first learn ms | RSS MB (peak) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for size, m in rows:
+    print("| memories | preload | spawn→initialize | spawn→first retrieve | spawn→indexes preloaded | retrieve p50 / p95 ms | learn p50 / p95 ms | first learn ms | RSS MB (peak) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for size, arm, m in rows:
+        preloaded = "–" if m["preloaded_s"] is None else f"{m['preloaded_s']:.2f} s"
         print(
-            f"| {size:,} | {m['initialize_s']:.2f} s | {m['first_retrieve_s']:.2f} s | {m['preloaded_s']:.2f} s | "
+            f"| {size:,} | {arm} | {m['initialize_s']:.2f} s | {m['first_retrieve_s']:.2f} s | {preloaded} | "
             f"{m['retrieve']['p50']:.1f} / {m['retrieve']['p95']:.1f} | {m['learn']['p50']:.1f} / {m['learn']['p95']:.1f} | "
             f"{m['first_learn_ms']:.0f} | {m['rss_mb']:.0f} ({m['peak_mb']:.0f}) |"
         )

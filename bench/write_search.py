@@ -8,8 +8,9 @@ memories. Both used to ask Chroma's approximate (HNSW) index; they now scan the 
 in-memory copy of the collection when it is current (`SearchIndexes.nearest`).
 
 For each size, one agent gets that many outcomes, all with one strategy, and as many facts. Their
-vectors are bench/common.py's filler (real all-MiniLM-L6-v2 embeddings of sentence halves, summed):
-near-duplicates, as an agent's outcomes of one kind of task are. Then, for `--queries` tasks:
+vectors are either bench/common.py's filler (real all-MiniLM-L6-v2 embeddings of sentence halves,
+summed) or `clustered`: near-duplicates of 30 random centres (as tests/test_dense.py builds them),
+the look-alikes an agent's outcomes of a few kinds of task are. Then, for `--queries` tasks:
 
 - pool: the true 10 nearest outcomes (a brute-force scan), and how many of them the pool of 500
   leaves out, through Chroma's index (the old path) and through `nearest` (the new one);
@@ -46,20 +47,41 @@ def vectors_of(count: int, situations: np.ndarray, lessons: np.ndarray, rng: np.
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
+def clustered(count: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Near-duplicates of a few centres (similarity about 0.9 to theirs), as tests/test_dense.py
+    builds them: an agent's memories of a few kinds of task, where Chroma's index was seen to miss."""
+    dim = centres.shape[1]
+    rows = centres[rng.integers(len(centres), size=count)] + 0.5 * rng.normal(size=(count, dim)) / np.sqrt(dim)
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
 def missed(found: list[float], true: np.ndarray) -> int:
     """How many of the true best similarities (descending) the found ones fall short of."""
     found = sorted(found, reverse=True)[: len(true)] + [-np.inf] * max(0, len(true) - len(found))
     return int(sum(f < t - 1e-5 for f, t in zip(found, true)))
 
 
-def measure(size: int, queries: int, seed: int) -> dict[str, float]:
+def measure(size: int, queries: int, seed: int, data: str) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     alma = ALMA(bench_config(Path(tempfile.mkdtemp(prefix="alma-write-search-"))))
     alma.embedder.wait(timeout=300)
     situations, lessons = filler_sentences()
     situation_vectors, lesson_vectors = alma.embedder.embed(situations), alma.embedder.embed(lessons)
-    outcome_vectors = vectors_of(size, situation_vectors, lesson_vectors, rng)
-    fact_vectors = vectors_of(size, situation_vectors, lesson_vectors, rng)
+    if data == "filler":
+        outcome_vectors = vectors_of(size, situation_vectors, lesson_vectors, rng)
+        fact_vectors = vectors_of(size, situation_vectors, lesson_vectors, rng)
+        tasks = vectors_of(queries, situation_vectors, lesson_vectors, rng)
+        tasks = tasks + 0.5 * rng.normal(size=tasks.shape).astype(np.float32) / np.sqrt(tasks.shape[1])
+        repeated = rng.choice(size, size=queries, replace=False)
+    else:  # clustered: 30 centres; the repeated facts stand apart from the filler, as in the test
+        centres = rng.normal(size=(30, situation_vectors.shape[1]))
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        outcome_vectors = clustered(size, centres, rng)
+        planted = rng.normal(size=(queries, centres.shape[1])) + 1.2 * centres[rng.integers(30, size=queries)]
+        planted /= np.linalg.norm(planted, axis=1, keepdims=True)
+        fact_vectors = np.vstack([planted.astype(np.float32), clustered(size - queries, centres, rng)])
+        tasks = clustered(queries, centres, rng)
+        repeated = np.arange(queries)
     outcomes = [
         Outcome(id=f"outcome-{i:08d}", project=PROJECT, agent=AGENT, task=f"filler task {i}", strategy_used=STRATEGY,
                 outcome="success" if i % 3 else "failure")
@@ -76,8 +98,6 @@ def measure(size: int, queries: int, seed: int) -> dict[str, float]:
     for kind in ("outcome", "knowledge"):
         indexes.get(kind, AGENT)  # as the service does before a write
     key = strategy_key(STRATEGY)
-    tasks = vectors_of(queries, situation_vectors, lesson_vectors, rng)
-    tasks = tasks + 0.5 * rng.normal(size=tasks.shape).astype(np.float32) / np.sqrt(tasks.shape[1])
     tasks /= np.linalg.norm(tasks, axis=1, keepdims=True)
     figures = {"pool_chroma": 0, "pool_exact": 0, "merge_chroma": 0, "merge_exact": 0}
     for task in tasks:
@@ -86,7 +106,7 @@ def measure(size: int, queries: int, seed: int) -> dict[str, float]:
         exact = indexes.nearest("outcome", AGENT, task, GROUP_POOL, owner=key, restrict=True)
         figures["pool_chroma"] += missed([h.similarity for h in chroma], true)
         figures["pool_exact"] += missed([h.similarity for h in exact], true)
-    for i in rng.choice(size, size=queries, replace=False):
+    for i in repeated:
         noise = rng.normal(size=fact_vectors.shape[1]).astype(np.float32)
         repeat = fact_vectors[i] + 0.33 * noise / np.linalg.norm(noise)
         repeat /= np.linalg.norm(repeat)
@@ -104,15 +124,17 @@ def main() -> None:
     parser.add_argument("--sizes", default="20000,100000")
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default="filler,clustered", help="filler (bench/common.py's), clustered (30 centres), or both")
     args = parser.parse_args()
     q = args.queries
-    print(f"| outcomes (and facts) per agent | pool of {GROUP_POOL}, true 10 nearest left out: Chroma | exact | "
+    print(f"| vectors | outcomes (and facts) per agent | pool of {GROUP_POOL}, true 10 nearest left out: Chroma | exact | "
           f"merge, repeated fact's original not among the 5: Chroma | exact |")
-    print("|---:|---:|---:|---:|---:|")
-    for size in (int(s) for s in args.sizes.split(",")):
-        f = measure(size, q, args.seed)
-        print(f"| {size:,} | {f['pool_chroma']} of {10 * q} | {f['pool_exact']} of {10 * q} | "
-              f"{f['merge_chroma']} of {q} | {f['merge_exact']} of {q} |", flush=True)
+    print("|---|---:|---:|---:|---:|---:|")
+    for data in args.data.split(","):
+        for size in (int(s) for s in args.sizes.split(",")):
+            f = measure(size, q, args.seed, data)
+            print(f"| {data} | {size:,} | {f['pool_chroma']} of {10 * q} | {f['pool_exact']} of {10 * q} | "
+                  f"{f['merge_chroma']} of {q} | {f['merge_exact']} of {q} |", flush=True)
 
 
 if __name__ == "__main__":
