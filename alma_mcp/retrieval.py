@@ -509,9 +509,9 @@ class SearchIndexes:
         held in memory, as retrieval's is; else Chroma's index. `restrict`: only memories whose
         owner (see _owner: a preference's user, an outcome's strategy key) equals `owner`.
 
-        Chroma's index is approximate, and an agent's outcomes of one kind of task are near-
-        duplicates of each other: among 100,000 outcomes sharing one strategy, the 500 nearest it
-        returned left out the true nearest for 6-8 of 40 tasks (asked for 10, for 17-20 of 40).
+        Chroma's index is approximate, and an agent's memories of one kind of task are near-
+        duplicates of each other: among 100,000 such facts, the five nearest it returned for a
+        repeated one missed the original for 18-22 of 40 (bench/write_search.py, "clustered").
 
         Called with the store's write lock held, so it never waits for an index: one that is not
         current (not read yet, or another process wrote since) leaves the search to Chroma. The
