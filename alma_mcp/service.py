@@ -710,6 +710,8 @@ class ALMA:
     def _preload_status(self) -> str:
         """How far the start-up read of the search indexes is (see warm_up)."""
         if not self._preloading.is_set():
+            if self.config.alma.preload_indexes:  # a library user or a one-off command: no warm_up
+                return "read when first searched (this process did not preload them; a server does at start)"
             return "read when first searched"
         if hasattr(self, "_preload_failed"):
             return f"preload failed, read when first searched ({self._preload_failed})"

@@ -350,6 +350,7 @@ def test_warm_up_reads_every_declared_agents_collections_in_the_background(make_
     again = ALMA(alma.config, embedder=HashEmbedder())  # a new server on the same data
     indexes = again.retriever.indexes
     assert indexes.ready("knowledge", "ops") is None, "nothing is read before warm-up"
+    assert "did not preload" in again.health()["search_indexes"]
     again.warm_up()
     deadline = time.monotonic() + 60
     wanted = [("knowledge", "ops"), ("outcome", "dev"), ("heuristic", "dev"), ("preference", None)]
