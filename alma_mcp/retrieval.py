@@ -327,8 +327,6 @@ class SearchIndexes:
         self._building: dict[str, threading.Lock] = {}
         self._reading: dict[str, list[tuple[Sequence[MemoryBase], bool, int, int, np.ndarray | None]]] = {}
         self._preparing: set[str] = set()
-        self.preloaded: tuple[int, int] | None = None
-        """(collections read, collections to read) by `preload`; None when there is none."""
         if hasattr(store, "add_write_listener"):
             store.add_write_listener(self._on_write)
 
@@ -369,17 +367,6 @@ class SearchIndexes:
         # crash the process (seen: SIGSEGV on exit, tests/test_multiprocess.py); exit waits for
         # this one read instead.
         threading.Thread(target=build, name=f"alma-index-{name}").start()
-
-    def preload(self, scopes: Sequence[tuple[str, str | None]], stop: threading.Event) -> None:
-        """Read these collections' indexes one after another (the server does this in the
-        background at start) until `stop` is set or the main thread ends; `preloaded` tells how far it got. A search
-        that needs one still being read waits for its reader instead of reading it again."""
-        self.preloaded = (0, len(scopes))
-        for done, (memory_type, agent) in enumerate(scopes, start=1):
-            if stop.is_set() or not threading.main_thread().is_alive():  # closed, or the program is exiting
-                return
-            self.get(memory_type, agent)
-            self.preloaded = (done, len(scopes))
 
     def get(self, memory_type: str, agent: str | None) -> CollectionIndex:
         """The collection's index, (re)built from the store when it is not current. May wait for a
@@ -688,7 +675,9 @@ class Retriever:
         with self._lock:
             self._results.clear()
 
-    def _scopes(self, agent: str, memory_types: Sequence[str], user_id: str | None) -> list[tuple[str, str | None]]:
+    def scopes(self, agent: str, memory_types: Sequence[str], user_id: str | None) -> list[tuple[str, str | None]]:
+        """The collections (type, owning agent) a retrieval for `agent` reads: its own and those it
+        may read (share_with, inherit_from); the preferences collection only for a user."""
         scopes: list[tuple[str, str | None]] = []
         for kind in memory_types:
             if kind == PREFERENCES:
@@ -717,7 +706,7 @@ class Retriever:
         settings = settings or self.config.retrieval_for(agent)
         top_k = top_k or settings.top_k
         kinds = self._types(memory_types, settings)
-        scopes = self._scopes(agent, kinds, user_id)
+        scopes = self.scopes(agent, kinds, user_id)
         key = (
             mode,
             task,
@@ -774,7 +763,7 @@ class Retriever:
         found: dict[str, Candidate] = {}
         lexical_hits: list[tuple[float, str]] = []
         admit = settings.relevance_floor - settings.floor_margin
-        scopes = self._scopes(agent, memory_types, user_id)
+        scopes = self.scopes(agent, memory_types, user_id)
 
         def search(scope: tuple[str, str | None]) -> tuple[list[Any], list[Any], dict[str, Any]]:
             """One collection: its lexical hits, its nearest memories, and the lexical hits the

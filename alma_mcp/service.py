@@ -135,6 +135,8 @@ class ALMA:
         self._writes = 0  # this process's writes, to run the decay sweep every N of them
         self._writes_lock = threading.Lock()
         self._preloading = threading.Event()  # set once the preload has been started
+        self._preloaded: tuple[int, int] | None = None  # (collections read, to read), once it knows
+        self._preload_failed: str | None = None
         self._closing = threading.Event()  # stops the preload
 
     @classmethod
@@ -197,8 +199,18 @@ class ALMA:
             threading.Thread(target=self._preload, name="alma-preload").start()
 
     def _preload(self) -> None:
+        """Read the search indexes of `_preload_scopes`, one after another, until closed or the
+        program exits; `_preloaded` tells how far it got (see health)."""
         try:  # the store is opened here too, off the thread that answers initialize
-            self.retriever.indexes.preload(self._preload_scopes(), self._closing)
+            indexes = self.retriever.indexes
+            scopes = self._preload_scopes()
+            for done, (memory_type, agent) in enumerate(scopes):
+                self._preloaded = (done, len(scopes))
+                if self._closing.is_set() or not threading.main_thread().is_alive():
+                    return
+                # A search that needs this collection meanwhile waits for this reader, not reads it again.
+                indexes.get(memory_type, agent)
+            self._preloaded = (len(scopes), len(scopes))
         except Exception as exc:  # then each collection is read when it is first searched
             self._preload_failed = f"{type(exc).__name__}: {exc}"
             log.warning("could not preload the search indexes (they are read on first use): %s", exc)
@@ -210,14 +222,10 @@ class ALMA:
         agents = list(self.config.alma.agents)
         if self.config.alma.allow_undeclared_agents:
             agents += [a for a in self.store.agents() if a not in agents]
-        kinds = [t for t in MEMORY_TYPES if t != "outcome"] + ["outcome"]
-        scopes: list[tuple[str, str | None]] = []
-        for kind in kinds:
-            if kind == PREFERENCES:
-                scopes.append((kind, None))
-                continue
+        scopes: list[tuple[str, str | None]] = [(PREFERENCES, None)]
+        for kinds in ([t for t in MEMORY_TYPES if t not in ("outcome", PREFERENCES)], ["outcome"]):
             for agent in agents:
-                scopes += [(kind, source) for source in self.config.readable_agents(agent, kind)]
+                scopes += self.retriever.scopes(agent, kinds, user_id=None)
         return list(dict.fromkeys(scopes))
 
     def close(self) -> None:
@@ -713,12 +721,11 @@ class ALMA:
             if self.config.alma.preload_indexes:  # a library user or a one-off command: no warm_up
                 return "read when first searched (this process did not preload them; a server does at start)"
             return "read when first searched"
-        if hasattr(self, "_preload_failed"):
+        if self._preload_failed is not None:
             return f"preload failed, read when first searched ({self._preload_failed})"
-        preloaded = self._retriever.indexes.preloaded if hasattr(self, "_retriever") else None
-        if preloaded is None:
+        if self._preloaded is None:
             return "preloading (opening the store)"
-        done, total = preloaded
+        done, total = self._preloaded
         return f"preloaded ({total} collections)" if done == total else f"preloading ({done} of {total} collections read)"
 
     # -- async variants, for use inside async agents: the same calls on a worker thread --
