@@ -358,7 +358,8 @@ class SearchIndexes:
             try:
                 self.get(memory_type, agent)
             except Exception as exc:  # the next search reads it again, or reports the failure
-                log.warning("could not read %s for its search index: %s", name, exc)
+                if threading.main_thread().is_alive():  # else cut short by exit: not a failure
+                    log.warning("could not read %s for its search index: %s", name, exc)
             finally:
                 with self._lock:
                     self._preparing.discard(name)

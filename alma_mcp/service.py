@@ -212,6 +212,8 @@ class ALMA:
                 indexes.get(memory_type, agent)
             self._preloaded = (len(scopes), len(scopes))
         except Exception as exc:  # then each collection is read when it is first searched
+            if self._closing.is_set() or not threading.main_thread().is_alive():
+                return  # cut short by close or exit (Chroma refuses work then): not a failure
             self._preload_failed = f"{type(exc).__name__}: {exc}"
             log.warning("could not preload the search indexes (they are read on first use): %s", exc)
 

@@ -148,3 +148,22 @@ async def test_learn_restart_and_find_everything(tmp_path):
             assert "/api/v2/users" in data["prompt"] and strategy in data["prompt"]
             stats = await client.call_tool("alma_stats", {})
             assert stats.structured_content["agents"]["helena"]["outcome"] == 3
+
+
+def test_a_server_whose_client_leaves_at_once_exits_cleanly(tmp_path):
+    """A host may start the server and close its stdin straight away (a probe, a cancelled
+    start). The start-up preload of the search indexes is then cut short by the exit: that is no
+    failure, and the server must neither crash nor log one."""
+    config = write_config(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "alma_mcp", "--config", str(config)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=server_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert proc.stdout == b"", "nothing but protocol on stdout"
+    assert "Traceback" not in stderr and "could not" not in stderr, stderr[-2000:]
