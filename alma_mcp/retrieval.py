@@ -93,6 +93,15 @@ four or five collections of an agent costs about the slowest search, not their s
 _RESULT_TTL_SECONDS = 300.0
 """Cached results expire after this long, so recency in a cached score is never far off."""
 
+CATCH_UP_SLACK_SECONDS = 60.0
+"""A catch-up with other processes' writes reads the records written since its index was last
+synced, less this margin: a write is timed when it starts, by its writer's clock, and may become
+visible a little later; a Chroma server's clients may disagree on the time by a little too."""
+CATCH_UP_MAX_SHARE = 0.1
+"""A catch-up with more changed records than this share of the collection (at least
+CATCH_UP_MIN) reads the whole collection instead."""
+CATCH_UP_MIN = 2000
+
 
 class ScoredMemory(BaseModel):
     memory: Memory
@@ -279,10 +288,20 @@ class KeyVectors:
 @dataclass
 class CollectionIndex:
     """What retrieval searches in one collection: its active memories' BM25 index and, when the
-    nearest-neighbour search is done in memory (`vector_search`), their vectors."""
+    nearest-neighbour search is done in memory (`vector_search`), their vectors. With the ids of
+    its archived records, it accounts for every record of the collection, which is how a catch-up
+    with another process's writes (SearchIndexes._catch_up) knows it missed none."""
 
     lexical: BM25Index
     dense: VectorIndex | None
+    archived: set[str] = field(default_factory=set)
+    synced_at: float = 0.0
+    """Wall-clock time at which the read or catch-up that this index has followed since began."""
+    reread: bool = False
+    """A catch-up found it could not follow: the next refresh reads the whole collection."""
+
+    def records(self) -> int:
+        return len(self.lexical) + len(self.archived)
 
 
 def _other_type(memory: MemoryBase, wanted: str | None) -> bool:
@@ -309,7 +328,9 @@ class SearchIndexes:
     the store's write listener adds, replaces and removes single memories, so a write costs
     microseconds instead of a rebuild. The collection's write generation, which also counts
     other processes' writes, is remembered after every update: when it has moved without this
-    process writing, another process wrote, and the index is rebuilt from the store.
+    process writing, another process wrote, and the index catches up with the records written
+    since it was last synced (`_catch_up`, by their write time), unless that is most of the
+    collection or records were deleted (the count tells), when it is read again in full.
     """
 
     def __init__(self, store: MemoryStore, vector_search: VectorSearch = "auto") -> None:
@@ -327,6 +348,10 @@ class SearchIndexes:
         self._building: dict[str, threading.Lock] = {}
         self._reading: dict[str, list[tuple[Sequence[MemoryBase], bool, int, int, np.ndarray | None]]] = {}
         self._preparing: set[str] = set()
+        self.catch_ups = 0
+        """Times an index followed other processes' writes by catching up (for tests and health)."""
+        self.full_reads = 0
+        """Times a collection was read in full."""
         if hasattr(store, "add_write_listener"):
             store.add_write_listener(self._on_write)
 
@@ -343,12 +368,16 @@ class SearchIndexes:
         return None
 
     def prepare(self, memory_type: str, agent: str | None) -> None:
-        """Bring the collection's index up to date in a background thread, unless it is current;
-        returns at once. The write path asks for this before it takes the write lock, so that a
-        first write to a large collection does not wait seconds for its index to be read."""
+        """Bring the collection's index up to date, unless it is current: at once when a catch-up
+        with other processes' writes does it (milliseconds), else by reading the collection in a
+        background thread, returning at once. The write path asks for this before it takes the
+        write lock, so that a first write to a large collection does not wait seconds for its
+        index to be read, and its searches under the lock find the index current."""
         if self.ready(memory_type, agent) is not None:
             return
         name = collection_name(self.store.project, memory_type, agent)
+        if name in self._indexes and self._refresh(memory_type, agent, wait=False, full_read=False) is not None:
+            return
         with self._lock:
             if name in self._preparing:
                 return
@@ -370,21 +399,42 @@ class SearchIndexes:
         threading.Thread(target=build, name=f"alma-index-{name}").start()
 
     def get(self, memory_type: str, agent: str | None) -> CollectionIndex:
-        """The collection's index, (re)built from the store when it is not current. May wait for a
-        write under way: not to be called with the store's write lock held (see `ready`)."""
+        """The collection's index, brought up to date (caught up, or read) when it is not current.
+        May wait for a write under way: not to be called with the store's write lock held (see
+        `ready`)."""
+        index = self._refresh(memory_type, agent, wait=True, full_read=True)
+        assert index is not None
+        return index
+
+    def _refresh(self, memory_type: str, agent: str | None, wait: bool, full_read: bool) -> CollectionIndex | None:
+        """The current index, or None when that would need waiting for another reader (`wait`
+        False) or reading the whole collection (`full_read` False)."""
         index = self.ready(memory_type, agent)
         if index is not None:
             return index
         name = collection_name(self.store.project, memory_type, agent)
-        with self._build_lock(name):
+        build = self._build_lock(name)
+        if not build.acquire(blocking=wait):
+            return None
+        try:
             index = self.ready(memory_type, agent)
             if index is not None:
                 return index
+            stale = self._indexes.get(name)
+            if stale is None and not full_read:
+                return None
             with self._lock:
                 self._reading[name] = []  # from here on, writes are queued for this reader
             try:
                 generation = self.store.generation(memory_type, agent)  # before reading
-                index = self._read(memory_type, agent)
+                if stale is not None and self._catch_up(stale, memory_type, agent):
+                    index = stale
+                elif full_read:
+                    index = self._read(memory_type, agent)
+                else:  # a full read is for a background thread (prepare)
+                    with self._lock:
+                        del self._reading[name]
+                    return None
             except BaseException:
                 with self._lock:
                     del self._reading[name]
@@ -403,21 +453,50 @@ class SearchIndexes:
                     if after > generation:  # else the read began after that write: it holds it
                         self._follow(index, name, memories, deleted, before, after, vectors)
             return index
+        finally:
+            build.release()
 
     def _read(self, memory_type: str, agent: str | None) -> CollectionIndex:
         in_memory = self.vector_search == "memory" or (
             self.vector_search == "auto" and self.store.count(memory_type, agent) <= IN_MEMORY_LIMIT
         )
+        started = time.time()
         memories, vectors = [], []
-        rows = self.store.read_collection(memory_type, agent) if in_memory else self.store.iter_memories(memory_type, agent)
+        archived: set[str] = set()
+        if in_memory:
+            rows = self.store.read_collection(memory_type, agent, archived)
+        else:
+            rows = self.store.iter_memories(memory_type, agent, include_archived=True)
         for memory, vector in rows:
+            if memory.archived:
+                archived.add(memory.id)
+                continue
             memories.append(memory)
             vectors.append(vector)
-        index = CollectionIndex(BM25Index(), VectorIndex() if in_memory else None)
+        index = CollectionIndex(BM25Index(), VectorIndex() if in_memory else None, archived, synced_at=started)
         index.lexical.add_many([m.id for m in memories], [lexical_text(m) for m in memories])
         if index.dense is not None and memories:
             index.dense.add_many([m.id for m in memories], np.stack(vectors), [_owner(m) for m in memories])  # type: ignore[arg-type]
+        self.full_reads += 1
         return index
+
+    def _catch_up(self, index: CollectionIndex, memory_type: str, agent: str | None) -> bool:
+        """Apply to a stale index the records written since it was last synced (by any process);
+        False, leaving it to be read in full, when there are too many of them or the collection
+        holds records the index cannot account for (another process deleted some)."""
+        if index.reread:
+            return False
+        started = time.time()
+        limit = max(CATCH_UP_MIN, int(index.records() * CATCH_UP_MAX_SHARE))
+        rows = self.store.changes_since(memory_type, agent, index.synced_at - CATCH_UP_SLACK_SECONDS, limit)
+        if rows is not None:
+            self._apply(index, [m for m, _ in rows], False, np.stack([v for _, v in rows]) if rows else None)
+        if rows is None or self.store.count(memory_type, agent) != index.records():
+            index.reread = True
+            return False
+        index.synced_at = started
+        self.catch_ups += 1
+        return True
 
     def _on_write(
         self,
@@ -441,7 +520,7 @@ class SearchIndexes:
             writes = self._reading.get(name)
             if writes is not None:  # being read: its reader applies this write when it is done
                 writes.append((memories, deleted, before, after, vectors))
-            elif name in self._synced:  # a reader just done, or about to start: read it again
+            elif name in self._synced:  # a reader just done, or about to start: catch up again
                 self._synced[name] = None
 
     def _follow(
@@ -454,21 +533,32 @@ class SearchIndexes:
         after: int,
         vectors: np.ndarray | None,
     ) -> None:
-        if self._synced.get(name) != before:
-            # Another process wrote since this index was read: applying only our own write
-            # would mark its memories as seen. Drop the index; the next search rebuilds it.
-            self._drop(name, index)
+        """Apply a write of this process. When another process wrote since the index was synced,
+        it is applied all the same but the index stays stale (applying only our own write would
+        mark the other's as seen): the next refresh catches up with both."""
+        if not self._apply(index, memories, deleted, vectors):
+            index.reread = True  # a memory came back whose vector only the store has (a restore)
+            with self._lock:
+                if self._indexes.get(name) is index:
+                    self._synced[name] = None
             return
+        with self._lock:
+            if self._indexes.get(name) is index and self._synced.get(name) == before:
+                self._synced[name] = after
+
+    def _apply(
+        self, index: CollectionIndex, memories: Sequence[MemoryBase], deleted: bool, vectors: np.ndarray | None
+    ) -> bool:
+        """Add, replace and remove these records (all of them when `deleted`) in the index. False
+        when a metadata-only write (no `vectors`) brought back a memory the vector index does not
+        hold: its vector is in the store only, and the collection must be read again."""
         gone = [m.id for m in memories if deleted or m.archived]
         kept = [i for i, m in enumerate(memories) if not (deleted or m.archived)]
         if index.dense is not None:
             if vectors is not None:
                 index.dense.add_many([memories[i].id for i in kept], vectors[kept], [_owner(memories[i]) for i in kept])
             elif any(memories[i].id not in index.dense for i in kept):
-                # A metadata-only write brought back a memory this index does not hold (a
-                # restore): its vector is in the store, not in the write. Read it all again.
-                self._drop(name, index)
-                return
+                return False
             else:
                 for i in kept:
                     index.dense.set_owner(memories[i].id, _owner(memories[i]))
@@ -479,15 +569,12 @@ class SearchIndexes:
             index.lexical.remove(gone)
         if kept:
             index.lexical.add_many([memories[i].id for i in kept], [lexical_text(memories[i]) for i in kept])
-        with self._lock:
-            if self._indexes.get(name) is index:
-                self._synced[name] = after
-
-    def _drop(self, name: str, index: CollectionIndex) -> None:
-        with self._lock:
-            if self._indexes.get(name) is index:
-                del self._indexes[name]
-                self._synced.pop(name, None)
+        if deleted:
+            index.archived.difference_update(gone)
+        else:
+            index.archived.update(gone)
+            index.archived.difference_update(memories[i].id for i in kept)
+        return True
 
     def nearest(
         self, memory_type: str, agent: str | None, vector: np.ndarray, n: int, owner: str | None = None, restrict: bool = False

@@ -45,6 +45,10 @@ KEY_CHECK = "key_crc"
 """Metadata field: CRC-32 of the key text that KEY_VECTOR embeds. Chroma merges metadata on update,
 so a key vector can outlive its text on paths that rewrite a memory without one; the check tells."""
 _KEY_CACHE_SIZE = 4096
+WRITTEN = "written_ts"
+"""Metadata field: when the record was last written (Unix time, the writer's clock). Another
+process's writes are found by it (`changes_since`), so an index can follow them without reading
+the whole collection again."""
 
 
 def collection_name(project: str, memory_type: str, agent: str | None) -> str:
@@ -115,6 +119,7 @@ def _metadata(memory: MemoryBase) -> dict[str, Any]:
         "archived": memory.archived,
         "created_ts": memory.created_at.timestamp(),
         "updated_ts": memory.updated_at.timestamp(),
+        WRITTEN: time.time(),
         "json": memory.model_dump_json(),
     }
     for key in ("user_id", "task_type", "domain", "category", "outcome", "strategy_key"):
@@ -597,14 +602,20 @@ class MemoryStore:
         for meta, vector in self._pages(memory_type, agent, where, include_archived, with_embeddings):
             yield _from_metadata(meta), (np.asarray(vector, dtype=np.float32) if vector is not None else None)
 
-    def read_collection(self, memory_type: str, agent: str | None) -> Iterator[tuple[MemoryBase, np.ndarray]]:
+    def read_collection(
+        self, memory_type: str, agent: str | None, archived: set[str] | None = None
+    ) -> Iterator[tuple[MemoryBase, np.ndarray]]:
         """Every active memory of a collection with its vector, for an index built from the store.
         The records read also fill the record cache (up to its size per collection), so the
-        searches that follow read none of them again."""
+        searches that follow read none of them again. `archived`: filled with the ids of the
+        archived records, which are not yielded."""
         name = collection_name(self.project, memory_type, agent)
         generation = self._generation_of(name)  # before reading: see RecordCache.add
         page: dict[str, Record] = {}
-        for meta, vector in self._pages(memory_type, agent, None, False, with_embeddings=True):
+        for meta, vector in self._pages(memory_type, agent, None, archived is not None, with_embeddings=True):
+            if archived is not None and meta.get("archived"):
+                archived.add(_from_metadata(meta).id)
+                continue
             memory = _from_metadata(meta)
             page[memory.id] = Record(meta, vector)
             yield memory, np.asarray(vector, dtype=np.float32)
@@ -612,6 +623,29 @@ class MemoryStore:
                 self.records.add(name, generation, page)
                 page = {}
         self.records.add(name, generation, page)
+
+    def changes_since(
+        self, memory_type: str, agent: str | None, since: float, limit: int
+    ) -> list[tuple[MemoryBase, np.ndarray]] | None:
+        """The records of a collection written at or after `since` (Unix time, see WRITTEN),
+        archived ones included, with their vectors; None when there are more than `limit` (reading
+        the whole collection is cheaper then). Records written before WRITTEN existed have no
+        time and are never among them."""
+        col = self._collection(memory_type, agent, create=False)
+        if col is None:
+            return []
+        name = collection_name(self.project, memory_type, agent)
+        generation = self._generation_of(name)  # before reading: see RecordCache.add
+        try:
+            ids = col.get(where={WRITTEN: {"$gte": since}}, include=[], limit=limit + 1)["ids"]
+        except Exception as exc:
+            raise _chroma_error("list recent writes", exc) from None
+        if len(ids) > limit:
+            return None
+        rows: dict[str, Record] = {}
+        for start in range(0, len(ids), _PAGE):
+            rows.update(self._rows(col, name, generation, ids[start : start + _PAGE]))
+        return [(_from_metadata(row.meta), row.vector) for row in rows.values()]
 
     def _pages(
         self,

@@ -177,6 +177,16 @@ def test_a_second_service_on_the_same_store_sees_writes(backend):
             break
         time.sleep(0.1)
     assert taught.id in ids
+    # B followed by catching up with the records A wrote, not by reading the collection again.
+    indexes = b.retriever.indexes
+    assert indexes.catch_ups >= 1
+    reads = indexes.full_reads
+    a.forget(memory_ids=[taught.id], dry_run=False)  # archived by A
+    deadline = time.monotonic() + (0.0 if backend.kind == "embedded" else 10.0)
+    while taught.id in [k.memory.id for k in b.retrieve(task, "helena").knowledge] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert taught.id not in [k.memory.id for k in b.retrieve(task, "helena").knowledge]
+    assert indexes.full_reads == reads and taught.id in indexes.get("knowledge", "helena").archived
 
 
 def test_tenant_and_database_isolate(chroma_server, tmp_path, real_embedder):

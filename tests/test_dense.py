@@ -128,6 +128,56 @@ def test_the_index_follows_every_write_and_never_asks_chroma_to_search(
     assert searches == [], "retrieval searched Chroma although the vectors are in memory"
 
 
+def test_another_process_s_writes_are_caught_up_without_reading_the_collection_again(
+    make_alma: Callable[..., ALMA], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process adds, archives, restores and feeds back on memories: this one's index
+    follows by reading only the records written since (by their write time). A deletion, or more
+    changes than a catch-up is worth, makes it read the collection again, and nothing is missed."""
+    import alma_mcp.retrieval as retrieval
+
+    alma = make_alma(data_dir=tmp_path / "shared", lifecycle={"merge_on_write": False})
+    other = make_alma(data_dir=tmp_path / "shared", lifecycle={"merge_on_write": False})  # another process
+    facts = [alma.add_knowledge("helena", "ops", text) for text in [
+        "The staging database is reset every Sunday night at 02:00.",
+        "Release branches are cut on Tuesdays after the stand-up.",
+        "The canteen closes at three on Fridays.",
+    ]]
+    indexes = alma.retriever.indexes
+    task = "When is the staging database wiped?"
+    ids = lambda: [m.memory.id for m in alma.retrieve(task, "helena", memory_types=["knowledge"]).knowledge]  # noqa: E731
+    assert facts[0].id in ids()
+    reads, catch_ups = indexes.full_reads, indexes.catch_ups
+
+    theirs = other.add_knowledge("helena", "ops", "Staging is wiped every Sunday; reseed it with make seed-staging.")
+    assert theirs.id in ids()
+    other.forget(memory_ids=[facts[0].id], dry_run=False)  # archived by the other process
+    assert facts[0].id not in ids()
+    other.restore([facts[0].id])  # and back: its vector comes with the records read
+    other.feedback(theirs.id, "helpful")  # a metadata-only write
+    assert facts[0].id in ids()
+    ours = alma.add_knowledge("helena", "ops", "Staging snapshots are kept for seven days.")  # ours on top of theirs
+    other.add_knowledge("helena", "ops", "Staging runs on the small instance class to save money.")
+    assert ours.id in ids()
+    assert indexes.full_reads == reads and indexes.catch_ups == catch_ups + 4
+    _index_matches_store(alma, "knowledge", "helena")
+    index = indexes.get("knowledge", "helena")
+    assert index.archived == set() and index.records() == alma.store.count("knowledge", "helena") == 6
+
+    other.forget(memory_ids=[facts[2].id], dry_run=False, purge=True)  # deleted: the count tells
+    assert facts[2].id not in ids()
+    assert indexes.full_reads == reads + 1
+    _index_matches_store(alma, "knowledge", "helena")
+
+    monkeypatch.setattr(retrieval, "CATCH_UP_MIN", 1)
+    monkeypatch.setattr(retrieval, "CATCH_UP_MAX_SHARE", 0.0)
+    many = [other.add_knowledge("helena", "ops", f"Staging fact number {n}: the {w} queue drains hourly.") for n, w in enumerate(["mail", "billing"])]
+    ids()  # two changes where one is the most a catch-up takes: read again
+    assert indexes.full_reads == reads + 2
+    _index_matches_store(alma, "knowledge", "helena")
+    assert {m.id for m in many} <= {m.id for m in alma.store.list("knowledge", "helena")}
+
+
 def test_auto_searches_small_collections_in_memory_and_large_ones_in_chroma(
     make_alma: Callable[..., ALMA], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

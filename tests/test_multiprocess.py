@@ -190,8 +190,12 @@ def test_a_running_process_sees_another_process_write_at_once(tmp_path, real_emb
     taught = acks.read_text().strip()
 
     assert alma.store.generation("knowledge", "helena") != generation
+    indexes = alma.retriever.indexes
+    full_reads, catch_ups = indexes.full_reads, indexes.catch_ups
     after = alma.retrieve(task, "helena")
     assert taught in [m.memory.id for m in after.knowledge]
+    # The index caught up with the other process's write; it did not read the collection again.
+    assert (indexes.full_reads, indexes.catch_ups) == (full_reads, catch_ups + 1)
     assert "8443" in after.prompt
     # And the fact can be fed back on from here: the read-modify-write sees the other process's record.
     assert alma.feedback(taught, "helpful").helpful == 1
