@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from .audit import AuditEntry
 from .errors import InvalidInput, StorageError
 from .models import MemoryBase, MemoryId, key_text, memory_type_of, parse_memory, utcnow
-from .store import PREFERENCES, collection_name, key_metadata, stored_key_vector
+from .store import PREFERENCES, WRITTEN, collection_name, key_metadata, stored_key_vector
 
 if TYPE_CHECKING:
     from .service import ALMA
@@ -511,7 +511,10 @@ def _reindex_collection(alma: "ALMA", live: str, col: Any, batch: int, bar: Any,
         # The key fields' vectors come from the model too: embedded in the same batch.
         memories = [parse_memory(m["json"]) for m in metadatas]
         vectors = alma.embedder.embed(documents + [key_text(m) for m in memories])
-        metadatas = [m | key_metadata(memory, key) for m, memory, key in zip(metadatas, memories, vectors[len(ids) :])]
+        # Written now: a process following the collection by write time sees every vector change.
+        metadatas = [
+            m | key_metadata(memory, key) | {WRITTEN: time.time()} for m, memory, key in zip(metadatas, memories, vectors[len(ids) :])
+        ]
         new.upsert(ids=ids, embeddings=vectors[: len(ids)], documents=documents, metadatas=metadatas)
         report.re_embedded += len(ids)
 
