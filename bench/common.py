@@ -195,9 +195,13 @@ def bench_config(data_dir: Path, retrieval: dict[str, Any] | None = None, vector
     return parse_config({"alma": alma})
 
 
-def put_in_batches(store: Any, memories: Sequence[MemoryBase], vectors: np.ndarray, batch: int = 5000) -> None:
+def put_in_batches(
+    store: Any, memories: Sequence[MemoryBase], vectors: np.ndarray, batch: int = 5000, key_vectors: np.ndarray | None = None
+) -> None:
+    """Store memories with their vectors; their key fields are embedded unless `key_vectors` are given."""
     for start in range(0, len(memories), batch):
-        store.put(memories[start : start + batch], vectors[start : start + batch])
+        keys = None if key_vectors is None else key_vectors[start : start + batch]
+        store.put(memories[start : start + batch], vectors[start : start + batch], key_embeddings=keys)
 
 
 # -- metrics ---------------------------------------------------------------------------------

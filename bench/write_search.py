@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PROJECT, bench_config, filler_sentences, log  # noqa: E402
+from common import PROJECT, bench_config, filler_sentences, log, put_in_batches  # noqa: E402
 
 from alma_mcp.learning import GROUP_POOL  # noqa: E402
 from alma_mcp.models import DomainKnowledge, Outcome, strategy_key  # noqa: E402
@@ -91,8 +91,7 @@ def measure(size: int, queries: int, seed: int, data: str) -> dict[str, float]:
              for i in range(size)]
     start = time.perf_counter()
     for memories, vectors in ((outcomes, outcome_vectors), (facts, fact_vectors)):
-        for at in range(0, size, 5000):  # key vectors given: the searches measured use the text's
-            alma.store.put(memories[at : at + 5000], vectors[at : at + 5000], key_embeddings=vectors[at : at + 5000])
+        put_in_batches(alma.store, memories, vectors, key_vectors=vectors)  # the searches measured use the text's
     log(f"{size:,} outcomes and {size:,} facts stored ({time.perf_counter() - start:.0f} s)")
     indexes = alma.retriever.indexes
     for kind in ("outcome", "knowledge"):
