@@ -83,13 +83,36 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     alma = _service(args)
     result = alma.retrieve(args.task, args.agent, args.top_k, args.user, task_type=args.task_type)
+    explanation = alma.explain(args.task, args.agent, args.top_k, args.user, task_type=args.task_type, n=args.explain) if args.explain else None
     if args.json:
-        print(result.model_dump_json(indent=2))
-    elif result.prompt:
+        if explanation is None:
+            print(result.model_dump_json(indent=2))
+        else:
+            print(json.dumps({"result": result.model_dump(mode="json"), "explanation": explanation.model_dump(mode="json")}, indent=2))
+        return 0
+    if result.prompt:
         print(result.prompt)
     else:
         print(f"(nothing in memory is relevant enough to inject for this task; agent {args.agent})")
+    if explanation is not None:
+        _print_explanation(explanation)
     return 0
+
+
+def _print_explanation(explanation: Any) -> None:
+    e = explanation
+    print(
+        f"\nWhy: relevance_floor {e.relevance_floor}, floor_margin {e.floor_margin}, lexical_floor "
+        f"{e.lexical_floor}, preference_floor {e.preference_floor}; "
+        + ("a memory cleared the floor, so the task is answered" if e.answered else "no memory cleared the floor")
+    )
+    if not e.candidates:
+        print("(the agent has no memories it may read of these types)")
+        return
+    print(f"{'evidence':>8} {'similar':>7} {'cover':>5}  {'type':<14} {'id':<44} verdict")
+    for c in e.candidates:
+        print(f"{c.evidence:8.3f} {c.similarity:7.3f} {c.coverage:5.2f}  {c.type:<14} {c.id:<44} {c.verdict}")
+        print(f"{'':36}{c.text}")
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -171,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--user", default=None, help="include this user's preferences")
     search.add_argument("--task-type", default=None, help="leave out lessons and outcomes filed under other task types")
     search.add_argument("--json", action="store_true", help="print the full result as JSON")
+    search.add_argument(
+        "--explain", type=int, nargs="?", const=10, default=0, metavar="N",
+        help="also show why: the floors, and each injected memory and the N (10) with the most evidence, with their verdicts",
+    )
     search.set_defaults(func=cmd_search)
 
     health = sub.add_parser("health", help="check storage and the embedding model (exit 1 if either fails)")

@@ -740,6 +740,78 @@ def choose(
     }
 
 
+class CandidateVerdict(BaseModel):
+    """One memory considered for a task, its evidence against the floor, and what became of it."""
+
+    id: str
+    type: str
+    agent: str
+    text: str = Field(description="the memory's text, cut to 120 characters")
+    evidence: float = Field(description="what the floor is checked against: similarity + lexical_weight x coverage")
+    similarity: float
+    coverage: float = Field(description="share of the task's distinctive words (IDF mass) the memory holds")
+    score: float
+    injected: bool
+    verdict: str
+
+
+class Explanation(BaseModel):
+    """Why a retrieval returned what it did: the floors, and the candidates nearest to clearing them."""
+
+    task: str
+    agent: str
+    relevance_floor: float
+    floor_margin: float
+    lexical_floor: float
+    preference_floor: float
+    answered: bool = Field(description="some candidate cleared the floor, so the task is answered at all")
+    candidates: list[CandidateVerdict]
+
+
+def judge(
+    candidates: Sequence[Candidate], chosen: dict[str, list[Candidate]], settings: RetrievalSettings, n: int
+) -> tuple[bool, list[CandidateVerdict]]:
+    """The verdict on every injected candidate and on the strongest others (by evidence), `n` in
+    all at least: the rules of `choose`, spelled out per memory."""
+    answered = any(c.cleared for c in candidates)
+    admit = settings.relevance_floor - settings.floor_margin
+    injected = {c.memory.id for picked in chosen.values() for c in picked}
+    ranked = sorted(candidates, key=lambda c: (c.memory.id in injected, c.evidence), reverse=True)
+    shown = ranked[: max(n, len(injected))]
+
+    def verdict(c: Candidate) -> str:
+        preference = c.memory.type == PREFERENCES and c.evidence >= settings.preference_floor  # type: ignore[attr-defined]
+        if c.memory.id in injected:
+            if c.dense_ok:
+                return "injected: cleared relevance_floor"
+            if c.lexical_ok:
+                return "injected: through the lexical door (coverage or a quoted identifier)"
+            if preference:
+                return "injected: the user's preference cleared preference_floor"
+            return "injected: within floor_margin of relevance_floor, and the task is answered"
+        if preference or (answered and (c.cleared or c.evidence >= admit)):
+            return "admitted, not injected: its type's top_k is full, or it nearly duplicates one injected"
+        if not answered:
+            return "below the floor: no memory cleared it, so nothing is injected"
+        return "below relevance_floor - floor_margin"
+
+    return answered, [
+        CandidateVerdict(
+            id=c.memory.id,
+            type=c.memory.type,  # type: ignore[attr-defined]
+            agent=c.memory.agent,
+            text=" ".join(c.memory.text().split())[:120],
+            evidence=round(c.evidence, 4),
+            similarity=round(c.similarity, 4),
+            coverage=round(c.coverage, 3),
+            score=round(c.score, 4),
+            injected=c.memory.id in injected,
+            verdict=verdict(c),
+        )
+        for c in shown
+    ]
+
+
 class Retriever:
     def __init__(self, store: MemoryStore, embedder: Embedder, config: AlmaConfig, cache_size: int = 512) -> None:
         self.store = store
@@ -829,6 +901,34 @@ class Retriever:
             while len(self._results) > self._cache_size:
                 self._results.popitem(last=False)
         return result.model_copy(deep=True)
+
+    def explain(
+        self,
+        task: str,
+        agent: str,
+        top_k: int | None = None,
+        user_id: str | None = None,
+        memory_types: Sequence[str] | None = None,
+        task_type: str | None = None,
+        n: int = 10,
+    ) -> Explanation:
+        """What `retrieve` would inject for this task and why, with the nearest memories it would
+        not (their evidence against the floors): for tuning `relevance_floor` on one's own store."""
+        settings = self.config.retrieval_for(agent)
+        top_k = top_k or settings.top_k
+        kinds = self._types(memory_types, settings)
+        candidates = self.candidates(task, agent, user_id, kinds, settings, task_type=task_type)
+        answered, verdicts = judge(candidates, choose(candidates, kinds, top_k, settings), settings, n)
+        return Explanation(
+            task=task,
+            agent=agent,
+            relevance_floor=settings.relevance_floor,
+            floor_margin=settings.floor_margin,
+            lexical_floor=settings.lexical_floor,
+            preference_floor=settings.preference_floor,
+            answered=answered,
+            candidates=verdicts,
+        )
 
     def candidates(
         self,

@@ -40,7 +40,7 @@ from .models import (
     new_id,
     utcnow,
 )
-from .retrieval import MemorySlice, Retriever
+from .retrieval import Explanation, MemorySlice, Retriever
 from .scope import can_read, check_can_learn, check_can_read
 from .store import PREFERENCES, MemoryStore
 from .writelock import WriteLock
@@ -264,6 +264,13 @@ class ALMA:
         memory_types: Sequence[str] | None = None,
         task_type: str | None = None,
     ) -> MemorySlice:
+        task, agent, user_id, task_type = self._query(task, agent, top_k, user_id, task_type)
+        return self.retriever.retrieve(task, agent, top_k, user_id, self._types(memory_types), task_type=task_type)
+
+    def _query(
+        self, task: str, agent: str, top_k: int | None, user_id: str | None, task_type: str | None
+    ) -> tuple[str, str, str | None, str | None]:
+        """A retrieval's arguments, checked: the task, agent, user and task type to use."""
         agent = self._agent(agent)
         task = _build(_TaskText, "task", task=task).task
         if top_k is not None and not (1 <= top_k <= 50):
@@ -272,7 +279,24 @@ class ALMA:
             user_id = _validated(_user, user_id, "user_id")
         if task_type is not None:
             task_type = _validated(_category, task_type, "task_type")
-        return self.retriever.retrieve(task, agent, top_k, user_id, self._types(memory_types), task_type=task_type)
+        return task, agent, user_id, task_type
+
+    def explain(
+        self,
+        task: str,
+        agent: str,
+        top_k: int | None = None,
+        user_id: str | None = None,
+        memory_types: Sequence[str] | None = None,
+        task_type: str | None = None,
+        n: int = 10,
+    ) -> Explanation:
+        """`retrieve`'s choice for this task spelled out: each injected memory and the nearest
+        others with their evidence against the floors (`alma-mcp search --explain`)."""
+        task, agent, user_id, task_type = self._query(task, agent, top_k, user_id, task_type)
+        if not (1 <= n <= 100):
+            raise InvalidInput(f"n is {n}: explain from 1 to 100 candidates")
+        return self.retriever.explain(task, agent, top_k, user_id, self._types(memory_types), task_type, n)
 
     # -- learning --------------------------------------------------------------------
     def learn(

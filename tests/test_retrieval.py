@@ -12,6 +12,7 @@ import numpy as np
 from mcp import Client
 
 from alma_mcp.config import RetrievalSettings
+from alma_mcp.errors import AlmaError
 from alma_mcp.lexical import BM25Index, tokenize
 from alma_mcp.prompt import estimate_tokens
 from alma_mcp.retrieval import KeyVectors
@@ -384,3 +385,39 @@ async def test_task_type_through_the_client_and_a_bad_one_is_refused(alma: ALMA)
         assert [h["memory"]["task_type"] for h in got.structured_content["heuristics"]] == ["tls"]
         bad = await client.call_tool("alma_retrieve", {"agent": "victor", "task": "The partner API call fails", "task_type": "bad\ntype"})
         assert bad.is_error and "task_type" in bad.content[0].text
+
+
+def test_explain_gives_each_memory_its_verdict_against_the_floor(alma: ALMA) -> None:
+    teach_playwright(alma)
+    alma.add_preference("alice", "reporting", "Keep reports short: five bullet points at most, no preamble.")
+    floor = alma.config.retrieval_for("helena").relevance_floor
+
+    # Answered: the injected memories are exactly what retrieve returns, each with why.
+    task = "Fix a flaky end-to-end test that clicks a button too early after navigating"
+    result = alma.retrieve(task, "helena", user_id="alice")
+    why = alma.explain(task, "helena", user_id="alice")
+    assert why.answered and why.relevance_floor == floor
+    assert {c.id for c in why.candidates if c.injected} == {m.memory.id for m in result.all()}
+    for c in why.candidates:
+        assert c.verdict.startswith("injected") == c.injected, c
+        if c.verdict == "injected: cleared relevance_floor":
+            assert c.evidence >= floor
+        if c.verdict.startswith("below"):
+            assert c.evidence < floor - why.floor_margin
+    assert any("preference_floor" in c.verdict for c in why.candidates), "alice's preference came in under its own floor"
+
+    # Not answered: nothing injected, every candidate below the floor, the nearest first.
+    empty = alma.explain("Bake a sourdough loaf with a crisp crust for the weekend.", "helena", n=3)
+    assert not empty.answered and len(empty.candidates) == 3
+    assert all(not c.injected and c.verdict.startswith("below the floor: no memory cleared it") for c in empty.candidates)
+    assert all(c.evidence < floor for c in empty.candidates)
+    assert [c.evidence for c in empty.candidates] == sorted((c.evidence for c in empty.candidates), reverse=True)
+
+    for bad, fix in ((dict(n=0), "n is 0"), (dict(top_k=99), "top_k is 99"), (dict(agent="../etc"), "agent")):
+        args = {"task": task, "agent": "helena", **bad}
+        try:
+            alma.explain(**args)
+        except AlmaError as exc:
+            assert fix in str(exc)
+        else:
+            raise AssertionError(f"explain accepted {bad}")
