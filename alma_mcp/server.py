@@ -39,7 +39,7 @@ from .models import (
     UserId,
     UserPreference,
 )
-from .retrieval import MemorySlice
+from .retrieval import Explanation, MemorySlice
 from .service import ALMA, ForgetResult, LearnResult, MemoryDetail
 
 log = logging.getLogger("alma_mcp")
@@ -156,6 +156,24 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
         """Get the memories relevant to a task, by type with scores, and `prompt`: the markdown to
         inject before doing the task. An empty prompt means nothing relevant is known."""
         return service.retrieve(task, agent, top_k, user_id, memory_types, task_type)
+
+    @mcp.tool(annotations=READ_ONLY, title="Explain what retrieval injects for a task, and why")
+    @tool_errors
+    def alma_explain(
+        task: Annotated[Text, Field(description="The task, as it would be given to alma_retrieve.")],
+        agent: AgentArg,
+        top_k: TopK = 5,
+        user_id: Annotated[UserId | None, Field(description="Include this user's preferences.")] = None,
+        memory_types: Annotated[
+            list[MemoryType] | None, Field(description="Only these types (default: all but raw outcomes).")
+        ] = None,
+        task_type: Annotated[Category | None, Field(description="As for alma_retrieve.")] = None,
+        n: Annotated[int, Field(ge=1, le=100, description="Memories to explain besides those injected.")] = 10,
+    ) -> Explanation:
+        """For people tuning the memory, not for injecting: the relevance floors and the memories
+        with the most evidence for this task, each with its evidence, similarity and verdict
+        (injected and why, beyond top_k, below the floor). Same arguments as alma_retrieve."""
+        return service.explain(task, agent, top_k, user_id, memory_types, task_type, n)
 
     # -- tools: after a task -----------------------------------------------------------
     @mcp.tool(annotations=WRITE, title="Record a task outcome and learn from it")

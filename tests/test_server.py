@@ -26,6 +26,7 @@ EXPECTED_TOOLS = {
     "alma_stats",
     "alma_health",
     "alma_feedback",
+    "alma_explain",
 }
 
 
@@ -80,6 +81,32 @@ async def test_teach_a_fact_and_get_it_back(alma, mode):
             await client.call_tool("alma_retrieve", {"agent": "victor", "task": "What does the sign-in endpoint return?"})
         )
         assert other["knowledge"] == [] and other["prompt"] == ""
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_explain_says_why_a_memory_is_injected_or_not(alma, mode):
+    from jsonschema import Draft202012Validator
+
+    fact = alma.add_knowledge("helena", "authentication", "The login API answers 422 with a field-errors array on invalid input")
+    alma.add_knowledge("helena", "billing", "Invoices are generated on the first business day of the month")
+    async with Client(create_server(alma=alma), mode=mode) as client:
+        schema = {t.name: t for t in (await client.list_tools()).tools}["alma_explain"].output_schema
+        task = {"agent": "helena", "task": "What does the sign-in endpoint return for bad credentials input?"}
+        got = structured(await client.call_tool("alma_retrieve", task))
+        why = structured(await client.call_tool("alma_explain", task))
+        Draft202012Validator(schema).validate(why)
+        assert why["answered"] and why["relevance_floor"] == alma.config.retrieval_for("helena").relevance_floor
+        verdicts = {c["id"]: c for c in why["candidates"]}
+        assert [c["id"] for c in why["candidates"] if c["injected"]] == [m["memory"]["id"] for m in got["knowledge"]] == [fact.id]
+        assert verdicts[fact.id]["verdict"] == "injected: cleared relevance_floor"
+        assert verdicts[fact.id]["evidence"] >= why["relevance_floor"]
+        invoices = next(c for c in why["candidates"] if "Invoices" in c["text"])
+        assert not invoices["injected"] and invoices["verdict"].startswith("below")
+
+        bad = await client.call_tool("alma_explain", {**task, "n": 0})
+        assert bad.is_error and "n" in bad.content[0].text
+        missing = await client.call_tool("alma_explain", {"agent": "helena"})
+        assert missing.is_error and "task" in missing.content[0].text
 
 
 @pytest.mark.parametrize("mode", MODES)
