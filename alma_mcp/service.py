@@ -756,6 +756,7 @@ class ALMA:
 
     # -- async variants, for use inside async agents: the same calls on a worker thread --
     aretrieve = _async_twin(retrieve)
+    aexplain = _async_twin(explain)
     alearn = _async_twin(learn)
     aadd_heuristic = _async_twin(add_heuristic)
     aadd_anti_pattern = _async_twin(add_anti_pattern)

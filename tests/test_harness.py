@@ -376,6 +376,8 @@ async def test_arun_awaits_async_executors_and_learns(alma):
     assert len(outcomes(alma, "quick")) == 2
     memories = await alma.aretrieve(task="Test the login form validation", agent="quick")
     assert memories.heuristics
+    why = await alma.aexplain(task="Test the login form validation", agent="quick")
+    assert {c.id for c in why.candidates if c.injected} == {m.memory.id for m in memories.all()}
     assert (await alma.astats("quick"))["agents"]["quick"]["outcome"] == 2
 
 
