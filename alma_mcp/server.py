@@ -58,6 +58,13 @@ DESTRUCTIVE = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempote
 
 TopK = Annotated[int, Field(ge=1, le=50, description="How many memories per type, at most.")]
 AgentArg = Annotated[Name, Field(description="The agent's name, as declared in .alma/config.yaml.")]
+# A retrieval's optional arguments, shared by alma_retrieve and alma_explain.
+ForUser = Annotated[UserId | None, Field(description="Include this user's preferences.")]
+OfTypes = Annotated[list[MemoryType] | None, Field(description="Only these types (default: all but raw outcomes).")]
+OfTaskType = Annotated[
+    Category | None,
+    Field(description="The task's category, as given to alma_learn: leaves out lessons and outcomes of other task types."),
+]
 
 
 def tool_errors(fn: F) -> F:
@@ -144,14 +151,9 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
         task: Annotated[Text, Field(description="The task about to be done, in plain words.")],
         agent: AgentArg,
         top_k: TopK = 5,
-        user_id: Annotated[UserId | None, Field(description="Include this user's preferences.")] = None,
-        memory_types: Annotated[
-            list[MemoryType] | None, Field(description="Only these types (default: all but raw outcomes).")
-        ] = None,
-        task_type: Annotated[
-            Category | None,
-            Field(description="The task's category, as given to alma_learn: leaves out lessons and outcomes of other task types."),
-        ] = None,
+        user_id: ForUser = None,
+        memory_types: OfTypes = None,
+        task_type: OfTaskType = None,
     ) -> MemorySlice:
         """Get the memories relevant to a task, by type with scores, and `prompt`: the markdown to
         inject before doing the task. An empty prompt means nothing relevant is known."""
@@ -163,11 +165,9 @@ def create_server(config: AlmaConfig | None = None, alma: ALMA | None = None) ->
         task: Annotated[Text, Field(description="The task, as it would be given to alma_retrieve.")],
         agent: AgentArg,
         top_k: TopK = 5,
-        user_id: Annotated[UserId | None, Field(description="Include this user's preferences.")] = None,
-        memory_types: Annotated[
-            list[MemoryType] | None, Field(description="Only these types (default: all but raw outcomes).")
-        ] = None,
-        task_type: Annotated[Category | None, Field(description="As for alma_retrieve.")] = None,
+        user_id: ForUser = None,
+        memory_types: OfTypes = None,
+        task_type: OfTaskType = None,
         n: Annotated[int, Field(ge=1, le=100, description="Memories to explain besides those injected.")] = 10,
     ) -> Explanation:
         """For people tuning the memory, not for injecting: the relevance floors and the memories
