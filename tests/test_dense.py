@@ -423,3 +423,29 @@ def test_warm_up_reads_every_declared_agents_collections_in_the_background(make_
     assert off.retriever.indexes.ready("knowledge", "ops") is None, "preload_indexes: false reads on first use"
     assert off.health()["search_indexes"] == "read when first searched"
     off.close()
+
+
+def test_a_server_catches_up_with_another_process_before_it_is_asked(make_alma: Callable[..., ALMA], tmp_path: Path) -> None:
+    """A server (warm_up: preload, then follow) brings its indexes up to date with another
+    process's write by itself, within a second or so, so that the next retrieval does not."""
+    alma = make_alma(data_dir=tmp_path / "shared", lifecycle={"merge_on_write": False})
+    alma.add_knowledge("helena", "ops", "The canteen closes at three on Fridays.")
+    alma.warm_up()
+    deadline = time.monotonic() + 60
+    while not alma.health()["search_indexes"].startswith("preloaded"):
+        assert time.monotonic() < deadline, alma.health()
+        time.sleep(0.05)
+    indexes = alma.retriever.indexes
+    catch_ups, reads = indexes.catch_ups, indexes.full_reads
+
+    other = make_alma(data_dir=tmp_path / "shared", lifecycle={"merge_on_write": False})  # another process
+    theirs = other.add_knowledge("helena", "ops", "The billing webhook gateway listens on port 8443.")
+    deadline = time.monotonic() + 10
+    while indexes.ready("knowledge", "helena") is None:  # no call made here: the server's follower does it
+        assert time.monotonic() < deadline, "the server did not catch up with the other process's write"
+        time.sleep(0.05)
+    assert (indexes.catch_ups, indexes.full_reads) == (catch_ups + 1, reads)
+
+    got = alma.retrieve("Which port does the billing webhook listen on?", "helena", memory_types=["knowledge"])
+    assert theirs.id in [m.memory.id for m in got.knowledge]
+    assert (indexes.catch_ups, indexes.full_reads) == (catch_ups + 1, reads), "the retrieval had to catch up itself"
