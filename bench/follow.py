@@ -1,6 +1,6 @@
 """Following another process's writes: retrieval latency in a server while another process writes.
 
-    python bench/follow.py [--size 100000] [--rounds 12] [--facts 1] [--workdir DIR]
+    python bench/follow.py [--size 100000] [--rounds 12] [--facts 1] [--pause SECONDS] [--workdir DIR]
 
 Two processes on one embedded store, as when Claude Desktop and Claude Code share a data
 directory. The store is filled with synthetic memories for one agent (bench/common.py's filler; a
@@ -11,6 +11,8 @@ Another process (this file, `--writer`) then writes in rounds: `--facts` facts w
 outcome, heuristic and anti-pattern collections. After each round the server answers an
 `alma_retrieve` of a new task, which must see those writes: timed as "after a write". A second,
 new task after it is timed as "steady", as are retrievals before any foreign write ("quiet").
+`--pause` waits that long between the other process's write and the first retrieval, as a person
+or an agent does; a server catches up by itself within about a second (FOLLOW_SECONDS).
 
 Figures go to stdout as a table; progress to stderr.
 """
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=100_000, help="memories of the one agent (all types)")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--facts", type=int, default=1, help="facts the other process adds per round")
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds between the other process's write and the first retrieval")
     parser.add_argument("--workdir", help="keep (or reuse) the store here instead of a temporary folder")
     parser.add_argument("--writer", help=argparse.SUPPRESS)  # internal: run as the other process
     args = parser.parse_args()
@@ -122,6 +125,7 @@ def main() -> None:
             other.stdin.write(f"{args.facts}\n")
             other.stdin.flush()
             assert other.stdout.readline().strip() == "ok"
+            time.sleep(args.pause)
             after.append(retrieve())
             steady.append(retrieve())
             log(f"round {n + 1}: after a write {after[-1]:.0f} ms, steady {steady[-1]:.0f} ms")
@@ -135,7 +139,7 @@ def main() -> None:
         server.close()
 
     print(f"\nalma-mcp following another process's writes: {args.size:,} memories, one agent, embedded store, "
-          f"{args.rounds} rounds of {args.facts} fact(s) + 1 learn + 1 feedback\n")
+          f"{args.rounds} rounds of {args.facts} fact(s) + 1 learn + 1 feedback, {args.pause:g} s before the first retrieval\n")
     print("| alma_retrieve (stdio server) | calls | p50 ms | p95 ms | max ms |")
     print("|---|---:|---:|---:|---:|")
     for label, samples in (("quiet (no other writer)", quiet), ("first after the other process wrote", after), ("steady (the next one)", steady)):
