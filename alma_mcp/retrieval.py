@@ -708,6 +708,18 @@ def select(candidates: Sequence[Candidate], top_k: int, near_duplicate: float) -
     return chosen
 
 
+def under_preference_floor(c: Candidate, settings: RetrievalSettings) -> bool:
+    """A preference of the named user that clears its own floor (see `choose`)."""
+    return c.memory.type == PREFERENCES and c.evidence >= settings.preference_floor  # type: ignore[attr-defined]
+
+
+def admitted(c: Candidate, answered: bool, settings: RetrievalSettings) -> bool:
+    """Whether `choose` may keep this candidate; `answered`: some candidate cleared the floor."""
+    if under_preference_floor(c, settings):
+        return True
+    return answered and (c.cleared or c.evidence >= settings.relevance_floor - settings.floor_margin)
+
+
 def choose(
     candidates: Sequence[Candidate], kinds: Sequence[str], top_k: int, settings: RetrievalSettings
 ) -> dict[str, list[Candidate]]:
@@ -723,16 +735,9 @@ def choose(
     the task, and the caller asked for them.
     """
     answered = any(c.cleared for c in candidates)
-    admit = settings.relevance_floor - settings.floor_margin if answered else math.inf
-
-    def admitted(c: Candidate) -> bool:
-        if c.memory.type == PREFERENCES and c.evidence >= settings.preference_floor:  # type: ignore[attr-defined]
-            return True
-        return answered and (c.cleared or c.evidence >= admit)
-
     return {
         kind: select(
-            [c for c in candidates if c.memory.type == kind and admitted(c)],  # type: ignore[attr-defined]
+            [c for c in candidates if c.memory.type == kind and admitted(c, answered, settings)],  # type: ignore[attr-defined]
             top_k,
             settings.near_duplicate,
         )
@@ -774,22 +779,20 @@ def judge(
     """The verdict on every injected candidate and on the strongest others (by evidence), `n` in
     all at least: the rules of `choose`, spelled out per memory."""
     answered = any(c.cleared for c in candidates)
-    admit = settings.relevance_floor - settings.floor_margin
     injected = {c.memory.id for picked in chosen.values() for c in picked}
     ranked = sorted(candidates, key=lambda c: (c.memory.id in injected, c.evidence), reverse=True)
     shown = ranked[: max(n, len(injected))]
 
     def verdict(c: Candidate) -> str:
-        preference = c.memory.type == PREFERENCES and c.evidence >= settings.preference_floor  # type: ignore[attr-defined]
         if c.memory.id in injected:
             if c.dense_ok:
                 return "injected: cleared relevance_floor"
             if c.lexical_ok:
                 return "injected: through the lexical door (coverage or a quoted identifier)"
-            if preference:
+            if under_preference_floor(c, settings):
                 return "injected: the user's preference cleared preference_floor"
             return "injected: within floor_margin of relevance_floor, and the task is answered"
-        if preference or (answered and (c.cleared or c.evidence >= admit)):
+        if admitted(c, answered, settings):
             return "admitted, not injected: its type's top_k is full, or it nearly duplicates one injected"
         if not answered:
             return "below the floor: no memory cleared it, so nothing is injected"
