@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Sequence, TypeVar
@@ -40,7 +41,7 @@ from .models import (
     new_id,
     utcnow,
 )
-from .retrieval import Explanation, MemorySlice, Retriever
+from .retrieval import Explanation, MemorySlice, Retriever, SearchIndexes
 from .scope import can_read, check_can_learn, check_can_read
 from .store import PREFERENCES, MemoryStore
 from .writelock import WriteLock
@@ -209,20 +210,24 @@ class ALMA:
             scopes = self._preload_scopes()
             for done, (memory_type, agent) in enumerate(scopes):
                 self._preloaded = (done, len(scopes))
-                if self._closing.is_set() or not threading.main_thread().is_alive():
+                if self._stopping():
                     return
                 # A search that needs this collection meanwhile waits for this reader, not reads it again.
                 indexes.get(memory_type, agent)
             self._preloaded = (len(scopes), len(scopes))
         except Exception as exc:  # then each collection is read when it is first searched
-            if self._closing.is_set() or not threading.main_thread().is_alive():
+            if self._stopping():
                 return  # cut short by close or exit (Chroma refuses work then): not a failure
             self._preload_failed = f"{type(exc).__name__}: {exc}"
             log.warning("could not preload the search indexes (they are read on first use): %s", exc)
             return
         self._follow_other_writers(indexes, scopes)
 
-    def _follow_other_writers(self, indexes: Any, scopes: list[tuple[str, str | None]]) -> None:
+    def _stopping(self) -> bool:
+        """Closed, or the program is exiting: the background threads stop."""
+        return self._closing.is_set() or not threading.main_thread().is_alive()
+
+    def _follow_other_writers(self, indexes: SearchIndexes, scopes: list[tuple[str, str | None]]) -> None:
         """Until closed: every FOLLOW_SECONDS, catch the preloaded indexes up with what other
         processes wrote (a read of the shared write counters when nothing was written), so that
         the first call after another process's write finds them current instead of catching up
@@ -230,28 +235,24 @@ class ALMA:
         interval = FOLLOW_SECONDS
         if self.config.alma.storage == "chroma-http":  # the server's change tokens are read no more often than this
             interval = max(interval, self.config.alma.chroma_http.change_check_seconds)
-        waited = 0.0
-        while True:
-            # In short steps: at exit, the interpreter waits for this (non-daemon) thread to see it.
-            if self._closing.wait(0.1) or not threading.main_thread().is_alive():
-                return
-            waited += 0.1
-            if waited < interval:
+        check_at = time.monotonic() + interval
+        # In short steps: at exit, the interpreter waits for this (non-daemon) thread to see it.
+        while not (self._closing.wait(0.1) or self._stopping()):
+            if time.monotonic() < check_at:
                 continue
-            waited = 0.0
+            check_at = time.monotonic() + interval
             stale = [scope for scope in scopes if indexes.ready(*scope) is None]
-            # After another process's write, an embedded store's client is reopened, and Chroma's
-            # first touch of each collection then costs about 150 ms at 100,000 memories: the
-            # collections not caught up are touched (counted) here too, not in the next call.
-            touch = [] if not stale or self.config.alma.storage != "chroma" else [s for s in scopes if s not in stale]
-            for memory_type, agent in [*stale, *touch]:
-                if self._closing.is_set() or not threading.main_thread().is_alive():
+            steps = [(indexes.prepare, scope) for scope in stale]  # a catch-up here, or a read in the background
+            if stale and self.config.alma.storage == "chroma":
+                # After another process's write, an embedded store's client is reopened, and Chroma's
+                # first touch of each collection then costs about 150 ms at 100,000 memories: the
+                # collections not caught up are touched (counted) here too, not in the next call.
+                steps += [(self.store.count, scope) for scope in scopes if scope not in stale]
+            for step, (memory_type, agent) in steps:
+                if self._stopping():
                     return
                 try:
-                    if (memory_type, agent) in touch:
-                        self.store.count(memory_type, agent)
-                    else:  # a catch-up here, or a read in the background
-                        indexes.prepare(memory_type, agent)
+                    step(memory_type, agent)
                 except Exception as exc:  # the next search catches up or reads it, and reports a failure
                     log.debug("could not follow %s of %s: %s", memory_type, agent, exc)
 
