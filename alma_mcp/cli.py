@@ -11,11 +11,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import DEFAULT_CONFIG_PATH, load_config, write_starter_config
 from .errors import AlmaError
+
+if TYPE_CHECKING:
+    from .retrieval import Explanation
 
 log = logging.getLogger("alma_mcp")
 
@@ -99,8 +102,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_explanation(explanation: Any) -> None:
-    e = explanation
+def _print_explanation(e: "Explanation") -> None:
     print(
         f"\nWhy: relevance_floor {e.relevance_floor}, floor_margin {e.floor_margin}, lexical_floor "
         f"{e.lexical_floor}, preference_floor {e.preference_floor}; "
