@@ -37,9 +37,20 @@ arms follow one policy and differ only in what the server gives them: alma = raw
 Both memory arms talk to a real MCP server through the SDK's Client (in process), each on a
 fresh embedded Chroma store with the real embedding model.
 
-Run:  .venv/bin/python bench/learning.py            (10 seeds x 200 episodes, 5-10 min)
-      .venv/bin/python bench/learning.py --first-seed 200   (held-out seeds 200-209)
+Two measures of success. The realised rate counts the draws: it is what happened, and a block
+of 20 draws moves it by about 0.08 whatever the agent chose (the ceiling arm shows how much).
+The expected rate scores each episode by the success probability of the strategy chosen: the
+same quantity in expectation (a policy's success rate is the mean of what its choices are
+worth), without the luck of the draws, so its standard error over 10 seeds is about 0.01
+instead of 0.03 and two versions of the server can be told apart on the same seeds
+(`--compare`). For the final block it also says why each choice that was not the working
+strategy was made (an anti-pattern struck it out, a log success of another strategy was
+copied, another strategy's heuristic was followed, or a guess).
+
+Run:  .venv/bin/python bench/learning.py            (10 seeds x 200 episodes, 2-5 min)
+      .venv/bin/python bench/learning.py --first-seed 200 --seeds 30   (held-out seeds 200-229)
       Arms can run in parallel: --arms raw --save a.json, --arms alma --save b.json, then --load a.json b.json.
+      .venv/bin/python bench/learning.py --compare base.json new.json   (paired differences of two runs)
       .venv/bin/python bench/learning.py --calibrate  (similarity of paraphrases)
 The table goes to stdout, the curve to bench/out/learning_curve.png.
 """
@@ -53,6 +64,7 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +106,51 @@ class Episode:
     draw: float
     """One uniform draw: the chosen strategy succeeds when draw < its success probability."""
 
+    @property
+    def working(self) -> str:
+        """The family's working strategy (the one most likely to succeed)."""
+        return max(self.family.strategies, key=self.family.strategies.__getitem__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the agent chose, the rule it followed, and the strategies anti-patterns struck out."""
+
+    strategy: str
+    why: str
+    barred: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One episode as scored: its success, and what the choice was worth before the draw."""
+
+    success: bool
+    expected: float
+    """The chosen strategy's success probability: the same mean as `success` over many episodes,
+    without the luck of the draw (the variance that makes blocks of 20 noisy)."""
+    miss: str | None
+    """Why the working strategy was not chosen (None when it was)."""
+
+
+def score(episode: Episode, decision: Decision) -> Choice:
+    probability = episode.family.strategies[decision.strategy]
+    return Choice(episode.draw < probability, probability, miss_reason(episode, decision))
+
+
+def miss_reason(episode: Episode, decision: Decision) -> str | None:
+    """Why an agent following the policy did not choose the working strategy."""
+    if decision.strategy == episode.working:
+        return None
+    if decision.why == "heuristic":
+        return "followed another strategy's heuristic"
+    if strategy_key(episode.working) in decision.barred:
+        everything = {strategy_key(c) for c in episode.family.strategies} <= decision.barred
+        return "working strategy struck out" + (" (every candidate struck out)" if everything else "")
+    if decision.why == "copy success":
+        return "copied another strategy's success from the log"
+    return "guessed"
+
 
 def load_families(path: Path = DATA) -> list[Family]:
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -116,8 +173,8 @@ def _log(message: str) -> None:
 # One policy, two readers: the raw arm reads the outcome log only; the alma arm reads the
 # same log (alma returns it too) plus the lessons learned from it. alma = raw + lessons.
 def choose_from_log(
-    outcomes: list[dict[str, Any]], candidates: list[str], rng: random.Random, barred: set[str] = frozenset()  # type: ignore[assignment]
-) -> tuple[str, str]:
+    outcomes: list[dict[str, Any]], candidates: list[str], rng: random.Random, barred: frozenset[str] = frozenset()
+) -> Decision:
     """What a sensible reader of the outcomes shown does: repeat the candidate with the most
     successes among them (ties: the more relevant), else avoid the candidates shown failing and
     guess among the rest. `barred` strategy keys (named by anti-patterns) are never chosen."""
@@ -136,17 +193,17 @@ def choose_from_log(
             failed.add(key)
     if wins:
         best = max(wins, key=lambda k: (wins[k], -first_seen[k]))
-        return by_key[best], "copy success"
+        return Decision(by_key[best], "copy success", barred)
     open_ = [c for c in candidates if strategy_key(c) not in barred] or candidates
     allowed = [c for c in open_ if strategy_key(c) not in failed] or open_
-    return rng.choice(allowed), ("guess, avoiding" if len(allowed) < len(candidates) else "guess")
+    return Decision(rng.choice(allowed), "guess, avoiding" if len(allowed) < len(candidates) else "guess", barred)
 
 
-def choose_raw(memory: dict[str, Any], candidates: list[str], rng: random.Random) -> tuple[str, str]:
+def choose_raw(memory: dict[str, Any], candidates: list[str], rng: random.Random) -> Decision:
     return choose_from_log(memory["outcomes"], candidates, rng)
 
 
-def choose_alma(memory: dict[str, Any], candidates: list[str], rng: random.Random) -> tuple[str, str]:
+def choose_alma(memory: dict[str, Any], candidates: list[str], rng: random.Random) -> Decision:
     by_key = {strategy_key(c): c for c in candidates}
     # Advice can conflict when a strategy works on one kind of task and fails on another:
     # trust whichever lesson is closer to this task.
@@ -157,9 +214,9 @@ def choose_alma(memory: dict[str, Any], candidates: list[str], rng: random.Rando
     for item in memory["heuristics"]:
         key = item["memory"].get("strategy_key") or strategy_key(item["memory"]["strategy"])
         if key in by_key and item["similarity"] >= warned.get(key, 0.0):
-            return by_key[key], "heuristic"
+            return Decision(by_key[key], "heuristic", frozenset(warned))
     # No heuristic yet: the raw arm's reading of the outcome log, minus the warned strategies.
-    return choose_from_log(memory["outcomes"], candidates, rng, set(warned))
+    return choose_from_log(memory["outcomes"], candidates, rng, frozenset(warned))
 
 
 # -- one arm on one stream -------------------------------------------------------------
@@ -172,20 +229,17 @@ async def run_arm(
     min_alternatives: int | None = None,
     bound: float | None = None,
     typed_retrieval: bool = False,
-) -> list[bool]:
+) -> list[Choice]:
     rng = random.Random(seed * 1000 + 7)  # same guesses for the same situation in every arm
-    results: list[bool] = []
+    results: list[Choice] = []
     if arm == "none":
-        for episode in stream:
-            strategy = rng.choice(list(episode.family.strategies))
-            results.append(episode.draw < episode.family.strategies[strategy])
-        return results
+        return [score(e, Decision(rng.choice(list(e.family.strategies)), "guess")) for e in stream]
 
     if arm == "oracle":
         return run_oracle(stream, rng, min_occurrences, min_alternatives, bound)
 
     if arm == "ceiling":
-        return [episode.draw < max(episode.family.strategies.values()) for episode in stream]
+        return [score(e, Decision(e.working, "knows")) for e in stream]
 
     agent: dict[str, Any] = {"min_occurrences_for_heuristic": min_occurrences}
     learning: dict[str, Any] = {"min_alternative_outcomes": min_alternatives}
@@ -214,9 +268,10 @@ async def run_arm(
                         raise RuntimeError(f"alma_retrieve failed: {got.content[0].text}")
                     memory = got.structured_content
                     choose = choose_raw if arm == "raw" else choose_alma
-                    strategy, _why = choose(memory, candidates, rng)
-                    success = episode.draw < episode.family.strategies[strategy]
-                    results.append(success)
+                    decision = choose(memory, candidates, rng)
+                    strategy = decision.strategy
+                    results.append(score(episode, decision))
+                    success = results[-1].success
                     record = {
                         "agent": AGENT,
                         "task": episode.task,
@@ -230,7 +285,7 @@ async def run_arm(
                     if learned.is_error:
                         raise RuntimeError(f"alma_learn failed: {learned.content[0].text}")
                     if (i + 1) % 50 == 0:
-                        _log(f"  {arm} seed {seed}: {i + 1}/{len(stream)} episodes, success so far {np.mean(results):.2f}")
+                        _log(f"  {arm} seed {seed}: {i + 1}/{len(stream)} episodes, success so far {np.mean([c.success for c in results]):.2f}")
         finally:
             service.close()
     return results
@@ -242,7 +297,7 @@ def run_oracle(
     min_occurrences: int,
     min_alternatives: int | None = None,
     bound: float | None = None,
-) -> list[bool]:
+) -> list[Choice]:
     """alma's rules on perfectly grouped outcomes: (family, strategy) is the lesson, and the
     family's outcomes of the other strategies are its alternatives. The rules themselves are the
     server's own functions (alma_mcp.learning), so this arm cannot drift from them."""
@@ -253,7 +308,7 @@ def run_oracle(
     heuristic: dict[tuple[str, str], bool] = {}
     anti: dict[tuple[str, str], bool] = {}
     log: dict[str, list[Outcome]] = {}
-    results = []
+    results: list[Choice] = []
 
     def alternatives(name: str, strategy: str, candidates: list[str]) -> Evidence | None:
         others = [o for c in candidates if c != strategy for o in history.get((name, c), [])]
@@ -263,13 +318,14 @@ def run_oracle(
         name, candidates = episode.family.name, list(episode.family.strategies)
         trusted = [c for c in candidates if heuristic.get((name, c))]
         if trusted:
-            strategy = trusted[0]
+            decision = Decision(trusted[0], "heuristic")
         else:  # the family's five latest outcomes, read as the agents read theirs
             shown = [{"memory": {"strategy_used": o.strategy_used, "outcome": o.outcome}} for o in log.get(name, [])[-5:][::-1]]
-            barred = {strategy_key(c) for c in candidates if anti.get((name, c))}
-            strategy, _why = choose_from_log(shown, candidates, rng, barred)
-        success = episode.draw < episode.family.strategies[strategy]
-        results.append(success)
+            barred = frozenset(strategy_key(c) for c in candidates if anti.get((name, c)))
+            decision = choose_from_log(shown, candidates, rng, barred)
+        strategy = decision.strategy
+        results.append(score(episode, decision))
+        success = results[-1].success
         key = (name, strategy)
         outcome = Outcome(id=new_id("outcome"), project="p", agent="a", task=episode.task,
                           outcome="success" if success else "failure", strategy_used=strategy)
@@ -296,8 +352,87 @@ def run_oracle(
     return results
 
 
-def blocks(results: list[bool], size: int) -> list[float]:
-    return [float(np.mean(results[i : i + size])) for i in range(0, len(results), size)]
+def blocks(values: list[float], size: int) -> list[float]:
+    return [float(np.mean(values[i : i + size])) for i in range(0, len(values), size)]
+
+
+@dataclass
+class Runs:
+    """Per arm, one entry per seed: realised success per block, expected success per block (the
+    mean success probability of the strategies chosen), and why the final block's choices that
+    were not the working strategy were made."""
+
+    realised: dict[str, list[list[float]]]
+    expected: dict[str, list[list[float]]]
+    misses: dict[str, list[dict[str, int]]]
+
+    def add(self, arm: str, choices: list[Choice], block: int) -> None:
+        self.realised.setdefault(arm, []).append(blocks([float(c.success) for c in choices], block))
+        self.expected.setdefault(arm, []).append(blocks([c.expected for c in choices], block))
+        final = choices[len(choices) - block :]
+        self.misses.setdefault(arm, []).append(dict(Counter(c.miss for c in final if c.miss)))
+
+    def merge(self, other: Runs) -> None:
+        self.realised.update(other.realised)
+        self.expected.update(other.expected)
+        self.misses.update(other.misses)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"per_arm": self.realised, "expected_per_arm": self.expected, "final_misses": self.misses}
+
+    @classmethod
+    def from_json(cls, run: dict[str, Any]) -> Runs:
+        """Files saved before the expected figures have the realised ones only."""
+        return cls(run["per_arm"], run.get("expected_per_arm", {}), run.get("final_misses", {}))
+
+
+def mean_and_error(values: list[float]) -> str:
+    """Mean over seeds +- its standard error."""
+    error = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.3f} +- {error:.3f}"
+
+
+def print_expected(runs: Runs, arms: list[str], block: int, episodes: int) -> None:
+    """The same means without the luck of the draws: each episode scored by the success
+    probability of the strategy chosen. A block of 20 draws moves the realised rate by about
+    0.08 either way whatever the agent does (the ceiling arm shows it); what the agent chose is
+    what memory can change, and this measures that alone."""
+    arms = [arm for arm in arms if arm in runs.expected]
+    half = len(next(iter(runs.expected.values()))[0]) // 2
+    print("expected success (each choice scored by its strategy's success probability), mean +- standard error over seeds:")
+    print("  final block:         " + "; ".join(f"{arm} {mean_and_error([b[-1] for b in runs.expected[arm]])}" for arm in arms))
+    print(f"  episodes {half * block + 1}-{episodes}: " + "; ".join(
+        f"{arm} {mean_and_error([float(np.mean(b[half:])) for b in runs.expected[arm]])}" for arm in arms))
+    for arm in arms:
+        total: Counter[str] = Counter()
+        for seed_misses in runs.misses.get(arm, []):
+            total.update(seed_misses)
+        if total and arm != "none":
+            choices = block * len(runs.misses[arm])
+            print(f"  final block, {arm}: {sum(total.values())} of {choices} choices not the working strategy: "
+                  + "; ".join(f"{why} {n}" for why, n in total.most_common()))
+
+
+def compare(base_path: str, new_path: str) -> None:
+    """Paired differences, new minus base, of two saved runs on the same seeds."""
+    base, new = (json.loads(Path(p).read_text(encoding="utf-8")) for p in (base_path, new_path))
+    if base["seeds"] != new["seeds"]:
+        raise SystemExit("--compare needs two runs on the same seeds")
+    a, b = Runs.from_json(base), Runs.from_json(new)
+    print(f"paired difference, {new_path} minus {base_path}, mean +- standard error over seeds {base['seeds']}:")
+    for arm in [arm for arm in ARMS if arm in a.realised and arm in b.realised]:
+        half = len(a.realised[arm][0]) // 2
+        figures = [("final block, realised", a.realised, b.realised, lambda x: x[-1])]
+        if arm in a.expected and arm in b.expected:
+            figures += [
+                ("final block, expected", a.expected, b.expected, lambda x: x[-1]),
+                ("second half, expected", a.expected, b.expected, lambda x: float(np.mean(x[half:]))),
+            ]
+        parts = [
+            f"{label} {mean_and_error([pick(y) - pick(x) for x, y in zip(before[arm], after[arm])])}"
+            for label, before, after, pick in figures
+        ]
+        print(f"  {arm}: " + "; ".join(parts))
 
 
 def calibrate(embedder: SentenceTransformerEmbedder, families: list[Family]) -> None:
@@ -328,14 +463,17 @@ def calibrate(embedder: SentenceTransformerEmbedder, families: list[Family]) -> 
         )
 
 
-def plot(curves: dict[str, list[float]], block: int, path: Path, episodes: int, seeds: list[int]) -> None:
+def plot(runs: Runs, arms: list[str], block: int, path: Path, episodes: int, seeds: list[int]) -> None:
+    """The realised curve, and beside it the expected one (no luck of the draws) where it was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    x = [block * (i + 1) for i in range(len(next(iter(curves.values()))))]
+    panels = [("success rate in block (realised)", runs.realised)]
+    if all(arm in runs.expected for arm in arms):
+        panels.append(("expected success in block (no luck of the draws)", runs.expected))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.2), squeeze=False)
     labels = {
         "none": "no memory (guess)",
         "raw": "raw outcome log",
@@ -343,27 +481,30 @@ def plot(curves: dict[str, list[float]], block: int, path: Path, episodes: int, 
         "oracle": "same policy and rules, perfect grouping (reference)",
         "ceiling": "knows the working strategy from the start (reference)",
     }
-    for arm, ys in curves.items():
-        references = {"oracle": {"color": "grey"}, "ceiling": {"color": "black", "linewidth": 0.8}}
-        style = {"linestyle": "--", "marker": None, **references[arm]} if arm in references else {"marker": "o"}
-        ax.plot(x, ys, label=labels[arm], **style)
-    ax.set_xlabel(f"episode (blocks of {block})")
-    ax.set_ylabel("success rate in block")
-    ax.set_ylim(0, 1)
-    ax.axhline(0.8, color="grey", linestyle=":", linewidth=1)
-    ax.set_title(f"Learning curve, {episodes} episodes, mean of seeds {seeds}")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
+    references = {"oracle": {"color": "grey"}, "ceiling": {"color": "black", "linewidth": 0.8}}
+    for ax, (ylabel, per_arm) in zip(axes[0], panels):
+        for arm in arms:
+            ys = list(np.mean(np.array(per_arm[arm]), axis=0))
+            x = [block * (i + 1) for i in range(len(ys))]
+            style = {"linestyle": "--", "marker": None, **references[arm]} if arm in references else {"marker": "o"}
+            ax.plot(x, ys, label=labels[arm], **style)
+        ax.set_xlabel(f"episode (blocks of {block})")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1)
+        ax.axhline(0.8, color="grey", linestyle=":", linewidth=1)
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Learning curve, {episodes} episodes, mean of seeds {seeds[0]}-{seeds[-1]}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def load_runs(paths: list[str], args: argparse.Namespace) -> tuple[list[int], dict[str, list[list[float]]]]:
+def load_runs(paths: list[str], args: argparse.Namespace) -> tuple[list[int], Runs]:
     """Arms run separately (`--save`, e.g. in parallel) on the same seeds, put back together."""
     seeds: list[int] | None = None
-    per_arm: dict[str, list[list[float]]] = {}
+    runs = Runs({}, {}, {})
     for path in paths:
         run = json.loads(Path(path).read_text(encoding="utf-8"))
         if seeds is not None and run["seeds"] != seeds:
@@ -376,16 +517,19 @@ def load_runs(paths: list[str], args: argparse.Namespace) -> tuple[list[int], di
                 "or --typed-retrieval differ from this command's"
             )
         seeds = run["seeds"]
-        per_arm.update(run["per_arm"])
-    args.arms = [arm for arm in ARMS if arm in per_arm]
-    return seeds or [], per_arm
+        runs.merge(Runs.from_json(run))
+    args.arms = [arm for arm in ARMS if arm in runs.realised]
+    return seeds or [], runs
 
 
 async def main_async(args: argparse.Namespace) -> int:
     families = load_families()
     started = time.perf_counter()
+    if args.compare:
+        compare(*args.compare)
+        return 0
     if args.load:
-        seeds, per_arm = load_runs(args.load, args)
+        seeds, runs = load_runs(args.load, args)
     else:
         embedder = SentenceTransformerEmbedder()
         embedder.wait(timeout=300)
@@ -393,7 +537,7 @@ async def main_async(args: argparse.Namespace) -> int:
             calibrate(embedder, families)
             return 0
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-        per_arm = {arm: [] for arm in args.arms}
+        runs = Runs({}, {}, {})
         for seed in seeds:
             stream = make_stream(families, args.episodes, seed)
             for arm in args.arms:
@@ -401,17 +545,19 @@ async def main_async(args: argparse.Namespace) -> int:
                 results = await run_arm(
                     arm, stream, seed, embedder, args.min_occurrences, args.min_alternatives, args.bound, args.typed_retrieval
                 )
-                per_arm[arm].append(blocks(results, args.block))
-                _log(f"seed {seed} arm {arm}: overall {np.mean(results):.3f}, last block {per_arm[arm][-1][-1]:.2f} ({time.perf_counter() - t0:.0f}s)")
+                runs.add(arm, results, args.block)
+                _log(f"seed {seed} arm {arm}: overall {np.mean([c.success for c in results]):.3f}, "
+                     f"last block {runs.realised[arm][-1][-1]:.2f} ({time.perf_counter() - t0:.0f}s)")
         if args.save:
             Path(args.save).parent.mkdir(parents=True, exist_ok=True)
             Path(args.save).write_text(json.dumps({
                 "seeds": seeds, "episodes": args.episodes, "block": args.block,
                 "min_occurrences": args.min_occurrences, "min_alternatives": args.min_alternatives, "bound": args.bound,
                 "typed_retrieval": args.typed_retrieval,
-                "per_arm": per_arm,
+                **runs.to_json(),
             }), encoding="utf-8")
-    finals = {arm: [runs[-1] for runs in per_arm[arm]] for arm in args.arms}
+    per_arm = runs.realised
+    finals = {arm: [blocks[-1] for blocks in per_arm[arm]] for arm in args.arms}
     curves = {arm: list(np.mean(np.array(per_arm[arm]), axis=0)) for arm in args.arms}
 
     print(f"Success rate per block of {args.block} episodes, mean over seeds {seeds} "
@@ -428,11 +574,13 @@ async def main_async(args: argparse.Namespace) -> int:
     print("final block, mean and standard deviation over seeds: " + "; ".join(
         f"{arm} {np.mean(finals[arm]):.3f} +- {np.std(finals[arm], ddof=1) if len(finals[arm]) > 1 else 0.0:.3f}"
         for arm in args.arms))
+    if runs.expected:
+        print_expected(runs, args.arms, args.block, args.episodes)
     guess = np.mean([np.mean(list(f.strategies.values())) for f in families])
     print(f"expected success of a pure guess: {guess:.3f}; wall time {time.perf_counter() - started:.0f}s")
     if not args.no_plot:
         path = Path(args.out)
-        plot(curves, args.block, path, args.episodes, seeds)
+        plot(runs, args.arms, args.block, path, args.episodes, seeds)
         print(f"curve written to {path}")
     return 0
 
@@ -480,6 +628,10 @@ def main() -> int:
     parser.add_argument("--save", help="Also write the per-seed block results of this run to this JSON file.")
     parser.add_argument(
         "--load", nargs="+", help="Run nothing: combine the arms of files written by --save (same seeds) into one table and curve."
+    )
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("BASE", "NEW"),
+        help="Run nothing: paired differences (NEW minus BASE) of two files written by --save on the same seeds.",
     )
     parser.add_argument("--calibrate", action="store_true", help="Print paraphrase similarities and exit.")
     return anyio.run(main_async, parser.parse_args())
