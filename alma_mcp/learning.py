@@ -71,7 +71,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .config import AlmaConfig, LearningSettings
-from .models import AntiPattern, Heuristic, MemoryBase, Outcome, new_id, strategy_key, utcnow
+from .models import AntiPattern, Heuristic, MemoryBase, Outcome, new_id, strategy_key, utcnow, wording_key
 from .retrieval import SearchIndexes
 from .store import MemoryStore
 
@@ -612,9 +612,14 @@ def _fold(lessons: list[MemoryBase], writes: dict[str, MemoryBase]) -> MemoryBas
 
 
 def _central(outcomes: list[Outcome], group: dict[str, tuple[Outcome, np.ndarray]], centre: np.ndarray) -> list[str]:
-    """Distinct task wordings, the most typical of the cluster first."""
+    """Distinct task wordings, the most typical of the cluster first. Wordings that differ only in
+    case, punctuation or spacing count as one, so a lesson names different tasks rather than one
+    task three times."""
     ranked = sorted(outcomes, key=lambda m: -float(np.dot(group[m.id][1], centre)) if m.id in group else 0.0)
-    return list(dict.fromkeys(m.task for m in ranked))
+    wordings: dict[str, str] = {}
+    for m in ranked:
+        wordings.setdefault(wording_key(m.task), m.task)
+    return list(wordings.values())
 
 
 def _condition(outcomes: list[Outcome], group: dict[str, tuple[Outcome, np.ndarray]], centre: np.ndarray) -> str:

@@ -96,10 +96,14 @@ Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
 Count = Annotated[int, Field(ge=0)]
 
 
+def wording_key(text: str) -> str:
+    """A text with case, punctuation and spacing taken out: two texts with one key say the same."""
+    return " ".join(re.findall(r"[\w]+", text.lower()))
+
+
 def strategy_key(strategy: str) -> str:
     """A strategy's identity for grouping: case, punctuation and spacing do not matter."""
-    words = re.findall(r"[\w]+", strategy.lower())
-    return " ".join(words)[:200]
+    return wording_key(strategy)[:200]
 
 
 def new_id(memory_type: str) -> str:

@@ -116,6 +116,17 @@ def test_a_lesson_is_updated_in_place_never_duplicated(alma):
     assert [h.id for h in everything(alma, "heuristic")] == [heuristic.id]
 
 
+def test_a_lesson_names_each_task_once_whatever_its_case_or_punctuation(alma):
+    wordings = ["Test the login form", "test the login form.", "Test the LOGIN form!", "Check the sign-in page form"]
+    for task in wordings + wordings[:2]:
+        alma.learn("bot", task, "success", WAIT, "testing")
+    (heuristic,) = everything(alma, "heuristic")
+    named = heuristic.condition.removeprefix("tasks like: ").split("; ")
+    assert len(named) == len({n.lower().strip(".!") for n in named}), heuristic.condition
+    assert {n.lower().strip(".!") for n in named} <= {"test the login form", "check the sign-in page form"}
+    assert heuristic.occurrence_count == 6  # every outcome still counts, only the text lists it once
+
+
 def test_two_groups_that_turn_out_to_be_one_lesson_are_folded(make_alma, tmp_path: Path):
     # With a strict threshold, two wordings of one task form two heuristics.
     data = tmp_path / "shared-data"
