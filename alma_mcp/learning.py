@@ -54,15 +54,11 @@ Placing an outcome (`Learner.apply`, `Learner.cluster`):
    The rules are pure functions of the evidence (`heuristic_state`, `anti_pattern_state`),
    which the benchmark's oracle arm calls as well.
 
-Lessons are stored with the mean task vector of their outcomes as their embedding, so they are
-found by the tasks they apply to, and by nothing else: not by a task that merely sounds like
-their strategy (a lesson on retrying with backoff, learned on rate limits, must not come up for
-a TLS error because retrying sounds like networking). Lessons of different strategies on one
-kind of task thus lie close together, and are told apart by their strategy
-(`models.different_advice`: never near-duplicates in retrieval, never merged). Their text
-(condition/strategy, pattern/why) feeds the lexical index, the key field and the prompt. Every
-lesson lists the outcome ids behind it (`supporting_outcomes`), which `alma://memories/{id}`
-shows as provenance.
+Lessons are stored with the mean task vector of their outcomes plus their strategy's vector
+as their embedding, so they are found by the tasks they apply to while lessons of different
+strategies on one kind of task stay apart; their text (condition/strategy, pattern/why) feeds
+the lexical index and the prompt. Every lesson lists the outcome ids behind it
+(`supporting_outcomes`), which `alma://memories/{id}` shows as provenance.
 """
 
 from __future__ import annotations
@@ -93,6 +89,10 @@ ALTERNATIVES_POOL = 200
 REVIEW_POOL = 10
 """Nearest anti-patterns judged again against their alternatives after each outcome."""
 MERGED_PREFIX = "merged into "
+LESSON_STRATEGY_WEIGHT = 0.8
+"""Weight of the strategy's embedding added to the mean task vector in a lesson's stored vector:
+the least that keeps the lessons of four strategies on one kind of task below retrieval's
+near-duplicate bar (0.92) on the benchmark families, while tasks still find them (median 0.61)."""
 
 FEEDBACK_STEPS: dict[str, float] = {"helpful": 0.05, "harmful": -0.10, "used": 0.01, "ignored": -0.02}
 """How much one feedback signal moves a memory's confidence. Harmful counts twice as much as
@@ -275,6 +275,12 @@ def _unit(vectors: Sequence[np.ndarray]) -> np.ndarray:
     mean = np.mean(np.stack(vectors), axis=0)
     norm = float(np.linalg.norm(mean))
     return (mean / norm if norm else mean).astype(np.float32)
+
+
+def _unit_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    total = a + b
+    norm = float(np.linalg.norm(total))
+    return (total / norm if norm else total).astype(np.float32)
 
 
 def same_task_type(a: str | None, b: str | None) -> bool:
@@ -490,7 +496,7 @@ class Learner:
         lessons = [m for m in writes.values() if m.id in {getattr(heuristic, "id", None), getattr(anti, "id", None)}]
         others = [m for m in writes.values() if m not in lessons]
         if lessons:
-            self.store.put(lessons, np.stack([centre] * len(lessons)))  # found by the tasks they apply to
+            self.store.put(lessons, self._lesson_vectors(lessons, centre, outcome.strategy_used))
         if others:
             self.store.update_metadata(others)
         if heuristic is not None and not heuristic.archived and (
@@ -545,6 +551,13 @@ class Learner:
         if retired:
             self.store.update_metadata(retired)
         return [m.id for m in retired]
+
+    def _lesson_vectors(self, lessons: list[MemoryBase], centre: np.ndarray, strategy: str) -> np.ndarray:
+        """The mean of the lesson's tasks, so it is found by the tasks it applies to, plus its
+        strategy: lessons of different strategies on one kind of task would otherwise share one
+        vector, and retrieval would drop all but one of them as near-duplicates."""
+        vector = _unit_sum(centre, LESSON_STRATEGY_WEIGHT * self.store.embedder.embed([strategy])[0])
+        return np.stack([vector] * len(lessons))
 
     # -- better alternatives -----------------------------------------------------------
     def _better_alternative(self, agent: str, centre: np.ndarray, failing_key: str) -> str | None:

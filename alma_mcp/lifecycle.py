@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 from .audit import AuditEntry, AuditLog, entry_for
 from .config import AlmaConfig
 from .errors import InvalidInput, NotFound
-from .models import MemoryBase, different_advice, parse_memory, utcnow
+from .models import MemoryBase, parse_memory, utcnow
 from .retrieval import SearchIndexes, feedback_score, recency, success_rate
 from .store import PREFERENCES, MemoryStore
 
@@ -86,7 +86,7 @@ def compatible(a: MemoryBase, b: MemoryBase) -> bool:
         return False
     if kind in LESSONS:
         ta, tb = a.task_type, b.task_type  # type: ignore[attr-defined]
-        return (ta is None or tb is None or ta == tb) and not different_advice(a, b)
+        return ta is None or tb is None or ta == tb
     return True
 
 

@@ -106,14 +106,6 @@ def strategy_key(strategy: str) -> str:
     return wording_key(strategy)[:200]
 
 
-def different_advice(a: MemoryBase, b: MemoryBase) -> bool:
-    """Two learned lessons on different strategies. A learned lesson's vector is the mean of the
-    tasks it was learned on, so two lessons on one kind of task lie close together however
-    different their advice: neither is a near-duplicate of the other, and they are never merged."""
-    key_a, key_b = getattr(a, "strategy_key", None), getattr(b, "strategy_key", None)
-    return bool(key_a and key_b and key_a != key_b)
-
-
 def new_id(memory_type: str) -> str:
     return f"{memory_type}-{uuid.uuid4().hex}"
 

@@ -60,7 +60,6 @@ from .models import (
     MemoryBase,
     Outcome,
     UserPreference,
-    different_advice,
     key_text,
     nullable_as_type_list,
     strategy_key,
@@ -698,15 +697,10 @@ def final_score(candidate: Candidate, settings: RetrievalSettings, now: datetime
 
 
 def select(candidates: Sequence[Candidate], top_k: int, near_duplicate: float) -> list[Candidate]:
-    """The top_k by score, skipping near-duplicates of a memory already chosen (learned lessons
-    on different strategies never are: `different_advice`)."""
+    """The top_k by score, skipping near-duplicates of a memory already chosen."""
     chosen: list[Candidate] = []
     for candidate in sorted(candidates, key=lambda c: c.score, reverse=True):
-        if any(
-            float(np.dot(candidate.vector, other.vector)) >= near_duplicate
-            and not different_advice(candidate.memory, other.memory)
-            for other in chosen
-        ):
+        if any(float(np.dot(candidate.vector, other.vector)) >= near_duplicate for other in chosen):
             continue
         chosen.append(candidate)
         if len(chosen) >= top_k:

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from mcp import Client
 
@@ -126,32 +125,6 @@ def test_a_lesson_names_each_task_once_whatever_its_case_or_punctuation(alma):
     assert len(named) == len({n.lower().strip(".!") for n in named}), heuristic.condition
     assert {n.lower().strip(".!") for n in named} <= {"test the login form", "check the sign-in page form"}
     assert heuristic.occurrence_count == 6  # every outcome still counts, only the text lists it once
-
-
-def test_a_lesson_is_stored_under_the_mean_of_the_tasks_it_was_learned_on(alma):
-    # Found by the tasks it applies to, not by how much a task sounds like its strategy.
-    for task in RATE_LIMIT:
-        alma.learn("bot", task, "success", BACKOFF, "integration")
-    (heuristic,) = everything(alma, "heuristic")
-    ((_, stored),) = alma.store.fetch_with_vectors("heuristic", "bot", [heuristic.id]).values()
-    mean = alma.embedder.embed(RATE_LIMIT).mean(axis=0)
-    assert float(stored @ mean) / float(np.linalg.norm(mean)) > 0.999
-
-
-def test_lessons_of_different_strategies_on_one_kind_of_task_are_all_shown_and_never_merged(alma):
-    # Two strategies failing on the very same tasks: two anti-patterns under one vector. Each is
-    # different advice, so retrieval shows both and consolidate leaves both.
-    for task in FLAKY[:2]:
-        alma.learn("bot", task, "failure", TIMEOUT, "testing", error_message="still flaky")
-        alma.learn("bot", task, "failure", RETRY, "testing", error_message="still flaky")
-    antis = active(alma, "anti_pattern")
-    assert sorted(a.strategy_key for a in antis) == sorted(strategy_key(s) for s in (TIMEOUT, RETRY))
-    vectors = [v for _, v in alma.store.fetch_with_vectors("anti_pattern", "bot", [a.id for a in antis]).values()]
-    assert float(vectors[0] @ vectors[1]) >= alma.config.alma.retrieval.near_duplicate  # alike as vectors
-    got = alma.retrieve(FLAKY[0], "bot", memory_types=["anti_pattern"])
-    assert {a.memory.strategy_key for a in got.anti_patterns} == {a.strategy_key for a in antis}
-    assert alma.consolidate("bot", "anti_pattern", dry_run=True).count == 0
-    assert len(active(alma, "anti_pattern")) == 2
 
 
 def test_two_groups_that_turn_out_to_be_one_lesson_are_folded(make_alma, tmp_path: Path):
