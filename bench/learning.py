@@ -65,7 +65,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -269,9 +269,8 @@ async def run_arm(
                     memory = got.structured_content
                     choose = choose_raw if arm == "raw" else choose_alma
                     decision = choose(memory, candidates, rng)
-                    strategy = decision.strategy
                     results.append(score(episode, decision))
-                    success = results[-1].success
+                    strategy, success = decision.strategy, results[-1].success
                     record = {
                         "agent": AGENT,
                         "task": episode.task,
@@ -323,9 +322,8 @@ def run_oracle(
             shown = [{"memory": {"strategy_used": o.strategy_used, "outcome": o.outcome}} for o in log.get(name, [])[-5:][::-1]]
             barred = frozenset(strategy_key(c) for c in candidates if anti.get((name, c)))
             decision = choose_from_log(shown, candidates, rng, barred)
-        strategy = decision.strategy
         results.append(score(episode, decision))
-        success = results[-1].success
+        strategy, success = decision.strategy, results[-1].success
         key = (name, strategy)
         outcome = Outcome(id=new_id("outcome"), project="p", agent="a", task=episode.task,
                           outcome="success" if success else "failure", strategy_used=strategy)
@@ -362,9 +360,9 @@ class Runs:
     mean success probability of the strategies chosen), and why the final block's choices that
     were not the working strategy were made."""
 
-    realised: dict[str, list[list[float]]]
-    expected: dict[str, list[list[float]]]
-    misses: dict[str, list[dict[str, int]]]
+    realised: dict[str, list[list[float]]] = field(default_factory=dict)
+    expected: dict[str, list[list[float]]] = field(default_factory=dict)
+    misses: dict[str, list[dict[str, int]]] = field(default_factory=dict)
 
     def add(self, arm: str, choices: list[Choice], block: int) -> None:
         self.realised.setdefault(arm, []).append(blocks([float(c.success) for c in choices], block))
@@ -504,7 +502,7 @@ def plot(runs: Runs, arms: list[str], block: int, path: Path, episodes: int, see
 def load_runs(paths: list[str], args: argparse.Namespace) -> tuple[list[int], Runs]:
     """Arms run separately (`--save`, e.g. in parallel) on the same seeds, put back together."""
     seeds: list[int] | None = None
-    runs = Runs({}, {}, {})
+    runs = Runs()
     for path in paths:
         run = json.loads(Path(path).read_text(encoding="utf-8"))
         if seeds is not None and run["seeds"] != seeds:
@@ -537,7 +535,7 @@ async def main_async(args: argparse.Namespace) -> int:
             calibrate(embedder, families)
             return 0
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-        runs = Runs({}, {}, {})
+        runs = Runs()
         for seed in seeds:
             stream = make_stream(families, args.episodes, seed)
             for arm in args.arms:
