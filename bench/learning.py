@@ -367,7 +367,7 @@ class Runs:
     def add(self, arm: str, choices: list[Choice], block: int) -> None:
         self.realised.setdefault(arm, []).append(blocks([float(c.success) for c in choices], block))
         self.expected.setdefault(arm, []).append(blocks([c.expected for c in choices], block))
-        final = choices[len(choices) - block :]
+        final = choices[-block:]
         self.misses.setdefault(arm, []).append(dict(Counter(c.miss for c in final if c.miss)))
 
     def merge(self, other: Runs) -> None:
@@ -384,6 +384,11 @@ class Runs:
         return cls(run["per_arm"], run.get("expected_per_arm", {}), run.get("final_misses", {}))
 
 
+def second_half(blocks: list[float]) -> float:
+    """Mean of a run's later half of blocks (episodes 101-200 of 200)."""
+    return float(np.mean(blocks[len(blocks) // 2 :]))
+
+
 def mean_and_error(values: list[float]) -> str:
     """Mean over seeds +- its standard error."""
     error = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
@@ -396,11 +401,11 @@ def print_expected(runs: Runs, arms: list[str], block: int, episodes: int) -> No
     0.08 either way whatever the agent does (the ceiling arm shows it); what the agent chose is
     what memory can change, and this measures that alone."""
     arms = [arm for arm in arms if arm in runs.expected]
-    half = len(next(iter(runs.expected.values()))[0]) // 2
+    half = len(next(iter(runs.expected.values()))[0]) // 2  # blocks before the second half
     print("expected success (each choice scored by its strategy's success probability), mean +- standard error over seeds:")
     print("  final block:         " + "; ".join(f"{arm} {mean_and_error([b[-1] for b in runs.expected[arm]])}" for arm in arms))
     print(f"  episodes {half * block + 1}-{episodes}: " + "; ".join(
-        f"{arm} {mean_and_error([float(np.mean(b[half:])) for b in runs.expected[arm]])}" for arm in arms))
+        f"{arm} {mean_and_error([second_half(b) for b in runs.expected[arm]])}" for arm in arms))
     for arm in arms:
         total: Counter[str] = Counter()
         for seed_misses in runs.misses.get(arm, []):
@@ -419,12 +424,11 @@ def compare(base_path: str, new_path: str) -> None:
     a, b = Runs.from_json(base), Runs.from_json(new)
     print(f"paired difference, {new_path} minus {base_path}, mean +- standard error over seeds {base['seeds']}:")
     for arm in [arm for arm in ARMS if arm in a.realised and arm in b.realised]:
-        half = len(a.realised[arm][0]) // 2
         figures = [("final block, realised", a.realised, b.realised, lambda x: x[-1])]
         if arm in a.expected and arm in b.expected:
             figures += [
                 ("final block, expected", a.expected, b.expected, lambda x: x[-1]),
-                ("second half, expected", a.expected, b.expected, lambda x: float(np.mean(x[half:]))),
+                ("second half, expected", a.expected, b.expected, second_half),
             ]
         parts = [
             f"{label} {mean_and_error([pick(y) - pick(x) for x, y in zip(before[arm], after[arm])])}"
