@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from .audit import AuditEntry
 from .errors import InvalidInput, StorageError
+from .learning import memory_vectors
 from .models import MemoryBase, MemoryId, key_text, memory_type_of, parse_memory, utcnow
 from .store import PREFERENCES, WRITTEN, collection_name, key_metadata, stored_key_vector
 
@@ -68,7 +69,10 @@ class ExportReport(BaseModel):
 
 
 def _scopes(alma: "ALMA") -> list[tuple[str, str | None]]:
-    return [(kind, None if agent == "_" else agent) for agent, kind in alma.store.scopes()]
+    """Each agent's outcomes before its lessons, so an import without vectors has a learned
+    lesson's outcomes at hand when it embeds the lesson (`learning.memory_vectors`)."""
+    scopes = [(kind, None if agent == "_" else agent) for agent, kind in alma.store.scopes()]
+    return sorted(scopes, key=lambda s: (s[1] or "", s[0] != "outcome", s[0]))
 
 
 def export_memories(alma: "ALMA", path: Path, with_embeddings: bool = False, progress: bool = False) -> ExportReport:
@@ -303,7 +307,9 @@ def _import_batch(
     missing = [i for i, v in enumerate(vectors) if v is None or v.shape[0] != dim]
     if missing:
         # One call for the whole batch (texts and key fields): the model is fastest on full batches.
-        fresh = store.embed([to_write[i] for i in missing])
+        # A learned lesson is stored under its outcomes' tasks: those of this batch count too.
+        batch_outcomes = {m.id: m for m in to_write if m.type == "outcome"}  # type: ignore[attr-defined]
+        fresh = memory_vectors(store, [to_write[i] for i in missing], batch_outcomes)
         for i, row in zip(missing, fresh):
             vectors[i] = row
         report.re_embedded += len(missing)
@@ -508,14 +514,14 @@ def _reindex_collection(alma: "ALMA", live: str, col: Any, batch: int, bar: Any,
     def copy(ids: list[str], documents: list[str], metadatas: list[dict[str, Any]]) -> None:
         if not ids:
             return
-        # The key fields' vectors come from the model too: embedded in the same batch.
+        # Each memory under the vector its write path gives it (an outcome under its task, a learned
+        # lesson under its tasks and strategy), and its key field's, both from the new model.
         memories = [parse_memory(m["json"]) for m in metadatas]
-        vectors = alma.embedder.embed(documents + [key_text(m) for m in memories])
+        vectors = memory_vectors(alma.store, memories)
+        keys = alma.embedder.embed([key_text(m) for m in memories])
         # Written now: a process following the collection by write time sees every vector change.
-        metadatas = [
-            m | key_metadata(memory, key) | {WRITTEN: time.time()} for m, memory, key in zip(metadatas, memories, vectors[len(ids) :])
-        ]
-        new.upsert(ids=ids, embeddings=vectors[: len(ids)], documents=documents, metadatas=metadatas)
+        metadatas = [m | key_metadata(memory, key) | {WRITTEN: time.time()} for m, memory, key in zip(metadatas, memories, keys)]
+        new.upsert(ids=ids, embeddings=vectors, documents=documents, metadatas=metadatas)
         report.re_embedded += len(ids)
 
     # 1. Copy without the lock: the server keeps working meanwhile. A rerun skips what is done.

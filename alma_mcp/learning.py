@@ -56,9 +56,11 @@ Placing an outcome (`Learner.apply`, `Learner.cluster`):
 
 Lessons are stored with the mean task vector of their outcomes plus their strategy's vector
 as their embedding, so they are found by the tasks they apply to while lessons of different
-strategies on one kind of task stay apart; their text (condition/strategy, pattern/why) feeds
-the lexical index and the prompt. Every lesson lists the outcome ids behind it
-(`supporting_outcomes`), which `alma://memories/{id}` shows as provenance.
+strategies on one kind of task stay apart (`lesson_vector`); their text (condition/strategy,
+pattern/why) feeds the lexical index and the prompt. Outcomes are stored under their task alone.
+`memory_vectors` rebuilds exactly these vectors for reindex, import and restore. Every lesson
+lists the outcome ids behind it (`supporting_outcomes`), which `alma://memories/{id}` shows as
+provenance.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -89,6 +91,8 @@ ALTERNATIVES_POOL = 200
 REVIEW_POOL = 10
 """Nearest anti-patterns judged again against their alternatives after each outcome."""
 MERGED_PREFIX = "merged into "
+FETCH_BATCH = 1000
+"""Outcomes read by id in one call when `memory_vectors` rebuilds lessons' vectors."""
 LESSON_STRATEGY_WEIGHT = 0.8
 """Weight of the strategy's embedding added to the mean task vector in a lesson's stored vector:
 the least that keeps the lessons of four strategies on one kind of task below retrieval's
@@ -281,6 +285,62 @@ def _unit_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     total = a + b
     norm = float(np.linalg.norm(total))
     return (total / norm if norm else total).astype(np.float32)
+
+
+def lesson_vector(centre: np.ndarray, strategy_vector: np.ndarray) -> np.ndarray:
+    """What a learned lesson is stored under: the mean of its tasks, so it is found by the tasks
+    it applies to, plus its strategy, so lessons of different strategies on one kind of task do
+    not share one vector (retrieval would drop all but one of them as near-duplicates)."""
+    return _unit_sum(centre, LESSON_STRATEGY_WEIGHT * strategy_vector)
+
+
+def learned(memory: MemoryBase) -> bool:
+    """A heuristic or anti-pattern learned from outcomes (not one written by hand)."""
+    return memory.type in ("heuristic", "anti_pattern") and bool(getattr(memory, "supporting_outcomes", None))  # type: ignore[attr-defined]
+
+
+def memory_vectors(
+    store: MemoryStore, memories: Sequence[MemoryBase], known: Mapping[str, MemoryBase] | None = None
+) -> np.ndarray:
+    """The vectors memories are stored under, as their write path makes them, with the store's
+    current model: an outcome under its task alone (`ALMA.learn`), a learned lesson under the mean
+    of its outcomes' tasks plus its strategy (`lesson_vector`), anything else under its text
+    (`MemoryStore.embed`). Reindex, restore and import embed through this, so a memory re-embedded
+    or brought back is found, and grouped with its kind of task, as before. A learned lesson none
+    of whose outcomes is in the store any more falls back to its text. `known`: outcomes by id
+    that are not stored yet (an import's batch), looked at before the store."""
+    outcomes = dict(known or {})
+    wanted_by_agent: dict[str | None, set[str]] = {}
+    for memory in memories:
+        if learned(memory):
+            wanted = set(memory.supporting_outcomes) - outcomes.keys()  # type: ignore[attr-defined]
+            wanted_by_agent.setdefault(memory.agent, set()).update(wanted)
+    for agent, wanted in wanted_by_agent.items():  # reads by the thousand, not one per lesson
+        ordered = sorted(wanted)
+        for start in range(0, len(ordered), FETCH_BATCH):
+            part = store.fetch_with_vectors("outcome", agent, ordered[start : start + FETCH_BATCH])
+            outcomes.update({i: m for i, (m, _) in part.items()})
+    vectors: list[np.ndarray | None] = [None] * len(memories)
+    tasks: dict[int, list[str]] = {}
+    strategies: dict[int, str] = {}  # a lesson's strategy as its newest outcome words it, as when it was written
+    for i, memory in enumerate(memories):
+        if memory.type == "outcome":  # type: ignore[attr-defined]
+            tasks[i] = [memory.task]  # type: ignore[attr-defined]
+        elif learned(memory):
+            found = [outcomes[o] for o in memory.supporting_outcomes if o in outcomes]  # type: ignore[attr-defined]
+            if found:
+                tasks[i] = [m.task for m in found]  # type: ignore[attr-defined]
+                strategies[i] = max(found, key=lambda m: m.created_at).strategy_used  # type: ignore[attr-defined]
+    texts = list(dict.fromkeys([t for wanted in tasks.values() for t in wanted] + list(strategies.values())))
+    embedded = dict(zip(texts, store.embedder.embed(texts))) if texts else {}
+    for i, wanted in tasks.items():
+        centre = _unit([embedded[t] for t in wanted])
+        vectors[i] = lesson_vector(centre, embedded[strategies[i]]) if i in strategies else centre
+    plain = [i for i, v in enumerate(vectors) if v is None]
+    if plain:
+        for i, vector in zip(plain, store.embed([memories[i] for i in plain])):
+            vectors[i] = vector
+    return np.stack(vectors).astype(np.float32)  # type: ignore[arg-type]
 
 
 def same_task_type(a: str | None, b: str | None) -> bool:
@@ -553,10 +613,7 @@ class Learner:
         return [m.id for m in retired]
 
     def _lesson_vectors(self, lessons: list[MemoryBase], centre: np.ndarray, strategy: str) -> np.ndarray:
-        """The mean of the lesson's tasks, so it is found by the tasks it applies to, plus its
-        strategy: lessons of different strategies on one kind of task would otherwise share one
-        vector, and retrieval would drop all but one of them as near-duplicates."""
-        vector = _unit_sum(centre, LESSON_STRATEGY_WEIGHT * self.store.embedder.embed([strategy])[0])
+        vector = lesson_vector(centre, self.store.embedder.embed([strategy])[0])
         return np.stack([vector] * len(lessons))
 
     # -- better alternatives -----------------------------------------------------------

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field
 from .audit import AuditEntry, AuditLog, entry_for
 from .config import AlmaConfig
 from .errors import InvalidInput, NotFound
+from .learning import memory_vectors
 from .models import MemoryBase, parse_memory, utcnow
 from .retrieval import SearchIndexes, feedback_score, recency, success_rate
 from .store import PREFERENCES, MemoryStore
@@ -221,14 +222,12 @@ class Lifecycle:
         store: MemoryStore,
         config: AlmaConfig,
         audit: AuditLog,
-        embed: Callable[[list[str]], np.ndarray],
         indexes: SearchIndexes | None = None,
     ) -> None:
         """`indexes`: the retriever's, whose in-memory copies make the search for a duplicate exact."""
         self.store = store
         self.config = config
         self.audit = audit
-        self.embed = embed
         self.indexes = indexes if indexes is not None else SearchIndexes(store, config.alma.vector_search)
 
     @property
@@ -298,7 +297,7 @@ class Lifecycle:
             if memory.last_used_at is None:
                 memory.last_used_at = now
         if resurrected:
-            self.store.put(resurrected, self.embed([m.text() for m in resurrected]))
+            self.store.put(resurrected, memory_vectors(self.store, resurrected))
         kept = [m for m in back if m.id not in resurrected_ids]
         if kept:
             self.store.update_metadata(kept)

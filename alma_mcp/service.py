@@ -188,7 +188,7 @@ class ALMA:
     @property
     def lifecycle(self) -> Lifecycle:
         if not hasattr(self, "_lifecycle"):
-            self._lifecycle = Lifecycle(self.store, self.config, self.audit, self.embedder.embed, self.retriever.indexes)
+            self._lifecycle = Lifecycle(self.store, self.config, self.audit, self.retriever.indexes)
         return self._lifecycle
 
     def warm_up(self) -> None:

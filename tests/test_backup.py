@@ -316,3 +316,55 @@ def test_cli_export_import_reindex(make_alma, tmp_path):
     reindexed = run_cli("reindex", config=target_config)
     assert reindexed.returncode == 0, reindexed.stderr
     assert json.loads(reindexed.stdout)["re_embedded"] == 4 and "reindex" in reindexed.stderr
+
+
+LEARNED_TASKS = [
+    "The login UI test fails intermittently in CI",
+    "The browser test for the login page is flaky on the CI server",
+    "Our end-to-end login test randomly fails in the pipeline",
+]
+
+
+def _vectors(alma: Any, agent: str = "bot") -> dict[str, np.ndarray]:
+    """Every outcome's and lesson's stored vector, by id."""
+    out: dict[str, np.ndarray] = {}
+    for kind in ("outcome", "heuristic", "anti_pattern"):
+        ids = [m.id for m in alma.list_memories(agent, kind, limit=100, include_archived=True)]
+        out.update({i: v for i, (_, v) in alma.store.fetch_with_vectors(kind, agent, ids).items()})
+    return out
+
+
+def test_reindex_import_and_restore_keep_the_vectors_learning_gave(make_alma, tmp_path):
+    # Learning stores an outcome under its task alone, and a learned lesson under the mean of its
+    # tasks plus its strategy: that is what groups outcomes and lets a task find its lessons.
+    # Re-embedding (reindex), importing without vectors and restoring a purged lesson must give
+    # them those same vectors, not the embedding of their text.
+    first = make_alma(data_dir=tmp_path / "a")
+    for task in LEARNED_TASKS:
+        first.learn("bot", task, "success", "Replace fixed sleeps with explicit waits", "testing")
+        first.learn("bot", task, "failure", "Increase the test timeout", "testing", error_message="still flaky")
+    assert first.list_memories("bot", "heuristic") and first.list_memories("bot", "anti_pattern")
+    learned = _vectors(first)
+    assert len(learned) == 8  # six outcomes, a heuristic and an anti-pattern
+
+    def same(alma: Any) -> None:
+        now = _vectors(alma)
+        assert now.keys() == learned.keys()
+        for i, vector in learned.items():
+            assert np.allclose(now[i], vector, atol=1e-5), i
+
+    assert first.reindex(force=True).re_embedded == 8
+    same(first)
+
+    path = tmp_path / "bot.jsonl"
+    first.export(path)  # without embeddings: the import embeds again
+    second = make_alma(data_dir=tmp_path / "b")
+    assert second.import_memories(path).re_embedded == 8
+    same(second)
+
+    heuristic = first.list_memories("bot", "heuristic")[0]
+    first.forget([heuristic.id], dry_run=False, purge=True)
+    first.restore([heuristic.id])
+    same(first)
+    found = first.retrieve("The login page browser test is flaky in CI", "bot", memory_types=["heuristic"])
+    assert [m.memory.id for m in found.heuristics] == [heuristic.id]
