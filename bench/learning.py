@@ -416,6 +416,27 @@ def print_expected(runs: Runs, arms: list[str], block: int, episodes: int) -> No
                   + "; ".join(f"{why} {n}" for why, n in total.most_common()))
 
 
+TARGET = 0.80
+"""The issue's target for alma's final block (episodes 181-200)."""
+
+
+def print_target(runs: Runs) -> None:
+    """alma's final block against the target, with what these seeds' draws allow: the ceiling arm
+    chooses right every time, so its realised rate is these draws' luck (its expected rate is
+    0.850 on any seeds). A 10-seed realised mean carries about 0.026 of that luck; bench/README.md
+    has the figures over 150 seeds."""
+    if "alma" not in runs.realised:
+        return
+    realised = float(np.mean([b[-1] for b in runs.realised["alma"]]))
+    line = f"target: alma's final block >= {TARGET:.2f}: realised {realised:.3f}"
+    if "alma" in runs.expected:
+        line += f", expected {mean_and_error([b[-1] for b in runs.expected['alma']])}"
+    if "ceiling" in runs.realised:
+        luck = float(np.mean([b[-1] for b in runs.realised["ceiling"]]))
+        line += f" (on these draws an agent that always chooses right realises {luck:.3f}, expected 0.850)"
+    print(line)
+
+
 def compare(base_path: str, new_path: str) -> None:
     """Paired differences, new minus base, of two saved runs on the same seeds."""
     base, new = (json.loads(Path(p).read_text(encoding="utf-8")) for p in (base_path, new_path))
@@ -578,6 +599,7 @@ async def main_async(args: argparse.Namespace) -> int:
         for arm in args.arms))
     if runs.expected:
         print_expected(runs, args.arms, args.block, args.episodes)
+    print_target(runs)
     guess = np.mean([np.mean(list(f.strategies.values())) for f in families])
     print(f"expected success of a pure guess: {guess:.3f}; wall time {time.perf_counter() - started:.0f}s")
     if not args.no_plot:
