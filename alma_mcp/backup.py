@@ -518,7 +518,7 @@ def _reindex_collection(alma: "ALMA", live: str, col: Any, batch: int, bar: Any,
         # lesson under its tasks and strategy), and its key field's, both from the new model.
         memories = [parse_memory(m["json"]) for m in metadatas]
         vectors = memory_vectors(alma.store, memories)
-        keys = alma.embedder.embed([key_text(m) for m in memories])
+        keys = alma.store.key_vectors(memories)  # embedded in the same batch, kept by the store
         # Written now: a process following the collection by write time sees every vector change.
         metadatas = [m | key_metadata(memory, key) | {WRITTEN: time.time()} for m, memory, key in zip(metadatas, memories, keys)]
         new.upsert(ids=ids, embeddings=vectors, documents=documents, metadatas=metadatas)

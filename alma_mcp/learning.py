@@ -73,7 +73,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .config import AlmaConfig, LearningSettings
-from .models import AntiPattern, Heuristic, MemoryBase, Outcome, new_id, strategy_key, utcnow, wording_key
+from .models import AntiPattern, Heuristic, MemoryBase, Outcome, key_text, new_id, strategy_key, utcnow, wording_key
 from .retrieval import SearchIndexes
 from .store import MemoryStore
 
@@ -308,7 +308,9 @@ def memory_vectors(
     (`MemoryStore.embed`). Reindex, restore and import embed through this, so a memory re-embedded
     or brought back is found, and grouped with its kind of task, as before. A learned lesson none
     of whose outcomes is in the store any more falls back to its text. `known`: outcomes by id
-    that are not stored yet (an import's batch), looked at before the store."""
+    that are not stored yet (an import's batch), looked at before the store. Like
+    `MemoryStore.embed`, it embeds the key fields in the same batch and leaves their vectors with
+    the store for the put (or `key_vectors`) that follows."""
     outcomes = dict(known or {})
     wanted_by_agent: dict[str | None, set[str]] = {}
     for memory in memories:
@@ -320,7 +322,6 @@ def memory_vectors(
         for start in range(0, len(ordered), FETCH_BATCH):
             part = store.fetch_with_vectors("outcome", agent, ordered[start : start + FETCH_BATCH])
             outcomes.update({i: m for i, (m, _) in part.items()})
-    vectors: list[np.ndarray | None] = [None] * len(memories)
     tasks: dict[int, list[str]] = {}
     strategies: dict[int, str] = {}  # a lesson's strategy as its newest outcome words it, as when it was written
     for i, memory in enumerate(memories):
@@ -331,16 +332,23 @@ def memory_vectors(
             if found:
                 tasks[i] = [m.task for m in found]  # type: ignore[attr-defined]
                 strategies[i] = max(found, key=lambda m: m.created_at).strategy_used  # type: ignore[attr-defined]
-    texts = list(dict.fromkeys([t for wanted in tasks.values() for t in wanted] + list(strategies.values())))
+    # One batch, as `MemoryStore.embed` does: the tasks, the strategies, the texts of the rest and
+    # every key field (an outcome's key is its task), the key vectors kept for the put that follows.
+    plain = [i for i in range(len(memories)) if i not in tasks]
+    keys = list(dict.fromkeys(key_text(m) for m in memories))
+    texts = list(dict.fromkeys(
+        [t for wanted in tasks.values() for t in wanted] + list(strategies.values()) + [memories[i].text() for i in plain] + keys
+    ))
     embedded = dict(zip(texts, store.embedder.embed(texts))) if texts else {}
-    for i, wanted in tasks.items():
-        centre = _unit([embedded[t] for t in wanted])
-        vectors[i] = lesson_vector(centre, embedded[strategies[i]]) if i in strategies else centre
-    plain = [i for i, v in enumerate(vectors) if v is None]
-    if plain:
-        for i, vector in zip(plain, store.embed([memories[i] for i in plain])):
-            vectors[i] = vector
-    return np.stack(vectors).astype(np.float32)  # type: ignore[arg-type]
+    store.remember_keys(keys, [embedded[k] for k in keys])
+
+    def vector(i: int) -> np.ndarray:
+        if i not in tasks:
+            return embedded[memories[i].text()]
+        centre = _unit([embedded[t] for t in tasks[i]])
+        return lesson_vector(centre, embedded[strategies[i]]) if i in strategies else centre
+
+    return np.stack([vector(i) for i in range(len(memories))]).astype(np.float32)
 
 
 def same_task_type(a: str | None, b: str | None) -> bool:

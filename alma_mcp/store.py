@@ -446,7 +446,7 @@ class MemoryStore:
         with self._lock:
             keys = [k for k in dict.fromkeys(key_text(m) for m in memories) if k not in self._key_cache]
         vectors = self.embedder.embed(texts + keys)
-        self._remember_keys(keys, vectors[len(texts) :])
+        self.remember_keys(keys, vectors[len(texts) :])
         return vectors[: len(texts)]
 
     def key_vectors(self, memories: Sequence[MemoryBase]) -> np.ndarray:
@@ -459,10 +459,12 @@ class MemoryStore:
         if missing:
             fresh = self.embedder.embed(missing)
             found.update(zip(missing, fresh))
-            self._remember_keys(missing, fresh)
+            self.remember_keys(missing, fresh)
         return np.stack([found[k] for k in keys])  # type: ignore[misc]
 
-    def _remember_keys(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+    def remember_keys(self, keys: Sequence[str], vectors: Sequence[np.ndarray]) -> None:
+        """Keep key fields' vectors embedded elsewhere (`learning.memory_vectors`) for the put() or
+        `key_vectors` call that follows."""
         with self._lock:
             for key, vector in zip(keys, vectors):
                 self._key_cache[key] = vector
