@@ -514,7 +514,7 @@ def plot(runs: Runs, arms: list[str], block: int, path: Path, episodes: int, see
         ax.set_xlabel(f"episode (blocks of {block})")
         ax.set_ylabel(ylabel)
         ax.set_ylim(0, 1)
-        ax.axhline(0.8, color="grey", linestyle=":", linewidth=1)
+        ax.axhline(TARGET, color="grey", linestyle=":", linewidth=1)
         ax.legend(loc="lower right", fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(f"Learning curve, {episodes} episodes, mean of seeds {seeds[0]}-{seeds[-1]}")
