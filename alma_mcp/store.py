@@ -30,7 +30,7 @@ import numpy as np
 from .embeddings import Embedder
 from .errors import NotFound, StorageError
 from .models import MEMORY_TYPES, MemoryBase, key_text, memory_type_of, parse_memory, strategy_key
-from .writelock import SharedClient, shared_client
+from .writelock import SharedClient, collection_missing, shared_client
 
 log = logging.getLogger("alma_mcp")
 
@@ -357,8 +357,10 @@ class MemoryStore:
             else:
                 try:
                     col = self.client.get_collection(name, embedding_function=None)
-                except Exception:
-                    return None
+                except Exception as exc:
+                    if collection_missing(exc):
+                        return None  # never written to: no memories
+                    raise  # any other failure is an error, never "no memories"
         except Exception as exc:
             raise _chroma_error(f"open collection {name}", exc) from None
         return self._collections.setdefault(name, col)
@@ -756,8 +758,6 @@ class MemoryStore:
         try:
             got = col.query(query_embeddings=[vector], n_results=n, where=flt, include=["distances"])
         except Exception as exc:
-            if "nothing" in str(exc).lower() or "0" == str(exc).strip():
-                return [], {}
             raise _chroma_error("search memories", exc) from None
         ids, distances = got["ids"][0], got["distances"][0]
         extra_ids = list(dict.fromkeys(also(ids, [1.0 - float(d) for d in distances], len(ids) < n))) if also else []

@@ -51,6 +51,14 @@ SLOTS = 1024
 _WORD = struct.Struct("<Q")
 
 
+def collection_missing(exc: BaseException) -> bool:
+    """Whether Chroma raised `exc` because the collection does not exist (and for no other reason:
+    a lock timeout or a broken database must surface as an error, not read as an empty store)."""
+    from chromadb.errors import NotFoundError  # chromadb is imported by whoever opened the client
+
+    return isinstance(exc, NotFoundError)
+
+
 class LockTimeout(StorageError):
     """Another process held the store for longer than the lock timeout."""
 
@@ -488,8 +496,9 @@ class SharedClient:
     def get_or_create_collection(self, name: str, **kwargs: Any) -> SharedCollection:
         try:
             return self.get_collection(name)
-        except Exception:
-            pass
+        except Exception as exc:
+            if not collection_missing(exc):
+                raise
         with self.writing([name]) as raw:
             self._collections[name] = raw.get_or_create_collection(name, **kwargs)
         return SharedCollection(self, name)
