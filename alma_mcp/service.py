@@ -187,6 +187,11 @@ class ALMA:
                     else:
                         folder = self.config.data_dir / "chroma"
                         private_dir(folder)
+                        # Created here, empty (a valid empty SQLite database), so that Chroma
+                        # opens a file only the owner can read rather than one made with the umask.
+                        database = folder / "chroma.sqlite3"
+                        if not database.exists():
+                            os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
                         self._store = MemoryStore.embedded(folder, self.config.project, self.embedder)
                         private_files(folder)
         return self._store
