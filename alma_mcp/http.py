@@ -39,6 +39,7 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 MIN_TOKEN_CHARS = 32
 """Shortest token accepted off loopback (and warned about on it): `secrets.token_urlsafe(24)` is 32."""
 METADATA_PATH = "/.well-known/oauth-protected-resource"
+NOBODY = Caller(frozenset(), frozenset(), "no token")
 
 
 def is_loopback(host: str) -> bool:
@@ -250,4 +251,5 @@ def build_http_app(
     )
     if not tokens:
         return app
+    mcp.alma_caller = NOBODY  # type: ignore[attr-defined]
     return BearerTokenMiddleware(app, tokens, settings.path, list(security.allowed_hosts))

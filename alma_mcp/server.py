@@ -156,7 +156,7 @@ def create_server(
 
     def acting(ctx: Context, agent: str | None, user_id: str | None = None, what: str = "this call") -> Caller:
         """The caller, once it is known to act as `agent` (required) and to serve `user_id`."""
-        who = caller_of(ctx, caller)
+        who = caller_of(ctx, mcp.alma_caller)  # type: ignore[attr-defined]
         if not agent:
             raise ScopeDenied(f"{what} acts as an agent: pass agent=NAME (an agent declared in the config)")
         check_acts_as(who, agent)
@@ -176,6 +176,9 @@ def create_server(
         lifespan=lifespan,
     )
     mcp.alma = service  # type: ignore[attr-defined]
+    # Who a request without a caller of its own is; http.py narrows it to no one once tokens guard
+    # the server, so a request that somehow reaches a handler without its token's caller gets nothing.
+    mcp.alma_caller = caller  # type: ignore[attr-defined]
     service.warm_up()
 
     # -- tools: before a task ----------------------------------------------------------
@@ -382,7 +385,7 @@ def create_server(
     @tool_errors
     def alma_stats(agent: Name | None = None, ctx: Context = None) -> dict[str, Any]:  # type: ignore[assignment]
         """Counts of memories by agent and type (of the agents this connection may act as)."""
-        who = caller_of(ctx, caller)
+        who = caller_of(ctx, mcp.alma_caller)  # type: ignore[attr-defined]
         if agent is not None:
             check_acts_as(who, agent)
         return service.stats(agent, caller=who)
@@ -410,7 +413,7 @@ def create_server(
     )
     @resource_errors
     def stats_resource(ctx: Context, agent: str | None = None) -> str:
-        who = caller_of(ctx, caller)
+        who = caller_of(ctx, mcp.alma_caller)  # type: ignore[attr-defined]
         if agent:
             check_acts_as(who, agent)
         return _json(service.stats(agent or None, caller=who))

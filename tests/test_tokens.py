@@ -83,10 +83,11 @@ def server(tmp_path_factory):
     stop(proc)
 
 
-def test_each_token_acts_only_as_what_it_names(server):
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_each_token_acts_only_as_what_it_names(server, mode):
     async def calls() -> dict[str, tuple[bool, str]]:
         out = {}
-        async with authorized_client(server, HELENA) as client:
+        async with authorized_client(server, HELENA, mode) as client:
             for label, tool, args in [
                 ("own", "alma_add_knowledge", {"agent": "helena", "domain": "forms", "fact": "Signup posts to /api/users"}),
                 ("other agent", "alma_add_knowledge", {"agent": "victor", "domain": "api", "fact": "x"}),
@@ -96,7 +97,7 @@ def test_each_token_acts_only_as_what_it_names(server):
             ]:
                 result = await client.call_tool(tool, args)
                 out[label] = (result.is_error, result.content[0].text if result.content else "")
-        async with authorized_client(server, ALL) as client:
+        async with authorized_client(server, ALL, mode) as client:
             result = await client.call_tool("alma_add_knowledge", {"agent": "victor", "domain": "api", "fact": "Orders are paginated"})
             out["all-agents token"] = (result.is_error, "")
         return out
@@ -106,6 +107,17 @@ def test_each_token_acts_only_as_what_it_names(server):
     assert out["other agent"][0] and "may not act as agent 'victor'" in out["other agent"][1]
     for label in ("other user", "other user read"):
         assert out[label][0] and "user 'bob'" in out[label][1], out[label]
+
+
+def test_a_guarded_server_gives_a_request_without_a_caller_nothing(alma):
+    from alma_mcp.config import HttpSettings
+    from alma_mcp.http import build_http_app
+    from alma_mcp.server import create_server
+
+    mcp = create_server(alma=alma)
+    assert mcp.alma_caller.agents is None  # stdio and in-process: every agent
+    build_http_app(mcp, HttpSettings(), "127.0.0.1", 8765, token=ALL)
+    assert mcp.alma_caller.agents == frozenset() and mcp.alma_caller.users == frozenset()
 
 
 def test_401_points_at_the_protected_resource_metadata(server):
