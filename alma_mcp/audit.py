@@ -4,7 +4,11 @@ An entry says what (memory id, type, agent, title), why (the reason), when (UTC 
 and by which call (forget, decay sweep, cap, merge, consolidate, learning, import...).
 Entries are written *before* the store changes, so a crash can leave an entry for a
 change that did not happen, never a change without an entry. A purge (hard delete)
-keeps the whole memory in its entry, so even a purged memory can be restored.
+is an erasure: its entry keeps the id, type, agent and reason but not the text, and the
+entries written earlier about that memory lose their title and copy too (`erase`).
+
+Reads are scoped like the memories (`audit_visible`): an agent sees the entries about memories
+it may read, and preference entries only of the users its connection serves.
 
 Two homes, chosen by the storage backend:
 - embedded Chroma: `audit.<project>.jsonl` in the data directory, appended under the write lock
@@ -23,7 +27,7 @@ import threading
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Callable, Iterator, Literal, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -51,8 +55,11 @@ class AuditEntry(BaseModel):
     memory_type: str | None = None
     agent: str | None = None
     title: str | None = None
+    user_id: str | None = Field(None, description="The user a preference belongs to.")
     details: dict[str, Any] = Field(default_factory=dict)
-    snapshot: dict[str, Any] | None = Field(None, description="The whole memory, kept for purges.")
+    snapshot: dict[str, Any] | None = Field(
+        None, description="The whole memory (written by earlier versions for purges; erased since)."
+    )
     pid: int = Field(default_factory=os.getpid)
 
 
@@ -72,9 +79,27 @@ def entry_for(
         memory_type=memory.type,  # type: ignore[attr-defined]
         agent=memory.agent,
         title=memory.title(),
+        user_id=getattr(memory, "user_id", None) if memory.type == "preference" else None,  # type: ignore[attr-defined]
         details=details or {},
         snapshot=json.loads(memory.model_dump_json()) if keep_snapshot else None,
     )
+
+
+def erased(entry: AuditEntry) -> AuditEntry:
+    """The entry without the memory's words: what a purge leaves of it."""
+    return entry.model_copy(update={"title": None, "snapshot": None})
+
+
+def audit_visible(config: Any, entry: AuditEntry, reader: str | None, users: frozenset[str] | None) -> bool:
+    """Whether `reader` (serving `users`) may see an entry: the rule of `scope.visible` for its memory."""
+    if entry.memory_type == "preference":
+        owner = entry.user_id or (entry.snapshot or {}).get("user_id")
+        return users is None or owner in users
+    if reader is None:
+        return True
+    if entry.agent is None:
+        return False
+    return entry.agent in config.readable_agents(reader, entry.memory_type)
 
 
 def _matches(entry: AuditEntry, memory_id: str | None, action: str | None, agent: str | None) -> bool:
@@ -91,9 +116,18 @@ class AuditLog(Protocol):
     def append(self, entries: list[AuditEntry]) -> None: ...
 
     def read(
-        self, limit: int = 100, memory_id: str | None = None, action: str | None = None, agent: str | None = None
+        self,
+        limit: int = 100,
+        memory_id: str | None = None,
+        action: str | None = None,
+        agent: str | None = None,
+        keep: Callable[[AuditEntry], bool] | None = None,
     ) -> list[AuditEntry]:
-        """The newest `limit` entries matching the filters, newest first."""
+        """The newest `limit` entries matching the filters (and `keep`), newest first."""
+        ...
+
+    def erase(self, memory_ids: set[str]) -> None:
+        """Take the words of these memories out of every entry about them."""
         ...
 
 
@@ -130,24 +164,75 @@ class JsonlAuditLog:
             return handle.read(1) == b"\n"
 
     def read(
-        self, limit: int = 100, memory_id: str | None = None, action: str | None = None, agent: str | None = None
+        self,
+        limit: int = 100,
+        memory_id: str | None = None,
+        action: str | None = None,
+        agent: str | None = None,
+        keep: Callable[[AuditEntry], bool] | None = None,
     ) -> list[AuditEntry]:
-        if not self.path.exists():
-            return []
+        # From the end backwards, stopping at `limit` matches: a read of the newest entries costs
+        # the same in a log of any size, and holds no more than `limit` of them.
         found: list[AuditEntry] = []
-        with open(self.path, encoding="utf-8", errors="replace") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    entry = AuditEntry.model_validate_json(line)
-                except ValidationError:
-                    log.warning("audit log %s: line %d is unreadable (torn by a crash?); skipped", self.path, number)
-                    continue
-                if _matches(entry, memory_id, action, agent):
-                    found.append(entry)
-        found.reverse()
-        return found[:limit]
+        for line in self._lines_newest_first():
+            if memory_id is not None and memory_id.encode() not in line:
+                continue  # most lines of a big log are skipped without parsing
+            try:
+                entry = AuditEntry.model_validate_json(line)
+            except ValidationError:
+                log.warning("audit log %s: an unreadable line (torn by a crash?) was skipped", self.path)
+                continue
+            if _matches(entry, memory_id, action, agent) and (keep is None or keep(entry)):
+                found.append(entry)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def _lines_newest_first(self, block: int = 1 << 16) -> Iterator[bytes]:
+        try:
+            handle = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with handle:
+            position = handle.seek(0, os.SEEK_END)
+            tail = b""
+            while position > 0:
+                step = min(block, position)
+                position -= step
+                handle.seek(position)
+                chunk = handle.read(step) + tail
+                lines = chunk.split(b"\n")
+                tail = lines[0]  # may continue in the block before
+                for line in reversed(lines[1:]):
+                    if line.strip():
+                        yield line
+            if tail.strip():
+                yield tail
+
+    def erase(self, memory_ids: set[str]) -> None:
+        """Rewrite the log with these memories' titles and copies removed: to a temporary file,
+        fsynced, then renamed over the log, so a crash leaves the old log or the new one."""
+        if not memory_ids or not self.path.exists():
+            return
+        temporary = self.path.with_name(self.path.name + ".erase")
+        try:
+            with self._lock:
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with open(fd, "wb") as out, open(self.path, "rb") as source:
+                    for line in source:
+                        if any(i.encode() in line for i in memory_ids):
+                            try:
+                                entry = AuditEntry.model_validate_json(line)
+                            except ValidationError:
+                                continue  # a torn line that names the memory: dropped, not kept
+                            if entry.memory_id in memory_ids or (entry.snapshot or {}).get("id") in memory_ids:
+                                line = erased(entry).model_dump_json().encode() + b"\n"
+                        out.write(line)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temporary, self.path)
+        except OSError as exc:
+            raise StorageError(f"could not erase from the audit log {self.path}: {exc}") from None
 
 
 class ChromaAuditLog:
@@ -188,7 +273,12 @@ class ChromaAuditLog:
             raise StorageError(f"could not write the audit log ({self.name}): {exc}; nothing was changed") from None
 
     def read(
-        self, limit: int = 100, memory_id: str | None = None, action: str | None = None, agent: str | None = None
+        self,
+        limit: int = 100,
+        memory_id: str | None = None,
+        action: str | None = None,
+        agent: str | None = None,
+        keep: Callable[[AuditEntry], bool] | None = None,
     ) -> list[AuditEntry]:
         clauses = [{k: v} for k, v in (("memory_id", memory_id), ("action", action), ("agent", agent)) if v is not None]
         where = chroma_filter(clauses)
@@ -196,8 +286,24 @@ class ChromaAuditLog:
             got = self._col().get(where=where, include=["documents"])
         except Exception as exc:
             raise StorageError(f"could not read the audit log ({self.name}): {exc}") from None
-        rows = sorted(zip(got["ids"], got["documents"]), reverse=True)[:limit]
-        return [AuditEntry.model_validate_json(doc) for _, doc in rows]
+        found: list[AuditEntry] = []
+        for _, doc in sorted(zip(got["ids"], got["documents"]), reverse=True):
+            entry = AuditEntry.model_validate_json(doc)
+            if keep is None or keep(entry):
+                found.append(entry)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def erase(self, memory_ids: set[str]) -> None:
+        try:
+            for memory_id in memory_ids:
+                got = self._col().get(where={"memory_id": memory_id}, include=["documents"])
+                if got["ids"]:
+                    documents = [erased(AuditEntry.model_validate_json(d)).model_dump_json() for d in got["documents"]]
+                    self._col().update(ids=got["ids"], documents=documents)
+        except Exception as exc:
+            raise StorageError(f"could not erase from the audit log ({self.name}): {exc}") from None
 
 
 def open_audit_log(storage: str, data_dir: Path, client: Any, project: str) -> AuditLog:

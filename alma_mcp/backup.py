@@ -27,6 +27,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -34,7 +35,7 @@ import numpy as np
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from .audit import AuditEntry
-from .errors import InvalidInput, StorageError
+from .errors import InvalidInput, NotFound, StorageError
 from .learning import memory_vectors
 from .models import MemoryBase, MemoryId, key_text, memory_type_of, parse_memory, utcnow
 from .store import PREFERENCES, WRITTEN, collection_name, key_metadata, stored_key_vector
@@ -93,7 +94,9 @@ def export_memories(alma: "ALMA", path: Path, with_embeddings: bool = False, pro
     by_type: dict[str, int] = defaultdict(int)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(partial, "w", encoding="utf-8") as out, _progress(total, "export", progress) as bar:
+        # Only the owner reads a backup: it holds every memory in plain text.
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w", encoding="utf-8") as out, _progress(total, "export", progress) as bar:
             out.write(json.dumps(header) + "\n")
             for kind, agent in scopes:
                 if with_embeddings:
@@ -176,7 +179,43 @@ def _vector(data: dict[str, Any], name: str) -> np.ndarray | None:
     return vector
 
 
-def _parse_line(text: str, project: str) -> tuple[MemoryBase, np.ndarray | None, np.ndarray | None]:
+MAX_SOURCE_CHARS = 200
+"""As the tools allow for a fact's or a preference's source."""
+MAX_SUPPORTING_OUTCOMES = 10_000
+"""Outcome ids a lesson may carry in a file: far above what learning gathers, far below what
+makes a memory too big to read back."""
+CLOCK_SKEW = timedelta(days=1)
+"""How far in the future a file's timestamps may be: a later one would pin the memory against
+every later import (the newer updated_at wins)."""
+
+
+def _check_limits(memory: MemoryBase, config: Any) -> None:
+    """What the tools refuse, refused in a file too: undeclared agents, oversized fields, dates
+    from the future."""
+    try:
+        if memory.type != PREFERENCES or memory.agent != "user":  # type: ignore[attr-defined]
+            config.agent(memory.agent)
+    except NotFound:
+        raise ValueError(f"agent {memory.agent!r} is not declared under alma.agents (and allow_undeclared_agents is off)") from None
+    source = getattr(memory, "source", None)
+    if isinstance(source, str) and len(source) > MAX_SOURCE_CHARS:
+        raise ValueError(f"source is {len(source)} characters long; the limit is {MAX_SOURCE_CHARS}")
+    supporting = getattr(memory, "supporting_outcomes", None) or []
+    if len(supporting) > MAX_SUPPORTING_OUTCOMES:
+        raise ValueError(f"supporting_outcomes lists {len(supporting)} ids; the limit is {MAX_SUPPORTING_OUTCOMES}")
+    for outcome_id in supporting:
+        if not isinstance(outcome_id, str) or not outcome_id.startswith("outcome-"):
+            raise ValueError(f"supporting_outcomes holds {str(outcome_id)[:80]!r}, which is not an outcome id")
+        _memory_id.validate_python(outcome_id)
+    latest = utcnow() + CLOCK_SKEW
+    for field, value in memory:
+        if isinstance(value, datetime) and value > latest:
+            raise ValueError(f"{field} is {value.isoformat()}, in the future")
+
+
+def _parse_line(
+    text: str, project: str, config: Any = None
+) -> tuple[MemoryBase, np.ndarray | None, np.ndarray | None]:
     """One memory line -> (memory, vector or None, key vector or None); raises ValueError with a
     readable reason."""
     try:
@@ -199,6 +238,11 @@ def _parse_line(text: str, project: str) -> tuple[MemoryBase, np.ndarray | None,
         raise ValueError(f"invalid memory id {memory.id!r}: ids look like 'heuristic-<32 hex digits>'") from None
     if memory_type_of(memory.id) != memory.type:  # type: ignore[attr-defined]
         raise ValueError(f"memory id {memory.id!r} does not match its type {memory.type!r}")  # type: ignore[attr-defined]
+    if config is not None:
+        try:
+            _check_limits(memory, config)
+        except ValidationError:
+            raise ValueError("supporting_outcomes holds an invalid outcome id") from None
     if memory.project != project:
         memory.project = project
     return memory, _vector(data, "embedding_b64"), _vector(data, "key_embedding_b64")
@@ -230,7 +274,7 @@ def import_memories(alma: "ALMA", path: Path, progress: bool = False, batch: int
                 continue
             report.lines += 1
             try:
-                memory, vector, key_vector = _parse_line(text, store.project)
+                memory, vector, key_vector = _parse_line(text, store.project, alma.config)
             except ValueError as exc:
                 report.rejected.append(RejectedLine(line=number, error=str(exc)))
                 log.warning("%s line %d rejected: %s", path, number, exc)
@@ -279,9 +323,16 @@ def _import_batch(
     vectors: list[np.ndarray | None] = []
     key_vectors: list[np.ndarray | None] = []
     added: set[str] = set()
+    lines = {memory.id: number for number, memory, _, _ in items}
     for (kind, agent), group in by_scope.items():
         existing = store.fetch_hits(kind, agent, [m.id for m, _, _ in group])
+        # An id stored under another agent is that agent's memory: a copy elsewhere would shadow it.
+        taken = _held_elsewhere(store, kind, agent, [m.id for m, _, _ in group if m.id not in existing])
         for memory, vector, key_vector in group:
+            if memory.id in taken:
+                error = f"memory id {memory.id!r} already belongs to agent {taken[memory.id]!r} (this line names {memory.agent!r})"
+                report.rejected.append(RejectedLine(line=lines[memory.id], error=error))
+                continue
             found = existing.get(memory.id)
             if found is not None:
                 old = found.memory
@@ -325,6 +376,17 @@ def _import_batch(
                 np.stack([vectors[i] for i in keep]),  # type: ignore[misc]
                 key_embeddings=np.stack([key_vectors[i] for i in keep]),  # type: ignore[misc]
             )
+
+
+def _held_elsewhere(store: Any, kind: str, agent: str | None, ids: list[str]) -> dict[str, str]:
+    """Which of `ids` are stored in another agent's collection of the same type, and whose."""
+    if not ids or kind == PREFERENCES:
+        return {}
+    found: dict[str, str] = {}
+    for owner, stored_kind in store.scopes():
+        if stored_kind == kind and owner != agent:
+            found.update({doc: owner for doc in store.fetch_hits(kind, owner, ids)})
+    return found
 
 
 def _still_newer(store: Any, memories: list[MemoryBase], added: set[str], report: ImportReport) -> list[int]:

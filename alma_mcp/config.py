@@ -66,11 +66,41 @@ class EmbeddingSettings(_Strict):
     )
 
 
+class TokenSettings(_Strict):
+    """A bearer token and what it may act as. The secret itself never sits in the config: it is
+    read from an environment variable or from a file only its owner may read (mode 0600)."""
+
+    name: Name = Field(description="What logs and error messages call this token, e.g. 'helena-ci'.")
+    env: str | None = Field(None, description="Environment variable holding the token.")
+    file: Path | None = Field(None, description="File holding the token (its first line); must not be readable by others.")
+    agents: list[str] = Field(
+        min_length=1, description="Agents a caller with this token may act as, or ['*'] for every agent."
+    )
+    users: list[str] = Field(
+        default_factory=list,
+        description="Users whose preferences it may read and write, or ['*'] for every user. Empty: none.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TokenSettings":
+        if (self.env is None) == (self.file is None):
+            raise ValueError(f"token {self.name!r}: give exactly one of env (a variable name) or file (a path)")
+        return self
+
+
 class HttpSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=1, le=65535)
     path: str = "/mcp"
-    token_env: str = Field("ALMA_MCP_TOKEN", description="Environment variable holding the bearer token.")
+    token_env: str = Field(
+        "ALMA_MCP_TOKEN",
+        description="Environment variable holding a bearer token that may act as every agent and user "
+        "(the single-token setup; `tokens` binds narrower identities).",
+    )
+    tokens: list[TokenSettings] = Field(
+        default_factory=list,
+        description="Bearer tokens bound to the agents and users they may act for (README 'HTTP for teams').",
+    )
     allowed_origins: list[str] = Field(
         default_factory=list,
         description="Origins allowed to call the server besides loopback ones (DNS-rebinding guard).",
@@ -331,6 +361,13 @@ class AlmaSettings(_Strict):
             both = sorted({c.casefold() for c in agent.can_learn} & {c.casefold() for c in agent.cannot_learn})
             if both:
                 raise ValueError(f"agents.{name} lists {both} in both can_learn and cannot_learn; keep each category in one list")
+        names = [t.name for t in self.http.tokens]
+        if len(set(names)) != len(names):
+            raise ValueError(f"http.tokens: every token needs its own name (got {names})")
+        for token in self.http.tokens:
+            unknown = [a for a in token.agents if a != "*" and a not in self.agents and not self.allow_undeclared_agents]
+            if unknown:
+                raise ValueError(f"http.tokens.{token.name}.agents lists {unknown}, which are not defined under agents")
         for dname, domain in self.domains.items():
             for agent_name in domain.agents:
                 if agent_name not in self.agents:
@@ -482,7 +519,10 @@ alma:
   http:                             # used by `alma-mcp serve --http`
     host: 127.0.0.1                 # loopback by default; other hosts need a token
     port: 8765
-    token_env: ALMA_MCP_TOKEN       # clients send "Authorization: Bearer <token>"
+    token_env: ALMA_MCP_TOKEN       # clients send "Authorization: Bearer <token>"; this one acts as every agent
+    # tokens:                         # example: tokens bound to agents and users (secrets never in this file)
+    #   - {{name: helena-ci, env: ALMA_TOKEN_HELENA, agents: [helena], users: [alice]}}
+    #   - {{name: backend-team, file: /etc/alma/backend.token, agents: [victor, helena], users: ["*"]}}
     allowed_origins: []             # browser origins allowed besides loopback
 
   retrieval:

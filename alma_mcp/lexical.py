@@ -58,14 +58,25 @@ def tokenize(text: str) -> list[str]:
     """
     tokens: list[str] = []
     for word in _WORD_RE.findall(text):
-        tokens += _word_tokens(word)
+        tokens += _word_tokens(word) if len(word) <= CACHED_WORD_CHARS else _split_word(word)
     return tokens
 
 
-@functools.lru_cache(maxsize=262_144)
+CACHED_WORD_CHARS = 40
+"""Longer words are split each time, not cached: a caller sending long unique identifiers would
+otherwise fill the cache with big entries that are never used again (bounded now at about
+CACHE_WORDS x a few hundred bytes)."""
+CACHE_WORDS = 65_536
+
+
+@functools.lru_cache(maxsize=CACHE_WORDS)
 def _word_tokens(word: str) -> tuple[str, ...]:
     # Words repeat a great deal across memories, so each is split and stemmed once: building the
     # index of 100,000 memories spent most of its time here.
+    return _split_word(word)
+
+
+def _split_word(word: str) -> tuple[str, ...]:
     pieces = [word]
     segments = [s for s in _PUNCT_RE.split(word) if s]
     if len(segments) > 1:

@@ -3,7 +3,7 @@
 Nothing here destroys a memory by itself. Every removal from active service is an
 *archive* (``archived=True`` with a reason), written to the audit log before the store
 changes, and can be undone with `restore`. Only `purge` (an explicit forget) deletes,
-and it keeps the whole memory in the audit log.
+and it erases: the memory's words leave the audit log too, and it cannot be restored.
 
 Strength
     ``0.5 ** (days since the memory was last used, validated or re-taught / half-life)``.
@@ -35,11 +35,10 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from .audit import AuditEntry, AuditLog, entry_for
+from .audit import AuditEntry, AuditLog, entry_for, erased
 from .config import AlmaConfig
 from .errors import InvalidInput, NotFound
-from .learning import memory_vectors
-from .models import MemoryBase, parse_memory, utcnow
+from .models import MemoryBase, utcnow
 from .retrieval import SearchIndexes, feedback_score, recency, success_rate
 from .store import PREFERENCES, MemoryStore
 
@@ -268,25 +267,25 @@ class Lifecycle:
     def purge(self, memories: Sequence[MemoryBase], call: str, reason: str) -> int:
         if not memories:
             return 0
-        self.audit.append([entry_for(m, "purge", call, reason, keep_snapshot=True) for m in memories])
-        return self.store.delete(memories)
+        """Erase memories: the audit entry keeps no words of theirs, the store deletes them, and the
+        earlier entries about them lose their titles (audit.erase)."""
+        self.audit.append([erased(entry_for(m, "purge", call, reason)) for m in memories])
+        deleted = self.store.delete(memories)
+        self.audit.erase({m.id for m in memories})
+        return deleted
 
     def restore(self, memory_ids: Sequence[str], call: str) -> RestoreResult:
-        """Bring archived (or purged, from the audit log's copy) memories back into service."""
+        """Bring archived memories back into service (a purged one is erased: it cannot come back)."""
         now = utcnow()
         back: list[MemoryBase] = []
-        resurrected: list[MemoryBase] = []
         for memory_id in memory_ids:
             try:
                 memory = self.store.get(memory_id)
             except NotFound:
-                memory = self._purged_copy(memory_id)
-                resurrected.append(memory)
-            else:
-                if not memory.archived:
-                    raise InvalidInput(f"memory {memory_id} is not archived; nothing to restore")
+                raise NotFound(f"no memory with id {memory_id!r} in project {self.config.project!r}") from None
+            if not memory.archived:
+                raise InvalidInput(f"memory {memory_id} is not archived; nothing to restore")
             back.append(memory)
-        resurrected_ids = {m.id for m in resurrected}
         self.audit.append(
             [entry_for(m, "restore", call, f"restored (was: {m.archived_reason or 'purged'})") for m in back]
         )
@@ -296,20 +295,10 @@ class Lifecycle:
             restart_clock(memory, now)  # else the next sweep would archive it again at once
             if memory.last_used_at is None:
                 memory.last_used_at = now
-        if resurrected:
-            self.store.put(resurrected, memory_vectors(self.store, resurrected))
-        kept = [m for m in back if m.id not in resurrected_ids]
-        if kept:
-            self.store.update_metadata(kept)
+        self.store.update_metadata(back)
         return RestoreResult(
             count=len(back), restored=[ref(m) for m in back], message=f"restored {len(back)} memories"
         )
-
-    def _purged_copy(self, memory_id: str) -> MemoryBase:
-        for entry in self.audit.read(limit=1, memory_id=memory_id, action="purge"):
-            if entry.snapshot:
-                return parse_memory(entry.snapshot)
-        raise NotFound(f"no memory with id {memory_id!r}: neither in the store nor purged with a copy in the audit log")
 
     # -- merging -------------------------------------------------------------------------
     def merge_on_write(self, memory: MemoryBase, vector: np.ndarray, call: str) -> MemoryBase | None:

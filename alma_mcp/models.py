@@ -22,7 +22,8 @@ MAX_TEXT_CHARS = 8000
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
-_CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _./:-]{0,63}$")
+# No space at the end: "secrets " must not pass for a category other than "secrets".
+_CATEGORY_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9 _./:-]{0,62}[A-Za-z0-9_./:-])?$")
 _MEMORY_ID_RE = re.compile(r"^[a-z_]{1,16}-[0-9a-f]{32}$")
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -32,7 +33,7 @@ def utcnow() -> datetime:
 
 
 def _check_name(value: str) -> str:
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):  # `$` alone lets a trailing newline through
         raise ValueError(
             f"{value!r} is not a valid name: use 1-48 letters, digits, '-' or '_', "
             "starting with a letter or digit (no spaces, dots or slashes)"
@@ -41,7 +42,7 @@ def _check_name(value: str) -> str:
 
 
 def _check_user(value: str) -> str:
-    if not _USER_RE.match(value):
+    if not _USER_RE.fullmatch(value):  # `$` alone lets a trailing newline through
         raise ValueError(
             f"{value!r} is not a valid user id: use 1-128 letters, digits or . _ @ + -, "
             "starting with a letter or digit"
@@ -50,10 +51,10 @@ def _check_user(value: str) -> str:
 
 
 def _check_category(value: str) -> str:
-    if not _CATEGORY_RE.match(value):
+    if not _CATEGORY_RE.fullmatch(value):  # `$` alone lets a trailing newline through
         raise ValueError(
             f"{value!r} is not a valid category: use 1-64 letters, digits, spaces or _ . / : -, "
-            "starting with a letter or digit"
+            "starting with a letter or digit and not ending with a space"
         )
     return value
 
@@ -73,7 +74,7 @@ def _check_text(value: str) -> str:
 
 
 def _check_memory_id(value: str) -> str:
-    if not _MEMORY_ID_RE.match(value):
+    if not _MEMORY_ID_RE.fullmatch(value):  # `$` alone lets a trailing newline through
         raise ValueError(f"{value!r} is not a memory id (ids look like 'heuristic-<32 hex digits>')")
     return value
 

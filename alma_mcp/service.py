@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from datetime import timedelta
@@ -18,10 +19,10 @@ from typing import Any, Awaitable, Callable, Literal, Sequence, TypeVar
 import anyio
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from .audit import AuditEntry, AuditLog, entry_for, open_audit_log
+from .audit import AuditEntry, AuditLog, audit_visible, entry_for, open_audit_log
 from .config import AlmaConfig, load_config
 from .embeddings import Embedder, create_embedder
-from .errors import AlmaError, InvalidInput, NotFound
+from .errors import AlmaError, InvalidInput, NotFound, ScopeDenied
 from .learning import Learner, LearnReport, apply_feedback
 from .lifecycle import MERGEABLE, ConsolidateResult, Lifecycle, RestoreResult, SweepResult
 from .models import (
@@ -42,7 +43,7 @@ from .models import (
     utcnow,
 )
 from .retrieval import Explanation, MemorySlice, Retriever, SearchIndexes
-from .scope import can_read, check_can_learn, check_can_read
+from .scope import EVERYONE, Caller, can_read, check_can_learn, missing, visible
 from .store import PREFERENCES, MemoryStore
 from .writelock import WriteLock
 
@@ -52,7 +53,32 @@ T = TypeVar("T")
 FOLLOW_SECONDS = 1.0
 """How often a server's preloaded search indexes look for other processes' writes and catch up."""
 
+MAX_AGE_DAYS = 36_500
+"""Longest age `forget(older_than_days=...)` accepts: a hundred years, far inside what dates can count."""
+
 FeedbackSignal = Literal["helpful", "harmful", "used", "ignored"]
+
+
+def private_dir(path: Path) -> None:
+    """Make `path` a folder only its owner can enter: memories are plain text inside (Chroma's
+    SQLite file, the audit log, the lock files), whatever the umask."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        info = path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            path.chmod(0o700)
+    except (OSError, AttributeError):  # not ours to change, or no uids (Windows)
+        pass
+
+
+def private_files(folder: Path) -> None:
+    """Take group and other permissions off the files directly in `folder` (Chroma's SQLite file)."""
+    try:
+        for entry in folder.iterdir():
+            if entry.is_file() and entry.stat().st_mode & 0o077:
+                entry.chmod(0o600)
+    except OSError:
+        pass
 
 
 def _validated(adapter: TypeAdapter[Any], value: Any, what: str) -> Any:
@@ -135,6 +161,8 @@ class ALMA:
         self._store = store
         self._store_lock = threading.RLock()  # reentrant: the retriever is made under it and opens the store
         lock_dir = config.data_dir if settings.storage == "chroma" else None
+        if lock_dir is not None:
+            private_dir(lock_dir)
         self.write_lock = WriteLock(lock_dir)
         self._writes = 0  # this process's writes, to run the decay sweep every N of them
         self._writes_lock = threading.Lock()
@@ -157,9 +185,15 @@ class ALMA:
                     if settings.storage == "chroma-http":
                         self._store = MemoryStore.http(settings.chroma_http, self.config.project, self.embedder)
                     else:
-                        self._store = MemoryStore.embedded(
-                            self.config.data_dir / "chroma", self.config.project, self.embedder
-                        )
+                        folder = self.config.data_dir / "chroma"
+                        private_dir(folder)
+                        # Created here, empty (a valid empty SQLite database), so that Chroma
+                        # opens a file only the owner can read rather than one made with the umask.
+                        database = folder / "chroma.sqlite3"
+                        if not database.exists():
+                            os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+                        self._store = MemoryStore.embedded(folder, self.config.project, self.embedder)
+                        private_files(folder)
         return self._store
 
     @property
@@ -504,16 +538,17 @@ class ALMA:
         self._after_write(None, [])
         return stored  # type: ignore[return-value]
 
-    def feedback(self, memory_id: str, signal: str, agent: str | None = None) -> MemoryBase:
-        """Count a feedback signal on a memory: helpful, harmful, used or ignored."""
+    def feedback(
+        self, memory_id: str, signal: str, agent: str | None = None, users: frozenset[str] | None = None
+    ) -> MemoryBase:
+        """Count a feedback signal on a memory: helpful, harmful, used or ignored. With `agent`,
+        only on a memory that agent may read (and a preference of one of `users`, when given)."""
         memory_id = _validated(_memory_id, memory_id, "memory_id")
         if signal not in ("helpful", "harmful", "used", "ignored"):
             raise InvalidInput(f"signal {signal!r} is not one of helpful, harmful, used, ignored")
         reader = self._agent(agent) if agent is not None else None
         with self.write_lock:
-            memory = self.store.get(memory_id)
-            if reader is not None:
-                check_can_read(self.config, reader, memory.agent, memory_id, memory.type)  # type: ignore[attr-defined]
+            memory = self._reachable(memory_id, reader, users)
             # Steps in learning.FEEDBACK_STEPS: helpful +0.05, harmful -0.10, used +0.01, ignored -0.02.
             retired = apply_feedback(memory, signal, self.config.alma.learning.retire_below_confidence)
             if retired:  # the audit entry goes first, like every archive
@@ -523,14 +558,26 @@ class ALMA:
         return memory
 
     # -- reading single memories -----------------------------------------------------
-    def get(self, memory_id: str, agent: str | None = None) -> MemoryDetail:
+    def _reachable(
+        self, memory_id: str, agent: str | None, users: frozenset[str] | None, write: bool = False
+    ) -> MemoryBase:
+        """The memory, if `agent` (serving `users`) may read it, or change it with `write`; else
+        NotFound worded exactly as for an id that does not exist, so scope tells nothing."""
+        try:
+            memory = self.store.get(memory_id)
+        except NotFound:
+            raise missing(self.config, memory_id) from None
+        if not visible(self.config, memory, agent, users, write):
+            raise missing(self.config, memory_id)
+        return memory
+
+    def get(self, memory_id: str, agent: str | None = None, users: frozenset[str] | None = None) -> MemoryDetail:
         """One memory and the outcomes behind it. With `agent`, only if that agent may read it
-        (otherwise it is reported missing, as if it did not exist)."""
+        (otherwise it is reported missing, as if it did not exist); a preference only if its user
+        is one of `users` (None: any)."""
         memory_id = _validated(_memory_id, memory_id, "memory_id")
         reader = self._agent(agent) if agent is not None else None
-        memory = self.store.get(memory_id)
-        if reader is not None:
-            check_can_read(self.config, reader, memory.agent, memory_id, memory.type)  # type: ignore[attr-defined]
+        memory = self._reachable(memory_id, reader, users)
         provenance: list[MemoryBase] = []
         supporting = getattr(memory, "supporting_outcomes", None)
         # Another agent's lesson is shown without the raw outcomes behind it (their ids stay in
@@ -541,14 +588,25 @@ class ALMA:
         return MemoryDetail(memory=memory, provenance=provenance)
 
     def list_memories(
-        self, agent: str, memory_type: str, limit: int = 100, include_archived: bool = False
+        self,
+        agent: str,
+        memory_type: str,
+        limit: int = 100,
+        include_archived: bool = False,
+        user_id: str | None = None,
     ) -> list[MemoryBase]:
+        """The memories of a type that `agent` reads, newest first; preferences of `user_id` only
+        when one is given (the MCP layer always gives one)."""
         agent = self._agent(agent)
         (kind,) = self._types([memory_type]) or [memory_type]
+        if user_id is not None:
+            user_id = _validated(_user, user_id, "user_id")
         memories: list[MemoryBase] = []
         sources = self.config.readable_agents(agent, kind) if kind != "preference" else [None]
         for source in sources:
             memories += self.store.list(kind, source, include_archived=include_archived)
+        if kind == "preference" and user_id is not None:
+            memories = [m for m in memories if getattr(m, "user_id", None) == user_id]
         memories.sort(key=lambda m: m.updated_at, reverse=True)
         return memories[:limit]
 
@@ -580,6 +638,7 @@ class ALMA:
         below_confidence: float | None = None,
         dry_run: bool = True,
         purge: bool = False,
+        users: frozenset[str] | None = None,
     ) -> ForgetResult:
         """Take memories out of service. By default they are archived (kept, restorable with
         `restore`); `purge=True` deletes them, keeping a copy in the audit log. Either way every
@@ -588,19 +647,19 @@ class ALMA:
             raise InvalidInput(
                 "say what to forget: memory_ids, or agent with older_than_days and/or below_confidence"
             )
-        if older_than_days is not None and older_than_days < 0:
-            raise InvalidInput("older_than_days must be 0 or more")
+        if older_than_days is not None and not (0 <= older_than_days <= MAX_AGE_DAYS):
+            raise InvalidInput(f"older_than_days is {older_than_days}: use 0 to {MAX_AGE_DAYS}")
         if below_confidence is not None and not (0 <= below_confidence <= 1):
             raise InvalidInput("below_confidence must be between 0 and 1")
         if memory_ids:
             if agent is not None and not (older_than_days is None and below_confidence is None):
                 raise InvalidInput("give either memory_ids or criteria (agent, older_than_days, below_confidence), not both")
-            targets = [self.store.get(_validated(_memory_id, i, "memory_ids")) for i in dict.fromkeys(memory_ids)]
+            ids = [_validated(_memory_id, i, "memory_ids") for i in dict.fromkeys(memory_ids)]
             if agent is not None:
                 agent = self._agent(agent)
-                foreign = [m.id for m in targets if m.agent != agent]
-                if foreign:
-                    raise InvalidInput(f"memories {foreign} do not belong to agent {agent!r}")
+            # Only the owner forgets a memory (a preference: an agent working for its user); any
+            # other id is answered like a missing one.
+            targets = [self._reachable(i, agent, users, write=True) for i in ids]
         else:
             if agent is None:
                 raise InvalidInput("criteria need an agent: name the agent whose memories to forget")
@@ -650,14 +709,22 @@ class ALMA:
         return ForgetResult(dry_run=False, action=action, count=removed, memories=listing, message=done)
 
     # -- life cycle: restore, consolidate, sweep, audit ------------------------------
-    def restore(self, memory_ids: Sequence[str]) -> RestoreResult:
-        """Bring archived memories back into service (purged ones too, from the audit log's copy)."""
+    def restore(
+        self, memory_ids: Sequence[str], agent: str | None = None, users: frozenset[str] | None = None
+    ) -> RestoreResult:
+        """Bring archived memories back into service. With `agent`, only that agent's own (and
+        preferences of `users`); any other id is answered like a missing one. Purged memories
+        are erased and cannot come back."""
         if isinstance(memory_ids, str):
             memory_ids = [memory_ids]
         if not memory_ids:
             raise InvalidInput("memory_ids is empty: name the archived memories to restore")
         ids = [_validated(_memory_id, i, "memory_ids") for i in dict.fromkeys(memory_ids)]
+        owner = self._agent(agent) if agent is not None else None
         with self.write_lock:
+            if owner is not None or users is not None:
+                for memory_id in ids:
+                    self._reachable(memory_id, owner, users, write=True)
             return self.lifecycle.restore(ids, "restore")
 
     def consolidate(
@@ -666,6 +733,7 @@ class ALMA:
         memory_type: str | None = None,
         similarity_threshold: float | None = None,
         dry_run: bool = True,
+        users: frozenset[str] | None = None,
     ) -> ConsolidateResult:
         """Merge near-duplicates among an agent's memories of a type (all lesson and fact types when
         None; preferences are per user, so `agent` may be None for them)."""
@@ -681,6 +749,11 @@ class ALMA:
             agent = self._agent(agent)
         elif agent is not None:
             agent = self._agent(agent)
+        if memory_type == "preference" and users is not None:
+            raise ScopeDenied(
+                "consolidating preferences merges those of every user: it needs a connection that "
+                "serves every user (stdio, or a token with users: ['*'])"
+            )
         kinds = [memory_type] if memory_type else ["heuristic", "anti_pattern", "knowledge"]
         with self.write_lock:
             return self.lifecycle.consolidate(kinds, agent, similarity_threshold, dry_run, "consolidate")
@@ -693,15 +766,28 @@ class ALMA:
             return self.lifecycle.sweep(agent, dry_run, "sweep")
 
     def audit_log(
-        self, limit: int = 100, memory_id: str | None = None, action: str | None = None, agent: str | None = None
+        self,
+        limit: int = 100,
+        memory_id: str | None = None,
+        action: str | None = None,
+        agent: str | None = None,
+        reader: str | None = None,
+        users: frozenset[str] | None = None,
     ) -> list[AuditEntry]:
+        """The newest audit entries, newest first. With `reader`, only entries about memories that
+        agent may read (and preferences of `users`), as the memories themselves are scoped."""
         if not 1 <= limit <= 10000:
             raise InvalidInput(f"limit is {limit}: use 1 to 10000")
         if memory_id is not None:
             memory_id = _validated(_memory_id, memory_id, "memory_id")
         if agent is not None:
             agent = _validated(_name, agent, "agent")
-        return self.audit.read(limit, memory_id, action, agent)
+        if reader is None and users is None:
+            return self.audit.read(limit, memory_id, action, agent)
+        reader = self._agent(reader) if reader is not None else None
+        return self.audit.read(
+            limit, memory_id, action, agent, keep=lambda e: audit_visible(self.config, e, reader, users)
+        )
 
     def _after_write(self, agent: str | None, kinds: Sequence[str]) -> None:
         """Automatic upkeep: the agent's caps after each write; the whole sweep on the first write of
@@ -740,17 +826,19 @@ class ALMA:
         return reindex(self, force=force, progress=progress)
 
     # -- overview --------------------------------------------------------------------
-    def stats(self, agent: str | None = None) -> dict[str, Any]:
+    def stats(self, agent: str | None = None, caller: Caller = EVERYONE) -> dict[str, Any]:
+        """Counts by agent and type; a caller bound to some agents and users sees only theirs
+        (preferences counted only for a caller serving every user)."""
         if agent is not None:
             agent = self._agent(agent)
         per_agent: dict[str, dict[str, int]] = {}
         for owner, kind in self.store.scopes():
-            if kind == "preference" or (agent is not None and owner != agent):
+            if kind == "preference" or (agent is not None and owner != agent) or not caller.may_act_as(owner):
                 continue
             per_agent.setdefault(owner, {t: 0 for t in MEMORY_TYPES if t != "preference"})[kind] = self.store.count(
                 kind, owner, include_archived=False
             )
-        preferences = self.store.count("preference", None, include_archived=False)
+        preferences = self.store.count("preference", None, include_archived=False) if caller.users is None else 0
         total = sum(sum(c.values()) for c in per_agent.values()) + (preferences if agent is None else 0)
         return {
             "project": self.config.project,

@@ -150,7 +150,7 @@ class _FileLock:
         self.path = path
 
     def acquire(self, exclusive: bool, deadline: float) -> int:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         if fcntl is None:  # pragma: no cover - Windows
             return self._acquire_windows(fd, deadline)
         mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
@@ -200,7 +200,7 @@ class ChangeCounters:
 
     def __init__(self, path: Path) -> None:
         size = _WORD.size * (SLOTS + 1)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if os.fstat(fd).st_size < size:
                 os.ftruncate(fd, size)

@@ -147,12 +147,16 @@ async def count_lost(url: str, token: str, ids: list[str]) -> int:
     lost = 0
     async with client(url, token) as session:
         for memory_id in ids:
-            try:
-                detail = json.loads((await session.read_resource(f"alma://memories/{memory_id}")).contents[0].text)
-                if detail["memory"]["id"] != memory_id:
-                    lost += 1
-            except Exception:
-                lost += 1
+            found = False
+            for agent in AGENTS:  # an outcome is read as the agent that recorded it
+                try:
+                    uri = f"alma://memories/{memory_id}?agent={agent}"
+                    detail = json.loads((await session.read_resource(uri)).contents[0].text)
+                except Exception:
+                    continue
+                found = detail["memory"]["id"] == memory_id
+                break
+            lost += not found
     return lost
 
 

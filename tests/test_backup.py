@@ -337,8 +337,8 @@ def _vectors(alma: Any, agent: str = "bot") -> dict[str, np.ndarray]:
 def test_reindex_import_and_restore_keep_the_vectors_learning_gave(make_alma, tmp_path):
     # Learning stores an outcome under its task alone, and a learned lesson under the mean of its
     # tasks plus its strategy: that is what groups outcomes and lets a task find its lessons.
-    # Re-embedding (reindex), importing without vectors and restoring a purged lesson must give
-    # them those same vectors, not the embedding of their text.
+    # Re-embedding (reindex), importing without vectors and restoring an archived lesson must give
+    # them those same vectors, not the embedding of their text (a purged one is erased).
     first = make_alma(data_dir=tmp_path / "a")
     for task in LEARNED_TASKS:
         first.learn("bot", task, "success", "Replace fixed sleeps with explicit waits", "testing")
@@ -363,7 +363,7 @@ def test_reindex_import_and_restore_keep_the_vectors_learning_gave(make_alma, tm
     same(second)
 
     heuristic = first.list_memories("bot", "heuristic")[0]
-    first.forget([heuristic.id], dry_run=False, purge=True)
+    first.forget([heuristic.id], dry_run=False)
     first.restore([heuristic.id])
     same(first)
     found = first.retrieve("The login page browser test is flaky in CI", "bot", memory_types=["heuristic"])

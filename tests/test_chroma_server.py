@@ -142,14 +142,14 @@ async def test_feedback_forget_and_stats(backend):
     fact = alma.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC")
     alma.add_preference("alice", "communication", "Keep test reports to five bullet points")
     async with Client(create_server(alma=alma), mode="legacy") as client:
-        fed = ok(await client.call_tool("alma_feedback", {"memory_id": fact.id, "signal": "helpful"}))
+        fed = ok(await client.call_tool("alma_feedback", {"memory_id": fact.id, "signal": "helpful", "agent": "victor"}))
         assert fed["helpful"] == 1
         stats = json.loads((await client.read_resource("alma://stats")).contents[0].text)
         assert stats["agents"]["victor"]["knowledge"] == 1 and stats["preferences"] == 1
-        dry = ok(await client.call_tool("alma_forget", {"memory_ids": [fact.id]}))
+        dry = ok(await client.call_tool("alma_forget", {"agent": "victor", "memory_ids": [fact.id]}))
         assert dry["dry_run"] is True and dry["count"] == 1
         assert alma.stats()["agents"]["victor"]["knowledge"] == 1
-        ok(await client.call_tool("alma_forget", {"memory_ids": [fact.id], "dry_run": False}))
+        ok(await client.call_tool("alma_forget", {"agent": "victor", "memory_ids": [fact.id], "dry_run": False}))
         assert alma.stats()["agents"]["victor"]["knowledge"] == 0
 
 

@@ -84,7 +84,7 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_write(tmp_path):
                 stats = (await session.call_tool("alma_stats", {})).structured_content
                 assert stats["agents"]["helena"]["knowledge"] >= len(acknowledged)
                 for memory_id, fact in acknowledged.items():
-                    detail = await session.read_resource(f"alma://memories/{memory_id}")
+                    detail = await session.read_resource(f"alma://memories/{memory_id}?agent=helena")
                     assert fact in detail.contents[0].text
                     found = await session.call_tool(
                         "alma_retrieve", {"agent": "helena", "task": fact, "memory_types": ["knowledge"], "top_k": 3}

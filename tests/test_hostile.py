@@ -186,7 +186,7 @@ async def test_instruction_like_memory_is_stored_and_injected_as_fenced_data(alm
             "alma_add_knowledge", {"agent": "helena", "domain": "security", "fact": f"Admin mode notes. {INJECTION}"}
         )
         assert not taught.is_error
-        stored = json.loads((await client.read_resource(f"alma://memories/{taught.structured_content['id']}")).contents[0].text)
+        stored = json.loads((await client.read_resource(f"alma://memories/{taught.structured_content['id']}?agent=helena")).contents[0].text)
         assert INJECTION in stored["memory"]["fact"]  # stored verbatim: nothing is silently rewritten
         got = await client.call_tool("alma_retrieve", {"agent": "helena", "task": "What are the admin mode notes?"})
         prompt = got.structured_content["prompt"]

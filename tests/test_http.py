@@ -124,7 +124,7 @@ def test_refuses_non_loopback_without_token(alma):
         build_http_app(mcp, HttpSettings(), "0.0.0.0", 8765, token=None, allow_no_auth=True)
     with pytest.raises(ConfigError, match="ALMA_MCP_TOKEN"):
         build_http_app(mcp, HttpSettings(), "127.0.0.1", 8765, token=None)
-    assert build_http_app(mcp, HttpSettings(), "0.0.0.0", 8765, token="s3cret-token-value") is not None
+    assert build_http_app(mcp, HttpSettings(), "0.0.0.0", 8765, token="s3cret-token-value-" + "x" * 20) is not None
 
 
 def test_cli_refuses_to_serve_without_token(tmp_path):

@@ -367,7 +367,7 @@ async def test_provenance_is_shown_at_the_memory_resource(alma, mode):
             assert not result.is_error
             outcome_ids.append(result.structured_content["outcome_id"])
         heuristic_id = result.structured_content["heuristics_created"][0]
-        detail = json.loads((await client.read_resource(f"alma://memories/{heuristic_id}")).contents[0].text)
+        detail = json.loads((await client.read_resource(f"alma://memories/{heuristic_id}?agent=bot")).contents[0].text)
         assert detail["memory"]["supporting_outcomes"] == sorted(outcome_ids)
         assert sorted(p["id"] for p in detail["provenance"]) == sorted(outcome_ids)
         assert {p["task"] for p in detail["provenance"]} == set(FLAKY[:3])
@@ -409,7 +409,7 @@ async def test_feedback_counters_move_confidence_and_ranking(alma, mode):
         assert after["archived"] and "harmful" in after["archived_reason"]
         got = await client.call_tool("alma_retrieve", {"agent": "bot", "task": "The login UI test is flaky in CI"})
         assert taught.id not in [h["memory"]["id"] for h in got.structured_content["heuristics"]]
-        bad = await client.call_tool("alma_feedback", {"memory_id": rival.id, "signal": "loved"})
+        bad = await client.call_tool("alma_feedback", {"memory_id": rival.id, "signal": "loved", "agent": "bot"})
         assert bad.is_error
 
 

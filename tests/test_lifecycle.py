@@ -309,19 +309,23 @@ def test_forget_archives_by_default_and_restore_brings_it_back(alma):
         alma.restore([fact.id])
 
 
-def test_purge_deletes_but_the_audit_log_keeps_a_copy_to_restore(alma):
-    fact = alma.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC", confidence=0.6)
-    alma.feedback(fact.id, "helpful")
+def test_purge_erases_the_memory_and_its_words_from_the_audit_log(alma):
+    fact = alma.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC by cron-7f3a", confidence=0.6)
+    kept = alma.add_knowledge("victor", "billing", "Refunds take five business days")
+    alma.forget([fact.id, kept.id], dry_run=False)  # archived first: an entry with its title
+    alma.restore([fact.id, kept.id])
     done = alma.forget([fact.id], dry_run=False, purge=True)
     assert done.action == "purge" and done.count == 1
     with pytest.raises(NotFound):
         alma.store.get(fact.id)
     (entry,) = alma.audit_log(action="purge")
-    assert entry.snapshot["fact"] == "Invoices are generated at 02:00 UTC" and entry.call == "forget (purge)"
-    alma.restore([fact.id])
-    back = alma.store.get(fact.id)
-    assert back.fact == fact.fact and back.helpful == 1 and not back.archived
-    assert [m.memory.id for m in alma.retrieve("When are invoices generated?", "victor").knowledge] == [fact.id]
+    assert entry.memory_id == fact.id and entry.snapshot is None and entry.title is None
+    assert entry.call == "forget (purge)"
+    assert all(e.title is None for e in alma.audit_log(memory_id=fact.id))
+    log_text = alma.audit.path.read_text()
+    assert "cron-7f3a" not in log_text and "Refunds take five business days" in log_text
+    with pytest.raises(NotFound, match="no memory with id"):
+        alma.restore([fact.id])
 
 
 def test_every_removal_is_in_the_audit_log(make_alma):
@@ -430,23 +434,23 @@ async def test_life_cycle_tools_and_audit_resource(make_alma, mode):
         done = structured(await client.call_tool("alma_consolidate", {"agent": "victor", "memory_type": "knowledge", "dry_run": False}))
         assert done["count"] == 1
 
-        forgot = structured(await client.call_tool("alma_forget", {"memory_ids": [c.id], "dry_run": False}))
+        forgot = structured(await client.call_tool("alma_forget", {"agent": "victor", "memory_ids": [c.id], "dry_run": False}))
         assert forgot["action"] == "archive" and forgot["count"] == 1
-        restored = structured(await client.call_tool("alma_restore", {"memory_ids": [c.id]}))
+        restored = structured(await client.call_tool("alma_restore", {"agent": "victor", "memory_ids": [c.id]}))
         assert restored["count"] == 1
 
-        sweep = structured(await client.call_tool("alma_sweep", {}))
+        sweep = structured(await client.call_tool("alma_sweep", {"agent": "victor"}))
         assert sweep["dry_run"] is True and sweep["count"] == 0
 
-        audit = json.loads((await client.read_resource("alma://audit")).contents[0].text)
+        audit = json.loads((await client.read_resource("alma://audit?agent=victor")).contents[0].text)
         assert [(e["action"], e["memory_id"]) for e in audit] == [("restore", c.id), ("archive", c.id), ("merge", a.id)]
         assert audit[1]["call"] == "forget" and audit[2]["call"] == "consolidate"
-        one = json.loads((await client.read_resource(f"alma://audit/{a.id}")).contents[0].text)
+        one = json.loads((await client.read_resource(f"alma://audit/{a.id}?agent=victor")).contents[0].text)
         assert [e["action"] for e in one] == ["merge"]
 
         bad = await client.call_tool("alma_consolidate", {"agent": "victor", "memory_type": "outcome"})
         assert bad.is_error
-        bad_restore = await client.call_tool("alma_restore", {"memory_ids": [b.id]})
+        bad_restore = await client.call_tool("alma_restore", {"agent": "victor", "memory_ids": [b.id]})
         assert bad_restore.is_error and "not archived" in bad_restore.content[0].text
 
 

@@ -47,11 +47,12 @@ async def test_lists_tools_resources_and_prompts(alma, mode):
         assert tools["alma_learn"].annotations.read_only_hint is False
         assert tools["alma_retrieve"].output_schema is not None
         resources = {str(r.uri) for r in (await client.list_resources()).resources}
-        assert {"alma://agents", "alma://config", "alma://stats"} <= resources
+        assert {"alma://agents", "alma://config"} <= resources
         templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
         assert "alma://agents/{agent}/memories{?task,top_k,user_id,task_type}" in templates
         assert "alma://agents/{agent}/prompt{?task,top_k,user_id,task_type}" in templates
-        assert "alma://agents/{agent}/{memory_type}" in templates
+        assert "alma://agents/{agent}/{memory_type}{?user_id}" in templates
+        assert {"alma://stats{?agent}", "alma://audit{?agent,limit}", "alma://audit/{memory_id}{?agent}"} <= templates
         assert "alma://memories/{memory_id}{?agent}" in templates
         prompts = {p.name for p in (await client.list_prompts()).prompts}
         assert {"alma_task", "alma_reflect"} <= prompts
@@ -147,7 +148,7 @@ async def test_three_similar_successes_make_a_heuristic_that_is_injected(alma, m
         assert [h["memory"]["id"] for h in got["heuristics"]] == [heuristic_id]
         assert strategy in got["prompt"]
 
-        detail = json.loads((await client.read_resource(f"alma://memories/{heuristic_id}")).contents[0].text)
+        detail = json.loads((await client.read_resource(f"alma://memories/{heuristic_id}?agent=helena")).contents[0].text)
         assert detail["memory"]["occurrence_count"] == 4
         assert len(detail["provenance"]) == 4
         assert all(p["type"] == "outcome" for p in detail["provenance"])
@@ -209,10 +210,10 @@ async def test_stats_and_health_tools(alma):
 async def test_forget_dry_run_then_for_real(alma):
     fact = alma.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC")
     async with Client(create_server(alma=alma), mode="legacy") as client:
-        dry = structured(await client.call_tool("alma_forget", {"memory_ids": [fact.id]}))
+        dry = structured(await client.call_tool("alma_forget", {"agent": "victor", "memory_ids": [fact.id]}))
         assert dry["dry_run"] is True and dry["count"] == 1
         assert alma.stats()["agents"]["victor"]["knowledge"] == 1
-        done = structured(await client.call_tool("alma_forget", {"memory_ids": [fact.id], "dry_run": False}))
+        done = structured(await client.call_tool("alma_forget", {"agent": "victor", "memory_ids": [fact.id], "dry_run": False}))
         assert done["dry_run"] is False and done["count"] == 1
         assert alma.stats()["agents"]["victor"]["knowledge"] == 0
 
@@ -228,7 +229,7 @@ async def test_teaching_tools_publish_their_output_schema(alma):
         ]:
             assert field in tools[name].output_schema["properties"], name
         pref = structured(
-            await client.call_tool("alma_add_preference", {"user_id": "alice", "category": "tone", "preference": "No emoji"})
+            await client.call_tool("alma_add_preference", {"user_id": "alice", "category": "tone", "preference": "No emoji", "agent": "helena"})
         )
         assert pref["type"] == "preference" and pref["user_id"] == "alice"
 
