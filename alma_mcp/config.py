@@ -159,6 +159,21 @@ class RetrievalSettings(_Strict):
         "('keep reports short') look unrelated to most tasks. Preferences never open the floor for "
         "the other types.",
     )
+    weak_floor: float = Field(
+        0.30,
+        ge=0,
+        le=1,
+        description="Evidence a memory that is not confident (it neither clears relevance_floor nor is admitted "
+        "beside one that does) needs to be mentioned as a weak match: one line, labelled for the model to judge "
+        "(README 'How retrieval scores', docs/retrieval-tiers.md). Above relevance_floor: no weak tier.",
+    )
+    weak_top_k: int = Field(
+        3,
+        ge=0,
+        le=20,
+        description="Weak matches mentioned at most, all types together, best first. 0: no weak tier "
+        "(all-or-nothing injection).",
+    )
 
 
 class LearningSettings(_Strict):
@@ -487,7 +502,8 @@ alma:
 
   retrieval:
     top_k: 5                        # per memory type
-    relevance_floor: 0.42           # evidence the best memory needs, or nothing is injected
+    relevance_floor: 0.42           # evidence a memory needs to be injected in full (confident)
+    weak_floor: 0.30                # below relevance_floor, above this: a one-line weak-match mention
     token_budget: 1500              # size of the injected prompt
     recency_half_life_days: 30
     weights: {{similarity: 0.70, recency: 0.05, success: 0.10, confidence: 0.10, feedback: 0.05}}

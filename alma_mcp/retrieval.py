@@ -19,8 +19,11 @@ A candidate is *relevant* when it clears the floor: its evidence (similarity plu
 lexical coverage) reaches `relevance_floor`, or its lexical coverage (the share of the task's IDF mass the memory
 contains) reaches `lexical_floor`. The second door is what lets an error string or identifier
 quoted verbatim through even when the embedding model blurs it. Both floors are calibrated on
-the benchmark corpus (bench/retrieval.py). Nothing that fails the floor is ever returned, so a
-task with nothing relevant gets an empty prompt. The preferences of the user named by
+the development corpus (bench/retrieval.py). What clears the floor is the *confident* tier,
+injected in full. Below it, the few best candidates whose evidence reaches `weak_floor` are the
+*weak* tier (`mention`): one line each, labelled for the model to judge, since a floor that
+decides all-or-nothing on an overlapping signal throws away a third of the right answers. A
+task with nothing above weak_floor gets an empty prompt. The preferences of the user named by
 `user_id` have their own, lower floor (`preference_floor`): the caller asked for them.
 
 The final score mixes relevance with recency, success rate, confidence and feedback
@@ -103,10 +106,28 @@ CATCH_UP_MIN) reads the whole collection instead."""
 CATCH_UP_MIN = 2000
 
 
+Tier = Literal["confident", "weak"]
+"""How a memory is injected: `confident` (its evidence clears the floor, or is within
+floor_margin of one that does) in full; `weak` (evidence between weak_floor and that) as a
+one-line mention the model is told to judge for itself."""
+
+
 class ScoredMemory(BaseModel):
     memory: Memory
+    tier: Tier = Field(
+        "confident",
+        description="confident: cleared the relevance floor, injected in full; weak: below it but above weak_floor, "
+        "mentioned in one line as a weak match for the model to judge.",
+    )
+    evidence: float = Field(
+        0.0,
+        description="The memory's relevance to the task, the one number the floors judge, the prompt shows and "
+        "explain reports: similarity + lexical_weight x coverage.",
+    )
     score: float = Field(description="Final ranking score, 0-1: relevance mixed with recency, success, confidence, feedback.")
-    relevance: float = Field(0.0, description="How well the memory matches the task, 0-1 (fused dense and lexical).")
+    relevance: float = Field(
+        0.0, description="The ranking's part of the score, 0-1: rank fusion of the dense and lexical rankings mixed with evidence."
+    )
     similarity: float = Field(
         description="Similarity of the memory to the task: cosine of its whole text, mixed with that of its key field (key_weight)."
     )
@@ -178,8 +199,12 @@ class MemorySlice(BaseModel):
         return [item for items in self.by_type().values() for item in items]
 
     def ranked(self) -> list[ScoredMemory]:
-        """Every returned memory, all types together, best score first."""
-        return sorted(self.all(), key=lambda item: item.score, reverse=True)
+        """Every returned memory, all types together: the confident ones by score, then the weak ones."""
+        return sorted(self.all(), key=lambda item: (item.tier == "confident", item.score), reverse=True)
+
+    def confident(self) -> list[ScoredMemory]:
+        """The memories injected in full (those that cleared the floor), best score first."""
+        return [item for item in self.ranked() if item.tier == "confident"]
 
     def to_prompt(self) -> str:
         return self.prompt
@@ -634,9 +659,11 @@ class Candidate:
             return "both"
         return "lexical" if self.lexical_ok else "dense"
 
-    def scored(self) -> ScoredMemory:
+    def scored(self, tier: Tier = "confident") -> ScoredMemory:
         return SCORED_BY_TYPE[self.memory.type](  # type: ignore[attr-defined]
             memory=self.memory,
+            tier=tier,
+            evidence=round(self.evidence, 4),
             score=round(self.score, 4),
             relevance=round(self.relevance, 4),
             similarity=round(self.similarity, 4),
@@ -745,6 +772,42 @@ def choose(
     }
 
 
+def mention(
+    candidates: Sequence[Candidate], chosen: dict[str, list[Candidate]], settings: RetrievalSettings
+) -> list[Candidate]:
+    """The weak tier: up to `weak_top_k` candidates of the chosen types that were not chosen in
+    full but whose evidence reaches `weak_floor`, best score first, near-duplicates of anything
+    already chosen or mentioned skipped.
+
+    A floor decides all-or-nothing on a signal that overlaps between answerable and unanswerable
+    tasks; below it, the closest memories are still more often right than not, so they are named
+    in one line each and the model that reads the task judges them, at a cost of a few dozen
+    tokens when they are not."""
+    if settings.weak_top_k <= 0:
+        return []
+    taken = [c for picked in chosen.values() for c in picked]
+    ids = {c.memory.id for c in taken}
+    pool = sorted(
+        (
+            c
+            for c in candidates
+            if c.memory.type in chosen  # type: ignore[attr-defined]
+            and c.memory.id not in ids
+            and c.evidence >= settings.weak_floor
+        ),
+        key=lambda c: c.score,
+        reverse=True,
+    )
+    weak: list[Candidate] = []
+    for candidate in pool:
+        if any(float(np.dot(candidate.vector, other.vector)) >= settings.near_duplicate for other in [*taken, *weak]):
+            continue
+        weak.append(candidate)
+        if len(weak) >= settings.weak_top_k:
+            break
+    return weak
+
+
 class CandidateVerdict(BaseModel):
     """One memory considered for a task, its evidence against the floor, and what became of it."""
 
@@ -757,6 +820,7 @@ class CandidateVerdict(BaseModel):
     coverage: float = Field(description="share of the task's distinctive words (IDF mass) the memory holds")
     score: float
     injected: bool
+    tier: Tier | None = Field(None, description="how it was injected: in full (confident), in one line (weak); null: not at all")
     verdict: str
 
 
@@ -769,22 +833,31 @@ class Explanation(BaseModel):
     floor_margin: float
     lexical_floor: float
     preference_floor: float
+    weak_floor: float = 0.0
     answered: bool = Field(description="some candidate cleared the floor, so the task is answered at all")
     candidates: list[CandidateVerdict]
 
 
 def judge(
-    candidates: Sequence[Candidate], chosen: dict[str, list[Candidate]], settings: RetrievalSettings, n: int
+    candidates: Sequence[Candidate],
+    chosen: dict[str, list[Candidate]],
+    settings: RetrievalSettings,
+    n: int,
+    weak: Sequence[Candidate] = (),
 ) -> tuple[bool, list[CandidateVerdict]]:
     """The verdict on every injected candidate and on the strongest others (by evidence), `n` in
-    all at least: the rules of `choose`, spelled out per memory."""
+    all at least: the rules of `choose` and `mention`, spelled out per memory."""
     answered = any(c.cleared for c in candidates)
-    injected = {c.memory.id for picked in chosen.values() for c in picked}
+    confident = {c.memory.id for picked in chosen.values() for c in picked}
+    mentioned = {c.memory.id for c in weak}
+    injected = confident | mentioned
     ranked = sorted(candidates, key=lambda c: (c.memory.id in injected, c.evidence), reverse=True)
     shown = ranked[: max(n, len(injected))]
 
     def verdict(c: Candidate) -> str:
-        if c.memory.id in injected:
+        if c.memory.id in mentioned:
+            return "injected as a weak match: below the floor, above weak_floor; one line for the model to judge"
+        if c.memory.id in confident:
             if c.dense_ok:
                 return "injected: cleared relevance_floor"
             if c.lexical_ok:
@@ -794,9 +867,14 @@ def judge(
             return "injected: within floor_margin of relevance_floor, and the task is answered"
         if admitted(c, answered, settings):
             return "admitted, not injected: its type's top_k is full, or it nearly duplicates one injected"
+        weak = (
+            "above weak_floor, not mentioned: weak_top_k is full, or it nearly duplicates one injected"
+            if c.evidence >= settings.weak_floor
+            else "below weak_floor"
+        )
         if not answered:
-            return "below the floor: no memory cleared it, so nothing is injected"
-        return "below relevance_floor - floor_margin"
+            return f"below the floor: no memory cleared it; {weak}"
+        return f"below relevance_floor - floor_margin; {weak}"
 
     return answered, [
         CandidateVerdict(
@@ -809,6 +887,7 @@ def judge(
             coverage=round(c.coverage, 3),
             score=round(c.score, 4),
             injected=c.memory.id in injected,
+            tier="confident" if c.memory.id in confident else "weak" if c.memory.id in mentioned else None,
             verdict=verdict(c),
         )
         for c in shown
@@ -891,7 +970,10 @@ class Retriever:
             self.cache_misses += 1
 
         candidates = self.candidates(task, agent, user_id, kinds, settings, mode, task_type)
-        by_type = {kind: [c.scored() for c in chosen] for kind, chosen in choose(candidates, kinds, top_k, settings).items()}
+        chosen = choose(candidates, kinds, top_k, settings)
+        by_type = {kind: [c.scored() for c in picked] for kind, picked in chosen.items()}
+        for candidate in mention(candidates, chosen, settings):
+            by_type[candidate.memory.type].append(candidate.scored("weak"))  # type: ignore[attr-defined]
         result = MemorySlice(
             task=task,
             agent=agent,
@@ -921,7 +1003,8 @@ class Retriever:
         top_k = top_k or settings.top_k
         kinds = self._types(memory_types, settings)
         candidates = self.candidates(task, agent, user_id, kinds, settings, task_type=task_type)
-        answered, verdicts = judge(candidates, choose(candidates, kinds, top_k, settings), settings, n)
+        chosen = choose(candidates, kinds, top_k, settings)
+        answered, verdicts = judge(candidates, chosen, settings, n, mention(candidates, chosen, settings))
         return Explanation(
             task=task,
             agent=agent,
@@ -929,6 +1012,7 @@ class Retriever:
             floor_margin=settings.floor_margin,
             lexical_floor=settings.lexical_floor,
             preference_floor=settings.preference_floor,
+            weak_floor=settings.weak_floor,
             answered=answered,
             candidates=verdicts,
         )

@@ -94,7 +94,7 @@ def test_an_exact_error_string_is_found_lexically_when_the_embedding_floor_would
 ) -> None:
     # An evidence floor (similarity + lexical_weight x coverage) no memory here reaches: only the
     # lexical door can let anything through.
-    strict = {"relevance_floor": 0.95, "floor_margin": 0.0, "lexical_weight": 0.15}
+    strict = {"relevance_floor": 0.95, "floor_margin": 0.0, "lexical_weight": 0.15, "weak_top_k": 0}
     alma = make_alma(retrieval={**strict, "lexical_floor": 0.5})
     teach_playwright(alma, "victor")
     alma.add_knowledge(
