@@ -24,7 +24,7 @@ injected in full. Below it, the few best candidates whose evidence reaches `weak
 *weak* tier (`mention`): one line each, labelled for the model to judge, since a floor that
 decides all-or-nothing on an overlapping signal throws away a third of the right answers. A
 task with nothing above weak_floor gets an empty prompt. The preferences of the user named by
-`user_id` have their own, lower floor (`preference_floor`): the caller asked for them.
+`user_id` may have their own, lower floor (`preference_floor`, off by default).
 
 The final score mixes relevance with recency, success rate, confidence and feedback
 (`RetrievalWeights`, README "How retrieval scores"). Per type, near-duplicates of a memory
@@ -50,6 +50,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from .calibration import FloorCalibration, shifted
 from .config import AlmaConfig, RetrievalSettings
 from .embeddings import Embedder
 from .dense import VectorIndex
@@ -736,8 +737,9 @@ def select(candidates: Sequence[Candidate], top_k: int, near_duplicate: float) -
 
 
 def under_preference_floor(c: Candidate, settings: RetrievalSettings) -> bool:
-    """A preference of the named user that clears its own floor (see `choose`)."""
-    return c.memory.type == PREFERENCES and c.evidence >= settings.preference_floor  # type: ignore[attr-defined]
+    """A preference of the named user that clears its own floor, when it has one (see `choose`)."""
+    floor = settings.preference_floor
+    return floor is not None and c.memory.type == PREFERENCES and c.evidence >= floor  # type: ignore[attr-defined]
 
 
 def admitted(c: Candidate, answered: bool, settings: RetrievalSettings) -> bool:
@@ -773,7 +775,10 @@ def choose(
 
 
 def mention(
-    candidates: Sequence[Candidate], chosen: dict[str, list[Candidate]], settings: RetrievalSettings
+    candidates: Sequence[Candidate],
+    chosen: dict[str, list[Candidate]],
+    settings: RetrievalSettings,
+    kinds: Sequence[str] | None = None,
 ) -> list[Candidate]:
     """The weak tier: up to `weak_top_k` candidates of the chosen types that were not chosen in
     full but whose evidence reaches `weak_floor`, best score first, near-duplicates of anything
@@ -782,16 +787,17 @@ def mention(
     A floor decides all-or-nothing on a signal that overlaps between answerable and unanswerable
     tasks; below it, the closest memories are still more often right than not, so they are named
     in one line each and the model that reads the task judges them, at a cost of a few dozen
-    tokens when they are not."""
+    tokens when they are not. `kinds`: the types that may be mentioned (default: those chosen from)."""
     if settings.weak_top_k <= 0:
         return []
+    allowed = set(kinds if kinds is not None else chosen)
     taken = [c for picked in chosen.values() for c in picked]
     ids = {c.memory.id for c in taken}
     pool = sorted(
         (
             c
             for c in candidates
-            if c.memory.type in chosen  # type: ignore[attr-defined]
+            if c.memory.type in allowed  # type: ignore[attr-defined]
             and c.memory.id not in ids
             and c.evidence >= settings.weak_floor
         ),
@@ -832,7 +838,7 @@ class Explanation(BaseModel):
     relevance_floor: float
     floor_margin: float
     lexical_floor: float
-    preference_floor: float
+    preference_floor: float | None
     weak_floor: float = 0.0
     answered: bool = Field(description="some candidate cleared the floor, so the task is answered at all")
     candidates: list[CandidateVerdict]
@@ -894,6 +900,9 @@ def judge(
     ]
 
 
+CALIBRATION_FILE = "feedback_calibration.json"
+
+
 class Retriever:
     def __init__(self, store: MemoryStore, embedder: Embedder, config: AlmaConfig, cache_size: int = 512) -> None:
         self.store = store
@@ -901,6 +910,7 @@ class Retriever:
         self.config = config
         self.indexes = SearchIndexes(store, config.alma.vector_search)
         self.keys = KeyVectors(embedder)
+        self.calibration = FloorCalibration(config.data_dir / CALIBRATION_FILE)
         self._searches = ThreadPoolExecutor(_SEARCH_THREADS, thread_name_prefix="alma-search")
         self._results: OrderedDict[tuple[Any, ...], tuple[float, MemorySlice]] = OrderedDict()
         self._cache_size = cache_size
@@ -929,10 +939,39 @@ class Retriever:
                 scopes += [(kind, source) for source in self.config.readable_agents(agent, kind)]
         return scopes
 
+    def settings_for(self, agent: str) -> RetrievalSettings:
+        """The agent's retrieval settings, its floors moved by its own feedback (calibration.py)."""
+        settings = self.config.retrieval_for(agent)
+        if not settings.calibrate_from_feedback:
+            return settings
+        shift = self.calibration.shift(agent, settings.relevance_floor)
+        if not shift:
+            return settings
+        return settings.model_copy(
+            update={
+                "relevance_floor": shifted(settings.relevance_floor, shift),
+                "weak_floor": shifted(settings.weak_floor, shift),
+            }
+        )
+
+    def rate(self, agent: str, memory_id: str, signal: str) -> bool:
+        """Count `agent`'s feedback on a memory it was served (see calibration.py)."""
+        return self.calibration.rate(agent, memory_id, signal)
+
     def _types(self, memory_types: Sequence[str] | None, settings: RetrievalSettings) -> list[str]:
         if memory_types is None:
             return [t for t in MEMORY_TYPES if t != "outcome" or settings.include_outcomes]
         return list(memory_types)
+
+    @staticmethod
+    def _confident_types(
+        kinds: Sequence[str], memory_types: Sequence[str] | None, settings: RetrievalSettings
+    ) -> list[str]:
+        """The types that may be injected in full: all those read, but outcomes that come with the
+        default types under `include_outcomes: weak` are only ever mentioned."""
+        if memory_types is None and settings.include_outcomes == "weak":
+            return [kind for kind in kinds if kind != "outcome"]
+        return list(kinds)
 
     def retrieve(
         self,
@@ -945,7 +984,7 @@ class Retriever:
         mode: Mode = "hybrid",
         task_type: str | None = None,
     ) -> MemorySlice:
-        settings = settings or self.config.retrieval_for(agent)
+        settings = settings or self.settings_for(agent)
         top_k = top_k or settings.top_k
         kinds = self._types(memory_types, settings)
         scopes = self.scopes(agent, kinds, user_id)
@@ -966,13 +1005,15 @@ class Retriever:
             if cached is not None and now_mono - cached[0] < _RESULT_TTL_SECONDS:
                 self._results.move_to_end(key)
                 self.cache_hits += 1
+                self.calibration.served(agent, {m.memory.id: m.evidence for m in cached[1].all()})
                 return cached[1].model_copy(deep=True)
             self.cache_misses += 1
 
         candidates = self.candidates(task, agent, user_id, kinds, settings, mode, task_type)
-        chosen = choose(candidates, kinds, top_k, settings)
+        chosen = choose(candidates, self._confident_types(kinds, memory_types, settings), top_k, settings)
         by_type = {kind: [c.scored() for c in picked] for kind, picked in chosen.items()}
-        for candidate in mention(candidates, chosen, settings):
+        by_type.update({kind: [] for kind in kinds if kind not in by_type})
+        for candidate in mention(candidates, chosen, settings, kinds):
             by_type[candidate.memory.type].append(candidate.scored("weak"))  # type: ignore[attr-defined]
         result = MemorySlice(
             task=task,
@@ -981,6 +1022,7 @@ class Retriever:
             **{_FIELD_BY_TYPE[kind]: items for kind, items in by_type.items()},
         )
         result.prompt = render_prompt(by_type, settings.token_budget)
+        self.calibration.served(agent, {m.memory.id: m.evidence for m in result.all()})
         with self._lock:
             self._results[key] = (now_mono, result)
             while len(self._results) > self._cache_size:
@@ -999,12 +1041,12 @@ class Retriever:
     ) -> Explanation:
         """What `retrieve` would inject for this task and why, with the nearest memories it would
         not (their evidence against the floors): for tuning `relevance_floor` on one's own store."""
-        settings = self.config.retrieval_for(agent)
+        settings = self.settings_for(agent)
         top_k = top_k or settings.top_k
         kinds = self._types(memory_types, settings)
         candidates = self.candidates(task, agent, user_id, kinds, settings, task_type=task_type)
-        chosen = choose(candidates, kinds, top_k, settings)
-        answered, verdicts = judge(candidates, chosen, settings, n, mention(candidates, chosen, settings))
+        chosen = choose(candidates, self._confident_types(kinds, memory_types, settings), top_k, settings)
+        answered, verdicts = judge(candidates, chosen, settings, n, mention(candidates, chosen, settings, kinds))
         return Explanation(
             task=task,
             agent=agent,
@@ -1038,6 +1080,8 @@ class Retriever:
         found: dict[str, Candidate] = {}
         lexical_hits: list[tuple[float, str]] = []
         admit = settings.relevance_floor - settings.floor_margin
+        if settings.weak_top_k > 0:  # the weak tier reads down to weak_floor
+            admit = min(admit, settings.weak_floor)
         scopes = self.scopes(agent, memory_types, user_id)
 
         def search(scope: tuple[str, str | None]) -> tuple[list[Any], list[Any], dict[str, Any]]:

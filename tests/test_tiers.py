@@ -57,3 +57,16 @@ def test_the_prompt_the_result_and_explain_give_the_same_evidence(alma: ALMA) ->
         assert m.evidence == why[m.memory.id].evidence and why[m.memory.id].tier == m.tier
         assert f"evidence {m.evidence:.2f}" in result.prompt
     assert "relevance 0." not in result.prompt
+
+
+def test_by_default_an_agents_own_outcomes_reach_it_as_one_line_weak_matches(alma: ALMA) -> None:
+    alma.learn("helena", "Fix the flaky checkout end-to-end test that clicks Pay too early", "success",
+               "Waited for the payment iframe to load with frameLocator before clicking Pay", task_type="testing")
+    task = "The checkout e2e test is flaky: it presses Pay before the card iframe is ready"
+    result = alma.retrieve(task, "helena")
+    assert [m.tier for m in result.outcomes] == ["weak"], "no lesson has formed yet: the outcome itself is mentioned"
+    assert "tried Waited for the payment iframe" in result.prompt
+    named = alma.retrieve(task, "helena", memory_types=["outcome"])
+    assert [m.tier for m in named.outcomes] == ["confident"], "a caller who asks for outcomes gets them like any memory"
+    alma.config.alma.retrieval = alma.config.alma.retrieval.model_copy(update={"include_outcomes": False})
+    assert alma.retrieve(task, "helena").outcomes == []
