@@ -987,6 +987,7 @@ class Retriever:
         settings = settings or self.settings_for(agent)
         top_k = top_k or settings.top_k
         kinds = self._types(memory_types, settings)
+        confident_kinds = self._confident_types(kinds, memory_types, settings)
         scopes = self.scopes(agent, kinds, user_id)
         key = (
             mode,
@@ -995,6 +996,7 @@ class Retriever:
             top_k,
             user_id,
             tuple(kinds),
+            tuple(confident_kinds),
             task_type.lower() if task_type else None,
             settings.model_dump_json(),
             tuple((kind, source, self.store.generation(kind, source)) for kind, source in scopes),
@@ -1010,7 +1012,7 @@ class Retriever:
             self.cache_misses += 1
 
         candidates = self.candidates(task, agent, user_id, kinds, settings, mode, task_type)
-        chosen = choose(candidates, self._confident_types(kinds, memory_types, settings), top_k, settings)
+        chosen = choose(candidates, confident_kinds, top_k, settings)
         by_type = {kind: [c.scored() for c in picked] for kind, picked in chosen.items()}
         by_type.update({kind: [] for kind in kinds if kind not in by_type})
         for candidate in mention(candidates, chosen, settings, kinds):

@@ -70,3 +70,12 @@ def test_by_default_an_agents_own_outcomes_reach_it_as_one_line_weak_matches(alm
     assert [m.tier for m in named.outcomes] == ["confident"], "a caller who asks for outcomes gets them like any memory"
     alma.config.alma.retrieval = alma.config.alma.retrieval.model_copy(update={"include_outcomes": False})
     assert alma.retrieve(task, "helena").outcomes == []
+
+
+def test_a_cached_result_is_not_served_for_the_same_types_asked_another_way(alma: ALMA) -> None:
+    alma.learn("helena", "Fix the flaky checkout end-to-end test that clicks Pay too early", "success",
+               "Waited for the payment iframe to load with frameLocator before clicking Pay", task_type="testing")
+    task = "The checkout e2e test is flaky: it presses Pay before the card iframe is ready"
+    every = ["heuristic", "anti_pattern", "knowledge", "preference", "outcome"]
+    assert [m.tier for m in alma.retrieve(task, "helena", memory_types=every).outcomes] == ["confident"]
+    assert [m.tier for m in alma.retrieve(task, "helena").outcomes] == ["weak"], "the default types read outcomes as weak only"
