@@ -3,10 +3,12 @@
 Every memory a retrieval serves has an evidence (similarity plus a share of lexical coverage).
 When the agent later rates it with `alma_feedback`, the pair (evidence, useful) says something
 about where this agent's floor should be: `helpful` and `used` mean the memory was worth
-injecting, `harmful` and `ignored` that it was not. The configured `relevance_floor` is taken as
-the evidence at which a memory is as likely useful as not; this agent's own point is fitted to
-its ratings under a logistic model with a fixed slope, by maximum a posteriori with a normal
-prior centred on the configured floor. A few ratings move it little; many move it as far as
+injecting, `harmful` and `ignored` that it was not. Usefulness is modelled as a logistic curve
+of evidence with a fixed slope, whose value at the configured `relevance_floor` is what it was
+on the development corpus (USEFUL_AT_FLOOR); this agent's own curve is that one shifted along
+the evidence axis, the shift fitted to its ratings by maximum a posteriori with a normal prior
+centred on no shift. An agent whose memories turn out more useful than the reference at the same
+evidence gets lower floors, one whose memories turn out less useful, higher ones. A few ratings move it little; many move it as far as
 they agree, at most MAX_SHIFT either way. The same shift moves `weak_floor`, so the two tiers
 keep their distance.
 
@@ -32,6 +34,12 @@ log = logging.getLogger("alma_mcp")
 USEFUL = {"helpful": True, "used": True, "harmful": False, "ignored": False}
 SLOPE = 20.0
 """Log-odds of usefulness per unit of evidence: 0.1 of evidence changes the odds about 7-fold."""
+USEFUL_AT_FLOOR = 0.33
+"""Share of served memories rated useful at the configured floor's evidence, on the development
+corpus: with no offset, replaying its labels as ratings (bench/retrieval.py --tiers) moved every
+agent's floor up by 0.007-0.037, i.e. memories there are useful about a third of the time, not
+half, since most of what a task is served is not one of its few right answers."""
+_BIAS = float(np.log(USEFUL_AT_FLOOR / (1.0 - USEFUL_AT_FLOOR)))
 PRIOR_SD = 0.015
 """How far from the configured floor the prior lets a handful of ratings pull it."""
 MAX_SHIFT = 0.12
@@ -48,7 +56,7 @@ def fitted_shift(ratings: list[tuple[float, bool]], floor: float) -> float:
     evidence = np.array([e for e, _ in ratings], dtype=np.float64)
     sign = np.array([1.0 if useful else -1.0 for _, useful in ratings])
     candidates = floor + _GRID
-    margins = SLOPE * sign[None, :] * (evidence[None, :] - candidates[:, None])
+    margins = sign[None, :] * (SLOPE * (evidence[None, :] - candidates[:, None]) + _BIAS)
     log_likelihood = -np.logaddexp(0.0, -margins).sum(axis=1)
     log_prior = -0.5 * (_GRID / PRIOR_SD) ** 2
     return float(_GRID[int(np.argmax(log_likelihood + log_prior))])
