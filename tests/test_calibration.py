@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from test_retrieval import teach_playwright
 
 from alma_mcp.calibration import MAX_SHIFT, FloorCalibration, fitted_shift
@@ -59,7 +61,7 @@ def test_feedback_through_the_service_moves_the_agents_floors(alma: ALMA) -> Non
         alma.feedback(best.memory.id, "ignored", agent="helena")
     moved = alma.retriever.settings_for("helena")
     assert moved.relevance_floor > configured.relevance_floor and moved.weak_floor > configured.weak_floor
-    assert moved.relevance_floor - configured.relevance_floor == moved.weak_floor - configured.weak_floor
+    assert moved.relevance_floor - configured.relevance_floor == pytest.approx(moved.weak_floor - configured.weak_floor)
     assert alma.retriever.settings_for("victor") == alma.config.retrieval_for("victor"), "per agent"
     assert (alma.config.data_dir / CALIBRATION_FILE).exists()
     off = configured.model_copy(update={"calibrate_from_feedback": False})
