@@ -180,9 +180,10 @@ class RetrievalSettings(_Strict):
         "(all-or-nothing injection).",
     )
     calibrate_from_feedback: bool = Field(
-        True,
+        False,
         description="Let the agent's own alma_feedback on what it was served move its relevance_floor and weak_floor "
-        "(by at most 0.12, little for a few ratings; README 'How retrieval scores'). Off: the configured floors.",
+        "(by at most 0.12, little for a few ratings; docs/retrieval-tiers.md). Off by default: replayed on the "
+        "benchmarks it did not help yet. Off: the configured floors.",
     )
 
 

@@ -328,18 +328,19 @@ def run(args: Any) -> int:
     heldout = DATA / HELDOUT_MEMORIES
     if args.only_scale:
         heldout = Path("/nonexistent")
-    else:
+    elif not args.feedback_only:
         report(f"Development corpus ({len(memories)} memories), test split ({len(test)} tasks)", alma, plain, embedder, test)
     if heldout.exists():
         h_memories, h_tasks = load_memories(heldout), load_tasks(DATA / HELDOUT_TASKS)
         h_alma, h_plain = build(workdir / "heldout", embedder, h_memories)
-        report(f"Held-out corpus ({len(h_memories)} memories, {len(h_tasks)} tasks, never tuned on)", h_alma, h_plain, embedder, h_tasks)
+        if not args.feedback_only:
+            report(f"Held-out corpus ({len(h_memories)} memories, {len(h_tasks)} tasks, never tuned on)", h_alma, h_plain, embedder, h_tasks)
     if not args.only_scale:
         replay("Development corpus", alma, calibration, test)
     if heldout.exists():
         first, second = split(h_tasks, 0.5, salt="alma-feedback")
         replay("Held-out corpus", h_alma, first, second)
-    if args.no_scale:
+    if args.no_scale or args.feedback_only:
         return 0
     fill(alma, plain, embedder, memories, scale_agents)
     level_tasks = [t for t in test if not scale_agents or t.agent in scale_agents]

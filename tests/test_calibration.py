@@ -52,6 +52,7 @@ def test_an_unreadable_calibration_file_leaves_the_configured_floors(tmp_path: P
 
 
 def test_feedback_through_the_service_moves_the_agents_floors(alma: ALMA) -> None:
+    alma.config.alma.retrieval = alma.config.alma.retrieval.model_copy(update={"calibrate_from_feedback": True})
     teach_playwright(alma)
     configured = alma.config.retrieval_for("helena")
     served = alma.retrieve("Fix a flaky end-to-end test that clicks a button too early after navigating", "helena")
