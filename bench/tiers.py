@@ -220,6 +220,8 @@ def replay(title: str, alma: Any, rated: Sequence[Task], measured: Sequence[Task
 
     retriever = alma.retriever
     retriever.calibration = FloorCalibration(None)
+    shipped = alma.config.alma.retrieval
+    alma.config.alma.retrieval = shipped.model_copy(update={"calibrate_from_feedback": True})  # off by default
     before = {t.id: serve_alma(alma, t, retriever.settings_for(t.agent)) for t in measured}
     for t in rated:
         result = retriever.retrieve(t.task, t.agent, None, t.user_id, KINDS)
@@ -237,6 +239,7 @@ def replay(title: str, alma: Any, rated: Sequence[Task], measured: Sequence[Task
         [("alma, no feedback", figures(before, measured, None)), ("alma, after feedback", figures(after, measured, None))],
     )
     retriever.calibration = FloorCalibration(None)
+    alma.config.alma.retrieval = shipped
 
 
 def grid(alma: Any, tasks: Sequence[Task], base: RetrievalSettings) -> None:
