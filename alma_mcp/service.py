@@ -156,7 +156,11 @@ class ALMA:
         self.config = config
         settings = config.alma
         self.embedder = embedder or create_embedder(
-            settings.embedding.model, settings.embedding.device, settings.embedding.cache_size, settings.embedding.onnx
+            settings.embedding.model,
+            settings.embedding.device,
+            settings.embedding.cache_size,
+            settings.embedding.onnx,
+            settings.embedding.backend,
         )
         self._store = store
         self._store_lock = threading.RLock()  # reentrant: the retriever is made under it and opens the store

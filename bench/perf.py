@@ -1,20 +1,31 @@
-"""Performance: cold start, retrieve and learn latency by store size, server memory.
+"""Performance as a host feels it: start-up, memory, one-shot commands, latency, install size;
+and a public MCP memory server measured the same way, in the same run, side by side.
 
-    python bench/perf.py [--sizes 1000,10000,100000] [--retrieves 100] [--learns 40] [--preload on|off|off,on]
+    python bench/perf.py                        # the figures at 400 memories, and the comparison
+    python bench/perf.py --sizes 1000,10000     # also retrieve and learn latency by store size
+    npm install --prefix bench/.compare @modelcontextprotocol/server-memory   # once, for the comparison
 
-For each size, the store is filled (cumulatively) with synthetic memories for one agent
-(bench/common.py's filler: real embeddings of sentence halves, distinct texts), then a real
-`alma-mcp` stdio server is spawned on it, as a host would, and driven with JSON-RPC:
+Every figure comes through a real stdio client: this script spawns the server as a host would
+and speaks JSON-RPC to it.
 
-- cold start: spawn to `initialize` answered, to the first `alma_retrieve` answered (sent at
-  once: it waits for the embedding model and for its collections' search indexes), and to
-  `alma_health` reporting every collection's index read (the start-up preload, in the
-  background); the timed calls below start after it;
-- `alma_retrieve` p50/p95 over distinct tasks from the benchmark corpus (no cache hits);
-- `alma_learn` p50/p95 (after one untimed first learn, reported apart: it runs the decay sweep);
-- the server's resident memory (RSS now, and its peak) read from /proc.
+- spawn to `initialize` answered; spawn to the first `alma_retrieve` answered (sent at once after
+  the handshake, so it waits for whatever is still loading);
+- resident memory of the server and its child processes after that first retrieve, and the peak
+  (VmHWM) at the end of the run;
+- a one-shot `alma-mcp search` from spawn to exit, with its peak memory (median of three);
+- `alma_retrieve` p50 over distinct tasks of the benchmark corpus (no cache hits), and
+  `alma_learn` and `alma_add_knowledge` p50, on a store of 400 memories (bench/common.py's
+  filler, real embeddings), after one untimed first learn;
+- the size of the Python environment running this script (run it from a fresh virtual
+  environment to measure a fresh install).
 
-Figures go to stdout as a table; progress to stderr.
+The comparison server is the official `@modelcontextprotocol/server-memory` (a knowledge graph in
+a JSON-lines file, no embeddings; it installs from npm with no model to download), filled with
+the same 400 texts as entities: spawn to `initialize`, to the first `search_nodes`, memory, and
+p50 of `search_nodes` (one word of each task: it matches substrings) and of `create_entities`
+and `add_observations`. The ratios are alma-mcp's figure over its figure.
+
+Figures go to stdout; progress to stderr.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,26 +43,62 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import alma_mcp  # noqa: E402,F401  (before numpy: it sets numpy's BLAS to one thread, as in the server)
 from common import PROJECT, filler_sentences, load_tasks, log, make_filler, percentiles, put_in_batches  # noqa: E402
 
 from alma_mcp.config import parse_config  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
 
 AGENT = "helena"
+HERE = Path(__file__).resolve().parent
+COMPARE = HERE / ".compare" / "node_modules" / "@modelcontextprotocol" / "server-memory" / "dist" / "index.js"
+TARGETS = {  # the issue's targets: (figure, limit, unit)
+    "initialize_s": ("spawn → initialize answered", 0.8, "s"),
+    "first_retrieve_s": ("spawn → first `alma_retrieve` answered", 1.5, "s"),
+    "rss_mb": ("resident memory, server and children, after a first retrieve", 350, "MB"),
+    "peak_mb": ("peak resident memory, server and children", 450, "MB"),
+    "cli_s": ("one-shot CLI command (`alma-mcp search ...`)", 1.5, "s"),
+    "retrieve_p50_ms": ("`alma_retrieve` p50, 400 memories, warm", 10, "ms"),
+    "learn_p50_ms": ("`alma_learn` p50, 400 memories", 20, "ms"),
+    "add_p50_ms": ("`alma_add_knowledge` p50, 400 memories", 20, "ms"),
+    "environment_mb": ("this Python environment (a fresh one: see above)", 500, "MB"),
+}
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return found
+
+
+def tree_memory_mb(pid: int) -> tuple[float, float]:
+    """(resident now, peak resident) in MB of `pid` and all its descendants, from /proc."""
+    rss = peak = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{current}/status").read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        rss += int(fields["VmRSS"].split()[0])
+        peak += int(fields["VmHWM"].split()[0])
+        todo += _children(current)
+    return rss / 1024, peak / 1024
 
 
 class StdioServer:
-    """A spawned `alma-mcp` stdio server and a minimal synchronous JSON-RPC client for it."""
+    """A spawned stdio MCP server and a minimal synchronous JSON-RPC client for it."""
 
-    def __init__(self, config: Path) -> None:
-        env = dict(os.environ, HF_HUB_OFFLINE="1", ANONYMIZED_TELEMETRY="False", TOKENIZERS_PARALLELISM="false")
+    def __init__(self, command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        base = dict(os.environ, HF_HUB_OFFLINE="1", ANONYMIZED_TELEMETRY="False", TOKENIZERS_PARALLELISM="false")
         self.spawned = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "alma_mcp", "--config", str(config), "--log-level", "WARNING"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=base | (env or {}), cwd=cwd
         )
         self._next = 0
 
@@ -69,9 +117,14 @@ class StdioServer:
                     raise RuntimeError(f"{method}: {reply['error']}")
                 return reply["result"]
 
-    def notify(self, method: str) -> None:
-        self.proc.stdin.write((json.dumps({"jsonrpc": "2.0", "method": method}) + "\n").encode())
+    def initialize(self) -> float:
+        """Seconds from spawn to `initialize` answered."""
+        init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench-perf", "version": "1"}}
+        self.request("initialize", init)
+        seconds = time.perf_counter() - self.spawned
+        self.proc.stdin.write(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n')
         self.proc.stdin.flush()
+        return seconds
 
     def call(self, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
         result = self.request("tools/call", {"name": tool, "arguments": arguments})
@@ -79,13 +132,13 @@ class StdioServer:
             raise RuntimeError(f"{tool}: {result['content'][0]['text']}")
         return result
 
+    def timed(self, tool: str, arguments: dict[str, Any]) -> float:
+        started = time.perf_counter()
+        self.call(tool, arguments)
+        return (time.perf_counter() - started) * 1000
+
     def memory_mb(self) -> tuple[float, float]:
-        """(resident now, peak resident) in MB, from /proc."""
-        fields = {}
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+        return tree_memory_mb(self.proc.pid)
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -96,15 +149,113 @@ class StdioServer:
             self.proc.wait()
 
 
-def measure(config: Path, tasks: list[str], retrieves: int, learns: int) -> dict[str, Any]:
-    server = StdioServer(config)
+def alma_command(config: Path) -> list[str]:
+    return [sys.executable, "-m", "alma_mcp", "--config", str(config), "--log-level", "WARNING"]
+
+
+def strategy(i: int) -> str:
+    return f"Strategy number {i % 7}: check the logs, then fix the smallest failing piece"
+
+
+def measure_alma(config: Path, tasks: list[str], samples: int, writes: int) -> dict[str, float]:
+    server = StdioServer(alma_command(config))
     try:
-        server.request(
-            "initialize",
-            {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench-perf", "version": "1"}},
+        figures: dict[str, float] = {"initialize_s": server.initialize()}
+        server.call("alma_retrieve", {"agent": AGENT, "task": tasks[0]})
+        figures["first_retrieve_s"] = time.perf_counter() - server.spawned
+        figures["rss_mb"] = server.memory_mb()[0]
+        while not server.call("alma_health", {})["structuredContent"]["search_indexes"].startswith("preloaded"):
+            time.sleep(0.05)  # warm means the start-up preload has finished
+        retrieve = [server.timed("alma_retrieve", {"agent": AGENT, "task": t}) for t in tasks[1 : 1 + samples]]
+        learn_args = [
+            {"agent": AGENT, "task": tasks[i % len(tasks)], "outcome": "success" if i % 3 else "failure", "strategy_used": strategy(i)}
+            for i in range(writes + 1)
+        ]
+        server.timed("alma_learn", learn_args[0])  # the first write runs the decay sweep: reported by --sizes
+        learn = [server.timed("alma_learn", a) for a in learn_args[1:]]
+        add = [
+            server.timed("alma_add_knowledge", {"agent": AGENT, "domain": "ops", "fact": f"Fact {i}: {tasks[-1 - i % len(tasks)]}"})
+            for i in range(writes)
+        ]
+        figures["peak_mb"] = server.memory_mb()[1]
+    finally:
+        server.close()
+    figures["retrieve_p50_ms"] = percentiles(retrieve)["p50"]
+    figures["learn_p50_ms"] = percentiles(learn)["p50"]
+    figures["add_p50_ms"] = percentiles(add)["p50"]
+    return figures
+
+
+def measure_cli(config: Path, task: str, runs: int = 3) -> tuple[float, float]:
+    """Median seconds from spawn to exit of a one-shot `alma-mcp search`, and its peak memory in MB."""
+    seconds, peaks = [], []
+    env = dict(os.environ, HF_HUB_OFFLINE="1", ANONYMIZED_TELEMETRY="False", TOKENIZERS_PARALLELISM="false")
+    for _ in range(runs):
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [*alma_command(config), "search", task, "--agent", AGENT], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
         )
-        initialized = time.perf_counter() - server.spawned
-        server.notify("notifications/initialized")
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds.append(time.perf_counter() - started)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"alma-mcp search exited with {proc.returncode}")
+        peaks.append(usage.ru_maxrss / 1024)
+    return statistics.median(seconds), statistics.median(peaks)
+
+
+def environment_mb() -> float:
+    """Bytes on disk (allocated blocks, as du counts) of the environment running this script."""
+    total = 0
+    for folder, _, files in os.walk(sys.prefix):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total / 1024 / 1024
+
+
+def keyword(task: str) -> str:
+    """The longest word of a task: server-memory's search matches one substring."""
+    return max((w.strip(".,;:!?()'\"") for w in task.split()), key=len).lower()
+
+
+def measure_memory_server(index_js: Path, texts: list[str], tasks: list[str], samples: int, writes: int, workdir: Path) -> dict[str, float]:
+    graph = workdir / "memory.jsonl"
+    graph.write_text(
+        "\n".join(json.dumps({"type": "entity", "name": f"memory-{i}", "entityType": "lesson", "observations": [t]}) for i, t in enumerate(texts)),
+        encoding="utf-8",
+    )
+    server = StdioServer(["node", str(index_js)], env={"MEMORY_FILE_PATH": str(graph)}, cwd=workdir)
+    try:
+        figures: dict[str, float] = {"initialize_s": server.initialize()}
+        server.call("search_nodes", {"query": keyword(tasks[0])})
+        figures["first_retrieve_s"] = time.perf_counter() - server.spawned
+        figures["rss_mb"] = server.memory_mb()[0]
+        search = [server.timed("search_nodes", {"query": keyword(t)}) for t in tasks[1 : 1 + samples]]
+        create = [
+            server.timed("create_entities", {"entities": [{"name": f"new-{i}", "entityType": "outcome", "observations": [strategy(i)]}]})
+            for i in range(writes)
+        ]
+        observe = [
+            server.timed("add_observations", {"observations": [{"entityName": f"new-{i}", "contents": [f"Fact {i}: {tasks[-1 - i]}"]}]})
+            for i in range(writes)
+        ]
+        figures["peak_mb"] = server.memory_mb()[1]
+    finally:
+        server.close()
+    figures["retrieve_p50_ms"] = percentiles(search)["p50"]
+    figures["learn_p50_ms"] = percentiles(create)["p50"]
+    figures["add_p50_ms"] = percentiles(observe)["p50"]
+    return figures
+
+
+# -- by store size ---------------------------------------------------------------------------
+def measure(config: Path, tasks: list[str], retrieves: int, learns: int) -> dict[str, Any]:
+    server = StdioServer(alma_command(config))
+    try:
+        initialized = server.initialize()
         server.call("alma_retrieve", {"agent": AGENT, "task": tasks[0]})
         first_retrieve = time.perf_counter() - server.spawned
         preloaded = None
@@ -150,15 +301,99 @@ def measure(config: Path, tasks: list[str], retrieves: int, learns: int) -> dict
     }
 
 
+TEXT_FIELDS = ("condition", "strategy", "pattern", "why_bad", "fact", "task", "strategy_used")
+
+
+def fill(data: Path, count: int) -> list[str]:
+    """Store `count` filler memories for AGENT in `data`; returns their texts."""
+    alma = ALMA(parse_config({"alma": {"project_id": PROJECT, "data_dir": str(data), "allow_undeclared_agents": True}}))
+    try:
+        situations, lessons = filler_sentences()
+        situation_vectors, lesson_vectors = alma.embedder.embed(situations), alma.embedder.embed(lessons)
+        memories, vectors = make_filler(AGENT, count, situation_vectors, lesson_vectors, seed=count)
+        put_in_batches(alma.store, memories, vectors)
+    finally:
+        alma.close()
+    return [" ".join(str(v) for k, v in m.model_dump().items() if k in TEXT_FIELDS and v) for m in memories]
+
+
+def cell(value: float, unit: str) -> str:
+    return f"{value:.2f} s" if unit == "s" else f"{value:.1f} {unit}" if unit == "ms" else f"{value:.0f} {unit}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--retrieves", type=int, default=100)
-    parser.add_argument("--learns", type=int, default=40)
-    parser.add_argument(
-        "--preload", default="on", help="preload_indexes for the server: on, off, or off,on (each size measured both ways, in that order)"
-    )
+    parser.add_argument("--memories", type=int, default=400, help="store size for the latency figures")
+    parser.add_argument("--samples", type=int, default=100, help="timed retrieves (distinct tasks)")
+    parser.add_argument("--writes", type=int, default=40, help="timed learns, and as many timed add_knowledge")
+    parser.add_argument("--starts", type=int, default=3, help="server starts; start-up figures are their median")
+    parser.add_argument("--compare", type=Path, default=COMPARE, help="server-memory's dist/index.js (skipped if absent)")
+    parser.add_argument("--sizes", default="", help="also: retrieve and learn latency at these store sizes (e.g. 1000,10000)")
+    parser.add_argument("--preload", default="on", help="with --sizes: preload_indexes on, off, or off,on")
     args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="alma-perf-"))
+    config = root / ".alma" / "config.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f"alma:\n  project_id: {PROJECT}\n  data_dir: {root / 'data'}\n  allow_undeclared_agents: true\n", encoding="utf-8")
+    log(f"storing {args.memories} memories")
+    texts = fill(root / "data", args.memories)
+    tasks = [t.task for t in load_tasks()]
+
+    runs = []
+    for start in range(args.starts):
+        log(f"alma-mcp: start {start + 1} of {args.starts}")
+        runs.append(measure_alma(config, tasks, args.samples, args.writes))
+    alma = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    log("alma-mcp search (one-shot, three runs)")
+    alma["cli_s"], cli_peak = measure_cli(config, tasks[0])
+    alma["environment_mb"] = environment_mb()
+    try:
+        import torch  # noqa: F401
+
+        has_torch = "torch installed"
+    except ImportError:
+        has_torch = "no torch"
+
+    print(f"\nalma-mcp at {args.memories} memories, through a real stdio client; start-up figures the median of {args.starts} starts\n")
+    print("| figure | alma-mcp | target | met |")
+    print("|---|---:|---:|---|")
+    for key, (label, limit, unit) in TARGETS.items():
+        value = alma[key]
+        extra = f" (peak {cli_peak:.0f} MB)" if key == "cli_s" else f" ({has_torch}: {sys.prefix})" if key == "environment_mb" else ""
+        print(f"| {label} | {cell(value, unit)}{extra} | ≤ {cell(limit, unit)} | {'yes' if value <= limit else 'NO'} |")
+
+    if args.compare.is_file():
+        other = []
+        for start in range(args.starts):
+            log(f"server-memory: start {start + 1} of {args.starts}")
+            workdir = root / f"compare-{start}"
+            workdir.mkdir()
+            other.append(measure_memory_server(args.compare, texts, tasks, args.samples, args.writes, workdir))
+        them = {key: statistics.median(run[key] for run in other) for key in other[0]}
+        print(f"\nBeside @modelcontextprotocol/server-memory ({args.compare}), same {args.memories} texts, same client, same run;")
+        print("ratio = alma-mcp / server-memory (below 1: alma-mcp is lower)\n")
+        print("| figure | alma-mcp | server-memory | ratio |")
+        print("|---|---:|---:|---:|")
+        rows = [
+            ("spawn → initialize", "initialize_s", "s"),
+            ("spawn → first search answered (`alma_retrieve` / `search_nodes`)", "first_retrieve_s", "s"),
+            ("resident memory after the first search", "rss_mb", "MB"),
+            ("peak resident memory", "peak_mb", "MB"),
+            ("search p50 (`alma_retrieve` / `search_nodes`)", "retrieve_p50_ms", "ms"),
+            ("write p50 (`alma_learn` / `create_entities`)", "learn_p50_ms", "ms"),
+            ("write p50 (`alma_add_knowledge` / `add_observations`)", "add_p50_ms", "ms"),
+        ]
+        for label, key, unit in rows:
+            print(f"| {label} | {cell(alma[key], unit)} | {cell(them[key], unit)} | {alma[key] / them[key]:.2f} |")
+    else:
+        print(f"\n(no comparison: {args.compare} is missing; npm install --prefix bench/.compare @modelcontextprotocol/server-memory)")
+
+    if args.sizes:
+        by_size(args)
+
+
+def by_size(args: argparse.Namespace) -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     arms = args.preload.split(",")
     assert set(arms) <= {"on", "off"}, "--preload takes on, off or both, comma-separated"
@@ -188,7 +423,7 @@ def main() -> None:
         log(f"{size} memories stored ({time.perf_counter() - started:.0f} s to add); measuring")
         for arm in arms:
             log(f"{size}: preload {arm}")
-            rows.append((size, arm, measure(configs[arm], tasks, args.retrieves, args.learns)))
+            rows.append((size, arm, measure(configs[arm], tasks, args.samples, args.writes)))
 
     print("\nalma-mcp performance: one `alma-mcp` stdio server, JSON-RPC from this process, real embedding model (CPU)\n")
     print("| memories | preload | spawn→initialize | spawn→first retrieve | spawn→indexes preloaded | retrieve p50 / p95 ms | learn p50 / p95 ms | first learn ms | RSS MB (peak) |")

