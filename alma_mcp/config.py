@@ -83,7 +83,7 @@ class HttpSettings(_Strict):
 
 
 class RetrievalWeights(_Strict):
-    """How the final score is made; see README 'How retrieval scores'.
+    """How the final score is made; see docs/retrieval.md.
 
     The score is the weighted mean of relevance to the task (`similarity`), recency, success
     rate, confidence and feedback, each 0-1; weights need not sum to 1 (they are normalised).
@@ -162,7 +162,7 @@ class RetrievalSettings(_Strict):
 
 
 class LearningSettings(_Strict):
-    """How outcomes become heuristics and anti-patterns; see README 'How learning works'."""
+    """How outcomes become heuristics and anti-patterns; see docs/learning.md."""
 
     min_success_rate: float = Field(
         0.6, ge=0, le=1, description="Recent success rate a heuristic needs to appear (and to stay, see below)."
@@ -210,7 +210,7 @@ class LearningSettings(_Strict):
 
 
 class LifecycleSettings(_Strict):
-    """Forgetting and consolidation; see README 'Forgetting, consolidation and backup'."""
+    """Forgetting and consolidation; see docs/operations.md."""
 
     half_life_days: float | None = Field(
         None,
@@ -460,7 +460,7 @@ def load_config(path: str | Path | None = None) -> AlmaConfig:
 
 STARTER_CONFIG = """\
 # alma-mcp configuration. Every key is optional; the values below are the defaults
-# unless marked "example". Reference: README.md, "Configuration".
+# unless marked "example". Reference: docs/configuration.md; check it with `alma-mcp config check`.
 alma:
   project_id: {project}            # memories are scoped per project
 
@@ -501,7 +501,7 @@ alma:
     min_alternative_outcomes: null  # e.g. 6: anti-patterns must then do worse than the other strategies tried
     retire_below_confidence: 0.25
 
-  lifecycle:                        # forgetting and consolidation (README: "Forgetting, ...")
+  lifecycle:                        # forgetting and consolidation (docs/operations.md)
     half_life_days: null            # null: retrieval.recency_half_life_days
     archive_floor: 0.02             # the sweep archives memories weaker than this
     decay_types: [heuristic, anti_pattern, knowledge]
