@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -413,15 +414,56 @@ def default_config() -> AlmaConfig:
     return AlmaConfig(alma=AlmaSettings(allow_undeclared_agents=True))
 
 
-def _format_validation_error(error: ValidationError, path: Path) -> str:
-    lines = [f"invalid config file {path}:"]
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """The line (1-based) of every key and list item of a YAML text, by its path."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[(*path, str(key.value))] = key.start_mark.line + 1
+                walk(value, (*path, str(key.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, value in enumerate(node.value):
+                lines[(*path, str(index))] = value.start_mark.line + 1
+                walk(value, (*path, str(index)))
+
+    walk(root, ())
+    return lines
+
+
+def _field_of(loc: tuple[str, ...], message: str) -> tuple[str, ...]:
+    """The field an error is about: its location, or for a check of the whole file (located at
+    `alma`) the field its message names ("agents.helena refers to ...")."""
+    named = re.match(r"(?:agents|domains)\.[\w-]+(?:\.\w+)?", message)
+    return ("alma", *named.group(0).split(".")) if named and len(loc) <= 1 else loc
+
+
+def _line_of(field: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> int | None:
+    """The line of the deepest part of `field` the file has."""
+    for end in range(len(field), 0, -1):
+        if field[:end] in lines:
+            return lines[field[:end]]
+    return None
+
+
+def _format_validation_error(error: ValidationError, path: Path, lines: dict[tuple[str, ...], int] | None = None) -> str:
+    report = [f"invalid config file {path}:"]
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"  {where}: {str(item['msg']).removeprefix('Value error, ')}")
-    return "\n".join(lines)
+        message = str(item["msg"]).removeprefix("Value error, ")
+        field = _field_of(tuple(str(part) for part in item["loc"]), message)
+        line = _line_of(field, lines or {})
+        where = (".".join(field) or "(top level)") + (f" (line {line})" if line else "")
+        report.append(f"  {where}: {message}")
+    return "\n".join(report)
 
 
-def parse_config(data: Any, source: Path | None = None) -> AlmaConfig:
+def parse_config(data: Any, source: Path | None = None, text: str | None = None) -> AlmaConfig:
+    """Validate a config's data; given the file's `text`, errors name the line of each field."""
     where = source or Path("<config>")
     if data is None:
         data = {}
@@ -430,7 +472,7 @@ def parse_config(data: Any, source: Path | None = None) -> AlmaConfig:
     try:
         config = AlmaConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, where)) from None
+        raise ConfigError(_format_validation_error(exc, where, key_lines(text) if text else None)) from None
     config.source = source
     return config
 
@@ -450,12 +492,13 @@ def load_config(path: str | Path | None = None) -> AlmaConfig:
         )
         return default_config()
     try:
-        data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+        text = candidate.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {candidate} is not valid YAML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {candidate}: {exc}") from None
-    return parse_config(data, candidate)
+    return parse_config(data, candidate, text)
 
 
 STARTER_CONFIG = """\

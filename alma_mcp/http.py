@@ -78,21 +78,29 @@ def transport_security(settings: HttpSettings, host: str, port: int) -> Transpor
     )
 
 
+def check_token(settings: HttpSettings, host: str, token: str | None, allow_no_auth: bool = False) -> None:
+    """Refuse HTTP without a token, except on loopback with --no-auth. The CLI asks before it opens
+    the store, so a refusal leaves nothing behind."""
+    if token:
+        return
+    if not is_loopback(host):
+        raise ConfigError(
+            f"refusing to serve HTTP on non-loopback host {host!r} without a token: "
+            f"set {settings.token_env} to a long random secret"
+        )
+    if not allow_no_auth:
+        raise ConfigError(
+            f"set {settings.token_env} to a secret token (clients send 'Authorization: Bearer <token>'), "
+            "or pass --no-auth to serve loopback without one"
+        )
+
+
 def build_http_app(
     mcp: MCPServer, settings: HttpSettings, host: str, port: int, token: str | None, allow_no_auth: bool = False
 ) -> Any:
     """The ASGI app for `alma-mcp serve --http`. Refuses to exist without a token off loopback."""
+    check_token(settings, host, token, allow_no_auth)
     if not token:
-        if not is_loopback(host):
-            raise ConfigError(
-                f"refusing to serve HTTP on non-loopback host {host!r} without a token: "
-                f"set {settings.token_env} to a long random secret"
-            )
-        if not allow_no_auth:
-            raise ConfigError(
-                f"set {settings.token_env} to a secret token (clients send 'Authorization: Bearer <token>'), "
-                "or pass --no-auth to serve loopback without one"
-            )
         log.warning("serving HTTP on %s without a token (--no-auth): any local process can use it", host)
     app = mcp.streamable_http_app(
         streamable_http_path=settings.path,
