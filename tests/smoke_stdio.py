@@ -50,6 +50,10 @@ def check_files(source: Path, installed: Path) -> None:
     print(f"smoke: {len(wanted)} package files installed in {installed}")
 
 
+class SmokeFailed(Exception):
+    pass
+
+
 async def drive(command: str, workdir: Path) -> None:
     config = workdir / ".alma" / "config.yaml"
     config.parent.mkdir(parents=True)
@@ -67,19 +71,19 @@ async def drive(command: str, workdir: Path) -> None:
             print(f"smoke: initialized in {time.perf_counter() - started:.1f} s")
             tools = {tool.name for tool in (await client.list_tools()).tools}
             if not EXPECTED_TOOLS <= tools:
-                raise SystemExit(f"tools missing: {sorted(EXPECTED_TOOLS - tools)}")
+                raise SmokeFailed(f"tools missing: {sorted(EXPECTED_TOOLS - tools)}")
             print(f"smoke: {len(tools)} tools listed")
             taught = await client.call_tool("alma_add_knowledge", {"agent": "helena", "domain": "form_testing", "fact": FACT})
             if taught.is_error:
-                raise SystemExit(f"alma_add_knowledge failed: {taught.content}")
+                raise SmokeFailed(f"alma_add_knowledge failed: {taught.content}")
             got = await client.call_tool(
-                "alma_retrieve", {"agent": "helena", "task": "Where does the signup form send its data?"}
+                "alma_retrieve", {"agent": "helena", "task": "Test the errors of the signup form that posts to /api/v2/users"}
             )
             if got.is_error:
-                raise SystemExit(f"alma_retrieve failed: {got.content}")
+                raise SmokeFailed(f"alma_retrieve failed: {got.content}")
             prompt = (got.structured_content or {}).get("prompt", "")
             if "/api/v2/users" not in prompt:
-                raise SystemExit(f"alma_retrieve did not return the fact it was taught: {got.structured_content}")
+                raise SmokeFailed(f"alma_retrieve did not return the fact it was taught: {got.structured_content}")
             print(f"smoke: alma_retrieve returned the taught fact ({time.perf_counter() - started:.1f} s in all)")
 
 
@@ -94,7 +98,15 @@ def main() -> None:
     if args.source is not None:
         check_files(args.source, installed_package())
     with tempfile.TemporaryDirectory(prefix="alma-smoke-") as workdir:
-        anyio.run(drive, args.command, Path(workdir))
+        try:
+            anyio.run(drive, args.command, Path(workdir))
+        except BaseExceptionGroup as group:  # the client's task group wraps what drive raised
+            failed = group.subgroup(SmokeFailed)
+            if failed is None:
+                raise
+            raise SystemExit(f"smoke: FAILED: {failed.exceptions[0]}") from None
+        except SmokeFailed as error:
+            raise SystemExit(f"smoke: FAILED: {error}") from None
     print("smoke: ok")
 
 
