@@ -6,13 +6,16 @@ into the real home folder."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -105,7 +108,10 @@ def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
         ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
             break
-        chunk = os.read(fd, 65536)
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # a terminal whose other end every process closed
+            break
         if not chunk:
             break
         seen += chunk
@@ -243,3 +249,39 @@ def test_init_config_check_and_errors_with_lines(tmp_path):
     assert refused.returncode == 2
     assert "alma.agents.bob (line 3): agents.bob refers to agent 'ghost'" in refused.stderr
     assert not (tmp_path / "home").exists()
+
+
+def test_export_draws_its_progress_bar_on_a_terminal(tmp_path):
+    """The bar goes to stderr when a person watches it, and only then (see above)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"alma": {
+            "project_id": "bar", "data_dir": str(tmp_path / "data"), "allow_undeclared_agents": True,
+            "embedding": {"model": "hash-64"},
+        }}),
+        encoding="utf-8",
+    )
+    from alma_mcp import ALMA
+    from alma_mcp.config import load_config
+
+    alma = ALMA(load_config(config))
+    for port in (8001, 8002, 8003):
+        alma.add_knowledge("victor", "ops", f"The billing service listens on port {port}")
+    alma.close()
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alma_mcp", "export", "--out", str(tmp_path / "out.jsonl"), "--config", str(config)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, env=cli_env(tmp_path), cwd=tmp_path,
+    )
+    os.close(slave)
+    try:
+        drawn = _read_until(master, b"3/3", timeout=120)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert proc.returncode == 0
+    assert json.loads(out)["count"] == 3
+    assert b"export" in drawn and b"3/3" in drawn, drawn
