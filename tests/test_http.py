@@ -128,8 +128,12 @@ def test_refuses_non_loopback_without_token(alma):
 
 
 def test_cli_refuses_to_serve_without_token(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env.pop("ALMA_MCP_TOKEN", None)
+    """It refuses before it opens the store: no data folder is left behind (with no config file the
+    store would go to ~/.alma-mcp/data, here under a HOME of the test's own)."""
+    home = tmp_path / "home"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HOME=str(home))
+    for name in ("ALMA_MCP_TOKEN", "ALMA_CONFIG", "ALMA_DATA_DIR"):
+        env.pop(name, None)
     for host in ("0.0.0.0", "127.0.0.1"):
         done = subprocess.run(
             [sys.executable, "-m", "alma_mcp", "serve", "--http", "--host", host, "--port", str(free_port())],
@@ -141,6 +145,7 @@ def test_cli_refuses_to_serve_without_token(tmp_path):
         )
         assert done.returncode == 2, done.stderr
         assert "token" in done.stderr
+        assert not home.exists(), sorted(str(p) for p in home.rglob("*"))
 
 
 def test_no_auth_flag_serves_loopback_only(tmp_path):

@@ -1,4 +1,4 @@
-"""The README's library section is executed as written, so it cannot rot.
+"""docs/library.md is executed as written, so it cannot rot.
 
 Its ```bash blocks (`alma-mcp init`) and ```python blocks run in document order in an empty
 folder: the shell commands with this environment's `alma-mcp`, the Python blocks in one
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-SECTION = "## Python library and the harness pattern"
+LIBRARY = Path(__file__).resolve().parent.parent / "docs" / "library.md"
+SECTION = "# Python library and the harness pattern"
 ISSUE_LINES = [
     "from alma_mcp import ALMA, create_harness, Context, Harness, Setting, Agent, MemorySchema, Tool, ToolType",
     'alma = ALMA.from_config(".alma/config.yaml")',
@@ -27,7 +27,7 @@ ISSUE_LINES = [
 
 
 def section_blocks() -> list[tuple[str, str]]:
-    text = README.read_text(encoding="utf-8")
+    text = LIBRARY.read_text(encoding="utf-8")
     start = text.index(SECTION)
     end = text.find("\n## ", start + len(SECTION))
     section = text[start : end if end != -1 else len(text)]
@@ -37,7 +37,7 @@ def section_blocks() -> list[tuple[str, str]]:
 def test_readme_library_section_holds_the_issue_snippet():
     python = " ".join(" ".join(body.split()) for lang, body in section_blocks() if lang == "python")
     for line in ISSUE_LINES:
-        assert line in python, f"the README's library section lost: {line}"
+        assert line in python, f"docs/library.md lost: {line}"
     assert "create_harness(" in python and "harness.run(" in python
 
 
@@ -52,9 +52,9 @@ def test_readme_library_section_runs_as_written(tmp_path, monkeypatch, capsys):
         for number, (lang, body) in enumerate(section_blocks()):
             if lang == "bash":
                 done = subprocess.run(["bash", "-e", "-c", body], cwd=tmp_path, env=env, capture_output=True, text=True)
-                assert done.returncode == 0, f"README bash block {number} failed:\n{body}\n{done.stderr}"
+                assert done.returncode == 0, f"docs/library.md bash block {number} failed:\n{body}\n{done.stderr}"
             elif lang == "python":
-                exec(compile(body, f"README.md python block {number}", "exec"), namespace)
+                exec(compile(body, f"docs/library.md python block {number}", "exec"), namespace)
             else:
                 continue
             ran[lang] += 1
