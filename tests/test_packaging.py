@@ -38,7 +38,10 @@ def test_server_json_describes_this_package():
     (package,) = SERVER["packages"]
     assert package["registryType"] == "pypi" and package["transport"] == {"type": "stdio"}
     assert package["identifier"] == PYPROJECT["project"]["name"] == "alma-mcp"
-    assert SERVER["version"] == package["version"] == PYPROJECT["project"]["version"] == alma_mcp.__version__
+    assert SERVER["version"] == package["version"] == alma_mcp.__version__
+    # The version is kept in one place, alma_mcp/__init__.py, which pyproject.toml reads.
+    assert PYPROJECT["project"]["dynamic"] == ["version"]
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "alma_mcp.__version__"}
     # Its arguments are ones the command takes, in that order.
     argv = []
     for argument in package["packageArguments"]:
