@@ -33,7 +33,7 @@ from .store import chroma_filter
 
 log = logging.getLogger("alma_mcp")
 
-AuditAction = Literal["archive", "purge", "merge", "restore", "import", "reindex"]
+AuditAction = Literal["archive", "purge", "merge", "restore", "import", "reindex", "edit", "feedback"]
 
 
 def audit_file(data_dir: Path, project: str) -> Path:
