@@ -228,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--agent")
     sweep.add_argument("--apply", action="store_true", help="archive them (default: only list)")
     sweep.set_defaults(func=cmd_sweep)
+
+    from .ui.commands import add_review_commands  # ui, import-from, export-to
+
+    add_review_commands(sub, _service)
     return parser
 
 
