@@ -19,6 +19,7 @@ function el(tag, attrs, ...children) {
     if (value === null || value === undefined || value === false) continue;
     if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
     else if (name === "class") node.className = value;
+    else if (name === "style") Object.assign(node.style, value);  // CSSOM: the CSP refuses style attributes
     else node.setAttribute(name, value === true ? "" : String(value));
   }
   for (const child of children.flat()) {
@@ -78,8 +79,8 @@ function input(name, value, label, attrs) {
 function meter(value, floor) {
   const v = Math.max(0, Math.min(1, value || 0));
   return el("span", { class: "meter", title: fmt(value, 3) },
-    el("span", { style: `width:${(v * 100).toFixed(1)}%` }),
-    floor === undefined ? null : el("i", { style: `left:${(Math.min(1, floor) * 100).toFixed(1)}%` }));
+    el("span", { style: { width: `${(v * 100).toFixed(1)}%` } }),
+    floor === undefined ? null : el("i", { style: { left: `${(Math.min(1, floor) * 100).toFixed(1)}%` }, title: "floor " + floor }));
 }
 
 // -- views ------------------------------------------------------------------------------
@@ -267,10 +268,10 @@ async function learningView(view) {
   const most = Math.max(1, ...d.days.map(x => Math.max(x.formed, x.retired)));
   view.append(el("h3", {}, "Lessons formed and retired, by day"),
     el("table", { id: "learning-days" },
-      el("thead", {}, el("tr", {}, ["day", "formed", "retired", ""].map(h => el("th", {}, h)))),
+      el("thead", {}, el("tr", {}, ["day", "formed", "retired or archived", ""].map(h => el("th", {}, h)))),
       el("tbody", {}, d.days.map(x => el("tr", {}, el("td", {}, x.day), el("td", { class: "num" }, x.formed), el("td", { class: "num" }, x.retired),
-        el("td", { class: "bars" }, el("span", { class: "f", style: `width:${(x.formed / most * 12).toFixed(2)}rem` }), el("br", {}),
-          el("span", { class: "r", style: `width:${(x.retired / most * 12).toFixed(2)}rem` })))))));
+        el("td", { class: "bars" }, el("span", { class: "f", style: { width: `${(x.formed / most * 12).toFixed(2)}rem` } }), el("br", {}),
+          el("span", { class: "r", style: { width: `${(x.retired / most * 12).toFixed(2)}rem` } })))))));
   view.append(el("h3", {}, "Success rate of outcomes, by task type"),
     el("table", { id: "learning-rates" },
       el("thead", {}, el("tr", {}, ["task type", "outcomes", "success", "partial", "failure", "success rate", ""].map(h => el("th", {}, h)))),
