@@ -28,7 +28,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import AlmaError, ConfigError, NotFound
+from ..errors import AlmaError, ConfigError, InvalidInput, NotFound
 from ..http import LOOPBACK_NAMES, is_loopback
 from . import views
 
@@ -140,7 +140,7 @@ def build_app(alma: "ALMA", key: str, host: str, port: int) -> ASGIApp:
         agent, kind = q(request, "agent"), q(request, "type") or "heuristic"
         archived = request.query_params.get("archived") == "1"
         if agent is None:
-            raise _Missing("agent")
+            raise InvalidInput("agent is missing: say which agent to show")
         limit = int(request.query_params.get("limit") or 500)
         return [views.summary(m) for m in alma.list_memories(agent, kind, limit=min(limit, 5000), include_archived=archived)]
 
@@ -150,7 +150,7 @@ def build_app(alma: "ALMA", key: str, host: str, port: int) -> ASGIApp:
     def learning(request: Request) -> Any:
         agent = q(request, "agent")
         if agent is None:
-            raise _Missing("agent")
+            raise InvalidInput("agent is missing: say which agent to show")
         return views.learning(alma, agent)
 
     def audit(request: Request) -> Any:
@@ -167,7 +167,7 @@ def build_app(alma: "ALMA", key: str, host: str, port: int) -> ASGIApp:
     def edit(request: Request, body: dict[str, Any]) -> Any:
         changes = body.get("changes")
         if not isinstance(changes, dict):
-            raise _Missing("changes")
+            raise InvalidInput("changes is missing: send {\"changes\": {field: new text}}")
         m = alma.edit(request.path_params["memory_id"], changes, str(body.get("reason") or "edited on the review page"))
         return views.summary(m)
 
@@ -204,11 +204,6 @@ def build_app(alma: "ALMA", key: str, host: str, port: int) -> ASGIApp:
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Guard(Starlette(routes=routes), host, port)
-
-
-class _Missing(AlmaError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"{name} is missing: say which {name} to show")
 
 
 def serve(alma: "ALMA", host: str, port: int, token: str | None, announce: Callable[[str], None]) -> None:
