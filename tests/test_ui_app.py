@@ -117,3 +117,13 @@ def test_learning_view_counts_lessons_and_success_by_task_type(alma):
     page = views.memory_page(alma, heuristic.id)
     assert len(page["provenance"]) == 3
     assert [p["source"] for p in page["confidence"]][:3] == ["evidence after 1 outcome", "evidence after 2 outcomes", "evidence after 3 outcomes"]
+
+
+def test_cli_ui_refuses_a_non_loopback_host_without_a_token(tmp_path, capsys, monkeypatch):
+    from alma_mcp.cli import main
+
+    monkeypatch.delenv("ALMA_MCP_TOKEN", raising=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"alma:\n  project_id: cli\n  data_dir: {tmp_path / 'data'}\n", encoding="utf-8")
+    assert main(["--config", str(config), "ui", "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "refusing to serve the review page on non-loopback host '0.0.0.0' without a token" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import logging
 import socket
 import secrets
 from pathlib import Path
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Any, Callable
 
 import anyio
@@ -206,12 +207,11 @@ def build_app(alma: "ALMA", key: str, host: str, port: int) -> ASGIApp:
     return Guard(Starlette(routes=routes), host, port)
 
 
-def serve(alma: "ALMA", host: str, port: int, token: str | None, announce: Callable[[str], None]) -> None:
+def serve(alma: "ALMA", host: str, port: int, key: str, announce: Callable[[str], None]) -> None:
     """Run the page until interrupted; `announce` gets the URL to open (the key in its fragment).
     Port 0 takes a free port: the socket is bound here, so the URL names the real one."""
     import uvicorn
 
-    key = launch_key(token, host)
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -221,5 +221,5 @@ def serve(alma: "ALMA", host: str, port: int, token: str | None, announce: Calla
     app = build_app(alma, key, host, port)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     shown = f"[{host.strip('[]')}]" if family == socket.AF_INET6 else host
-    announce(f"http://{shown}:{port}/#key={key}")
+    announce(f"http://{shown}:{port}/#key={quote(key, safe='')}")
     anyio.run(lambda: server.serve(sockets=[sock]))

@@ -17,10 +17,10 @@ def add_review_commands(sub: Any, service: Callable[[argparse.Namespace], Any]) 
     from ..importers import IMPORT_FORMATS
 
     def cmd_ui(args: argparse.Namespace) -> int:
-        from .app import serve
+        from .app import launch_key, serve
 
         alma = service(args)
-        token = os.environ.get(alma.config.alma.http.token_env) or None
+        key = launch_key(os.environ.get(alma.config.alma.http.token_env) or None, args.host)  # refuses before any work
         alma.warm_up()
 
         def announce(url: str) -> None:
@@ -31,7 +31,7 @@ def add_review_commands(sub: Any, service: Callable[[argparse.Namespace], Any]) 
                 webbrowser.open(url)
 
         try:
-            serve(alma, args.host, args.port, token, announce)
+            serve(alma, args.host, args.port, key, announce)
         finally:
             alma.close()
         return 0
