@@ -36,17 +36,24 @@ _ABOUT = re.compile(r"^([^:\n]{1,80}): (.+)$", re.S)
 
 def digest_line(memory: MemoryBase) -> str:
     """A memory as one line of prose, the form every export writes and the importer parses."""
-    m: Any = memory
-    if m.type == "heuristic":
-        return f"When {m.condition}: {m.strategy}"
-    if m.type == "anti_pattern":
-        line = f"Avoid {m.pattern}: {m.why_bad}"
-        return line + (f" Instead: {m.better_alternative}" if m.better_alternative else "")
-    if m.type == "knowledge":
-        return m.fact
-    if m.type == "preference":
-        return m.preference
-    return memory.text()
+    return digest_text(memory.type, memory.model_dump()) if memory.type in _WORDING else memory.text()  # type: ignore[attr-defined]
+
+
+_WORDING = ("heuristic", "anti_pattern", "knowledge", "preference")
+
+
+def digest_text(kind: str, fields: dict[str, Any]) -> str:
+    """`digest_line` from a memory's fields. The separators (an arrow, "— why:", "— instead:")
+    are what the importer splits a lesson at: rarer in prose than a colon, which a learned
+    heuristic's condition holds ("tasks like: ...")."""
+    if kind == "heuristic":
+        return f"When {fields['condition']} → {fields['strategy']}"
+    if kind == "anti_pattern":
+        line = f"Avoid {fields['pattern']} — why: {fields['why_bad']}"
+        return line + (f" — instead: {fields['better_alternative']}" if fields.get("better_alternative") else "")
+    if kind == "knowledge":
+        return str(fields["fact"])
+    return str(fields["preference"])
 
 
 def _one_line(text: str) -> str:

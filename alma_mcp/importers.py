@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from .audit import AuditEntry
 from .backup import ImportReport, RejectedLine, _import_batch
 from .errors import InvalidInput
-from .exporters import digest_line
+from .exporters import digest_line, digest_text
 from .models import MEMORY_TYPES, MODEL_BY_TYPE, MemoryBase, wording_key
 
 if TYPE_CHECKING:
@@ -50,8 +50,8 @@ PREFERENCE_SECTION = re.compile(
 )
 _BULLET = re.compile(r"^(\s*)(?:[-*+]|\d{1,3}[.)])\s+(?:\[[ xX]\]\s+)?(.*\S)\s*$")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_HEURISTIC = re.compile(r"^When (.+?): (.+)$", re.S)
-_ANTI_PATTERN = re.compile(r"^Avoid (.+?): (.+?)(?: Instead: (.+))?$", re.S)
+_HEURISTIC = re.compile(r"^When (.+?) → (.+)$", re.S)
+_ANTI_PATTERN = re.compile(r"^Avoid (.+?) — why: (.+?)(?: — instead: (.+))?$", re.S)
 _CATEGORY_CHARS = re.compile(r"[^A-Za-z0-9 _./:-]+")
 
 
@@ -67,14 +67,7 @@ class Item:
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
-        core = self.fields.get("fact") or self.fields.get("preference") or ""
-        if self.kind == "heuristic":
-            core = f"When {self.fields['condition']}: {self.fields['strategy']}"
-        elif self.kind == "anti_pattern":
-            core = f"Avoid {self.fields['pattern']}: {self.fields['why_bad']}"
-            if self.fields.get("better_alternative"):
-                core += f" Instead: {self.fields['better_alternative']}"
-        self.key = wording_key(core)
+        self.key = wording_key(digest_text(self.kind, self.fields))
 
 
 class Rejected(Exception):
@@ -164,6 +157,11 @@ def _files(root: Path, names: tuple[str, ...] | None) -> Iterator[Path]:
         chosen = [root / n for n in names if (root / n).exists() or (root / n).is_symlink()]
         if (root / "MEMORY.md").exists():  # an auto-memory folder: its topic files too
             chosen += sorted(p for p in root.glob("*.md") if p.name not in names)
+        if not chosen:
+            raise InvalidInput(
+                f"{root} holds none of {', '.join(names)}: point at the file, the project folder that holds "
+                "CLAUDE.md, or an auto-memory folder (~/.claude/projects/<project>/memory)"
+            )
         yield from chosen
         return
     count = 0

@@ -104,16 +104,17 @@ def test_import_export_import_again_adds_nothing(alma, tmp_path, fmt, source):
 
 def test_digest_into_a_fresh_store_brings_the_lessons_back_as_lessons(make_alma, tmp_path):
     source = make_alma(data_dir=tmp_path / "a")
-    source.add_heuristic("dev", "a migration fails on a locked table", "retry it outside business hours")
-    source.add_anti_pattern("dev", "editing a paid order", "paid orders are immutable", "issue a refund instead")
+    # Colons in a lesson's wording (learned conditions read "tasks like: ...") stay where they were.
+    source.add_heuristic("dev", "tasks like: a migration fails on a locked table", "retry it: outside business hours")
+    source.add_anti_pattern("dev", "editing a paid order", "paid orders are immutable: refunds only", "issue a refund instead")
     source.add_knowledge("dev", "payments", "prices are stored in cents")
     export_to(source, "claude-md", "dev", tmp_path / "CLAUDE.md")
     target = make_alma(data_dir=tmp_path / "b")
     assert import_from(target, "claude-code", tmp_path / "CLAUDE.md", "dev").added == 3
     (h,) = active(target, "dev", "heuristic")
-    assert (h.condition, h.strategy) == ("a migration fails on a locked table", "retry it outside business hours")
+    assert (h.condition, h.strategy) == ("tasks like: a migration fails on a locked table", "retry it: outside business hours")
     (a,) = active(target, "dev", "anti_pattern")
-    assert (a.pattern, a.why_bad, a.better_alternative) == ("editing a paid order", "paid orders are immutable", "issue a refund instead")
+    assert (a.pattern, a.why_bad, a.better_alternative) == ("editing a paid order", "paid orders are immutable: refunds only", "issue a refund instead")
     assert facts(target)["prices are stored in cents"].domain == "payments"
 
 
@@ -218,3 +219,9 @@ def test_cli_import_from_and_export_to(alma, tmp_path, capsys):
     bad.write_text('"ok fact"\n{broken\n', encoding="utf-8")
     assert main(["--config", str(config), "import-from", "jsonl", str(bad), "--agent", "dev"]) == 1
     assert "line 2: rejected: not valid JSON" in capsys.readouterr().err
+
+
+def test_a_folder_without_claude_code_memory_files_is_refused(alma, tmp_path):
+    (tmp_path / "README.md").write_text("- not a memory file\n", encoding="utf-8")
+    with pytest.raises(InvalidInput, match="holds none of CLAUDE.md"):
+        import_from(alma, "claude-code", tmp_path, "dev")
