@@ -1,4 +1,5 @@
-"""The audit log: every memory that leaves active service (and every restore) is written here.
+"""The audit log: every memory that leaves active service (and every restore) is written here,
+and every correction made by hand (an edit of its wording, a "wrong" mark with its reason).
 
 An entry says what (memory id, type, agent, title), why (the reason), when (UTC time),
 and by which call (forget, decay sweep, cap, merge, consolidate, learning, import...).
