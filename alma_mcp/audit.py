@@ -1,4 +1,5 @@
-"""The audit log: every memory that leaves active service (and every restore) is written here.
+"""The audit log: every memory that leaves active service (and every restore) is written here,
+and every correction made by hand (an edit of its wording, a "wrong" mark with its reason).
 
 An entry says what (memory id, type, agent, title), why (the reason), when (UTC time),
 and by which call (forget, decay sweep, cap, merge, consolidate, learning, import...).
@@ -37,7 +38,7 @@ from .store import chroma_filter
 
 log = logging.getLogger("alma_mcp")
 
-AuditAction = Literal["archive", "purge", "merge", "restore", "import", "reindex"]
+AuditAction = Literal["archive", "purge", "merge", "restore", "import", "reindex", "edit", "feedback"]
 
 
 def audit_file(data_dir: Path, project: str) -> Path:

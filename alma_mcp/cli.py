@@ -428,6 +428,10 @@ alma-mcp search "Fix the checkout bug" --agent victor --user ana --json
     )
     sweep.add_argument("--agent", help="only this agent")
     sweep.add_argument("--apply", action="store_true", help="archive them (default: only list)")
+
+    from .ui.commands import add_review_commands  # ui, import-from, export-to
+
+    add_review_commands(sub, _service)
     return parser
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal, Sequence, TypeVar
+from typing import Annotated, Any, Awaitable, Callable, Literal, Sequence, TypeVar
 
 import anyio
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
@@ -23,7 +23,7 @@ from .audit import AuditEntry, AuditLog, audit_visible, entry_for, open_audit_lo
 from .config import AlmaConfig, load_config
 from .embeddings import Embedder, create_embedder
 from .errors import AlmaError, InvalidInput, NotFound, ScopeDenied
-from .learning import Learner, LearnReport, apply_feedback
+from .learning import Learner, LearnReport, apply_feedback, memory_vectors
 from .lifecycle import MERGEABLE, ConsolidateResult, Lifecycle, RestoreResult, SweepResult
 from .models import (
     MEMORY_TYPES,
@@ -562,6 +562,71 @@ class ALMA:
         self.retriever.rate(reader or memory.agent, memory_id, signal)  # the agent's floors learn from it too
         return memory
 
+    # -- corrections by a person (the review page): each one audited before it is written --
+    def edit(self, memory_id: str, changes: dict[str, Any], reason: str = "edited by hand") -> MemoryBase:
+        """Rewrite a memory's wording (the fields of `EDITABLE` for its type); the memory keeps its
+        id, counters and provenance and is re-embedded. The audit entry keeps the old and new text."""
+        memory_id = _validated(_memory_id, memory_id, "memory_id")
+        reason = _build(_Reason, "reason", reason=reason).reason
+        with self.write_lock:
+            memory = self.store.get(memory_id)
+            allowed = EDITABLE.get(memory.type, ())  # type: ignore[attr-defined]
+            unknown = sorted(set(changes) - set(allowed))
+            if not allowed or unknown:
+                raise InvalidInput(f"a {memory.type} can have {list(allowed) or 'nothing'} edited, not {unknown}")  # type: ignore[attr-defined]
+            before = {k: getattr(memory, k) for k in changes}
+            if all(before[k] == v for k, v in changes.items()):
+                raise InvalidInput("nothing changed: send a new wording")
+            edited = _build(type(memory), memory.type, **(memory.model_dump() | changes | {"updated_at": utcnow()}))  # type: ignore[attr-defined]
+            vectors = memory_vectors(self.store, [edited])
+            self.audit.append([entry_for(memory, "edit", "edit", reason, {"before": before, "after": dict(changes)})])
+            self.store.put([edited], vectors)
+        return edited
+
+    def mark_wrong(self, memory_id: str, reason: str) -> MemoryBase:
+        """Harmful feedback with the reason a person gave, kept in the audit log (with the
+        confidence before and after; `feedback` alone records only a retirement)."""
+        memory_id = _validated(_memory_id, memory_id, "memory_id")
+        reason = _build(_Reason, "reason", reason=reason).reason
+        with self.write_lock:
+            memory = self.store.get(memory_id)
+            before = getattr(memory, "confidence", None)
+            entry = entry_for(memory, "feedback", "mark wrong", reason, {"signal": "harmful", "confidence_before": before})
+            retired = apply_feedback(memory, "harmful", self.config.alma.learning.retire_below_confidence)
+            entry.details["confidence_after"] = getattr(memory, "confidence", None)
+            entries = [entry]
+            if retired:
+                entries.append(entry_for(memory, "archive", "mark wrong", memory.archived_reason or "harmful"))
+            self.audit.append(entries)
+            self.store.update_metadata([memory])
+        return memory
+
+    def merge(self, survivor_id: str, other_id: str, reason: str = "merged by hand") -> MemoryBase:
+        """Fold `other` into `survivor` (its counters, provenance and confidence; the survivor's
+        wording stays) and archive `other`, as consolidation does for near-duplicates."""
+        from .lifecycle import compatible, merge_into
+
+        survivor_id = _validated(_memory_id, survivor_id, "survivor_id")
+        other_id = _validated(_memory_id, other_id, "other_id")
+        reason = _build(_Reason, "reason", reason=reason).reason
+        with self.write_lock:
+            survivor, other = self.store.get(survivor_id), self.store.get(other_id)
+            if survivor.archived or other.archived:
+                raise InvalidInput("restore an archived memory before merging it")
+            if not compatible(survivor, other):
+                raise InvalidInput(
+                    "these two cannot be merged: they must differ and be of one mergeable type "
+                    "(no outcomes), one agent (one user for preferences) and compatible task types"
+                )
+            merge_into(survivor, other)
+            now = utcnow()
+            survivor.updated_at = now
+            self.audit.append([entry_for(other, "merge", "merge", reason, {"survivor": survivor.id})])
+            other.archived, other.archived_reason, other.updated_at = True, f"merged into {survivor.id}: {reason}"[:500], now
+            self.store.put([survivor], memory_vectors(self.store, [survivor]))  # its outcomes changed: so may its vector
+            self.store.update_metadata([other])
+        return survivor
+
     # -- reading single memories -----------------------------------------------------
     def _reachable(
         self, memory_id: str, agent: str | None, users: frozenset[str] | None, write: bool = False
@@ -909,6 +974,19 @@ class ALMA:
 
 class _TaskText(BaseModel):
     task: Text
+
+
+class _Reason(BaseModel):
+    reason: Annotated[Text, Field(max_length=500)]
+
+
+EDITABLE: dict[str, tuple[str, ...]] = {
+    "heuristic": ("condition", "strategy"),
+    "anti_pattern": ("pattern", "why_bad", "better_alternative"),
+    "knowledge": ("domain", "fact"),
+    "preference": ("category", "preference"),
+}
+"""The wording a person may correct, by memory type. Outcomes are records of what happened: never edited."""
 
 
 

@@ -1,0 +1,129 @@
+"""The review page's API in-process: who may call it (key, Host, Origin, JSON only), that it
+answers through the service (audited corrections), and what its views compute."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+
+from alma_mcp.errors import ConfigError
+from alma_mcp.ui import views
+from alma_mcp.ui.app import CSP, build_app, launch_key
+
+PORT = 8766
+BASE = f"http://127.0.0.1:{PORT}"
+KEY = "k" * 43
+
+
+@pytest.fixture
+def client(alma):
+    with TestClient(build_app(alma, KEY, "127.0.0.1", PORT), base_url=BASE) as c:
+        c.headers["X-Alma-Key"] = KEY
+        yield c
+
+
+def test_the_page_and_its_api_carry_a_strict_content_security_policy(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "app.js" in page.text
+    assert page.headers["content-security-policy"] == CSP and "script-src 'self'" in CSP
+    assert client.get("/static/app.js").headers["x-content-type-options"] == "nosniff"
+    assert client.get("/api/overview").json()["agents"] == []
+
+
+def test_api_calls_need_the_key(client):
+    assert client.get("/api/overview", headers={"X-Alma-Key": ""}).status_code == 401
+    assert client.get("/api/overview", headers={"X-Alma-Key": "wrong"}).status_code == 401
+    assert client.post("/api/search", json={"task": "x", "agent": "a"}, headers={"X-Alma-Key": "wrong"}).status_code == 401
+
+
+@pytest.mark.parametrize("host", ["evil.example:8766", "127.0.0.1:9999", "attacker.localhost:8766"])
+def test_a_foreign_host_header_is_refused_even_with_the_key(client, host):
+    # DNS rebinding: a page on evil.example resolved to 127.0.0.1 still sends its own name.
+    assert client.get("/api/overview", headers={"Host": host}).status_code == 421
+    assert client.get("/", headers={"Host": host}).status_code == 421
+
+
+def test_a_foreign_origin_is_refused(client, alma):
+    h = alma.add_heuristic("dev", "deploying on a friday", "do not")
+    response = client.post(f"/api/memory/{h.id}/archive", json={}, headers={"Origin": "http://evil.example"})
+    assert response.status_code == 403
+    assert not alma.get(h.id).memory.archived
+    assert client.post(f"/api/memory/{h.id}/archive", json={}, headers={"Origin": BASE}).status_code == 200
+    assert alma.get(h.id).memory.archived
+
+
+def test_writes_must_be_json(client, alma):
+    h = alma.add_heuristic("dev", "deploying on a friday", "do not")
+    form = client.post(f"/api/memory/{h.id}/wrong", content="reason=x", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 415
+    assert client.post(f"/api/memory/{h.id}/wrong", content="[1]", headers={"Content-Type": "application/json"}).status_code == 400
+    assert alma.get(h.id).memory.harmful == 0
+
+
+def test_a_token_is_required_off_loopback():
+    with pytest.raises(ConfigError, match="without a token"):
+        launch_key(None, "0.0.0.0")
+    assert launch_key("configured-token", "0.0.0.0") == "configured-token"
+    assert launch_key(None, "127.0.0.1") != launch_key(None, "127.0.0.1")  # a fresh secret per launch
+
+
+def test_corrections_go_through_the_service_and_are_audited(client, alma):
+    h = alma.add_heuristic("dev", "deploying on a friday", "deploy before noon")
+    other = alma.add_heuristic("dev", "rolling back a release", "use the previous image tag")
+    edited = client.post(f"/api/memory/{h.id}/edit", json={"changes": {"strategy": "deploy before 11:00"}, "reason": "policy"})
+    assert edited.status_code == 200, edited.text
+    assert client.post(f"/api/memory/{h.id}/wrong", json={"reason": "we never deploy on fridays"}).status_code == 200
+    assert client.post("/api/merge", json={"survivor": h.id, "other": other.id}).status_code == 200
+    assert client.post(f"/api/memory/{h.id}/archive", json={}).status_code == 200
+    assert client.post(f"/api/memory/{h.id}/restore", json={}).status_code == 200
+    actions = [e["action"] for e in client.get("/api/audit", params={"agent": "dev"}).json()]
+    assert actions == ["restore", "archive", "merge", "feedback", "edit"]
+    page = client.get(f"/api/memory/{h.id}").json()
+    assert page["memory"]["strategy"] == "deploy before 11:00" and page["memory"]["harmful"] == 1
+    assert [e["action"] for e in page["audit"]] == ["restore", "archive", "feedback", "edit"]
+    assert page["confidence"][-1]["source"] == "now"
+    assert any(p["source"].startswith("feedback: we never deploy") for p in page["confidence"])
+
+
+def test_errors_say_what_to_fix(client, alma):
+    h = alma.add_heuristic("dev", "deploying on a friday", "deploy before noon")
+    bad = client.post(f"/api/memory/{h.id}/edit", json={"changes": {"strategy": ""}})
+    assert bad.status_code == 400 and "must not be empty" in bad.json()["error"]
+    missing = client.get("/api/memory/heuristic-" + "0" * 32)
+    assert missing.status_code == 404
+    assert client.get("/api/memory/not-an-id").status_code == 400
+    assert "agent is missing" in client.get("/api/memories").json()["error"]
+
+
+def test_search_shows_the_prompt_retrieve_would_inject_and_why(client, alma):
+    h = alma.add_heuristic("dev", "testing the signup form", "fill the required fields first")
+    alma.add_knowledge("dev", "cooking", "pasta needs salted water")
+    got = client.post("/api/search", json={"task": "test the signup form", "agent": "dev"}).json()
+    assert got["prompt"] == alma.retrieve("test the signup form", "dev").prompt
+    assert [c["id"] for c in got["explanation"]["candidates"] if c["injected"]] == [h.id]
+    assert got["explanation"]["relevance_floor"] > 0
+
+
+def test_learning_view_counts_lessons_and_success_by_task_type(alma):
+    for i in range(3):
+        alma.learn("qa", f"test the signup form variant {i}", "success", "fill required fields first", task_type="forms")
+    alma.learn("qa", "test the payment page", "failure", "use a real card", task_type="payments")
+    alma.learn("qa", "test the payment page again", "partial", "use a real card", task_type="payments")
+    seen = views.learning(alma, "qa")
+    assert seen["outcomes"] == 5
+    assert {r["task_type"]: r["success_rate"] for r in seen["by_task_type"]} == {"forms": 1.0, "payments": 0.25}
+    assert seen["active"]["heuristic"] == 1 and sum(d["formed"] for d in seen["days"]) >= 1
+    (heuristic,) = alma.list_memories("qa", "heuristic")
+    page = views.memory_page(alma, heuristic.id)
+    assert len(page["provenance"]) == 3
+    assert [p["source"] for p in page["confidence"]][:3] == ["evidence after 1 outcome", "evidence after 2 outcomes", "evidence after 3 outcomes"]
+
+
+def test_cli_ui_refuses_a_non_loopback_host_without_a_token(tmp_path, capsys, monkeypatch):
+    from alma_mcp.cli import main
+
+    monkeypatch.delenv("ALMA_MCP_TOKEN", raising=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"alma:\n  project_id: cli\n  data_dir: {tmp_path / 'data'}\n", encoding="utf-8")
+    assert main(["--config", str(config), "ui", "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "refusing to serve the review page on non-loopback host '0.0.0.0' without a token" in capsys.readouterr().err
