@@ -66,6 +66,7 @@ provenance.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -498,7 +499,8 @@ class Learner:
             heuristic.supporting_outcomes = sorted(set(heuristic.supporting_outcomes) | ids)
             heuristic.occurrence_count = len(evidence.outcomes)
             heuristic.success_count = evidence.successes
-            heuristic.condition = _condition(evidence.outcomes, group, centre)
+            if written_by_learning(heuristic.condition, "condition"):  # a person's wording stays
+                heuristic.condition = _condition(evidence.outcomes, group, centre)
             heuristic.confidence = _clamp(evidence.confidence + feedback_offset(heuristic))
             heuristic.updated_at = now
             if outcome.outcome == "success":
@@ -538,8 +540,10 @@ class Learner:
             anti.supporting_outcomes = sorted(set(anti.supporting_outcomes) | ids)
             anti.occurrence_count = evidence.failures
             anti.success_count = evidence.successes
-            anti.pattern = _pattern(outcome.strategy_used, evidence.outcomes, group, centre)
-            anti.why_bad = _why_bad(evidence, alternatives)
+            if written_by_learning(anti.pattern, "pattern"):  # a person's wording stays
+                anti.pattern = _pattern(outcome.strategy_used, evidence.outcomes, group, centre)
+            if written_by_learning(anti.why_bad, "why_bad"):
+                anti.why_bad = _why_bad(evidence, alternatives)
             anti.better_alternative = self._better_alternative(outcome.agent, centre, key) or anti.better_alternative
             anti.confidence = _clamp(evidence.fail_confidence + feedback_offset(anti))
             anti.updated_at = now
@@ -685,6 +689,20 @@ def _central(outcomes: list[Outcome], group: dict[str, tuple[Outcome, np.ndarray
     for m in ranked:
         wordings.setdefault(wording_key(m.task), m.task)
     return list(wordings.values())
+
+
+_LEARNED_WORDING = {
+    "condition": re.compile(r"tasks like: "),
+    "pattern": re.compile(r".* \(on tasks like: ", re.S),
+    "why_bad": re.compile(r"failed \d+ of \d+ times on similar tasks"),
+}
+
+
+def written_by_learning(text: str, field_name: str) -> bool:
+    """Whether a lesson's `field_name` still reads as learning writes it (`_condition`, `_pattern`,
+    `_why_bad`), so that learning may rewrite it from the outcomes; a wording a person gave it
+    (taught, or edited on the review page) is kept as it is."""
+    return _LEARNED_WORDING[field_name].match(text) is not None
 
 
 def _condition(outcomes: list[Outcome], group: dict[str, tuple[Outcome, np.ndarray]], centre: np.ndarray) -> str:

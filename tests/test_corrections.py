@@ -80,3 +80,35 @@ def test_merge_folds_one_lesson_into_another_and_archives_it(alma):
         alma.merge(a.id, k.id)
     with pytest.raises(InvalidInput, match="cannot be merged"):
         alma.merge(a.id, a.id)
+
+
+def test_a_persons_wording_of_a_learned_lesson_survives_the_next_outcome(alma):
+    """Learning rewrites a learned heuristic's condition (and an anti-pattern's pattern and why)
+    from its outcomes on every new outcome, but never a wording a person gave it."""
+    tasks = [
+        "Test the signup form validation for an empty email",
+        "Test signup form validation when the email is left empty",
+        "Check the signup form's validation of a missing email address",
+        "Verify the signup form rejects an empty email field",
+    ]
+    strategy = "Leave the field blank, submit, and assert the inline error message"
+    for task in tasks[:3]:
+        alma.learn("helena", task, "success", strategy, "form_testing")
+    (h,) = alma.list_memories("helena", "heuristic")
+    assert h.condition.startswith("tasks like: ")
+    alma.edit(h.id, {"condition": "a signup form's required email field is left empty"}, "clearer")
+    alma.learn("helena", tasks[3], "success", strategy, "form_testing")
+    stored = alma.get(h.id).memory
+    assert stored.occurrence_count == 4, "the outcome still counts"
+    assert stored.condition == "a signup form's required email field is left empty"
+
+
+def test_learning_recognises_its_own_wording():
+    from alma_mcp.learning import written_by_learning
+
+    assert written_by_learning("tasks like: a; b", "condition")
+    assert not written_by_learning("when the signup email is empty", "condition")
+    assert written_by_learning("retry with backoff (on tasks like: x; y)", "pattern")
+    assert not written_by_learning("retrying without backoff", "pattern")
+    assert written_by_learning("failed 3 of 4 times on similar tasks: timeout", "why_bad")
+    assert not written_by_learning("it hides the real error", "why_bad")
