@@ -626,13 +626,15 @@ class Learner:
 
     # -- better alternatives -----------------------------------------------------------
     def _better_alternative(self, agent: str, centre: np.ndarray, failing_key: str) -> str | None:
-        """The strategy of the most confident active heuristic on the same kind of task."""
+        """The strategy of the most confident active heuristic on the same kind of task, never the
+        failing strategy itself (a taught heuristic has no strategy_key: its strategy's wording is
+        compared, or "avoid X" would say "instead: X")."""
         threshold = self.config.alma.learning.similarity_threshold
         hits = self.indexes.nearest("heuristic", agent, centre, 10)
         best = [
             h.memory
             for h in hits
-            if h.similarity >= threshold and getattr(h.memory, "strategy_key", None) != failing_key
+            if h.similarity >= threshold and strategy_key(h.memory.strategy) != failing_key  # type: ignore[attr-defined]
         ]
         if not best:
             return None

@@ -530,3 +530,16 @@ def test_feedback_offset_is_bounded_so_counters_never_outweigh_evidence():
         apply_feedback(lesson, "helpful", floor=0.25)
     assert feedback_offset(lesson) == pytest.approx(VOTES_OFFSET_RANGE[1] + USAGE_OFFSET_LIMIT)
     assert not lesson.archived
+
+
+def test_an_anti_pattern_never_offers_its_own_strategy_instead(alma):
+    # A taught heuristic (no strategy_key) on the same kind of task names the strategy that then
+    # fails: "avoid X ... instead: X" contradicts itself, so it is not the better alternative.
+    alma.add_heuristic("bot", "a browser test on the login page is flaky in CI", TIMEOUT.lower() + ".")
+    for i in range(3):
+        alma.learn("bot", FLAKY[i], "failure", TIMEOUT, error_message="timed out after 60 s")
+    (anti,) = active(alma, "anti_pattern")
+    assert anti.better_alternative is None
+    for i in range(3):
+        alma.learn("bot", FLAKY[i + 1], "success", WAIT)
+    assert {a.id: a for a in active(alma, "anti_pattern")}[anti.id].better_alternative == WAIT
