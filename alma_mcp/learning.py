@@ -68,7 +68,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -76,6 +76,13 @@ from .config import AlmaConfig, LearningSettings
 from .models import AntiPattern, Heuristic, MemoryBase, Outcome, key_text, new_id, strategy_key, utcnow, wording_key
 from .retrieval import SearchIndexes
 from .store import MemoryStore
+
+class _Shown(Protocol):
+    memory: Any
+    similarity: float
+
+
+Lesson = TypeVar("Lesson", bound=_Shown)
 
 WILSON_Z = 1.645
 """90% two-sided Wilson interval: a lower bound that three successes in three clear (0.53)."""
@@ -262,6 +269,36 @@ def anti_pattern_state(
         succeeds_now = evidence.rate >= 0.5 and confidence < settings.retire_below_confidence
         return not (succeeds_now or worse is False)
     return warranted and confidence >= settings.retire_below_confidence + REINSTATE_MARGIN
+
+
+def advised_strategy(memory: MemoryBase) -> str | None:
+    """The strategy key a lesson advises for (a heuristic) or against (an anti-pattern). A taught
+    anti-pattern has no strategy_key: its pattern's wording stands for the strategy."""
+    if memory.type == "heuristic":  # type: ignore[attr-defined]
+        return strategy_key(memory.strategy)  # type: ignore[attr-defined]
+    if memory.type == "anti_pattern":  # type: ignore[attr-defined]
+        return getattr(memory, "strategy_key", None) or strategy_key(memory.pattern)  # type: ignore[attr-defined]
+    return None
+
+
+def without_contradictions(heuristics: Sequence[Lesson], anti_patterns: Sequence[Lesson]) -> tuple[list[Lesson], list[Lesson]]:
+    """The lessons to show for one task, with no strategy both advised and warned against.
+
+    A heuristic and an anti-pattern on one strategy, both retrieved for a task, were learned (or
+    taught) on different kinds of task: "restart the runner" worked when a runner's disk was full
+    and fails when an image will not build. Shown together they cancel out, or the one learned
+    elsewhere outvotes the one learned here. The side whose closest lesson is closer to this task
+    is the one that applies and is kept; a tie keeps the warning. A lesson is anything with
+    `memory` and `similarity` (retrieval's ScoredMemory)."""
+    closest_do: dict[str | None, float] = {}
+    closest_avoid: dict[str | None, float] = {}
+    for items, closest in ((heuristics, closest_do), (anti_patterns, closest_avoid)):
+        for item in items:
+            key = advised_strategy(item.memory)
+            closest[key] = max(closest.get(key, -math.inf), item.similarity)
+    kept_do = [h for h in heuristics if h.similarity > closest_avoid.get(advised_strategy(h.memory), -math.inf)]
+    kept_avoid = [a for a in anti_patterns if a.similarity >= closest_do.get(advised_strategy(a.memory), -math.inf)]
+    return kept_do, kept_avoid
 
 
 @dataclass

@@ -892,6 +892,10 @@ class Retriever:
 
         candidates = self.candidates(task, agent, user_id, kinds, settings, mode, task_type)
         by_type = {kind: [c.scored() for c in chosen] for kind, chosen in choose(candidates, kinds, top_k, settings).items()}
+        if "heuristic" in by_type and "anti_pattern" in by_type:
+            from .learning import without_contradictions  # learning imports this module
+
+            by_type["heuristic"], by_type["anti_pattern"] = without_contradictions(by_type["heuristic"], by_type["anti_pattern"])
         result = MemorySlice(
             task=task,
             agent=agent,
