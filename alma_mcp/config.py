@@ -119,7 +119,9 @@ class RetrievalSettings(_Strict):
     recency_half_life_days: float = Field(30.0, gt=0)
     token_budget: int = Field(1500, ge=100, description="Size of the injected prompt, in estimated tokens.")
     include_outcomes: bool = Field(
-        False, description="Inject raw outcomes too (off: heuristics and anti-patterns carry the lessons)."
+        True,
+        description="Inject the agent's own outcomes of similar tasks too: before a lesson has formed they are "
+        "all it has learned (off: heuristics and anti-patterns only).",
     )
     near_duplicate: float = Field(
         0.92, gt=0, le=1, description="Cosine similarity at which a candidate duplicates one already chosen."

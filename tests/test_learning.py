@@ -567,3 +567,13 @@ def test_a_strategy_is_never_shown_both_advised_and_warned_against(alma):
     assert [h.memory.strategy for h in disk.heuristics] == [RESTART_RUNNER]
     assert disk.anti_patterns == []
 
+
+def test_a_retrieval_shows_the_agents_own_outcomes_before_any_lesson_forms(alma):
+    # One failure and one success on paraphrases: no lesson yet, and the next wording of the task
+    # must still be told what happened, without asking for outcomes by name.
+    alma.learn("bot", FLAKY[0], "failure", TIMEOUT, error_message="timed out after 60 s")
+    alma.learn("bot", FLAKY[1], "success", WAIT)
+    assert active(alma, "heuristic") == [] and active(alma, "anti_pattern") == []
+    got = alma.retrieve(FLAKY[2], "bot")
+    assert {o.memory.strategy_used for o in got.outcomes} == {TIMEOUT, WAIT}
+    assert WAIT in got.prompt and TIMEOUT in got.prompt
