@@ -520,27 +520,30 @@ def compare(base_path: str, new_path: str) -> None:
 
 
 def merge_runs(paths: list[str]) -> dict[str, Any]:
-    """Runs saved separately put together: arms run apart on the same seeds, and the same arms on
-    further seeds (appended in seed order)."""
-    by_seeds: dict[tuple[int, ...], dict[str, Any]] = {}
+    """Runs saved separately put together: the same arms on further seeds (appended in seed
+    order), and arms run apart on the same seeds."""
+    by_arms: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for path in paths:
         run = json.loads(Path(path).read_text(encoding="utf-8"))
-        key = tuple(run["seeds"])
-        if key in by_seeds:
-            by_seeds[key]["arms"].update(run["arms"])
-        else:
-            by_seeds[key] = run
-    runs = [by_seeds[k] for k in sorted(by_seeds)]
-    merged = runs[0]
-    for run in runs[1:]:
-        if (run["set"], run["episodes"], sorted(run["arms"])) != (merged["set"], merged["episodes"], sorted(merged["arms"])):
-            raise SystemExit("--load: runs on different seeds need the same set, episodes and arms")
-        if set(run["seeds"]) & set(merged["seeds"]):
-            raise SystemExit("--load: runs overlap in seeds")
-        merged["seeds"] = merged["seeds"] + run["seeds"]
-        for arm, slot in run["arms"].items():
-            for key, values in slot.items():
-                merged["arms"][arm][key] = merged["arms"][arm][key] + values
+        by_arms.setdefault(tuple(sorted(run["arms"])), []).append(run)
+    merged: dict[str, Any] | None = None
+    for runs in by_arms.values():
+        runs.sort(key=lambda r: r["seeds"][0])
+        whole = runs[0]
+        for run in runs[1:]:
+            if set(run["seeds"]) & set(whole["seeds"]):
+                raise SystemExit("--load: two runs of the same arms overlap in seeds")
+            whole["seeds"] = whole["seeds"] + run["seeds"]
+            for arm, slot in run["arms"].items():
+                for key, values in slot.items():
+                    whole["arms"][arm][key] = whole["arms"][arm][key] + values
+        if merged is None:
+            merged = whole
+            continue
+        if (whole["set"], whole["episodes"], whole["seeds"]) != (merged["set"], merged["episodes"], merged["seeds"]):
+            raise SystemExit("--load: arms run apart need the same set, episodes and seeds")
+        merged["arms"].update(whole["arms"])
+    assert merged is not None
     return merged
 
 
