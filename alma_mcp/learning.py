@@ -53,6 +53,9 @@ Placing an outcome (`Learner.apply`, `Learner.cluster`):
    strategy that works would lock it out for good; strong evidence (0 of 10) still stands.
    The rules are pure functions of the evidence (`heuristic_state`, `anti_pattern_state`),
    which the benchmark's oracle arm calls as well.
+6. What a task is shown: never a heuristic and an anti-pattern on one strategy together; the
+   one whose tasks are closer to the task is kept (`without_contradictions`, which retrieval
+   calls), so a lesson of another kind of task neither vetoes nor cancels the one learned here.
 
 Lessons are stored with the mean task vector of their outcomes plus their strategy's vector
 as their embedding, so they are found by the tasks they apply to while lessons of different
@@ -77,7 +80,10 @@ from .models import AntiPattern, Heuristic, MemoryBase, Outcome, key_text, new_i
 from .retrieval import SearchIndexes
 from .store import MemoryStore
 
+
 class _Shown(Protocol):
+    """A memory as retrieval shows it: the memory and its similarity to the task."""
+
     memory: Any
     similarity: float
 
