@@ -118,10 +118,12 @@ class RetrievalSettings(_Strict):
     )
     recency_half_life_days: float = Field(30.0, gt=0)
     token_budget: int = Field(1500, ge=100, description="Size of the injected prompt, in estimated tokens.")
-    include_outcomes: bool = Field(
-        True,
-        description="Inject the agent's own outcomes of similar tasks too: before a lesson has formed they are "
-        "all it has learned (off: heuristics and anti-patterns only).",
+    include_outcomes: bool | Literal["weak"] = Field(
+        "weak",
+        description="Raw outcomes among the default types: true, like any memory; 'weak': only ever as one-line weak "
+        "matches ('tried X: success'), so an agent's own history reaches it before a lesson has formed without "
+        "crowding out the lessons; false: never (heuristics and anti-patterns carry the lessons). A caller that "
+        "names outcomes in memory_types gets them like any memory.",
     )
     near_duplicate: float = Field(
         0.92, gt=0, le=1, description="Cosine similarity at which a candidate duplicates one already chosen."
@@ -152,14 +154,35 @@ class RetrievalSettings(_Strict):
         "condition, an anti-pattern's pattern, a fact, an outcome's task, a preference) rather than its "
         "whole text: tasks are worded like situations, not like the lessons learned in them. 0: whole text only.",
     )
-    preference_floor: float = Field(
-        0.10,
+    preference_floor: float | None = Field(
+        None,
         ge=0,
         le=1,
-        description="Evidence a preference of the user named by user_id needs to be injected. Lower than "
-        "relevance_floor on purpose: the caller asked for this user's preferences, and general ones "
-        "('keep reports short') look unrelated to most tasks. Preferences never open the floor for "
+        description="A lower floor for the preferences of the user named by user_id, injected in full under it "
+        "(for a few general preferences, 'keep reports short', that look unrelated to most tasks). None: "
+        "preferences are judged like every memory. On a store with many specific preferences a low floor "
+        "injects all of them for every task (docs/retrieval-tiers.md). Preferences never open the floor for "
         "the other types.",
+    )
+    weak_floor: float = Field(
+        0.30,
+        ge=0,
+        le=1,
+        description="Evidence a memory that is not confident (it neither clears relevance_floor nor is admitted "
+        "beside one that does) needs to be mentioned as a weak match: one line, labelled for the model to judge "
+        "(README 'How retrieval scores', docs/retrieval-tiers.md). Above relevance_floor: no weak tier.",
+    )
+    weak_top_k: int = Field(
+        5,
+        ge=0,
+        le=20,
+        description="Weak matches mentioned at most, all types together, best first. 0: no weak tier "
+        "(all-or-nothing injection).",
+    )
+    calibrate_from_feedback: bool = Field(
+        True,
+        description="Let the agent's own alma_feedback on what it was served move its relevance_floor and weak_floor "
+        "(by at most 0.12, little for a few ratings; README 'How retrieval scores'). Off: the configured floors.",
     )
 
 
@@ -489,7 +512,8 @@ alma:
 
   retrieval:
     top_k: 5                        # per memory type
-    relevance_floor: 0.42           # evidence the best memory needs, or nothing is injected
+    relevance_floor: 0.42           # evidence a memory needs to be injected in full (confident)
+    weak_floor: 0.30                # below relevance_floor, above this: a one-line weak-match mention
     token_budget: 1500              # size of the injected prompt
     recency_half_life_days: 30
     weights: {{similarity: 0.70, recency: 0.05, success: 0.10, confidence: 0.10, feedback: 0.05}}

@@ -19,9 +19,12 @@ A candidate is *relevant* when it clears the floor: its evidence (similarity plu
 lexical coverage) reaches `relevance_floor`, or its lexical coverage (the share of the task's IDF mass the memory
 contains) reaches `lexical_floor`. The second door is what lets an error string or identifier
 quoted verbatim through even when the embedding model blurs it. Both floors are calibrated on
-the benchmark corpus (bench/retrieval.py). Nothing that fails the floor is ever returned, so a
-task with nothing relevant gets an empty prompt. The preferences of the user named by
-`user_id` have their own, lower floor (`preference_floor`): the caller asked for them.
+the development corpus (bench/retrieval.py). What clears the floor is the *confident* tier,
+injected in full. Below it, the few best candidates whose evidence reaches `weak_floor` are the
+*weak* tier (`mention`): one line each, labelled for the model to judge, since a floor that
+decides all-or-nothing on an overlapping signal throws away a third of the right answers. A
+task with nothing above weak_floor gets an empty prompt. The preferences of the user named by
+`user_id` may have their own, lower floor (`preference_floor`, off by default).
 
 The final score mixes relevance with recency, success rate, confidence and feedback
 (`RetrievalWeights`, README "How retrieval scores"). Per type, near-duplicates of a memory
@@ -47,6 +50,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from .calibration import FloorCalibration, shifted
 from .config import AlmaConfig, RetrievalSettings
 from .embeddings import Embedder
 from .dense import VectorIndex
@@ -103,10 +107,28 @@ CATCH_UP_MIN) reads the whole collection instead."""
 CATCH_UP_MIN = 2000
 
 
+Tier = Literal["confident", "weak"]
+"""How a memory is injected: `confident` (its evidence clears the floor, or is within
+floor_margin of one that does) in full; `weak` (evidence between weak_floor and that) as a
+one-line mention the model is told to judge for itself."""
+
+
 class ScoredMemory(BaseModel):
     memory: Memory
+    tier: Tier = Field(
+        "confident",
+        description="confident: cleared the relevance floor, injected in full; weak: below it but above weak_floor, "
+        "mentioned in one line as a weak match for the model to judge.",
+    )
+    evidence: float = Field(
+        0.0,
+        description="The memory's relevance to the task, the one number the floors judge, the prompt shows and "
+        "explain reports: similarity + lexical_weight x coverage.",
+    )
     score: float = Field(description="Final ranking score, 0-1: relevance mixed with recency, success, confidence, feedback.")
-    relevance: float = Field(0.0, description="How well the memory matches the task, 0-1 (fused dense and lexical).")
+    relevance: float = Field(
+        0.0, description="The ranking's part of the score, 0-1: rank fusion of the dense and lexical rankings mixed with evidence."
+    )
     similarity: float = Field(
         description="Similarity of the memory to the task: cosine of its whole text, mixed with that of its key field (key_weight)."
     )
@@ -178,8 +200,12 @@ class MemorySlice(BaseModel):
         return [item for items in self.by_type().values() for item in items]
 
     def ranked(self) -> list[ScoredMemory]:
-        """Every returned memory, all types together, best score first."""
-        return sorted(self.all(), key=lambda item: item.score, reverse=True)
+        """Every returned memory, all types together: the confident ones by score, then the weak ones."""
+        return sorted(self.all(), key=lambda item: (item.tier == "confident", item.score), reverse=True)
+
+    def confident(self) -> list[ScoredMemory]:
+        """The memories injected in full (those that cleared the floor), best score first."""
+        return [item for item in self.ranked() if item.tier == "confident"]
 
     def to_prompt(self) -> str:
         return self.prompt
@@ -634,9 +660,11 @@ class Candidate:
             return "both"
         return "lexical" if self.lexical_ok else "dense"
 
-    def scored(self) -> ScoredMemory:
+    def scored(self, tier: Tier = "confident") -> ScoredMemory:
         return SCORED_BY_TYPE[self.memory.type](  # type: ignore[attr-defined]
             memory=self.memory,
+            tier=tier,
+            evidence=round(self.evidence, 4),
             score=round(self.score, 4),
             relevance=round(self.relevance, 4),
             similarity=round(self.similarity, 4),
@@ -709,8 +737,9 @@ def select(candidates: Sequence[Candidate], top_k: int, near_duplicate: float) -
 
 
 def under_preference_floor(c: Candidate, settings: RetrievalSettings) -> bool:
-    """A preference of the named user that clears its own floor (see `choose`)."""
-    return c.memory.type == PREFERENCES and c.evidence >= settings.preference_floor  # type: ignore[attr-defined]
+    """A preference of the named user that clears its own floor, when it has one (see `choose`)."""
+    floor = settings.preference_floor
+    return floor is not None and c.memory.type == PREFERENCES and c.evidence >= floor  # type: ignore[attr-defined]
 
 
 def admitted(c: Candidate, answered: bool, settings: RetrievalSettings) -> bool:
@@ -745,6 +774,46 @@ def choose(
     }
 
 
+def mention(
+    candidates: Sequence[Candidate],
+    chosen: dict[str, list[Candidate]],
+    settings: RetrievalSettings,
+    kinds: Sequence[str] | None = None,
+) -> list[Candidate]:
+    """The weak tier: up to `weak_top_k` candidates of the chosen types that were not chosen in
+    full but whose evidence reaches `weak_floor`, best score first, near-duplicates of anything
+    already chosen or mentioned skipped.
+
+    A floor decides all-or-nothing on a signal that overlaps between answerable and unanswerable
+    tasks; below it, the closest memories are still more often right than not, so they are named
+    in one line each and the model that reads the task judges them, at a cost of a few dozen
+    tokens when they are not. `kinds`: the types that may be mentioned (default: those chosen from)."""
+    if settings.weak_top_k <= 0:
+        return []
+    allowed = set(kinds if kinds is not None else chosen)
+    taken = [c for picked in chosen.values() for c in picked]
+    ids = {c.memory.id for c in taken}
+    pool = sorted(
+        (
+            c
+            for c in candidates
+            if c.memory.type in allowed  # type: ignore[attr-defined]
+            and c.memory.id not in ids
+            and c.evidence >= settings.weak_floor
+        ),
+        key=lambda c: c.score,
+        reverse=True,
+    )
+    weak: list[Candidate] = []
+    for candidate in pool:
+        if any(float(np.dot(candidate.vector, other.vector)) >= settings.near_duplicate for other in [*taken, *weak]):
+            continue
+        weak.append(candidate)
+        if len(weak) >= settings.weak_top_k:
+            break
+    return weak
+
+
 class CandidateVerdict(BaseModel):
     """One memory considered for a task, its evidence against the floor, and what became of it."""
 
@@ -757,6 +826,7 @@ class CandidateVerdict(BaseModel):
     coverage: float = Field(description="share of the task's distinctive words (IDF mass) the memory holds")
     score: float
     injected: bool
+    tier: Tier | None = Field(None, description="how it was injected: in full (confident), in one line (weak); null: not at all")
     verdict: str
 
 
@@ -768,23 +838,32 @@ class Explanation(BaseModel):
     relevance_floor: float
     floor_margin: float
     lexical_floor: float
-    preference_floor: float
+    preference_floor: float | None
+    weak_floor: float = 0.0
     answered: bool = Field(description="some candidate cleared the floor, so the task is answered at all")
     candidates: list[CandidateVerdict]
 
 
 def judge(
-    candidates: Sequence[Candidate], chosen: dict[str, list[Candidate]], settings: RetrievalSettings, n: int
+    candidates: Sequence[Candidate],
+    chosen: dict[str, list[Candidate]],
+    settings: RetrievalSettings,
+    n: int,
+    weak: Sequence[Candidate] = (),
 ) -> tuple[bool, list[CandidateVerdict]]:
     """The verdict on every injected candidate and on the strongest others (by evidence), `n` in
-    all at least: the rules of `choose`, spelled out per memory."""
+    all at least: the rules of `choose` and `mention`, spelled out per memory."""
     answered = any(c.cleared for c in candidates)
-    injected = {c.memory.id for picked in chosen.values() for c in picked}
+    confident = {c.memory.id for picked in chosen.values() for c in picked}
+    mentioned = {c.memory.id for c in weak}
+    injected = confident | mentioned
     ranked = sorted(candidates, key=lambda c: (c.memory.id in injected, c.evidence), reverse=True)
     shown = ranked[: max(n, len(injected))]
 
     def verdict(c: Candidate) -> str:
-        if c.memory.id in injected:
+        if c.memory.id in mentioned:
+            return "injected as a weak match: below the floor, above weak_floor; one line for the model to judge"
+        if c.memory.id in confident:
             if c.dense_ok:
                 return "injected: cleared relevance_floor"
             if c.lexical_ok:
@@ -794,9 +873,14 @@ def judge(
             return "injected: within floor_margin of relevance_floor, and the task is answered"
         if admitted(c, answered, settings):
             return "admitted, not injected: its type's top_k is full, or it nearly duplicates one injected"
+        weak = (
+            "above weak_floor, not mentioned: weak_top_k is full, or it nearly duplicates one injected"
+            if c.evidence >= settings.weak_floor
+            else "below weak_floor"
+        )
         if not answered:
-            return "below the floor: no memory cleared it, so nothing is injected"
-        return "below relevance_floor - floor_margin"
+            return f"below the floor: no memory cleared it; {weak}"
+        return f"below relevance_floor - floor_margin; {weak}"
 
     return answered, [
         CandidateVerdict(
@@ -809,10 +893,14 @@ def judge(
             coverage=round(c.coverage, 3),
             score=round(c.score, 4),
             injected=c.memory.id in injected,
+            tier="confident" if c.memory.id in confident else "weak" if c.memory.id in mentioned else None,
             verdict=verdict(c),
         )
         for c in shown
     ]
+
+
+CALIBRATION_FILE = "feedback_calibration.json"
 
 
 class Retriever:
@@ -822,6 +910,7 @@ class Retriever:
         self.config = config
         self.indexes = SearchIndexes(store, config.alma.vector_search)
         self.keys = KeyVectors(embedder)
+        self.calibration = FloorCalibration(config.data_dir / CALIBRATION_FILE)
         self._searches = ThreadPoolExecutor(_SEARCH_THREADS, thread_name_prefix="alma-search")
         self._results: OrderedDict[tuple[Any, ...], tuple[float, MemorySlice]] = OrderedDict()
         self._cache_size = cache_size
@@ -850,10 +939,39 @@ class Retriever:
                 scopes += [(kind, source) for source in self.config.readable_agents(agent, kind)]
         return scopes
 
+    def settings_for(self, agent: str) -> RetrievalSettings:
+        """The agent's retrieval settings, its floors moved by its own feedback (calibration.py)."""
+        settings = self.config.retrieval_for(agent)
+        if not settings.calibrate_from_feedback:
+            return settings
+        shift = self.calibration.shift(agent, settings.relevance_floor)
+        if not shift:
+            return settings
+        return settings.model_copy(
+            update={
+                "relevance_floor": shifted(settings.relevance_floor, shift),
+                "weak_floor": shifted(settings.weak_floor, shift),
+            }
+        )
+
+    def rate(self, agent: str, memory_id: str, signal: str) -> bool:
+        """Count `agent`'s feedback on a memory it was served (see calibration.py)."""
+        return self.calibration.rate(agent, memory_id, signal)
+
     def _types(self, memory_types: Sequence[str] | None, settings: RetrievalSettings) -> list[str]:
         if memory_types is None:
             return [t for t in MEMORY_TYPES if t != "outcome" or settings.include_outcomes]
         return list(memory_types)
+
+    @staticmethod
+    def _confident_types(
+        kinds: Sequence[str], memory_types: Sequence[str] | None, settings: RetrievalSettings
+    ) -> list[str]:
+        """The types that may be injected in full: all those read, but outcomes that come with the
+        default types under `include_outcomes: weak` are only ever mentioned."""
+        if memory_types is None and settings.include_outcomes == "weak":
+            return [kind for kind in kinds if kind != "outcome"]
+        return list(kinds)
 
     def retrieve(
         self,
@@ -866,9 +984,10 @@ class Retriever:
         mode: Mode = "hybrid",
         task_type: str | None = None,
     ) -> MemorySlice:
-        settings = settings or self.config.retrieval_for(agent)
+        settings = settings or self.settings_for(agent)
         top_k = top_k or settings.top_k
         kinds = self._types(memory_types, settings)
+        confident_kinds = self._confident_types(kinds, memory_types, settings)
         scopes = self.scopes(agent, kinds, user_id)
         key = (
             mode,
@@ -877,6 +996,7 @@ class Retriever:
             top_k,
             user_id,
             tuple(kinds),
+            tuple(confident_kinds),
             task_type.lower() if task_type else None,
             settings.model_dump_json(),
             tuple((kind, source, self.store.generation(kind, source)) for kind, source in scopes),
@@ -887,12 +1007,17 @@ class Retriever:
             if cached is not None and now_mono - cached[0] < _RESULT_TTL_SECONDS:
                 self._results.move_to_end(key)
                 self.cache_hits += 1
+                self.calibration.served(agent, {m.memory.id: m.evidence for m in cached[1].all()})
                 return cached[1].model_copy(deep=True)
             self.cache_misses += 1
 
         candidates = self.candidates(task, agent, user_id, kinds, settings, mode, task_type)
-        by_type = {kind: [c.scored() for c in chosen] for kind, chosen in choose(candidates, kinds, top_k, settings).items()}
-        if "heuristic" in by_type and "anti_pattern" in by_type:
+        chosen = choose(candidates, confident_kinds, top_k, settings)
+        by_type = {kind: [c.scored() for c in picked] for kind, picked in chosen.items()}
+        by_type.update({kind: [] for kind in kinds if kind not in by_type})
+        for candidate in mention(candidates, chosen, settings, kinds):
+            by_type[candidate.memory.type].append(candidate.scored("weak"))  # type: ignore[attr-defined]
+        if by_type.get("heuristic") and by_type.get("anti_pattern"):
             from .learning import without_contradictions  # learning imports this module
 
             by_type["heuristic"], by_type["anti_pattern"] = without_contradictions(by_type["heuristic"], by_type["anti_pattern"])
@@ -903,6 +1028,7 @@ class Retriever:
             **{_FIELD_BY_TYPE[kind]: items for kind, items in by_type.items()},
         )
         result.prompt = render_prompt(by_type, settings.token_budget)
+        self.calibration.served(agent, {m.memory.id: m.evidence for m in result.all()})
         with self._lock:
             self._results[key] = (now_mono, result)
             while len(self._results) > self._cache_size:
@@ -921,11 +1047,12 @@ class Retriever:
     ) -> Explanation:
         """What `retrieve` would inject for this task and why, with the nearest memories it would
         not (their evidence against the floors): for tuning `relevance_floor` on one's own store."""
-        settings = self.config.retrieval_for(agent)
+        settings = self.settings_for(agent)
         top_k = top_k or settings.top_k
         kinds = self._types(memory_types, settings)
         candidates = self.candidates(task, agent, user_id, kinds, settings, task_type=task_type)
-        answered, verdicts = judge(candidates, choose(candidates, kinds, top_k, settings), settings, n)
+        chosen = choose(candidates, self._confident_types(kinds, memory_types, settings), top_k, settings)
+        answered, verdicts = judge(candidates, chosen, settings, n, mention(candidates, chosen, settings, kinds))
         return Explanation(
             task=task,
             agent=agent,
@@ -933,6 +1060,7 @@ class Retriever:
             floor_margin=settings.floor_margin,
             lexical_floor=settings.lexical_floor,
             preference_floor=settings.preference_floor,
+            weak_floor=settings.weak_floor,
             answered=answered,
             candidates=verdicts,
         )
@@ -958,6 +1086,8 @@ class Retriever:
         found: dict[str, Candidate] = {}
         lexical_hits: list[tuple[float, str]] = []
         admit = settings.relevance_floor - settings.floor_margin
+        if settings.weak_top_k > 0:  # the weak tier reads down to weak_floor
+            admit = min(admit, settings.weak_floor)
         scopes = self.scopes(agent, memory_types, user_id)
 
         def search(scope: tuple[str, str | None]) -> tuple[list[Any], list[Any], dict[str, Any]]:

@@ -520,6 +520,7 @@ class ALMA:
                 self.audit.append([entry_for(memory, "archive", "feedback", memory.archived_reason or "harmful")])
             self.store.update_metadata([memory])
         self._after_write(memory.agent, [memory.type])  # type: ignore[attr-defined]
+        self.retriever.rate(reader or memory.agent, memory_id, signal)  # the agent's floors learn from it too
         return memory
 
     # -- reading single memories -----------------------------------------------------

@@ -235,7 +235,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="only time alma_retrieve on the stores a previous run left in --workdir (e.g. on a quieter machine)",
     )
+    parser.add_argument(
+        "--tiers",
+        action="store_true",
+        help="only the tier report: alma's shipped settings (and alternatives) beside a plain vector store, "
+        "on the development corpus, the held-out corpus and 10,000 memories per agent",
+    )
+    parser.add_argument("--no-scale", action="store_true", help="with --tiers: skip the 10,000 level")
+    parser.add_argument("--scale", action="store_true", help="with --calibrate-tiers: at 10,000 memories per agent")
+    parser.add_argument("--only-scale", action="store_true", help="with --tiers: only the 10,000 level")
+    parser.add_argument("--scale-agents", default="", help="with --tiers: the agents filled to 10,000 (default: all six)")
+    parser.add_argument(
+        "--calibrate-tiers", action="store_true", help="the grid of floors and weak-tier settings on the calibration split"
+    )
     args = parser.parse_args(argv)
+    if args.tiers or args.calibrate_tiers:
+        from bench.tiers import run
+
+        return run(args)
     if args.latency_only:
         if args.workdir is None:
             parser.error("--latency-only needs the --workdir of a previous run")

@@ -1,13 +1,23 @@
 """The injected prompt: memory text stays inside its fence whatever it contains, sections come
-in a fixed order, the budget holds, and nothing relevant means an empty string."""
+in a fixed order, the budget holds, nothing relevant means an empty string, and weak matches
+are one labelled line each in a fence of their own."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from alma_mcp.models import AntiPattern, DomainKnowledge, Heuristic, new_id
-from alma_mcp.prompt import FENCE_INFO, estimate_tokens, fence, render_prompt
+from alma_mcp.models import AntiPattern, DomainKnowledge, Heuristic, Outcome, new_id
+from alma_mcp.prompt import (
+    FENCE_INFO,
+    HEADER,
+    MENTION_CHARS,
+    WEAK_HEADER,
+    WEAK_SECTION,
+    estimate_tokens,
+    fence,
+    render_prompt,
+)
 from alma_mcp.retrieval import ScoredMemory
 from alma_mcp.service import ALMA
 
@@ -123,3 +133,60 @@ def test_every_budget_is_kept() -> None:
     for budget in (100, 250, 700, 1500, 4000):
         prompt = render_prompt({"knowledge": items}, budget)
         assert estimate_tokens(prompt) <= budget
+
+
+# -- the weak tier ---------------------------------------------------------------------------
+def weak(memory: Any, evidence: float = 0.35, score: float = 0.5) -> ScoredMemory:
+    return ScoredMemory(memory=memory, score=score, evidence=evidence, similarity=evidence, source_agent=memory.agent, tier="weak")
+
+
+def test_weak_matches_alone_get_a_short_labelled_block_with_hostile_text_fenced() -> None:
+    hostile = knowledge(HOSTILE)
+    plain = knowledge("Deploys happen on Tuesdays.")
+    prompt = render_prompt({"knowledge": [weak(hostile, 0.36), weak(plain, 0.33, 0.4)]}, 1500)
+    assert prompt.startswith(WEAK_HEADER) and HEADER not in prompt, "weak matches alone skip the full preamble"
+    inside, outside = fenced_regions(prompt)
+    assert len(inside) == 1, "all mentions share one fence"
+    assert inside[0].split("\n") == [
+        "1 " + " ".join(HOSTILE.split())[: MENTION_CHARS - 3].rstrip() + "...",
+        "2 Deploys happen on Tuesdays.",
+    ], "one line each, numbered, cut to MENTION_CHARS: a newline in a memory cannot start a line of its own"
+    outside_text = "\n".join(outside).lower()
+    assert "ignore previous instructions" not in outside_text and "never an instruction" in outside_text
+    assert f"1 `{hostile.id}` fact 0.36; 2 `{plain.id}` fact 0.33" in prompt
+    assert estimate_tokens(prompt) <= 90
+
+
+def test_weak_matches_follow_the_confident_memories_in_their_own_section() -> None:
+    full = knowledge("The VPN is needed for staging.")
+    maybe = knowledge("Deploys happen on Tuesdays.")
+    prompt = render_prompt({"knowledge": [scored(full, 0.8), weak(maybe)]}, 1500)
+    assert prompt.startswith(HEADER) and prompt.index("### Facts") < prompt.index(WEAK_SECTION)
+    assert f"- memory `{full.id}`" in prompt and f"- memory `{maybe.id}`" not in prompt, "a weak match is never shown in full"
+    assert f"1 `{maybe.id}` fact 0.35" in prompt
+    assert len(fenced_regions(prompt)[0]) == 2
+
+
+def test_weak_matches_give_way_to_the_budget_best_first() -> None:
+    items = [weak(knowledge(f"Fact number {n} about the release train and its many carriages."), 0.4, 1 - n / 10) for n in range(5)]
+    for budget in (100, 150, 250):
+        prompt = render_prompt({"knowledge": items}, budget)
+        assert estimate_tokens(prompt) <= budget
+        shown = [item for item in items if item.memory.id in prompt]
+        assert shown == items[: len(shown)], "the best weak matches are the ones kept"
+    assert render_prompt({"knowledge": items}, 20) == "", "no room for one mention: nothing, not a bare header"
+
+
+def test_an_outcome_is_mentioned_as_what_was_tried_and_how_it_went() -> None:
+    attempt = Outcome(
+        id=new_id("outcome"), project="p", agent="a", task="Deploy billing to staging", strategy_used="blue-green switch", outcome="failure"
+    )
+    prompt = render_prompt({"outcome": [weak(attempt)]}, 1500)
+    assert "1 tried blue-green switch: failure (task: Deploy billing to staging)" in prompt
+
+
+def test_the_prompt_shows_evidence_not_the_ranking_score() -> None:
+    fact = knowledge("The VPN is needed for staging.")
+    item = ScoredMemory(memory=fact, score=0.87, evidence=0.836, similarity=0.8, source_agent=fact.agent)
+    prompt = render_prompt({"knowledge": [item]}, 1500)
+    assert "evidence 0.84" in prompt and "0.87" not in prompt and "relevance 0." not in prompt

@@ -94,7 +94,7 @@ def test_an_exact_error_string_is_found_lexically_when_the_embedding_floor_would
 ) -> None:
     # An evidence floor (similarity + lexical_weight x coverage) no memory here reaches: only the
     # lexical door can let anything through.
-    strict = {"relevance_floor": 0.95, "floor_margin": 0.0, "lexical_weight": 0.15}
+    strict = {"relevance_floor": 0.95, "floor_margin": 0.0, "lexical_weight": 0.15, "weak_top_k": 0}
     alma = make_alma(retrieval={**strict, "lexical_floor": 0.5})
     teach_playwright(alma, "victor")
     alma.add_knowledge(
@@ -302,6 +302,7 @@ def test_a_write_of_ours_after_another_writers_does_not_hide_theirs(make_alma: C
 
 
 def test_a_named_users_general_preferences_are_injected_under_their_own_floor(alma: ALMA) -> None:
+    alma.config.alma.retrieval = RetrievalSettings(preference_floor=0.10, weak_top_k=0)  # the door is off by default
     teach_playwright(alma)
     alma.add_preference("alice", "reporting", "Keep reports short: five bullet points at most, no preamble.")
     alma.add_preference("bob", "reporting", "Always include the full stack trace in reports.")
@@ -388,6 +389,7 @@ async def test_task_type_through_the_client_and_a_bad_one_is_refused(alma: ALMA)
 
 
 def test_explain_gives_each_memory_its_verdict_against_the_floor(alma: ALMA) -> None:
+    alma.config.alma.retrieval = RetrievalSettings(preference_floor=0.10)  # the door is off by default
     teach_playwright(alma)
     alma.add_preference("alice", "reporting", "Keep reports short: five bullet points at most, no preamble.")
     floor = alma.config.retrieval_for("helena").relevance_floor

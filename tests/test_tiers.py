@@ -1,0 +1,81 @@
+"""The weak tier with the real model on a real store: what falls below the relevance floor but
+above weak_floor is mentioned in one line and says so in the result; the prompt, the result and
+explain give a memory the same evidence."""
+
+from __future__ import annotations
+
+from test_prompt import fenced_regions
+from test_retrieval import teach_playwright
+
+from alma_mcp.config import RetrievalSettings
+from alma_mcp.prompt import WEAK_HEADER, WEAK_SECTION
+from alma_mcp.service import ALMA
+
+FLAKY = "Fix a flaky end-to-end test that clicks a button too early after navigating"
+
+
+def test_evidence_below_the_floor_is_mentioned_as_a_weak_match(alma: ALMA) -> None:
+    teach_playwright(alma)
+    unreachable = RetrievalSettings(relevance_floor=0.95, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.2, weak_top_k=2)
+    result = alma.retriever.retrieve(FLAKY, "helena", settings=unreachable)
+    assert 1 <= len(result) <= 2 and {m.tier for m in result.all()} == {"weak"}
+    assert result.ranked()[0].memory.condition.startswith("A Playwright test flakes")  # type: ignore[attr-defined]
+    assert result.confident() == []
+    assert result.prompt.startswith(WEAK_HEADER)
+    assert all(m.memory.id in result.prompt for m in result.all()), "a weak match's id is in the prompt, to read or rate it"
+    assert len(fenced_regions(result.prompt)[0]) == 1
+
+    # weak_top_k 0 is the all-or-nothing floor of before.
+    off = unreachable.model_copy(update={"weak_top_k": 0})
+    nothing = alma.retriever.retrieve(FLAKY, "helena", settings=off)
+    assert len(nothing) == 0 and nothing.prompt == ""
+    # ... and evidence under weak_floor is not mentioned either.
+    high = unreachable.model_copy(update={"weak_floor": 0.9})
+    assert len(alma.retriever.retrieve(FLAKY, "helena", settings=high)) == 0
+
+
+def test_confident_memories_come_first_and_weak_ones_after(alma: ALMA) -> None:
+    teach_playwright(alma)
+    settings = RetrievalSettings(relevance_floor=0.5, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.0, weak_top_k=3)
+    result = alma.retriever.retrieve(FLAKY, "helena", settings=settings)
+    tiers = [m.tier for m in result.ranked()]
+    assert tiers[0] == "confident" and "weak" in tiers
+    assert tiers == sorted(tiers), "confident (c) before weak (w)"
+    assert all(m.evidence >= 0.5 for m in result.confident())
+    assert all(m.evidence < 0.5 for m in result.all() if m.tier == "weak")
+    assert result.prompt.index("### Strategies") < result.prompt.index(WEAK_SECTION)
+    for m in result.all():
+        assert (f"- memory `{m.memory.id}`" in result.prompt) == (m.tier == "confident")
+
+
+def test_the_prompt_the_result_and_explain_give_the_same_evidence(alma: ALMA) -> None:
+    teach_playwright(alma)
+    result = alma.retrieve(FLAKY, "helena")
+    why = {c.id: c for c in alma.explain(FLAKY, "helena").candidates}
+    assert len(result) > 0
+    for m in result.all():
+        assert m.evidence == why[m.memory.id].evidence and why[m.memory.id].tier == m.tier
+        assert f"evidence {m.evidence:.2f}" in result.prompt
+    assert "relevance 0." not in result.prompt
+
+
+def test_by_default_an_agents_own_outcomes_reach_it_as_one_line_weak_matches(alma: ALMA) -> None:
+    alma.learn("helena", "Fix the flaky checkout end-to-end test that clicks Pay too early", "success",
+               "Waited for the payment iframe to load with frameLocator before clicking Pay", task_type="testing")
+    task = "The checkout e2e test is flaky: it presses Pay before the card iframe is ready"
+    result = alma.retrieve(task, "helena")
+    assert [m.tier for m in result.outcomes] == ["weak"], "no lesson has formed yet: the outcome itself is mentioned"
+    assert "tried Waited for the payment iframe" in result.prompt
+    named = alma.retrieve(task, "helena", memory_types=["outcome"])
+    assert [m.tier for m in named.outcomes] == ["confident"], "a caller who asks for outcomes gets them like any memory"
+    alma.config.alma.retrieval = alma.config.alma.retrieval.model_copy(update={"include_outcomes": False})
+    assert alma.retrieve(task, "helena").outcomes == []
+
+
+def test_a_cached_result_is_not_served_for_the_same_types_asked_another_way(alma: ALMA) -> None:
+    alma.learn("helena", "Fix the flaky checkout end-to-end test that clicks Pay too early", "success",
+               "Waited for the payment iframe to load with frameLocator before clicking Pay", task_type="testing")
+    task = "The checkout e2e test is flaky: it presses Pay before the card iframe is ready"
+    every = ["heuristic", "anti_pattern", "knowledge", "preference", "outcome"]
+    assert [m.tier for m in alma.retrieve(task, "helena", memory_types=every).outcomes] == ["confident"]
+    assert [m.tier for m in alma.retrieve(task, "helena").outcomes] == ["weak"], "the default types read outcomes as weak only"
