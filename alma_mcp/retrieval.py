@@ -778,6 +778,7 @@ def choose(
         warnings = [c for c in pool if c.memory.type == "anti_pattern" and c.cleared]  # type: ignore[attr-defined]
         if warnings and not any(c.memory.type == "anti_pattern" for c in together):  # type: ignore[attr-defined]
             together = [*together[: top_k - 1], max(warnings, key=lambda c: c.score)]
+        together = _lessons_over_their_outcomes(pool, together)
         return {kind: [c for c in together if c.memory.type == kind] for kind in kinds}  # type: ignore[attr-defined]
     return {
         kind: select(
@@ -787,6 +788,22 @@ def choose(
         )
         for kind in kinds
     }
+
+
+def _lessons_over_their_outcomes(pool: Sequence[Candidate], together: list[Candidate]) -> list[Candidate]:
+    """A lesson is never crowded out by the outcomes it was formed from: an admitted lesson left
+    out while some of its supporting outcomes are in takes the place of the lowest of them (the
+    outcome and its lesson speak for the same strategy, the lesson with all its evidence)."""
+    chosen_ids = {c.memory.id for c in together}
+    for lesson in sorted(pool, key=lambda c: c.score, reverse=True):
+        support = set(getattr(lesson.memory, "supporting_outcomes", ()))
+        if not support or lesson.memory.id in chosen_ids:
+            continue
+        backing = [i for i, c in enumerate(together) if c.memory.id in support]
+        if backing:
+            together[backing[-1]] = lesson
+            chosen_ids = {c.memory.id for c in together}
+    return sorted(together, key=lambda c: c.score, reverse=True)
 
 
 def mention(
