@@ -777,7 +777,7 @@ def choose(
         # last place (the prompt, too, fills its budget with anti-patterns first).
         warnings = [c for c in pool if c.memory.type == "anti_pattern" and c.cleared]  # type: ignore[attr-defined]
         if warnings and not any(c.memory.type == "anti_pattern" for c in together):  # type: ignore[attr-defined]
-            together = [*together[: top_k - 1], max(warnings, key=lambda c: c.score)]
+            together = [*together[: min(len(together), top_k - 1)], max(warnings, key=lambda c: c.score)]
         together = _lessons_over_their_outcomes(pool, together)
         return {kind: [c for c in together if c.memory.type == kind] for kind in kinds}  # type: ignore[attr-defined]
     return {
