@@ -144,7 +144,20 @@ class RetrievalWeights(_Strict):
 
 
 class RetrievalSettings(_Strict):
-    top_k: int = Field(5, ge=1, le=50, description="Memories per type, at most.")
+    top_k: int = Field(
+        5,
+        ge=1,
+        le=50,
+        description="Memories injected at most: in all, confident and weak together (top_k_scope 'all'), or of each "
+        "type (top_k_scope 'type').",
+    )
+    top_k_scope: Literal["all", "type"] = Field(
+        "all",
+        description="'all': the memories of every type asked for are ranked together and top_k are injected in all, "
+        "the confident first, then weak mentions in the room left (at most weak_top_k); a few close memories of one "
+        "type are not crowded out by loosely related ones of the others. 'type': top_k of each type, and weak_top_k "
+        "weak mentions besides.",
+    )
     weights: RetrievalWeights = Field(default_factory=RetrievalWeights)
     relevance_floor: float = Field(
         0.42,
@@ -165,11 +178,12 @@ class RetrievalSettings(_Strict):
     recency_half_life_days: float = Field(30.0, gt=0)
     token_budget: int = Field(1500, ge=100, description="Size of the injected prompt, in estimated tokens.")
     include_outcomes: bool | Literal["weak"] = Field(
-        "weak",
-        description="Raw outcomes among the default types: true, like any memory; 'weak': only ever as one-line weak "
-        "matches ('tried X: success'), so an agent's own history reaches it before a lesson has formed without "
-        "crowding out the lessons; false: never (heuristics and anti-patterns carry the lessons). A caller that "
-        "names outcomes in memory_types gets them like any memory.",
+        True,
+        description="Raw outcomes among the default types: true, like any memory, ranked with the lessons in one "
+        "top_k (top_k_scope 'all'), so an agent's own history reaches it before a lesson has formed; 'weak': only "
+        "ever as one-line weak matches ('tried X: success'), in the room the confident memories leave; false: never "
+        "(heuristics and anti-patterns carry the lessons). A caller that names outcomes in memory_types gets them "
+        "like any memory.",
     )
     near_duplicate: float = Field(
         0.92, gt=0, le=1, description="Cosine similarity at which a candidate duplicates one already chosen."

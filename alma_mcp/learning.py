@@ -53,6 +53,9 @@ Placing an outcome (`Learner.apply`, `Learner.cluster`):
    strategy that works would lock it out for good; strong evidence (0 of 10) still stands.
    The rules are pure functions of the evidence (`heuristic_state`, `anti_pattern_state`),
    which the benchmark's oracle arm calls as well.
+6. What a task is shown: never a heuristic and an anti-pattern on one strategy together; the
+   one whose tasks are closer to the task is kept (`without_contradictions`, which retrieval
+   calls), so a lesson of another kind of task neither vetoes nor cancels the one learned here.
 
 Lessons are stored with the mean task vector of their outcomes plus their strategy's vector
 as their embedding, so they are found by the tasks they apply to while lessons of different
@@ -69,7 +72,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -77,6 +80,16 @@ from .config import AlmaConfig, LearningSettings
 from .models import AntiPattern, Heuristic, MemoryBase, Outcome, key_text, new_id, strategy_key, utcnow, wording_key
 from .retrieval import SearchIndexes
 from .store import MemoryStore
+
+
+class _Shown(Protocol):
+    """A memory as retrieval shows it: the memory and its similarity to the task."""
+
+    memory: Any
+    similarity: float
+
+
+Lesson = TypeVar("Lesson", bound=_Shown)
 
 WILSON_Z = 1.645
 """90% two-sided Wilson interval: a lower bound that three successes in three clear (0.53)."""
@@ -263,6 +276,36 @@ def anti_pattern_state(
         succeeds_now = evidence.rate >= 0.5 and confidence < settings.retire_below_confidence
         return not (succeeds_now or worse is False)
     return warranted and confidence >= settings.retire_below_confidence + REINSTATE_MARGIN
+
+
+def advised_strategy(memory: MemoryBase) -> str | None:
+    """The strategy key a lesson advises for (a heuristic) or against (an anti-pattern). A taught
+    anti-pattern has no strategy_key: its pattern's wording stands for the strategy."""
+    if memory.type == "heuristic":  # type: ignore[attr-defined]
+        return strategy_key(memory.strategy)  # type: ignore[attr-defined]
+    if memory.type == "anti_pattern":  # type: ignore[attr-defined]
+        return getattr(memory, "strategy_key", None) or strategy_key(memory.pattern)  # type: ignore[attr-defined]
+    return None
+
+
+def without_contradictions(heuristics: Sequence[Lesson], anti_patterns: Sequence[Lesson]) -> tuple[list[Lesson], list[Lesson]]:
+    """The lessons to show for one task, with no strategy both advised and warned against.
+
+    A heuristic and an anti-pattern on one strategy, both retrieved for a task, were learned (or
+    taught) on different kinds of task: "restart the runner" worked when a runner's disk was full
+    and fails when an image will not build. Shown together they cancel out, or the one learned
+    elsewhere outvotes the one learned here. The side whose closest lesson is closer to this task
+    is the one that applies and is kept; a tie keeps the warning. A lesson is anything with
+    `memory` and `similarity` (retrieval's ScoredMemory)."""
+    closest_do: dict[str | None, float] = {}
+    closest_avoid: dict[str | None, float] = {}
+    for items, closest in ((heuristics, closest_do), (anti_patterns, closest_avoid)):
+        for item in items:
+            key = advised_strategy(item.memory)
+            closest[key] = max(closest.get(key, -math.inf), item.similarity)
+    kept_do = [h for h in heuristics if h.similarity > closest_avoid.get(advised_strategy(h.memory), -math.inf)]
+    kept_avoid = [a for a in anti_patterns if a.similarity >= closest_do.get(advised_strategy(a.memory), -math.inf)]
+    return kept_do, kept_avoid
 
 
 @dataclass
@@ -630,13 +673,15 @@ class Learner:
 
     # -- better alternatives -----------------------------------------------------------
     def _better_alternative(self, agent: str, centre: np.ndarray, failing_key: str) -> str | None:
-        """The strategy of the most confident active heuristic on the same kind of task."""
+        """The strategy of the most confident active heuristic on the same kind of task, never the
+        failing strategy itself (a taught heuristic has no strategy_key: its strategy's wording is
+        compared, or "avoid X" would say "instead: X")."""
         threshold = self.config.alma.learning.similarity_threshold
         hits = self.indexes.nearest("heuristic", agent, centre, 10)
         best = [
             h.memory
             for h in hits
-            if h.similarity >= threshold and getattr(h.memory, "strategy_key", None) != failing_key
+            if h.similarity >= threshold and strategy_key(h.memory.strategy) != failing_key  # type: ignore[attr-defined]
         ]
         if not best:
             return None

@@ -28,7 +28,8 @@ task with nothing above weak_floor gets an empty prompt. The preferences of the 
 
 The final score mixes relevance with recency, success rate, confidence and feedback
 (`RetrievalWeights`, README "How retrieval scores"). Per type, near-duplicates of a memory
-already chosen are skipped, so one lesson stored five times never fills the top_k.
+already chosen are skipped, so one lesson stored five times never fills the top_k. By default
+(`top_k_scope: all`) the types are ranked together and top_k is the number injected in all.
 
 Results are cached per scope: the key holds the scope (agent, user, types, and every
 collection read with its write generation), so any write to the scope invalidates it; a TTL
@@ -752,7 +753,9 @@ def admitted(c: Candidate, answered: bool, settings: RetrievalSettings) -> bool:
 def choose(
     candidates: Sequence[Candidate], kinds: Sequence[str], top_k: int, settings: RetrievalSettings
 ) -> dict[str, list[Candidate]]:
-    """Per type: the admitted candidates, best first, near-duplicates skipped, top_k kept.
+    """The admitted candidates, best first, near-duplicates skipped, by type: top_k in all
+    (`top_k_scope: all`; the best anti-pattern that clears the floor always among them) or top_k
+    of each type (`top_k_scope: type`).
 
     The floor works at two levels. The task is answered at all only if some candidate clears
     the floor (by evidence or by the lexical door): otherwise nothing is returned. When it is,
@@ -764,6 +767,19 @@ def choose(
     the task, and the caller asked for them.
     """
     answered = any(c.cleared for c in candidates)
+    if settings.top_k_scope == "all":
+        # One ranking across the types: scores are comparable between sections (fuse ranks all
+        # types at once), and top_k per type would let five loosely related lessons of each
+        # type bury the two or three memories that match this task closely.
+        pool = [c for c in candidates if c.memory.type in kinds and admitted(c, answered, settings)]  # type: ignore[attr-defined]
+        together = select(pool, top_k, settings.near_duplicate)
+        # A warning that clears the floor is never crowded out by advice: the best one takes the
+        # last place (the prompt, too, fills its budget with anti-patterns first).
+        warnings = [c for c in pool if c.memory.type == "anti_pattern" and c.cleared]  # type: ignore[attr-defined]
+        if warnings and not any(c.memory.type == "anti_pattern" for c in together):  # type: ignore[attr-defined]
+            together = [*together[: min(len(together), top_k - 1)], max(warnings, key=lambda c: c.score)]
+        together = _lessons_over_their_outcomes(pool, together)
+        return {kind: [c for c in together if c.memory.type == kind] for kind in kinds}  # type: ignore[attr-defined]
     return {
         kind: select(
             [c for c in candidates if c.memory.type == kind and admitted(c, answered, settings)],  # type: ignore[attr-defined]
@@ -774,11 +790,28 @@ def choose(
     }
 
 
+def _lessons_over_their_outcomes(pool: Sequence[Candidate], together: list[Candidate]) -> list[Candidate]:
+    """A lesson is never crowded out by the outcomes it was formed from: an admitted lesson left
+    out while some of its supporting outcomes are in takes the place of the lowest of them (the
+    outcome and its lesson speak for the same strategy, the lesson with all its evidence)."""
+    chosen_ids = {c.memory.id for c in together}
+    for lesson in sorted(pool, key=lambda c: c.score, reverse=True):
+        support = set(getattr(lesson.memory, "supporting_outcomes", ()))
+        if not support or lesson.memory.id in chosen_ids:
+            continue
+        backing = [i for i, c in enumerate(together) if c.memory.id in support]
+        if backing:
+            together[backing[-1]] = lesson
+            chosen_ids = {c.memory.id for c in together}
+    return sorted(together, key=lambda c: c.score, reverse=True)
+
+
 def mention(
     candidates: Sequence[Candidate],
     chosen: dict[str, list[Candidate]],
     settings: RetrievalSettings,
     kinds: Sequence[str] | None = None,
+    top_k: int | None = None,
 ) -> list[Candidate]:
     """The weak tier: up to `weak_top_k` candidates of the chosen types that were not chosen in
     full but whose evidence reaches `weak_floor`, best score first, near-duplicates of anything
@@ -787,11 +820,16 @@ def mention(
     A floor decides all-or-nothing on a signal that overlaps between answerable and unanswerable
     tasks; below it, the closest memories are still more often right than not, so they are named
     in one line each and the model that reads the task judges them, at a cost of a few dozen
-    tokens when they are not. `kinds`: the types that may be mentioned (default: those chosen from)."""
-    if settings.weak_top_k <= 0:
-        return []
+    tokens when they are not. `kinds`: the types that may be mentioned (default: those chosen from).
+    Under `top_k_scope: all` the mentions only fill the room the confident ones left of `top_k`
+    (default: the settings' top_k)."""
     allowed = set(kinds if kinds is not None else chosen)
     taken = [c for picked in chosen.values() for c in picked]
+    room = settings.weak_top_k
+    if settings.top_k_scope == "all":
+        room = min(room, (top_k or settings.top_k) - len(taken))
+    if room <= 0:
+        return []
     ids = {c.memory.id for c in taken}
     pool = sorted(
         (
@@ -809,7 +847,7 @@ def mention(
         if any(float(np.dot(candidate.vector, other.vector)) >= settings.near_duplicate for other in [*taken, *weak]):
             continue
         weak.append(candidate)
-        if len(weak) >= settings.weak_top_k:
+        if len(weak) >= room:
             break
     return weak
 
@@ -872,9 +910,9 @@ def judge(
                 return "injected: the user's preference cleared preference_floor"
             return "injected: within floor_margin of relevance_floor, and the task is answered"
         if admitted(c, answered, settings):
-            return "admitted, not injected: its type's top_k is full, or it nearly duplicates one injected"
+            return "admitted, not injected: top_k is full, or it nearly duplicates one injected"
         weak = (
-            "above weak_floor, not mentioned: weak_top_k is full, or it nearly duplicates one injected"
+            "above weak_floor, not mentioned: weak_top_k (or top_k) is full, or it nearly duplicates one injected"
             if c.evidence >= settings.weak_floor
             else "below weak_floor"
         )
@@ -1015,8 +1053,12 @@ class Retriever:
         chosen = choose(candidates, confident_kinds, top_k, settings)
         by_type = {kind: [c.scored() for c in picked] for kind, picked in chosen.items()}
         by_type.update({kind: [] for kind in kinds if kind not in by_type})
-        for candidate in mention(candidates, chosen, settings, kinds):
+        for candidate in mention(candidates, chosen, settings, kinds, top_k):
             by_type[candidate.memory.type].append(candidate.scored("weak"))  # type: ignore[attr-defined]
+        if by_type.get("heuristic") and by_type.get("anti_pattern"):
+            from .learning import without_contradictions  # learning imports this module
+
+            by_type["heuristic"], by_type["anti_pattern"] = without_contradictions(by_type["heuristic"], by_type["anti_pattern"])
         result = MemorySlice(
             task=task,
             agent=agent,
@@ -1048,7 +1090,7 @@ class Retriever:
         kinds = self._types(memory_types, settings)
         candidates = self.candidates(task, agent, user_id, kinds, settings, task_type=task_type)
         chosen = choose(candidates, self._confident_types(kinds, memory_types, settings), top_k, settings)
-        answered, verdicts = judge(candidates, chosen, settings, n, mention(candidates, chosen, settings, kinds))
+        answered, verdicts = judge(candidates, chosen, settings, n, mention(candidates, chosen, settings, kinds, top_k))
         return Explanation(
             task=task,
             agent=agent,

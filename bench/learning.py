@@ -248,7 +248,7 @@ async def run_arm(
     if arm == "raw":  # outcomes are stored, but no lesson can ever reach its thresholds
         agent = {"min_occurrences_for_heuristic": 1_000_000}
         learning = {"min_failures_for_anti_pattern": 1_000_000}
-    with tempfile.TemporaryDirectory(prefix=f"alma-bench-{arm}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"alma-bench-{arm}-", ignore_cleanup_errors=True) as tmp:
         config = parse_config(
             {"alma": {"project_id": "bench", "data_dir": tmp, "learning": learning, "agents": {AGENT: agent}}}
         )

@@ -530,3 +530,50 @@ def test_feedback_offset_is_bounded_so_counters_never_outweigh_evidence():
         apply_feedback(lesson, "helpful", floor=0.25)
     assert feedback_offset(lesson) == pytest.approx(VOTES_OFFSET_RANGE[1] + USAGE_OFFSET_LIMIT)
     assert not lesson.archived
+
+
+def test_an_anti_pattern_never_offers_its_own_strategy_instead(alma):
+    # A taught heuristic (no strategy_key) on the same kind of task names the strategy that then
+    # fails: "avoid X ... instead: X" contradicts itself, so it is not the better alternative.
+    alma.add_heuristic("bot", "a browser test on the login page is flaky in CI", TIMEOUT.lower() + ".")
+    for i in range(3):
+        alma.learn("bot", FLAKY[i], "failure", TIMEOUT, error_message="timed out after 60 s")
+    (anti,) = active(alma, "anti_pattern")
+    assert anti.better_alternative is None
+    for i in range(3):
+        alma.learn("bot", FLAKY[i + 1], "success", WAIT)
+    assert {a.id: a for a in active(alma, "anti_pattern")}[anti.id].better_alternative == WAIT
+
+
+BUILD_BREAKS = [
+    "Docker image build fails at the dependency install layer",
+    "CI: container build broke overnight, pip install step errors out",
+    "Container image won't build on the runners anymore, apt-get step fails",
+]
+RESTART_RUNNER = "Restart the build runner"
+
+
+def test_a_strategy_is_never_shown_both_advised_and_warned_against(alma):
+    # Taught on one kind of task (a runner's full disk), failing on another (broken image builds):
+    # a task of either kind is shown the lesson of its own kind only, not both to weigh.
+    alma.add_heuristic("bot", "a build runner's disk fills up with old images and jobs cannot start", RESTART_RUNNER)
+    for task in BUILD_BREAKS:
+        alma.learn("bot", task, "failure", RESTART_RUNNER, error_message="same dependency error in the build log")
+    (anti,) = active(alma, "anti_pattern")
+    build = alma.retrieve("Image build for the api service no longer completes; a base layer fails", "bot")
+    assert [a.memory.id for a in build.anti_patterns] == [anti.id]
+    assert [h.memory.strategy for h in build.heuristics] == []
+    disk = alma.retrieve("The build runner is out of disk space with old images, jobs cannot start", "bot")
+    assert [h.memory.strategy for h in disk.heuristics] == [RESTART_RUNNER]
+    assert disk.anti_patterns == []
+
+
+def test_a_retrieval_shows_the_agents_own_outcomes_before_any_lesson_forms(alma):
+    # One failure and one success on paraphrases: no lesson yet, and the next wording of the task
+    # must still be told what happened, without asking for outcomes by name.
+    alma.learn("bot", FLAKY[0], "failure", TIMEOUT, error_message="timed out after 60 s")
+    alma.learn("bot", FLAKY[1], "success", WAIT)
+    assert active(alma, "heuristic") == [] and active(alma, "anti_pattern") == []
+    got = alma.retrieve(FLAKY[2], "bot")
+    assert {o.memory.strategy_used for o in got.outcomes} == {TIMEOUT, WAIT}
+    assert WAIT in got.prompt and TIMEOUT in got.prompt

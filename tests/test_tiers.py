@@ -59,13 +59,17 @@ def test_the_prompt_the_result_and_explain_give_the_same_evidence(alma: ALMA) ->
     assert "relevance 0." not in result.prompt
 
 
-def test_by_default_an_agents_own_outcomes_reach_it_as_one_line_weak_matches(alma: ALMA) -> None:
+def test_by_default_an_agents_own_outcomes_reach_it_ranked_with_the_lessons(alma: ALMA) -> None:
+    teach_playwright(alma)
     alma.learn("helena", "Fix the flaky checkout end-to-end test that clicks Pay too early", "success",
                "Waited for the payment iframe to load with frameLocator before clicking Pay", task_type="testing")
     task = "The checkout e2e test is flaky: it presses Pay before the card iframe is ready"
     result = alma.retrieve(task, "helena")
-    assert [m.tier for m in result.outcomes] == ["weak"], "no lesson has formed yet: the outcome itself is mentioned"
-    assert "tried Waited for the payment iframe" in result.prompt
+    assert [m.tier for m in result.outcomes] == ["confident"], "no lesson has formed yet: the outcome itself is injected"
+    assert "Waited for the payment iframe" in result.prompt
+    alma.config.alma.retrieval = alma.config.alma.retrieval.model_copy(update={"include_outcomes": "weak"})
+    weak = alma.retrieve(task, "helena")
+    assert {m.tier for m in weak.outcomes} <= {"weak"}, "'weak': outcomes only ever mentioned"
     named = alma.retrieve(task, "helena", memory_types=["outcome"])
     assert [m.tier for m in named.outcomes] == ["confident"], "a caller who asks for outcomes gets them like any memory"
     alma.config.alma.retrieval = alma.config.alma.retrieval.model_copy(update={"include_outcomes": False})
@@ -76,6 +80,46 @@ def test_a_cached_result_is_not_served_for_the_same_types_asked_another_way(alma
     alma.learn("helena", "Fix the flaky checkout end-to-end test that clicks Pay too early", "success",
                "Waited for the payment iframe to load with frameLocator before clicking Pay", task_type="testing")
     task = "The checkout e2e test is flaky: it presses Pay before the card iframe is ready"
+    alma.config.alma.retrieval = alma.config.alma.retrieval.model_copy(update={"include_outcomes": "weak"})
     every = ["heuristic", "anti_pattern", "knowledge", "preference", "outcome"]
     assert [m.tier for m in alma.retrieve(task, "helena", memory_types=every).outcomes] == ["confident"]
     assert [m.tier for m in alma.retrieve(task, "helena").outcomes] == ["weak"], "the default types read outcomes as weak only"
+
+
+def teach_flaky_mix(alma: ALMA) -> None:
+    """Close and loose memories of three types on flaky end-to-end tests."""
+    teach_playwright(alma)
+    for condition, strategy in (
+        ("An end-to-end test fails only on the CI runners", "Run it with --repeat-each=20 and a trace to find the race."),
+        ("A flaky Playwright test depends on shared test data", "Give every test its own user via a fixture."),
+    ):
+        alma.add_heuristic("helena", condition, strategy, task_type="testing")
+    for pattern in ("Retrying a flaky end-to-end test until it passes", "Sleeping before every click in a browser test"):
+        alma.add_anti_pattern("helena", pattern, "It hides the race instead of fixing it.", "Wait for the state the click needs.")
+    for fact in ("Playwright's auto-waiting covers visibility and enabled state", "End-to-end tests run on three CI shards"):
+        alma.add_knowledge("helena", "testing", fact)
+
+
+def test_top_k_counts_the_memories_injected_in_all_ranked_across_types(alma: ALMA) -> None:
+    teach_flaky_mix(alma)
+    settings = RetrievalSettings(relevance_floor=0.2, floor_margin=0.0, lexical_floor=1.0, weak_top_k=0, top_k=3)
+    result = alma.retriever.retrieve(FLAKY, "helena", settings=settings)
+    assert len(result) == 3, "three memories in all, not three of each type"
+    why = alma.retriever.explain(FLAKY, "helena", top_k=3, n=40)
+    admitted = [c for c in why.candidates if c.verdict.startswith("admitted, not injected")]
+    assert admitted, "more than three memories cleared the floor"
+    assert min(m.score for m in result.all()) >= max(c.score for c in admitted), "the three best scores, whatever their type"
+    per_type = alma.retriever.retrieve(FLAKY, "helena", settings=settings.model_copy(update={"top_k_scope": "type"}))
+    assert len(per_type) > 3 and all(len(items) <= 3 for items in per_type.by_type().values())
+
+
+def test_weak_mentions_only_fill_the_room_the_confident_memories_left(alma: ALMA) -> None:
+    teach_flaky_mix(alma)
+    settings = RetrievalSettings(relevance_floor=0.5, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.0, weak_top_k=5, top_k=8)
+    result = alma.retriever.retrieve(FLAKY, "helena", settings=settings)
+    confident = len(result.confident())
+    assert 1 <= confident < 8 and len(result) == 8, "confident first, then weak mentions up to top_k in all"
+    full = settings.model_copy(update={"relevance_floor": 0.2, "top_k": 2})
+    assert {m.tier for m in alma.retriever.retrieve(FLAKY, "helena", settings=full).all()} == {"confident"}
+    per_type = alma.retriever.retrieve(FLAKY, "helena", settings=settings.model_copy(update={"top_k_scope": "type"}))
+    assert len(per_type) - len(per_type.confident()) == 5, "per type, weak_top_k mentions besides"
