@@ -59,7 +59,8 @@ def test_import_refuses_ids_of_other_agents_and_undeclared_agents(make_alma, tmp
     errors = " ".join(r.error for r in report.rejected)
     assert "already belongs to agent 'helena'" in errors and "'ghost' is not declared" in errors
     assert alma.get(lesson.id, "helena").memory.agent == "helena"
-    assert alma.stats()["agents"].keys() == {"helena"}
+    agents = alma.stats()["agents"]  # the declared agents, each listed; nothing landed with victor or ghost
+    assert agents.keys() == {"helena", "victor"} and sum(agents["victor"].values()) == 0
 
 
 # -- 4. the tokenizer's cache is bounded in bytes, not only in entries --------------------------------
