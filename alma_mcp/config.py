@@ -185,6 +185,13 @@ class RetrievalSettings(_Strict):
         "(heuristics and anti-patterns carry the lessons). A caller that names outcomes in memory_types gets them "
         "like any memory.",
     )
+    track_record: int = Field(
+        10,
+        ge=0,
+        le=100,
+        description="The agent's own outcomes on the most similar tasks (at most this many, of those among the "
+        "candidates) tallied by strategy and injected first: which to use, which to avoid (track.py). 0: off.",
+    )
     near_duplicate: float = Field(
         0.92, gt=0, le=1, description="Cosine similarity at which a candidate duplicates one already chosen."
     )

@@ -71,6 +71,7 @@ from .models import (
 )
 from .prompt import render_prompt
 from .store import PREFERENCES, Hit, MemoryStore, collection_name
+from .track import TrackRecord, tally
 
 log = logging.getLogger("alma_mcp")
 
@@ -186,6 +187,9 @@ class MemorySlice(BaseModel):
     knowledge: list[ScoredKnowledge] = Field(default_factory=list)
     preferences: list[ScoredPreference] = Field(default_factory=list)
     outcomes: list[ScoredOutcome] = Field(default_factory=list)
+    track_record: TrackRecord | None = Field(
+        None, description="The agent's own outcomes on the most similar tasks, tallied by strategy (track.py)."
+    )
     prompt: str = Field("", description="Markdown to inject before the task; empty when nothing is relevant.")
 
     def by_type(self) -> dict[str, list[ScoredMemory]]:
@@ -941,6 +945,31 @@ def judge(
 CALIBRATION_FILE = "feedback_calibration.json"
 
 
+def track_of(candidates: Sequence[Candidate], n: int) -> TrackRecord | None:
+    """The track record over the n outcomes among the candidates whose tasks are most similar."""
+    if n <= 0:
+        return None
+    outcomes = sorted((c for c in candidates if isinstance(c.memory, Outcome)), key=lambda c: -c.similarity)[:n]
+    return tally([(c.memory, c.similarity) for c in outcomes])  # type: ignore[misc]
+
+
+def outvoted_lessons_dropped(by_type: dict[str, list[ScoredMemory]], record: TrackRecord) -> dict[str, list[ScoredMemory]]:
+    """Where the agent's own attempts at tasks like this one contradict a lesson learned from a
+    wider group of tasks (an anti-pattern against the strategy the record says to use, a
+    heuristic for one it says to avoid), the local evidence wins and the lesson is not shown.
+    Lessons a person wrote stay."""
+    from .learning import advised_strategy, learned  # learning imports this module
+
+    use = {strategy_key(s.strategy) for s in record.strategies if s.verdict == "use"}
+    avoid = {strategy_key(s.strategy) for s in record.strategies if s.verdict == "avoid"}
+    out = dict(by_type)
+    out["anti_pattern"] = [
+        i for i in by_type.get("anti_pattern", []) if not (learned(i.memory) and advised_strategy(i.memory) in use)
+    ]
+    out["heuristic"] = [i for i in by_type.get("heuristic", []) if not (learned(i.memory) and advised_strategy(i.memory) in avoid)]
+    return out
+
+
 class Retriever:
     def __init__(self, store: MemoryStore, embedder: Embedder, config: AlmaConfig, cache_size: int = 512) -> None:
         self.store = store
@@ -1059,13 +1088,17 @@ class Retriever:
             from .learning import without_contradictions  # learning imports this module
 
             by_type["heuristic"], by_type["anti_pattern"] = without_contradictions(by_type["heuristic"], by_type["anti_pattern"])
+        record = track_of(candidates, settings.track_record) if "outcome" in kinds else None
+        if record is not None:
+            by_type = outvoted_lessons_dropped(by_type, record)
         result = MemorySlice(
             task=task,
             agent=agent,
             user_id=user_id,
+            track_record=record,
             **{_FIELD_BY_TYPE[kind]: items for kind, items in by_type.items()},
         )
-        result.prompt = render_prompt(by_type, settings.token_budget)
+        result.prompt = render_prompt(by_type, settings.token_budget, record)
         self.calibration.served(agent, {m.memory.id: m.evidence for m in result.all()})
         with self._lock:
             self._results[key] = (now_mono, result)
