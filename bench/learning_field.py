@@ -301,11 +301,19 @@ async def run_episodes(stream: list[Episode], seed: int, recall: Step, record: R
 
 class CachedEmbedder:
     """The embedder with every text's vector kept: the streams repeat a few hundred texts, so
-    after the first seed no arm waits for the model (the vectors are the model's own)."""
+    after the first seed no arm waits for the model (the vectors are the model's own). With a
+    `path`, the vectors are also kept on disk between runs (bench/.cache, one file a set), so
+    that processes running seeds apart do not each embed every text again."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, path: Path | None = None) -> None:
         self.inner = inner
         self.vectors: dict[str, np.ndarray] = {}
+        self.path = path
+        self.saved = 0
+        if path is not None and path.exists():
+            with np.load(path, allow_pickle=False) as data:
+                self.vectors = dict(zip(data["texts"].tolist(), data["vectors"]))
+            self.saved = len(self.vectors)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -321,6 +329,17 @@ class CachedEmbedder:
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
+
+    def save(self) -> None:
+        """Write the vectors to `path` when there are new ones (atomically: runs share the file)."""
+        if self.path is None or len(self.vectors) == self.saved:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        texts = list(self.vectors)
+        tmp = self.path.with_name(f"{self.path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, texts=np.array(texts), vectors=np.stack([self.vectors[t] for t in texts]))
+        os.replace(tmp, self.path)
+        self.saved = len(texts)
 
 
 def plain_line(kind: str, item: list[Any], user: str) -> str:
@@ -559,7 +578,8 @@ async def main_async(args: argparse.Namespace) -> int:
     if {"plain", "alma"} & set(args.arms):
         from alma_mcp.embeddings import SentenceTransformerEmbedder
 
-        embedder = CachedEmbedder(SentenceTransformerEmbedder())
+        inner = SentenceTransformerEmbedder()
+        embedder = CachedEmbedder(inner, HERE / ".cache" / f"vectors-{args.set}-{Path(inner.name).name}.npz")
         embedder.wait(timeout=300)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     run: dict[str, Any] = {"set": args.set, "seeds": seeds, "episodes": args.episodes, "arms": {}, "alma_config": args.alma_config}
@@ -574,6 +594,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 slot[key].append(getattr(r, key))
             print(f"seed {seed} {arm}: all {np.mean(r.success):.2f}, last 20 {np.mean(r.success[-20:]):.2f} "
                   f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+        if embedder is not None:
+            embedder.save()
         if args.save:  # after every seed, so a long run that is stopped keeps what it measured
             Path(args.save).parent.mkdir(parents=True, exist_ok=True)
             Path(args.save).write_text(json.dumps({**run, "seeds": seeds[: seeds.index(seed) + 1]}), encoding="utf-8")
