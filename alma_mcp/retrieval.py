@@ -953,23 +953,6 @@ def track_of(candidates: Sequence[Candidate], n: int) -> TrackRecord | None:
     return tally([(c.memory, c.similarity) for c in outcomes])  # type: ignore[misc]
 
 
-def outvoted_lessons_dropped(by_type: dict[str, list[ScoredMemory]], record: TrackRecord) -> dict[str, list[ScoredMemory]]:
-    """Where the agent's own attempts at tasks like this one contradict a lesson learned from a
-    wider group of tasks (an anti-pattern against the strategy the record says to use, a
-    heuristic for one it says to avoid), the local evidence wins and the lesson is not shown.
-    Lessons a person wrote stay."""
-    from .learning import advised_strategy, learned  # learning imports this module
-
-    use = {strategy_key(s.strategy) for s in record.strategies if s.verdict == "use"}
-    avoid = {strategy_key(s.strategy) for s in record.strategies if s.verdict == "avoid"}
-    out = dict(by_type)
-    out["anti_pattern"] = [
-        i for i in by_type.get("anti_pattern", []) if not (learned(i.memory) and advised_strategy(i.memory) in use)
-    ]
-    out["heuristic"] = [i for i in by_type.get("heuristic", []) if not (learned(i.memory) and advised_strategy(i.memory) in avoid)]
-    return out
-
-
 class Retriever:
     def __init__(self, store: MemoryStore, embedder: Embedder, config: AlmaConfig, cache_size: int = 512) -> None:
         self.store = store
@@ -1089,8 +1072,6 @@ class Retriever:
 
             by_type["heuristic"], by_type["anti_pattern"] = without_contradictions(by_type["heuristic"], by_type["anti_pattern"])
         record = track_of(candidates, settings.track_record) if "outcome" in kinds else None
-        if record is not None:
-            by_type = outvoted_lessons_dropped(by_type, record)
         result = MemorySlice(
             task=task,
             agent=agent,
