@@ -71,3 +71,68 @@ def test_the_record_is_rendered_first_inside_a_fence_the_strategy_cannot_close()
 
 def test_no_record_and_no_memories_inject_nothing():
     assert render_prompt({}, 1500, None) == ""
+
+
+# -- through a real MCP client, the real model and an embedded Chroma store ---------------------
+import pytest  # noqa: E402
+from mcp import Client  # noqa: E402
+
+from alma_mcp.server import create_server  # noqa: E402
+
+ATTEMPTS = [
+    ("The worker image build fails at the pip install layer", "restart the build runner", "failure"),
+    ("Docker build of the worker breaks while installing requirements", "restart the build runner", "failure"),
+    ("Container build for the worker is red at the dependency step", "pin the base image digest", "success"),
+    ("Worker image won't build, the requirements layer errors out", "pin the base image digest", "success"),
+]
+TASK = "Our worker container build keeps failing when it installs the Python packages"
+
+
+async def _teach(client: Client, agent: str) -> None:
+    for task, strategy, outcome in ATTEMPTS:
+        args = {"agent": agent, "task": task, "strategy_used": strategy, "outcome": outcome}
+        if outcome == "failure":
+            args["error_message"] = "same dependency error in the build log"
+        got = await client.call_tool("alma_learn", args)
+        assert not got.is_error, got.content[0].text
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_retrieve_injects_the_track_record_first(make_alma, mode):
+    alma = make_alma(agents={"builder": {}, "other": {}}, allow_undeclared_agents=False)
+    async with Client(create_server(alma=alma), mode=mode) as client:
+        await _teach(client, "builder")
+        got = await client.call_tool("alma_retrieve", {"task": TASK, "agent": "builder"})
+        assert not got.is_error, got.content[0].text
+        result = got.structured_content
+        record = result["track_record"]
+        verdicts = {s["strategy"]: s["verdict"] for s in record["strategies"]}
+        assert verdicts["pin the base image digest"] == "use"
+        assert verdicts["restart the build runner"] == "avoid"
+        prompt = result["prompt"]
+        assert "use: pin the base image digest (worked 2 of 2)" in prompt
+        assert "avoid: restart the build runner (worked 0 of 2)" in prompt
+        # first, before any other section, and inside the data fence
+        assert prompt.index("Your own attempts at similar tasks") < min(
+            (prompt.index(h) for h in ("### Past attempts", "### Strategies", "### What to avoid") if h in prompt), default=len(prompt)
+        )
+        before, after = prompt.split("use: pin the base image digest", 1)
+        assert before.rstrip().endswith("```memory-data")
+
+        # Another agent has no record of its own here, and is never shown this one.
+        other = (await client.call_tool("alma_retrieve", {"task": TASK, "agent": "other"})).structured_content
+        assert other["track_record"] is None
+        assert "pin the base image digest" not in other["prompt"]
+
+        # An unrelated task gets no record.
+        unrelated = (await client.call_tool("alma_retrieve", {"task": "Which font does the invoice template use?", "agent": "builder"})).structured_content
+        assert unrelated["track_record"] is None
+
+
+async def test_track_record_zero_turns_it_off(make_alma):
+    alma = make_alma(agents={"builder": {}}, retrieval={"track_record": 0})
+    async with Client(create_server(alma=alma), mode="legacy") as client:
+        await _teach(client, "builder")
+        result = (await client.call_tool("alma_retrieve", {"task": TASK, "agent": "builder"})).structured_content
+        assert result["track_record"] is None
+        assert "Your own attempts" not in result["prompt"]
