@@ -228,9 +228,18 @@ class RetrievalSettings(_Strict):
         0.30,
         ge=0,
         le=1,
-        description="Evidence a memory that is not confident (it neither clears relevance_floor nor is admitted "
-        "beside one that does) needs to be mentioned as a weak match: one line, labelled for the model to judge "
-        "(README 'How retrieval scores', docs/retrieval-tiers.md). Above relevance_floor: no weak tier.",
+        description="Evidence the task's best candidate needs for any weak match to be mentioned: memories that are "
+        "not confident (they neither clear relevance_floor nor are admitted beside one that does), within weak_span "
+        "of that best, one line each, labelled for the model to judge (docs/retrieval-tiers.md). Above "
+        "relevance_floor: no weak tier.",
+    )
+    weak_span: float = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="Weak matches are mentioned only within this much evidence of the task's best candidate (which "
+        "must reach weak_floor): the bar is relative to the task, so a task whose best stands out gets few mentions. "
+        "1: every candidate, however far below the best.",
     )
     weak_top_k: int = Field(
         5,

@@ -831,13 +831,21 @@ def mention(
     if room <= 0:
         return []
     ids = {c.memory.id for c in taken}
+    best = max((c.evidence for c in candidates if c.memory.type in allowed), default=0.0)  # type: ignore[attr-defined]
+    if best < settings.weak_floor:
+        return []
+    # The task is given mentions at all only when its best candidate reaches weak_floor, and then
+    # only those within weak_span of that best: the bar is the task's own, so a task whose closest
+    # memories stand level gets several, one whose best stands out gets that one, and a store
+    # where everything sits a little closer to every task does not raise the count.
+    least = best - settings.weak_span
     pool = sorted(
         (
             c
             for c in candidates
             if c.memory.type in allowed  # type: ignore[attr-defined]
             and c.memory.id not in ids
-            and c.evidence >= settings.weak_floor
+            and c.evidence >= least
         ),
         key=lambda c: c.score,
         reverse=True,
@@ -1125,7 +1133,7 @@ class Retriever:
         lexical_hits: list[tuple[float, str]] = []
         admit = settings.relevance_floor - settings.floor_margin
         if settings.weak_top_k > 0:  # the weak tier reads down to weak_floor
-            admit = min(admit, settings.weak_floor)
+            admit = min(admit, settings.weak_floor - settings.weak_span)
         scopes = self.scopes(agent, memory_types, user_id)
 
         def search(scope: tuple[str, str | None]) -> tuple[list[Any], list[Any], dict[str, Any]]:
