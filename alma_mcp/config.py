@@ -225,13 +225,28 @@ class RetrievalSettings(_Strict):
         "the other types.",
     )
     weak_floor: float = Field(
-        0.30,
+        0.32,
         ge=0,
         le=1,
         description="Evidence the task's best candidate needs for any weak match to be mentioned: memories that are "
         "not confident (they neither clear relevance_floor nor are admitted beside one that does), within weak_span "
         "of that best, one line each, labelled for the model to judge (docs/retrieval-tiers.md). Above "
         "relevance_floor: no weak tier.",
+    )
+    crowding_weight: float = Field(
+        0.75,
+        ge=0,
+        le=2,
+        description="How much of the rise of the task's tenth nearest memory above crowding_floor is taken off every "
+        "candidate's evidence: as a store fills with memories like the task, the best match of a task with no "
+        "answer rises with them, and the floors would let it through (docs/retrieval-tiers.md). 0: off.",
+    )
+    crowding_floor: float = Field(
+        0.20,
+        ge=0,
+        le=1,
+        description="Similarity of the task's tenth nearest memory below which the store counts as not crowded "
+        "around the task (no evidence is taken off).",
     )
     weak_span: float = Field(
         0.10,

@@ -676,28 +676,50 @@ class Candidate:
         )
 
 
+CROWDING_RANK = 10
+"""The task's background is the similarity of its CROWDING_RANK-th nearest candidate (all
+collections together): where the store is crowded with memories like the task, that one is
+close too, and the best being close means less."""
+
+
+def crowding_of(candidates: Sequence[Candidate], settings: RetrievalSettings) -> float:
+    """How much a task's evidence is lowered because the store is crowded around it:
+    crowding_weight x how far the task's background (see CROWDING_RANK) rises above
+    crowding_floor. 0 on a store of a few hundred varied memories, where the tenth nearest
+    memory is rarely that close; at 10,000 memories per agent of the same work it takes back
+    about what the crowd added to the best match of a task with no answer (bench/retrieval.py
+    --tiers, docs/retrieval-tiers.md)."""
+    if settings.crowding_weight <= 0 or len(candidates) < CROWDING_RANK:
+        return 0.0
+    similarities = sorted((c.similarity for c in candidates), reverse=True)
+    return settings.crowding_weight * max(0.0, similarities[CROWDING_RANK - 1] - settings.crowding_floor)
+
+
 def fuse(candidates: Sequence[Candidate], settings: RetrievalSettings, mode: Mode) -> None:
     """Set each candidate's relevance, evidence and floor verdicts, in place.
 
     relevance (for ranking) = fusion_rank_share x weighted RRF of the two rankings
                             + (1 - fusion_rank_share) x evidence
-    evidence (for the floor) = cosine similarity + lexical_weight x lexical coverage
+    evidence (for the floor) = cosine similarity + lexical_weight x lexical coverage - crowding
+    where crowding (`crowding_of`) is the same for every candidate of the task: the floors judge
+    the best memory against the store around the task, not against one absolute number.
     Dense-only and lexical-only modes use one ranker and one signal (similarity, coverage).
     """
     k = settings.rrf_k
     lexical_weight = settings.lexical_weight
+    crowding = crowding_of(candidates, settings) if mode != "lexical" else 0.0
     for c in candidates:
         dense_part = 1.0 / (k + 1 + c.dense_rank) if c.dense_rank is not None else 0.0
         lexical_part = 1.0 / (k + 1 + c.lexical_rank) if c.lexical_rank is not None else 0.0
         if mode == "dense":
-            c.evidence = c.similarity
+            c.evidence = c.similarity - crowding
             c.relevance = c.similarity
         elif mode == "lexical":
             c.evidence = c.coverage
             c.relevance = 0.5 * lexical_part * (k + 1) + 0.5 * c.coverage
         else:
             rrf = (dense_part + lexical_weight * lexical_part) * (k + 1) / (1.0 + lexical_weight)
-            c.evidence = c.similarity + lexical_weight * c.coverage
+            c.evidence = c.similarity + lexical_weight * c.coverage - crowding
             share = settings.fusion_rank_share
             c.relevance = share * rrf + (1.0 - share) * min(1.0, max(0.0, c.evidence))
         c.dense_ok = c.evidence >= settings.relevance_floor
@@ -886,6 +908,10 @@ class Explanation(BaseModel):
     lexical_floor: float
     preference_floor: float | None
     weak_floor: float = 0.0
+    weak_span: float = 0.0
+    crowding: float = Field(
+        0.0, description="What was taken off every candidate's evidence for this task because the store is crowded around it"
+    )
     answered: bool = Field(description="some candidate cleared the floor, so the task is answered at all")
     candidates: list[CandidateVerdict]
 
@@ -900,6 +926,7 @@ def judge(
     """The verdict on every injected candidate and on the strongest others (by evidence), `n` in
     all at least: the rules of `choose` and `mention`, spelled out per memory."""
     answered = any(c.cleared for c in candidates)
+    best = max((c.evidence for c in candidates), default=0.0)
     confident = {c.memory.id for picked in chosen.values() for c in picked}
     mentioned = {c.memory.id for c in weak}
     injected = confident | mentioned
@@ -908,7 +935,7 @@ def judge(
 
     def verdict(c: Candidate) -> str:
         if c.memory.id in mentioned:
-            return "injected as a weak match: below the floor, above weak_floor; one line for the model to judge"
+            return "injected as a weak match: below the floor, within weak_span of the task's best; one line for the model to judge"
         if c.memory.id in confident:
             if c.dense_ok:
                 return "injected: cleared relevance_floor"
@@ -919,11 +946,12 @@ def judge(
             return "injected: within floor_margin of relevance_floor, and the task is answered"
         if admitted(c, answered, settings):
             return "admitted, not injected: top_k is full, or it nearly duplicates one injected"
-        weak = (
-            "above weak_floor, not mentioned: weak_top_k (or top_k) is full, or it nearly duplicates one injected"
-            if c.evidence >= settings.weak_floor
-            else "below weak_floor"
-        )
+        if best < settings.weak_floor:
+            weak = "no weak matches: the task's best candidate is below weak_floor"
+        elif c.evidence >= best - settings.weak_span:
+            weak = "within weak_span of the best, not mentioned: weak_top_k (or top_k) is full, or it nearly duplicates one injected"
+        else:
+            weak = "more than weak_span below the task's best candidate"
         if not answered:
             return f"below the floor: no memory cleared it; {weak}"
         return f"below relevance_floor - floor_margin; {weak}"
@@ -1107,6 +1135,8 @@ class Retriever:
             lexical_floor=settings.lexical_floor,
             preference_floor=settings.preference_floor,
             weak_floor=settings.weak_floor,
+            weak_span=settings.weak_span,
+            crowding=round(crowding_of(candidates, settings), 4),
             answered=answered,
             candidates=verdicts,
         )
