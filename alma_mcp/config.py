@@ -163,9 +163,9 @@ class RetrievalSettings(_Strict):
         0.42,
         ge=0,
         le=1,
-        description="Evidence (cosine similarity + lexical_weight x lexical coverage) the best memory needs "
-        "for anything to be injected. Calibrated by bench/retrieval.py on its corpus; larger stores "
-        "need a higher floor (README 'How retrieval scores').",
+        description="Evidence (cosine similarity + lexical_weight x lexical coverage - crowding) a memory needs "
+        "to be injected in full. Calibrated by bench/retrieval.py on its corpus; crowding keeps it where it is as "
+        "the store grows (docs/retrieval-tiers.md).",
     )
     lexical_floor: float = Field(
         0.90,

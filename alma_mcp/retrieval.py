@@ -20,10 +20,13 @@ lexical coverage) reaches `relevance_floor`, or its lexical coverage (the share 
 contains) reaches `lexical_floor`. The second door is what lets an error string or identifier
 quoted verbatim through even when the embedding model blurs it. Both floors are calibrated on
 the development corpus (bench/retrieval.py). What clears the floor is the *confident* tier,
-injected in full. Below it, the few best candidates whose evidence reaches `weak_floor` are the
-*weak* tier (`mention`): one line each, labelled for the model to judge, since a floor that
-decides all-or-nothing on an overlapping signal throws away a third of the right answers. A
-task with nothing above weak_floor gets an empty prompt. The preferences of the user named by
+injected in full. Below it, when the task's best candidate reaches `weak_floor`, the few best
+within `weak_span` of that best are the *weak* tier (`mention`): one line each, labelled for the
+model to judge, since a floor that decides all-or-nothing on an overlapping signal throws away a
+third of the right answers. A task whose best is below weak_floor gets an empty prompt. Evidence
+is judged against the store around the task (`crowding_of`): as a store fills with memories like
+the task, every candidate's evidence is lowered by the same amount, so that the same floors hold
+at a few hundred memories and at 10,000. The preferences of the user named by
 `user_id` may have their own, lower floor (`preference_floor`, off by default).
 
 The final score mixes relevance with recency, success rate, confidence and feedback

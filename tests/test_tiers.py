@@ -151,3 +151,28 @@ def test_a_weak_mention_is_short(alma: ALMA) -> None:
     # A header of about 20 tokens and about 30 a mention, a third of that the id (kind-uuid, 40-odd
     # characters); the format of before (kind words, 72 characters a mention) took about 200.
     assert estimate_tokens(result.prompt) <= 180, result.prompt
+
+
+def test_a_store_crowded_around_the_task_lowers_every_evidence_by_the_same_amount(alma: ALMA) -> None:
+    teach_playwright(alma)
+    settings = alma.config.retrieval_for("helena")
+    sparse = alma.explain(FLAKY, "helena")
+    assert sparse.crowding == 0.0, "a few varied memories: nothing taken off"
+    for c in sparse.candidates:
+        assert abs(c.evidence - (c.similarity + settings.lexical_weight * c.coverage)) < 2e-3
+
+    # Twelve facts about flaky browser tests: the task's tenth nearest memory is now close.
+    for n, detail in enumerate(
+        ("the login page", "the cart", "the search box", "the profile form", "the settings tab", "the invoice list",
+         "the signup wizard", "the admin table", "the upload dialog", "the map view", "the chat widget", "the export menu")
+    ):
+        alma.add_knowledge("helena", "testing", f"The end-to-end test of {detail} was flaky: it clicked before the page had settled (run {n}).")
+    crowded = alma.explain(FLAKY, "helena")
+    assert crowded.crowding > 0.0
+    for c in crowded.candidates:
+        assert abs(c.evidence - (c.similarity + settings.lexical_weight * c.coverage - crowded.crowding)) < 2e-3
+    result = alma.retrieve(FLAKY, "helena")
+    assert all(m.evidence < m.similarity + settings.lexical_weight * m.coverage - crowded.crowding + 2e-3 for m in result.all())
+
+    alma.config.alma.retrieval = settings.model_copy(update={"crowding_weight": 0.0})
+    assert alma.explain(FLAKY, "helena").crowding == 0.0, "crowding_weight 0: off"
