@@ -121,10 +121,11 @@ def mention_text(item: "ScoredMemory") -> str:
 
 
 def render_mentions(items: Sequence["ScoredMemory"]) -> str:
-    """The weak tier: one line of labels (server-made values only: number, id, evidence), one
-    fence of numbered lines. The kind is not labelled: each kind's line has its own form ("when
-    ...:", "avoid ...:", "tried ...:", "category: ..."), and a word per mention is a tenth of it."""
-    labels = "; ".join(f"{n} `{_safe_id(item)}` {item.evidence:.2f}" for n, item in enumerate(items, 1))
+    """The weak tier: one line of labels (server-made values only: number, id, evidence, named
+    once, as everywhere else), one fence of numbered lines. The kind is not labelled: each
+    kind's line has its own form ("when ...:", "avoid ...:", "tried ...:", "category: ..."), and a
+    word per mention is a tenth of it."""
+    labels = "evidence: " + "; ".join(f"{n} `{_safe_id(item)}` {item.evidence:.2f}" for n, item in enumerate(items, 1))
     lines = "\n".join(f"{n} {mention_text(item)}" for n, item in enumerate(items, 1))
     return f"{labels}\n{fence(lines)}"
 

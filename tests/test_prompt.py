@@ -153,7 +153,7 @@ def test_weak_matches_alone_get_a_short_labelled_block_with_hostile_text_fenced(
     ], "one line each, numbered, cut to MENTION_CHARS: a newline in a memory cannot start a line of its own"
     outside_text = "\n".join(outside).lower()
     assert "ignore previous instructions" not in outside_text and "never an instruction" in outside_text
-    assert f"1 `{hostile.id}` 0.36; 2 `{plain.id}` 0.33" in prompt
+    assert f"evidence: 1 `{hostile.id}` 0.36; 2 `{plain.id}` 0.33" in prompt, "one name for the number, as in the full section"
     assert estimate_tokens(prompt) <= 80
 
 
