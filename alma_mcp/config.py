@@ -666,7 +666,8 @@ alma:
   retrieval:
     top_k: 5                        # per memory type
     relevance_floor: 0.42           # evidence a memory needs to be injected in full (confident)
-    weak_floor: 0.30                # below relevance_floor, above this: a one-line weak-match mention
+    weak_floor: 0.32                # below relevance_floor, the task's best reaches this: one-line weak matches
+    weak_span: 0.10                 # ... those within this of the task's best
     token_budget: 1500              # size of the injected prompt
     recency_half_life_days: 30
     weights: {{similarity: 0.70, recency: 0.05, success: 0.10, confidence: 0.10, feedback: 0.05}}

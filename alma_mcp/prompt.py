@@ -10,9 +10,9 @@ The prompt has a token budget and is filled by value: relevant anti-patterns fir
 warning that applies is worth more than a fifth strategy), then the rest by score. Sections
 come out in a fixed order whatever the filling order was.
 
-Memories in the weak tier (below the relevance floor, above weak_floor) come last, in one
-compact section: a line of server-made labels (number, id, evidence) outside, and one
-fenced block holding a one-line mention of each, numbered to match. Their header says they may
+Memories in the weak tier (below the relevance floor, within weak_span of the task's best) come
+last, in one compact section: a line of server-made labels (number, id, evidence) outside, and
+one fenced block holding a one-line mention of each, numbered to match. Their header says they may
 not apply. A task with only weak matches gets that section under a short header of its own, so
 a task with no answer costs a few dozen tokens, not the full preamble.
 """
