@@ -163,9 +163,9 @@ class RetrievalSettings(_Strict):
         0.42,
         ge=0,
         le=1,
-        description="Evidence (cosine similarity + lexical_weight x lexical coverage) the best memory needs "
-        "for anything to be injected. Calibrated by bench/retrieval.py on its corpus; larger stores "
-        "need a higher floor (README 'How retrieval scores').",
+        description="Evidence (cosine similarity + lexical_weight x lexical coverage - crowding) a memory needs "
+        "to be injected in full. Calibrated by bench/retrieval.py on its corpus; crowding keeps it where it is as "
+        "the store grows (docs/retrieval-tiers.md).",
     )
     lexical_floor: float = Field(
         0.90,
@@ -232,12 +232,36 @@ class RetrievalSettings(_Strict):
         "the other types.",
     )
     weak_floor: float = Field(
-        0.30,
+        0.32,
         ge=0,
         le=1,
-        description="Evidence a memory that is not confident (it neither clears relevance_floor nor is admitted "
-        "beside one that does) needs to be mentioned as a weak match: one line, labelled for the model to judge "
-        "(README 'How retrieval scores', docs/retrieval-tiers.md). Above relevance_floor: no weak tier.",
+        description="Evidence the task's best candidate needs for any weak match to be mentioned: memories that are "
+        "not confident (they neither clear relevance_floor nor are admitted beside one that does), within weak_span "
+        "of that best, one line each, labelled for the model to judge (docs/retrieval-tiers.md). Above "
+        "relevance_floor: no weak tier.",
+    )
+    crowding_weight: float = Field(
+        0.75,
+        ge=0,
+        le=2,
+        description="How much of the rise of the task's tenth nearest memory above crowding_floor is taken off every "
+        "candidate's evidence: as a store fills with memories like the task, the best match of a task with no "
+        "answer rises with them, and the floors would let it through (docs/retrieval-tiers.md). 0: off.",
+    )
+    crowding_floor: float = Field(
+        0.20,
+        ge=0,
+        le=1,
+        description="Similarity of the task's tenth nearest memory below which the store counts as not crowded "
+        "around the task (no evidence is taken off).",
+    )
+    weak_span: float = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="Weak matches are mentioned only within this much evidence of the task's best candidate (which "
+        "must reach weak_floor): the bar is relative to the task, so a task whose best stands out gets few mentions. "
+        "1: every candidate, however far below the best.",
     )
     weak_top_k: int = Field(
         5,
@@ -649,7 +673,8 @@ alma:
   retrieval:
     top_k: 5                        # per memory type
     relevance_floor: 0.42           # evidence a memory needs to be injected in full (confident)
-    weak_floor: 0.30                # below relevance_floor, above this: a one-line weak-match mention
+    weak_floor: 0.32                # below relevance_floor, the task's best reaches this: one-line weak matches
+    weak_span: 0.10                 # ... those within this of the task's best
     token_budget: 1500              # size of the injected prompt
     recency_half_life_days: 30
     weights: {{similarity: 0.70, recency: 0.05, success: 0.10, confidence: 0.10, feedback: 0.05}}

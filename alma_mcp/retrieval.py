@@ -20,10 +20,13 @@ lexical coverage) reaches `relevance_floor`, or its lexical coverage (the share 
 contains) reaches `lexical_floor`. The second door is what lets an error string or identifier
 quoted verbatim through even when the embedding model blurs it. Both floors are calibrated on
 the development corpus (bench/retrieval.py). What clears the floor is the *confident* tier,
-injected in full. Below it, the few best candidates whose evidence reaches `weak_floor` are the
-*weak* tier (`mention`): one line each, labelled for the model to judge, since a floor that
-decides all-or-nothing on an overlapping signal throws away a third of the right answers. A
-task with nothing above weak_floor gets an empty prompt. The preferences of the user named by
+injected in full. Below it, when the task's best candidate reaches `weak_floor`, the few best
+within `weak_span` of that best are the *weak* tier (`mention`): one line each, labelled for the
+model to judge, since a floor that decides all-or-nothing on an overlapping signal throws away a
+third of the right answers. A task whose best is below weak_floor gets an empty prompt. Evidence
+is judged against the store around the task (`crowding_of`): as a store fills with memories like
+the task, every candidate's evidence is lowered by the same amount, so that the same floors hold
+at a few hundred memories and at 10,000. The preferences of the user named by
 `user_id` may have their own, lower floor (`preference_floor`, off by default).
 
 The final score mixes relevance with recency, success rate, confidence and feedback
@@ -680,28 +683,50 @@ class Candidate:
         )
 
 
+CROWDING_RANK = 10
+"""The task's background is the similarity of its CROWDING_RANK-th nearest candidate (all
+collections together): where the store is crowded with memories like the task, that one is
+close too, and the best being close means less."""
+
+
+def crowding_of(candidates: Sequence[Candidate], settings: RetrievalSettings) -> float:
+    """How much a task's evidence is lowered because the store is crowded around it:
+    crowding_weight x how far the task's background (see CROWDING_RANK) rises above
+    crowding_floor. 0 on a store of a few hundred varied memories, where the tenth nearest
+    memory is rarely that close; at 10,000 memories per agent of the same work it takes back
+    about what the crowd added to the best match of a task with no answer (bench/retrieval.py
+    --tiers, docs/retrieval-tiers.md)."""
+    if settings.crowding_weight <= 0 or len(candidates) < CROWDING_RANK:
+        return 0.0
+    similarities = sorted((c.similarity for c in candidates), reverse=True)
+    return settings.crowding_weight * max(0.0, similarities[CROWDING_RANK - 1] - settings.crowding_floor)
+
+
 def fuse(candidates: Sequence[Candidate], settings: RetrievalSettings, mode: Mode) -> None:
     """Set each candidate's relevance, evidence and floor verdicts, in place.
 
     relevance (for ranking) = fusion_rank_share x weighted RRF of the two rankings
                             + (1 - fusion_rank_share) x evidence
-    evidence (for the floor) = cosine similarity + lexical_weight x lexical coverage
+    evidence (for the floor) = cosine similarity + lexical_weight x lexical coverage - crowding
+    where crowding (`crowding_of`) is the same for every candidate of the task: the floors judge
+    the best memory against the store around the task, not against one absolute number.
     Dense-only and lexical-only modes use one ranker and one signal (similarity, coverage).
     """
     k = settings.rrf_k
     lexical_weight = settings.lexical_weight
+    crowding = crowding_of(candidates, settings) if mode != "lexical" else 0.0
     for c in candidates:
         dense_part = 1.0 / (k + 1 + c.dense_rank) if c.dense_rank is not None else 0.0
         lexical_part = 1.0 / (k + 1 + c.lexical_rank) if c.lexical_rank is not None else 0.0
         if mode == "dense":
-            c.evidence = c.similarity
+            c.evidence = c.similarity - crowding
             c.relevance = c.similarity
         elif mode == "lexical":
             c.evidence = c.coverage
             c.relevance = 0.5 * lexical_part * (k + 1) + 0.5 * c.coverage
         else:
             rrf = (dense_part + lexical_weight * lexical_part) * (k + 1) / (1.0 + lexical_weight)
-            c.evidence = c.similarity + lexical_weight * c.coverage
+            c.evidence = c.similarity + lexical_weight * c.coverage - crowding
             share = settings.fusion_rank_share
             c.relevance = share * rrf + (1.0 - share) * min(1.0, max(0.0, c.evidence))
         c.dense_ok = c.evidence >= settings.relevance_floor
@@ -835,13 +860,21 @@ def mention(
     if room <= 0:
         return []
     ids = {c.memory.id for c in taken}
+    best = max((c.evidence for c in candidates if c.memory.type in allowed), default=0.0)  # type: ignore[attr-defined]
+    if best < settings.weak_floor:
+        return []
+    # The task is given mentions at all only when its best candidate reaches weak_floor, and then
+    # only those within weak_span of that best: the bar is the task's own, so a task whose closest
+    # memories stand level gets several, one whose best stands out gets that one, and a store
+    # where everything sits a little closer to every task does not raise the count.
+    least = best - settings.weak_span
     pool = sorted(
         (
             c
             for c in candidates
             if c.memory.type in allowed  # type: ignore[attr-defined]
             and c.memory.id not in ids
-            and c.evidence >= settings.weak_floor
+            and c.evidence >= least
         ),
         key=lambda c: c.score,
         reverse=True,
@@ -882,6 +915,10 @@ class Explanation(BaseModel):
     lexical_floor: float
     preference_floor: float | None
     weak_floor: float = 0.0
+    weak_span: float = 0.0
+    crowding: float = Field(
+        0.0, description="What was taken off every candidate's evidence for this task because the store is crowded around it"
+    )
     answered: bool = Field(description="some candidate cleared the floor, so the task is answered at all")
     candidates: list[CandidateVerdict]
 
@@ -896,6 +933,7 @@ def judge(
     """The verdict on every injected candidate and on the strongest others (by evidence), `n` in
     all at least: the rules of `choose` and `mention`, spelled out per memory."""
     answered = any(c.cleared for c in candidates)
+    best = max((c.evidence for c in candidates), default=0.0)
     confident = {c.memory.id for picked in chosen.values() for c in picked}
     mentioned = {c.memory.id for c in weak}
     injected = confident | mentioned
@@ -904,7 +942,7 @@ def judge(
 
     def verdict(c: Candidate) -> str:
         if c.memory.id in mentioned:
-            return "injected as a weak match: below the floor, above weak_floor; one line for the model to judge"
+            return "injected as a weak match: below the floor, within weak_span of the task's best; one line for the model to judge"
         if c.memory.id in confident:
             if c.dense_ok:
                 return "injected: cleared relevance_floor"
@@ -915,11 +953,12 @@ def judge(
             return "injected: within floor_margin of relevance_floor, and the task is answered"
         if admitted(c, answered, settings):
             return "admitted, not injected: top_k is full, or it nearly duplicates one injected"
-        weak = (
-            "above weak_floor, not mentioned: weak_top_k (or top_k) is full, or it nearly duplicates one injected"
-            if c.evidence >= settings.weak_floor
-            else "below weak_floor"
-        )
+        if best < settings.weak_floor:
+            weak = "no weak matches: the task's best candidate is below weak_floor"
+        elif c.evidence >= best - settings.weak_span:
+            weak = "within weak_span of the best, not mentioned: weak_top_k (or top_k) is full, or it nearly duplicates one injected"
+        else:
+            weak = "more than weak_span below the task's best candidate"
         if not answered:
             return f"below the floor: no memory cleared it; {weak}"
         return f"below relevance_floor - floor_margin; {weak}"
@@ -1113,6 +1152,8 @@ class Retriever:
             lexical_floor=settings.lexical_floor,
             preference_floor=settings.preference_floor,
             weak_floor=settings.weak_floor,
+            weak_span=settings.weak_span,
+            crowding=round(crowding_of(candidates, settings), 4),
             answered=answered,
             candidates=verdicts,
         )
@@ -1139,7 +1180,7 @@ class Retriever:
         lexical_hits: list[tuple[float, str]] = []
         admit = settings.relevance_floor - settings.floor_margin
         if settings.weak_top_k > 0:  # the weak tier reads down to weak_floor
-            admit = min(admit, settings.weak_floor)
+            admit = min(admit, settings.weak_floor - settings.weak_span)
         scopes = self.scopes(agent, memory_types, user_id)
 
         def search(scope: tuple[str, str | None]) -> tuple[list[Any], list[Any], dict[str, Any]]:

@@ -158,20 +158,17 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("alma, shipped settings", {}),
     ("alma, shipped, server's default types", {"kinds": None}),
     ("alma, all-or-nothing (weak_top_k 0)", {"weak_top_k": 0}),
-    ("alma, cheaper: weak_floor +0.04", {"weak_floor+": 0.04}),
-    ("alma, fuller: weak_floor -0.04", {"weak_floor+": -0.04}),
-    ("alma, preference_floor 0.10 (the old door)", {"preference_floor": 0.10}),
+    ("alma, cheaper: weak_span 0.08, weak_top_k 3", {"weak_span": 0.08, "weak_top_k": 3}),
+    ("alma, fuller: weak_floor 0.30", {"weak_floor": 0.30}),
+    ("alma, crowding off (crowding_weight 0)", {"crowding_weight": 0.0}),
 ]
-"""The shipped settings and alternatives around them; "weak_floor+" shifts the shipped weak_floor.
-The others read all five types, outcomes like any memory (the corpus labels outcomes); the
-server's default types read outcomes as weak matches only (`include_outcomes: weak`)."""
+"""The shipped settings and alternatives around them. All but one read all five types,
+outcomes like any memory (the corpus labels outcomes); the server's default types read outcomes
+as weak matches only under `include_outcomes: weak` (true by default, so the same here)."""
 
 
 def variant(base: RetrievalSettings, change: dict[str, Any]) -> RetrievalSettings:
-    update = {k: v for k, v in change.items() if not k.endswith("+") and k != "kinds"}
-    if "weak_floor+" in change:
-        update["weak_floor"] = round(base.weak_floor + change["weak_floor+"], 4)
-    return base.model_copy(update=update)
+    return base.model_copy(update={k: v for k, v in change.items() if k != "kinds"})
 
 
 def build(folder: Path, embedder: Any, memories: Sequence[MemoryBase]) -> tuple[Any, PlainStore]:
@@ -242,41 +239,51 @@ def replay(title: str, alma: Any, rated: Sequence[Task], measured: Sequence[Task
     alma.config.alma.retrieval = shipped
 
 
-def grid(alma: Any, tasks: Sequence[Task], base: RetrievalSettings) -> None:
-    """Floors and weak-tier settings on the calibration split: every point that gives a confident
-    memory to at most 5% of its no-answer tasks, the best by served R@5 + nDCG@10 per token cost."""
+def grid(alma: Any, tasks: Sequence[Task], base: RetrievalSettings, title: str) -> list[tuple[dict[str, float], RetrievalSettings]]:
+    """Floors, crowding and weak-tier settings on the calibration split: every point's figures
+    (served from the same candidates as the server would, `serve_offline`)."""
     import itertools
 
-    wide = base.model_copy(update={"relevance_floor": 0.0, "lexical_floor": 0.0, "floor_margin": 0.0, "weak_floor": 0.0})
+    wide = base.model_copy(update={"relevance_floor": 0.0, "lexical_floor": 0.0, "floor_margin": 0.0, "weak_floor": 0.0, "weak_span": 1.0})
     candidates = {t.id: alma.retriever.candidates(t.task, t.agent, t.user_id, KINDS, wide) for t in tasks}
     points = []
-    for floor, margin, weak_floor, weak_top_k, preference_floor in itertools.product(
-        (0.42, 0.46), (0.2,), (0.26, 0.28, 0.30, 0.32, 0.34, 0.36), (2, 3, 5), (0.1, None)
+    for (crowding_weight, crowding_floor), floor, weak_floor, weak_span, weak_top_k in itertools.product(
+        ((0.0, 0.2), (0.5, 0.25), (0.75, 0.2), (0.75, 0.25), (1.0, 0.2)), (0.42, 0.44, 0.46), (0.30, 0.32, 0.34, 0.36), (0.04, 0.06, 0.08, 0.1), (2, 3, 5)
     ):
         settings = base.model_copy(
             update={
                 "relevance_floor": floor,
-                "floor_margin": margin,
                 "weak_floor": weak_floor,
+                "weak_span": weak_span,
                 "weak_top_k": weak_top_k,
-                "preference_floor": preference_floor,
+                "crowding_weight": crowding_weight,
+                "crowding_floor": crowding_floor,
             }
         )
         served = {tid: serve_offline(c, settings) for tid, c in candidates.items()}
-        row = figures(served, tasks, "paraphrase")
-        if row.get("none: confident", 0.0) > 0.05:
-            continue
-        points.append((row, settings))
-    print(f"\nCalibration split ({len(tasks)} tasks): best served R@5 + nDCG@10 at each no-answer token cost")
-    print(f"{'tokens <=':>9} {'floor':>6} {'margin':>6} {'weak_floor':>10} {'weak_k':>6} {'pref':>5} {'R@5':>6} {'nDCG@10':>8} {'hit@1':>6} {'none: any':>9} {'none: tok':>9}")
-    for cap in (10, 20, 30, 40, 60, 80, 120):
-        fits = [(row, s) for row, s in points if row.get("none: tokens", 0.0) <= cap]
+        points.append((figures(served, tasks, "paraphrase"), settings))
+    log_points(title, points)
+    return points
+
+
+def log_points(title: str, points: list[tuple[dict[str, float], RetrievalSettings]], others: list[list[tuple[dict[str, float], RetrievalSettings]]] = ()) -> None:
+    """The best R@5 + nDCG@10 at each no-answer token cost, among the points that give a
+    confident memory to at most 10% of the no-answer tasks (on `others` too, point by point)."""
+    print(f"\n{title}: best served R@5 + nDCG@10 at each no-answer token cost (also within it on the other sets)")
+    print(f"{'tokens <=':>9} {'crowd':>9} {'floor':>6} {'weak_floor':>10} {'span':>5} {'weak_k':>6} {'R@5':>6} {'nDCG@10':>8} {'hit@1':>6} {'none: conf':>10} {'none: any':>9} {'none: tok':>9}")
+    for cap in (20, 30, 40, 50, 60, 80):
+        fits = [
+            (i, row, s)
+            for i, (row, s) in enumerate(points)
+            if all(r.get("none: tokens", 0.0) <= cap and r.get("none: confident", 0.0) <= 0.10 for r in [row, *(o[i][0] for o in others)])
+        ]
         if not fits:
             continue
-        row, s = max(fits, key=lambda p: (round(p[0]["R@5"] + p[0]["nDCG@10"], 6), -p[0].get("none: tokens", 0.0)))
+        _, row, s = max(fits, key=lambda p: (round(p[1]["R@5"] + p[1]["nDCG@10"], 6), -p[1].get("none: tokens", 0.0)))
         print(
-            f"{cap:>9} {s.relevance_floor:>6.2f} {s.floor_margin:>6.2f} {s.weak_floor:>10.2f} {s.weak_top_k:>6} {str(s.preference_floor):>5} "
-            f"{row['R@5']:>6.3f} {row['nDCG@10']:>8.3f} {row['hit@1']:>6.3f} {row.get('none: anything', 0):>9.1%} {row.get('none: tokens', 0):>9.1f}"
+            f"{cap:>9} {s.crowding_weight:>4.2f}/{s.crowding_floor:<4.2f} {s.relevance_floor:>6.2f} {s.weak_floor:>10.2f} {s.weak_span:>5.2f} {s.weak_top_k:>6} "
+            f"{row['R@5']:>6.3f} {row['nDCG@10']:>8.3f} {row['hit@1']:>6.3f} {row.get('none: confident', 0):>10.1%} "
+            f"{row.get('none: anything', 0):>9.1%} {row.get('none: tokens', 0):>9.1f}"
         )
     sys.stdout.flush()
 
@@ -318,15 +325,21 @@ def run(args: Any) -> int:
     calibration, test = split(tasks)
     alma, plain = build(workdir / "dev", embedder, memories)
     scale_agents = args.scale_agents.split(",") if args.scale_agents else None
-    if args.calibrate_tiers and args.scale:
-        fill(alma, plain, embedder, memories, scale_agents)
     base = alma.config.retrieval_for("any")
     print(
         f"Shipped settings: relevance_floor={base.relevance_floor} floor_margin={base.floor_margin} "
-        f"lexical_floor={base.lexical_floor} weak_floor={base.weak_floor} weak_top_k={base.weak_top_k} top_k={base.top_k}"
+        f"lexical_floor={base.lexical_floor} weak_floor={base.weak_floor} weak_span={base.weak_span} "
+        f"weak_top_k={base.weak_top_k} crowding_weight={base.crowding_weight} crowding_floor={base.crowding_floor} top_k={base.top_k}"
     )
     if args.calibrate_tiers:
-        grid(alma, calibration, base)
+        # The points are chosen on the calibration split of the development corpus as it is and,
+        # with --scale, of the same corpus at 10,000 memories per agent: one setting for both.
+        points = grid(alma, calibration, base, f"Calibration split ({len(calibration)} tasks)")
+        if args.scale:
+            fill(alma, plain, embedder, memories, scale_agents)
+            level = [t for t in calibration if not scale_agents or t.agent in scale_agents]
+            scaled = grid(alma, level, base, f"Calibration split at 10,000 memories per agent ({len(level)} tasks)")
+            log_points("Both: the development calibration split, points that also hold at 10,000", points, [scaled])
         return 0
     heldout = DATA / HELDOUT_MEMORIES
     if args.only_scale:

@@ -153,8 +153,8 @@ def test_weak_matches_alone_get_a_short_labelled_block_with_hostile_text_fenced(
     ], "one line each, numbered, cut to MENTION_CHARS: a newline in a memory cannot start a line of its own"
     outside_text = "\n".join(outside).lower()
     assert "ignore previous instructions" not in outside_text and "never an instruction" in outside_text
-    assert f"1 `{hostile.id}` fact 0.36; 2 `{plain.id}` fact 0.33" in prompt
-    assert estimate_tokens(prompt) <= 90
+    assert f"evidence: 1 `{hostile.id}` 0.36; 2 `{plain.id}` 0.33" in prompt, "one name for the number, as in the full section"
+    assert estimate_tokens(prompt) <= 80
 
 
 def test_weak_matches_follow_the_confident_memories_in_their_own_section() -> None:
@@ -163,7 +163,7 @@ def test_weak_matches_follow_the_confident_memories_in_their_own_section() -> No
     prompt = render_prompt({"knowledge": [scored(full, 0.8), weak(maybe)]}, 1500)
     assert prompt.startswith(HEADER) and prompt.index("### Facts") < prompt.index(WEAK_SECTION)
     assert f"- memory `{full.id}`" in prompt and f"- memory `{maybe.id}`" not in prompt, "a weak match is never shown in full"
-    assert f"1 `{maybe.id}` fact 0.35" in prompt
+    assert f"1 `{maybe.id}` 0.35" in prompt
     assert len(fenced_regions(prompt)[0]) == 2
 
 
@@ -179,10 +179,10 @@ def test_weak_matches_give_way_to_the_budget_best_first() -> None:
 
 def test_an_outcome_is_mentioned_as_what_was_tried_and_how_it_went() -> None:
     attempt = Outcome(
-        id=new_id("outcome"), project="p", agent="a", task="Deploy billing to staging", strategy_used="blue-green switch", outcome="failure"
+        id=new_id("outcome"), project="p", agent="a", task="Deploy billing", strategy_used="blue-green switch", outcome="failure"
     )
     prompt = render_prompt({"outcome": [weak(attempt)]}, 1500)
-    assert "1 tried blue-green switch: failure (task: Deploy billing to staging)" in prompt
+    assert "1 tried blue-green switch: failure (task: Deploy billing)" in prompt
 
 
 def test_the_prompt_shows_evidence_not_the_ranking_score() -> None:

@@ -8,7 +8,7 @@ from test_prompt import fenced_regions
 from test_retrieval import teach_playwright
 
 from alma_mcp.config import RetrievalSettings
-from alma_mcp.prompt import WEAK_HEADER, WEAK_SECTION
+from alma_mcp.prompt import WEAK_HEADER, WEAK_SECTION, estimate_tokens
 from alma_mcp.service import ALMA
 
 FLAKY = "Fix a flaky end-to-end test that clicks a button too early after navigating"
@@ -16,7 +16,7 @@ FLAKY = "Fix a flaky end-to-end test that clicks a button too early after naviga
 
 def test_evidence_below_the_floor_is_mentioned_as_a_weak_match(alma: ALMA) -> None:
     teach_playwright(alma)
-    unreachable = RetrievalSettings(relevance_floor=0.95, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.2, weak_top_k=2)
+    unreachable = RetrievalSettings(relevance_floor=0.95, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.2, weak_span=1.0, weak_top_k=2)
     result = alma.retriever.retrieve(FLAKY, "helena", settings=unreachable)
     assert 1 <= len(result) <= 2 and {m.tier for m in result.all()} == {"weak"}
     assert result.ranked()[0].memory.condition.startswith("A Playwright test flakes")  # type: ignore[attr-defined]
@@ -36,7 +36,7 @@ def test_evidence_below_the_floor_is_mentioned_as_a_weak_match(alma: ALMA) -> No
 
 def test_confident_memories_come_first_and_weak_ones_after(alma: ALMA) -> None:
     teach_playwright(alma)
-    settings = RetrievalSettings(relevance_floor=0.5, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.0, weak_top_k=3)
+    settings = RetrievalSettings(relevance_floor=0.5, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.0, weak_span=1.0, weak_top_k=3)
     result = alma.retriever.retrieve(FLAKY, "helena", settings=settings)
     tiers = [m.tier for m in result.ranked()]
     assert tiers[0] == "confident" and "weak" in tiers
@@ -115,7 +115,7 @@ def test_top_k_counts_the_memories_injected_in_all_ranked_across_types(alma: ALM
 
 def test_weak_mentions_only_fill_the_room_the_confident_memories_left(alma: ALMA) -> None:
     teach_flaky_mix(alma)
-    settings = RetrievalSettings(relevance_floor=0.5, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.0, weak_top_k=5, top_k=8)
+    settings = RetrievalSettings(relevance_floor=0.5, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.0, weak_span=1.0, weak_top_k=5, top_k=8)
     result = alma.retriever.retrieve(FLAKY, "helena", settings=settings)
     confident = len(result.confident())
     assert 1 <= confident < 8 and len(result) == 8, "confident first, then weak mentions up to top_k in all"
@@ -123,3 +123,56 @@ def test_weak_mentions_only_fill_the_room_the_confident_memories_left(alma: ALMA
     assert {m.tier for m in alma.retriever.retrieve(FLAKY, "helena", settings=full).all()} == {"confident"}
     per_type = alma.retriever.retrieve(FLAKY, "helena", settings=settings.model_copy(update={"top_k_scope": "type"}))
     assert len(per_type) - len(per_type.confident()) == 5, "per type, weak_top_k mentions besides"
+
+
+def test_weak_mentions_are_judged_against_the_tasks_own_best_candidate(alma: ALMA) -> None:
+    teach_flaky_mix(alma)
+    wide = RetrievalSettings(relevance_floor=0.95, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.0, weak_span=1.0, weak_top_k=20, top_k=20)
+    everything = sorted((m.evidence for m in alma.retriever.retrieve(FLAKY, "helena", settings=wide).all()), reverse=True)
+    best = everything[0]
+    assert len(everything) >= 6 and everything[5] < best - 0.05, "the memories are not all level with the best"
+
+    # A task whose best reaches weak_floor gets the mentions within weak_span of its best, and
+    # only those, even where they are below weak_floor themselves.
+    for span in (0.05, 0.15):
+        settings = wide.model_copy(update={"weak_floor": best - 0.01, "weak_span": span})
+        mentioned = [m.evidence for m in alma.retriever.retrieve(FLAKY, "helena", settings=settings).all()]
+        assert sorted(mentioned, reverse=True) == [e for e in everything if e >= best - span]
+    assert any(e < best - 0.01 for e in mentioned), "a mention below weak_floor, within weak_span of the best"
+    # A best below weak_floor: nothing, however level the others are.
+    assert len(alma.retriever.retrieve(FLAKY, "helena", settings=wide.model_copy(update={"weak_floor": best + 0.01}))) == 0
+
+
+def test_a_weak_mention_is_short(alma: ALMA) -> None:
+    teach_flaky_mix(alma)
+    settings = RetrievalSettings(relevance_floor=0.95, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.0, weak_span=1.0, weak_top_k=5)
+    result = alma.retriever.retrieve(FLAKY, "helena", settings=settings)
+    assert len(result) == 5 and result.confident() == []
+    # A header of about 20 tokens and about 30 a mention, a third of that the id (kind-uuid, 40-odd
+    # characters); the format of before (kind words, 72 characters a mention) took about 200.
+    assert estimate_tokens(result.prompt) <= 180, result.prompt
+
+
+def test_a_store_crowded_around_the_task_lowers_every_evidence_by_the_same_amount(alma: ALMA) -> None:
+    teach_playwright(alma)
+    settings = alma.config.retrieval_for("helena")
+    sparse = alma.explain(FLAKY, "helena")
+    assert sparse.crowding == 0.0, "a few varied memories: nothing taken off"
+    for c in sparse.candidates:
+        assert abs(c.evidence - (c.similarity + settings.lexical_weight * c.coverage)) < 2e-3
+
+    # Twelve facts about flaky browser tests: the task's tenth nearest memory is now close.
+    for n, detail in enumerate(
+        ("the login page", "the cart", "the search box", "the profile form", "the settings tab", "the invoice list",
+         "the signup wizard", "the admin table", "the upload dialog", "the map view", "the chat widget", "the export menu")
+    ):
+        alma.add_knowledge("helena", "testing", f"The end-to-end test of {detail} was flaky: it clicked before the page had settled (run {n}).")
+    crowded = alma.explain(FLAKY, "helena")
+    assert crowded.crowding > 0.0
+    for c in crowded.candidates:
+        assert abs(c.evidence - (c.similarity + settings.lexical_weight * c.coverage - crowded.crowding)) < 2e-3
+    result = alma.retrieve(FLAKY, "helena")
+    assert all(m.evidence < m.similarity + settings.lexical_weight * m.coverage - crowded.crowding + 2e-3 for m in result.all())
+
+    alma.config.alma.retrieval = settings.model_copy(update={"crowding_weight": 0.0})
+    assert alma.explain(FLAKY, "helena").crowding == 0.0, "crowding_weight 0: off"
