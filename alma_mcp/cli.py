@@ -74,19 +74,28 @@ def _service(args: argparse.Namespace) -> Any:
     return ALMA(config)
 
 
+_stopped_by: int | None = None  # the exit code a stop signal asked for (130 or 143)
+_stop_handlers_installed = threading.Event()
+
+
 def _stop_on_signals() -> None:
     """Ctrl-C (SIGINT) and SIGTERM end a server promptly, with 130 / 143.
 
     The first signal unwinds the event loop as usual; a daemon thread then exits the process after
     STOP_GRACE_SECONDS in case the unwinding waits on the thread blocked reading stdin. A second
     signal exits at once."""
+    if _stop_handlers_installed.is_set():
+        return
+    _stop_handlers_installed.set()
     stopping = threading.Event()
 
     def handler(signum: int, _frame: Any) -> None:
+        global _stopped_by
         code = 128 + signum
         if stopping.is_set():
             os._exit(code)
         stopping.set()
+        _stopped_by = code
         print(f"alma-mcp: stopping ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
 
         def exit_after_grace() -> None:
@@ -223,6 +232,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     alma = _service(args)
+    start = getattr(alma.embedder, "start", None)
+    if start is not None:
+        start()  # the model loads on its thread while the store (Chroma) is imported on this one
     result = alma.retrieve(args.task, args.agent, args.top_k, args.user, task_type=args.task_type)
     explanation = alma.explain(args.task, args.agent, args.top_k, args.user, task_type=args.task_type, n=args.explain) if args.explain else None
     if args.json:
@@ -471,28 +483,30 @@ alma-mcp search "Fix the checkout bug" --agent victor --user ana --json
 
 
 def main(argv: list[str] | None = None) -> int:
-    early = None
-    if _serves_stdio(sys.argv[1:] if argv is None else argv):
-        from .handshake import EarlyStdio
-
-        early = EarlyStdio.start()  # answers `initialize` while the rest is imported
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "serve"])
-    if early is not None and (args.command != "serve" or args.http):
-        early.release()  # judged wrongly: the command gets its stdio back
-        early = None
-    args.early_stdio = early
-    _setup_logging(_log_level(args))
     try:
+        early = None
+        if _serves_stdio(sys.argv[1:] if argv is None else argv):
+            # A client may stop the server as soon as it has its answer: the handlers come first.
+            _stop_on_signals()
+            from .handshake import EarlyStdio
+
+            early = EarlyStdio.start()  # answers `initialize` while the rest is imported
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            args = parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "serve"])
+        if early is not None and (args.command != "serve" or args.http):
+            early.release()  # judged wrongly: the command gets its stdio back
+            early = None
+        args.early_stdio = early
+        _setup_logging(_log_level(args))
         return int(args.func(args) or 0)
     except AlmaError as exc:
         print(f"alma-mcp: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("alma-mcp: interrupted", file=sys.stderr)
-        return 130
+        return _stopped_by or 130
     except BrokenPipeError:  # `alma-mcp stats | head`: the reader left; that is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
