@@ -264,6 +264,19 @@ class RecordCache:
                 kept.popitem(last=False)
 
 
+def _import_chromadb() -> Any:
+    try:
+        import chromadb
+    except ImportError as exc:
+        if exc.name != "chromadb":
+            raise
+        raise StorageError(
+            'chromadb is not installed: pip install --no-deps "chromadb>=1.0,<2" (as the README\'s set-up does), '
+            "or install alma-mcp[chroma]"
+        ) from None
+    return chromadb
+
+
 def _write_ahead_log(database: Path) -> None:
     """Put Chroma's SQLite database in write-ahead-log mode (a setting stored in the file).
 
@@ -321,7 +334,7 @@ class MemoryStore:
     def embedded(cls, path: Path, project: str, embedder: Embedder, lock_dir: Path | None = None) -> "MemoryStore":
         """The embedded store in folder `path`. Processes sharing it coordinate through a lock and
         counters in `lock_dir` (default: the folder above, i.e. the data directory)."""
-        import chromadb
+        chromadb = _import_chromadb()
         from chromadb.config import Settings
 
         path.mkdir(parents=True, exist_ok=True)
@@ -335,7 +348,7 @@ class MemoryStore:
 
     @classmethod
     def http(cls, settings: Any, project: str, embedder: Embedder) -> "MemoryStore":
-        import chromadb
+        chromadb = _import_chromadb()
         from chromadb.config import Settings
 
         try:

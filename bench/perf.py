@@ -216,6 +216,20 @@ def environment_mb() -> float:
     return total / 1024 / 1024
 
 
+def largest_packages(count: int = 8) -> list[tuple[str, float]]:
+    """The biggest entries of this environment's site-packages, in MB (what makes its size)."""
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    sizes = []
+    for entry in site.iterdir():
+        if entry.name.endswith((".dist-info", ".pth")) or entry.name == "__pycache__":
+            continue
+        files = [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file() and not p.is_symlink()]
+        sizes.append((entry.name, sum(f.lstat().st_blocks * 512 for f in files) / 1024 / 1024))
+    return sorted(sizes, key=lambda item: -item[1])[:count]
+
+
 def keyword(task: str) -> str:
     """The longest word of a task: server-memory's search matches one substring."""
     return max((w.strip(".,;:!?()'\"") for w in task.split()), key=len).lower()
@@ -362,6 +376,8 @@ def main() -> None:
         value = alma[key]
         extra = f" (peak {cli_peak:.0f} MB)" if key == "cli_s" else f" ({has_torch}: {sys.prefix})" if key == "environment_mb" else ""
         print(f"| {label} | {cell(value, unit)}{extra} | ≤ {cell(limit, unit)} | {'yes' if value <= limit else 'NO'} |")
+
+    print("\nlargest in this environment: " + ", ".join(f"{name} {size:.0f} MB" for name, size in largest_packages()))
 
     if args.compare.is_file():
         other = []
