@@ -96,6 +96,7 @@ class EarlyStdio:
         os.close(null)
         os.dup2(2, 1)
         self.first: bytes = b""  # the first line, to be read again by the SDK
+        self.rest: bytes = b""  # what came after it in the same read
         self.answer: dict[str, Any] | None = None  # what was sent for it, if anything
         self._reader = threading.Thread(target=self._read_first, name="alma-handshake", daemon=True)
         self._reader.start()
@@ -120,17 +121,19 @@ class EarlyStdio:
         os.dup2(self._out, 1)
 
     def _read_first(self) -> None:
-        line = bytearray()
+        buffer = bytearray()
         try:
-            while not line.endswith(b"\n"):
-                # One byte at a time, so that nothing after the first line is read here: the
-                # SDK reads the rest from the same descriptor.
-                chunk = os.read(self._in, 1)
+            # In chunks, not a byte at a time: each read gives up the GIL, and getting it back
+            # from the main thread (busy importing) can take a switch interval, 5 ms or more.
+            while b"\n" not in buffer:
+                chunk = os.read(self._in, 65536)
                 if not chunk:
                     break
-                line += chunk
+                buffer += chunk
         except OSError:
             pass
+        end = buffer.find(b"\n") + 1 or len(buffer)
+        line, self.rest = bytes(buffer[:end]), bytes(buffer[end:])
         self.first = bytes(line)
         try:
             answer = early_answer(json.loads(self.first))
@@ -153,19 +156,19 @@ class EarlyStdio:
         import anyio
         from mcp.server.stdio import stdio_server
 
-        wire_in = anyio.wrap_file(os.fdopen(self._in, "r", encoding="utf-8", errors="replace", closefd=False))
         wire_out = anyio.wrap_file(os.fdopen(self._out, "w", encoding="utf-8", closefd=False))
         lowlevel = server._lowlevel_server  # what MCPServer.run_stdio_async serves
-        async with stdio_server(stdin=_Lines(self, wire_in), stdout=_Answers(self, wire_out)) as (read, write):  # type: ignore[arg-type]
+        async with stdio_server(stdin=_Lines(self, self._in), stdout=_Answers(self, wire_out)) as (read, write):  # type: ignore[arg-type]
             await lowlevel.run(read, write, lowlevel.create_initialization_options())
 
 
 class _Lines:
-    """stdin as the SDK's transport reads it: the first line again, then the wire."""
+    """stdin as the SDK's transport reads it: the first line again, then the rest of the wire, one
+    line at a time (decoded as the SDK decodes it: UTF-8, undecodable bytes replaced)."""
 
-    def __init__(self, early: EarlyStdio, wire: Any) -> None:
+    def __init__(self, early: EarlyStdio, fd: int) -> None:
         self._early = early
-        self._wire = wire
+        self._fd = fd
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._lines()
@@ -177,9 +180,25 @@ class _Lines:
         first = self._early.first
         if first:
             yield first.decode("utf-8", errors="replace")
-        if first.endswith(b"\n"):  # else stdin ended with it
-            async for line in self._wire:
-                yield line
+        if not first.endswith(b"\n"):
+            return  # stdin ended with it
+        pending = bytearray(self._early.rest)
+        while True:
+            end = pending.find(b"\n")
+            if end >= 0:
+                line = bytes(pending[: end + 1])
+                del pending[: end + 1]
+                yield line.decode("utf-8", errors="replace")
+                continue
+            try:
+                chunk = await anyio.to_thread.run_sync(os.read, self._fd, 65536, abandon_on_cancel=True)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                if pending:
+                    yield bytes(pending).decode("utf-8", errors="replace")
+                return
+            pending += chunk
 
 
 class _Answers:

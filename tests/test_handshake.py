@@ -126,18 +126,21 @@ def test_the_early_answer_is_the_sdks(tmp_path, requested):
 
 
 def test_lines_replay_the_first_then_the_wire():
+    """The first line again, then what its read brought along, then the wire: nothing lost or
+    reordered, a line split across reads joined, a last line without newline kept."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, 'ial": 3}\n{"d": "é"}\n{"e": 5}'.encode())
+    os.close(write_end)
+
     class Early:
         first = b'{"a": 1}\n'
+        rest = b'{"b": 2}\n{"part'
         _reader = type("Done", (), {"join": staticmethod(lambda: None)})()
 
-    class Wire:
-        def __aiter__(self):
-            async def lines():
-                yield '{"b": 2}\n'
-
-            return lines()
-
     async def collect() -> list[str]:
-        return [line async for line in handshake._Lines(Early(), Wire())]  # type: ignore[arg-type]
+        return [line async for line in handshake._Lines(Early(), read_end)]  # type: ignore[arg-type]
 
-    assert anyio.run(collect) == ['{"a": 1}\n', '{"b": 2}\n']
+    try:
+        assert anyio.run(collect) == ['{"a": 1}\n', '{"b": 2}\n', '{"partial": 3}\n', '{"d": "é"}\n', '{"e": 5}']
+    finally:
+        os.close(read_end)
