@@ -109,6 +109,32 @@ def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float)
     return centred
 
 
+def _anonymous_copy(array: np.ndarray) -> np.ndarray:
+    """A copy in its own anonymous memory map, returned to the system as soon as the last array
+    over it is dropped (malloc may keep a freed block): the layers are dropped once ONNX Runtime
+    holds its own copy of them."""
+    import mmap
+
+    out = np.frombuffer(mmap.mmap(-1, max(array.nbytes, 1)), dtype=array.dtype, count=array.size).reshape(array.shape)
+    np.copyto(out, array)
+    return out
+
+
+def _drop_mapped_pages(array: np.ndarray) -> None:
+    """Let the pages of the file map under `array` go from this process's memory: the map is
+    read-only and backed by the file, so a page used again is read back from the page cache."""
+    import mmap
+
+    base: object = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None) if not isinstance(base, np.memmap) else getattr(base, "_mmap", None)
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            base.madvise(mmap.MADV_DONTNEED)
+        except OSError:
+            pass
+
+
 class _Layer:
     def __init__(self, w: dict[str, np.ndarray], prefix: str) -> None:
         def get(name: str) -> np.ndarray:
@@ -117,7 +143,7 @@ class _Layer:
         def inputs_first(*names: str) -> np.ndarray:
             # Stored (out, in); kept as a contiguous (in, out) copy, since a product with a
             # transposed view is about a third slower for a few rows, the usual query.
-            return np.ascontiguousarray(np.concatenate([get(n) for n in names]).T)
+            return _anonymous_copy(np.concatenate([get(n) for n in names]).T)
 
         # One product for query, key and value instead of three.
         self.qkv_w = inputs_first(*(f"attention.self.{p}.weight" for p in ("query", "key", "value")))
@@ -179,6 +205,7 @@ class BertEncoder:
         self.layers = [_Layer(w, f"{prefix}encoder.layer.{i}") for i in range(int(config["num_hidden_layers"]))]
         self.dim = int(self.words.shape[1])
         self.folder = folder
+        _drop_mapped_pages(self.words)  # the layers were read through the map and copied
         self.session: Any = None  # the layers in ONNX Runtime, once start_runtime() has built them
 
     def start_runtime(self) -> bool:
@@ -193,6 +220,7 @@ class BertEncoder:
         except Exception as exc:  # numpy keeps serving; say why
             log.warning("the encoder stays in numpy: ONNX Runtime refused its layers (%s)", exc)
             return False
+        self.layers = []  # ONNX Runtime has its own copy; a call still in numpy keeps its own reference
         return True
 
     def _forward(self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -201,21 +229,22 @@ class BertEncoder:
         x = _layer_norm(x, *self.ln0, self.eps)
         # Padding gets the most negative float added before the softmax: exp gives it exactly 0.
         masked = ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :]
+        layers = self.layers  # before the session: start_runtime sets the session, then drops these
         session = self.session
         if session is not None:
             x = session.run(None, {"hidden": x, "mask_bias": masked})[0]
         else:
-            x = self._layers(x, masked)
+            x = self._layers(x, masked, layers)
         if self.pooling == "cls":
             return x[:, 0]
         weights = mask[..., None]
         return (x * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
 
-    def _layers(self, x: np.ndarray, masked: np.ndarray) -> np.ndarray:
+    def _layers(self, x: np.ndarray, masked: np.ndarray, layers: list[_Layer]) -> np.ndarray:
         batch, tokens, _ = x.shape
         heads, size = self.heads, self.dim // self.heads
         scale = np.float32(1.0 / np.sqrt(size))
-        for layer in self.layers:
+        for layer in layers:
             qkv = (x @ layer.qkv_w + layer.qkv_b).reshape(batch, tokens, 3, heads, size).transpose(2, 0, 3, 1, 4)
             scores = (qkv[0] * scale) @ qkv[1].transpose(0, 1, 3, 2) + masked
             scores = np.exp(scores - scores.max(-1, keepdims=True))
