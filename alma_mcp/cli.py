@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("alma_mcp")
 
 # config.DEFAULT_CONFIG_PATH, for the help texts: importing config (pydantic, yaml) takes a few
-# hundred milliseconds that a stdio server spends better answering `initialize` (test_cli pins it).
+# hundred milliseconds that a stdio server spends better answering `initialize` (test_handshake
+# checks that the two agree).
 DEFAULT_CONFIG_PATH = Path(".alma") / "config.yaml"
 
 
