@@ -224,7 +224,7 @@ class BertEncoder:
         return True
 
     def _forward(self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        batch, tokens = ids.shape
+        tokens = ids.shape[1]
         x = self.words[ids] + self.positions[:tokens] + self.types[types]
         x = _layer_norm(x, *self.ln0, self.eps)
         # Padding gets the most negative float added before the softmax: exp gives it exactly 0.

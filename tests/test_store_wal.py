@@ -7,9 +7,10 @@ import sqlite3
 import subprocess
 import sys
 
+from conftest import build_config
+
 from alma_mcp.embeddings import HashEmbedder
 from alma_mcp.service import ALMA
-from conftest import build_config
 
 
 def journal_mode(database) -> str:
