@@ -25,24 +25,56 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 __version__ = "0.1.0"
 
-from .config import AlmaConfig, load_config
-from .errors import AlmaError, ConfigError, InvalidInput, NotFound, ScopeDenied, StorageError
-from .models import AntiPattern, DomainKnowledge, Heuristic, Outcome, UserPreference
-from .retrieval import MemorySlice, ScoredMemory
-from .service import ALMA, ForgetResult, LearnResult
-from .harness import (
-    Agent,
-    Briefing,
-    Context,
-    ExecutionResult,
-    Harness,
-    MemorySchema,
-    RunResult,
-    Setting,
-    Tool,
-    ToolType,
-)
-from .templates import create_harness
+# The public names are imported when first used (PEP 562), not with the package: `python -m
+# alma_mcp` and the CLI import this package first, and the service pulls in numpy, pydantic
+# models and the retrieval code (most of a second) that answering an MCP `initialize` does not need.
+_EXPORTS = {
+    "AlmaConfig": "config",
+    "load_config": "config",
+    "AlmaError": "errors",
+    "ConfigError": "errors",
+    "InvalidInput": "errors",
+    "NotFound": "errors",
+    "ScopeDenied": "errors",
+    "StorageError": "errors",
+    "AntiPattern": "models",
+    "DomainKnowledge": "models",
+    "Heuristic": "models",
+    "Outcome": "models",
+    "UserPreference": "models",
+    "MemorySlice": "retrieval",
+    "ScoredMemory": "retrieval",
+    "ALMA": "service",
+    "ForgetResult": "service",
+    "LearnResult": "service",
+    "Agent": "harness",
+    "Briefing": "harness",
+    "Context": "harness",
+    "ExecutionResult": "harness",
+    "Harness": "harness",
+    "MemorySchema": "harness",
+    "RunResult": "harness",
+    "Setting": "harness",
+    "Tool": "harness",
+    "ToolType": "harness",
+    "create_harness": "templates",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'alma_mcp' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "__version__",

@@ -17,13 +17,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, load_config, write_starter_config
 from .errors import AlmaError
 
 if TYPE_CHECKING:
     from .retrieval import Explanation
 
 log = logging.getLogger("alma_mcp")
+
+# config.DEFAULT_CONFIG_PATH, for the help texts: importing config (pydantic, yaml) takes a few
+# hundred milliseconds that a stdio server spends better answering `initialize` (test_handshake
+# checks that the two agree).
+DEFAULT_CONFIG_PATH = Path(".alma") / "config.yaml"
+
+
+def load_config(path: str | None) -> Any:
+    from .config import load_config as load
+
+    return load(path)
 
 # After Ctrl-C or SIGTERM, the time a server gets to finish what it is doing before it exits anyway:
 # the SDK reads stdin in a worker thread that no cancellation can interrupt.
@@ -65,19 +75,28 @@ def _service(args: argparse.Namespace) -> Any:
     return ALMA(config)
 
 
+_stopped_by: int | None = None  # the exit code a stop signal asked for (130 or 143)
+_stop_handlers_installed = threading.Event()
+
+
 def _stop_on_signals() -> None:
     """Ctrl-C (SIGINT) and SIGTERM end a server promptly, with 130 / 143.
 
     The first signal unwinds the event loop as usual; a daemon thread then exits the process after
     STOP_GRACE_SECONDS in case the unwinding waits on the thread blocked reading stdin. A second
     signal exits at once."""
+    if _stop_handlers_installed.is_set():
+        return
+    _stop_handlers_installed.set()
     stopping = threading.Event()
 
     def handler(signum: int, _frame: Any) -> None:
+        global _stopped_by
         code = 128 + signum
         if stopping.is_set():
             os._exit(code)
         stopping.set()
+        _stopped_by = code
         print(f"alma-mcp: stopping ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
 
         def exit_after_grace() -> None:
@@ -92,7 +111,28 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _serves_stdio(argv: list[str]) -> bool:
+    """Whether `argv` asks for an MCP server over stdio (no command, or `serve` without --http),
+    judged before the parser is built: building it imports the exporters and importers, and a
+    client is waiting for its `initialize` to be answered. Anything unusual counts as no."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in ("--config", "--log-level"):
+            i += 2
+        elif token.startswith(("--config=", "--log-level=")) or token == "--verbose" or (token.startswith("-v") and set(token[1:]) == {"v"}):
+            i += 1
+        elif token.startswith("-"):
+            return False
+        else:
+            break
+    if i < len(argv) and argv[i] != "serve":
+        return False
+    return not any(t.startswith("--h") or t == "-h" for t in argv[i + 1 :])
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    early = getattr(args, "early_stdio", None)
     config = load_config(args.config)
     if args.http:
         return _serve_http(args, config)
@@ -110,7 +150,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     _stop_on_signals()
-    mcp.run("stdio")
+    if early is not None:
+        early.run(mcp)
+    else:
+        mcp.run("stdio")
     return 0
 
 
@@ -140,6 +183,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         # Set-up lines re-run `init`; an existing config is the user's and stays as it is.
         print(f"{path} already exists; left as it is (--force overwrites it). Check it with: alma-mcp config check --config {path}")
         return 0
+    from .config import write_starter_config
+
     write_starter_config(path, project=args.project, force=args.force)
     print(f"wrote {path}; edit the agents, then check it with: alma-mcp config check --config {path}")
     return 0
@@ -188,6 +233,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     alma = _service(args)
+    start = getattr(alma.embedder, "start", None)
+    if start is not None:
+        start()  # the model loads on its thread while the store (Chroma) is imported on this one
     result = alma.retrieve(args.task, args.agent, args.top_k, args.user, task_type=args.task_type)
     explanation = alma.explain(args.task, args.agent, args.top_k, args.user, task_type=args.task_type, n=args.explain) if args.explain else None
     if args.json:
@@ -437,19 +485,30 @@ alma-mcp search "Fix the checkout bug" --agent victor --user ana --json
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "serve"])
-    _setup_logging(_log_level(args))
     try:
+        early = None
+        if _serves_stdio(sys.argv[1:] if argv is None else argv):
+            # A client may stop the server as soon as it has its answer: the handlers come first.
+            _stop_on_signals()
+            from .handshake import EarlyStdio
+
+            early = EarlyStdio.start()  # answers `initialize` while the rest is imported
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            args = parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "serve"])
+        if early is not None and (args.command != "serve" or args.http):
+            early.release()  # judged wrongly: the command gets its stdio back
+            early = None
+        args.early_stdio = early
+        _setup_logging(_log_level(args))
         return int(args.func(args) or 0)
     except AlmaError as exc:
         print(f"alma-mcp: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("alma-mcp: interrupted", file=sys.stderr)
-        return 130
+        return _stopped_by or 130
     except BrokenPipeError:  # `alma-mcp stats | head`: the reader left; that is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -187,7 +187,10 @@ def measure_alma(config: Path, tasks: list[str], samples: int, writes: int) -> d
 
 
 def measure_cli(config: Path, task: str, runs: int = 3) -> tuple[float, float]:
-    """Median seconds from spawn to exit of a one-shot `alma-mcp search`, and its peak memory in MB."""
+    """Median seconds from spawn to exit of a one-shot `alma-mcp search`, and its peak memory in MB.
+
+    The peak is the child's VmHWM, read from /proc while it runs: the rusage of a child is no
+    use here, as Linux carries the forking process's own peak over into the child's."""
     seconds, peaks = [], []
     env = dict(os.environ, HF_HUB_OFFLINE="1", ANONYMIZED_TELEMETRY="False", TOKENIZERS_PARALLELISM="false")
     for _ in range(runs):
@@ -195,12 +198,18 @@ def measure_cli(config: Path, task: str, runs: int = 3) -> tuple[float, float]:
         proc = subprocess.Popen(
             [*alma_command(config), "search", task, "--agent", AGENT], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
         )
-        _, status, usage = os.wait4(proc.pid, 0)
+        peak = 0.0
+        while proc.poll() is None:
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                peak = max(peak, float(status.split("VmHWM:")[1].split()[0]) / 1024)
+            except (OSError, IndexError, ValueError):
+                pass
+            time.sleep(0.01)
         seconds.append(time.perf_counter() - started)
-        proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             raise RuntimeError(f"alma-mcp search exited with {proc.returncode}")
-        peaks.append(usage.ru_maxrss / 1024)
+        peaks.append(peak)
     return statistics.median(seconds), statistics.median(peaks)
 
 
@@ -214,6 +223,20 @@ def environment_mb() -> float:
             except OSError:
                 pass
     return total / 1024 / 1024
+
+
+def largest_packages(count: int = 8) -> list[tuple[str, float]]:
+    """The biggest entries of this environment's site-packages, in MB (what makes its size)."""
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    sizes = []
+    for entry in site.iterdir():
+        if entry.name.endswith((".dist-info", ".pth")) or entry.name == "__pycache__":
+            continue
+        files = [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file() and not p.is_symlink()]
+        sizes.append((entry.name, sum(f.lstat().st_blocks * 512 for f in files) / 1024 / 1024))
+    return sorted(sizes, key=lambda item: -item[1])[:count]
 
 
 def keyword(task: str) -> str:
@@ -362,6 +385,8 @@ def main() -> None:
         value = alma[key]
         extra = f" (peak {cli_peak:.0f} MB)" if key == "cli_s" else f" ({has_torch}: {sys.prefix})" if key == "environment_mb" else ""
         print(f"| {label} | {cell(value, unit)}{extra} | ≤ {cell(limit, unit)} | {'yes' if value <= limit else 'NO'} |")
+
+    print("\nlargest in this environment: " + ", ".join(f"{name} {size:.0f} MB" for name, size in largest_packages()))
 
     if args.compare.is_file():
         other = []
