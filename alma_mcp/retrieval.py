@@ -375,6 +375,7 @@ class SearchIndexes:
         self._building: dict[str, threading.Lock] = {}
         self._reading: dict[str, list[tuple[Sequence[MemoryBase], bool, int, int, np.ndarray | None]]] = {}
         self._preparing: set[str] = set()
+        self._builders: list[threading.Thread] = []  # prepare's readers, which close waits for
         self.catch_ups = 0
         """Times an index followed other processes' writes by catching up (for tests and health)."""
         self.full_reads = 0
@@ -423,7 +424,19 @@ class SearchIndexes:
         # Not a daemon: a daemon thread still inside Chroma when the interpreter finalizes can
         # crash the process (seen: SIGSEGV on exit, tests/test_multiprocess.py); exit waits for
         # this one read instead.
-        threading.Thread(target=build, name=f"alma-index-{name}").start()
+        builder = threading.Thread(target=build, name=f"alma-index-{name}")
+        with self._lock:  # started under the lock: close never sees a builder not yet started
+            self._builders = [t for t in self._builders if t.is_alive()] + [builder]
+            builder.start()
+
+    def close(self) -> None:
+        """Wait for the collections `prepare` is reading in the background (the store they read
+        is closed next)."""
+        with self._lock:
+            builders, self._builders = self._builders, []
+        for builder in builders:
+            if builder is not threading.current_thread():
+                builder.join()
 
     def get(self, memory_type: str, agent: str | None) -> CollectionIndex:
         """The collection's index, brought up to date (caught up, or read) when it is not current.

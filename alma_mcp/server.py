@@ -18,6 +18,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator, Callable, Literal, TypeVar
 
+import anyio
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context, ResourceSecurity
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
@@ -163,10 +164,27 @@ def create_server(
         check_serves(who, user_id)
         return who
 
+    # The SDK enters the lifespan once per stdio run and per HTTP app, but once per in-process
+    # Client session: the service starts with the first one open and closes with the last.
+    sessions = 0
+    sessions_lock = anyio.Lock()
+
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[dict[str, Any]]:
-        service.warm_up()  # the model loads in the background; initialize is answered at once
-        yield {"alma": service}
+        nonlocal sessions
+        async with sessions_lock:
+            sessions += 1
+            if sessions == 1:
+                service.warm_up()  # the model loads in the background; initialize is answered at once
+        try:
+            yield {"alma": service}
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with sessions_lock:
+                    sessions -= 1
+                    if sessions == 0:
+                        # Off the event loop: it waits for the preload to finish the collection it reads.
+                        await anyio.to_thread.run_sync(service.close)
 
     mcp = MCPServer(
         "alma-mcp",
@@ -179,7 +197,6 @@ def create_server(
     # Who a request without a caller of its own is; http.py narrows it to no one once tokens guard
     # the server, so a request that somehow reaches a handler without its token's caller gets nothing.
     mcp.alma_caller = caller  # type: ignore[attr-defined]
-    service.warm_up()
 
     # -- tools: before a task ----------------------------------------------------------
     @mcp.tool(annotations=READ_ONLY, title="Retrieve memories for a task")

@@ -59,6 +59,18 @@ MAX_AGE_DAYS = 36_500
 FeedbackSignal = Literal["helpful", "harmful", "used", "ignored"]
 
 
+def _stop_at_exit(closing: threading.Event) -> None:
+    """Set `closing` when the program ends, before the interpreter waits for non-daemon threads,
+    so a follower sleeping on it wakes at once instead of holding the exit up."""
+    register = getattr(threading, "_register_atexit", None)  # CPython >= 3.9; concurrent.futures uses it
+    if register is None:  # pragma: no cover - other interpreters: the follower sees the exit on its next wake
+        return
+    try:
+        register(closing.set)
+    except RuntimeError:  # the interpreter is already shutting down: nothing to start anyway
+        closing.set()
+
+
 def private_dir(path: Path) -> None:
     """Make `path` a folder only its owner can enter: memories are plain text inside (Chroma's
     SQLite file, the audit log, the lock files), whatever the umask."""
@@ -153,6 +165,8 @@ class ALMA:
     """The memory service for one project."""
 
     def __init__(self, config: AlmaConfig, embedder: Embedder | None = None, store: MemoryStore | None = None) -> None:
+        """Builds nothing that runs: no thread starts and no file or client opens until first use
+        (`warm_up` starts the background work; `close` ends it and lets go of everything)."""
         self.config = config
         settings = config.alma
         self.embedder = embedder or create_embedder(
@@ -162,18 +176,25 @@ class ALMA:
             settings.embedding.onnx,
             settings.embedding.backend,
         )
-        self._store = store
-        self._store_lock = threading.RLock()  # reentrant: the retriever is made under it and opens the store
+        # The parts, made on first use under one lock (reentrant: the retriever is made under it
+        # and opens the store), and dropped by close: the next call makes them again.
+        self._parts_lock = threading.RLock()
+        self._given_store = store  # the caller's, never closed here
+        self._store: MemoryStore | None = store
+        self._retriever: Retriever | None = None
+        self._learner: Learner | None = None
+        self._audit: AuditLog | None = None
+        self._lifecycle: Lifecycle | None = None
         lock_dir = config.data_dir if settings.storage == "chroma" else None
         if lock_dir is not None:
             private_dir(lock_dir)
         self.write_lock = WriteLock(lock_dir)
         self._writes = 0  # this process's writes, to run the decay sweep every N of them
         self._writes_lock = threading.Lock()
-        self._preloading = threading.Event()  # set once the preload has been started
+        self._preloader: threading.Thread | None = None
         self._preloaded: tuple[int, int] | None = None  # (collections read, to read), once it knows
         self._preload_failed: str | None = None
-        self._closing = threading.Event()  # stops the preload
+        self._closing = threading.Event()  # stops the preload and the follower
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **kwargs: Any) -> "ALMA":
@@ -182,63 +203,78 @@ class ALMA:
     # -- lazily opened parts ---------------------------------------------------------
     @property
     def store(self) -> MemoryStore:
-        if self._store is None:
-            with self._store_lock:
-                if self._store is None:
-                    settings = self.config.alma
-                    if settings.storage == "chroma-http":
-                        self._store = MemoryStore.http(settings.chroma_http, self.config.project, self.embedder)
-                    else:
-                        folder = self.config.data_dir / "chroma"
-                        private_dir(folder)
-                        # Created here, empty (a valid empty SQLite database), so that Chroma
-                        # opens a file only the owner can read rather than one made with the umask.
-                        database = folder / "chroma.sqlite3"
-                        if not database.exists():
-                            os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
-                        self._store = MemoryStore.embedded(folder, self.config.project, self.embedder)
-                        private_files(folder)
-        return self._store
+        with self._parts_lock:
+            if self._store is None:
+                self._store = self._open_store()
+            return self._store
+
+    def _open_store(self) -> MemoryStore:
+        settings = self.config.alma
+        if settings.storage == "chroma-http":
+            return MemoryStore.http(settings.chroma_http, self.config.project, self.embedder)
+        folder = self.config.data_dir / "chroma"
+        private_dir(folder)
+        # Created here, empty (a valid empty SQLite database), so that Chroma
+        # opens a file only the owner can read rather than one made with the umask.
+        database = folder / "chroma.sqlite3"
+        if not database.exists():
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+        store = MemoryStore.embedded(folder, self.config.project, self.embedder)
+        private_files(folder)
+        return store
 
     @property
     def retriever(self) -> Retriever:
-        if not hasattr(self, "_retriever"):
-            with self._store_lock:  # one retriever, also when the preload and a first call race
-                if not hasattr(self, "_retriever"):
-                    self._retriever = Retriever(self.store, self.embedder, self.config)
-        return self._retriever
+        with self._parts_lock:  # one retriever, also when the preload and a first call race
+            if self._retriever is None:
+                self._retriever = Retriever(self.store, self.embedder, self.config)
+            return self._retriever
 
     @property
     def learner(self) -> Learner:
-        if not hasattr(self, "_learner"):
-            self._learner = Learner(self.store, self.config, self.retriever.indexes)
-        return self._learner
+        with self._parts_lock:
+            if self._learner is None:
+                self._learner = Learner(self.store, self.config, self.retriever.indexes)
+            return self._learner
 
     @property
     def audit(self) -> AuditLog:
         """Where every removal is recorded: a JSONL file (embedded) or a Chroma collection (chroma-http)."""
-        if not hasattr(self, "_audit"):
-            self._audit = open_audit_log(
-                self.config.alma.storage, self.config.data_dir, self.store.client, self.config.project
-            )
-        return self._audit
+        with self._parts_lock:
+            if self._audit is None:
+                self._audit = open_audit_log(
+                    self.config.alma.storage, self.config.data_dir, self.store.client, self.config.project
+                )
+            return self._audit
 
     @property
     def lifecycle(self) -> Lifecycle:
-        if not hasattr(self, "_lifecycle"):
-            self._lifecycle = Lifecycle(self.store, self.config, self.audit, self.retriever.indexes)
-        return self._lifecycle
+        with self._parts_lock:
+            if self._lifecycle is None:
+                self._lifecycle = Lifecycle(self.store, self.config, self.audit, self.retriever.indexes)
+            return self._lifecycle
 
     def warm_up(self) -> None:
         """Start loading the embedding model in the background and, unless `preload_indexes` is
-        off, reading the declared agents' collections into the search indexes (once)."""
+        off, reading the declared agents' collections into the search indexes, then following
+        other processes' writes to them, until `close` (a server calls this in its lifespan).
+        Idempotent while running; after `close` it starts afresh."""
         start = getattr(self.embedder, "start", None)
         if start is not None:
             start()
-        if self.config.alma.preload_indexes and not self._preloading.is_set():
-            self._preloading.set()
-            # Not a daemon (see SearchIndexes.prepare): at exit it stops after the collection it is reading.
-            threading.Thread(target=self._preload, name="alma-preload").start()
+        if not self.config.alma.preload_indexes:
+            return
+        with self._parts_lock:
+            if self._preloader is not None and self._preloader.is_alive():
+                return
+            self._closing.clear()
+            self._preloaded = None
+            self._preload_failed = None
+            # Not a daemon (see SearchIndexes.prepare): at exit it stops after the collection it is
+            # reading; `_stop_at_exit` wakes it when the program ends without closing the service.
+            self._preloader = threading.Thread(target=self._preload, name="alma-preload")
+            _stop_at_exit(self._closing)
+            self._preloader.start()
 
     def _preload(self) -> None:
         """Read the search indexes of `_preload_scopes`, one after another, until closed or the
@@ -253,7 +289,7 @@ class ALMA:
                 # A search that needs this collection meanwhile waits for this reader, not reads it again.
                 indexes.get(memory_type, agent)
             self._preloaded = (len(scopes), len(scopes))
-        except Exception as exc:  # then each collection is read when it is first searched
+        except Exception as exc:  # noqa: BLE001 - a background thread: whatever stopped it is reported in health, and each collection is read when first searched
             if self._stopping():
                 return  # cut short by close or exit (Chroma refuses work then): not a failure
             self._preload_failed = f"{type(exc).__name__}: {exc}"
@@ -273,12 +309,8 @@ class ALMA:
         interval = FOLLOW_SECONDS
         if self.config.alma.storage == "chroma-http":  # the server's change tokens are read no more often than this
             interval = max(interval, self.config.alma.chroma_http.change_check_seconds)
-        check_at = time.monotonic() + interval
-        # In short steps: at exit, the interpreter waits for this (non-daemon) thread to see it.
-        while not (self._closing.wait(0.1) or self._stopping()):
-            if time.monotonic() < check_at:
-                continue
-            check_at = time.monotonic() + interval
+        # Sleeps on the event: close (or the end of the program, see _stop_at_exit) wakes it at once.
+        while not (self._closing.wait(interval) or self._stopping()):
             stale = [scope for scope in scopes if indexes.ready(*scope) is None]
             steps = [(indexes.prepare, scope) for scope in stale]  # a catch-up here, or a read in the background
             if stale and self.config.alma.storage == "chroma":
@@ -291,7 +323,7 @@ class ALMA:
                     return
                 try:
                     step(memory_type, agent)
-                except Exception as exc:  # the next search catches up or reads it, and reports a failure
+                except Exception as exc:  # noqa: BLE001 - a background thread: the next search catches up or reads it, and reports the failure
                     log.debug("could not follow %s of %s: %s", memory_type, agent, exc)
 
     def _preload_scopes(self) -> list[tuple[str, str | None]]:
@@ -308,10 +340,31 @@ class ALMA:
         return list(dict.fromkeys(scopes))
 
     def close(self) -> None:
+        """Stop the background work (waiting for the preload to finish the collection it is
+        reading) and let go of the store, its client and the lock files. The service stays
+        usable: the next call opens what it needs again."""
         self._closing.set()
-        if hasattr(self, "_retriever"):
-            self._retriever.close()
+        preloader = self._preloader
+        if preloader is not None and preloader is not threading.current_thread():
+            preloader.join()
+        with self._parts_lock:
+            retriever, store = self._retriever, self._store
+            self._retriever = self._learner = self._lifecycle = self._audit = None
+            self._preloader = None
+            if store is not self._given_store:
+                self._store = None
+        if retriever is not None:
+            retriever.close()
+            retriever.indexes.close()
+        if store is not None and store is not self._given_store:
+            store.close()
         self.write_lock.close()
+
+    def __enter__(self) -> "ALMA":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- checks ----------------------------------------------------------------------
     def _agent(self, agent: str) -> str:
@@ -943,7 +996,7 @@ class ALMA:
 
     def _preload_status(self) -> str:
         """How far the start-up read of the search indexes is (see warm_up)."""
-        if not self._preloading.is_set():
+        if self._preloader is None:
             if self.config.alma.preload_indexes:  # a library user or a one-off command: no warm_up
                 return "read when first searched (this process did not preload them; a server does at start)"
             return "read when first searched"

@@ -30,7 +30,7 @@ import numpy as np
 from .embeddings import Embedder
 from .errors import NotFound, StorageError
 from .models import MEMORY_TYPES, MemoryBase, key_text, memory_type_of, parse_memory, strategy_key
-from .writelock import SharedClient, collection_missing, shared_client
+from .writelock import SharedClient, collection_missing, release_shared_client, shared_client
 
 log = logging.getLogger("alma_mcp")
 
@@ -793,8 +793,16 @@ class MemoryStore:
         try:
             self.client.heartbeat()
             return True
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure means unreachable: health reports it, never raises
             return False
+
+    def close(self) -> None:
+        """Let go of the collections and, for the embedded store, this store's hold of the shared
+        client (the last holder closes Chroma's client and unmaps the counters). A store is not
+        used after `close`; the service opens a new one."""
+        self._collections.clear()
+        if self._shared is not None:
+            release_shared_client(self._shared)
 
 
 class _RemoteChanges:

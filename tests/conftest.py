@@ -20,9 +20,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # reused by later runs on the machine; every use is checked against torch first.
 ONNX_CACHE = os.environ.setdefault("ALMA_MCP_CACHE_DIR", os.path.join(tempfile.gettempdir(), "alma-mcp-test-cache"))
 
-from alma_mcp.config import AlmaConfig, parse_config  # noqa: E402
 from alma_mcp.embeddings import HashEmbedder, SentenceTransformerEmbedder  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
+from helpers import build_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,12 +37,6 @@ def real_embedder() -> SentenceTransformerEmbedder:
 @pytest.fixture
 def hash_embedder() -> HashEmbedder:
     return HashEmbedder()
-
-
-def build_config(data_dir: Path, **alma: Any) -> AlmaConfig:
-    alma.setdefault("allow_undeclared_agents", True)
-    alma.setdefault("data_dir", str(data_dir))
-    return parse_config({"alma": alma})
 
 
 @pytest.fixture

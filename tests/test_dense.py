@@ -418,8 +418,9 @@ def test_warm_up_reads_every_declared_agents_collections_in_the_background(make_
     again.close()
 
     off = ALMA(alma.config.model_copy(update={"alma": alma.config.alma.model_copy(update={"preload_indexes": False})}), embedder=HashEmbedder())
-    off.warm_up()
-    time.sleep(0.5)
+    running = set(threading.enumerate())
+    off.warm_up()  # starts its threads before it returns: none may have started
+    assert not [t for t in threading.enumerate() if t not in running and t.name.startswith("alma-")]
     assert off.retriever.indexes.ready("knowledge", "ops") is None, "preload_indexes: false reads on first use"
     assert off.health()["search_indexes"] == "read when first searched"
     off.close()
