@@ -3,6 +3,7 @@ store through every kind of write, ours and another process's."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -363,8 +364,6 @@ def test_a_write_made_while_an_index_is_read_is_applied_to_it(make_alma) -> None
     """Write listeners run inside the store's write lock and never wait for an index being read
     (that reader may be waiting for the store: a deadlock). A write made meanwhile is queued and
     applied by the reader once its index is in place, so the index holds it and is current."""
-    import threading
-
     alma = make_alma(embedder=HashEmbedder())
     first = DomainKnowledge(id=new_id("knowledge"), project=alma.config.project, agent="ops", domain="ops", fact="Kafka has twelve partitions")
     alma.store.put([first])
