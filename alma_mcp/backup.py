@@ -436,7 +436,7 @@ class ReindexReport(BaseModel):
 def _names(client: Any) -> set[str]:
     try:
         return {c if isinstance(c, str) else c.name for c in client.list_collections()}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
         raise StorageError(f"could not list collections in Chroma: {exc}") from None
 
 

@@ -414,7 +414,7 @@ class SearchIndexes:
         def build() -> None:
             try:
                 self.get(memory_type, agent)
-            except Exception as exc:  # the next search reads it again, or reports the failure
+            except Exception as exc:  # noqa: BLE001 - the next search reads it again, or reports the failure
                 if threading.main_thread().is_alive():  # else cut short by exit: not a failure
                     log.warning("could not read %s for its search index: %s", name, exc)
             finally:

@@ -325,7 +325,7 @@ class MemoryStore:
                 database=settings.database,
                 settings=Settings(anonymized_telemetry=False),
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
             raise StorageError(
                 f"cannot reach the Chroma server at {settings.host}:{settings.port}: {exc}"
             ) from None
@@ -361,7 +361,7 @@ class MemoryStore:
                     if collection_missing(exc):
                         return None  # never written to: no memories
                     raise  # any other failure is an error, never "no memories"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
             raise _chroma_error(f"open collection {name}", exc) from None
         return self._collections.setdefault(name, col)
 
@@ -428,7 +428,7 @@ class MemoryStore:
         """(agent, memory_type) of every collection of this project; agent '_' for preferences."""
         try:
             names = [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
             raise _chroma_error("list collections", exc) from None
         found = []
         for name in names:
@@ -507,7 +507,7 @@ class MemoryStore:
                         documents=[memories[i].text() for i in indexes],
                         metadatas=metas,
                     )
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
                     raise _chroma_error(f"write {len(indexes)} memories", exc) from None
                 finally:
                     self._bump(name)
@@ -525,7 +525,7 @@ class MemoryStore:
                 metas = [_metadata(m) for m in items]
                 try:
                     col.update(ids=[m.id for m in items], metadatas=metas)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
                     raise _chroma_error(f"update {len(items)} memories", exc) from None
                 finally:
                     self._bump(name)
@@ -544,7 +544,7 @@ class MemoryStore:
                 before = self._generation_of(name)
                 try:
                     col.delete(ids=[m.id for m in items])
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
                     raise _chroma_error(f"delete {len(items)} memories", exc) from None
                 finally:
                     self._bump(name)
@@ -565,7 +565,7 @@ class MemoryStore:
                 continue
             try:
                 got = col.get(ids=[memory_id], include=["metadatas"])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
                 raise _chroma_error("read a memory", exc) from None
             if got["ids"]:
                 return _from_metadata(got["metadatas"][0])
@@ -642,7 +642,7 @@ class MemoryStore:
         generation = self._generation_of(name)  # before reading: see RecordCache.add
         try:
             ids = col.get(where={WRITTEN: {"$gte": since}}, include=[], limit=limit + 1)["ids"]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
             raise _chroma_error("list recent writes", exc) from None
         if len(ids) > limit:
             return None
@@ -676,7 +676,7 @@ class MemoryStore:
         while True:
             try:
                 got = col.get(where=flt, include=include, limit=_PAGE, offset=offset)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
                 raise _chroma_error("list memories", exc) from None
             metas = got["metadatas"] or []
             vectors = got.get("embeddings") if with_embeddings and len(metas) else None
@@ -757,7 +757,7 @@ class MemoryStore:
         generation = self._generation_of(name)  # before reading: see RecordCache.add
         try:
             got = col.query(query_embeddings=[vector], n_results=n, where=flt, include=["distances"])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
             raise _chroma_error("search memories", exc) from None
         ids, distances = got["ids"][0], got["distances"][0]
         extra_ids = list(dict.fromkeys(also(ids, [1.0 - float(d) for d in distances], len(ids) < n))) if also else []
@@ -774,7 +774,7 @@ class MemoryStore:
         if missing:
             try:
                 got = col.get(ids=missing, include=["metadatas", "embeddings"])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
                 raise _chroma_error("read memories", exc) from None
             read = {doc: Record(meta, vec) for doc, meta, vec in zip(got["ids"], got["metadatas"], got["embeddings"])}
             self.records.add(name, generation, read)
@@ -785,9 +785,12 @@ class MemoryStore:
         col = self._collection(memory_type, agent, create=False)
         if col is None:
             return 0
-        if include_archived:
-            return int(col.count())
-        return len(col.get(where={"archived": False}, include=[])["ids"])
+        try:
+            if include_archived:
+                return int(col.count())
+            return len(col.get(where={"archived": False}, include=[])["ids"])
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
+            raise _chroma_error("count memories", exc) from None
 
     def heartbeat(self) -> bool:
         try:
@@ -838,7 +841,7 @@ class _RemoteChanges:
                             i: zlib.crc32(str((m or {}).get("token", "")).encode())
                             for i, m in zip(got["ids"], got["metadatas"])
                         }
-                    except Exception as exc:  # a cache may be a little stale; the call itself must not fail
+                    except Exception as exc:  # noqa: BLE001 - a cache may be a little stale; the call itself must not fail
                         log.warning("could not read change tokens from the Chroma server: %s", exc)
                     self._read_at = time.monotonic()
         return self._tokens.get(name, 0)
@@ -850,7 +853,7 @@ class _RemoteChanges:
                 embeddings=[[1.0] for _ in names],
                 metadatas=[{"token": uuid.uuid4().hex} for _ in names],
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the write itself is done; a lost change token only delays other processes' caches
             log.warning("could not record a change on the Chroma server (other processes' caches may lag): %s", exc)
 
 
