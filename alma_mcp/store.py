@@ -792,6 +792,96 @@ class MemoryStore:
         except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
             raise _chroma_error("count memories", exc) from None
 
+    # -- whole collections, by name (reindex) ---------------------------------------------
+    # Backup re-embeds a collection by copying it into a staging collection and swapping the
+    # names; these are the operations it needs, so that Chroma stays inside this module.
+    def collection_names(self) -> set[str]:
+        """The names of every collection on the backend (any project, staging ones included)."""
+        try:
+            return {c if isinstance(c, str) else c.name for c in self.client.list_collections()}
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
+            raise _chroma_error("list collections", exc) from None
+
+    def _named(self, name: str) -> Any:
+        try:
+            return self.client.get_collection(name, embedding_function=None)
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
+            raise _chroma_error(f"open collection {name}", exc) from None
+
+    def _run(self, what: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
+            raise _chroma_error(what, exc) from None
+
+    def collection_model(self, name: str) -> str | None:
+        """The embedding model the collection's vectors were made with (None: not recorded)."""
+        metadata = self._run(f"read {name}", lambda: self._named(name).metadata) or {}
+        model = metadata.get("embedding_model")
+        return str(model) if model is not None else None
+
+    def collection_size(self, name: str) -> int:
+        return int(self._run(f"count {name}", lambda: self._named(name).count()))
+
+    def raw_page(self, name: str, offset: int, limit: int, documents: bool = False) -> dict[str, Any]:
+        """A page of the collection's records as stored: ids, metadatas (and documents)."""
+        include = ["metadatas", "documents"] if documents else ["metadatas"]
+        return dict(self._run(f"read {name}", lambda: self._named(name).get(include=include, limit=limit, offset=offset)))
+
+    def raw_records(self, name: str, ids: Sequence[str], documents: bool = False) -> dict[str, Any]:
+        include = ["metadatas", "documents"] if documents else ["metadatas"]
+        if not ids:
+            return {"ids": [], "metadatas": [], "documents": []}
+        return dict(self._run(f"read {name}", lambda: self._named(name).get(ids=list(ids), include=include)))
+
+    def staging_collection(self, name: str, model: str) -> None:
+        """Make sure `name` exists for vectors of `model`: one left with another model's is replaced."""
+
+        def make() -> Any:
+            return self.client.get_or_create_collection(
+                name, embedding_function=None, metadata={"hnsw:space": "cosine", "embedding_model": model}
+            )
+
+        made = self._run(f"create {name}", make)
+        if (made.metadata or {}).get("embedding_model") != model:
+            self._run(f"delete {name}", lambda: self.client.delete_collection(name))
+            self._run(f"create {name}", make)
+
+    def write_staged(
+        self, name: str, ids: Sequence[str], embeddings: Any, documents: Sequence[str], metadatas: Sequence[dict[str, Any]]
+    ) -> None:
+        """Upsert records into a staging collection (not searched: no cache follows it)."""
+        self._run(
+            f"write {len(ids)} records to {name}",
+            lambda: self._named(name).upsert(ids=list(ids), embeddings=embeddings, documents=list(documents), metadatas=list(metadatas)),
+        )
+
+    def delete_staged(self, name: str, ids: Sequence[str]) -> None:
+        self._run(f"delete {len(ids)} records from {name}", lambda: self._named(name).delete(ids=list(ids)))
+
+    def merge_metadata(self, name: str, ids: Sequence[str], metadatas: Sequence[dict[str, Any]]) -> None:
+        """Merge these fields into the records' metadata (Chroma merges on update: the other
+        fields stay as they are); caches of the collection see the change."""
+        try:
+            self._run(f"update {len(ids)} records of {name}", lambda: self._named(name).update(ids=list(ids), metadatas=list(metadatas)))
+        finally:
+            self.collection_replaced(name)
+
+    def rename_collection(self, name: str, new_name: str) -> None:
+        self._run(f"rename {name} to {new_name}", lambda: self._named(name).modify(name=new_name))
+        self.collection_replaced(name)
+        self.collection_replaced(new_name)
+
+    def drop_collection(self, name: str) -> None:
+        self._run(f"delete {name}", lambda: self.client.delete_collection(name))
+        self.collection_replaced(name)
+
+    def collection_replaced(self, name: str) -> None:
+        """The collection under `name` changed behind the store's back (renamed, swapped or
+        rewritten): drop its handle, and let every generation-keyed cache see the change."""
+        self._collections.pop(name, None)
+        self._bump(name)
+
     def heartbeat(self) -> bool:
         try:
             self.client.heartbeat()
