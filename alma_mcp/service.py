@@ -358,6 +358,8 @@ class ALMA:
             retriever.indexes.close()
         if store is not None and store is not self._given_store:
             store.close()
+        elif store is not None:  # kept for the next use: the parts made next listen to it afresh
+            store.remove_write_listeners()
         self.write_lock.close()
 
     def __enter__(self) -> "ALMA":

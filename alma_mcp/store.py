@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .backend import InMemoryBackend
 from .embeddings import Embedder
 from .errors import NotFound, StorageError
 from .models import MEMORY_TYPES, MemoryBase, key_text, memory_type_of, parse_memory, strategy_key
@@ -311,6 +312,12 @@ class MemoryStore:
         return cls(client, project, embedder, description=f"chroma (embedded, {path})")
 
     @classmethod
+    def in_memory(cls, project: str, embedder: Embedder, backend: InMemoryBackend | None = None) -> "MemoryStore":
+        """A store held in this process's memory (`backend.InMemoryBackend`): nothing persists.
+        For the fast test tier, and wherever nothing may be written to disk."""
+        return cls(backend or InMemoryBackend(), project, embedder, description="in memory")
+
+    @classmethod
     def http(cls, settings: Any, project: str, embedder: Embedder) -> "MemoryStore":
         import chromadb
         from chromadb.config import Settings
@@ -395,6 +402,10 @@ class MemoryStore:
         else:
             with self._lock:
                 yield
+
+    def remove_write_listeners(self) -> None:
+        """Forget every listener (the service that made them is closing; it makes new ones)."""
+        self._write_listeners.clear()
 
     def add_write_listener(self, listener: "WriteListener") -> None:
         """Call `listener` (see WriteListener) after every write this process makes, so

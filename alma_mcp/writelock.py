@@ -30,6 +30,7 @@ import logging
 import mmap
 import os
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -55,11 +56,14 @@ _WORD = struct.Struct("<Q")
 
 
 def collection_missing(exc: BaseException) -> bool:
-    """Whether Chroma raised `exc` because the collection does not exist (and for no other reason:
-    a lock timeout or a broken database must surface as an error, not read as an empty store)."""
-    from chromadb.errors import NotFoundError  # chromadb is imported by whoever opened the client
+    """Whether the backend raised `exc` because the collection does not exist (and for no other
+    reason: a lock timeout or a broken database must surface as an error, not read as an empty store)."""
+    from .backend import CollectionNotFound
 
-    return isinstance(exc, NotFoundError)
+    if isinstance(exc, CollectionNotFound):
+        return True
+    errors = sys.modules.get("chromadb.errors")  # not loaded: the error cannot be Chroma's
+    return errors is not None and isinstance(exc, errors.NotFoundError)
 
 
 class LockTimeout(StorageError):
