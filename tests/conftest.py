@@ -1,4 +1,5 @@
-"""Shared fixtures. The real embedding model is loaded once per test session.
+"""Shared fixtures. The real embedding model is loaded once per test session; the fast tier
+(`pytest -m fast`) uses `make_fast_alma`: the in-memory backend and the hash embedder.
 
 `make_alma(**settings)` builds an ALMA service on a fresh embedded Chroma store in a temp
 folder; pass `agents={...}` etc. as in the `alma:` section of the config file.
@@ -21,7 +22,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ONNX_CACHE = os.environ.setdefault("ALMA_MCP_CACHE_DIR", os.path.join(tempfile.gettempdir(), "alma-mcp-test-cache"))
 
 from alma_mcp.embeddings import HashEmbedder, SentenceTransformerEmbedder  # noqa: E402
+from alma_mcp.backend import InMemoryBackend  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
+from alma_mcp.store import MemoryStore  # noqa: E402
 from helpers import build_config  # noqa: E402
 
 
@@ -59,3 +62,27 @@ def make_alma(tmp_path: Path, real_embedder: SentenceTransformerEmbedder) -> Cal
 def alma(make_alma: Callable[..., ALMA]) -> ALMA:
     """An ALMA service with undeclared agents allowed, on a fresh store, with the real model."""
     return make_alma()
+
+
+@pytest.fixture
+def make_fast_alma(tmp_path: Path) -> Callable[..., ALMA]:
+    """A factory for the fast tier: make_fast_alma(agents={...}, ...) -> ALMA on the in-memory
+    backend with the hash embedder (deterministic, no model, nothing stored on disk but the
+    lock and audit files in tmp_path). `backend` lets a test hand in one (with a fault)."""
+    made: list[ALMA] = []
+
+    def factory(backend: InMemoryBackend | None = None, **alma: Any) -> ALMA:
+        config = build_config(tmp_path / "data", **alma)
+        embedder = HashEmbedder()
+        service = ALMA(config, embedder=embedder, store=MemoryStore.in_memory(config.project, embedder, backend))
+        made.append(service)
+        return service
+
+    yield factory
+    for service in made:
+        service.close()
+
+
+@pytest.fixture
+def fast_alma(make_fast_alma: Callable[..., ALMA]) -> ALMA:
+    return make_fast_alma()
