@@ -86,3 +86,17 @@ def make_fast_alma(tmp_path: Path) -> Callable[..., ALMA]:
 @pytest.fixture
 def fast_alma(make_fast_alma: Callable[..., ALMA]) -> ALMA:
     return make_fast_alma()
+
+
+HEAVY_MARKERS = {"slow", "models", "chroma_server"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`fast` is every test that loads no model (no `real_embedder` among its fixtures, however
+    indirectly) and starts no process (not marked slow): `pytest -m fast` is the fast tier."""
+    for item in items:
+        if "real_embedder" in getattr(item, "fixturenames", ()):
+            continue
+        if any(item.get_closest_marker(name) for name in HEAVY_MARKERS):
+            continue
+        item.add_marker(pytest.mark.fast)
