@@ -11,7 +11,6 @@ import functools
 import logging
 import os
 import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable, Literal, Sequence, TypeVar

@@ -5,7 +5,6 @@ their key vectors in. Real model, real embedded Chroma, real MCP client."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import anyio
