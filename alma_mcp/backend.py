@@ -193,6 +193,9 @@ class InMemoryCollection:
                 raise ValueError(f"{len(values)} {field} for {len(ids)} ids")
         with self._backend._lock:
             self._check(operation)
+            vector: np.ndarray
+            document: str | None
+            meta: dict[str, Any]
             for k, doc_id in enumerate(ids):
                 present = self._records.get(doc_id)
                 if present is None:

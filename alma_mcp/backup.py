@@ -251,8 +251,8 @@ def _parse_line(
         _memory_id.validate_python(memory.id)
     except ValidationError:
         raise ValueError(f"invalid memory id {memory.id!r}: ids look like 'heuristic-<32 hex digits>'") from None
-    if memory_type_of(memory.id) != memory.type:  # type: ignore[attr-defined]
-        raise ValueError(f"memory id {memory.id!r} does not match its type {memory.type!r}")  # type: ignore[attr-defined]
+    if memory_type_of(memory.id) != memory.type:
+        raise ValueError(f"memory id {memory.id!r} does not match its type {memory.type!r}")
     if config is not None:
         try:
             _check_limits(memory, config)

@@ -523,7 +523,8 @@ class Harness:
         briefing = await self.apre_run(context)
         started = time.perf_counter()
         if inspect.iscoroutinefunction(executor) or inspect.iscoroutinefunction(getattr(executor, "__call__", None)):
-            value = await executor(briefing)
+            pending = executor(briefing)
+            value = await pending if inspect.isawaitable(pending) else pending
         else:
             value = await anyio.to_thread.run_sync(executor, briefing)
             if inspect.isawaitable(value):

@@ -259,10 +259,9 @@ class Outcome(MemoryBase):
         return f"[{self.outcome}] {self.task[:60]} via {self.strategy_used[:50]}"
 
 
-Memory = Annotated[
-    Union[Heuristic, AntiPattern, DomainKnowledge, UserPreference, Outcome],
-    Field(discriminator="type"),
-]
+AnyMemory = Union[Heuristic, AntiPattern, DomainKnowledge, UserPreference, Outcome]
+"""A memory of any type: narrow it by `isinstance` (or `match`), not by comparing `type` strings."""
+Memory = Annotated[AnyMemory, Field(discriminator="type")]
 MODEL_BY_TYPE: dict[str, type[MemoryBase]] = {
     "heuristic": Heuristic,
     "anti_pattern": AntiPattern,
@@ -270,10 +269,10 @@ MODEL_BY_TYPE: dict[str, type[MemoryBase]] = {
     "preference": UserPreference,
     "outcome": Outcome,
 }
-memory_adapter: TypeAdapter[Any] = TypeAdapter(Memory)
+memory_adapter: TypeAdapter[AnyMemory] = TypeAdapter(Memory)
 
 
-def parse_memory(data: dict[str, Any] | str) -> MemoryBase:
+def parse_memory(data: dict[str, Any] | str) -> AnyMemory:
     """Validate a memory from a dict or JSON text; raises pydantic.ValidationError."""
     if isinstance(data, str):
         return memory_adapter.validate_json(data)

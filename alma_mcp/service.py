@@ -27,6 +27,7 @@ from .lifecycle import MERGEABLE, ConsolidateResult, Lifecycle, RestoreResult, S
 from .models import (
     MEMORY_TYPES,
     AntiPattern,
+    AnyMemory,
     Category,
     DomainKnowledge,
     Heuristic,
@@ -107,7 +108,7 @@ _memory_id = TypeAdapter(MemoryId)
 
 def _build(model: type[T], what: str, **fields: Any) -> T:
     try:
-        return model(**fields)  # type: ignore[call-arg]
+        return model(**fields)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or what}: {_message(e)}" for e in exc.errors())
         raise InvalidInput(f"invalid {what}: {problems}") from None
@@ -311,6 +312,7 @@ class ALMA:
         # Sleeps on the event: close (or the end of the program, see _stop_at_exit) wakes it at once.
         while not (self._closing.wait(interval) or self._stopping()):
             stale = [scope for scope in scopes if indexes.ready(*scope) is None]
+            steps: list[tuple[Callable[[str, str | None], object], tuple[str, str | None]]]
             steps = [(indexes.prepare, scope) for scope in stale]  # a catch-up here, or a read in the background
             if stale and self.config.alma.storage == "chroma":
                 # After another process's write, an embedded store's client is reopened, and Chroma's
@@ -624,14 +626,14 @@ class ALMA:
         reason = _build(_Reason, "reason", reason=reason).reason
         with self.write_lock:
             memory = self.store.get(memory_id)
-            allowed = EDITABLE.get(memory.type, ())  # type: ignore[attr-defined]
+            allowed = EDITABLE.get(memory.type, ())
             unknown = sorted(set(changes) - set(allowed))
             if not allowed or unknown:
-                raise InvalidInput(f"a {memory.type} can have {list(allowed) or 'nothing'} edited, not {unknown}")  # type: ignore[attr-defined]
+                raise InvalidInput(f"a {memory.type} can have {list(allowed) or 'nothing'} edited, not {unknown}")
             before = {k: getattr(memory, k) for k in changes}
             if all(before[k] == v for k, v in changes.items()):
                 raise InvalidInput("nothing changed: send a new wording")
-            edited = _build(type(memory), memory.type, **(memory.model_dump() | changes | {"updated_at": utcnow()}))  # type: ignore[attr-defined]
+            edited = _build(type(memory), memory.type, **(memory.model_dump() | changes | {"updated_at": utcnow()}))
             vectors = memory_vectors(self.store, [edited])
             self.audit.append([entry_for(memory, "edit", "edit", reason, {"before": before, "after": dict(changes)})])
             self.store.put([edited], vectors)
@@ -718,14 +720,14 @@ class ALMA:
         limit: int = 100,
         include_archived: bool = False,
         user_id: str | None = None,
-    ) -> list[MemoryBase]:
+    ) -> list[AnyMemory]:
         """The memories of a type that `agent` reads, newest first; preferences of `user_id` only
         when one is given (the MCP layer always gives one)."""
         agent = self._agent(agent)
         (kind,) = self._types([memory_type]) or [memory_type]
         if user_id is not None:
             user_id = _validated(_user, user_id, "user_id")
-        memories: list[MemoryBase] = []
+        memories: list[AnyMemory] = []
         sources = self.config.readable_agents(agent, kind) if kind != "preference" else [None]
         for source in sources:
             memories += self.store.list(kind, source, include_archived=include_archived)

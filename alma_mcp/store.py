@@ -23,6 +23,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+import builtins
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -30,7 +31,7 @@ import numpy as np
 from .backend import InMemoryBackend
 from .embeddings import Embedder
 from .errors import NotFound, StorageError
-from .models import MEMORY_TYPES, MemoryBase, key_text, memory_type_of, parse_memory, strategy_key
+from .models import MEMORY_TYPES, AnyMemory, MemoryBase, key_text, memory_type_of, parse_memory, strategy_key
 from .writelock import SharedClient, collection_missing, release_shared_client, shared_client
 
 log = logging.getLogger("alma_mcp")
@@ -132,7 +133,7 @@ def _metadata(memory: MemoryBase) -> dict[str, Any]:
     return meta
 
 
-def _from_metadata(meta: dict[str, Any]) -> MemoryBase:
+def _from_metadata(meta: dict[str, Any]) -> AnyMemory:
     return parse_memory(meta["json"])
 
 
@@ -346,7 +347,9 @@ class MemoryStore:
         )
 
     # -- collections -------------------------------------------------------------------
-    def _collection(self, memory_type: str, agent: str | None, create: bool) -> Any | None:
+    def _collection(self, memory_type: str, agent: str | None, create: bool) -> Any:
+        """The collection's handle; with `create` False, None when it was never written to (any
+        other failure to open it raises StorageError)."""
         name = collection_name(self.project, memory_type, agent)
         col = self._collections.get(name)
         if col is not None:
@@ -475,7 +478,7 @@ class MemoryStore:
             self.remember_keys(missing, fresh)
         return np.stack([found[k] for k in keys])  # type: ignore[misc]
 
-    def remember_keys(self, keys: Sequence[str], vectors: Sequence[np.ndarray]) -> None:
+    def remember_keys(self, keys: Sequence[str], vectors: Sequence[np.ndarray] | np.ndarray) -> None:
         """Keep key fields' vectors embedded elsewhere (`learning.memory_vectors`) for the put() or
         `key_vectors` call that follows."""
         with self._lock:
@@ -564,7 +567,7 @@ class MemoryStore:
         return deleted
 
     # -- reads -------------------------------------------------------------------------
-    def get(self, memory_id: str) -> MemoryBase:
+    def get(self, memory_id: str) -> AnyMemory:
         memory_type = memory_type_of(memory_id)
         if memory_type not in MEMORY_TYPES:
             raise NotFound(f"no memory with id {memory_id!r}")
@@ -613,7 +616,7 @@ class MemoryStore:
         where: dict[str, Any] | None = None,
         include_archived: bool = False,
         with_embeddings: bool = False,
-    ) -> Iterator[tuple[MemoryBase, np.ndarray | None]]:
+    ) -> Iterator[tuple[AnyMemory, np.ndarray | None]]:
         for meta, vector in self._pages(memory_type, agent, where, include_archived, with_embeddings):
             yield _from_metadata(meta), (np.asarray(vector, dtype=np.float32) if vector is not None else None)
 
@@ -699,7 +702,7 @@ class MemoryStore:
                 return
             offset += _PAGE
 
-    def list(self, memory_type: str, agent: str | None, **kwargs: Any) -> list[MemoryBase]:
+    def list(self, memory_type: str, agent: str | None, **kwargs: Any) -> list[AnyMemory]:
         return [m for m, _ in self.iter_memories(memory_type, agent, **kwargs)]
 
     def query(
@@ -709,7 +712,7 @@ class MemoryStore:
         vector: np.ndarray,
         n: int,
         where: dict[str, Any] | None = None,
-    ) -> list[Hit]:
+    ) -> builtins.list[Hit]:
         """The n nearest active memories, with cosine similarity (1 - Chroma's cosine distance)."""
         return self.query_and_read(memory_type, agent, vector, n, where)[0]
 
@@ -720,9 +723,9 @@ class MemoryStore:
         vector: np.ndarray,
         n: int,
         where: dict[str, Any] | None = None,
-        also: Callable[[list[str], list[float], bool], Sequence[str]] | None = None,
+        also: Callable[[builtins.list[str], builtins.list[float], bool], Sequence[str]] | None = None,
         shared: bool = False,
-    ) -> tuple[list[Hit], dict[str, Hit]]:
+    ) -> tuple[builtins.list[Hit], dict[str, Hit]]:
         """query(), plus other records of the collection read in the same call to Chroma: those
         `also(ids, similarities, complete)` names once the nearest ids are known (all the search
         found, nearest first, archived ones too, which may be more than the n returned), as hits
@@ -739,7 +742,7 @@ class MemoryStore:
         # it costs about 80 ms even on a collection of 34. So it is applied here, to a widened
         # search; the search filtered by it too is the fallback for when archived memories crowd
         # the nearest ones out.
-        clauses: list[dict[str, Any]] = [{k: v} for k, v in (where or {}).items()]
+        clauses: builtins.list[dict[str, Any]] = [{k: v} for k, v in (where or {}).items()]
         wide = n + max(4, n // 4)
         rows, extra = self._search(col, name, vector, wide, chroma_filter(clauses), also)
         active = [(row, similarity) for row, similarity in rows if not row.meta.get("archived")]
@@ -758,8 +761,8 @@ class MemoryStore:
         vector: np.ndarray,
         n: int,
         flt: dict[str, Any] | None,
-        also: Callable[[list[str], list[float], bool], Sequence[str]] | None = None,
-    ) -> tuple[list[tuple[Record, float]], dict[str, Record]]:
+        also: Callable[[builtins.list[str], builtins.list[float], bool], Sequence[str]] | None = None,
+    ) -> tuple[builtins.list[tuple[Record, float]], dict[str, Record]]:
         """The n nearest records with their cosine similarity, nearest first, and the records
         `also` names (see query_and_read).
 

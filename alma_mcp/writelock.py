@@ -180,6 +180,9 @@ class _FileLock:
                 raise
 
     def _acquire_windows(self, fd: int, deadline: float) -> int:  # pragma: no cover - Windows
+        if sys.platform != "win32":  # no flock and no msvcrt: no file lock to take
+            os.close(fd)
+            raise StorageError(f"this platform offers no file locks for {self.path}")
         import msvcrt
 
         while True:
