@@ -58,6 +58,7 @@ from .dense import VectorIndex
 from .lexical import BM25Index
 from .models import (
     MEMORY_TYPES,
+    OUTCOME_WEIGHTS,
     AntiPattern,
     DomainKnowledge,
     Heuristic,
@@ -240,7 +241,7 @@ def success_rate(memory: MemoryBase) -> float:
     if kind == "heuristic":
         return memory.success_count / max(1, memory.occurrence_count)  # type: ignore[attr-defined]
     if kind == "outcome":
-        return {"success": 1.0, "partial": 0.5, "failure": 0.0}[memory.outcome]  # type: ignore[attr-defined]
+        return OUTCOME_WEIGHTS[memory.outcome]  # type: ignore[attr-defined]
     return 0.5
 
 

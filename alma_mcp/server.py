@@ -32,6 +32,9 @@ from .config import AlmaConfig, load_config
 from .errors import AlmaError, NotFound, ScopeDenied
 from .lifecycle import ConsolidateResult, RestoreResult, SweepResult
 from .models import (
+    FeedbackSignal,
+    OutcomeKind,
+    feedback_steps_text,
     MEMORY_TYPES,
     AntiPattern,
     Category,
@@ -239,7 +242,7 @@ def create_server(
     def alma_learn(
         agent: AgentArg,
         task: Annotated[Text, Field(description="The task that was done.")],
-        outcome: Annotated[Literal["success", "failure", "partial"], Field(description="How it went.")],
+        outcome: Annotated[OutcomeKind, Field(description="How it went.")],
         strategy_used: Annotated[Text, Field(description="The approach taken, in one or two sentences.")],
         task_type: Annotated[Category | None, Field(description="A category such as 'form_testing'.")] = None,
         duration_ms: Annotated[int | None, Field(ge=0)] = None,
@@ -317,10 +320,10 @@ def create_server(
     def alma_feedback(
         memory_id: MemoryId,
         signal: Annotated[
-            Literal["helpful", "harmful", "used", "ignored"],
+            FeedbackSignal,
             Field(
-                description="helpful +0.05 / harmful -0.10 confidence (harmful counts twice); used +0.01 and "
-                "refreshes recency; ignored -0.02. Confidence and the helpful/harmful balance both rank."
+                description=f"Confidence steps: {feedback_steps_text()} (harmful counts twice helpful); used also "
+                "refreshes recency. Confidence and the helpful/harmful balance both rank."
             ),
         ],
         agent: Annotated[

@@ -25,6 +25,7 @@ from .errors import AlmaError, InvalidInput, NotFound, ScopeDenied
 from .learning import Learner, LearnReport, apply_feedback, memory_vectors
 from .lifecycle import MERGEABLE, ConsolidateResult, Lifecycle, RestoreResult, SweepResult
 from .models import (
+    FEEDBACK_SIGNALS,
     MEMORY_TYPES,
     AntiPattern,
     AnyMemory,
@@ -56,7 +57,6 @@ FOLLOW_SECONDS = 1.0
 MAX_AGE_DAYS = 36_500
 """Longest age `forget(older_than_days=...)` accepts: a hundred years, far inside what dates can count."""
 
-FeedbackSignal = Literal["helpful", "harmful", "used", "ignored"]
 
 
 def _stop_at_exit(closing: threading.Event) -> None:
@@ -604,12 +604,12 @@ class ALMA:
         """Count a feedback signal on a memory: helpful, harmful, used or ignored. With `agent`,
         only on a memory that agent may read (and a preference of one of `users`, when given)."""
         memory_id = _validated(_memory_id, memory_id, "memory_id")
-        if signal not in ("helpful", "harmful", "used", "ignored"):
-            raise InvalidInput(f"signal {signal!r} is not one of helpful, harmful, used, ignored")
+        if signal not in FEEDBACK_SIGNALS:
+            raise InvalidInput(f"signal {signal!r} is not one of {', '.join(FEEDBACK_SIGNALS)}")
         reader = self._agent(agent) if agent is not None else None
         with self.write_lock:
             memory = self._reachable(memory_id, reader, users)
-            # Steps in learning.FEEDBACK_STEPS: helpful +0.05, harmful -0.10, used +0.01, ignored -0.02.
+            # By models.FEEDBACK_STEPS, within the bounds learning.feedback_offset keeps.
             retired = apply_feedback(memory, signal, self.config.alma.learning.retire_below_confidence)
             if retired:  # the audit entry goes first, like every archive
                 self.audit.append([entry_for(memory, "archive", "feedback", memory.archived_reason or "harmful")])

@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from ..learning import wilson_lower_bound
-from ..models import MEMORY_TYPES, AnyMemory, MemoryBase, Outcome
+from ..models import MEMORY_TYPES, OUTCOME_WEIGHTS, AnyMemory, MemoryBase, Outcome
 
 if TYPE_CHECKING:
     from ..service import ALMA
@@ -77,7 +77,7 @@ def confidence_series(memory: MemoryBase, outcomes: list[Any], history: list[Any
     points: list[dict[str, Any]] = []
     wins = 0.0
     for n, outcome in enumerate(sorted(outcomes, key=lambda o: o.created_at), 1):
-        wins += {"success": 1.0, "partial": 0.5, "failure": 0.0}[outcome.outcome]
+        wins += OUTCOME_WEIGHTS[outcome.outcome]
         rate = wins if memory.type == "heuristic" else n - wins  # type: ignore[attr-defined]
         points.append({"at": outcome.created_at.isoformat(), "value": round(wilson_lower_bound(rate, n), 4),
                        "source": f"evidence after {n} outcome{'s' if n > 1 else ''}"})
