@@ -64,3 +64,12 @@ def test_only_the_store_knows_chroma() -> None:
         if path.name != "store.py":
             for private in ("._collections", "._bump(", "._shared", "._generations"):
                 assert f"store{private}" not in source, f"{path.name} reaches into the store's {private}"
+
+
+def test_test_modules_import_no_other_test_module() -> None:
+    """Shared test code lives in tests/helpers.py (and fixtures in conftest.py), so a test module
+    can be run, moved or deleted alone."""
+    tests = Path(__file__).resolve().parent
+    for path in tests.glob("test_*.py"):
+        imported = _imported(path)
+        assert not {m for m in imported if m.startswith("test_") or m == "conftest"}, f"{path.name} imports {imported}"

@@ -16,7 +16,7 @@ from alma_mcp.embeddings import HashEmbedder
 from alma_mcp.models import DomainKnowledge, new_id
 from alma_mcp.service import ALMA
 
-from test_retrieval import teach_playwright
+from helpers import teach_playwright
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

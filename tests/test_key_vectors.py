@@ -18,7 +18,7 @@ from alma_mcp.server import create_server
 from alma_mcp.service import ALMA
 from alma_mcp.store import KEY_CHECK, KEY_VECTOR, collection_name
 
-from test_retrieval import teach_playwright
+from helpers import teach_playwright
 
 
 class CountingEmbedder:
