@@ -180,7 +180,8 @@ def test_key_vectors_are_used_through_a_real_mcp_client(make_alma, real_embedder
     counting = CountingEmbedder(real_embedder)
     alma = make_alma(embedder=counting)
     teach_playwright(alma)
-    alma.retriever.keys.embedded = 0
+    keys = alma.retriever.keys  # the session's end closes the service, which makes a new retriever after
+    keys.embedded = 0
 
     async def main() -> None:
         async with Client(create_server(alma=alma), mode="legacy") as client:
@@ -192,4 +193,4 @@ def test_key_vectors_are_used_through_a_real_mcp_client(make_alma, real_embedder
             assert counting.texts == [task]
 
     anyio.run(main)
-    assert alma.retriever.keys.embedded == 0
+    assert keys.embedded == 0

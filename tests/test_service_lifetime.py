@@ -114,3 +114,29 @@ def test_the_lazy_parts_are_made_once_under_concurrent_first_use(service: ALMA) 
         thread.join()
     assert len({id(part) for part in made}) == 2
     assert service.lifecycle.indexes is service.retriever.indexes
+
+
+async def test_the_http_app_starts_the_service_with_its_lifespan_and_closes_it_at_the_end(service: ALMA) -> None:
+    """`serve --http`: the ASGI app's lifespan (run once by uvicorn) is the service's lifetime."""
+    import httpx
+
+    from alma_mcp.http import build_http_app
+
+    before = background_threads()
+    settings = service.config.alma.http
+    app = build_http_app(create_server(alma=service), settings, "127.0.0.1", 8765, None, allow_no_auth=True)
+    assert background_threads() == before
+    async with app.router.lifespan_context(app):
+        wait_preloaded(service)
+        assert background_threads() - before
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8765") as http:
+            reply = await http.post(
+                settings.path,
+                json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}},
+                headers={"accept": "application/json, text/event-stream", "host": "127.0.0.1:8765"},
+            )
+            assert reply.status_code == 200, reply.text
+    assert background_threads() == before, "the HTTP app's end left the follower running"
+    assert Path(service.config.data_dir).resolve() not in open_directories()
