@@ -251,7 +251,7 @@ class ChromaAuditLog:
                 self._collection = self.client.get_or_create_collection(
                     self.name, embedding_function=None, metadata={"alma_audit": True}
                 )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
                 raise StorageError(f"could not open the audit collection {self.name}: {exc}") from None
         return self._collection
 
@@ -270,7 +270,7 @@ class ChromaAuditLog:
                     for e in entries
                 ],
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
             raise StorageError(f"could not write the audit log ({self.name}): {exc}; nothing was changed") from None
 
     def read(
@@ -285,7 +285,7 @@ class ChromaAuditLog:
         where = chroma_filter(clauses)
         try:
             got = self._col().get(where=where, include=["documents"])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
             raise StorageError(f"could not read the audit log ({self.name}): {exc}") from None
         found: list[AuditEntry] = []
         for _, doc in sorted(zip(got["ids"], got["documents"]), reverse=True):
@@ -303,7 +303,7 @@ class ChromaAuditLog:
                 if got["ids"]:
                     documents = [erased(AuditEntry.model_validate_json(d)).model_dump_json() for d in got["documents"]]
                     self._col().update(ids=got["ids"], documents=documents)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
             raise StorageError(f"could not erase from the audit log ({self.name}): {exc}") from None
 
 

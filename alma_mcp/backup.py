@@ -29,19 +29,34 @@ import time
 from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from .audit import AuditEntry
-from .errors import InvalidInput, NotFound, StorageError
+from .audit import AuditEntry, AuditLog
+from .config import AlmaConfig
+from .embeddings import Embedder
+from .errors import InvalidInput, NotFound
 from .learning import memory_vectors
 from .models import MemoryBase, MemoryId, key_text, memory_type_of, parse_memory, utcnow
-from .store import PREFERENCES, WRITTEN, collection_name, key_metadata, stored_key_vector
+from .store import PREFERENCES, WRITTEN, MemoryStore, collection_name, key_metadata, stored_key_vector
+from .writelock import WriteLock
 
-if TYPE_CHECKING:
-    from .service import ALMA
+
+
+class Service(Protocol):
+    """What backup needs of the service (`service.ALMA`), which calls it: backup never imports it."""
+
+    config: AlmaConfig
+    embedder: Embedder
+    write_lock: WriteLock
+
+    @property
+    def store(self) -> MemoryStore: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
 
 log = logging.getLogger("alma_mcp")
 
@@ -69,14 +84,14 @@ class ExportReport(BaseModel):
     seconds: float
 
 
-def _scopes(alma: "ALMA") -> list[tuple[str, str | None]]:
+def _scopes(alma: Service) -> list[tuple[str, str | None]]:
     """Each agent's outcomes before its lessons, so an import without vectors has a learned
     lesson's outcomes at hand when it embeds the lesson (`learning.memory_vectors`)."""
     scopes = [(kind, None if agent == "_" else agent) for agent, kind in alma.store.scopes()]
     return sorted(scopes, key=lambda s: (s[1] or "", s[0] != "outcome", s[0]))
 
 
-def export_memories(alma: "ALMA", path: Path, with_embeddings: bool = False, progress: bool = False) -> ExportReport:
+def export_memories(alma: Service, path: Path, with_embeddings: bool = False, progress: bool = False) -> ExportReport:
     started = time.perf_counter()
     store = alma.store
     scopes = _scopes(alma)
@@ -236,8 +251,8 @@ def _parse_line(
         _memory_id.validate_python(memory.id)
     except ValidationError:
         raise ValueError(f"invalid memory id {memory.id!r}: ids look like 'heuristic-<32 hex digits>'") from None
-    if memory_type_of(memory.id) != memory.type:  # type: ignore[attr-defined]
-        raise ValueError(f"memory id {memory.id!r} does not match its type {memory.type!r}")  # type: ignore[attr-defined]
+    if memory_type_of(memory.id) != memory.type:
+        raise ValueError(f"memory id {memory.id!r} does not match its type {memory.type!r}")
     if config is not None:
         try:
             _check_limits(memory, config)
@@ -254,7 +269,7 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def import_memories(alma: "ALMA", path: Path, progress: bool = False, batch: int = BATCH) -> ImportReport:
+def import_memories(alma: Service, path: Path, progress: bool = False, batch: int = BATCH) -> ImportReport:
     started = time.perf_counter()
     if not path.is_file():
         raise InvalidInput(f"{path} does not exist or is not a file")
@@ -305,7 +320,7 @@ def import_memories(alma: "ALMA", path: Path, progress: bool = False, batch: int
 
 
 def _import_batch(
-    alma: "ALMA", items: list[tuple[int, MemoryBase, np.ndarray | None, np.ndarray | None]], report: ImportReport
+    alma: Service, items: list[tuple[int, MemoryBase, np.ndarray | None, np.ndarray | None]], report: ImportReport
 ) -> None:
     store = alma.store
     dim = _dim(alma)
@@ -411,7 +426,7 @@ def _still_newer(store: Any, memories: list[MemoryBase], added: set[str], report
     return keep
 
 
-def _dim(alma: "ALMA") -> int:
+def _dim(alma: Service) -> int:
     return int(alma.embedder.dim)
 
 
@@ -433,65 +448,40 @@ class ReindexReport(BaseModel):
     seconds: float
 
 
-def _names(client: Any) -> set[str]:
-    try:
-        return {c if isinstance(c, str) else c.name for c in client.list_collections()}
-    except Exception as exc:
-        raise StorageError(f"could not list collections in Chroma: {exc}") from None
-
-
-def _get(client: Any, name: str) -> Any:
-    return client.get_collection(name, embedding_function=None)
-
-
-def _forget_cached(alma: "ALMA", name: str) -> None:
-    # The store caches collection handles by name; after a swap the name means a new collection.
-    store = alma.store
-    store._collections.pop(name, None)  # noqa: SLF001 - the store offers no public way to drop a handle
-    store._bump(name)  # noqa: SLF001 - and retrieval caches must see the change
-
-
-def _recover(alma: "ALMA", live: str, names: set[str]) -> bool:
+def _recover(alma: Service, live: str, names: set[str]) -> bool:
     """Finish a swap an earlier run left half done. Returns whether anything was recovered."""
-    client = alma.store.client
+    store = alma.store
     old, new = _OLD_PREFIX + live[len("alma.") :], _NEW_PREFIX + live[len("alma.") :]
     if old not in names:
         return False
     if live not in names:
         if new in names:
-            _get(client, new).modify(name=live)
+            store.rename_collection(new, live)
         else:
-            _get(client, old).modify(name=live)
-            _forget_cached(alma, live)
+            store.rename_collection(old, live)
             return True
-    client.delete_collection(old)
-    _forget_cached(alma, live)
+    store.drop_collection(old)
+    store.collection_replaced(live)
     return True
 
 
-def _metadata_page(col: Any, offset: int, limit: int, documents: bool) -> dict[str, Any]:
-    include = ["metadatas", "documents"] if documents else ["metadatas"]
-    return col.get(include=include, limit=limit, offset=offset)
-
-
-def _all_metadata(col: Any) -> dict[str, str]:
+def _all_metadata(store: MemoryStore, name: str) -> dict[str, str]:
     """id -> the memory JSON, for every record of a collection."""
     out: dict[str, str] = {}
     offset = 0
     while True:
-        got = _metadata_page(col, offset, 5000, documents=False)
+        got = store.raw_page(name, offset, 5000)
         out.update({i: m.get("json", "") for i, m in zip(got["ids"], got["metadatas"])})
         if len(got["ids"]) < 5000:
             return out
         offset += 5000
 
 
-def reindex(alma: "ALMA", force: bool = False, progress: bool = False, batch: int = BATCH) -> ReindexReport:
+def reindex(alma: Service, force: bool = False, progress: bool = False, batch: int = BATCH) -> ReindexReport:
     started = time.perf_counter()
     store = alma.store
-    client = store.client
     model = alma.embedder.name
-    names = _names(client)
+    names = store.collection_names()
     recovered = set()
     for name in sorted(names):
         for side in (_OLD_PREFIX, _NEW_PREFIX):
@@ -499,25 +489,25 @@ def reindex(alma: "ALMA", force: bool = False, progress: bool = False, batch: in
                 live = "alma." + name[len(side) :]
                 if _recover(alma, live, names):
                     recovered.add(live)
-                names = _names(client)
+                names = store.collection_names()
     lives = sorted(
         collection_name(store.project, kind, None if agent == "_" else agent) for agent, kind in store.scopes()
     )
-    todo: list[tuple[str, Any, str | None]] = []
+    todo: list[tuple[str, str | None]] = []
     report = ReindexReport(model=model, collections=[], re_embedded=0, seconds=0.0)
     for live in lives:
-        col = _get(client, live)
-        previous = (col.metadata or {}).get("embedding_model")
+        previous = store.collection_model(live)
         if previous == model and not force:
             status = "recovered" if live in recovered else "current"
-            report.collections.append(ReindexedCollection(name=live, count=col.count(), status=status, previous_model=previous))
-            report.keys_filled += _fill_key_vectors(alma, live, col, batch)
+            count = store.collection_size(live)
+            report.collections.append(ReindexedCollection(name=live, count=count, status=status, previous_model=previous))
+            report.keys_filled += _fill_key_vectors(alma, live, batch)
         else:
-            todo.append((live, col, previous))
-    total = sum(col.count() for _, col, _ in todo)
+            todo.append((live, previous))
+    total = sum(store.collection_size(live) for live, _ in todo)
     with _progress(total, "reindex", progress) as bar:
-        for live, col, previous in todo:
-            count = _reindex_collection(alma, live, col, batch, bar, report)
+        for live, previous in todo:
+            count = _reindex_collection(alma, live, batch, bar, report)
             report.collections.append(ReindexedCollection(name=live, count=count, status="reindexed", previous_model=previous))
     if report.re_embedded:
         with alma.write_lock:
@@ -535,13 +525,14 @@ def reindex(alma: "ALMA", force: bool = False, progress: bool = False, batch: in
     return report
 
 
-def _fill_key_vectors(alma: "ALMA", live: str, col: Any, batch: int) -> int:
+def _fill_key_vectors(alma: Service, live: str, batch: int) -> int:
     """Give every memory of a current collection that lacks one (stored before key vectors
     were kept) its key vector, so retrieval need not embed it. Only those fields are written."""
+    store = alma.store
     todo: list[tuple[str, MemoryBase]] = []
     offset = 0
     while True:
-        got = _metadata_page(col, offset, 5000, documents=False)
+        got = store.raw_page(live, offset, 5000)
         for i, meta in zip(got["ids"], got["metadatas"]):
             memory = parse_memory((meta or {}).get("json", ""))
             if stored_key_vector(memory, meta) is None:
@@ -553,25 +544,17 @@ def _fill_key_vectors(alma: "ALMA", live: str, col: Any, batch: int) -> int:
         part = todo[start : start + batch]
         vectors = alma.embedder.embed([key_text(m) for _, m in part])
         with alma.write_lock:
-            # Chroma merges metadata on update: the memory's other fields stay as a server left them.
-            col.update(ids=[i for i, _ in part], metadatas=[key_metadata(m, v) for (_, m), v in zip(part, vectors)])
-            alma.store._bump(live)  # noqa: SLF001 - cached retrievals of this collection are stale now
+            # Merged: the memory's other fields stay as a server left them.
+            store.merge_metadata(live, [i for i, _ in part], [key_metadata(m, v) for (_, m), v in zip(part, vectors)])
     return len(todo)
 
 
-def _reindex_collection(alma: "ALMA", live: str, col: Any, batch: int, bar: Any, report: ReindexReport) -> int:
-    client = alma.store.client
+def _reindex_collection(alma: Service, live: str, batch: int, bar: Any, report: ReindexReport) -> int:
+    store = alma.store
     model = alma.embedder.name
     suffix = live[len("alma.") :]
     new_name, old_name = _NEW_PREFIX + suffix, _OLD_PREFIX + suffix
-    new = client.get_or_create_collection(
-        new_name, embedding_function=None, metadata={"hnsw:space": "cosine", "embedding_model": model}
-    )
-    if (new.metadata or {}).get("embedding_model") != model:  # left by a run with yet another model
-        client.delete_collection(new_name)
-        new = client.get_or_create_collection(
-            new_name, embedding_function=None, metadata={"hnsw:space": "cosine", "embedding_model": model}
-        )
+    store.staging_collection(new_name, model)  # one left by a run with yet another model is replaced
 
     def copy(ids: list[str], documents: list[str], metadatas: list[dict[str, Any]]) -> None:
         if not ids:
@@ -579,19 +562,19 @@ def _reindex_collection(alma: "ALMA", live: str, col: Any, batch: int, bar: Any,
         # Each memory under the vector its write path gives it (an outcome under its task, a learned
         # lesson under its tasks and strategy), and its key field's, both from the new model.
         memories = [parse_memory(m["json"]) for m in metadatas]
-        vectors = memory_vectors(alma.store, memories)
-        keys = alma.store.key_vectors(memories)  # embedded in the same batch, kept by the store
+        vectors = memory_vectors(store, memories)
+        keys = store.key_vectors(memories)  # embedded in the same batch, kept by the store
         # Written now: a process following the collection by write time sees every vector change.
         metadatas = [m | key_metadata(memory, key) | {WRITTEN: time.time()} for m, memory, key in zip(metadatas, memories, keys)]
-        new.upsert(ids=ids, embeddings=vectors, documents=documents, metadatas=metadatas)
+        store.write_staged(new_name, ids, vectors, documents, metadatas)
         report.re_embedded += len(ids)
 
     # 1. Copy without the lock: the server keeps working meanwhile. A rerun skips what is done.
     offset = 0
     while True:
-        got = _metadata_page(col, offset, batch, documents=True)
+        got = store.raw_page(live, offset, batch, documents=True)
         ids, docs, metas = got["ids"], got["documents"], got["metadatas"]
-        done = new.get(ids=ids, include=["metadatas"]) if ids else {"ids": [], "metadatas": []}
+        done = store.raw_records(new_name, ids)
         have = {i: (m or {}).get("json") for i, m in zip(done["ids"], done["metadatas"])}
         keep = [k for k, i in enumerate(ids) if have.get(i) != metas[k].get("json")]
         copy([ids[k] for k in keep], [docs[k] for k in keep], [metas[k] for k in keep])
@@ -602,16 +585,15 @@ def _reindex_collection(alma: "ALMA", live: str, col: Any, batch: int, bar: Any,
 
     # 2. Under the write lock: catch up with writes made meanwhile, then swap the names.
     with alma.write_lock:
-        source, target = _all_metadata(col), _all_metadata(new)
+        source, target = _all_metadata(store, live), _all_metadata(store, new_name)
         stale = [i for i, doc in source.items() if target.get(i) != doc]
         for start in range(0, len(stale), batch):
-            got = col.get(ids=stale[start : start + batch], include=["documents", "metadatas"])
+            got = store.raw_records(live, stale[start : start + batch], documents=True)
             copy(got["ids"], got["documents"], got["metadatas"])
         gone = [i for i in target if i not in source]
         if gone:
-            new.delete(ids=gone)
-        col.modify(name=old_name)
-        new.modify(name=live)
-        client.delete_collection(old_name)
-        _forget_cached(alma, live)
+            store.delete_staged(new_name, gone)
+        store.rename_collection(live, old_name)
+        store.rename_collection(new_name, live)
+        store.drop_collection(old_name)
     return len(source)

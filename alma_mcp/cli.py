@@ -276,7 +276,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     try:
         alma.embedder.wait(args.timeout)
         alma.embedder.embed(["health check"])
-    except Exception as exc:  # the reason is in the report below, and on stderr
+    except Exception as exc:  # noqa: BLE001 - the reason is in the report below, and on stderr
         log.error("%s", exc)
     report = alma.health()
     print(json.dumps(report, indent=2))

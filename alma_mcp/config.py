@@ -326,6 +326,18 @@ class LearningSettings(_Strict):
     )
 
 
+DecayType = Literal["heuristic", "anti_pattern", "knowledge", "preference", "outcome"]
+MergeType = Literal["heuristic", "anti_pattern", "knowledge", "preference"]
+
+
+def _decay_types() -> list[DecayType]:
+    return ["heuristic", "anti_pattern", "knowledge"]
+
+
+def _merge_thresholds() -> dict[MergeType, float | None]:
+    return {"heuristic": 0.90, "anti_pattern": 0.90, "knowledge": 0.92, "preference": 0.92}
+
+
 class LifecycleSettings(_Strict):
     """Forgetting and consolidation; see docs/operations.md."""
 
@@ -339,8 +351,8 @@ class LifecycleSettings(_Strict):
     archive_floor: float = Field(
         0.02, ge=0, lt=1, description="The decay sweep archives memories whose strength is below this (0: never)."
     )
-    decay_types: list[Literal["heuristic", "anti_pattern", "knowledge", "preference", "outcome"]] = Field(
-        default_factory=lambda: ["heuristic", "anti_pattern", "knowledge"],
+    decay_types: list[DecayType] = Field(
+        default_factory=_decay_types,
         description="Memory types the decay sweep may archive. Preferences stay until the user changes them; "
         "outcomes are the evidence lessons are learned from.",
     )
@@ -348,8 +360,8 @@ class LifecycleSettings(_Strict):
         100, ge=0, description="Run the decay sweep and caps on the first write of a process and then every N writes (0: only on demand)."
     )
     merge_on_write: bool = Field(True, description="Merge a taught memory into a near-duplicate instead of adding it.")
-    merge_thresholds: dict[Literal["heuristic", "anti_pattern", "knowledge", "preference"], float | None] = Field(
-        default_factory=lambda: {"heuristic": 0.90, "anti_pattern": 0.90, "knowledge": 0.92, "preference": 0.92},
+    merge_thresholds: dict[MergeType, float | None] = Field(
+        default_factory=_merge_thresholds,
         description="Cosine similarity at or above which two memories of a type are the same; null: never merge that type.",
     )
     max_memories_per_type: int | None = Field(

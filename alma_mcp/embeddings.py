@@ -161,7 +161,7 @@ class SentenceTransformerEmbedder:
             hf_logging.disable_progress_bar()
             self._model = SentenceTransformer(target, device=self.device)
             log.info("embedding model %s loaded from %s (sentence-transformers)", self.name, target)
-        except BaseException as exc:  # reported to every caller that waits
+        except BaseException as exc:  # noqa: BLE001 - reported to every caller that waits
             self._error = exc
             log.error("could not load embedding model %s: %s", self.name, exc)
             self._small_done.set()
@@ -173,7 +173,7 @@ class SentenceTransformerEmbedder:
                 from .onnx_encoder import prepare
 
                 self._small = prepare(self._model, target, self.device)
-        except Exception as exc:  # torch keeps working; the reason is logged
+        except Exception as exc:  # noqa: BLE001 - torch keeps working; the reason is logged
             log.warning("small inputs stay on torch: %s", exc)
         finally:
             self._small_done.set()

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from .errors import InvalidInput
 from .lifecycle import strength, value
-from .models import MemoryBase, utcnow
+from .models import AnyMemory, DomainKnowledge, MemoryBase, utcnow
 
 if TYPE_CHECKING:
     from .service import ALMA
@@ -70,12 +70,12 @@ class DigestReport(BaseModel):
     max_chars: int | None = None
 
 
-def ranked(alma: "ALMA", agent: str) -> list[tuple[float, MemoryBase]]:
+def ranked(alma: "ALMA", agent: str) -> list[tuple[float, AnyMemory]]:
     """The agent's own active heuristics, anti-patterns and facts, most valuable first."""
     agent = alma._agent(agent)  # noqa: SLF001 - the service's own check of the name
     now = utcnow()
     half_life = alma.lifecycle.half_life(agent)
-    found: list[tuple[float, MemoryBase]] = []
+    found: list[tuple[float, AnyMemory]] = []
     for kind in SECTIONS:
         for memory in alma.store.list(kind, agent, include_archived=False):
             found.append((value(memory, strength(memory, half_life, now)), memory))
@@ -94,7 +94,7 @@ def claude_md(alma: "ALMA", agent: str, max_chars: int = DEFAULT_MAX_CHARS) -> t
         f"Exported by alma-mcp from project {alma.config.project}, most valuable first.\n"
     )
     chosen: dict[str, list[str]] = {kind: [] for kind in SECTIONS}
-    domains: dict[str, dict[str, list[str]]] = {}
+    domains: dict[str, list[str]] = {}
 
     def render() -> str:
         parts = [head]
@@ -111,13 +111,13 @@ def claude_md(alma: "ALMA", agent: str, max_chars: int = DEFAULT_MAX_CHARS) -> t
     written = 0
     for _, memory in memories:
         line = _one_line(digest_line(memory))
-        kind = memory.type  # type: ignore[attr-defined]
-        bucket = domains.setdefault(memory.domain, []) if kind == "knowledge" else chosen[kind]  # type: ignore[attr-defined]
+        domain = memory.domain if isinstance(memory, DomainKnowledge) else None
+        bucket = domains.setdefault(domain, []) if domain is not None else chosen[memory.type]
         bucket.append(line)
         if len(render()) > max_chars:  # a shorter, less valuable one may still fit
             bucket.pop()
-            if kind == "knowledge" and not bucket:
-                del domains[memory.domain]  # type: ignore[attr-defined]
+            if domain is not None and not bucket:
+                del domains[domain]
             continue
         written += 1
     text = render()
@@ -150,15 +150,15 @@ def _jsonl_row(memory: MemoryBase) -> dict[str, Any]:
     return row
 
 
-def _graph(memories: list[tuple[float, MemoryBase]]) -> list[dict[str, Any]]:
+def _graph(memories: list[tuple[float, AnyMemory]]) -> list[dict[str, Any]]:
     """Entities of the MCP memory server: one per knowledge domain (its facts as observations),
     one for the agent's heuristics and one for its anti-patterns."""
     entities: dict[tuple[str, str], dict[str, Any]] = {}
     for _, memory in memories:
-        kind = memory.type  # type: ignore[attr-defined]
+        kind = memory.type
         observation = digest_line(memory)
-        if kind == "knowledge":
-            entity_type = memory.domain  # type: ignore[attr-defined]
+        if isinstance(memory, DomainKnowledge):
+            entity_type = memory.domain
             about = _ABOUT.match(observation)  # "name: observation", as the importer words an entity's facts
             name, observation = (about[1], about[2]) if about else (entity_type, observation)
         else:

@@ -25,13 +25,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Union
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Union
 
 from pydantic import TypeAdapter, ValidationError
 
 from .config import AgentSettings
 from .errors import InvalidInput, NotFound, ScopeDenied
-from .models import Category, Name
+from .models import FEEDBACK_SIGNALS, OUTCOME_KINDS, Category, Name, OutcomeKind
 from .retrieval import MemorySlice
 from .scope import check_can_learn
 
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("alma_mcp")
 
-OUTCOMES = ("success", "failure", "partial")
-FEEDBACK_SIGNALS = ("helpful", "harmful", "used", "ignored")
 
 _name = TypeAdapter(Name)
 _category = TypeAdapter(Category)
@@ -277,7 +275,7 @@ class ExecutionResult:
     `memory_feedback` optionally maps ids of injected memories to helpful, harmful, used or ignored.
     """
 
-    outcome: Literal["success", "failure", "partial"]
+    outcome: OutcomeKind
     strategy: str
     output: Any = None
     error: str | None = None
@@ -285,8 +283,8 @@ class ExecutionResult:
     memory_feedback: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.outcome not in OUTCOMES:
-            raise InvalidInput(f"executor outcome {self.outcome!r} is not one of {list(OUTCOMES)}")
+        if self.outcome not in OUTCOME_KINDS:
+            raise InvalidInput(f"executor outcome {self.outcome!r} is not one of {list(OUTCOME_KINDS)}")
         _check_text(self.strategy, "executor strategy")
         for memory_id, signal in self.memory_feedback.items():
             if signal not in FEEDBACK_SIGNALS:
@@ -523,7 +521,8 @@ class Harness:
         briefing = await self.apre_run(context)
         started = time.perf_counter()
         if inspect.iscoroutinefunction(executor) or inspect.iscoroutinefunction(getattr(executor, "__call__", None)):
-            value = await executor(briefing)
+            pending = executor(briefing)
+            value = await pending if inspect.isawaitable(pending) else pending
         else:
             value = await anyio.to_thread.run_sync(executor, briefing)
             if inspect.isawaitable(value):

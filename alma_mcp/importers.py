@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+import numpy as np
 from pydantic import ValidationError
 
 from .audit import AuditEntry
 from .backup import ImportReport, RejectedLine, _import_batch
 from .errors import InvalidInput
 from .exporters import digest_line, digest_text
-from .models import MEMORY_TYPES, MODEL_BY_TYPE, MemoryBase, wording_key
+from .models import MEMORY_TYPES, MODEL_BY_TYPE, DomainKnowledge, MemoryBase, UserPreference, wording_key
 
 if TYPE_CHECKING:
     from .service import ALMA
@@ -296,11 +297,11 @@ def held_keys(alma: "ALMA", agent: str, user_id: str) -> set[str]:
         if kind == "outcome":
             continue
         for memory in alma.store.list(kind, None if kind == "preference" else agent, include_archived=True):
-            if kind == "preference" and memory.user_id != user_id:  # type: ignore[attr-defined]
+            if isinstance(memory, UserPreference) and memory.user_id != user_id:
                 continue
             keys.add(wording_key(digest_line(memory)))
-            if kind == "knowledge":  # as the memory server's export words a fact: under its domain
-                keys.add(wording_key(f"{memory.domain}: {memory.fact}"))  # type: ignore[attr-defined]
+            if isinstance(memory, DomainKnowledge):  # as the memory server's export words a fact: under its domain
+                keys.add(wording_key(f"{memory.domain}: {memory.fact}"))
     return keys
 
 
@@ -330,7 +331,7 @@ def import_from(alma: "ALMA", fmt: str, path: Path, agent: str, user_id: str = "
     except (json.JSONDecodeError, AttributeError) as exc:
         raise InvalidInput(f"{path}: not a memory-server graph: {exc}") from None
     held = held_keys(alma, agent, user_id)
-    pending: list[tuple[int, MemoryBase, None, None]] = []
+    pending: list[tuple[int, MemoryBase, np.ndarray | None, np.ndarray | None]] = []
     for item in items:
         report.lines += 1
         if not item.key or item.key in held:

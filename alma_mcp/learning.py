@@ -77,7 +77,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
 import numpy as np
 
 from .config import AlmaConfig, LearningSettings
-from .models import AntiPattern, Heuristic, MemoryBase, Outcome, key_text, new_id, strategy_key, utcnow, wording_key
+from .models import FEEDBACK_STEPS, OUTCOME_WEIGHTS, AntiPattern, Heuristic, MemoryBase, Outcome, key_text, new_id, strategy_key, utcnow, wording_key
 from .retrieval import SearchIndexes
 from .store import MemoryStore
 
@@ -112,9 +112,6 @@ LESSON_STRATEGY_WEIGHT = 0.8
 the least that keeps the lessons of four strategies on one kind of task below retrieval's
 near-duplicate bar (0.92) on the benchmark families, while tasks still find them (median 0.61)."""
 
-FEEDBACK_STEPS: dict[str, float] = {"helpful": 0.05, "harmful": -0.10, "used": 0.01, "ignored": -0.02}
-"""How much one feedback signal moves a memory's confidence. Harmful counts twice as much as
-helpful; being used is a weak vote for a memory, being shown and ignored a weak vote against."""
 RETIRE_ON_HARMFUL = 2
 """Harmful signals needed (and more than half the helpful ones) before feedback alone retires."""
 
@@ -208,7 +205,7 @@ def weigh(outcomes: Sequence[Outcome], half_life: float) -> Evidence:
     wins = total = 0.0
     for age, outcome in enumerate(reversed(ordered)):
         w = 0.5 ** (age / half_life)
-        wins += w * {"success": 1.0, "partial": 0.5, "failure": 0.0}[outcome.outcome]
+        wins += w * OUTCOME_WEIGHTS[outcome.outcome]
         total += w
     return Evidence(
         outcomes=ordered,

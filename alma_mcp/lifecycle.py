@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 from .audit import AuditEntry, AuditLog, entry_for, erased
 from .config import AlmaConfig
 from .errors import InvalidInput, NotFound
-from .models import MemoryBase, utcnow
+from .models import FEEDBACK_SIGNALS, MemoryBase, utcnow
 from .retrieval import SearchIndexes, feedback_score, recency, success_rate
 from .store import PREFERENCES, MemoryStore
 
@@ -110,7 +110,7 @@ def _join_sources(a: str, b: str) -> str:
 
 def merge_into(survivor: MemoryBase, other: MemoryBase) -> None:
     """Fold `other`'s counts, confidence and provenance into `survivor` (its wording is kept)."""
-    for counter in ("helpful", "harmful", "used", "ignored"):
+    for counter in FEEDBACK_SIGNALS:
         setattr(survivor, counter, getattr(survivor, counter) + getattr(other, counter))
     survivor.created_at = min(survivor.created_at, other.created_at)
     survivor.updated_at = max(survivor.updated_at, other.updated_at)

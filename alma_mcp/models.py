@@ -9,13 +9,30 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
+# -- the vocabulary: each defined here once; code, tool schemas and checked docs read it from here --
 MemoryType = Literal["heuristic", "anti_pattern", "knowledge", "preference", "outcome"]
-MEMORY_TYPES: tuple[str, ...] = ("heuristic", "anti_pattern", "knowledge", "preference", "outcome")
+MEMORY_TYPES: tuple[str, ...] = get_args(MemoryType)
+
 OutcomeKind = Literal["success", "failure", "partial"]
+OUTCOME_KINDS: tuple[str, ...] = get_args(OutcomeKind)
+OUTCOME_WEIGHTS: dict[str, float] = {"success": 1.0, "partial": 0.5, "failure": 0.0}
+"""What an outcome counts as a win, in success rates and the evidence lessons are learned from."""
+
+FeedbackSignal = Literal["helpful", "harmful", "used", "ignored"]
+FEEDBACK_SIGNALS: tuple[str, ...] = get_args(FeedbackSignal)
+FEEDBACK_STEPS: dict[str, float] = {"helpful": 0.05, "harmful": -0.10, "used": 0.01, "ignored": -0.02}
+"""How much one signal moves a memory's confidence (learning bounds their sum, see
+learning.feedback_offset): a harmful vote counts twice a helpful one."""
+
+
+def feedback_steps_text() -> str:
+    """The steps in words, for tool descriptions: 'helpful +0.05, harmful -0.10, ...'."""
+    return ", ".join(f"{signal} {step:+.2f}" for signal, step in FEEDBACK_STEPS.items())
+
 
 MAX_TEXT_CHARS = 8000
 """Longest text field accepted. A memory is a lesson, not a document."""
@@ -259,10 +276,9 @@ class Outcome(MemoryBase):
         return f"[{self.outcome}] {self.task[:60]} via {self.strategy_used[:50]}"
 
 
-Memory = Annotated[
-    Union[Heuristic, AntiPattern, DomainKnowledge, UserPreference, Outcome],
-    Field(discriminator="type"),
-]
+AnyMemory = Union[Heuristic, AntiPattern, DomainKnowledge, UserPreference, Outcome]
+"""A memory of any type: narrow it by `isinstance` (or `match`), not by comparing `type` strings."""
+Memory = Annotated[AnyMemory, Field(discriminator="type")]
 MODEL_BY_TYPE: dict[str, type[MemoryBase]] = {
     "heuristic": Heuristic,
     "anti_pattern": AntiPattern,
@@ -270,10 +286,10 @@ MODEL_BY_TYPE: dict[str, type[MemoryBase]] = {
     "preference": UserPreference,
     "outcome": Outcome,
 }
-memory_adapter: TypeAdapter[Any] = TypeAdapter(Memory)
+memory_adapter: TypeAdapter[AnyMemory] = TypeAdapter(Memory)
 
 
-def parse_memory(data: dict[str, Any] | str) -> MemoryBase:
+def parse_memory(data: dict[str, Any] | str) -> AnyMemory:
     """Validate a memory from a dict or JSON text; raises pydantic.ValidationError."""
     if isinstance(data, str):
         return memory_adapter.validate_json(data)

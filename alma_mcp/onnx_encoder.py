@@ -213,7 +213,7 @@ def prepare(model: Any, target: str, device: str) -> OnnxEncoder | None:
             try:
                 encoder = OnnxEncoder(path, transformer.tokenizer, transformer.max_seq_length, pooling)
                 difference = _matches(encoder, model)
-            except Exception as exc:  # a truncated or foreign file
+            except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
                 difference, reason = float("inf"), f"{type(exc).__name__}: {exc}"
             else:
                 reason = f"its vectors differ from torch's by {difference:.1e}"

@@ -61,6 +61,7 @@ from .dense import VectorIndex
 from .lexical import BM25Index
 from .models import (
     MEMORY_TYPES,
+    OUTCOME_WEIGHTS,
     AntiPattern,
     DomainKnowledge,
     Heuristic,
@@ -247,7 +248,7 @@ def success_rate(memory: MemoryBase) -> float:
     if kind == "heuristic":
         return memory.success_count / max(1, memory.occurrence_count)  # type: ignore[attr-defined]
     if kind == "outcome":
-        return {"success": 1.0, "partial": 0.5, "failure": 0.0}[memory.outcome]  # type: ignore[attr-defined]
+        return OUTCOME_WEIGHTS[memory.outcome]  # type: ignore[attr-defined]
     return 0.5
 
 
@@ -382,6 +383,7 @@ class SearchIndexes:
         self._building: dict[str, threading.Lock] = {}
         self._reading: dict[str, list[tuple[Sequence[MemoryBase], bool, int, int, np.ndarray | None]]] = {}
         self._preparing: set[str] = set()
+        self._builders: list[threading.Thread] = []  # prepare's readers, which close waits for
         self.catch_ups = 0
         """Times an index followed other processes' writes by catching up (for tests and health)."""
         self.full_reads = 0
@@ -420,7 +422,7 @@ class SearchIndexes:
         def build() -> None:
             try:
                 self.get(memory_type, agent)
-            except Exception as exc:  # the next search reads it again, or reports the failure
+            except Exception as exc:  # noqa: BLE001 - the next search reads it again, or reports the failure
                 if threading.main_thread().is_alive():  # else cut short by exit: not a failure
                     log.warning("could not read %s for its search index: %s", name, exc)
             finally:
@@ -430,7 +432,19 @@ class SearchIndexes:
         # Not a daemon: a daemon thread still inside Chroma when the interpreter finalizes can
         # crash the process (seen: SIGSEGV on exit, tests/test_multiprocess.py); exit waits for
         # this one read instead.
-        threading.Thread(target=build, name=f"alma-index-{name}").start()
+        builder = threading.Thread(target=build, name=f"alma-index-{name}")
+        with self._lock:  # started under the lock: close never sees a builder not yet started
+            self._builders = [t for t in self._builders if t.is_alive()] + [builder]
+            builder.start()
+
+    def close(self) -> None:
+        """Wait for the collections `prepare` is reading in the background (the store they read
+        is closed next)."""
+        with self._lock:
+            builders, self._builders = self._builders, []
+        for builder in builders:
+            if builder is not threading.current_thread():
+                builder.join()
 
     def get(self, memory_type: str, agent: str | None) -> CollectionIndex:
         """The collection's index, brought up to date (caught up, or read) when it is not current.

@@ -18,6 +18,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator, Callable, Literal, TypeVar
 
+import anyio
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context, ResourceSecurity
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
@@ -32,6 +33,9 @@ from .errors import AlmaError, NotFound, ScopeDenied
 from .handshake import INSTRUCTIONS, SERVER_NAME, SERVER_TITLE
 from .lifecycle import ConsolidateResult, RestoreResult, SweepResult
 from .models import (
+    FeedbackSignal,
+    OutcomeKind,
+    feedback_steps_text,
     MEMORY_TYPES,
     AntiPattern,
     Category,
@@ -159,10 +163,27 @@ def create_server(
         check_serves(who, user_id)
         return who
 
+    # The SDK enters the lifespan once per stdio run and per HTTP app, but once per in-process
+    # Client session: the service starts with the first one open and closes with the last.
+    sessions = 0
+    sessions_lock = anyio.Lock()
+
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[dict[str, Any]]:
-        service.warm_up()  # the model loads in the background; initialize is answered at once
-        yield {"alma": service}
+        nonlocal sessions
+        async with sessions_lock:
+            sessions += 1
+            if sessions == 1:
+                service.warm_up()  # the model loads in the background; initialize is answered at once
+        try:
+            yield {"alma": service}
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with sessions_lock:
+                    sessions -= 1
+                    if sessions == 0:
+                        # Off the event loop: it waits for the preload to finish the collection it reads.
+                        await anyio.to_thread.run_sync(service.close)
 
     mcp = MCPServer(
         SERVER_NAME,
@@ -175,7 +196,6 @@ def create_server(
     # Who a request without a caller of its own is; http.py narrows it to no one once tokens guard
     # the server, so a request that somehow reaches a handler without its token's caller gets nothing.
     mcp.alma_caller = caller  # type: ignore[attr-defined]
-    service.warm_up()
 
     # -- tools: before a task ----------------------------------------------------------
     @mcp.tool(annotations=READ_ONLY, title="Retrieve memories for a task")
@@ -218,7 +238,7 @@ def create_server(
     def alma_learn(
         agent: AgentArg,
         task: Annotated[Text, Field(description="The task that was done.")],
-        outcome: Annotated[Literal["success", "failure", "partial"], Field(description="How it went.")],
+        outcome: Annotated[OutcomeKind, Field(description="How it went.")],
         strategy_used: Annotated[Text, Field(description="The approach taken, in one or two sentences.")],
         task_type: Annotated[Category | None, Field(description="A category such as 'form_testing'.")] = None,
         duration_ms: Annotated[int | None, Field(ge=0)] = None,
@@ -296,10 +316,10 @@ def create_server(
     def alma_feedback(
         memory_id: MemoryId,
         signal: Annotated[
-            Literal["helpful", "harmful", "used", "ignored"],
+            FeedbackSignal,
             Field(
-                description="helpful +0.05 / harmful -0.10 confidence (harmful counts twice); used +0.01 and "
-                "refreshes recency; ignored -0.02. Confidence and the helpful/harmful balance both rank."
+                description=f"Confidence steps: {feedback_steps_text()} (harmful counts twice helpful); used also "
+                "refreshes recency. Confidence and the helpful/harmful balance both rank."
             ),
         ],
         agent: Annotated[

@@ -11,7 +11,6 @@ import functools
 import logging
 import os
 import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable, Literal, Sequence, TypeVar
@@ -26,8 +25,10 @@ from .errors import AlmaError, InvalidInput, NotFound, ScopeDenied
 from .learning import Learner, LearnReport, apply_feedback, memory_vectors
 from .lifecycle import MERGEABLE, ConsolidateResult, Lifecycle, RestoreResult, SweepResult
 from .models import (
+    FEEDBACK_SIGNALS,
     MEMORY_TYPES,
     AntiPattern,
+    AnyMemory,
     Category,
     DomainKnowledge,
     Heuristic,
@@ -56,7 +57,18 @@ FOLLOW_SECONDS = 1.0
 MAX_AGE_DAYS = 36_500
 """Longest age `forget(older_than_days=...)` accepts: a hundred years, far inside what dates can count."""
 
-FeedbackSignal = Literal["helpful", "harmful", "used", "ignored"]
+
+
+def _stop_at_exit(closing: threading.Event) -> None:
+    """Set `closing` when the program ends, before the interpreter waits for non-daemon threads,
+    so a follower sleeping on it wakes at once instead of holding the exit up."""
+    register = getattr(threading, "_register_atexit", None)  # CPython >= 3.9; concurrent.futures uses it
+    if register is None:  # pragma: no cover - other interpreters: the follower sees the exit on its next wake
+        return
+    try:
+        register(closing.set)
+    except RuntimeError:  # the interpreter is already shutting down: nothing to start anyway
+        closing.set()
 
 
 def private_dir(path: Path) -> None:
@@ -96,7 +108,7 @@ _memory_id = TypeAdapter(MemoryId)
 
 def _build(model: type[T], what: str, **fields: Any) -> T:
     try:
-        return model(**fields)  # type: ignore[call-arg]
+        return model(**fields)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or what}: {_message(e)}" for e in exc.errors())
         raise InvalidInput(f"invalid {what}: {problems}") from None
@@ -153,6 +165,8 @@ class ALMA:
     """The memory service for one project."""
 
     def __init__(self, config: AlmaConfig, embedder: Embedder | None = None, store: MemoryStore | None = None) -> None:
+        """Builds nothing that runs: no thread starts and no file or client opens until first use
+        (`warm_up` starts the background work; `close` ends it and lets go of everything)."""
         self.config = config
         settings = config.alma
         self.embedder = embedder or create_embedder(
@@ -162,18 +176,25 @@ class ALMA:
             settings.embedding.onnx,
             settings.embedding.backend,
         )
-        self._store = store
-        self._store_lock = threading.RLock()  # reentrant: the retriever is made under it and opens the store
+        # The parts, made on first use under one lock (reentrant: the retriever is made under it
+        # and opens the store), and dropped by close: the next call makes them again.
+        self._parts_lock = threading.RLock()
+        self._given_store = store  # the caller's, never closed here
+        self._store: MemoryStore | None = store
+        self._retriever: Retriever | None = None
+        self._learner: Learner | None = None
+        self._audit: AuditLog | None = None
+        self._lifecycle: Lifecycle | None = None
         lock_dir = config.data_dir if settings.storage == "chroma" else None
         if lock_dir is not None:
             private_dir(lock_dir)
         self.write_lock = WriteLock(lock_dir)
         self._writes = 0  # this process's writes, to run the decay sweep every N of them
         self._writes_lock = threading.Lock()
-        self._preloading = threading.Event()  # set once the preload has been started
+        self._preloader: threading.Thread | None = None
         self._preloaded: tuple[int, int] | None = None  # (collections read, to read), once it knows
         self._preload_failed: str | None = None
-        self._closing = threading.Event()  # stops the preload
+        self._closing = threading.Event()  # stops the preload and the follower
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **kwargs: Any) -> "ALMA":
@@ -182,63 +203,78 @@ class ALMA:
     # -- lazily opened parts ---------------------------------------------------------
     @property
     def store(self) -> MemoryStore:
-        if self._store is None:
-            with self._store_lock:
-                if self._store is None:
-                    settings = self.config.alma
-                    if settings.storage == "chroma-http":
-                        self._store = MemoryStore.http(settings.chroma_http, self.config.project, self.embedder)
-                    else:
-                        folder = self.config.data_dir / "chroma"
-                        private_dir(folder)
-                        # Created here, empty (a valid empty SQLite database), so that Chroma
-                        # opens a file only the owner can read rather than one made with the umask.
-                        database = folder / "chroma.sqlite3"
-                        if not database.exists():
-                            os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
-                        self._store = MemoryStore.embedded(folder, self.config.project, self.embedder)
-                        private_files(folder)
-        return self._store
+        with self._parts_lock:
+            if self._store is None:
+                self._store = self._open_store()
+            return self._store
+
+    def _open_store(self) -> MemoryStore:
+        settings = self.config.alma
+        if settings.storage == "chroma-http":
+            return MemoryStore.http(settings.chroma_http, self.config.project, self.embedder)
+        folder = self.config.data_dir / "chroma"
+        private_dir(folder)
+        # Created here, empty (a valid empty SQLite database), so that Chroma
+        # opens a file only the owner can read rather than one made with the umask.
+        database = folder / "chroma.sqlite3"
+        if not database.exists():
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+        store = MemoryStore.embedded(folder, self.config.project, self.embedder)
+        private_files(folder)
+        return store
 
     @property
     def retriever(self) -> Retriever:
-        if not hasattr(self, "_retriever"):
-            with self._store_lock:  # one retriever, also when the preload and a first call race
-                if not hasattr(self, "_retriever"):
-                    self._retriever = Retriever(self.store, self.embedder, self.config)
-        return self._retriever
+        with self._parts_lock:  # one retriever, also when the preload and a first call race
+            if self._retriever is None:
+                self._retriever = Retriever(self.store, self.embedder, self.config)
+            return self._retriever
 
     @property
     def learner(self) -> Learner:
-        if not hasattr(self, "_learner"):
-            self._learner = Learner(self.store, self.config, self.retriever.indexes)
-        return self._learner
+        with self._parts_lock:
+            if self._learner is None:
+                self._learner = Learner(self.store, self.config, self.retriever.indexes)
+            return self._learner
 
     @property
     def audit(self) -> AuditLog:
         """Where every removal is recorded: a JSONL file (embedded) or a Chroma collection (chroma-http)."""
-        if not hasattr(self, "_audit"):
-            self._audit = open_audit_log(
-                self.config.alma.storage, self.config.data_dir, self.store.client, self.config.project
-            )
-        return self._audit
+        with self._parts_lock:
+            if self._audit is None:
+                self._audit = open_audit_log(
+                    self.config.alma.storage, self.config.data_dir, self.store.client, self.config.project
+                )
+            return self._audit
 
     @property
     def lifecycle(self) -> Lifecycle:
-        if not hasattr(self, "_lifecycle"):
-            self._lifecycle = Lifecycle(self.store, self.config, self.audit, self.retriever.indexes)
-        return self._lifecycle
+        with self._parts_lock:
+            if self._lifecycle is None:
+                self._lifecycle = Lifecycle(self.store, self.config, self.audit, self.retriever.indexes)
+            return self._lifecycle
 
     def warm_up(self) -> None:
         """Start loading the embedding model in the background and, unless `preload_indexes` is
-        off, reading the declared agents' collections into the search indexes (once)."""
+        off, reading the declared agents' collections into the search indexes, then following
+        other processes' writes to them, until `close` (a server calls this in its lifespan).
+        Idempotent while running; after `close` it starts afresh."""
         start = getattr(self.embedder, "start", None)
         if start is not None:
             start()
-        if self.config.alma.preload_indexes and not self._preloading.is_set():
-            self._preloading.set()
-            # Not a daemon (see SearchIndexes.prepare): at exit it stops after the collection it is reading.
-            threading.Thread(target=self._preload, name="alma-preload").start()
+        if not self.config.alma.preload_indexes:
+            return
+        with self._parts_lock:
+            if self._preloader is not None and self._preloader.is_alive():
+                return
+            self._closing.clear()
+            self._preloaded = None
+            self._preload_failed = None
+            # Not a daemon (see SearchIndexes.prepare): at exit it stops after the collection it is
+            # reading; `_stop_at_exit` wakes it when the program ends without closing the service.
+            self._preloader = threading.Thread(target=self._preload, name="alma-preload")
+            _stop_at_exit(self._closing)
+            self._preloader.start()
 
     def _preload(self) -> None:
         """Read the search indexes of `_preload_scopes`, one after another, until closed or the
@@ -253,7 +289,7 @@ class ALMA:
                 # A search that needs this collection meanwhile waits for this reader, not reads it again.
                 indexes.get(memory_type, agent)
             self._preloaded = (len(scopes), len(scopes))
-        except Exception as exc:  # then each collection is read when it is first searched
+        except Exception as exc:  # noqa: BLE001 - a background thread: whatever stopped it is reported in health, and each collection is read when first searched
             if self._stopping():
                 return  # cut short by close or exit (Chroma refuses work then): not a failure
             self._preload_failed = f"{type(exc).__name__}: {exc}"
@@ -273,13 +309,10 @@ class ALMA:
         interval = FOLLOW_SECONDS
         if self.config.alma.storage == "chroma-http":  # the server's change tokens are read no more often than this
             interval = max(interval, self.config.alma.chroma_http.change_check_seconds)
-        check_at = time.monotonic() + interval
-        # In short steps: at exit, the interpreter waits for this (non-daemon) thread to see it.
-        while not (self._closing.wait(0.1) or self._stopping()):
-            if time.monotonic() < check_at:
-                continue
-            check_at = time.monotonic() + interval
+        # Sleeps on the event: close (or the end of the program, see _stop_at_exit) wakes it at once.
+        while not (self._closing.wait(interval) or self._stopping()):
             stale = [scope for scope in scopes if indexes.ready(*scope) is None]
+            steps: list[tuple[Callable[[str, str | None], object], tuple[str, str | None]]]
             steps = [(indexes.prepare, scope) for scope in stale]  # a catch-up here, or a read in the background
             if stale and self.config.alma.storage == "chroma":
                 # After another process's write, an embedded store's client is reopened, and Chroma's
@@ -291,7 +324,7 @@ class ALMA:
                     return
                 try:
                     step(memory_type, agent)
-                except Exception as exc:  # the next search catches up or reads it, and reports a failure
+                except Exception as exc:  # noqa: BLE001 - a background thread: the next search catches up or reads it, and reports the failure
                     log.debug("could not follow %s of %s: %s", memory_type, agent, exc)
 
     def _preload_scopes(self) -> list[tuple[str, str | None]]:
@@ -308,10 +341,33 @@ class ALMA:
         return list(dict.fromkeys(scopes))
 
     def close(self) -> None:
+        """Stop the background work (waiting for the preload to finish the collection it is
+        reading) and let go of the store, its client and the lock files. The service stays
+        usable: the next call opens what it needs again."""
         self._closing.set()
-        if hasattr(self, "_retriever"):
-            self._retriever.close()
+        preloader = self._preloader
+        if preloader is not None and preloader is not threading.current_thread():
+            preloader.join()
+        with self._parts_lock:
+            retriever, store = self._retriever, self._store
+            self._retriever = self._learner = self._lifecycle = self._audit = None
+            self._preloader = None
+            if store is not self._given_store:
+                self._store = None
+        if retriever is not None:
+            retriever.close()
+            retriever.indexes.close()
+        if store is not None and store is not self._given_store:
+            store.close()
+        elif store is not None:  # kept for the next use: the parts made next listen to it afresh
+            store.remove_write_listeners()
         self.write_lock.close()
+
+    def __enter__(self) -> "ALMA":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- checks ----------------------------------------------------------------------
     def _agent(self, agent: str) -> str:
@@ -548,12 +604,12 @@ class ALMA:
         """Count a feedback signal on a memory: helpful, harmful, used or ignored. With `agent`,
         only on a memory that agent may read (and a preference of one of `users`, when given)."""
         memory_id = _validated(_memory_id, memory_id, "memory_id")
-        if signal not in ("helpful", "harmful", "used", "ignored"):
-            raise InvalidInput(f"signal {signal!r} is not one of helpful, harmful, used, ignored")
+        if signal not in FEEDBACK_SIGNALS:
+            raise InvalidInput(f"signal {signal!r} is not one of {', '.join(FEEDBACK_SIGNALS)}")
         reader = self._agent(agent) if agent is not None else None
         with self.write_lock:
             memory = self._reachable(memory_id, reader, users)
-            # Steps in learning.FEEDBACK_STEPS: helpful +0.05, harmful -0.10, used +0.01, ignored -0.02.
+            # By models.FEEDBACK_STEPS, within the bounds learning.feedback_offset keeps.
             retired = apply_feedback(memory, signal, self.config.alma.learning.retire_below_confidence)
             if retired:  # the audit entry goes first, like every archive
                 self.audit.append([entry_for(memory, "archive", "feedback", memory.archived_reason or "harmful")])
@@ -570,14 +626,14 @@ class ALMA:
         reason = _build(_Reason, "reason", reason=reason).reason
         with self.write_lock:
             memory = self.store.get(memory_id)
-            allowed = EDITABLE.get(memory.type, ())  # type: ignore[attr-defined]
+            allowed = EDITABLE.get(memory.type, ())
             unknown = sorted(set(changes) - set(allowed))
             if not allowed or unknown:
-                raise InvalidInput(f"a {memory.type} can have {list(allowed) or 'nothing'} edited, not {unknown}")  # type: ignore[attr-defined]
+                raise InvalidInput(f"a {memory.type} can have {list(allowed) or 'nothing'} edited, not {unknown}")
             before = {k: getattr(memory, k) for k in changes}
             if all(before[k] == v for k, v in changes.items()):
                 raise InvalidInput("nothing changed: send a new wording")
-            edited = _build(type(memory), memory.type, **(memory.model_dump() | changes | {"updated_at": utcnow()}))  # type: ignore[attr-defined]
+            edited = _build(type(memory), memory.type, **(memory.model_dump() | changes | {"updated_at": utcnow()}))
             vectors = memory_vectors(self.store, [edited])
             self.audit.append([entry_for(memory, "edit", "edit", reason, {"before": before, "after": dict(changes)})])
             self.store.put([edited], vectors)
@@ -664,14 +720,14 @@ class ALMA:
         limit: int = 100,
         include_archived: bool = False,
         user_id: str | None = None,
-    ) -> list[MemoryBase]:
+    ) -> list[AnyMemory]:
         """The memories of a type that `agent` reads, newest first; preferences of `user_id` only
         when one is given (the MCP layer always gives one)."""
         agent = self._agent(agent)
         (kind,) = self._types([memory_type]) or [memory_type]
         if user_id is not None:
             user_id = _validated(_user, user_id, "user_id")
-        memories: list[MemoryBase] = []
+        memories: list[AnyMemory] = []
         sources = self.config.readable_agents(agent, kind) if kind != "preference" else [None]
         for source in sources:
             memories += self.store.list(kind, source, include_archived=include_archived)
@@ -943,7 +999,7 @@ class ALMA:
 
     def _preload_status(self) -> str:
         """How far the start-up read of the search indexes is (see warm_up)."""
-        if not self._preloading.is_set():
+        if self._preloader is None:
             if self.config.alma.preload_indexes:  # a library user or a one-off command: no warm_up
                 return "read when first searched (this process did not preload them; a server does at start)"
             return "read when first searched"

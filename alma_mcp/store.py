@@ -23,14 +23,16 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+import builtins
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .backend import InMemoryBackend
 from .embeddings import Embedder
 from .errors import NotFound, StorageError
-from .models import MEMORY_TYPES, MemoryBase, key_text, memory_type_of, parse_memory, strategy_key
-from .writelock import SharedClient, collection_missing, shared_client
+from .models import MEMORY_TYPES, AnyMemory, MemoryBase, key_text, memory_type_of, parse_memory, strategy_key
+from .writelock import SharedClient, collection_missing, release_shared_client, shared_client
 
 log = logging.getLogger("alma_mcp")
 
@@ -131,7 +133,7 @@ def _metadata(memory: MemoryBase) -> dict[str, Any]:
     return meta
 
 
-def _from_metadata(meta: dict[str, Any]) -> MemoryBase:
+def _from_metadata(meta: dict[str, Any]) -> AnyMemory:
     return parse_memory(meta["json"])
 
 
@@ -347,6 +349,12 @@ class MemoryStore:
         return cls(client, project, embedder, description=f"chroma (embedded, {path})")
 
     @classmethod
+    def in_memory(cls, project: str, embedder: Embedder, backend: InMemoryBackend | None = None) -> "MemoryStore":
+        """A store held in this process's memory (`backend.InMemoryBackend`): nothing persists.
+        For the fast test tier, and wherever nothing may be written to disk."""
+        return cls(backend or InMemoryBackend(), project, embedder, description="in memory")
+
+    @classmethod
     def http(cls, settings: Any, project: str, embedder: Embedder) -> "MemoryStore":
         chromadb = _import_chromadb()
         from chromadb.config import Settings
@@ -361,7 +369,7 @@ class MemoryStore:
                 database=settings.database,
                 settings=Settings(anonymized_telemetry=False),
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
             raise StorageError(
                 f"cannot reach the Chroma server at {settings.host}:{settings.port}: {exc}"
             ) from None
@@ -375,7 +383,9 @@ class MemoryStore:
         )
 
     # -- collections -------------------------------------------------------------------
-    def _collection(self, memory_type: str, agent: str | None, create: bool) -> Any | None:
+    def _collection(self, memory_type: str, agent: str | None, create: bool) -> Any:
+        """The collection's handle; with `create` False, None when it was never written to (any
+        other failure to open it raises StorageError)."""
         name = collection_name(self.project, memory_type, agent)
         col = self._collections.get(name)
         if col is not None:
@@ -397,7 +407,7 @@ class MemoryStore:
                     if collection_missing(exc):
                         return None  # never written to: no memories
                     raise  # any other failure is an error, never "no memories"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
             raise _chroma_error(f"open collection {name}", exc) from None
         return self._collections.setdefault(name, col)
 
@@ -432,6 +442,10 @@ class MemoryStore:
             with self._lock:
                 yield
 
+    def remove_write_listeners(self) -> None:
+        """Forget every listener (the service that made them is closing; it makes new ones)."""
+        self._write_listeners.clear()
+
     def add_write_listener(self, listener: "WriteListener") -> None:
         """Call `listener` (see WriteListener) after every write this process makes, so
         indexes derived from the store (retrieval's search indexes) follow it without re-reading it."""
@@ -464,7 +478,7 @@ class MemoryStore:
         """(agent, memory_type) of every collection of this project; agent '_' for preferences."""
         try:
             names = [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
             raise _chroma_error("list collections", exc) from None
         found = []
         for name in names:
@@ -500,7 +514,7 @@ class MemoryStore:
             self.remember_keys(missing, fresh)
         return np.stack([found[k] for k in keys])  # type: ignore[misc]
 
-    def remember_keys(self, keys: Sequence[str], vectors: Sequence[np.ndarray]) -> None:
+    def remember_keys(self, keys: Sequence[str], vectors: Sequence[np.ndarray] | np.ndarray) -> None:
         """Keep key fields' vectors embedded elsewhere (`learning.memory_vectors`) for the put() or
         `key_vectors` call that follows."""
         with self._lock:
@@ -543,7 +557,7 @@ class MemoryStore:
                         documents=[memories[i].text() for i in indexes],
                         metadatas=metas,
                     )
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
                     raise _chroma_error(f"write {len(indexes)} memories", exc) from None
                 finally:
                     self._bump(name)
@@ -561,7 +575,7 @@ class MemoryStore:
                 metas = [_metadata(m) for m in items]
                 try:
                     col.update(ids=[m.id for m in items], metadatas=metas)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
                     raise _chroma_error(f"update {len(items)} memories", exc) from None
                 finally:
                     self._bump(name)
@@ -580,7 +594,7 @@ class MemoryStore:
                 before = self._generation_of(name)
                 try:
                     col.delete(ids=[m.id for m in items])
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
                     raise _chroma_error(f"delete {len(items)} memories", exc) from None
                 finally:
                     self._bump(name)
@@ -589,7 +603,7 @@ class MemoryStore:
         return deleted
 
     # -- reads -------------------------------------------------------------------------
-    def get(self, memory_id: str) -> MemoryBase:
+    def get(self, memory_id: str) -> AnyMemory:
         memory_type = memory_type_of(memory_id)
         if memory_type not in MEMORY_TYPES:
             raise NotFound(f"no memory with id {memory_id!r}")
@@ -601,7 +615,7 @@ class MemoryStore:
                 continue
             try:
                 got = col.get(ids=[memory_id], include=["metadatas"])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
                 raise _chroma_error("read a memory", exc) from None
             if got["ids"]:
                 return _from_metadata(got["metadatas"][0])
@@ -638,7 +652,7 @@ class MemoryStore:
         where: dict[str, Any] | None = None,
         include_archived: bool = False,
         with_embeddings: bool = False,
-    ) -> Iterator[tuple[MemoryBase, np.ndarray | None]]:
+    ) -> Iterator[tuple[AnyMemory, np.ndarray | None]]:
         for meta, vector in self._pages(memory_type, agent, where, include_archived, with_embeddings):
             yield _from_metadata(meta), (np.asarray(vector, dtype=np.float32) if vector is not None else None)
 
@@ -678,7 +692,7 @@ class MemoryStore:
         generation = self._generation_of(name)  # before reading: see RecordCache.add
         try:
             ids = col.get(where={WRITTEN: {"$gte": since}}, include=[], limit=limit + 1)["ids"]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
             raise _chroma_error("list recent writes", exc) from None
         if len(ids) > limit:
             return None
@@ -712,7 +726,7 @@ class MemoryStore:
         while True:
             try:
                 got = col.get(where=flt, include=include, limit=_PAGE, offset=offset)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
                 raise _chroma_error("list memories", exc) from None
             metas = got["metadatas"] or []
             vectors = got.get("embeddings") if with_embeddings and len(metas) else None
@@ -724,7 +738,7 @@ class MemoryStore:
                 return
             offset += _PAGE
 
-    def list(self, memory_type: str, agent: str | None, **kwargs: Any) -> list[MemoryBase]:
+    def list(self, memory_type: str, agent: str | None, **kwargs: Any) -> list[AnyMemory]:
         return [m for m, _ in self.iter_memories(memory_type, agent, **kwargs)]
 
     def query(
@@ -734,7 +748,7 @@ class MemoryStore:
         vector: np.ndarray,
         n: int,
         where: dict[str, Any] | None = None,
-    ) -> list[Hit]:
+    ) -> builtins.list[Hit]:
         """The n nearest active memories, with cosine similarity (1 - Chroma's cosine distance)."""
         return self.query_and_read(memory_type, agent, vector, n, where)[0]
 
@@ -745,9 +759,9 @@ class MemoryStore:
         vector: np.ndarray,
         n: int,
         where: dict[str, Any] | None = None,
-        also: Callable[[list[str], list[float], bool], Sequence[str]] | None = None,
+        also: Callable[[builtins.list[str], builtins.list[float], bool], Sequence[str]] | None = None,
         shared: bool = False,
-    ) -> tuple[list[Hit], dict[str, Hit]]:
+    ) -> tuple[builtins.list[Hit], dict[str, Hit]]:
         """query(), plus other records of the collection read in the same call to Chroma: those
         `also(ids, similarities, complete)` names once the nearest ids are known (all the search
         found, nearest first, archived ones too, which may be more than the n returned), as hits
@@ -764,7 +778,7 @@ class MemoryStore:
         # it costs about 80 ms even on a collection of 34. So it is applied here, to a widened
         # search; the search filtered by it too is the fallback for when archived memories crowd
         # the nearest ones out.
-        clauses: list[dict[str, Any]] = [{k: v} for k, v in (where or {}).items()]
+        clauses: builtins.list[dict[str, Any]] = [{k: v} for k, v in (where or {}).items()]
         wide = n + max(4, n // 4)
         rows, extra = self._search(col, name, vector, wide, chroma_filter(clauses), also)
         active = [(row, similarity) for row, similarity in rows if not row.meta.get("archived")]
@@ -783,8 +797,8 @@ class MemoryStore:
         vector: np.ndarray,
         n: int,
         flt: dict[str, Any] | None,
-        also: Callable[[list[str], list[float], bool], Sequence[str]] | None = None,
-    ) -> tuple[list[tuple[Record, float]], dict[str, Record]]:
+        also: Callable[[builtins.list[str], builtins.list[float], bool], Sequence[str]] | None = None,
+    ) -> tuple[builtins.list[tuple[Record, float]], dict[str, Record]]:
         """The n nearest records with their cosine similarity, nearest first, and the records
         `also` names (see query_and_read).
 
@@ -793,7 +807,7 @@ class MemoryStore:
         generation = self._generation_of(name)  # before reading: see RecordCache.add
         try:
             got = col.query(query_embeddings=[vector], n_results=n, where=flt, include=["distances"])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
             raise _chroma_error("search memories", exc) from None
         ids, distances = got["ids"][0], got["distances"][0]
         extra_ids = list(dict.fromkeys(also(ids, [1.0 - float(d) for d in distances], len(ids) < n))) if also else []
@@ -810,7 +824,7 @@ class MemoryStore:
         if missing:
             try:
                 got = col.get(ids=missing, include=["metadatas", "embeddings"])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
                 raise _chroma_error("read memories", exc) from None
             read = {doc: Record(meta, vec) for doc, meta, vec in zip(got["ids"], got["metadatas"], got["embeddings"])}
             self.records.add(name, generation, read)
@@ -821,16 +835,117 @@ class MemoryStore:
         col = self._collection(memory_type, agent, create=False)
         if col is None:
             return 0
-        if include_archived:
-            return int(col.count())
-        return len(col.get(where={"archived": False}, include=[])["ids"])
+        try:
+            if include_archived:
+                return int(col.count())
+            return len(col.get(where={"archived": False}, include=[])["ids"])
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
+            raise _chroma_error("count memories", exc) from None
+
+    # -- whole collections, by name (reindex) ---------------------------------------------
+    # Backup re-embeds a collection by copying it into a staging collection and swapping the
+    # names; these are the operations it needs, so that Chroma stays inside this module.
+    def collection_names(self) -> set[str]:
+        """The names of every collection on the backend (any project, staging ones included)."""
+        try:
+            return {c if isinstance(c, str) else c.name for c in self.client.list_collections()}
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
+            raise _chroma_error("list collections", exc) from None
+
+    def _named(self, name: str) -> Any:
+        try:
+            return self.client.get_collection(name, embedding_function=None)
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
+            raise _chroma_error(f"open collection {name}", exc) from None
+
+    def _run(self, what: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the caller gets a StorageError saying what failed
+            raise _chroma_error(what, exc) from None
+
+    def collection_model(self, name: str) -> str | None:
+        """The embedding model the collection's vectors were made with (None: not recorded)."""
+        metadata = self._run(f"read {name}", lambda: self._named(name).metadata) or {}
+        model = metadata.get("embedding_model")
+        return str(model) if model is not None else None
+
+    def collection_size(self, name: str) -> int:
+        return int(self._run(f"count {name}", lambda: self._named(name).count()))
+
+    def raw_page(self, name: str, offset: int, limit: int, documents: bool = False) -> dict[str, Any]:
+        """A page of the collection's records as stored: ids, metadatas (and documents)."""
+        include = ["metadatas", "documents"] if documents else ["metadatas"]
+        return dict(self._run(f"read {name}", lambda: self._named(name).get(include=include, limit=limit, offset=offset)))
+
+    def raw_records(self, name: str, ids: Sequence[str], documents: bool = False) -> dict[str, Any]:
+        include = ["metadatas", "documents"] if documents else ["metadatas"]
+        if not ids:
+            return {"ids": [], "metadatas": [], "documents": []}
+        return dict(self._run(f"read {name}", lambda: self._named(name).get(ids=list(ids), include=include)))
+
+    def staging_collection(self, name: str, model: str) -> None:
+        """Make sure `name` exists for vectors of `model`: one left with another model's is replaced."""
+
+        def make() -> Any:
+            return self.client.get_or_create_collection(
+                name, embedding_function=None, metadata={"hnsw:space": "cosine", "embedding_model": model}
+            )
+
+        made = self._run(f"create {name}", make)
+        if (made.metadata or {}).get("embedding_model") != model:
+            self._run(f"delete {name}", lambda: self.client.delete_collection(name))
+            self._run(f"create {name}", make)
+
+    def write_staged(
+        self, name: str, ids: Sequence[str], embeddings: Any, documents: Sequence[str], metadatas: Sequence[dict[str, Any]]
+    ) -> None:
+        """Upsert records into a staging collection (not searched: no cache follows it)."""
+        self._run(
+            f"write {len(ids)} records to {name}",
+            lambda: self._named(name).upsert(ids=list(ids), embeddings=embeddings, documents=list(documents), metadatas=list(metadatas)),
+        )
+
+    def delete_staged(self, name: str, ids: Sequence[str]) -> None:
+        self._run(f"delete {len(ids)} records from {name}", lambda: self._named(name).delete(ids=list(ids)))
+
+    def merge_metadata(self, name: str, ids: Sequence[str], metadatas: Sequence[dict[str, Any]]) -> None:
+        """Merge these fields into the records' metadata (Chroma merges on update: the other
+        fields stay as they are); caches of the collection see the change."""
+        try:
+            self._run(f"update {len(ids)} records of {name}", lambda: self._named(name).update(ids=list(ids), metadatas=list(metadatas)))
+        finally:
+            self.collection_replaced(name)
+
+    def rename_collection(self, name: str, new_name: str) -> None:
+        self._run(f"rename {name} to {new_name}", lambda: self._named(name).modify(name=new_name))
+        self.collection_replaced(name)
+        self.collection_replaced(new_name)
+
+    def drop_collection(self, name: str) -> None:
+        self._run(f"delete {name}", lambda: self.client.delete_collection(name))
+        self.collection_replaced(name)
+
+    def collection_replaced(self, name: str) -> None:
+        """The collection under `name` changed behind the store's back (renamed, swapped or
+        rewritten): drop its handle, and let every generation-keyed cache see the change."""
+        self._collections.pop(name, None)
+        self._bump(name)
 
     def heartbeat(self) -> bool:
         try:
             self.client.heartbeat()
             return True
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure means unreachable: health reports it, never raises
             return False
+
+    def close(self) -> None:
+        """Let go of the collections and, for the embedded store, this store's hold of the shared
+        client (the last holder closes Chroma's client and unmaps the counters). A store is not
+        used after `close`; the service opens a new one."""
+        self._collections.clear()
+        if self._shared is not None:
+            release_shared_client(self._shared)
 
 
 class _RemoteChanges:
@@ -866,7 +981,7 @@ class _RemoteChanges:
                             i: zlib.crc32(str((m or {}).get("token", "")).encode())
                             for i, m in zip(got["ids"], got["metadatas"])
                         }
-                    except Exception as exc:  # a cache may be a little stale; the call itself must not fail
+                    except Exception as exc:  # noqa: BLE001 - a cache may be a little stale; the call itself must not fail
                         log.warning("could not read change tokens from the Chroma server: %s", exc)
                     self._read_at = time.monotonic()
         return self._tokens.get(name, 0)
@@ -878,7 +993,7 @@ class _RemoteChanges:
                 embeddings=[[1.0] for _ in names],
                 metadatas=[{"token": uuid.uuid4().hex} for _ in names],
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the write itself is done; a lost change token only delays other processes' caches
             log.warning("could not record a change on the Chroma server (other processes' caches may lag): %s", exc)
 
 

@@ -26,9 +26,11 @@ whenever any process writes to that collection, which is what result caches are 
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -38,6 +40,8 @@ from types import TracebackType
 from typing import Any, Callable, Iterator
 
 from .errors import StorageError
+
+log = logging.getLogger("alma_mcp")
 
 try:  # POSIX: flock gives shared and exclusive locks, released by the kernel if a process dies.
     import fcntl
@@ -52,11 +56,14 @@ _WORD = struct.Struct("<Q")
 
 
 def collection_missing(exc: BaseException) -> bool:
-    """Whether Chroma raised `exc` because the collection does not exist (and for no other reason:
-    a lock timeout or a broken database must surface as an error, not read as an empty store)."""
-    from chromadb.errors import NotFoundError  # chromadb is imported by whoever opened the client
+    """Whether the backend raised `exc` because the collection does not exist (and for no other
+    reason: a lock timeout or a broken database must surface as an error, not read as an empty store)."""
+    from .backend import CollectionNotFound
 
-    return isinstance(exc, NotFoundError)
+    if isinstance(exc, CollectionNotFound):
+        return True
+    errors = sys.modules.get("chromadb.errors")  # not loaded: the error cannot be Chroma's
+    return errors is not None and isinstance(exc, errors.NotFoundError)
 
 
 class LockTimeout(StorageError):
@@ -173,6 +180,9 @@ class _FileLock:
                 raise
 
     def _acquire_windows(self, fd: int, deadline: float) -> int:  # pragma: no cover - Windows
+        if sys.platform != "win32":  # no flock and no msvcrt: no file lock to take
+            os.close(fd)
+            raise StorageError(f"this platform offers no file locks for {self.path}")
         import msvcrt
 
         while True:
@@ -196,20 +206,36 @@ class ChangeCounters:
     Word 0 counts all writes; word 1 + hash(collection) % SLOTS holds the count at the last
     write to that collection. Words are only changed under the exclusive lock; reads are plain
     memory loads, so checking for other processes' writes costs nanoseconds.
+
+    The file is mapped on first use and unmapped by `close`; a use after `close` maps it again
+    (a stale holder keeps working, it only pays for the mapping).
     """
 
     def __init__(self, path: Path) -> None:
-        size = _WORD.size * (SLOTS + 1)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
-            self._map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
+        self.path = path
+        self._map: mmap.mmap | None = None
+        self._map_lock = threading.Lock()
+        self._mapped()  # a directory that cannot hold the file fails here, at open, not at a first read
+
+    def _mapped(self) -> mmap.mmap:
+        mapping = self._map
+        if mapping is None:
+            with self._map_lock:
+                if self._map is None:
+                    size = _WORD.size * (SLOTS + 1)
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                    try:
+                        if os.fstat(fd).st_size < size:
+                            os.ftruncate(fd, size)
+                        self._map = mmap.mmap(fd, size)
+                    finally:
+                        os.close(fd)
+                mapping = self._map
+        return mapping
 
     def _read(self, index: int) -> int:
-        return _WORD.unpack_from(self._map, index * _WORD.size)[0]
+        value: int = _WORD.unpack_from(self._mapped(), index * _WORD.size)[0]
+        return value
 
     @staticmethod
     def _slot(name: str) -> int:
@@ -223,17 +249,21 @@ class ChangeCounters:
 
     def bump(self, names: list[str]) -> int:
         """Count one write touching these collections; call with the exclusive lock held."""
+        mapping = self._mapped()
         value = self._read(0) + 1
         for name in names:
-            _WORD.pack_into(self._map, self._slot(name) * _WORD.size, value)
-        _WORD.pack_into(self._map, 0, value)
+            _WORD.pack_into(mapping, self._slot(name) * _WORD.size, value)
+        _WORD.pack_into(mapping, 0, value)
         return value
 
     def close(self) -> None:
-        try:
-            self._map.close()
-        except (BufferError, ValueError):
-            pass
+        with self._map_lock:
+            mapping, self._map = self._map, None
+        if mapping is not None:
+            try:
+                mapping.close()
+            except BufferError:  # a reader still holds a view of it: the mapping goes with that view
+                pass
 
 
 class DirectoryLock:
@@ -291,18 +321,43 @@ class DirectoryLock:
             self.release(exclusive=True)
 
 
+# One DirectoryLock and one SharedClient per directory in this process, each with the number of
+# holders: the last `release_*` closes it (unmaps the counters, closes Chroma's client) and
+# drops it from the registry, so a process that opens and closes services leaks nothing.
 _registry: dict[Path, DirectoryLock] = {}
+_holders: dict[Path, int] = {}
 _registry_lock = threading.Lock()
 
 
 def directory_lock(directory: Path, timeout: float = 60.0) -> DirectoryLock:
-    """The one `DirectoryLock` of this process for `directory` (the service and the store share it)."""
+    """The one `DirectoryLock` of this process for `directory` (the service and the store share
+    it). Each call is a hold: give it back with `release_directory_lock`."""
     key = Path(os.path.realpath(directory))
     with _registry_lock:
         lock = _registry.get(key)
         if lock is None:
             lock = _registry[key] = DirectoryLock(key, timeout)
+        _holders[key] = _holders.get(key, 0) + 1
         return lock
+
+
+def release_directory_lock(lock: DirectoryLock) -> None:
+    """Give back one hold of `lock`; the last one unmaps its counters and forgets it."""
+    with _registry_lock:
+        key = lock.directory
+        if _registry.get(key) is not lock:
+            return  # already forgotten (released more often than taken): nothing of ours to close
+        _holders[key] -= 1
+        if _holders[key] > 0:
+            return
+        del _registry[key], _holders[key]
+    lock.counters.close()
+
+
+def open_directories() -> list[Path]:
+    """The directories whose lock this process holds (what a closed service must not leave behind)."""
+    with _registry_lock:
+        return sorted(_registry)
 
 
 class WriteLock:
@@ -310,16 +365,30 @@ class WriteLock:
 
     With a directory (the embedded store) it is that directory's `DirectoryLock`, shared with
     the store's reads and with other processes; without one (a Chroma server) it only orders
-    the threads of this process.
+    the threads of this process. The directory lock is taken on first use and given back by
+    `close`; a use after `close` takes it again.
     """
 
     def __init__(self, directory: Path | None, timeout: float = 60.0) -> None:
-        self.directory_lock = directory_lock(directory, timeout) if directory is not None else None
+        self.directory = directory
+        self.timeout = timeout
+        self._directory_lock: DirectoryLock | None = None
+        self._open_lock = threading.Lock()
         self._thread_lock = threading.RLock()
 
+    @property
+    def directory_lock(self) -> DirectoryLock | None:
+        if self.directory is None:
+            return None
+        with self._open_lock:
+            if self._directory_lock is None:
+                self._directory_lock = directory_lock(self.directory, self.timeout)
+            return self._directory_lock
+
     def __enter__(self) -> "WriteLock":
-        if self.directory_lock is not None:
-            self.directory_lock.acquire(exclusive=True)
+        lock = self.directory_lock
+        if lock is not None:
+            lock.acquire(exclusive=True)
         else:
             self._thread_lock.acquire()
         return self
@@ -327,13 +396,19 @@ class WriteLock:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.directory_lock is not None:
-            self.directory_lock.release(exclusive=True)
+        lock = self._directory_lock
+        if lock is not None:
+            lock.release(exclusive=True)
         else:
             self._thread_lock.release()
 
     def close(self) -> None:
-        """Nothing to release: locks are held only for the length of a `with` block."""
+        """Give back this lock's hold of the directory lock (see `release_directory_lock`). Not
+        to be called inside a `with` block of this lock."""
+        with self._open_lock:
+            lock, self._directory_lock = self._directory_lock, None
+        if lock is not None:
+            release_directory_lock(lock)
 
 
 class SharedCollection:
@@ -407,6 +482,13 @@ class SharedCollection:
         return f"SharedCollection({self.name!r})"
 
 
+def _close_quietly(raw: Any) -> None:
+    try:
+        raw.close()
+    except Exception as exc:  # noqa: BLE001 - chromadb names no error for close; the client is dropped all the same
+        log.debug("closing a Chroma client failed (dropped all the same): %s", exc)
+
+
 class SharedClient:
     """A Chroma `PersistentClient` that several processes can use on one directory at once.
 
@@ -432,10 +514,7 @@ class SharedClient:
         if self._raw is None or total != self._seen:
             if self._raw is not None:
                 self._collections.clear()
-                try:
-                    self._raw.close()
-                except Exception:  # a client that cannot close cleanly is dropped all the same
-                    pass
+                _close_quietly(self._raw)
                 self._raw = None
                 self.reopened += 1
             self._raw = self._open()
@@ -521,6 +600,15 @@ class SharedClient:
         with self.reading() as raw:
             return raw.heartbeat()
 
+    def close(self) -> None:
+        """Close Chroma's client (a later call opens it again, as after another process's write)."""
+        with self.lock.write():
+            raw, self._raw = self._raw, None
+            self._collections.clear()
+            self._seen = -1
+            if raw is not None:
+                _close_quietly(raw)
+
     def reopen(self) -> None:
         """Drop the open client now (e.g. after the files were replaced); the next call reopens."""
         with self.lock.write():
@@ -541,10 +629,12 @@ class SharedClient:
 
 
 _clients: dict[Path, SharedClient] = {}
+_client_holders: dict[Path, int] = {}
 
 
 def shared_client(path: Path, open_client: Callable[[Path], Any], lock_dir: Path | None = None) -> SharedClient:
-    """The one `SharedClient` of this process for the Chroma folder `path`.
+    """The one `SharedClient` of this process for the Chroma folder `path`. Each call is a hold:
+    give it back with `release_shared_client`.
 
     The lock and counters live in `lock_dir` (default: the folder above, the data directory,
     which is where the service's `WriteLock` lives too).
@@ -552,10 +642,36 @@ def shared_client(path: Path, open_client: Callable[[Path], Any], lock_dir: Path
     key = Path(os.path.realpath(path))
     with _registry_lock:
         client = _clients.get(key)
-    if client is None:
-        lock = directory_lock(lock_dir or key.parent)
-        with _registry_lock:
-            client = _clients.get(key)
-            if client is None:
-                client = _clients[key] = SharedClient(key, lock, lambda: open_client(key))
+        if client is not None:
+            _client_holders[key] += 1
+            return client
+    lock = directory_lock(lock_dir or key.parent)  # outside _registry_lock, which it takes
+    with _registry_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = SharedClient(key, lock, lambda: open_client(key))
+            _client_holders[key] = 1
+            return client
+        _client_holders[key] += 1
+    release_directory_lock(lock)  # another thread made the client meanwhile, with its own hold
     return client
+
+
+def release_shared_client(client: SharedClient) -> None:
+    """Give back one hold of `client`; the last one closes Chroma's client and the directory lock."""
+    with _registry_lock:
+        key = client.path
+        if _clients.get(key) is not client:
+            return
+        _client_holders[key] -= 1
+        if _client_holders[key] > 0:
+            return
+        del _clients[key], _client_holders[key]
+    client.close()
+    release_directory_lock(client.lock)
+
+
+def open_clients() -> list[Path]:
+    """The Chroma folders whose client this process holds open."""
+    with _registry_lock:
+        return sorted(_clients)

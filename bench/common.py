@@ -153,9 +153,9 @@ def make_filler(
     kinds = [k for k, _ in _TYPES]
     weights = [w for _, w in _TYPES]
     for i in range(count):
-        s, l = rng.randrange(len(situations)), rng.randrange(len(lessons))
+        s, li = rng.randrange(len(situations)), rng.randrange(len(lessons))
         kind = rng.choices(kinds, weights)[0]
-        situation, lesson = situations[s], lessons[l]
+        situation, lesson = situations[s], lessons[li]
         serial = f"ticket {agent[:3].upper()}-{start + i}"
         base: dict[str, Any] = {
             "id": f"{kind}-{hashlib.md5(f'{agent}:{start + i}'.encode()).hexdigest()}",
@@ -174,7 +174,7 @@ def make_filler(
         else:
             base |= {"task": f"{situation} ({serial})", "strategy_used": lesson, "outcome": rng.choice(["success", "success", "failure", "partial"])}
         memories.append(parse_memory(base))
-        vector = situation_vectors[s] + lesson_vectors[l]
+        vector = situation_vectors[s] + lesson_vectors[li]
         vectors[i] = vector / np.linalg.norm(vector)
     return memories, vectors
 

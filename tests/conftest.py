@@ -1,4 +1,5 @@
-"""Shared fixtures. The real embedding model is loaded once per test session.
+"""Shared fixtures. The real embedding model is loaded once per test session; the fast tier
+(`pytest -m fast`) uses `make_fast_alma`: the in-memory backend and the hash embedder.
 
 `make_alma(**settings)` builds an ALMA service on a fresh embedded Chroma store in a temp
 folder; pass `agents={...}` etc. as in the `alma:` section of the config file.
@@ -20,9 +21,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # reused by later runs on the machine; every use is checked against torch first.
 ONNX_CACHE = os.environ.setdefault("ALMA_MCP_CACHE_DIR", os.path.join(tempfile.gettempdir(), "alma-mcp-test-cache"))
 
-from alma_mcp.config import AlmaConfig, parse_config  # noqa: E402
 from alma_mcp.embeddings import HashEmbedder, SentenceTransformerEmbedder  # noqa: E402
+from alma_mcp.backend import InMemoryBackend  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
+from alma_mcp.store import MemoryStore  # noqa: E402
+from helpers import build_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,12 +40,6 @@ def real_embedder() -> SentenceTransformerEmbedder:
 @pytest.fixture
 def hash_embedder() -> HashEmbedder:
     return HashEmbedder()
-
-
-def build_config(data_dir: Path, **alma: Any) -> AlmaConfig:
-    alma.setdefault("allow_undeclared_agents", True)
-    alma.setdefault("data_dir", str(data_dir))
-    return parse_config({"alma": alma})
 
 
 @pytest.fixture
@@ -65,3 +62,41 @@ def make_alma(tmp_path: Path, real_embedder: SentenceTransformerEmbedder) -> Cal
 def alma(make_alma: Callable[..., ALMA]) -> ALMA:
     """An ALMA service with undeclared agents allowed, on a fresh store, with the real model."""
     return make_alma()
+
+
+@pytest.fixture
+def make_fast_alma(tmp_path: Path) -> Callable[..., ALMA]:
+    """A factory for the fast tier: make_fast_alma(agents={...}, ...) -> ALMA on the in-memory
+    backend with the hash embedder (deterministic, no model, nothing stored on disk but the
+    lock and audit files in tmp_path). `backend` lets a test hand in one (with a fault)."""
+    made: list[ALMA] = []
+
+    def factory(backend: InMemoryBackend | None = None, **alma: Any) -> ALMA:
+        config = build_config(tmp_path / "data", **alma)
+        embedder = HashEmbedder()
+        service = ALMA(config, embedder=embedder, store=MemoryStore.in_memory(config.project, embedder, backend))
+        made.append(service)
+        return service
+
+    yield factory
+    for service in made:
+        service.close()
+
+
+@pytest.fixture
+def fast_alma(make_fast_alma: Callable[..., ALMA]) -> ALMA:
+    return make_fast_alma()
+
+
+HEAVY_MARKERS = {"slow", "models", "chroma_server"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`fast` is every test that loads no model (no `real_embedder` among its fixtures, however
+    indirectly) and starts no process (not marked slow): `pytest -m fast` is the fast tier."""
+    for item in items:
+        if "real_embedder" in getattr(item, "fixturenames", ()):
+            continue
+        if any(item.get_closest_marker(name) for name in HEAVY_MARKERS):
+            continue
+        item.add_marker(pytest.mark.fast)

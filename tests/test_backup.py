@@ -171,16 +171,14 @@ def test_export_with_embeddings_imports_without_embedding_again(make_alma, tmp_p
 
 
 def _models(alma: Any) -> set[str]:
-    client = alma.store.client
     return {
-        (client.get_collection(collection_name(alma.config.project, kind, None if agent == "_" else agent)).metadata or {}).get("embedding_model")
+        alma.store.collection_model(collection_name(alma.config.project, kind, None if agent == "_" else agent))
         for agent, kind in alma.store.scopes()
     }
 
 
 def _side_collections(alma: Any) -> list[str]:
-    names = [c if isinstance(c, str) else c.name for c in alma.store.client.list_collections()]
-    return [n for n in names if not n.startswith("alma.")]
+    return sorted(n for n in alma.store.collection_names() if not n.startswith("alma."))
 
 
 def test_reindex_with_a_second_model_and_back(make_alma, tmp_path, real_embedder):
@@ -257,15 +255,15 @@ def test_reindex_interrupted_anywhere_can_be_run_again(make_alma, tmp_path, hash
     # A crash inside the swap (live renamed away, the new one not yet renamed in): the next run
     # finishes it. Both states the swap passes through are recovered without loss.
     live = collection_name("default", "knowledge", "victor")
-    client = resumed.store.client
-    client.get_collection(live).modify(name="alma-reindex.default.victor.knowledge")  # the new one, complete
-    client.create_collection("alma-retired.default.victor.knowledge")  # the old one, about to go
+    store = resumed.store
+    store.rename_collection(live, "alma-reindex.default.victor.knowledge")  # the new one, complete
+    store.staging_collection("alma-retired.default.victor.knowledge", "hash-256")  # the old one, about to go
     finished = make_alma(data_dir=data, embedder=HashEmbedder(64), embedding={"model": "hash-64"})
     recovered = reindex(finished)
     assert {c.status for c in recovered.collections} == {"recovered"}
     assert _side_collections(finished) == [] and set(snapshot(finished)) == set(original) | {late.id}
 
-    client.get_collection(live).modify(name="alma-retired.default.victor.knowledge")  # renamed away, nothing new
+    store.rename_collection(live, "alma-retired.default.victor.knowledge")  # renamed away, nothing new
     again = make_alma(data_dir=data, embedder=HashEmbedder(64), embedding={"model": "hash-64"})
     assert {c.status for c in reindex(again).collections} == {"recovered"}
     assert _side_collections(again) == [] and set(snapshot(again)) == set(original) | {late.id}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from test_retrieval import teach_playwright
+from helpers import teach_playwright
 
 from alma_mcp.calibration import MAX_SHIFT, FloorCalibration, fitted_shift
 from alma_mcp.retrieval import CALIBRATION_FILE

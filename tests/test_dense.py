@@ -3,6 +3,7 @@ store through every kind of write, ours and another process's."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,7 @@ from alma_mcp.embeddings import HashEmbedder
 from alma_mcp.models import DomainKnowledge, new_id
 from alma_mcp.service import ALMA
 
-from test_retrieval import teach_playwright
+from helpers import teach_playwright
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -363,8 +364,6 @@ def test_a_write_made_while_an_index_is_read_is_applied_to_it(make_alma) -> None
     """Write listeners run inside the store's write lock and never wait for an index being read
     (that reader may be waiting for the store: a deadlock). A write made meanwhile is queued and
     applied by the reader once its index is in place, so the index holds it and is current."""
-    import threading
-
     alma = make_alma(embedder=HashEmbedder())
     first = DomainKnowledge(id=new_id("knowledge"), project=alma.config.project, agent="ops", domain="ops", fact="Kafka has twelve partitions")
     alma.store.put([first])
@@ -418,8 +417,9 @@ def test_warm_up_reads_every_declared_agents_collections_in_the_background(make_
     again.close()
 
     off = ALMA(alma.config.model_copy(update={"alma": alma.config.alma.model_copy(update={"preload_indexes": False})}), embedder=HashEmbedder())
-    off.warm_up()
-    time.sleep(0.5)
+    running = set(threading.enumerate())
+    off.warm_up()  # starts its threads before it returns: none may have started
+    assert not [t for t in threading.enumerate() if t not in running and t.name.startswith("alma-")]
     assert off.retriever.indexes.ready("knowledge", "ops") is None, "preload_indexes: false reads on first use"
     assert off.health()["search_indexes"] == "read when first searched"
     off.close()

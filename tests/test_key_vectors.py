@@ -5,7 +5,6 @@ their key vectors in. Real model, real embedded Chroma, real MCP client."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import anyio
@@ -19,7 +18,7 @@ from alma_mcp.server import create_server
 from alma_mcp.service import ALMA
 from alma_mcp.store import KEY_CHECK, KEY_VECTOR, collection_name
 
-from test_retrieval import teach_playwright
+from helpers import teach_playwright
 
 
 class CountingEmbedder:
@@ -181,7 +180,8 @@ def test_key_vectors_are_used_through_a_real_mcp_client(make_alma, real_embedder
     counting = CountingEmbedder(real_embedder)
     alma = make_alma(embedder=counting)
     teach_playwright(alma)
-    alma.retriever.keys.embedded = 0
+    keys = alma.retriever.keys  # the session's end closes the service, which makes a new retriever after
+    keys.embedded = 0
 
     async def main() -> None:
         async with Client(create_server(alma=alma), mode="legacy") as client:
@@ -193,4 +193,4 @@ def test_key_vectors_are_used_through_a_real_mcp_client(make_alma, real_embedder
             assert counting.texts == [task]
 
     anyio.run(main)
-    assert alma.retriever.keys.embedded == 0
+    assert keys.embedded == 0

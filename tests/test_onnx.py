@@ -24,8 +24,7 @@ pytest.importorskip("sentence_transformers", reason="needs alma-mcp[models]")
 from alma_mcp import onnx_encoder  # noqa: E402
 from alma_mcp.embeddings import SentenceTransformerEmbedder, resolve_model  # noqa: E402
 from alma_mcp.onnx_encoder import OnnxEncoder, prepare  # noqa: E402
-from conftest import ONNX_CACHE  # noqa: E402
-from test_stdio import server_env, write_config  # noqa: E402
+from helpers import ONNX_CACHE, server_env, write_config  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.models]
 

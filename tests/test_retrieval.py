@@ -18,32 +18,7 @@ from alma_mcp.prompt import estimate_tokens
 from alma_mcp.retrieval import KeyVectors
 from alma_mcp.server import create_server
 from alma_mcp.service import ALMA
-
-PLAYWRIGHT_LESSONS = [
-    ("Testing a login form with client-side validation",
-     "Assert the inline errors via getByRole('alert') before submitting, then post the same bad payload "
-     "to /api/auth/login and expect HTTP 422 so server-side validation is covered too."),
-    ("A Playwright test flakes waiting for a button right after navigation",
-     "Remove waitForTimeout calls; await page.waitForURL after the click and use web-first assertions "
-     "such as expect(locator).toBeVisible(), which retry until the timeout."),
-    ("Testing checkout where the Stripe card field lives inside an iframe",
-     "Use page.frameLocator on the Stripe iframe and fill the card input there; 4242 4242 4242 4242 succeeds."),
-    ("Running an accessibility audit on a new page",
-     "Run AxeBuilder with the wcag2a and wcag2aa tags and fail the test on any serious violation."),
-]
-
-
-def teach_playwright(alma: ALMA, agent: str = "helena") -> None:
-    for condition, strategy in PLAYWRIGHT_LESSONS:
-        alma.add_heuristic(agent, condition, strategy, task_type="testing")
-    alma.add_anti_pattern(
-        agent,
-        "Sleeping a fixed number of seconds before clicking",
-        "Fixed sleeps are too short on CI and waste time locally; the test stays flaky.",
-        "Wait for the URL or use auto-retrying assertions.",
-    )
-    alma.add_knowledge(agent, "testing", "Staging sends the X-Test-Bypass header to skip the captcha on /signup.")
-
+from helpers import teach_playwright
 
 def test_a_task_with_nothing_relevant_gets_an_empty_prompt(alma: ALMA) -> None:
     teach_playwright(alma)

@@ -8,38 +8,16 @@ server with the SDK's Client across a restart.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import anyio
 import pytest
 from mcp import Client, StdioServerParameters
+from helpers import server_env, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def write_config(tmp_path: Path) -> Path:
-    config = tmp_path / ".alma" / "config.yaml"
-    config.parent.mkdir(parents=True)
-    config.write_text(
-        "alma:\n"
-        "  project_id: stdio-test\n"
-        "  agents:\n"
-        "    helena:\n"
-        "      can_learn: [form_testing]\n"
-        "      min_occurrences_for_heuristic: 3\n",
-        encoding="utf-8",
-    )
-    return config
-
-
-def server_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False", "PYTHONUNBUFFERED": "1"})
-    return env
 
 
 def test_stdout_is_protocol_only_and_initialize_is_fast(tmp_path):

@@ -8,6 +8,7 @@ from mcp import Client
 
 from alma_mcp.errors import StorageError
 from alma_mcp.server import create_server
+from alma_mcp.writelock import SharedCollection
 
 
 def break_collection_reads(alma, monkeypatch) -> None:
@@ -37,3 +38,47 @@ async def test_the_client_sees_the_storage_error_instead_of_no_memories(alma, mo
 def test_a_collection_never_written_is_still_empty(alma):
     assert alma.store.count("heuristic", "zed") == 0
     assert len(alma.retrieve("deploy the billing service", agent="zed")) == 0
+
+
+def fail_every_write(monkeypatch) -> None:
+    """Every write to a collection fails as a full disk would (reads keep working)."""
+
+    def failing(self, method, *args, **kwargs):
+        raise InternalError("database or disk is full")
+
+    monkeypatch.setattr(SharedCollection, "_write", failing)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_failing_write_reaches_the_client_and_damages_nothing(alma, monkeypatch, mode):
+    fact = alma.add_knowledge("zed", "billing", "The billing service deploys blue-green behind the canary gate.")
+    outcomes = alma.store.count("outcome", "zed")
+    fail_every_write(monkeypatch)
+    async with Client(create_server(alma=alma), mode=mode) as client:
+        result = await client.call_tool(
+            "alma_learn",
+            {"agent": "zed", "task": "deploy billing", "outcome": "success", "strategy_used": "blue-green"},
+        )
+        assert result.is_error
+        assert "could not write" in result.content[0].text and "disk is full" in result.content[0].text
+        result = await client.call_tool("alma_forget", {"memory_ids": [fact.id], "agent": "zed", "dry_run": False})
+        assert result.is_error and "disk is full" in result.content[0].text
+    monkeypatch.undo()
+    assert alma.store.count("outcome", "zed") == outcomes
+    assert alma.store.get(fact.id) == fact and not alma.store.get(fact.id).archived
+    found = alma.retrieve("how does billing deploy", "zed", memory_types=["knowledge"])
+    assert [m.memory.id for m in found.knowledge] == [fact.id]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_store_that_cannot_list_its_collections_is_an_error_not_zero_memories(alma, monkeypatch, mode):
+    alma.add_knowledge("zed", "billing", "The billing service deploys blue-green behind the canary gate.")
+
+    def failing(*args, **kwargs):
+        raise InternalError("database disk image is malformed")
+
+    monkeypatch.setattr(alma.store.client, "list_collections", failing)
+    async with Client(create_server(alma=alma), mode=mode) as client:
+        result = await client.call_tool("alma_stats", {"agent": "zed"})
+    assert result.is_error
+    assert "could not list collections" in result.content[0].text and "malformed" in result.content[0].text

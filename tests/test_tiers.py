@@ -4,8 +4,7 @@ explain give a memory the same evidence."""
 
 from __future__ import annotations
 
-from test_prompt import fenced_regions
-from test_retrieval import teach_playwright
+from helpers import fenced_regions, teach_playwright
 
 from alma_mcp.config import RetrievalSettings
 from alma_mcp.prompt import WEAK_HEADER, WEAK_SECTION, estimate_tokens

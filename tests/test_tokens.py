@@ -4,7 +4,6 @@ protected-resource metadata and WWW-Authenticate challenge of the MCP authorizat
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 

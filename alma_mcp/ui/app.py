@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import AlmaError, ConfigError, InvalidInput, NotFound
 from ..http import LOOPBACK_NAMES, is_loopback
@@ -81,7 +81,7 @@ class Guard:
             await _refuse(403, "cross-origin requests are refused", scope, receive, send)
             return
 
-        async def secured(message: dict[str, Any]) -> None:
+        async def secured(message: Message) -> None:
             if message["type"] == "http.response.start":
                 extra = [
                     (b"content-security-policy", CSP.encode()),
@@ -101,7 +101,7 @@ async def _refuse(status: int, error: str, scope: Scope, receive: Receive, send:
 
 
 def build_app(alma: "ALMA", key: str, host: str, port: int) -> ASGIApp:
-    def api(handler: Callable[[Request], Any], write: bool = False) -> Callable[[Request], Any]:
+    def api(handler: Callable[..., Any], write: bool = False) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
             if not hmac.compare_digest(request.headers.get(KEY_HEADER, "").encode(), key.encode()):
                 return JSONResponse({"error": "missing or wrong key: open the URL alma-mcp ui printed"}, status_code=401)

@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from ..learning import wilson_lower_bound
-from ..models import MEMORY_TYPES, MemoryBase
+from ..models import MEMORY_TYPES, OUTCOME_WEIGHTS, AnyMemory, MemoryBase, Outcome
 
 if TYPE_CHECKING:
     from ..service import ALMA
@@ -53,7 +53,11 @@ def memory_page(alma: "ALMA", memory_id: str) -> dict[str, Any]:
     return {
         "memory": memory.model_dump(mode="json"),
         "title": memory.title(),
-        "provenance": [summary(o) | {"outcome": o.outcome, "created_at": o.created_at.isoformat()} for o in detail.provenance],  # type: ignore[attr-defined]
+        "provenance": [
+            summary(o) | {"outcome": o.outcome, "created_at": o.created_at.isoformat()}
+            for o in detail.provenance
+            if isinstance(o, Outcome)
+        ],
         "audit": [e.model_dump(mode="json", exclude={"snapshot"}) for e in history],
         "confidence": confidence_series(memory, detail.provenance, history),
         "editable": _editable(memory),
@@ -73,7 +77,7 @@ def confidence_series(memory: MemoryBase, outcomes: list[Any], history: list[Any
     points: list[dict[str, Any]] = []
     wins = 0.0
     for n, outcome in enumerate(sorted(outcomes, key=lambda o: o.created_at), 1):
-        wins += {"success": 1.0, "partial": 0.5, "failure": 0.0}[outcome.outcome]
+        wins += OUTCOME_WEIGHTS[outcome.outcome]
         rate = wins if memory.type == "heuristic" else n - wins  # type: ignore[attr-defined]
         points.append({"at": outcome.created_at.isoformat(), "value": round(wilson_lower_bound(rate, n), 4),
                        "source": f"evidence after {n} outcome{'s' if n > 1 else ''}"})
@@ -82,7 +86,7 @@ def confidence_series(memory: MemoryBase, outcomes: list[Any], history: list[Any
         if isinstance(after, (int, float)):
             points.append({"at": entry.at.isoformat(), "value": after, "source": f"{entry.action}: {entry.reason}"})
     if hasattr(memory, "confidence"):
-        points.append({"at": memory.updated_at.isoformat(), "value": memory.confidence, "source": "now"})  # type: ignore[attr-defined]
+        points.append({"at": memory.updated_at.isoformat(), "value": memory.confidence, "source": "now"})
     return sorted(points, key=lambda p: p["at"])
 
 
@@ -90,7 +94,7 @@ def learning(alma: "ALMA", agent: str) -> dict[str, Any]:
     """Per day: lessons formed (created) and retired (archived, from the audit log); and the
     success rate of the agent's recorded outcomes by task type."""
     days: dict[str, dict[str, int]] = defaultdict(lambda: {"formed": 0, "retired": 0})
-    lessons: list[MemoryBase] = []
+    lessons: list[AnyMemory] = []
     for kind in LESSONS:
         lessons += [m for m in alma.list_memories(agent, kind, limit=100000, include_archived=True) if m.agent == agent]
     for lesson in lessons:
@@ -98,10 +102,14 @@ def learning(alma: "ALMA", agent: str) -> dict[str, Any]:
     for entry in alma.audit_log(limit=10000, agent=agent):
         if entry.memory_type in LESSONS and entry.action in ("archive", "merge", "purge"):
             days[entry.at.date().isoformat()]["retired"] += 1
-    outcomes = [m for m in alma.list_memories(agent, "outcome", limit=100000, include_archived=True) if m.agent == agent]
+    outcomes = [
+        m
+        for m in alma.list_memories(agent, "outcome", limit=100000, include_archived=True)
+        if isinstance(m, Outcome) and m.agent == agent
+    ]
     by_type: dict[str, dict[str, int]] = defaultdict(lambda: {"success": 0, "partial": 0, "failure": 0})
     for outcome in outcomes:
-        by_type[outcome.task_type or "(none)"][outcome.outcome] += 1  # type: ignore[attr-defined]
+        by_type[outcome.task_type or "(none)"][outcome.outcome] += 1
     rates = []
     for task_type, counts in sorted(by_type.items()):
         total = sum(counts.values())
@@ -109,8 +117,8 @@ def learning(alma: "ALMA", agent: str) -> dict[str, Any]:
                       "success_rate": round((counts["success"] + 0.5 * counts["partial"]) / total, 3)})
     return {
         "agent": agent,
-        "active": {k: sum(1 for m in lessons if m.type == k and not m.archived) for k in LESSONS},  # type: ignore[attr-defined]
-        "archived": {k: sum(1 for m in lessons if m.type == k and m.archived) for k in LESSONS},  # type: ignore[attr-defined]
+        "active": {k: sum(1 for m in lessons if m.type == k and not m.archived) for k in LESSONS},
+        "archived": {k: sum(1 for m in lessons if m.type == k and m.archived) for k in LESSONS},
         "days": [{"day": d, **c} for d, c in sorted(days.items())],
         "outcomes": len(outcomes),
         "by_task_type": rates,
