@@ -217,7 +217,7 @@ class BertEncoder:
             self.session = bert_onnx.session(self)
         except (ImportError, bert_onnx.Exiting):
             return False
-        except Exception as exc:  # numpy keeps serving; say why
+        except Exception as exc:  # noqa: BLE001 - numpy keeps serving whatever ONNX Runtime raised; the log says why
             log.warning("the encoder stays in numpy: ONNX Runtime refused its layers (%s)", exc)
             return False
         self.layers = []  # ONNX Runtime has its own copy; a call still in numpy keeps its own reference
