@@ -14,12 +14,20 @@ from __future__ import annotations
 import atexit
 import struct
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .bert import BertEncoder
+
+class BertEncoder(Protocol):
+    """What this module reads of a `bert.BertEncoder` (bert.py imports this module, not the reverse)."""
+
+    dim: int
+    heads: int
+    eps: float
+
+    @property
+    def layers(self) -> Sequence[Any]: ...
 
 # ONNX's protobuf field numbers (onnx/onnx.proto) and the few enum values used.
 _FLOAT, _INT64 = 1, 7  # TensorProto.DataType

@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 
-from conftest import build_config
+from helpers import build_config
 
 from alma_mcp.embeddings import HashEmbedder
 from alma_mcp.service import ALMA
