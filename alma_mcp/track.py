@@ -88,7 +88,8 @@ def credit(outcome: Outcome) -> float:
 
 def tally(neighbours: Sequence[tuple[Outcome, float]], low: float = RAMP_LOW, high: float = RAMP_HIGH) -> TrackRecord | None:
     """The track record over `neighbours` (an outcome and the similarity of its task to this
-    one); None when no attempt is similar enough to count."""
+    one); None when no attempt is similar enough to count, or when no strategy is either to use or
+    to avoid."""
     records: dict[str, StrategyRecord] = {}
     attempts = 0
     for outcome, similarity in sorted(neighbours, key=lambda n: -n[1]):
@@ -115,5 +116,7 @@ def tally(neighbours: Sequence[tuple[Outcome, float]], low: float = RAMP_LOW, hi
     for record in ranked:
         if record.verdict != "use" and record.rate <= AVOID_AT_MOST:
             record.verdict = "avoid"
+    if all(record.verdict == "tried" for record in ranked):
+        return None  # it would say nothing either way, and a task with no answer would pay for it
     order = {"use": 0, "tried": 1, "avoid": 2}
     return TrackRecord(strategies=sorted(ranked, key=lambda r: (order[r.verdict], -r.rate)), attempts=attempts)
