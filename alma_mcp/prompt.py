@@ -152,7 +152,12 @@ def render_prompt(
     sections, no filler.
     """
     everything = [item for kind, _ in SECTIONS for item in items_by_type.get(kind, ())]
-    weak = sorted((item for item in everything if item.tier == "weak"), key=lambda i: -i.score)
+    # An outcome the track record tallied is not mentioned again as a weak match: one line each, those
+    # outcomes (often of other kinds of task, less like this one) outvoted the record's single line.
+    tallied = track.ids if track is not None else set()
+    weak = sorted(
+        (item for item in everything if item.tier == "weak" and item.memory.id not in tallied), key=lambda i: -i.score
+    )
     candidates = [item for item in everything if item.tier != "weak"]
     track_text = render_track(track) if track is not None else ""
     if not candidates and not track_text:

@@ -141,3 +141,19 @@ async def test_track_record_zero_turns_it_off(make_alma):
         result = (await client.call_tool("alma_retrieve", {"task": TASK, "agent": "builder"})).structured_content
         assert result["track_record"] is None
         assert "Your own attempts" not in result["prompt"]
+
+
+def test_an_outcome_the_record_tallied_is_not_mentioned_again_as_a_weak_match():
+    from alma_mcp.retrieval import ScoredMemory
+
+    tallied, other = attempt("pin the image", "success", 1), attempt("flush the cache", "success", 2)
+    record = tally([(tallied, 0.9)])
+    assert record is not None
+
+    def weak(memory: Outcome) -> ScoredMemory:
+        return ScoredMemory(memory=memory, score=0.3, evidence=0.35, similarity=0.35, source_agent="a", tier="weak")
+
+    text = render_prompt({"outcome": [weak(tallied), weak(other)]}, 1500, record)
+    assert "use: pin the image (worked 1 of 1)" in text
+    assert "tried pin the image" not in text  # tallied: not mentioned a second time
+    assert "tried flush the cache" in text  # not tallied: still a weak match
