@@ -191,8 +191,10 @@ class MemorySlice(BaseModel):
     knowledge: list[ScoredKnowledge] = Field(default_factory=list)
     preferences: list[ScoredPreference] = Field(default_factory=list)
     outcomes: list[ScoredOutcome] = Field(default_factory=list)
-    track_record: TrackRecord | None = Field(
-        None, description="The agent's own outcomes on the most similar tasks, tallied by strategy (track.py)."
+    track_record: TrackRecord = Field(
+        default_factory=TrackRecord,
+        description="The agent's own outcomes on the most similar tasks, tallied by strategy (track.py); empty when "
+        "none of them is relevant enough to be served, or the tally says neither use nor avoid.",
     )
     prompt: str = Field("", description="Markdown to inject before the task; empty when nothing is relevant.")
 
@@ -1125,11 +1127,16 @@ class Retriever:
 
             by_type["heuristic"], by_type["anti_pattern"] = without_contradictions(by_type["heuristic"], by_type["anti_pattern"])
         record = track_of(candidates, settings.track_record) if "outcome" in kinds else None
+        served = {item.memory.id for items in by_type.values() for item in items}
+        if record is not None and not record.ids & served:
+            # None of its outcomes is relevant enough to be served (confident or weak): a task with
+            # no answer in a store crowded with other work would otherwise pay for a record.
+            record = None
         result = MemorySlice(
             task=task,
             agent=agent,
             user_id=user_id,
-            track_record=record,
+            track_record=record or TrackRecord(),
             **{_FIELD_BY_TYPE[kind]: items for kind, items in by_type.items()},
         )
         result.prompt = render_prompt(by_type, settings.token_budget, record)

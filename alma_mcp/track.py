@@ -66,8 +66,10 @@ class StrategyRecord(BaseModel):
 class TrackRecord(BaseModel):
     """The agent's own attempts at similar tasks, tallied by strategy."""
 
-    strategies: list[StrategyRecord] = Field(description="Use first, then tried, then avoid; each group by success rate.")
-    attempts: int = Field(description="Outcomes tallied.")
+    strategies: list[StrategyRecord] = Field(
+        default_factory=list, description="Use first, then tried, then avoid; each group by success rate (empty: no record)."
+    )
+    attempts: int = Field(0, description="Outcomes tallied.")
 
     @property
     def ids(self) -> set[str]:

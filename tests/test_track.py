@@ -126,12 +126,12 @@ async def test_retrieve_injects_the_track_record_first(make_alma, mode):
 
         # Another agent has no record of its own here, and is never shown this one.
         other = (await client.call_tool("alma_retrieve", {"task": TASK, "agent": "other"})).structured_content
-        assert other["track_record"] is None
+        assert other["track_record"]["strategies"] == []
         assert "pin the base image digest" not in other["prompt"]
 
         # An unrelated task gets no record.
         unrelated = (await client.call_tool("alma_retrieve", {"task": "Which font does the invoice template use?", "agent": "builder"})).structured_content
-        assert unrelated["track_record"] is None
+        assert unrelated["track_record"]["strategies"] == []
 
 
 async def test_track_record_zero_turns_it_off(make_alma):
@@ -139,7 +139,7 @@ async def test_track_record_zero_turns_it_off(make_alma):
     async with Client(create_server(alma=alma), mode="legacy") as client:
         await _teach(client, "builder")
         result = (await client.call_tool("alma_retrieve", {"task": TASK, "agent": "builder"})).structured_content
-        assert result["track_record"] is None
+        assert result["track_record"] == {"strategies": [], "attempts": 0}
         assert "Your own attempts" not in result["prompt"]
 
 
