@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -45,13 +45,20 @@ def hash_embedder() -> HashEmbedder:
 @pytest.fixture
 def make_alma(tmp_path: Path, real_embedder: SentenceTransformerEmbedder) -> Callable[..., ALMA]:
     """A factory: make_alma(agents={...}, ...) -> ALMA on a fresh embedded store (real model)."""
+
+    def build(embedder: Any = None, data_dir: Path | None = None, **alma: Any) -> ALMA:
+        return ALMA(build_config(data_dir or tmp_path / "data", **alma), embedder=embedder or real_embedder)
+
+    yield from _closing(build)
+
+
+def _closing(build: Callable[..., ALMA]) -> Iterator[Callable[..., ALMA]]:
+    """A factory of services made by `build`, each closed when the test ends."""
     made: list[ALMA] = []
 
-    def factory(embedder: Any = None, data_dir: Path | None = None, **alma: Any) -> ALMA:
-        config = build_config(data_dir or tmp_path / "data", **alma)
-        service = ALMA(config, embedder=embedder or real_embedder)
-        made.append(service)
-        return service
+    def factory(*args: Any, **kwargs: Any) -> ALMA:
+        made.append(build(*args, **kwargs))
+        return made[-1]
 
     yield factory
     for service in made:
@@ -69,18 +76,13 @@ def make_fast_alma(tmp_path: Path) -> Callable[..., ALMA]:
     """A factory for the fast tier: make_fast_alma(agents={...}, ...) -> ALMA on the in-memory
     backend with the hash embedder (deterministic, no model, nothing stored on disk but the
     lock and audit files in tmp_path). `backend` lets a test hand in one (with a fault)."""
-    made: list[ALMA] = []
 
-    def factory(backend: InMemoryBackend | None = None, **alma: Any) -> ALMA:
+    def build(backend: InMemoryBackend | None = None, **alma: Any) -> ALMA:
         config = build_config(tmp_path / "data", **alma)
         embedder = HashEmbedder()
-        service = ALMA(config, embedder=embedder, store=MemoryStore.in_memory(config.project, embedder, backend))
-        made.append(service)
-        return service
+        return ALMA(config, embedder=embedder, store=MemoryStore.in_memory(config.project, embedder, backend))
 
-    yield factory
-    for service in made:
-        service.close()
+    yield from _closing(build)
 
 
 @pytest.fixture
