@@ -24,7 +24,7 @@ from typing import Literal, Sequence
 
 from pydantic import BaseModel, Field
 
-from .models import Outcome, strategy_key
+from .models import OUTCOME_WEIGHTS, Outcome, strategy_key
 
 RAMP_LOW = 0.30
 """Tasks whose wording is less similar than this to the task at hand count for nothing."""
@@ -76,31 +76,27 @@ class TrackRecord(BaseModel):
         return {i for s in self.strategies for i in s.ids}
 
 
-def weight(similarity: float, low: float = RAMP_LOW, high: float = RAMP_HIGH) -> float:
-    if similarity <= low:
+def weight(similarity: float) -> float:
+    if similarity <= RAMP_LOW:
         return 0.0
-    if similarity >= high:
+    if similarity >= RAMP_HIGH:
         return 1.0
-    return (similarity - low) / (high - low)
+    return (similarity - RAMP_LOW) / (RAMP_HIGH - RAMP_LOW)
 
 
-def credit(outcome: Outcome) -> float:
-    return {"success": 1.0, "partial": 0.5}.get(outcome.outcome, 0.0)
-
-
-def tally(neighbours: Sequence[tuple[Outcome, float]], low: float = RAMP_LOW, high: float = RAMP_HIGH) -> TrackRecord | None:
+def tally(neighbours: Sequence[tuple[Outcome, float]]) -> TrackRecord | None:
     """The track record over `neighbours` (an outcome and the similarity of its task to this
     one); None when no attempt is similar enough to count, or when no strategy is either to use or
     to avoid."""
     records: dict[str, StrategyRecord] = {}
     attempts = 0
     for outcome, similarity in sorted(neighbours, key=lambda n: -n[1]):
-        w = weight(similarity, low, high)
+        w = weight(similarity)
         if w < MIN_WEIGHT:
             continue
         key = strategy_key(outcome.strategy_used)
         record = records.setdefault(key, StrategyRecord(strategy=outcome.strategy_used, best_similarity=round(similarity, 4)))
-        c = credit(outcome)
+        c = OUTCOME_WEIGHTS[outcome.outcome]
         record.attempts += 1
         record.successes += int(c == 1.0)
         record.weighted_attempts += w
