@@ -15,14 +15,6 @@ Public API::
 
 from __future__ import annotations
 
-import os
-
-# The model runs in numpy (bert.py) on small matrices. With OpenBLAS's default of one thread
-# per core, its worker spins while it waits: on a busy machine a bulk embedding that needs
-# 1.6 s of CPU on one thread took over 100 s of CPU on two. One thread, unless the user says
-# otherwise; effective when alma_mcp is imported before numpy, as the server and CLI do.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 __version__ = "0.1.0"
 
 # The public names are imported when first used (PEP 562), not with the package: `python -m

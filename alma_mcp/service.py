@@ -19,7 +19,7 @@ import anyio
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from .storage.audit import AuditEntry, AuditLog, audit_visible, entry_for, open_audit_log
-from .config import AlmaConfig, load_config
+from .config import AgentSettings, AlmaConfig, load_config
 from .embedding.embedder import Embedder, create_embedder
 from .errors import AlmaError, InvalidInput, NotFound, ScopeDenied
 from .learning.learner import Learner, LearnReport, apply_feedback, memory_vectors
@@ -169,8 +169,10 @@ class ALMA:
 
     def __init__(self, config: AlmaConfig, embedder: Embedder | None = None, store: MemoryStore | None = None) -> None:
         """Builds nothing that runs: no thread starts and no file or client opens until first use
-        (`warm_up` starts the background work; `close` ends it and lets go of everything)."""
-        self.config = config
+        (`warm_up` starts the background work; `close` ends it and lets go of everything).
+        The service keeps a copy of `config`: what it changes in it (`adopt_agent`) is its own."""
+        self.config = config.model_copy(deep=True)
+        config = self.config
         settings = config.alma
         self.embedder = embedder or create_embedder(
             settings.embedding.model,
@@ -202,6 +204,16 @@ class ALMA:
     @classmethod
     def from_config(cls, path: str | Path | None = None, **kwargs: Any) -> "ALMA":
         return cls(load_config(path), **kwargs)
+
+    def adopt_agent(self, name: str, settings: AgentSettings) -> AgentSettings:
+        """Declare an agent the config leaves undeclared, for this service only: its rules are
+        enforced on every write from now on, whoever makes it. A declared agent keeps the config's
+        settings, which are returned."""
+        name = _validated(_name, name, "agent")
+        agents = self.config.alma.agents
+        if name not in agents and not self.config.alma.allow_undeclared_agents:
+            self.config.agent(name)  # raises NotFound, saying how to declare it
+        return agents.setdefault(name, settings)
 
     # -- lazily opened parts ---------------------------------------------------------
     @property

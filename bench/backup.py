@@ -27,6 +27,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# As the alma-mcp command does for its process (the library leaves it to its host): numpy's BLAS
+# on one thread, set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from alma_mcp.config import parse_config  # noqa: E402
 from alma_mcp.embedding.embedder import SentenceTransformerEmbedder  # noqa: E402

@@ -43,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import alma_mcp  # noqa: E402,F401  (before numpy: it sets numpy's BLAS to one thread, as in the server)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy, as the alma-mcp command does for its process
 from common import PROJECT, filler_sentences, load_tasks, log, make_filler, percentiles, put_in_batches  # noqa: E402
 
 from alma_mcp.config import parse_config  # noqa: E402

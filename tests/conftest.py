@@ -17,6 +17,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# As the alma-mcp command does for its process (the library leaves it to its host): numpy's BLAS
+# on one thread, set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # The ONNX copy of the model (alma_mcp/embedding/onnx_encoder.py) is exported once into this folder and
 # reused by later runs on the machine; every use is checked against torch first.
 ONNX_CACHE = os.environ.setdefault("ALMA_MCP_CACHE_DIR", os.path.join(tempfile.gettempdir(), "alma-mcp-test-cache"))

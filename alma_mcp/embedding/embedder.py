@@ -27,7 +27,18 @@ from ..errors import StorageError
 log = logging.getLogger("alma_mcp")
 
 _ONE_THREAD_TEXTS = 4
-"""Calls embedding this many texts or fewer (a query, a taught memory) run on one torch thread."""
+"""Calls embedding this many texts or fewer (a query, a taught memory) run on one torch thread,
+in a process whose front end allowed it (`own_process`)."""
+
+_owns_process = False
+
+
+def own_process() -> None:
+    """Called by a front end that owns its process (the alma-mcp command): small inputs on torch may
+    then run on one thread, which sets torch's thread count, a setting of the whole process, while
+    they run. Used as a library, alma-mcp leaves process-wide settings to its host."""
+    global _owns_process
+    _owns_process = True
 
 
 class Embedder(Protocol):
@@ -145,10 +156,6 @@ class SentenceTransformerEmbedder:
                 finally:
                     self._small_done.set()
                 return
-            if os.path.isdir(target):
-                # A local folder needs no hub; make sure nothing tries to reach one.
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError as exc:
@@ -159,7 +166,9 @@ class SentenceTransformerEmbedder:
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
-            self._model = SentenceTransformer(target, device=self.device)
+            # A local folder needs no hub: nothing may try to reach one (said to this load, not
+            # through HF_HUB_OFFLINE, which would hold for the whole process).
+            self._model = SentenceTransformer(target, device=self.device, local_files_only=os.path.isdir(target))
             log.info("embedding model %s loaded from %s (sentence-transformers)", self.name, target)
         except BaseException as exc:  # noqa: BLE001 - reported to every caller that waits
             self._error = exc
@@ -264,7 +273,7 @@ class SentenceTransformerEmbedder:
             # machine the threads of one small call wait for each other: a single query took
             # 0.7 s with torch's 2 threads and 66 ms with one at load average 9 on 2 cores.
             threads = torch.get_num_threads()
-            few = len(texts) <= _ONE_THREAD_TEXTS and threads > 1
+            few = _owns_process and len(texts) <= _ONE_THREAD_TEXTS and threads > 1
             if few:
                 torch.set_num_threads(1)
             try:

@@ -49,6 +49,15 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("alma_mcp").setLevel(level)
     for noisy in ("chromadb", "httpx", "sentence_transformers", "transformers", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _own_process() -> None:
+    """The settings of the whole process, which the library leaves to its host and this command,
+    the host, makes (before numpy or the model is imported; a user's own values stand)."""
+    # The model runs in numpy (embedding/bert.py) on small matrices. With OpenBLAS's default of one
+    # thread per core, its worker spins while it waits: on a busy machine a bulk embedding that
+    # needs 1.6 s of CPU on one thread took over 100 s of CPU on two.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -134,6 +143,9 @@ def _serves_stdio(argv: list[str]) -> bool:
 def cmd_serve(args: argparse.Namespace) -> int:
     early = getattr(args, "early_stdio", None)
     config = load_config(args.config)
+    from ..embedding.embedder import own_process
+
+    own_process()  # a server: its many small calls may run on one torch thread
     if args.http:
         return _serve_http(args, config)
 
@@ -485,6 +497,7 @@ alma-mcp search "Fix the checkout bug" --agent victor --user ana --json
 
 
 def main(argv: list[str] | None = None) -> int:
+    _own_process()
     try:
         early = None
         if _serves_stdio(sys.argv[1:] if argv is None else argv):

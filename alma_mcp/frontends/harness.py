@@ -379,8 +379,9 @@ class Harness:
                     f"      min_occurrences_for_heuristic: {schema.min_occurrences}\n"
                     "or set alma.allow_undeclared_agents: true"
                 )
-            # The service enforces the schema on every write from now on, whoever makes it.
-            config.alma.agents[self.agent.name] = self.schema.agent_settings(self.agent.description or None)
+            # The service enforces the schema on every write from now on, whoever makes it; the
+            # config it was built from (maybe another service's too) is left as it is.
+            self.alma.adopt_agent(self.agent.name, self.schema.agent_settings(self.agent.description or None))
         elif declared.min_occurrences_for_heuristic != self.schema.min_occurrences:
             log.info(
                 "agent %s: the config's min_occurrences_for_heuristic (%d) applies, not the schema's (%d)",
