@@ -25,8 +25,8 @@ A scan reads every vector (35,000 take about 2 ms here, 200,000 about 12) where 
 query costs about 2.5 ms at any size, but HNSW is approximate, and on stores full of near-
 duplicates (the benchmark's filler; an agent's many outcomes of one kind of task) it lost the
 right memory: at 100,000 per agent it returned 85-88% of the exact 10 nearest, none of them for
-some tasks, and dense-only Recall@5 fell to 0.05 against 0.41 exact (bench/README.md, "Retrieval:
-recall, false injection, latency"). The limit was 15,000 when speed alone decided it."""
+some tasks, and dense-only Recall@5 fell to 0.05 against 0.41 exact (bench/retrieval.py).
+The limit was 15,000 when speed alone decided it."""
 
 VectorSearch = Literal["auto", "memory", "chroma"]
 
