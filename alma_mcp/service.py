@@ -960,6 +960,21 @@ class ALMA:
 
         return import_memories(self, Path(path), progress=progress)
 
+    def import_from(self, fmt: str, path: str | Path, agent: str, user_id: str = "default") -> Any:
+        """Import memory from where another tool keeps it (interop/importers.py: Claude Code's
+        files, a memory folder, the MCP memory server's graph, JSONL); nothing the agent already
+        holds is stored twice. Returns the ImportReport."""
+        from .interop.importers import import_from
+
+        return import_from(self, fmt, Path(path), self._agent(agent), _validated(_user, user_id, "user"))
+
+    def export_to(self, fmt: str, agent: str, out: str | Path, max_chars: int | None = None) -> Any:
+        """Write the agent's memory in a form another tool reads (interop/exporters.py: a CLAUDE.md
+        digest, a memory folder, the MCP memory server's graph, JSONL). Returns the DigestReport."""
+        from .interop.exporters import export_to
+
+        return export_to(self, fmt, self._agent(agent), Path(out), max_chars)
+
     def reindex(self, force: bool = False, progress: bool = False) -> Any:
         """Re-embed every memory with the configured model; see `backup.reindex`."""
         from .backup import reindex
@@ -1041,6 +1056,8 @@ class ALMA:
     afeedback = _async_twin(feedback)
     aget = _async_twin(get)
     alist_memories = _async_twin(list_memories)
+    aimport_from = _async_twin(import_from)
+    aexport_to = _async_twin(export_to)
 
 
 class _TaskText(BaseModel):

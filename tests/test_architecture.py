@@ -21,9 +21,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("learning", ("alma_mcp.learning",)),
     ("prompt", ("alma_mcp.prompt",)),
     ("ranking", ("alma_mcp.ranking",)),
-    ("backup", ("alma_mcp.backup",)),
+    ("backup", ("alma_mcp.backup", "alma_mcp.interop")),
     ("service", ("alma_mcp.service",)),
-    ("interop", ("alma_mcp.interop",)),
     ("frontends", ("alma_mcp.frontends", "alma_mcp.__main__")),
 ]
 """Lowest first. A module belongs to the layer with the longest name that is it or a package

@@ -11,8 +11,7 @@ import pytest
 
 from alma_mcp.interop import importers
 from alma_mcp.errors import InvalidInput
-from alma_mcp.interop.exporters import claude_md, export_to
-from alma_mcp.interop.importers import import_from
+from alma_mcp.interop.exporters import claude_md
 
 DATA = Path(__file__).parent / "data"
 
@@ -26,7 +25,7 @@ def facts(alma, agent="dev"):
 
 
 def test_claude_md_bullets_become_facts_and_preferences_by_section(alma):
-    report = import_from(alma, "claude-code", DATA / "claude-project", "dev", user_id="sam")
+    report = alma.import_from("claude-code", DATA / "claude-project", "dev", user_id="sam")
     assert report.rejected == [] and report.added == report.lines == 9
     known = facts(alma)
     prices = known["Prices are stored in cents as integers, never as floats."]
@@ -44,7 +43,7 @@ def test_claude_md_bullets_become_facts_and_preferences_by_section(alma):
 
 
 def test_auto_memory_folder_reads_memory_md_and_its_topic_files(alma):
-    report = import_from(alma, "claude-code", DATA / "claude-auto-memory", "dev")
+    report = alma.import_from("claude-code", DATA / "claude-auto-memory", "dev")
     assert report.added == 6 and report.rejected == []
     known = facts(alma)
     deadlock = known["Two workers updating the same order deadlock unless they lock rows in id order."]
@@ -54,7 +53,7 @@ def test_auto_memory_folder_reads_memory_md_and_its_topic_files(alma):
 
 
 def test_memory_tool_folder_bullets_and_paragraphs(alma):
-    report = import_from(alma, "memory-dir", DATA / "memories", "support")
+    report = alma.import_from("memory-dir", DATA / "memories", "support")
     assert report.added == 5 and report.rejected == []
     known = facts(alma, "support")
     assert known["Refund requests older than 90 days go to a human agent."].source == "import /memories/notes.md:3"
@@ -66,7 +65,7 @@ def test_memory_tool_folder_bullets_and_paragraphs(alma):
 
 
 def test_mcp_memory_server_entities_and_relations(alma):
-    report = import_from(alma, "mcp-memory", DATA / "mcp-memory.jsonl", "dev")
+    report = alma.import_from("mcp-memory", DATA / "mcp-memory.jsonl", "dev")
     assert report.added == 5 and report.rejected == []
     known = facts(alma)
     assert known["Ada_Lovelace: Maintains the billing service"].domain == "person"
@@ -75,7 +74,7 @@ def test_mcp_memory_server_entities_and_relations(alma):
 
 
 def test_plain_jsonl_of_texts(alma):
-    report = import_from(alma, "jsonl", DATA / "texts.jsonl", "dev")
+    report = alma.import_from("jsonl", DATA / "texts.jsonl", "dev")
     assert report.added == 3
     assert facts(alma)["Feature flags are read from LaunchDarkly at start-up, not per request."].domain == "configuration"
     assert [p.preference for p in active(alma, "dev", "preference")] == ["Reply in French to tickets from the Lyon office."]
@@ -89,15 +88,15 @@ def test_plain_jsonl_of_texts(alma):
 def test_import_export_import_again_adds_nothing(alma, tmp_path, fmt, source):
     alma.add_heuristic("dev", "a migration fails on a locked table", "retry it outside business hours")
     alma.add_anti_pattern("dev", "editing a paid order", "paid orders are immutable", "issue a refund instead")
-    first = import_from(alma, fmt, DATA / source, "dev")
+    first = alma.import_from(fmt, DATA / source, "dev")
     assert first.added > 0
-    again = import_from(alma, fmt, DATA / source, "dev")
+    again = alma.import_from(fmt, DATA / source, "dev")
     assert again.added == 0 and again.unchanged == again.lines == first.lines
     counts = {k: len(active(alma, "dev", k)) for k in ("heuristic", "anti_pattern", "knowledge", "preference")}
     for out_fmt, out in (("claude-md", tmp_path / "CLAUDE.md"), ("memory-dir", tmp_path / "memories"),
                          ("mcp-memory", tmp_path / "memory.jsonl"), ("jsonl", tmp_path / "texts.jsonl")):
-        export_to(alma, out_fmt, "dev", out, max_chars=100_000)
-        back = import_from(alma, {"claude-md": "claude-code"}.get(out_fmt, out_fmt), out, "dev")
+        alma.export_to(out_fmt, "dev", out, max_chars=100_000)
+        back = alma.import_from({"claude-md": "claude-code"}.get(out_fmt, out_fmt), out, "dev")
         assert back.added == 0 and back.lines > 0, (out_fmt, back)
     assert {k: len(active(alma, "dev", k)) for k in counts} == counts
 
@@ -108,9 +107,9 @@ def test_digest_into_a_fresh_store_brings_the_lessons_back_as_lessons(make_alma,
     source.add_heuristic("dev", "tasks like: a migration fails on a locked table", "retry it: outside business hours")
     source.add_anti_pattern("dev", "editing a paid order", "paid orders are immutable: refunds only", "issue a refund instead")
     source.add_knowledge("dev", "payments", "prices are stored in cents")
-    export_to(source, "claude-md", "dev", tmp_path / "CLAUDE.md")
+    source.export_to("claude-md", "dev", tmp_path / "CLAUDE.md")
     target = make_alma(data_dir=tmp_path / "b")
-    assert import_from(target, "claude-code", tmp_path / "CLAUDE.md", "dev").added == 3
+    assert target.import_from("claude-code", tmp_path / "CLAUDE.md", "dev").added == 3
     (h,) = active(target, "dev", "heuristic")
     assert (h.condition, h.strategy) == ("tasks like: a migration fails on a locked table", "retry it: outside business hours")
     (a,) = active(target, "dev", "anti_pattern")
@@ -140,12 +139,12 @@ def test_wrong_encoding_is_rejected_with_its_line_and_the_rest_imported(alma, tm
     folder.mkdir()
     (folder / "good.md").write_text("- The API key rotates monthly.\n", encoding="utf-8")
     (folder / "latin1.md").write_bytes("- first line\n- caf\xe9 au lait\n".encode("latin-1"))
-    report = import_from(alma, "memory-dir", folder, "dev")
+    report = alma.import_from("memory-dir", folder, "dev")
     assert report.added == 1
     (bad,) = report.rejected
     assert "latin1.md is not UTF-8 text (line 2" in bad.error
     with pytest.raises(InvalidInput, match="not UTF-8"):
-        import_from(alma, "jsonl", folder / "latin1.md", "dev")
+        alma.import_from("jsonl", folder / "latin1.md", "dev")
 
 
 def test_huge_file_is_refused_without_reading_it_whole(alma, tmp_path, monkeypatch):
@@ -153,7 +152,7 @@ def test_huge_file_is_refused_without_reading_it_whole(alma, tmp_path, monkeypat
     with open(huge, "wb") as handle:
         handle.truncate(importers.MAX_FILE_BYTES + 1)
     with pytest.raises(InvalidInput, match="files over .* bytes are not read"):
-        import_from(alma, "mcp-memory", huge, "dev")
+        alma.import_from("mcp-memory", huge, "dev")
     assert alma.stats()["total"] == 0
 
 
@@ -165,13 +164,13 @@ def test_a_symlink_out_of_the_folder_is_not_followed(alma, tmp_path):
     (folder / "ok.md").write_text("- Deploys happen on Tuesdays.\n", encoding="utf-8")
     os.symlink(secret, folder / "leak.md")
     os.symlink(tmp_path, folder / "sub" / "escape")
-    report = import_from(alma, "memory-dir", folder, "dev")
+    report = alma.import_from("memory-dir", folder, "dev")
     assert report.added == 1 and all("leads outside" in r.error for r in report.rejected) and report.rejected
     assert not any("hunter2" in f for f in facts(alma))
     project = tmp_path / "project"
     project.mkdir()
     os.symlink(secret, project / "CLAUDE.md")
-    report = import_from(alma, "claude-code", project, "dev")
+    report = alma.import_from("claude-code", project, "dev")
     assert report.added == 0 and "leads outside" in report.rejected[0].error
 
 
@@ -186,7 +185,7 @@ def test_bad_lines_are_rejected_one_by_one(alma, tmp_path):
         '{"type":"entity","name":"nul","entityType":"service","observations":["bad\\u0000text"]}\n',
         encoding="utf-8",
     )
-    report = import_from(alma, "mcp-memory", graph, "dev")
+    report = alma.import_from("mcp-memory", graph, "dev")
     assert report.added == 1
     assert [r.line for r in report.rejected] == [2, 3, 4, 5, 6]
     assert "limit is 8000" in report.rejected[3].error and "control characters" in report.rejected[4].error
@@ -194,13 +193,13 @@ def test_bad_lines_are_rejected_one_by_one(alma, tmp_path):
 
 def test_bad_arguments_say_what_to_send(alma, tmp_path):
     with pytest.raises(InvalidInput, match="unknown import format"):
-        import_from(alma, "obsidian", DATA / "texts.jsonl", "dev")
+        alma.import_from("obsidian", DATA / "texts.jsonl", "dev")
     with pytest.raises(InvalidInput, match="does not exist"):
-        import_from(alma, "jsonl", tmp_path / "missing.jsonl", "dev")
+        alma.import_from("jsonl", tmp_path / "missing.jsonl", "dev")
     with pytest.raises(InvalidInput, match="not a valid name"):
-        import_from(alma, "jsonl", DATA / "texts.jsonl", "../etc")
+        alma.import_from("jsonl", DATA / "texts.jsonl", "../etc")
     with pytest.raises(InvalidInput, match="user"):
-        import_from(alma, "jsonl", DATA / "texts.jsonl", "dev", user_id="no spaces allowed")
+        alma.import_from("jsonl", DATA / "texts.jsonl", "dev", user_id="no spaces allowed")
     assert alma.stats()["total"] == 0
 
 
@@ -224,4 +223,4 @@ def test_cli_import_from_and_export_to(alma, tmp_path, capsys):
 def test_a_folder_without_claude_code_memory_files_is_refused(alma, tmp_path):
     (tmp_path / "README.md").write_text("- not a memory file\n", encoding="utf-8")
     with pytest.raises(InvalidInput, match="holds none of CLAUDE.md"):
-        import_from(alma, "claude-code", tmp_path, "dev")
+        alma.import_from("claude-code", tmp_path, "dev")

@@ -16,16 +16,24 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
+from ..config import AlmaConfig
 from ..errors import InvalidInput
-from ..learning.lifecycle import strength, value
+from ..learning.lifecycle import half_life, strength, value
 from ..models import AnyMemory, DomainKnowledge, MemoryBase, utcnow
+from ..storage.store import MemoryStore
 
-if TYPE_CHECKING:
-    from ..service import ALMA
+
+class Source(Protocol):
+    """What an export reads of the service (`service.ALMA`, which calls it): exports never import it."""
+
+    config: AlmaConfig
+
+    @property
+    def store(self) -> MemoryStore: ...
 
 ExportFormat = Literal["claude-md", "memory-dir", "mcp-memory", "jsonl"]
 EXPORT_FORMATS: tuple[str, ...] = ("claude-md", "memory-dir", "mcp-memory", "jsonl")
@@ -70,20 +78,20 @@ class DigestReport(BaseModel):
     max_chars: int | None = None
 
 
-def ranked(alma: "ALMA", agent: str) -> list[tuple[float, AnyMemory]]:
-    """The agent's own active heuristics, anti-patterns and facts, most valuable first."""
-    agent = alma._agent(agent)  # noqa: SLF001 - the service's own check of the name
+def ranked(alma: Source, agent: str) -> list[tuple[float, AnyMemory]]:
+    """The agent's own active heuristics, anti-patterns and facts, most valuable first (`agent`
+    checked by the caller)."""
     now = utcnow()
-    half_life = alma.lifecycle.half_life(agent)
+    days = half_life(alma.config, agent)
     found: list[tuple[float, AnyMemory]] = []
     for kind in SECTIONS:
         for memory in alma.store.list(kind, agent, include_archived=False):
-            found.append((value(memory, strength(memory, half_life, now)), memory))
+            found.append((value(memory, strength(memory, days, now)), memory))
     found.sort(key=lambda pair: (-pair[0], pair[1].id))
     return found
 
 
-def claude_md(alma: "ALMA", agent: str, max_chars: int = DEFAULT_MAX_CHARS) -> tuple[str, int, int]:
+def claude_md(alma: Source, agent: str, max_chars: int = DEFAULT_MAX_CHARS) -> tuple[str, int, int]:
     """The digest text, the memories in it and those available. Memories are taken in order of
     value while the text stays within `max_chars`; within a section they keep that order."""
     if max_chars < 200:
@@ -124,7 +132,7 @@ def claude_md(alma: "ALMA", agent: str, max_chars: int = DEFAULT_MAX_CHARS) -> t
     return text, written, len(memories)
 
 
-def export_to(alma: "ALMA", fmt: str, agent: str, out: Path, max_chars: int | None = None) -> DigestReport:
+def export_to(alma: Source, fmt: str, agent: str, out: Path, max_chars: int | None = None) -> DigestReport:
     """Write an agent's memory in one of EXPORT_FORMATS; the file is replaced only when complete."""
     if fmt not in EXPORT_FORMATS:
         raise InvalidInput(f"unknown export format {fmt!r}: use one of {list(EXPORT_FORMATS)}")

@@ -26,19 +26,16 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from pydantic import ValidationError
 
 from ..storage.audit import AuditEntry
-from ..backup import ImportReport, RejectedLine, _import_batch
+from ..backup import ImportReport, RejectedLine, Service, _import_batch
 from ..errors import InvalidInput
 from .exporters import digest_line, digest_text
 from ..models import MEMORY_TYPES, MODEL_BY_TYPE, DomainKnowledge, MemoryBase, UserPreference, wording_key
-
-if TYPE_CHECKING:
-    from ..service import ALMA
 
 IMPORT_FORMATS: tuple[str, ...] = ("claude-code", "memory-dir", "mcp-memory", "jsonl")
 MAX_FILE_BYTES = 2 * 1024 * 1024
@@ -271,7 +268,7 @@ def _text_items(path: Path, rejected: list[RejectedLine]) -> Iterator[Item]:
 
 
 # -- turning items into memories -------------------------------------------------------
-def _memory(alma: "ALMA", item: Item, agent: str, user_id: str) -> MemoryBase:
+def _memory(alma: Service, item: Item, agent: str, user_id: str) -> MemoryBase:
     digest = hashlib.sha256(f"{alma.config.project}|{agent}|{item.kind}|{item.key}".encode()).hexdigest()[:32]
     fields = dict(item.fields)
     if item.kind in ("knowledge", "preference"):
@@ -289,7 +286,7 @@ def _memory(alma: "ALMA", item: Item, agent: str, user_id: str) -> MemoryBase:
         raise Rejected(f"{item.source}: {problems}") from None
 
 
-def held_keys(alma: "ALMA", agent: str, user_id: str) -> set[str]:
+def held_keys(alma: Service, agent: str, user_id: str) -> set[str]:
     """The wording of everything the agent holds (archived too: an archived memory stays out of
     service when its text comes back) and of the user's preferences, in every exported form."""
     keys: set[str] = set()
@@ -305,15 +302,12 @@ def held_keys(alma: "ALMA", agent: str, user_id: str) -> set[str]:
     return keys
 
 
-def import_from(alma: "ALMA", fmt: str, path: Path, agent: str, user_id: str = "default") -> ImportReport:
-    """Import one source for `agent`; nothing the agent already holds is stored twice."""
+def import_from(alma: Service, fmt: str, path: Path, agent: str, user_id: str = "default") -> ImportReport:
+    """Import one source for `agent`; nothing the agent already holds is stored twice (`agent` and
+    `user_id` checked by the caller, `ALMA.import_from`)."""
     started = time.perf_counter()
     if fmt not in IMPORT_FORMATS:
         raise InvalidInput(f"unknown import format {fmt!r}: use one of {list(IMPORT_FORMATS)}")
-    agent = alma._agent(agent)  # noqa: SLF001 - the service's own check of the name
-    from ..service import _user, _validated
-
-    user_id = _validated(_user, user_id, "user")
     if not path.exists() and not path.is_symlink():
         raise InvalidInput(f"{path} does not exist")
     report = ImportReport(path=str(path), lines=0)

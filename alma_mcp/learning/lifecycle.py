@@ -211,6 +211,17 @@ class RestoreResult(BaseModel):
 
 
 # -- the life cycle over a store -----------------------------------------------------
+def half_life(config: AlmaConfig, agent: str | None) -> float:
+    """Days for a memory's strength to halve: `lifecycle.half_life_days`, else the agent's recency
+    half-life."""
+    settings = config.alma.lifecycle
+    if settings.half_life_days is not None:
+        return float(settings.half_life_days)
+    if agent is None or agent == "_":
+        return config.alma.retrieval.recency_half_life_days
+    return config.retrieval_for(agent).recency_half_life_days
+
+
 class Lifecycle:
     """Merges, sweeps, archives, purges and restores, each written to the audit log first.
 
@@ -235,11 +246,7 @@ class Lifecycle:
         return self.config.alma.lifecycle
 
     def half_life(self, agent: str | None) -> float:
-        if self.settings.half_life_days is not None:
-            return float(self.settings.half_life_days)
-        if agent is None or agent == "_":
-            return self.config.alma.retrieval.recency_half_life_days
-        return self.config.retrieval_for(agent).recency_half_life_days
+        return half_life(self.config, agent)
 
     def threshold(self, memory_type: str, override: float | None = None) -> float | None:
         if override is not None:

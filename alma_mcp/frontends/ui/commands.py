@@ -37,9 +37,7 @@ def add_review_commands(sub: Any, service: Callable[[argparse.Namespace], Any]) 
         return 0
 
     def cmd_import_from(args: argparse.Namespace) -> int:
-        from ...interop.importers import import_from
-
-        report = import_from(service(args), args.format, Path(args.path), args.agent, args.user)
+        report = service(args).import_from(args.format, Path(args.path), args.agent, args.user)
         for bad in report.rejected:
             where = f"line {bad.line}: " if bad.line else ""
             print(f"alma-mcp: {args.path}: {where}rejected: {bad.error}", file=sys.stderr)
@@ -47,9 +45,7 @@ def add_review_commands(sub: Any, service: Callable[[argparse.Namespace], Any]) 
         return 1 if report.rejected else 0
 
     def cmd_export_to(args: argparse.Namespace) -> int:
-        from ...interop.exporters import export_to
-
-        print(export_to(service(args), args.format, args.agent, Path(args.out), args.max_chars).model_dump_json(indent=2))
+        print(service(args).export_to(args.format, args.agent, Path(args.out), args.max_chars).model_dump_json(indent=2))
         return 0
 
     ui = sub.add_parser("ui", help="open the review page: browse, search, correct and trace memories (loopback)")
