@@ -78,7 +78,7 @@ store."""
 
 @dataclass
 class Hit:
-    memory: MemoryBase
+    memory: AnyMemory
     similarity: float
     vector: np.ndarray | None = None
     key_vector: np.ndarray | None = None
@@ -623,7 +623,7 @@ class MemoryStore:
 
     def fetch_with_vectors(
         self, memory_type: str, agent: str | None, ids: Sequence[str]
-    ) -> dict[str, tuple[MemoryBase, np.ndarray]]:
+    ) -> dict[str, tuple[AnyMemory, np.ndarray]]:
         """Memories of one collection by id, with their stored vectors."""
         return {doc: (hit.memory, hit.vector) for doc, hit in self.fetch_hits(memory_type, agent, ids).items()}  # type: ignore[misc]
 
@@ -658,7 +658,7 @@ class MemoryStore:
 
     def read_collection(
         self, memory_type: str, agent: str | None, archived: set[str] | None = None
-    ) -> Iterator[tuple[MemoryBase, np.ndarray]]:
+    ) -> Iterator[tuple[AnyMemory, np.ndarray]]:
         """Every active memory of a collection with its vector, for an index built from the store.
         The records read also fill the record cache (up to its size per collection), so the
         searches that follow read none of them again. `archived`: filled with the ids of the
@@ -680,7 +680,7 @@ class MemoryStore:
 
     def changes_since(
         self, memory_type: str, agent: str | None, since: float, limit: int
-    ) -> list[tuple[MemoryBase, np.ndarray]] | None:
+    ) -> list[tuple[AnyMemory, np.ndarray]] | None:
         """The records of a collection written at or after `since` (Unix time, see WRITTEN),
         archived ones included, with their vectors; None when there are more than `limit` (reading
         the whole collection is cheaper then). Records written before WRITTEN existed have no
