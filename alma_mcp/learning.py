@@ -353,7 +353,7 @@ def learned(memory: MemoryBase) -> TypeGuard[Heuristic | AntiPattern]:
 
 
 def memory_vectors(
-    store: MemoryStore, memories: Sequence[MemoryBase], known: Mapping[str, MemoryBase] | None = None
+    store: MemoryStore, memories: Sequence[AnyMemory], known: Mapping[str, AnyMemory] | None = None
 ) -> np.ndarray:
     """The vectors memories are stored under, as their write path makes them, with the store's
     current model: an outcome under its task alone (`ALMA.learn`), a learned lesson under the mean
@@ -525,7 +525,7 @@ class Learner:
         centre = _unit([v for _, v in group.values()])
         ids = set(group)
         now = utcnow()
-        writes: dict[str, MemoryBase] = {}
+        writes: dict[str, AnyMemory] = {}
 
         heuristic = _fold([m for m in matched if isinstance(m, Heuristic)], writes)
         anti = _fold([m for m in matched if isinstance(m, AntiPattern)], writes)
@@ -682,7 +682,7 @@ class Learner:
             self.store.update_metadata(retired)
         return [m.id for m in retired]
 
-    def _lesson_vectors(self, lessons: list[MemoryBase], centre: np.ndarray, strategy: str) -> np.ndarray:
+    def _lesson_vectors(self, lessons: list[AnyMemory], centre: np.ndarray, strategy: str) -> np.ndarray:
         vector = lesson_vector(centre, self.store.embedder.embed([strategy])[0])
         return np.stack([vector] * len(lessons))
 
@@ -726,7 +726,7 @@ class Learner:
 _Lesson = TypeVar("_Lesson", Heuristic, AntiPattern)
 
 
-def _fold(lessons: list[_Lesson], writes: dict[str, MemoryBase]) -> _Lesson | None:
+def _fold(lessons: list[_Lesson], writes: dict[str, AnyMemory]) -> _Lesson | None:
     """One lesson of a kind per cluster: keep the oldest active one (else the oldest) and fold
     any others into it, archived as merged, so no lesson is ever learned twice."""
     if not lessons:

@@ -602,7 +602,7 @@ class ALMA:
 
     def feedback(
         self, memory_id: str, signal: str, agent: str | None = None, users: frozenset[str] | None = None
-    ) -> MemoryBase:
+    ) -> AnyMemory:
         """Count a feedback signal on a memory: helpful, harmful, used or ignored. With `agent`,
         only on a memory that agent may read (and a preference of one of `users`, when given)."""
         memory_id = _validated(_memory_id, memory_id, "memory_id")
@@ -621,7 +621,7 @@ class ALMA:
         return memory
 
     # -- corrections by a person (the review page): each one audited before it is written --
-    def edit(self, memory_id: str, changes: dict[str, Any], reason: str = "edited by hand") -> MemoryBase:
+    def edit(self, memory_id: str, changes: dict[str, Any], reason: str = "edited by hand") -> AnyMemory:
         """Rewrite a memory's wording (the fields of `EDITABLE` for its type); the memory keeps its
         id, counters and provenance and is re-embedded. The audit entry keeps the old and new text."""
         memory_id = _validated(_memory_id, memory_id, "memory_id")
@@ -641,7 +641,7 @@ class ALMA:
             self.store.put([edited], vectors)
         return edited
 
-    def mark_wrong(self, memory_id: str, reason: str) -> MemoryBase:
+    def mark_wrong(self, memory_id: str, reason: str) -> AnyMemory:
         """Harmful feedback with the reason a person gave, kept in the audit log (with the
         confidence before and after; `feedback` alone records only a retirement)."""
         memory_id = _validated(_memory_id, memory_id, "memory_id")
@@ -659,7 +659,7 @@ class ALMA:
             self.store.update_metadata([memory])
         return memory
 
-    def merge(self, survivor_id: str, other_id: str, reason: str = "merged by hand") -> MemoryBase:
+    def merge(self, survivor_id: str, other_id: str, reason: str = "merged by hand") -> AnyMemory:
         """Fold `other` into `survivor` (its counters, provenance and confidence; the survivor's
         wording stays) and archive `other`, as consolidation does for near-duplicates."""
         from .lifecycle import compatible, merge_into
