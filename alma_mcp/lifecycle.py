@@ -232,8 +232,7 @@ class Lifecycle:
         return self.config.alma.lifecycle
 
     def half_life(self, agent: str | None) -> float:
-        if self.settings.half_life_days is not None:
-            return float(self.settings.half_life_days)
+        """A memory's strength decays as retrieval's recency term does, so what archives it is what ranks it."""
         if agent is None or agent == "_":
             return self.config.alma.retrieval.recency_half_life_days
         return self.config.retrieval_for(agent).recency_half_life_days

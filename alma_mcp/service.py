@@ -174,9 +174,8 @@ class ALMA:
         self.embedder = embedder or create_embedder(
             settings.embedding.model,
             settings.embedding.device,
-            settings.embedding.cache_size,
-            settings.embedding.onnx,
-            settings.embedding.backend,
+            onnx=settings.embedding.onnx,
+            backend=settings.embedding.backend,
         )
         # The parts, made on first use under one lock (reentrant: the retriever is made under it
         # and opens the store), and dropped by close: the next call makes them again.
