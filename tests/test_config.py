@@ -194,7 +194,7 @@ RETIRED_FILE = """\
 alma:
   storage: sqlite
   embedding: {cache_size: 100}
-  retrieval: {near_duplicate: 0.8, candidate_pool: 40, top_k: 3}
+  retrieval: {near_duplicate: 0.8, candidate_pool: 40, weights: {similarity: 0.9}, top_k: 3}
   learning: {min_success_rate: 0.7, evidence_half_life: 5, retire_below_confidence: 0.3}
   lifecycle: {half_life_days: 7}
   agents:
@@ -204,13 +204,13 @@ alma:
 
 
 def test_a_file_setting_retired_keys_loads_and_says_what_to_remove(tmp_path, caplog, capsys):
-    from alma_mcp.cli import main
+    from alma_mcp.frontends.cli import main
 
     path = tmp_path / "config.yaml"
     path.write_text(RETIRED_FILE, encoding="utf-8")
     with caplog.at_level("WARNING", logger="alma_mcp"):
         config = load_config(path)
-    retired = ["embedding.cache_size", "retrieval.near_duplicate", "retrieval.candidate_pool", "learning.min_success_rate",
+    retired = ["embedding.cache_size", "retrieval.near_duplicate", "retrieval.candidate_pool", "retrieval.weights", "learning.min_success_rate",
                "learning.evidence_half_life", "learning.retire_below_confidence", "lifecycle.half_life_days"]
     for key in retired:
         assert any(n.startswith(f"{key} is no longer a setting") and n.endswith("remove it from the config file") for n in config.notices), key
@@ -222,6 +222,7 @@ def test_a_file_setting_retired_keys_loads_and_says_what_to_remove(tmp_path, cap
     assert config.alma.storage == "chroma" and config.alma.retrieval.top_k == 3
     assert config.alma.retrieval.candidate_pool == 20 and config.retrieval_for("helena").candidate_pool == 20
     assert config.alma.retrieval.near_duplicate == 0.92 and config.alma.learning.evidence_half_life == 10.0
+    assert config.alma.retrieval.weights.similarity == 0.70
     assert main(["config", "check", "--config", str(path)]) == 0
     printed = capsys.readouterr().out
     assert "to change: lifecycle.half_life_days is no longer a setting" in printed
