@@ -39,7 +39,7 @@ from .config import AlmaConfig
 from .embedding.embedder import Embedder
 from .errors import InvalidInput, NotFound
 from .learning.learner import memory_vectors
-from .models import MemoryBase, MemoryId, key_text, memory_type_of, parse_memory, utcnow
+from .models import AnyMemory, MemoryId, Outcome, UserPreference, key_text, memory_type_of, parse_memory, utcnow
 from .storage.store import PREFERENCES, WRITTEN, MemoryStore, collection_name, key_metadata, stored_key_vector
 from .storage.writelock import WriteLock
 
@@ -204,11 +204,11 @@ CLOCK_SKEW = timedelta(days=1)
 every later import (the newer updated_at wins)."""
 
 
-def _check_limits(memory: MemoryBase, config: Any) -> None:
+def _check_limits(memory: AnyMemory, config: Any) -> None:
     """What the tools refuse, refused in a file too: undeclared agents, oversized fields, dates
     from the future."""
     try:
-        if memory.type != PREFERENCES or memory.agent != "user":  # type: ignore[attr-defined]
+        if memory.type != PREFERENCES or memory.agent != "user":
             config.agent(memory.agent)
     except NotFound:
         raise ValueError(f"agent {memory.agent!r} is not declared under alma.agents (and allow_undeclared_agents is off)") from None
@@ -230,7 +230,7 @@ def _check_limits(memory: MemoryBase, config: Any) -> None:
 
 def _parse_line(
     text: str, project: str, config: Any = None
-) -> tuple[MemoryBase, np.ndarray | None, np.ndarray | None]:
+) -> tuple[AnyMemory, np.ndarray | None, np.ndarray | None]:
     """One memory line -> (memory, vector or None, key vector or None); raises ValueError with a
     readable reason."""
     try:
@@ -282,7 +282,7 @@ def import_memories(alma: Service, path: Path, progress: bool = False, batch: in
     report = ImportReport(path=str(path), lines=0, project_rewritten=header.get("project") not in (None, store.project))
     # Vectors in the file are only usable when they come from the model in use now.
     same_model = header.get("embedding_model") == alma.embedder.name
-    pending: list[tuple[int, MemoryBase, np.ndarray | None, np.ndarray | None]] = []
+    pending: list[tuple[int, AnyMemory, np.ndarray | None, np.ndarray | None]] = []
     with _progress(header.get("count") if isinstance(header.get("count"), int) else None, "import", progress) as bar:
         for number, text in lines:
             if not text.strip():
@@ -320,21 +320,20 @@ def import_memories(alma: Service, path: Path, progress: bool = False, batch: in
 
 
 def _import_batch(
-    alma: Service, items: list[tuple[int, MemoryBase, np.ndarray | None, np.ndarray | None]], report: ImportReport
+    alma: Service, items: list[tuple[int, AnyMemory, np.ndarray | None, np.ndarray | None]], report: ImportReport
 ) -> None:
     store = alma.store
     dim = _dim(alma)
     # The last line for an id wins within a file, as a later upsert would.
-    latest: dict[str, tuple[MemoryBase, np.ndarray | None, np.ndarray | None]] = {}
+    latest: dict[str, tuple[AnyMemory, np.ndarray | None, np.ndarray | None]] = {}
     for _, memory, vector, key_vector in items:
         latest[memory.id] = (memory, vector, key_vector)
-    by_scope: dict[tuple[str, str | None], list[tuple[MemoryBase, np.ndarray | None, np.ndarray | None]]] = defaultdict(list)
+    by_scope: dict[tuple[str, str | None], list[tuple[AnyMemory, np.ndarray | None, np.ndarray | None]]] = defaultdict(list)
     for memory, vector, key_vector in latest.values():
-        kind = memory.type  # type: ignore[attr-defined]
-        by_scope[(kind, None if kind == PREFERENCES else memory.agent)].append((memory, vector, key_vector))
+        by_scope[(memory.type, None if isinstance(memory, UserPreference) else memory.agent)].append((memory, vector, key_vector))
     # Decide and embed without the write lock (embedding is slow; servers keep writing), then
     # write under it, dropping any memory a server changed in the meantime.
-    to_write: list[MemoryBase] = []
+    to_write: list[AnyMemory] = []
     vectors: list[np.ndarray | None] = []
     key_vectors: list[np.ndarray | None] = []
     added: set[str] = set()
@@ -374,7 +373,7 @@ def _import_batch(
     if missing:
         # One call for the whole batch (texts and key fields): the model is fastest on full batches.
         # A learned lesson is stored under its outcomes' tasks: those of this batch count too.
-        batch_outcomes = {m.id: m for m in to_write if m.type == "outcome"}  # type: ignore[attr-defined]
+        batch_outcomes = {m.id: m for m in to_write if isinstance(m, Outcome)}
         fresh = memory_vectors(store, [to_write[i] for i in missing], batch_outcomes)
         for i, row in zip(missing, fresh):
             vectors[i] = row
@@ -388,9 +387,16 @@ def _import_batch(
         if keep:
             store.put(
                 [to_write[i] for i in keep],
-                np.stack([vectors[i] for i in keep]),  # type: ignore[misc]
-                key_embeddings=np.stack([key_vectors[i] for i in keep]),  # type: ignore[misc]
+                np.stack([_filled(vectors[i]) for i in keep]),
+                key_embeddings=np.stack([_filled(key_vectors[i]) for i in keep]),
             )
+
+
+def _filled(vector: np.ndarray | None) -> np.ndarray:
+    """A vector the batch filled in (every missing one was embedded above)."""
+    if vector is None:
+        raise AssertionError("a memory of the batch was left without a vector")
+    return vector
 
 
 def _held_elsewhere(store: Any, kind: str, agent: str | None, ids: list[str]) -> dict[str, str]:
@@ -404,12 +410,11 @@ def _held_elsewhere(store: Any, kind: str, agent: str | None, ids: list[str]) ->
     return found
 
 
-def _still_newer(store: Any, memories: list[MemoryBase], added: set[str], report: ImportReport) -> list[int]:
+def _still_newer(store: Any, memories: list[AnyMemory], added: set[str], report: ImportReport) -> list[int]:
     """Indexes of `memories` still newer than what the store holds now."""
     by_scope: dict[tuple[str, str | None], list[int]] = defaultdict(list)
     for i, memory in enumerate(memories):
-        kind = memory.type  # type: ignore[attr-defined]
-        by_scope[(kind, None if kind == PREFERENCES else memory.agent)].append(i)
+        by_scope[(memory.type, None if isinstance(memory, UserPreference) else memory.agent)].append(i)
     keep: list[int] = []
     for (kind, agent), indexes in by_scope.items():
         current = store.fetch_with_vectors(kind, agent, [memories[i].id for i in indexes])
@@ -529,7 +534,7 @@ def _fill_key_vectors(alma: Service, live: str, batch: int) -> int:
     """Give every memory of a current collection that lacks one (stored before key vectors
     were kept) its key vector, so retrieval need not embed it. Only those fields are written."""
     store = alma.store
-    todo: list[tuple[str, MemoryBase]] = []
+    todo: list[tuple[str, AnyMemory]] = []
     offset = 0
     while True:
         got = store.raw_page(live, offset, 5000)

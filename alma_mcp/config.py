@@ -11,11 +11,21 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError, NotFound
 from .models import Category, Name
@@ -27,11 +37,44 @@ DATA_DIR_ENV = "ALMA_DATA_DIR"
 DEFAULT_CONFIG_PATH = Path(".alma") / "config.yaml"
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
-_EMBEDDED_ALIASES = {"chroma", "chroma-embedded", "embedded", "local", "sqlite", "file"}
+EMBEDDED_ALIASES = ("chroma-embedded", "embedded", "local", "sqlite", "file")
+"""Older spellings of `storage: chroma` (the original ALMA design's among them): still read, with a warning."""
+
+
+def _notice(info: ValidationInfo, message: str) -> None:
+    """Tell the user about a setting that still loads but should change: collected by `parse_config`
+    (which logs them and `config check` prints them), else logged at once."""
+    notices = info.context.get("notices") if isinstance(info.context, dict) else None
+    if isinstance(notices, list):
+        notices.append(message)
+    else:
+        log.warning("config: %s", message)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    SECTION: ClassVar[str] = "alma"
+    RETIRED: ClassVar[dict[str, str]] = {}
+    """Keys this section no longer has, each with why. A file that still sets one loads (with a
+    notice that says to remove it); any other unknown key is an error. A key that became a constant
+    of the section (a class variable of the same name) is reported with its value."""
+
+    @classmethod
+    def retired_note(cls, key: str) -> str:
+        """What became of a retired key, for the notice and the configuration reference."""
+        constant = getattr(cls, key, None)
+        fixed = f"fixed at {constant:g}: " if isinstance(constant, (int, float)) else ""
+        return fixed + cls.RETIRED[key]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any, info: ValidationInfo) -> Any:
+        if not cls.RETIRED or not isinstance(data, dict) or not data.keys() & cls.RETIRED.keys():
+            return data
+        for key in sorted(data.keys() & cls.RETIRED.keys()):
+            _notice(info, f"{cls.SECTION}.{key} is no longer a setting ({cls.retired_note(key)}): remove it from the config file")
+        return {k: v for k, v in data.items() if k not in cls.RETIRED}
 
 
 class ChromaHttpSettings(_Strict):
@@ -57,6 +100,9 @@ class ChromaHttpSettings(_Strict):
 class EmbeddingSettings(_Strict):
     """The embedding model: what memories and tasks are compared by."""
 
+    SECTION = "embedding"
+    RETIRED = {"cache_size": "the query cache keeps the last 2,048 tasks"}
+
     model: str = Field(
         DEFAULT_MODEL,
         description="A sentence-transformers model name or a local folder. The default is loaded "
@@ -69,7 +115,6 @@ class EmbeddingSettings(_Strict):
         "as the default model is: no torch, same vectors), 'torch' (the sentence-transformers library, "
         "from the alma-mcp[models] extra), or 'auto': numpy where it can, else torch.",
     )
-    cache_size: int = Field(2048, ge=0, description="Query embeddings kept in an LRU cache.")
     onnx: bool = Field(
         True,
         description="Embed small inputs (a task, a memory or two) with an ONNX Runtime copy of the model, "
@@ -128,22 +173,37 @@ class HttpSettings(_Strict):
     )
 
 
-class RetrievalWeights(_Strict):
-    """How the final score is made; see docs/retrieval.md.
-
-    The score is the weighted mean of relevance to the task (`similarity`), recency, success
-    rate, confidence and feedback, each 0-1; weights need not sum to 1 (they are normalised).
+@dataclass(frozen=True)
+class RetrievalWeights:
+    """How the final score is made (docs/retrieval.md): the weighted mean of relevance to the task,
+    recency, success rate, confidence and feedback, each 0-1 (normalised by the weights' sum).
     Relevance carries most of the weight: the others only reorder memories that are all on topic.
-    """
+    Constants: a similarity weight of 0.85-0.95 moved the benchmark's figures by about 0.01."""
 
-    similarity: float = Field(0.70, ge=0, description="Relevance to the task (fused dense + lexical).")
-    recency: float = Field(0.05, ge=0, description="exp decay since last used or validated (half-life below).")
-    success: float = Field(0.10, ge=0, description="Success rate of a heuristic; outcome success=1, failure=0.")
-    confidence: float = Field(0.10, ge=0, description="The memory's confidence.")
-    feedback: float = Field(0.05, ge=0, description="helpful vs harmful votes; harmful counts twice.")
+    similarity: float = 0.70
+    recency: float = 0.05
+    success: float = 0.10
+    confidence: float = 0.10
+    feedback: float = 0.05
 
 
 class RetrievalSettings(_Strict):
+    """How `alma_retrieve` chooses and renders memories; see docs/retrieval.md."""
+
+    SECTION = "retrieval"
+    RETIRED = {
+        "near_duplicate": "no measured effect justified a setting",
+        "candidate_pool": "candidates per collection and ranker; no measured effect justified a setting",
+        "weights": "similarity 0.70, recency 0.05, success 0.10, confidence 0.10, feedback 0.05: a similarity "
+        "weight of 0.85-0.95 moved the benchmark's figures by about 0.01",
+    }
+    # Constants of the ranking, kept beside the settings it reads them with; not settable.
+    near_duplicate: ClassVar[float] = 0.92
+    """Cosine similarity at which a candidate duplicates one already chosen (and is skipped)."""
+    candidate_pool: ClassVar[int] = 20
+    """Candidates per collection from each ranker (twice as many under a task_type filter)."""
+    weights: ClassVar[RetrievalWeights] = RetrievalWeights()
+
     top_k: int = Field(
         5,
         ge=1,
@@ -158,7 +218,6 @@ class RetrievalSettings(_Strict):
         "type are not crowded out by loosely related ones of the others. 'type': top_k of each type, and weak_top_k "
         "weak mentions besides.",
     )
-    weights: RetrievalWeights = Field(default_factory=RetrievalWeights)
     relevance_floor: float = Field(
         0.42,
         ge=0,
@@ -175,7 +234,12 @@ class RetrievalSettings(_Strict):
         "opens the lexical door even below relevance_floor; a memory quoting an identifier of the task "
         "verbatim also passes. 1 shuts the door.",
     )
-    recency_half_life_days: float = Field(30.0, gt=0)
+    recency_half_life_days: float = Field(
+        30.0,
+        gt=0,
+        description="Days after which a memory's recency halves, counted from when it was last used or validated; "
+        "the sweep's strength (lifecycle.archive_floor) decays with it.",
+    )
     token_budget: int = Field(1500, ge=100, description="Size of the injected prompt, in estimated tokens.")
     include_outcomes: bool | Literal["weak"] = Field(
         True,
@@ -192,10 +256,6 @@ class RetrievalSettings(_Strict):
         description="The agent's own outcomes on the most similar tasks (at most this many, of those among the "
         "candidates) tallied by strategy and injected first: which to use, which to avoid (track.py). 0: off.",
     )
-    near_duplicate: float = Field(
-        0.92, gt=0, le=1, description="Cosine similarity at which a candidate duplicates one already chosen."
-    )
-    candidate_pool: int = Field(20, ge=1, le=500, description="Candidates per collection from each ranker.")
     rrf_k: int = Field(5, ge=1, description="The k of reciprocal rank fusion, 1/(k + rank).")
     lexical_weight: float = Field(
         0.15,
@@ -281,9 +341,21 @@ class RetrievalSettings(_Strict):
 class LearningSettings(_Strict):
     """How outcomes become heuristics and anti-patterns; see docs/learning.md."""
 
-    min_success_rate: float = Field(
-        0.6, ge=0, le=1, description="Recent success rate a heuristic needs to appear (and to stay, see below)."
-    )
+    SECTION = "learning"
+    RETIRED = {
+        "min_success_rate": "no measured effect justified a setting",
+        "retire_below_confidence": "no measured effect justified a setting",
+        "evidence_half_life": "outcomes; 5 and 20 measured the same on the learning benchmark",
+    }
+    # Constants of the learning rules (learning.heuristic_state and its neighbours read them here); not settable.
+    min_success_rate: ClassVar[float] = 0.6
+    """Recent success rate a heuristic needs to appear, and below which (with low confidence) it is retired."""
+    retire_below_confidence: ClassVar[float] = 0.25
+    """A lesson is retired when its confidence falls below this and its recent rate contradicts it;
+    it comes back only 0.05 above it."""
+    evidence_half_life: ClassVar[float] = 10.0
+    """Outcomes after which an old outcome counts half in a lesson's success rate."""
+
     similarity_threshold: float = Field(
         0.45,
         ge=0,
@@ -311,19 +383,6 @@ class LearningSettings(_Strict):
         "below their success rate), and it is retired once it no longer does. Before that, failing more "
         "often than not is enough. null: anti-patterns are never compared with the alternatives.",
     )
-    retire_below_confidence: float = Field(
-        0.25,
-        ge=0,
-        le=1,
-        description="A lesson is retired when its confidence falls below this and its recent rate "
-        "contradicts it; it comes back only 0.05 above it.",
-    )
-    evidence_half_life: float = Field(
-        10.0,
-        gt=0,
-        description="Outcomes after which an old outcome counts half in a lesson's success rate: "
-        "smaller adapts faster to a changed world, larger is steadier.",
-    )
 
 
 DecayType = Literal["heuristic", "anti_pattern", "knowledge", "preference", "outcome"]
@@ -341,13 +400,12 @@ def _merge_thresholds() -> dict[MergeType, float | None]:
 class LifecycleSettings(_Strict):
     """Forgetting and consolidation; see docs/operations.md."""
 
-    half_life_days: float | None = Field(
-        None,
-        gt=0,
-        description="Half-life of a memory's strength, counted from when it was last used, validated or "
-        "re-taught. None: the agent's retrieval.recency_half_life_days, so the strength that archives a "
-        "memory is the recency that ranks it.",
-    )
+    SECTION = "lifecycle"
+    RETIRED = {
+        "half_life_days": "a memory's strength halves every retrieval.recency_half_life_days, so the strength "
+        "that archives it is the recency that ranks it"
+    }
+
     archive_floor: float = Field(
         0.02, ge=0, lt=1, description="The decay sweep archives memories whose strength is below this (0: never)."
     )
@@ -418,7 +476,7 @@ class AlmaSettings(_Strict):
     """The top-level `alma:` section."""
 
     project_id: Name = Field("default", description="Memories are scoped per project: one store may hold several.")
-    storage: str = Field(
+    storage: Literal["chroma", "chroma-http"] = Field(
         "chroma", description="'chroma': embedded, in data_dir; 'chroma-http': a Chroma server (chroma_http)."
     )
     data_dir: Path | None = Field(
@@ -454,16 +512,17 @@ class AlmaSettings(_Strict):
         default_factory=dict, description="The agents, by name (1-48 letters, digits, - or _)."
     )
 
-    @field_validator("storage")
+    @field_validator("storage", mode="before")
     @classmethod
-    def _storage_kind(cls, value: str) -> str:
-        if value in _EMBEDDED_ALIASES:
+    def _storage_kind(cls, value: Any, info: ValidationInfo) -> Any:
+        if value in EMBEDDED_ALIASES:
+            _notice(info, f"storage {value!r} is an older name of the embedded store: write 'storage: chroma'")
             return "chroma"
-        if value == "chroma-http":
-            return value
-        raise ValueError(
-            f"unknown storage {value!r}: use 'chroma' (embedded, the default) or 'chroma-http' (a Chroma server)"
-        )
+        if value not in ("chroma", "chroma-http"):
+            raise ValueError(
+                f"unknown storage {value!r}: use 'chroma' (embedded, the default) or 'chroma-http' (a Chroma server)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _references_exist(self) -> "AlmaSettings":
@@ -495,6 +554,14 @@ class AlmaConfig(_Strict):
 
     alma: AlmaSettings = Field(default_factory=AlmaSettings)
     _source: Path | None = PrivateAttr(None)
+    _notices: list[str] = PrivateAttr(default_factory=list)
+    # $ALMA_DATA_DIR as it was when the configuration was made: one value for the process's life.
+    _env_data_dir: str | None = PrivateAttr(default_factory=lambda: os.environ.get(DATA_DIR_ENV) or None)
+
+    @property
+    def notices(self) -> list[str]:
+        """What the file should change although it loads: settings that no longer exist, older spellings."""
+        return list(self._notices)
 
     @property
     def source(self) -> Path | None:
@@ -517,8 +584,8 @@ class AlmaConfig(_Strict):
             if not path.is_absolute() and self.source is not None:
                 path = self.source.resolve().parent.parent / path
             return path.expanduser()
-        if os.environ.get(DATA_DIR_ENV):
-            return Path(os.environ[DATA_DIR_ENV]).expanduser()
+        if self._env_data_dir:
+            return Path(self._env_data_dir).expanduser()
         if self.source is not None:
             return self.source.resolve().parent / "data"
         return Path.home() / ".alma-mcp" / "data"
@@ -620,11 +687,15 @@ def parse_config(data: Any, source: Path | None = None, text: str | None = None)
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config file {where}: the top level must be a mapping with an 'alma:' key")
+    notices: list[str] = []
     try:
-        config = AlmaConfig.model_validate(data)
+        config = AlmaConfig.model_validate(data, context={"notices": notices})
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, where, key_lines(text) if text else None)) from None
     config.source = source
+    config._notices = notices
+    for notice in notices:
+        log.warning("config file %s: %s", where, notice)
     return config
 
 
@@ -683,25 +754,20 @@ alma:
     allowed_origins: []             # browser origins allowed besides loopback
 
   retrieval:
-    top_k: 5                        # per memory type
+    top_k: 5                        # memories injected at most, all types together
     relevance_floor: 0.42           # evidence a memory needs to be injected in full (confident)
     weak_floor: 0.32                # below relevance_floor, the task's best reaches this: one-line weak matches
     weak_span: 0.10                 # ... those within this of the task's best
     token_budget: 1500              # size of the injected prompt
     recency_half_life_days: 30
-    weights: {{similarity: 0.70, recency: 0.05, success: 0.10, confidence: 0.10, feedback: 0.05}}
 
   learning:
-    min_success_rate: 0.6           # a heuristic needs at least this success rate
     similarity_threshold: 0.45      # tasks this similar count as the same kind of task
-    evidence_half_life: 10          # outcomes after which an old outcome counts half
     min_failures_for_anti_pattern: 2
     max_success_bound_for_anti_pattern: 0.7   # ... and a strategy unlikely to work (upper Wilson bound)
     min_alternative_outcomes: null  # e.g. 6: anti-patterns must then do worse than the other strategies tried
-    retire_below_confidence: 0.25
 
   lifecycle:                        # forgetting and consolidation (docs/operations.md)
-    half_life_days: null            # null: retrieval.recency_half_life_days
     archive_floor: 0.02             # the sweep archives memories weaker than this
     decay_types: [heuristic, anti_pattern, knowledge]
     sweep_every_writes: 100         # also on the first write of a process; 0: only on demand

@@ -17,7 +17,7 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from .config import CONFIG_ENV, DATA_DIR_ENV, AlmaSettings
+from .config import CONFIG_ENV, DATA_DIR_ENV, EMBEDDED_ALIASES, AlmaSettings, _Strict
 
 HEADER = f"""\
 # Configuration reference
@@ -33,8 +33,91 @@ store is in `${DATA_DIR_ENV}` if set, else `data/` beside the config file, else 
 `~/.alma-mcp/data`.
 
 The JSON Schema of the file is `schemas/config.schema.json`. Sections below follow the file's
-nesting; a map section (`agents.NAME`) has one entry per name you choose.
+nesting; a map section (`agents.NAME`) has one entry per name you choose. Each setting gives its
+unit and why it is a setting: the measurement that chose its default or shows its effect, or what a
+user or operator needs it for. Values nothing measured and nobody needs to set are constants
+instead (the last section lists the settings that became constants).
 """
+
+# Every setting's unit, and why it is a setting: a measured effect (with where it is written up),
+# or what a user or operator needs it for. A field without an entry fails tests/test_packaging.py,
+# so a new setting arrives with its reason; one with no reason becomes a constant (see RETIRED in
+# alma_mcp/config.py). Keys are paths inside `alma:`.
+MEASURED = "measured"
+NEEDED = "needed"
+FIELD_NOTES: dict[str, tuple[str, str, str]] = {
+    # path: (unit, measured | needed, the measurement or the need)
+    "project_id": ("name", NEEDED, "scopes memories when one store holds several projects"),
+    "storage": ("choice", NEEDED, "embedded store or a shared Chroma server"),
+    "data_dir": ("path", NEEDED, "where the embedded store lives"),
+    "vector_search": ("choice", MEASURED, "at 100,000 near-duplicate memories per agent Chroma's approximate index returned 85-88% of the true 10 nearest (dense-only Recall@5 0.05 against 0.41 exact); a scan costs 1.6 KB a memory (docs/retrieval.md)"),
+    "preload_indexes": ("flag", MEASURED, "at 100,000 memories per agent the indexes take tens of seconds to read, which the first retrieval and learn otherwise wait for (docs/retrieval.md; `bench/perf.py --sizes 10000,100000 --preload off,on`)"),
+    "allow_undeclared_agents": ("flag", NEEDED, "access control: whether agents missing from `agents` may write"),
+    "chroma_http.host": ("host name", NEEDED, "connection to a Chroma server"),
+    "chroma_http.port": ("TCP port", NEEDED, "connection to a Chroma server"),
+    "chroma_http.ssl": ("flag", NEEDED, "connection to a Chroma server"),
+    "chroma_http.headers": ("HTTP headers", NEEDED, "a Chroma server's authentication"),
+    "chroma_http.tenant": ("name", NEEDED, "a Chroma server's tenant"),
+    "chroma_http.database": ("name", NEEDED, "a Chroma server's database"),
+    "chroma_http.change_check_seconds": ("seconds", NEEDED, "trades requests to a shared server against how soon another process's write drops cached results"),
+    "embedding.model": ("model name or folder", NEEDED, "the model memories are compared by"),
+    "embedding.device": ("torch device", NEEDED, "a GPU for the torch backend"),
+    "embedding.backend": ("choice", NEEDED, "running without torch (numpy) or with it"),
+    "embedding.onnx": ("flag", MEASURED, "a query embeds about twice as fast, same vectors to 1.5e-7 (docs/retrieval.md, docs/benchmarks.md)"),
+    "http.host": ("address", NEEDED, "what the HTTP server listens on"),
+    "http.port": ("TCP port", NEEDED, "what the HTTP server listens on"),
+    "http.path": ("URL path", NEEDED, "where the MCP endpoint is"),
+    "http.token_env": ("variable name", NEEDED, "the single-token setup's secret"),
+    "http.allowed_origins": ("origins", NEEDED, "DNS-rebinding guard for browser clients"),
+    "http.allowed_hosts": ("host[:port] values", NEEDED, "DNS-rebinding guard behind a proxy or a name"),
+    "http.max_request_bytes": ("bytes", NEEDED, "bounds what one request may make the server read"),
+    "http.tokens.name": ("name", NEEDED, "names a token in logs and errors"),
+    "http.tokens.env": ("variable name", NEEDED, "where a token's secret is"),
+    "http.tokens.file": ("path", NEEDED, "where a token's secret is"),
+    "http.tokens.agents": ("agent names", NEEDED, "access control per token"),
+    "http.tokens.users": ("user ids", NEEDED, "access control per token"),
+    "retrieval.top_k": ("memories", NEEDED, "how much of the prompt memories may take; one budget across types measured in docs/retrieval-tiers.md"),
+    "retrieval.top_k_scope": ("choice", MEASURED, "one budget across types held R@5 and hit@1 and cut the prompt on held-out no-answer tasks from 245 to 187 tokens (docs/retrieval-tiers.md)"),
+    "retrieval.relevance_floor": ("evidence", MEASURED, "calibrated by `bench/retrieval.py --calibrate-tiers`; a store of 10,000 memories per agent wants about 0.54 (docs/retrieval-tiers.md, bench/README.md)"),
+    "retrieval.lexical_floor": ("share of the task's words", MEASURED, "chosen with the floors by `bench/retrieval.py --calibrate`; lets a task that quotes an identifier or an error string through when the embedding blurs it (docs/retrieval.md)"),
+    "retrieval.recency_half_life_days": ("days", NEEDED, "how fast an unused memory fades in ranking and, through the sweep, is archived"),
+    "retrieval.token_budget": ("estimated tokens (4 characters each)", NEEDED, "how much of the model's context the prompt may take"),
+    "retrieval.include_outcomes": ("choice", MEASURED, "true against weak on the field learning benchmark's development set (docs/retrieval-tiers.md, docs/learning-benchmark.md)"),
+    "retrieval.track_record": ("outcomes", MEASURED, "beside the five nearest memories the record scored above the plain store in every phase (docs/learning-benchmark.md, 'The track record')"),
+    "retrieval.rrf_k": ("ranks", MEASURED, "chosen by the ranking grid of `bench/retrieval.py --calibrate` (5, 10, 30, 60)"),
+    "retrieval.lexical_weight": ("weight", MEASURED, "chosen by the ranking grid of `bench/retrieval.py --calibrate`; the hybrid ranks ahead of dense-only (nDCG@10 0.798 against 0.741, bench/README.md)"),
+    "retrieval.fusion_rank_share": ("share", MEASURED, "chosen by the ranking grid of `bench/retrieval.py --calibrate`"),
+    "retrieval.floor_margin": ("evidence", MEASURED, "chosen with the floors by `bench/retrieval.py --calibrate`; 0 and 0.10 measured within noise of it on the learning benchmark (bench/README.md)"),
+    "retrieval.key_weight": ("share of the similarity", MEASURED, "about +0.07 paraphrase R@5, chosen among 0, 0.15, 0.3 and 0.45 (bench/README.md)"),
+    "retrieval.preference_floor": ("evidence", MEASURED, "+0.05 R@5 on the development corpus; on the held-out corpus it served 89.5% of no-answer tasks, so it is off (docs/retrieval-tiers.md)"),
+    "retrieval.weak_floor": ("evidence", MEASURED, "the tiers grid: 0.30 served R@5 0.724 for 79 tokens a no-answer task, 0.32 0.708 for 53 (docs/retrieval-tiers.md)"),
+    "retrieval.crowding_weight": ("share of the background's rise", MEASURED, "the tiers grid: lets the corpus's floors hold at 10,000 memories per agent; off cost 62 tokens a no-answer task instead of 53 (docs/retrieval-tiers.md)"),
+    "retrieval.crowding_floor": ("cosine similarity", MEASURED, "chosen with crowding_weight by the tiers grid (docs/retrieval-tiers.md)"),
+    "retrieval.weak_span": ("evidence", MEASURED, "the tiers grid: 0.08 with weak_top_k 3 saved 10 tokens a no-answer task for −0.042 R@5 (docs/retrieval-tiers.md)"),
+    "retrieval.weak_top_k": ("memories", MEASURED, "0 (all-or-nothing) served R@5 0.385 against 0.708 (docs/retrieval-tiers.md)"),
+    "retrieval.calibrate_from_feedback": ("flag", MEASURED, "the feedback replay: +0.057 R@5 for one held-out agent, a step along the same frontier on the development corpus, so off (docs/retrieval-tiers.md)"),
+    "learning.similarity_threshold": ("cosine similarity", MEASURED, "calibrated on paraphrases by `bench/learning.py --calibrate`: 0.70 grouped 3% of paraphrase pairs, 0.45 groups 85% against the mean of three (docs/learning.md)"),
+    "learning.min_failures_for_anti_pattern": ("failures", MEASURED, "3 measured +0.005 ± 0.002 on the oracle arm, 4 +0.000 (bench/README.md)"),
+    "learning.max_success_bound_for_anti_pattern": ("upper Wilson bound of a success rate", MEASURED, "the largest single gain on the learning benchmark (docs/learning.md)"),
+    "learning.min_alternative_outcomes": ("outcomes", MEASURED, "−0.018 ± 0.014 over 30 held-out seeds, so off (docs/learning.md)"),
+    "lifecycle.archive_floor": ("strength, 0-1", NEEDED, "how long an untouched memory lives: 0.02 is about 170 days at a 30-day half-life"),
+    "lifecycle.decay_types": ("memory types", NEEDED, "which memories may fade at all"),
+    "lifecycle.sweep_every_writes": ("writes", NEEDED, "when the sweep runs by itself; 0 leaves it to the operator"),
+    "lifecycle.merge_on_write": ("flag", NEEDED, "whether teaching a near-duplicate merges or adds"),
+    "lifecycle.merge_thresholds": ("cosine similarity", MEASURED, "paraphrased lessons measured 0.88-0.97 and a changed fact 0.946 (docs/operations.md); null per type never merges it"),
+    "lifecycle.max_memories_per_type": ("memories", NEEDED, "bounds a store's size per agent and type"),
+    "domains.<name>.enabled": ("flag", NEEDED, "the original ALMA design's config shape (informational)"),
+    "domains.<name>.agents": ("agent names", NEEDED, "the original ALMA design's config shape (informational)"),
+    "agents.<name>.domain": ("name", NEEDED, "the original ALMA design's config shape (informational)"),
+    "agents.<name>.description": ("text", NEEDED, "what `alma://agents` and `config check` say about the agent"),
+    "agents.<name>.can_learn": ("categories", NEEDED, "access control: what the agent may write"),
+    "agents.<name>.cannot_learn": ("categories", NEEDED, "access control: what the agent may never write"),
+    "agents.<name>.min_occurrences_for_heuristic": ("successes", NEEDED, "the original ALMA design's per-agent rule; the learning benchmark runs 3"),
+    "agents.<name>.share_with": ("agent names", NEEDED, "access control: who reads this agent's lessons"),
+    "agents.<name>.inherit_from": ("agent names", NEEDED, "access control: whose lessons this agent reads"),
+    "agents.<name>.max_memories": ("memories", NEEDED, "bounds one agent's store per type"),
+}
+
 
 _SCALARS = {bool: "boolean", int: "integer", float: "number", str: "string", Path: "path", type(None): "null"}
 
@@ -129,15 +212,49 @@ def render() -> str:
         doc = (model.__doc__ or "").strip()
         if doc and not doc.startswith(("Usage docs", "!!!")):
             out.append(" ".join(doc.split("\n\n")[0].split()) + "\n")
-        out.append("| key | type | default | range | what it does |")
-        out.append("|---|---|---|---|---|")
+        out.append("| key | type | default | range | unit | what it does | why it is a setting |")
+        out.append("|---|---|---|---|---|---|---|")
         for name, field in model.model_fields.items():
+            unit, kind, why = FIELD_NOTES.get(_key(path, name), ("", "", ""))
+            reason = f"{kind}: {why}" if kind else ""
             out.append(
                 f"| `{name}` | {_type_name(field.annotation, nested)} | {_default(field)} | {_bounds(field)} "
-                f"| {_cell(_what(field, nested))} |"
+                f"| {_cell(unit)} | {_cell(_what(field, nested))} | {_cell(reason)} |"
             )
         out.append("")
+    out.append(_retired(sections))
     return "\n".join(out).rstrip() + "\n"
+
+
+def _key(path: str, name: str) -> str:
+    """A field's key in FIELD_NOTES: its path inside `alma:`."""
+    return f"{path}.{name}".removeprefix("alma.")
+
+
+def leaf_keys() -> list[str]:
+    """The FIELD_NOTES key of every setting that is a value rather than a section."""
+    return [
+        _key(path, name)
+        for path, model in _sections()
+        for name, field in model.model_fields.items()
+        if not _models_in(field.annotation)
+    ]
+
+
+def _retired(sections: list[tuple[str, type[BaseModel]]]) -> str:
+    rows = [
+        f"| `{path.removeprefix('alma.')}.{name}` | {_cell(model.retired_note(name))} |"
+        for path, model in sections
+        if issubclass(model, _Strict)
+        for name in model.RETIRED
+    ]
+    return (
+        "## Settings that are constants now\n\n"
+        "A file that still sets one of these loads; the server logs a notice for each at start and "
+        "`alma-mcp config check` lists them: remove them from the file. Older spellings of `storage: chroma` "
+        f"({', '.join(f'`{a}`' for a in EMBEDDED_ALIASES)}) load the same way.\n\n"
+        "| key | what it is now |\n|---|---|\n" + "\n".join(rows) + "\n"
+    )
 
 
 def write(path: Path) -> Path:

@@ -279,7 +279,7 @@ class Outcome(MemoryBase):
 AnyMemory = Union[Heuristic, AntiPattern, DomainKnowledge, UserPreference, Outcome]
 """A memory of any type: narrow it by `isinstance` (or `match`), not by comparing `type` strings."""
 Memory = Annotated[AnyMemory, Field(discriminator="type")]
-MODEL_BY_TYPE: dict[str, type[MemoryBase]] = {
+MODEL_BY_TYPE: dict[str, type[AnyMemory]] = {
     "heuristic": Heuristic,
     "anti_pattern": AntiPattern,
     "knowledge": DomainKnowledge,
@@ -305,10 +305,10 @@ _KEY_FIELD = {
 }
 
 
-def key_text(memory: MemoryBase) -> str:
+def key_text(memory: AnyMemory) -> str:
     """The part of a memory a task is worded like: the situation, not the lesson learned in it.
 
     Retrieval mixes its similarity into the whole text's (`key_weight`); the store embeds it on
     every write and keeps the vector with the memory."""
-    value = getattr(memory, _KEY_FIELD.get(memory.type, ""), None)  # type: ignore[attr-defined]
+    value = getattr(memory, _KEY_FIELD.get(memory.type, ""), None)
     return value if isinstance(value, str) and value else memory.text()

@@ -107,6 +107,8 @@ _name = TypeAdapter(Name)
 _user = TypeAdapter(UserId)
 _category = TypeAdapter(Category)
 _memory_id = TypeAdapter(MemoryId)
+_Taught = TypeVar("_Taught", Heuristic, AntiPattern, DomainKnowledge, UserPreference)
+"""A memory a caller teaches directly: stored as given, or merged into its near-duplicate of the same type."""
 
 
 def _build(model: type[T], what: str, **fields: Any) -> T:
@@ -177,9 +179,8 @@ class ALMA:
         self.embedder = embedder or create_embedder(
             settings.embedding.model,
             settings.embedding.device,
-            settings.embedding.cache_size,
-            settings.embedding.onnx,
-            settings.embedding.backend,
+            onnx=settings.embedding.onnx,
+            backend=settings.embedding.backend,
         )
         # The parts, made on first use under one lock (reentrant: the retriever is made under it
         # and opens the store), and dropped by close: the next call makes them again.
@@ -507,16 +508,16 @@ class ALMA:
             + [entry_for(self.store.get(i), "merge", "learn", "same lesson") for i in report.lessons_merged]
         )
 
-    def _add(self, memory: MemoryBase, category: str | None, what: str) -> MemoryBase:
+    def _add(self, memory: _Taught, category: str | None, what: str) -> _Taught:
         check_can_learn(self.config, memory.agent, category, what)
         stored = self._store_new(memory, f"merge on write (add {what})")
-        self._after_write(memory.agent, [memory.type])  # type: ignore[attr-defined]
+        self._after_write(memory.agent, [memory.type])
         return stored
 
-    def _store_new(self, memory: MemoryBase, call: str) -> MemoryBase:
+    def _store_new(self, memory: _Taught, call: str) -> _Taught:
         """Store a taught memory, or merge it into a near-duplicate; returns the one that stays active."""
         vector = self.store.embed([memory])  # with its key field, in one batch, for the put below
-        self._current_indexes([(memory.type, None if memory.type == "preference" else memory.agent)])  # type: ignore[attr-defined]
+        self._current_indexes([(memory.type, None if isinstance(memory, UserPreference) else memory.agent)])
         with self.write_lock:
             merged = self.lifecycle.merge_on_write(memory, vector[0], call)
             if merged is None:
@@ -543,7 +544,7 @@ class ALMA:
             task_type=task_type,
             confidence=confidence,
         )
-        return self._add(memory, task_type, "heuristics")  # type: ignore[return-value]
+        return self._add(memory, task_type, "heuristics")
 
     def add_anti_pattern(
         self,
@@ -566,7 +567,7 @@ class ALMA:
             task_type=task_type,
             confidence=0.7,
         )
-        return self._add(memory, task_type, "anti-patterns")  # type: ignore[return-value]
+        return self._add(memory, task_type, "anti-patterns")
 
     def add_knowledge(
         self, agent: str, domain: str, fact: str, source: str = "agent", confidence: float = 0.8
@@ -583,7 +584,7 @@ class ALMA:
             source=source,
             confidence=confidence,
         )
-        return self._add(memory, memory.domain, "knowledge")  # type: ignore[return-value]
+        return self._add(memory, memory.domain, "knowledge")
 
     def add_preference(
         self,
@@ -611,11 +612,11 @@ class ALMA:
             check_can_learn(self.config, recorded_by, memory.category, "preferences")
         stored = self._store_new(memory, "merge on write (add preference)")
         self._after_write(None, [])
-        return stored  # type: ignore[return-value]
+        return stored
 
     def feedback(
         self, memory_id: str, signal: str, agent: str | None = None, users: frozenset[str] | None = None
-    ) -> MemoryBase:
+    ) -> AnyMemory:
         """Count a feedback signal on a memory: helpful, harmful, used or ignored. With `agent`,
         only on a memory that agent may read (and a preference of one of `users`, when given)."""
         memory_id = _validated(_memory_id, memory_id, "memory_id")
@@ -629,12 +630,12 @@ class ALMA:
             if retired:  # the audit entry goes first, like every archive
                 self.audit.append([entry_for(memory, "archive", "feedback", memory.archived_reason or "harmful")])
             self.store.update_metadata([memory])
-        self._after_write(memory.agent, [memory.type])  # type: ignore[attr-defined]
+        self._after_write(memory.agent, [memory.type])
         self.retriever.rate(reader or memory.agent, memory_id, signal)  # the agent's floors learn from it too
         return memory
 
     # -- corrections by a person (the review page): each one audited before it is written --
-    def edit(self, memory_id: str, changes: dict[str, Any], reason: str = "edited by hand") -> MemoryBase:
+    def edit(self, memory_id: str, changes: dict[str, Any], reason: str = "edited by hand") -> AnyMemory:
         """Rewrite a memory's wording (the fields of `EDITABLE` for its type); the memory keeps its
         id, counters and provenance and is re-embedded. The audit entry keeps the old and new text."""
         memory_id = _validated(_memory_id, memory_id, "memory_id")
@@ -654,7 +655,7 @@ class ALMA:
             self.store.put([edited], vectors)
         return edited
 
-    def mark_wrong(self, memory_id: str, reason: str) -> MemoryBase:
+    def mark_wrong(self, memory_id: str, reason: str) -> AnyMemory:
         """Harmful feedback with the reason a person gave, kept in the audit log (with the
         confidence before and after; `feedback` alone records only a retirement)."""
         memory_id = _validated(_memory_id, memory_id, "memory_id")
@@ -672,7 +673,7 @@ class ALMA:
             self.store.update_metadata([memory])
         return memory
 
-    def merge(self, survivor_id: str, other_id: str, reason: str = "merged by hand") -> MemoryBase:
+    def merge(self, survivor_id: str, other_id: str, reason: str = "merged by hand") -> AnyMemory:
         """Fold `other` into `survivor` (its counters, provenance and confidence; the survivor's
         wording stays) and archive `other`, as consolidation does for near-duplicates."""
         from .learning.lifecycle import compatible, merge_into
@@ -701,7 +702,7 @@ class ALMA:
     # -- reading single memories -----------------------------------------------------
     def _reachable(
         self, memory_id: str, agent: str | None, users: frozenset[str] | None, write: bool = False
-    ) -> MemoryBase:
+    ) -> AnyMemory:
         """The memory, if `agent` (serving `users`) may read it, or change it with `write`; else
         NotFound worded exactly as for an id that does not exist, so scope tells nothing."""
         try:
@@ -819,7 +820,7 @@ class ALMA:
         action: Literal["archive", "purge"] = "purge" if purge else "archive"
         if not purge:
             targets = [m for m in targets if not m.archived]  # archiving twice would change nothing
-        listing = [{"id": m.id, "type": m.type, "agent": m.agent, "title": m.title()} for m in targets]  # type: ignore[attr-defined]
+        listing = [{"id": m.id, "type": m.type, "agent": m.agent, "title": m.title()} for m in targets]
         verb = "delete" if purge else "archive"
         if dry_run:
             return ForgetResult(

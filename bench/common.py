@@ -26,7 +26,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from alma_mcp.config import AlmaConfig, parse_config  # noqa: E402
-from alma_mcp.models import MemoryBase, parse_memory  # noqa: E402
+from alma_mcp.models import AnyMemory, parse_memory  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 MEMORIES_FILE = DATA / "retrieval_memories.jsonl"
@@ -50,8 +50,8 @@ class Task:
     kind: str
 
 
-def load_memories(path: Path = MEMORIES_FILE) -> list[MemoryBase]:
-    memories = []
+def load_memories(path: Path = MEMORIES_FILE) -> list[AnyMemory]:
+    memories: list[AnyMemory] = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -86,7 +86,8 @@ def split(tasks: Sequence[Task], share: float = 0.4, salt: str = "alma-calibrati
     Thresholds and fusion settings are chosen on the calibration tasks only; the figures that
     are compared with the targets come from the test tasks, which nothing was tuned on.
     """
-    calibration, test = [], []
+    calibration: list[Task] = []
+    test: list[Task] = []
     for task in tasks:
         bucket = int(hashlib.sha256(f"{salt}:{task.id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         (calibration if bucket < share else test).append(task)
@@ -141,7 +142,7 @@ def filler_sentences() -> tuple[list[str], list[str]]:
 
 def make_filler(
     agent: str, count: int, situation_vectors: np.ndarray, lesson_vectors: np.ndarray, seed: int, start: int = 0
-) -> tuple[list[MemoryBase], np.ndarray]:
+) -> tuple[list[AnyMemory], np.ndarray]:
     """`count` filler memories for `agent` with vectors.
 
     Each memory is a (situation, lesson) pair; its vector is the normalised sum of the two
@@ -151,7 +152,7 @@ def make_filler(
     """
     situations, lessons = filler_sentences()
     rng = random.Random(seed)
-    memories: list[MemoryBase] = []
+    memories: list[AnyMemory] = []
     vectors = np.empty((count, situation_vectors.shape[1]), dtype=np.float32)
     kinds = [k for k, _ in _TYPES]
     weights = [w for _, w in _TYPES]
@@ -199,7 +200,7 @@ def bench_config(data_dir: Path, retrieval: dict[str, Any] | None = None, vector
 
 
 def put_in_batches(
-    store: Any, memories: Sequence[MemoryBase], vectors: np.ndarray, batch: int = 5000, key_vectors: np.ndarray | None = None
+    store: Any, memories: Sequence[AnyMemory], vectors: np.ndarray, batch: int = 5000, key_vectors: np.ndarray | None = None
 ) -> None:
     """Store memories with their vectors; their key fields are embedded unless `key_vectors` are given."""
     for start in range(0, len(memories), batch):

@@ -188,3 +188,58 @@ def test_cli_health_proves_the_model_loads_and_fails_loudly_when_it_cannot(tmp_p
     assert report["status"] == "embedding model failed to load"
     assert report["embedding_model_status"].startswith("failed: ") and report["embedding_model_ready"] is False
     assert "set alma.embedding.model" in broken.stderr
+
+
+RETIRED_FILE = """\
+alma:
+  storage: sqlite
+  embedding: {cache_size: 100}
+  retrieval: {near_duplicate: 0.8, candidate_pool: 40, weights: {similarity: 0.9}, top_k: 3}
+  learning: {min_success_rate: 0.7, evidence_half_life: 5, retire_below_confidence: 0.3}
+  lifecycle: {half_life_days: 7}
+  agents:
+    helena:
+      retrieval: {candidate_pool: 10}
+"""
+
+
+def test_a_file_setting_retired_keys_loads_and_says_what_to_remove(tmp_path, caplog, capsys):
+    from alma_mcp.frontends.cli import main
+
+    path = tmp_path / "config.yaml"
+    path.write_text(RETIRED_FILE, encoding="utf-8")
+    with caplog.at_level("WARNING", logger="alma_mcp"):
+        config = load_config(path)
+    retired = ["embedding.cache_size", "retrieval.near_duplicate", "retrieval.candidate_pool", "retrieval.weights", "learning.min_success_rate",
+               "learning.evidence_half_life", "learning.retire_below_confidence", "lifecycle.half_life_days"]
+    for key in retired:
+        assert any(n.startswith(f"{key} is no longer a setting") and n.endswith("remove it from the config file") for n in config.notices), key
+    assert any("'sqlite'" in n and "storage: chroma" in n for n in config.notices)
+    assert len(config.notices) == len(retired) + 2  # and helena's own retrieval section's candidate_pool
+    assert all(str(path) in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == len(config.notices)
+    # What they set is not used: the constants are.
+    assert config.alma.storage == "chroma" and config.alma.retrieval.top_k == 3
+    assert config.alma.retrieval.candidate_pool == 20 and config.retrieval_for("helena").candidate_pool == 20
+    assert config.alma.retrieval.near_duplicate == 0.92 and config.alma.learning.evidence_half_life == 10.0
+    assert config.alma.retrieval.weights.similarity == 0.70
+    assert main(["config", "check", "--config", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "to change: lifecycle.half_life_days is no longer a setting" in printed
+    assert main(["config", "check", "--config", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["notices"] == config.notices
+
+
+def test_the_starter_and_a_retired_key_under_a_typo(tmp_path):
+    starter = parse_config(yaml.safe_load(STARTER_CONFIG.format(project="p")))
+    assert starter.notices == []
+    with pytest.raises(ConfigError, match="candidate_pools"):  # only the retired names are let through
+        parse_config({"alma": {"retrieval": {"candidate_pools": 5}}})
+
+
+def test_the_data_dir_variable_is_read_once_per_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALMA_DATA_DIR", str(tmp_path / "first"))
+    config = parse_config({"alma": {}})
+    monkeypatch.setenv("ALMA_DATA_DIR", str(tmp_path / "second"))
+    assert config.data_dir == tmp_path / "first"
+    assert parse_config({"alma": {}}).data_dir == tmp_path / "second"

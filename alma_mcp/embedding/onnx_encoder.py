@@ -198,7 +198,9 @@ def prepare(model: Any, target: str, device: str) -> OnnxEncoder | None:
         log.info("small inputs stay on torch: the model is not a plain transformer with mean or CLS pooling")
         return None
     path = cache_dir() / "onnx" / f"{_fingerprint(model, target)}.onnx"
-    transformer = model[0]
+    # The first module is a sentence_transformers Transformer; Sequential's indexing types it as a
+    # plain Module, whose tokenizer and auto_model would read as `Tensor | Module`.
+    transformer: Any = model[0]
     for attempt in ("cached", "exported"):
         if _closing.is_set():
             return None
@@ -260,10 +262,14 @@ def export(target: str, out: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(target, device="cpu")
-    transformer = model[0]
+    # The first module is a sentence_transformers Transformer; Sequential's indexing types it as a
+    # plain Module, whose tokenizer and auto_model would read as `Tensor | Module`.
+    transformer: Any = model[0]
     names = list(transformer.tokenizer(["a probe"], return_tensors="pt").keys())
 
     class Hidden(torch.nn.Module):
+        inner: torch.nn.Module  # declared: a Module's attributes otherwise read as `Tensor | Module`
+
         def __init__(self, inner: torch.nn.Module) -> None:
             super().__init__()
             self.inner = inner

@@ -216,6 +216,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def _format_description(report: dict[str, Any]) -> str:
     lines = [
         f"config {report['source'] or '(none: built-in defaults)'} is valid",
+        *(f"  to change: {notice}" for notice in report["notices"]),
         f"project {report['project']}; storage {report['storage']}"
         + (f", in {report['data_dir']}" if report["data_dir"] else ""),
     ]

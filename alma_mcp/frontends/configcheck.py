@@ -29,6 +29,7 @@ def describe(config: AlmaConfig) -> dict[str, Any]:
         }
     return {
         "source": str(config.source) if config.source is not None else None,
+        "notices": config.notices,
         "project": config.project,
         "storage": settings.storage,
         "data_dir": str(config.data_dir) if settings.storage == "chroma" else None,

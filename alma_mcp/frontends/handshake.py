@@ -158,6 +158,7 @@ class EarlyStdio:
 
         wire_out = anyio.wrap_file(os.fdopen(self._out, "w", encoding="utf-8", closefd=False))
         lowlevel = server._lowlevel_server  # what MCPServer.run_stdio_async serves
+        # _Lines and _Answers have the calls stdio_server makes, not the whole of anyio's AsyncFile.
         async with stdio_server(stdin=_Lines(self, self._in), stdout=_Answers(self, wire_out)) as (read, write):  # type: ignore[arg-type]
             await lowlevel.run(read, write, lowlevel.create_initialization_options())
 

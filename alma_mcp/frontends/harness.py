@@ -175,7 +175,7 @@ class MemorySchema:
                 f"agent {agent!r} learns only the categories of the {self.domain!r} memory schema "
                 f"{self.learnable_categories}: give the context a task_type from that list"
             )
-        if self.learnable_categories and not _listed(category, self.learnable_categories):  # type: ignore[arg-type]
+        if self.learnable_categories and category is not None and not _listed(category, self.learnable_categories):
             raise ScopeDenied(
                 f"agent {agent!r} may not learn {what} in category {category!r}: the {self.domain!r} memory "
                 f"schema allows only {self.learnable_categories}"

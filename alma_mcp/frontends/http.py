@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..config import HttpSettings, TokenSettings
 from ..errors import ConfigError
 from ..scope import Caller
-from .server import CALLER_KEY
+from .server import CALLER_KEY, AlmaServer
 
 log = logging.getLogger("alma_mcp")
 
@@ -244,7 +243,7 @@ def check_token(settings: HttpSettings, host: str, token: str | None, allow_no_a
 
 
 def build_http_app(
-    mcp: MCPServer, settings: HttpSettings, host: str, port: int, token: str | None, allow_no_auth: bool = False
+    mcp: AlmaServer, settings: HttpSettings, host: str, port: int, token: str | None, allow_no_auth: bool = False
 ) -> Any:
     """The ASGI app for `alma-mcp serve --http` (see `check_token` for what it refuses)."""
     tokens = check_token(settings, host, token, allow_no_auth)
@@ -259,5 +258,5 @@ def build_http_app(
     )
     if not tokens:
         return app
-    mcp.alma_caller = NOBODY  # type: ignore[attr-defined]
+    mcp.alma_caller = NOBODY
     return BearerTokenMiddleware(app, tokens, settings.path, list(security.allowed_hosts))

@@ -16,7 +16,7 @@ import functools
 import json
 import logging
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator, Callable, Literal, TypeVar
+from typing import Annotated, Any, AsyncIterator, Callable, Literal, ParamSpec, TypeVar
 
 import anyio
 from mcp.server import MCPServer
@@ -55,7 +55,8 @@ from ..scope import EVERYONE, Caller, check_acts_as, check_serves
 from ..service import ALMA, MAX_AGE_DAYS, ForgetResult, LearnResult, MemoryDetail
 
 log = logging.getLogger("alma_mcp")
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # The handshake's fixed parts live in handshake.py, which answers `initialize` before this module loads.
 
@@ -74,22 +75,22 @@ OfTaskType = Annotated[
 ]
 
 
-def tool_errors(fn: F) -> F:
+def tool_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn anticipated failures into ToolError, so the model reads the reason."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except AlmaError as exc:
             raise ToolError(str(exc)) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
-def resource_errors(fn: F) -> F:
+def resource_errors(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except NotFound as exc:
@@ -97,7 +98,7 @@ def resource_errors(fn: F) -> F:
         except AlmaError as exc:
             raise ResourceError(str(exc)) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _json(value: Any) -> str:
@@ -134,8 +135,10 @@ CALLER_KEY = "alma_mcp.caller"
 """Where http.py leaves the `Caller` its bearer token names, in the ASGI scope of each request."""
 
 
-def caller_of(ctx: Context, default: Caller) -> Caller:
+def caller_of(ctx: Context | None, default: Caller) -> Caller:
     """The caller of this request: the one its HTTP request carries, else the server's own."""
+    if ctx is None:  # called directly, not through the SDK
+        return default
     try:
         request = ctx.request_context.request
     except ValueError:  # no request context: a direct call
@@ -144,9 +147,17 @@ def caller_of(ctx: Context, default: Caller) -> Caller:
     return found if isinstance(found, Caller) else default
 
 
+class AlmaServer(MCPServer):
+    """The SDK's server with what its handlers share: the service, and who a request without a
+    caller of its own acts as (build_http_app narrows that to no one once tokens guard it)."""
+
+    alma: ALMA
+    alma_caller: Caller
+
+
 def create_server(
     config: AlmaConfig | None = None, alma: ALMA | None = None, caller: Caller = EVERYONE
-) -> MCPServer:
+) -> AlmaServer:
     """Build the MCP server around one ALMA service (made from `config` when not given).
 
     `caller` is who a connection without a credential of its own is: over stdio (and in-process)
@@ -155,9 +166,9 @@ def create_server(
         alma = ALMA(config if config is not None else load_config())
     service = alma
 
-    def acting(ctx: Context, agent: str | None, user_id: str | None = None, what: str = "this call") -> Caller:
+    def acting(ctx: Context | None, agent: str | None, user_id: str | None = None, what: str = "this call") -> Caller:
         """The caller, once it is known to act as `agent` (required) and to serve `user_id`."""
-        who = caller_of(ctx, mcp.alma_caller)  # type: ignore[attr-defined]
+        who = caller_of(ctx, mcp.alma_caller)
         if not agent:
             raise ScopeDenied(f"{what} acts as an agent: pass agent=NAME (an agent declared in the config)")
         check_acts_as(who, agent)
@@ -186,17 +197,17 @@ def create_server(
                         # Off the event loop: it waits for the preload to finish the collection it reads.
                         await anyio.to_thread.run_sync(service.close)
 
-    mcp = MCPServer(
+    mcp = AlmaServer(
         SERVER_NAME,
         title=SERVER_TITLE,
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
     )
-    mcp.alma = service  # type: ignore[attr-defined]
+    mcp.alma = service
     # Who a request without a caller of its own is; http.py narrows it to no one once tokens guard
     # the server, so a request that somehow reaches a handler without its token's caller gets nothing.
-    mcp.alma_caller = caller  # type: ignore[attr-defined]
+    mcp.alma_caller = caller
 
     # -- tools: before a task ----------------------------------------------------------
     @mcp.tool(annotations=READ_ONLY, title="Retrieve memories for a task")
@@ -208,7 +219,7 @@ def create_server(
         user_id: ForUser = None,
         memory_types: OfTypes = None,
         task_type: OfTaskType = None,
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context | None = None,
     ) -> MemorySlice:
         """Get the memories relevant to a task, by type with scores, and `prompt`: the markdown to
         inject before doing the task. An empty prompt means nothing relevant is known."""
@@ -225,7 +236,7 @@ def create_server(
         memory_types: OfTypes = None,
         task_type: OfTaskType = None,
         n: Annotated[int, Field(ge=1, le=100, description="Memories to explain besides those injected.")] = 10,
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context | None = None,
     ) -> Explanation:
         """For people tuning the memory, not for injecting: the relevance floors and the memories
         with the most evidence for this task, each with its evidence, similarity and verdict
@@ -246,7 +257,7 @@ def create_server(
         error_message: Text | None = None,
         feedback: Text | None = None,
         user_id: UserId | None = None,
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context | None = None,
     ) -> LearnResult:
         """Record what happened on a task. Similar successes with the same strategy become a
         heuristic; repeated failures become an anti-pattern. Says what it created or updated."""
@@ -263,7 +274,7 @@ def create_server(
         strategy: Annotated[Text, Field(description="What to do.")],
         task_type: Category | None = None,
         confidence: Confidence = 0.7,
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context | None = None,
     ) -> Heuristic:
         """Teach a strategy that works under a condition. A near-duplicate of a stored heuristic is
         merged into it (the returned memory is the one that stays)."""
@@ -278,7 +289,7 @@ def create_server(
         why_bad: Annotated[Text, Field(description="Why it fails.")],
         better_alternative: Text | None = None,
         task_type: Category | None = None,
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context | None = None,
     ) -> AntiPattern:
         """Teach something to avoid, why, and what to do instead."""
         acting(ctx, agent)
@@ -292,7 +303,7 @@ def create_server(
         fact: Text,
         source: Annotated[str, Field(max_length=200)] = "agent",
         confidence: Confidence = 0.8,
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context | None = None,
     ) -> DomainKnowledge:
         """Teach a fact that is true in this project's domain."""
         acting(ctx, agent)
@@ -306,7 +317,7 @@ def create_server(
         preference: Text,
         agent: Annotated[Name, Field(description="The agent recording it, working for this user.")],
         source: Annotated[str, Field(max_length=200)] = "user",
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context | None = None,
     ) -> UserPreference:
         """Record how a user wants things done; shown to every agent working for that user."""
         acting(ctx, agent, user_id, "alma_add_preference")
@@ -327,7 +338,7 @@ def create_server(
             Name,
             Field(description="The agent giving feedback; it must be able to read the memory (own, shared or inherited)."),
         ],
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context | None = None,
     ) -> dict[str, Any]:
         """Say whether an injected memory helped: counters that move its confidence and ranking.
         A lesson marked harmful repeatedly, with its confidence below the floor, is retired."""
@@ -346,7 +357,7 @@ def create_server(
         purge: Annotated[
             bool, Field(description="Erase instead of archiving: not restorable, its words leave the audit log too. Default: archive.")
         ] = False,
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context | None = None,
     ) -> ForgetResult:
         """Take an agent's memories out of service: by id, or those older than N days and/or
         below a confidence. Shows what would go unless dry_run is false. They are archived
@@ -359,7 +370,7 @@ def create_server(
     def alma_restore(
         memory_ids: Annotated[list[MemoryId], Field(min_length=1, max_length=1000)],
         agent: Annotated[Name, Field(description="The agent whose archived memories these are.")],
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context | None = None,
     ) -> RestoreResult:
         """Bring an agent's archived memories back into service (forgotten, decayed, capped, merged
         or retired ones; purged ones are erased). Their strength starts afresh."""
@@ -378,7 +389,7 @@ def create_server(
             float | None, Field(gt=0, le=1, description="Cosine similarity to count as the same (default: per type from config).")
         ] = None,
         dry_run: Annotated[bool, Field(description="Only report what would be merged (the default).")] = True,
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context | None = None,
     ) -> ConsolidateResult:
         """Merge near-duplicate memories: the survivor keeps the counts, confidence and provenance
         of both, the other is archived. Reports what it merged (or would merge)."""
@@ -390,7 +401,7 @@ def create_server(
     def alma_sweep(
         agent: Annotated[Name, Field(description="The agent whose memories to sweep.")],
         dry_run: Annotated[bool, Field(description="Only report what would be archived (the default).")] = True,
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context | None = None,
     ) -> SweepResult:
         """Archive memories whose strength (decaying with time since last use or validation) fell
         below the floor, and the lowest-value ones past an agent's cap. Also runs by itself every
@@ -400,9 +411,9 @@ def create_server(
 
     @mcp.tool(annotations=READ_ONLY, title="Memory statistics")
     @tool_errors
-    def alma_stats(agent: Name | None = None, ctx: Context = None) -> dict[str, Any]:  # type: ignore[assignment]
+    def alma_stats(agent: Name | None = None, ctx: Context | None = None) -> dict[str, Any]:
         """Counts of memories by agent and type (of the agents this connection may act as)."""
-        who = caller_of(ctx, mcp.alma_caller)  # type: ignore[attr-defined]
+        who = caller_of(ctx, mcp.alma_caller)
         if agent is not None:
             check_acts_as(who, agent)
         return service.stats(agent, caller=who)
@@ -430,7 +441,7 @@ def create_server(
     )
     @resource_errors
     def stats_resource(ctx: Context, agent: str | None = None) -> str:
-        who = caller_of(ctx, mcp.alma_caller)  # type: ignore[attr-defined]
+        who = caller_of(ctx, mcp.alma_caller)
         if agent:
             check_acts_as(who, agent)
         return _json(service.stats(agent or None, caller=who))

@@ -47,14 +47,14 @@ class VectorIndex:
             self._add_many(ids, vectors, owners)
 
     def _add_many(self, ids: Sequence[str], vectors: np.ndarray | Sequence[np.ndarray], owners: Sequence[str | None] | None) -> None:
-        block = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+        raw = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
         if self._dimension is None:
-            self._dimension = block.shape[1]
+            self._dimension = raw.shape[1]
             self._matrix = np.zeros((0, self._dimension), dtype=np.float32)
-        if block.shape[1] != self._dimension:
-            raise ValueError(f"vectors of dimension {block.shape[1]} in an index of dimension {self._dimension}")
-        norms = np.linalg.norm(block, axis=1, keepdims=True)
-        block = block / np.where(norms > 0, norms, 1.0)  # cosine, as the store's collections measure it
+        if raw.shape[1] != self._dimension:
+            raise ValueError(f"vectors of dimension {raw.shape[1]} in an index of dimension {self._dimension}")
+        norms = np.linalg.norm(raw, axis=1, keepdims=True)
+        block = raw / np.where(norms > 0, norms, 1.0)  # cosine, as the store's collections measure it
         owners = list(owners) if owners is not None else [None] * len(ids)
         last = {doc: i for i, doc in enumerate(ids)}  # several rows with one id: the last wins, as in an upsert
         fresh = [i for doc, i in last.items() if doc not in self._row]

@@ -8,11 +8,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
-from ..models import MemoryBase, strategy_key
+from ..models import AnyMemory, MemoryBase, Outcome, UserPreference, strategy_key
 from ..storage.store import PREFERENCES, Hit, MemoryStore, collection_name
 from .dense import VectorIndex
 from .lexical import BM25Index
@@ -72,13 +72,13 @@ class CollectionIndex:
         return len(self.lexical) + len(self.archived)
 
 
-def _owner(memory: MemoryBase) -> str | None:
+def _owner(memory: AnyMemory) -> str | None:
     """What a search of the in-memory index can be restricted to: a preference's user (every
     read of preferences is), an outcome's strategy (learning groups the outcomes of one)."""
-    if memory.type == PREFERENCES:
-        return getattr(memory, "user_id", None)
-    if memory.type == "outcome":
-        return strategy_key(memory.strategy_used)  # type: ignore[attr-defined]
+    if isinstance(memory, UserPreference):
+        return memory.user_id
+    if isinstance(memory, Outcome):
+        return strategy_key(memory.strategy_used)
     return None
 
 
@@ -107,7 +107,7 @@ class SearchIndexes:
         # `_lock` guards the dicts only and is never held while waiting for anything.
         self._lock = threading.Lock()
         self._building: dict[str, threading.Lock] = {}
-        self._reading: dict[str, list[tuple[Sequence[MemoryBase], bool, int, int, np.ndarray | None]]] = {}
+        self._reading: dict[str, list[tuple[Sequence[AnyMemory], bool, int, int, np.ndarray | None]]] = {}
         self._preparing: set[str] = set()
         self._builders: list[threading.Thread] = []  # prepare's readers, which close waits for
         self.catch_ups = 0
@@ -235,8 +235,10 @@ class SearchIndexes:
             self.vector_search == "auto" and self.store.count(memory_type, agent) <= IN_MEMORY_LIMIT
         )
         started = time.time()
-        memories, vectors = [], []
+        memories: list[AnyMemory] = []
+        vectors: list[np.ndarray] = []  # the in-memory read's; the other read is asked for none
         archived: set[str] = set()
+        rows: Iterator[tuple[AnyMemory, np.ndarray | None]]
         if in_memory:
             rows = self.store.read_collection(memory_type, agent, archived)
         else:
@@ -246,11 +248,12 @@ class SearchIndexes:
                 archived.add(memory.id)
                 continue
             memories.append(memory)
-            vectors.append(vector)
+            if vector is not None:
+                vectors.append(vector)
         index = CollectionIndex(BM25Index(), VectorIndex() if in_memory else None, archived, synced_at=started)
         index.lexical.add_many([m.id for m in memories], [lexical_text(m) for m in memories])
         if index.dense is not None and memories:
-            index.dense.add_many([m.id for m in memories], np.stack(vectors), [_owner(m) for m in memories])  # type: ignore[arg-type]
+            index.dense.add_many([m.id for m in memories], np.stack(vectors), [_owner(m) for m in memories])
         self.full_reads += 1
         return index
 
@@ -275,7 +278,7 @@ class SearchIndexes:
     def _on_write(
         self,
         name: str,
-        memories: Sequence[MemoryBase],
+        memories: Sequence[AnyMemory],
         deleted: bool,
         before: int,
         after: int,
@@ -301,7 +304,7 @@ class SearchIndexes:
         self,
         index: CollectionIndex,
         name: str,
-        memories: Sequence[MemoryBase],
+        memories: Sequence[AnyMemory],
         deleted: bool,
         before: int,
         after: int,
@@ -321,7 +324,7 @@ class SearchIndexes:
                 self._synced[name] = after
 
     def _apply(
-        self, index: CollectionIndex, memories: Sequence[MemoryBase], deleted: bool, vectors: np.ndarray | None
+        self, index: CollectionIndex, memories: Sequence[AnyMemory], deleted: bool, vectors: np.ndarray | None
     ) -> bool:
         """Add, replace and remove these records (all of them when `deleted`) in the index. False
         when a metadata-only write (no `vectors`) brought back a memory the vector index does not

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..embedding.embedder import Embedder
-from ..models import MemoryBase, key_text
+from ..models import AnyMemory, key_text
 
 
 class KeyVectors:
@@ -32,7 +32,7 @@ class KeyVectors:
 
     def similarities(
         self,
-        memories: Sequence[MemoryBase],
+        memories: Sequence[AnyMemory],
         query: np.ndarray,
         stored: Sequence[np.ndarray | None] | None = None,
     ) -> np.ndarray:
@@ -57,4 +57,4 @@ class KeyVectors:
                         self._vectors.popitem(last=False)
             for i, key in zip(need, keys):
                 rows[i] = found[key]
-        return np.stack(rows) @ query  # type: ignore[arg-type]
+        return np.stack(rows) @ query  # type: ignore[arg-type]  # every None row was filled in above

@@ -293,7 +293,7 @@ class BM25Index:
             top = top[np.argsort(-scores[top], kind="stable")]
             return [
                 LexicalHit(
-                    self._ids[slot],  # type: ignore[arg-type]
+                    self._ids[slot],
                     float(scores[slot]),
                     min(1.0, float(matched_idf[slot]) / (query_idf or 1.0)),
                     int(quoted[slot]),

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from ..config import AlmaConfig
 from ..errors import InvalidInput
 from ..learning.lifecycle import half_life, strength, value
-from ..models import AnyMemory, DomainKnowledge, MemoryBase, utcnow
+from ..models import AnyMemory, DomainKnowledge, utcnow
 from ..storage.store import MemoryStore
 
 
@@ -42,9 +42,9 @@ DEFAULT_MAX_CHARS = 4000
 _ABOUT = re.compile(r"^([^:\n]{1,80}): (.+)$", re.S)
 
 
-def digest_line(memory: MemoryBase) -> str:
+def digest_line(memory: AnyMemory) -> str:
     """A memory as one line of prose, the form every export writes and the importer parses."""
-    return digest_text(memory.type, memory.model_dump()) if memory.type in _WORDING else memory.text()  # type: ignore[attr-defined]
+    return digest_text(memory.type, memory.model_dump()) if memory.type in _WORDING else memory.text()
 
 
 _WORDING = ("heuristic", "anti_pattern", "knowledge", "preference")
@@ -151,10 +151,10 @@ def export_to(alma: Source, fmt: str, agent: str, out: Path, max_chars: int | No
                         chars=len(text), max_chars=max_chars if fmt in ("claude-md", "memory-dir") else None)
 
 
-def _jsonl_row(memory: MemoryBase) -> dict[str, Any]:
-    row = {"text": digest_line(memory), "type": memory.type, "id": memory.id}  # type: ignore[attr-defined]
-    if memory.type == "knowledge":  # type: ignore[attr-defined]
-        row["domain"] = memory.domain  # type: ignore[attr-defined]
+def _jsonl_row(memory: AnyMemory) -> dict[str, Any]:
+    row = {"text": digest_line(memory), "type": memory.type, "id": memory.id}
+    if isinstance(memory, DomainKnowledge):
+        row["domain"] = memory.domain
     return row
 
 

@@ -35,7 +35,7 @@ from ..storage.audit import AuditEntry
 from ..backup import ImportReport, RejectedLine, Service, _import_batch
 from ..errors import InvalidInput
 from .exporters import digest_line, digest_text
-from ..models import MEMORY_TYPES, MODEL_BY_TYPE, DomainKnowledge, MemoryBase, UserPreference, wording_key
+from ..models import MEMORY_TYPES, MODEL_BY_TYPE, AnyMemory, DomainKnowledge, UserPreference, wording_key
 
 IMPORT_FORMATS: tuple[str, ...] = ("claude-code", "memory-dir", "mcp-memory", "jsonl")
 MAX_FILE_BYTES = 2 * 1024 * 1024
@@ -241,7 +241,7 @@ def _graph_items(path: Path, rejected: list[RejectedLine]) -> Iterator[Item]:
             if not all(isinstance(v, str) and v.strip() for v in ends):
                 rejected.append(RejectedLine(line=number, error="a relation needs from, relationType and to"))
                 continue
-            yield Item("knowledge", {"domain": "relations", "fact": " ".join(ends)}, where, number)  # type: ignore[arg-type]
+            yield Item("knowledge", {"domain": "relations", "fact": " ".join(str(v) for v in ends)}, where, number)
 
 
 def _text_items(path: Path, rejected: list[RejectedLine]) -> Iterator[Item]:
@@ -268,7 +268,7 @@ def _text_items(path: Path, rejected: list[RejectedLine]) -> Iterator[Item]:
 
 
 # -- turning items into memories -------------------------------------------------------
-def _memory(alma: Service, item: Item, agent: str, user_id: str) -> MemoryBase:
+def _memory(alma: Service, item: Item, agent: str, user_id: str) -> AnyMemory:
     digest = hashlib.sha256(f"{alma.config.project}|{agent}|{item.kind}|{item.key}".encode()).hexdigest()[:32]
     fields = dict(item.fields)
     if item.kind in ("knowledge", "preference"):
@@ -325,7 +325,7 @@ def import_from(alma: Service, fmt: str, path: Path, agent: str, user_id: str = 
     except (json.JSONDecodeError, AttributeError) as exc:
         raise InvalidInput(f"{path}: not a memory-server graph: {exc}") from None
     held = held_keys(alma, agent, user_id)
-    pending: list[tuple[int, MemoryBase, np.ndarray | None, np.ndarray | None]] = []
+    pending: list[tuple[int, AnyMemory, np.ndarray | None, np.ndarray | None]] = []
     for item in items:
         report.lines += 1
         if not item.key or item.key in held:

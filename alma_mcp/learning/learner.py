@@ -72,13 +72,26 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypeGuard, TypeVar
 
 import numpy as np
 
 from ..config import AlmaConfig, LearningSettings
-from ..models import FEEDBACK_STEPS, OUTCOME_WEIGHTS, AntiPattern, Heuristic, MemoryBase, Outcome, key_text, new_id, strategy_key, utcnow, wording_key
 from ..indexes.follower import SearchIndexes
+from ..models import (
+    FEEDBACK_STEPS,
+    OUTCOME_WEIGHTS,
+    AntiPattern,
+    AnyMemory,
+    Heuristic,
+    MemoryBase,
+    Outcome,
+    key_text,
+    new_id,
+    strategy_key,
+    utcnow,
+    wording_key,
+)
 from ..storage.store import MemoryStore
 
 
@@ -146,24 +159,23 @@ def _clamp(value: float) -> float:
     return round(min(1.0, max(0.0, value)), 4)
 
 
-def apply_feedback(memory: MemoryBase, signal: str, floor: float) -> bool:
+def apply_feedback(memory: AnyMemory, signal: str, floor: float) -> bool:
     """Count one feedback signal on `memory` and move its confidence; True if it is now retired."""
     before = feedback_offset(memory)
     setattr(memory, signal, getattr(memory, signal) + 1)
     now = utcnow()
     if signal in ("used", "helpful"):
         memory.last_used_at = now
-    if hasattr(memory, "confidence"):
-        # The step, as far as the bounded offset still moves (see VOTES_OFFSET_RANGE).
-        step = feedback_offset(memory) - before
-        memory.confidence = _clamp(memory.confidence + step)  # type: ignore[attr-defined]
+    # The step, as far as the bounded offset still moves (see VOTES_OFFSET_RANGE).
+    step = feedback_offset(memory) - before
+    memory.confidence = _clamp(memory.confidence + step)
     memory.updated_at = now
     if (
-        memory.type in ("heuristic", "anti_pattern")  # type: ignore[attr-defined]
+        isinstance(memory, (Heuristic, AntiPattern))
         and not memory.archived
         and memory.harmful >= RETIRE_ON_HARMFUL
         and 2 * memory.harmful > memory.helpful
-        and memory.confidence < floor  # type: ignore[attr-defined]
+        and memory.confidence < floor
     ):
         memory.archived = True
         memory.archived_reason = f"retired: marked harmful {memory.harmful} times (helpful {memory.helpful})"
@@ -278,10 +290,10 @@ def anti_pattern_state(
 def advised_strategy(memory: MemoryBase) -> str | None:
     """The strategy key a lesson advises for (a heuristic) or against (an anti-pattern). A taught
     anti-pattern has no strategy_key: its pattern's wording stands for the strategy."""
-    if memory.type == "heuristic":  # type: ignore[attr-defined]
-        return strategy_key(memory.strategy)  # type: ignore[attr-defined]
-    if memory.type == "anti_pattern":  # type: ignore[attr-defined]
-        return getattr(memory, "strategy_key", None) or strategy_key(memory.pattern)  # type: ignore[attr-defined]
+    if isinstance(memory, Heuristic):
+        return strategy_key(memory.strategy)
+    if isinstance(memory, AntiPattern):
+        return memory.strategy_key or strategy_key(memory.pattern)
     return None
 
 
@@ -335,13 +347,13 @@ def lesson_vector(centre: np.ndarray, strategy_vector: np.ndarray) -> np.ndarray
     return _unit_sum(centre, LESSON_STRATEGY_WEIGHT * strategy_vector)
 
 
-def learned(memory: MemoryBase) -> bool:
+def learned(memory: MemoryBase) -> TypeGuard[Heuristic | AntiPattern]:
     """A heuristic or anti-pattern learned from outcomes (not one written by hand)."""
-    return memory.type in ("heuristic", "anti_pattern") and bool(getattr(memory, "supporting_outcomes", None))  # type: ignore[attr-defined]
+    return isinstance(memory, (Heuristic, AntiPattern)) and bool(memory.supporting_outcomes)
 
 
 def memory_vectors(
-    store: MemoryStore, memories: Sequence[MemoryBase], known: Mapping[str, MemoryBase] | None = None
+    store: MemoryStore, memories: Sequence[AnyMemory], known: Mapping[str, AnyMemory] | None = None
 ) -> np.ndarray:
     """The vectors memories are stored under, as their write path makes them, with the store's
     current model: an outcome under its task alone (`ALMA.learn`), a learned lesson under the mean
@@ -356,7 +368,7 @@ def memory_vectors(
     wanted_by_agent: dict[str | None, set[str]] = {}
     for memory in memories:
         if learned(memory):
-            wanted = set(memory.supporting_outcomes) - outcomes.keys()  # type: ignore[attr-defined]
+            wanted = set(memory.supporting_outcomes) - outcomes.keys()
             wanted_by_agent.setdefault(memory.agent, set()).update(wanted)
     for agent, wanted in wanted_by_agent.items():  # reads by the thousand, not one per lesson
         ordered = sorted(wanted)
@@ -366,13 +378,13 @@ def memory_vectors(
     tasks: dict[int, list[str]] = {}
     strategies: dict[int, str] = {}  # a lesson's strategy as its newest outcome words it, as when it was written
     for i, memory in enumerate(memories):
-        if memory.type == "outcome":  # type: ignore[attr-defined]
-            tasks[i] = [memory.task]  # type: ignore[attr-defined]
+        if isinstance(memory, Outcome):
+            tasks[i] = [memory.task]
         elif learned(memory):
-            found = [outcomes[o] for o in memory.supporting_outcomes if o in outcomes]  # type: ignore[attr-defined]
+            found = [m for m in (outcomes.get(o) for o in memory.supporting_outcomes) if isinstance(m, Outcome)]
             if found:
-                tasks[i] = [m.task for m in found]  # type: ignore[attr-defined]
-                strategies[i] = max(found, key=lambda m: m.created_at).strategy_used  # type: ignore[attr-defined]
+                tasks[i] = [m.task for m in found]
+                strategies[i] = max(found, key=lambda m: m.created_at).strategy_used
     # One batch, as `MemoryStore.embed` does: the tasks, the strategies, the texts of the rest and
     # every key field (an outcome's key is its task), the key vectors kept for the put that follows.
     plain = [i for i in range(len(memories)) if i not in tasks]
@@ -417,18 +429,20 @@ class Learner:
         pool = {
             h.memory.id: (h.memory, h.vector)
             for h in hits
-            if h.vector is not None and same_task_type(h.memory.task_type, outcome.task_type)  # type: ignore[attr-defined]
+            if isinstance(h.memory, Outcome)
+            and h.vector is not None
+            and same_task_type(h.memory.task_type, outcome.task_type)
         }
         pool[outcome.id] = (outcome, vector)
-        return pool  # type: ignore[return-value]
+        return pool
 
-    def _lessons(self, agent: str, key: str, task_type: str | None = None) -> list[MemoryBase]:
-        found: list[MemoryBase] = []
+    def _lessons(self, agent: str, key: str, task_type: str | None = None) -> list[Heuristic | AntiPattern]:
+        found: list[Heuristic | AntiPattern] = []
         for kind in ("heuristic", "anti_pattern"):
             found += [
                 m
                 for m in self.store.list(kind, agent, where={"strategy_key": key}, include_archived=True)
-                if not is_merged(m) and same_task_type(m.task_type, task_type)  # type: ignore[attr-defined]
+                if isinstance(m, (Heuristic, AntiPattern)) and not is_merged(m) and same_task_type(m.task_type, task_type)
             ]
         return found
 
@@ -440,12 +454,13 @@ class Learner:
         missing = [i for i in ids if i not in pool]
         if missing:
             for i, (memory, vec) in self.store.fetch_with_vectors("outcome", agent, missing).items():
-                out[i] = (memory, vec)  # type: ignore[assignment]
+                if isinstance(memory, Outcome):
+                    out[i] = (memory, vec)
         return out
 
     def cluster(
         self, outcome: Outcome, vector: np.ndarray
-    ) -> tuple[dict[str, tuple[Outcome, np.ndarray]], list[MemoryBase]]:
+    ) -> tuple[dict[str, tuple[Outcome, np.ndarray]], list[Heuristic | AntiPattern]]:
         """The outcomes of this outcome's lesson (with task vectors) and the lessons that hold them.
 
         A lesson's tasks are summed up by their mean vector. The outcome joins the lessons whose
@@ -459,7 +474,7 @@ class Learner:
         centres: dict[str, tuple[np.ndarray, dict[str, tuple[Outcome, np.ndarray]]]] = {}
         lessons = self._lessons(outcome.agent, key, outcome.task_type)
         for lesson in lessons:
-            known = self._vectors_of(outcome.agent, list(getattr(lesson, "supporting_outcomes", [])), pool)
+            known = self._vectors_of(outcome.agent, lesson.supporting_outcomes, pool)
             if known:
                 centres[lesson.id] = (_unit([v for _, v in known.values()]), known)
         taken = {i for _, members in centres.values() for i in members}
@@ -510,10 +525,10 @@ class Learner:
         centre = _unit([v for _, v in group.values()])
         ids = set(group)
         now = utcnow()
-        writes: dict[str, MemoryBase] = {}
+        writes: dict[str, AnyMemory] = {}
 
-        heuristic = _fold([m for m in matched if m.type == "heuristic"], writes)  # type: ignore[attr-defined]
-        anti = _fold([m for m in matched if m.type == "anti_pattern"], writes)  # type: ignore[attr-defined]
+        heuristic = _fold([m for m in matched if isinstance(m, Heuristic)], writes)
+        anti = _fold([m for m in matched if isinstance(m, AntiPattern)], writes)
         report.lessons_merged = [i for i, m in writes.items() if is_merged(m)]
         task_type = _common_task_type(evidence.outcomes)
 
@@ -629,11 +644,12 @@ class Learner:
         others = [
             h.memory
             for h in hits
-            if h.similarity >= learning.similarity_threshold
-            and same_task_type(h.memory.task_type, task_type)  # type: ignore[attr-defined]
-            and strategy_key(h.memory.strategy_used) != key  # type: ignore[attr-defined]
+            if isinstance(h.memory, Outcome)
+            and h.similarity >= learning.similarity_threshold
+            and same_task_type(h.memory.task_type, task_type)
+            and strategy_key(h.memory.strategy_used) != key
         ]
-        return weigh(others, learning.evidence_half_life) if others else None  # type: ignore[arg-type]
+        return weigh(others, learning.evidence_half_life) if others else None
 
     def _review_anti_patterns(self, outcome: Outcome, centre: np.ndarray, key: str) -> list[str]:
         """An outcome of one strategy is evidence about the alternatives to every other: the active
@@ -642,34 +658,36 @@ class Learner:
         worse. The agent obeys an anti-pattern and stops trying its strategy, so its own outcomes
         could never do this."""
         learning = self.config.alma.learning
-        retired: list[MemoryBase] = []
+        retired: list[AntiPattern] = []
         for hit in self.indexes.nearest("anti_pattern", outcome.agent, centre, REVIEW_POOL):
             anti = hit.memory
-            anti_key = getattr(anti, "strategy_key", None)
-            if anti_key is None or anti_key == key or not same_task_type(anti.task_type, outcome.task_type):  # type: ignore[attr-defined]
+            if not isinstance(anti, AntiPattern):
                 continue
-            known = self.store.fetch_with_vectors("outcome", anti.agent, list(anti.supporting_outcomes))  # type: ignore[attr-defined]
+            anti_key = anti.strategy_key
+            if anti_key is None or anti_key == key or not same_task_type(anti.task_type, outcome.task_type):
+                continue
+            known = self.store.fetch_with_vectors("outcome", anti.agent, list(anti.supporting_outcomes))
             if not known:
                 continue
             anti_centre = _unit([v for _, v in known.values()])
             if float(np.dot(anti_centre, centre)) < learning.similarity_threshold:
                 continue  # another kind of task: this outcome says nothing about its alternatives
-            evidence = weigh([m for m, _ in known.values()], learning.evidence_half_life)  # type: ignore[misc]
-            alternatives = self._alternatives(anti.agent, anti_centre, anti_key, anti.task_type)  # type: ignore[attr-defined]
-            if not anti_pattern_state(True, evidence, alternatives, anti.confidence, learning):  # type: ignore[attr-defined]
-                _set_active(anti, False, lambda: _anti_pattern_retired_reason(evidence, alternatives, anti.confidence, learning.retire_below_confidence))  # type: ignore[attr-defined]
+            evidence = weigh([m for m, _ in known.values() if isinstance(m, Outcome)], learning.evidence_half_life)
+            alternatives = self._alternatives(anti.agent, anti_centre, anti_key, anti.task_type)
+            if not anti_pattern_state(True, evidence, alternatives, anti.confidence, learning):
+                _set_active(anti, False, lambda: _anti_pattern_retired_reason(evidence, alternatives, anti.confidence, learning.retire_below_confidence))
                 anti.updated_at = utcnow()
                 retired.append(anti)
         if retired:
             self.store.update_metadata(retired)
         return [m.id for m in retired]
 
-    def _lesson_vectors(self, lessons: list[MemoryBase], centre: np.ndarray, strategy: str) -> np.ndarray:
+    def _lesson_vectors(self, lessons: list[AnyMemory], centre: np.ndarray, strategy: str) -> np.ndarray:
         vector = lesson_vector(centre, self.store.embedder.embed([strategy])[0])
         return np.stack([vector] * len(lessons))
 
     # -- better alternatives -----------------------------------------------------------
-    def _better_alternative(self, agent: str, centre: np.ndarray, failing_key: str) -> str | None:
+    def _better_alternative(self, agent: str, centre: np.ndarray, failing_key: str | None) -> str | None:
         """The strategy of the most confident active heuristic on the same kind of task, never the
         failing strategy itself (a taught heuristic has no strategy_key: its strategy's wording is
         compared, or "avoid X" would say "instead: X")."""
@@ -678,11 +696,11 @@ class Learner:
         best = [
             h.memory
             for h in hits
-            if h.similarity >= threshold and strategy_key(h.memory.strategy) != failing_key  # type: ignore[attr-defined]
+            if isinstance(h.memory, Heuristic) and h.similarity >= threshold and strategy_key(h.memory.strategy) != failing_key
         ]
         if not best:
             return None
-        return max(best, key=lambda m: m.confidence).strategy  # type: ignore[attr-defined]
+        return max(best, key=lambda m: m.confidence).strategy
 
     def _offer_alternative(self, heuristic: Heuristic, centre: np.ndarray) -> None:
         """A new heuristic becomes the better alternative of anti-patterns on the same kind of task."""
@@ -690,17 +708,25 @@ class Learner:
         changed = []
         for hit in self.indexes.nearest("anti_pattern", heuristic.agent, centre, 10):
             anti = hit.memory
-            if hit.similarity < threshold or getattr(anti, "strategy_key", None) == heuristic.strategy_key:
+            if (
+                not isinstance(anti, AntiPattern)
+                or hit.vector is None
+                or hit.similarity < threshold
+                or anti.strategy_key == heuristic.strategy_key
+            ):
                 continue
-            better = self._better_alternative(heuristic.agent, hit.vector, anti.strategy_key)  # type: ignore[arg-type, attr-defined]
-            if better and better != anti.better_alternative:  # type: ignore[attr-defined]
-                anti.better_alternative = better  # type: ignore[attr-defined]
+            better = self._better_alternative(heuristic.agent, hit.vector, anti.strategy_key)
+            if better and better != anti.better_alternative:
+                anti.better_alternative = better
                 changed.append(anti)
         if changed:
             self.store.update_metadata(changed)
 
 
-def _fold(lessons: list[MemoryBase], writes: dict[str, MemoryBase]) -> MemoryBase | None:
+_Lesson = TypeVar("_Lesson", Heuristic, AntiPattern)
+
+
+def _fold(lessons: list[_Lesson], writes: dict[str, AnyMemory]) -> _Lesson | None:
     """One lesson of a kind per cluster: keep the oldest active one (else the oldest) and fold
     any others into it, archived as merged, so no lesson is ever learned twice."""
     if not lessons:
@@ -708,9 +734,7 @@ def _fold(lessons: list[MemoryBase], writes: dict[str, MemoryBase]) -> MemoryBas
     ordered = sorted(lessons, key=lambda m: (m.archived, m.created_at))
     primary = ordered[0]
     for extra in ordered[1:]:
-        primary.supporting_outcomes = sorted(  # type: ignore[attr-defined]
-            set(primary.supporting_outcomes) | set(extra.supporting_outcomes)  # type: ignore[attr-defined]
-        )
+        primary.supporting_outcomes = sorted(set(primary.supporting_outcomes) | set(extra.supporting_outcomes))
         primary.helpful += extra.helpful
         primary.harmful += extra.harmful
         primary.used += extra.used
@@ -786,7 +810,7 @@ def _anti_pattern_retired_reason(
 
 def _why_bad(evidence: Evidence, alternatives: Evidence | None = None) -> str:
     failures = [m for m in evidence.outcomes if m.outcome == "failure"]
-    reasons = Counter(m.error_message or m.feedback for m in failures if (m.error_message or m.feedback))
+    reasons = Counter(text for m in failures if (text := m.error_message or m.feedback))
     summary = f"failed {evidence.failures} of {len(evidence.outcomes)} times on similar tasks"
     if alternatives is not None and alternatives.outcomes:
         summary += f" (other strategies succeeded {alternatives.rate:.0%} of {len(alternatives.outcomes)} times)"

@@ -30,26 +30,27 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from ..storage.audit import AuditEntry, AuditLog, entry_for, erased
-from ..config import AlmaConfig
+from ..storage.audit import AuditAction, AuditEntry, AuditLog, entry_for, erased
+from ..config import AlmaConfig, LifecycleSettings
 from ..errors import InvalidInput, NotFound
-from ..models import FEEDBACK_SIGNALS, MemoryBase, utcnow
+from ..models import FEEDBACK_SIGNALS, AntiPattern, AnyMemory, DomainKnowledge, Heuristic, Outcome, UserPreference, utcnow
 from ..indexes.follower import SearchIndexes
 from .signals import feedback_score, recency, success_rate
 from ..storage.store import PREFERENCES, MemoryStore
 
-LESSONS = ("heuristic", "anti_pattern")
+_M = TypeVar("_M", Heuristic, AntiPattern, DomainKnowledge, UserPreference, Outcome)
+
 MERGEABLE = ("heuristic", "anti_pattern", "knowledge", "preference")
 _BLOCK = 512
 
 
 # -- pure rules ------------------------------------------------------------------------
-def strength(memory: MemoryBase, half_life_days: float, now: datetime) -> float:
+def strength(memory: AnyMemory, half_life_days: float, now: datetime) -> float:
     """1.0 when just used or validated, halving every `half_life_days` since."""
     return recency(memory, half_life_days, now)
 
@@ -59,35 +60,33 @@ def days_to_floor(half_life_days: float, floor: float) -> float:
     return half_life_days * math.log2(1.0 / floor)
 
 
-def value(memory: MemoryBase, memory_strength: float) -> float:
+def value(memory: AnyMemory, memory_strength: float) -> float:
     """What a memory is worth keeping, 0-1: its strength, weighted by confidence, success and feedback."""
     quality = (float(getattr(memory, "confidence", 0.5)) + success_rate(memory) + feedback_score(memory)) / 3
     return memory_strength * (0.4 + 0.6 * quality)
 
 
-def restart_clock(memory: MemoryBase, now: datetime) -> None:
+def restart_clock(memory: AnyMemory, now: datetime) -> None:
     """Mark a memory as just validated: every field retrieval's recency reads moves to `now`."""
     memory.updated_at = now
     if memory.last_used_at is not None:
         memory.last_used_at = now  # retrieval reads last_used_at before updated_at
-    if memory.type == "heuristic":  # type: ignore[attr-defined]
-        memory.last_validated = now  # type: ignore[attr-defined]
-    elif memory.type == "anti_pattern":  # type: ignore[attr-defined]
-        memory.last_seen = now  # type: ignore[attr-defined]
+    if isinstance(memory, Heuristic):
+        memory.last_validated = now
+    elif isinstance(memory, AntiPattern):
+        memory.last_seen = now
 
 
-def compatible(a: MemoryBase, b: MemoryBase) -> bool:
+def compatible(a: AnyMemory, b: AnyMemory) -> bool:
     """Whether two memories of one type may be merged at all, whatever their similarity."""
-    kind = a.type  # type: ignore[attr-defined]
-    if kind != b.type or kind not in MERGEABLE or a.id == b.id:  # type: ignore[attr-defined]
+    if a.type != b.type or a.type not in MERGEABLE or a.id == b.id:
         return False
-    if kind == "preference":
-        return a.user_id == b.user_id  # type: ignore[attr-defined]
+    if isinstance(a, UserPreference) and isinstance(b, UserPreference):
+        return a.user_id == b.user_id
     if a.agent != b.agent:
         return False
-    if kind in LESSONS:
-        ta, tb = a.task_type, b.task_type  # type: ignore[attr-defined]
-        return ta is None or tb is None or ta == tb
+    if isinstance(a, (Heuristic, AntiPattern)) and isinstance(b, (Heuristic, AntiPattern)):
+        return a.task_type is None or b.task_type is None or a.task_type == b.task_type
     return True
 
 
@@ -109,46 +108,45 @@ def _join_sources(a: str, b: str) -> str:
     return ", ".join(dict.fromkeys(parts))[:500]
 
 
-def merge_into(survivor: MemoryBase, other: MemoryBase) -> None:
+def merge_into(survivor: AnyMemory, other: AnyMemory) -> None:
     """Fold `other`'s counts, confidence and provenance into `survivor` (its wording is kept)."""
     for counter in FEEDBACK_SIGNALS:
         setattr(survivor, counter, getattr(survivor, counter) + getattr(other, counter))
     survivor.created_at = min(survivor.created_at, other.created_at)
     survivor.updated_at = max(survivor.updated_at, other.updated_at)
     survivor.last_used_at = _latest(survivor.last_used_at, other.last_used_at)
-    s: Any = survivor
-    o: Any = other
-    s.confidence = max(s.confidence, o.confidence)
-    kind = s.type
-    if kind in LESSONS:
-        overlap = len(set(s.supporting_outcomes) & set(o.supporting_outcomes))
-        s.supporting_outcomes = sorted(set(s.supporting_outcomes) | set(o.supporting_outcomes))
-        s.occurrence_count = max(s.occurrence_count + o.occurrence_count - overlap, len(s.supporting_outcomes))
-        s.success_count = min(s.occurrence_count, s.success_count + o.success_count)
-        s.task_type = s.task_type or o.task_type
+    survivor.confidence = max(survivor.confidence, other.confidence)
+    if isinstance(survivor, (Heuristic, AntiPattern)) and isinstance(other, (Heuristic, AntiPattern)):
+        overlap = len(set(survivor.supporting_outcomes) & set(other.supporting_outcomes))
+        survivor.supporting_outcomes = sorted(set(survivor.supporting_outcomes) | set(other.supporting_outcomes))
+        survivor.occurrence_count = max(
+            survivor.occurrence_count + other.occurrence_count - overlap, len(survivor.supporting_outcomes)
+        )
+        survivor.success_count = min(survivor.occurrence_count, survivor.success_count + other.success_count)
+        survivor.task_type = survivor.task_type or other.task_type
         # Learning finds its lessons by strategy_key: the survivor must be the one it finds.
-        s.strategy_key = s.strategy_key or o.strategy_key
-        if kind == "heuristic":
-            s.last_validated = max(s.last_validated, o.last_validated)
-        else:
-            s.last_seen = max(s.last_seen, o.last_seen)
-            s.better_alternative = s.better_alternative or o.better_alternative
-    elif kind in ("knowledge", "preference"):
-        s.source = _join_sources(s.source, o.source)
+        survivor.strategy_key = survivor.strategy_key or other.strategy_key
+        if isinstance(survivor, Heuristic) and isinstance(other, Heuristic):
+            survivor.last_validated = max(survivor.last_validated, other.last_validated)
+        elif isinstance(survivor, AntiPattern) and isinstance(other, AntiPattern):
+            survivor.last_seen = max(survivor.last_seen, other.last_seen)
+            survivor.better_alternative = survivor.better_alternative or other.better_alternative
+    elif isinstance(survivor, (DomainKnowledge, UserPreference)) and isinstance(other, (DomainKnowledge, UserPreference)):
+        survivor.source = _join_sources(survivor.source, other.source)
 
 
 @dataclass
 class MergePlan:
-    survivor: MemoryBase
-    members: list[tuple[MemoryBase, float]] = field(default_factory=list)
+    survivor: AnyMemory
+    members: list[tuple[AnyMemory, float]] = field(default_factory=list)
 
 
-def plan_merges(memories: Sequence[MemoryBase], vectors: np.ndarray, threshold: float) -> list[MergePlan]:
+def plan_merges(memories: Sequence[AnyMemory], vectors: np.ndarray, threshold: float) -> list[MergePlan]:
     """Group near-duplicates greedily. Each memory joins at most one survivor, and only when it is
     itself similar enough to that survivor (no chains of pairwise-similar memories)."""
     if len(memories) < 2:
         return []
-    kind = memories[0].type  # type: ignore[attr-defined]
+    kind = memories[0].type
     order = sorted(range(len(memories)), key=lambda i: memories[i].created_at, reverse=newer_survives(kind))
     items = [memories[i] for i in order]
     matrix = np.asarray(vectors, dtype=np.float32)[order]
@@ -160,8 +158,8 @@ def plan_merges(memories: Sequence[MemoryBase], vectors: np.ndarray, threshold: 
             if taken[i]:
                 continue
             plan = MergePlan(items[i])
-            for j in np.nonzero(block[row, i + 1 :] >= threshold)[0] + i + 1:
-                j = int(j)
+            for found in np.nonzero(block[row, i + 1 :] >= threshold)[0] + i + 1:
+                j = int(found)
                 if not taken[j] and compatible(items[i], items[j]):
                     taken[j] = True
                     plan.members.append((items[j], float(block[row, j])))
@@ -180,8 +178,8 @@ class MemoryRef(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
-def ref(memory: MemoryBase, **details: Any) -> MemoryRef:
-    return MemoryRef(id=memory.id, type=memory.type, agent=memory.agent, title=memory.title(), details=details)  # type: ignore[attr-defined]
+def ref(memory: AnyMemory, **details: Any) -> MemoryRef:
+    return MemoryRef(id=memory.id, type=memory.type, agent=memory.agent, title=memory.title(), details=details)
 
 
 class MergeGroup(BaseModel):
@@ -212,11 +210,8 @@ class RestoreResult(BaseModel):
 
 # -- the life cycle over a store -----------------------------------------------------
 def half_life(config: AlmaConfig, agent: str | None) -> float:
-    """Days for a memory's strength to halve: `lifecycle.half_life_days`, else the agent's recency
-    half-life."""
-    settings = config.alma.lifecycle
-    if settings.half_life_days is not None:
-        return float(settings.half_life_days)
+    """Days for a memory's strength to halve: the agent's recency half-life, so that what archives a
+    memory is what ranks it."""
     if agent is None or agent == "_":
         return config.alma.retrieval.recency_half_life_days
     return config.retrieval_for(agent).recency_half_life_days
@@ -242,7 +237,7 @@ class Lifecycle:
         self.indexes = indexes if indexes is not None else SearchIndexes(store, config.alma.vector_search)
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> LifecycleSettings:
         return self.config.alma.lifecycle
 
     def half_life(self, agent: str | None) -> float:
@@ -251,7 +246,7 @@ class Lifecycle:
     def threshold(self, memory_type: str, override: float | None = None) -> float | None:
         if override is not None:
             return override
-        return self.settings.merge_thresholds.get(memory_type)
+        return next((t for kind, t in self.settings.merge_thresholds.items() if kind == memory_type), None)
 
     def cap(self, agent: str) -> int | None:
         agent_settings = self.config.alma.agents.get(agent)
@@ -260,19 +255,21 @@ class Lifecycle:
         return self.settings.max_memories_per_type
 
     # -- archive, purge, restore -----------------------------------------------------
-    def archive(self, memories: Sequence[tuple[MemoryBase, str, dict[str, Any]]], call: str, action: str = "archive") -> None:
+    def archive(
+        self, memories: Sequence[tuple[AnyMemory, str, dict[str, Any]]], call: str, action: AuditAction = "archive"
+    ) -> None:
         """Archive (memory, reason, details) triples: audit first, then the store."""
         if not memories:
             return
         now = utcnow()
-        self.audit.append([entry_for(m, action, call, reason, details) for m, reason, details in memories])  # type: ignore[arg-type]
+        self.audit.append([entry_for(m, action, call, reason, details) for m, reason, details in memories])
         for memory, reason, _ in memories:
             memory.archived = True
             memory.archived_reason = reason[:500]
             memory.updated_at = now
         self.store.update_metadata([m for m, _, _ in memories])
 
-    def purge(self, memories: Sequence[MemoryBase], call: str, reason: str) -> int:
+    def purge(self, memories: Sequence[AnyMemory], call: str, reason: str) -> int:
         if not memories:
             return 0
         """Erase memories: the audit entry keeps no words of theirs, the store deletes them, and the
@@ -285,7 +282,7 @@ class Lifecycle:
     def restore(self, memory_ids: Sequence[str], call: str) -> RestoreResult:
         """Bring archived memories back into service (a purged one is erased: it cannot come back)."""
         now = utcnow()
-        back: list[MemoryBase] = []
+        back: list[AnyMemory] = []
         for memory_id in memory_ids:
             try:
                 memory = self.store.get(memory_id)
@@ -309,21 +306,23 @@ class Lifecycle:
         )
 
     # -- merging -------------------------------------------------------------------------
-    def merge_on_write(self, memory: MemoryBase, vector: np.ndarray, call: str) -> MemoryBase | None:
+    def merge_on_write(self, memory: _M, vector: np.ndarray, call: str) -> _M | None:
         """If `memory` nearly duplicates a stored one, merge the two and return the survivor
         (both written); else None and the caller stores `memory` as new."""
-        kind = memory.type  # type: ignore[attr-defined]
+        kind = memory.type
         threshold = self.threshold(kind)
         if not self.settings.merge_on_write or threshold is None or kind not in MERGEABLE:
             return None
         scope = None if kind == PREFERENCES else memory.agent
-        user = memory.user_id if kind == PREFERENCES else None  # type: ignore[attr-defined]
+        user = memory.user_id if isinstance(memory, UserPreference) else None
         nearest = self.indexes.nearest(kind, scope, vector, 5, owner=user, restrict=kind == PREFERENCES)
         hits = [h for h in nearest if h.similarity >= threshold and compatible(h.memory, memory)]
         if not hits:
             return None
         best = max(hits, key=lambda h: h.similarity)
         existing = best.memory
+        if not isinstance(existing, type(memory)):  # compatible() compared their types
+            return None
         now = utcnow()
         similarity = round(best.similarity, 4)
         if newer_survives(kind):
@@ -348,7 +347,7 @@ class Lifecycle:
         self, kinds: Sequence[str], agent: str | None, threshold: float | None, dry_run: bool, call: str
     ) -> ConsolidateResult:
         groups: list[MergeGroup] = []
-        changed: list[MemoryBase] = []
+        changed: list[AnyMemory] = []
         entries: list[AuditEntry] = []
         for kind in kinds:
             limit = self.threshold(kind, threshold)
@@ -358,8 +357,8 @@ class Lifecycle:
             pairs = list(self.store.iter_memories(kind, scope, with_embeddings=True))
             if len(pairs) < 2:
                 continue
-            memories = [m for m, _ in pairs]
-            vectors = np.stack([v for _, v in pairs])  # type: ignore[misc]
+            memories = [m for m, v in pairs if v is not None]
+            vectors = np.stack([v for _, v in pairs if v is not None])
             for plan in plan_merges(memories, vectors, limit):
                 survivor = plan.survivor
                 merged_refs = []
@@ -390,7 +389,7 @@ class Lifecycle:
         """Archive what decayed below the floor, then what lies past each agent's cap."""
         now = now or utcnow()
         floor = self.settings.archive_floor
-        decayed: list[tuple[MemoryBase, str, dict[str, Any]]] = []
+        decayed: list[tuple[AnyMemory, str, dict[str, Any]]] = []
         scopes = [(a, k) for a, k in self.store.scopes() if agent is None or a in (agent, "_")]
         if floor > 0:
             for owner, kind in scopes:
@@ -406,7 +405,7 @@ class Lifecycle:
                         decayed.append(
                             (memory, f"decayed: strength {s:.3f} below the floor {floor}", {"strength": round(s, 4)})
                         )
-        capped: list[tuple[MemoryBase, str, dict[str, Any]]] = []
+        capped: list[tuple[AnyMemory, str, dict[str, Any]]] = []
         gone = {m.id for m, _, _ in decayed}
         for owner, kind in scopes:
             if owner == "_":
@@ -427,7 +426,7 @@ class Lifecycle:
 
     def _over_cap(
         self, agent: str, kind: str, already_gone: set[str], now: datetime
-    ) -> list[tuple[MemoryBase, str, dict[str, Any]]]:
+    ) -> list[tuple[AnyMemory, str, dict[str, Any]]]:
         cap = self.cap(agent)
         if cap is None or self.store.count(kind, agent, include_archived=False) <= cap:
             return []

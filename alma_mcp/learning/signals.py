@@ -7,25 +7,25 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from ..models import OUTCOME_WEIGHTS, MemoryBase
+from ..models import OUTCOME_WEIGHTS, AntiPattern, Heuristic, MemoryBase, Outcome
 
 
 def recency(memory: MemoryBase, half_life_days: float, now: datetime) -> float:
     """1 for a memory used or validated just now, halving every `half_life_days`."""
     last = memory.last_used_at or memory.updated_at
-    validated = getattr(memory, "last_validated", None) or getattr(memory, "last_seen", None)
-    if validated and validated > last:
-        last = validated
+    if isinstance(memory, Heuristic) and memory.last_validated > last:
+        last = memory.last_validated
+    elif isinstance(memory, AntiPattern) and memory.last_seen > last:
+        last = memory.last_seen
     age_days = max(0.0, (now - last).total_seconds() / 86400.0)
     return math.exp(-math.log(2) * age_days / half_life_days)
 
 
 def success_rate(memory: MemoryBase) -> float:
-    kind = memory.type  # type: ignore[attr-defined]
-    if kind == "heuristic":
-        return memory.success_count / max(1, memory.occurrence_count)  # type: ignore[attr-defined]
-    if kind == "outcome":
-        return OUTCOME_WEIGHTS[memory.outcome]  # type: ignore[attr-defined]
+    if isinstance(memory, Heuristic):
+        return memory.success_count / max(1, memory.occurrence_count)
+    if isinstance(memory, Outcome):
+        return OUTCOME_WEIGHTS[memory.outcome]
     return 0.5
 
 

@@ -20,13 +20,15 @@ a task with no answer costs a few dozen tokens, not the full preamble.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from ..models import AntiPattern, DomainKnowledge, Heuristic, MemoryType, Outcome, UserPreference
 
 if TYPE_CHECKING:
     from .results import ScoredMemory
     from ..learning.track import TrackRecord
 
-SECTIONS: list[tuple[str, str]] = [
+SECTIONS: list[tuple[MemoryType, str]] = [
     ("heuristic", "Strategies that worked on similar tasks"),
     ("anti_pattern", "What to avoid, and why"),
     ("preference", "The user's preferences"),
@@ -66,27 +68,26 @@ def fence(text: str) -> str:
 
 def _body(item: "ScoredMemory") -> tuple[str, str]:
     """(what the memory says, a short label made only of server-made values)."""
-    m = item.memory
-    kind = m.type  # type: ignore[attr-defined]
-    if kind == "heuristic":
-        body = f"when: {m.condition}\ndo: {m.strategy}"  # type: ignore[attr-defined]
-        label = f"strategy, {m.success_count}/{m.occurrence_count} successes, confidence {m.confidence:.2f}"  # type: ignore[attr-defined]
-    elif kind == "anti_pattern":
-        body = f"avoid: {m.pattern}\nwhy: {m.why_bad}"  # type: ignore[attr-defined]
-        if m.better_alternative:  # type: ignore[attr-defined]
-            body += f"\ninstead: {m.better_alternative}"  # type: ignore[attr-defined]
-        label = f"anti-pattern, seen {m.occurrence_count} times"  # type: ignore[attr-defined]
-    elif kind == "preference":
-        body = f"user: {m.user_id}\n{m.category}: {m.preference}"  # type: ignore[attr-defined]
-        label = f"preference, confidence {m.confidence:.2f}"  # type: ignore[attr-defined]
-    elif kind == "knowledge":
-        body = f"{m.domain}: {m.fact}\nsource: {m.source}"  # type: ignore[attr-defined]
-        label = f"fact, confidence {m.confidence:.2f}"  # type: ignore[attr-defined]
-    else:
-        body = f"task: {m.task}\ntried: {m.strategy_used}\nresult: {m.outcome}"  # type: ignore[attr-defined]
-        if m.error_message:  # type: ignore[attr-defined]
-            body += f"\nerror: {m.error_message}"  # type: ignore[attr-defined]
-        label = f"outcome ({m.outcome})"  # type: ignore[attr-defined]
+    match item.memory:
+        case Heuristic() as m:
+            body = f"when: {m.condition}\ndo: {m.strategy}"
+            label = f"strategy, {m.success_count}/{m.occurrence_count} successes, confidence {m.confidence:.2f}"
+        case AntiPattern() as m:
+            body = f"avoid: {m.pattern}\nwhy: {m.why_bad}"
+            if m.better_alternative:
+                body += f"\ninstead: {m.better_alternative}"
+            label = f"anti-pattern, seen {m.occurrence_count} times"
+        case UserPreference() as m:
+            body = f"user: {m.user_id}\n{m.category}: {m.preference}"
+            label = f"preference, confidence {m.confidence:.2f}"
+        case DomainKnowledge() as m:
+            body = f"{m.domain}: {m.fact}\nsource: {m.source}"
+            label = f"fact, confidence {m.confidence:.2f}"
+        case Outcome() as m:
+            body = f"task: {m.task}\ntried: {m.strategy_used}\nresult: {m.outcome}"
+            if m.error_message:
+                body += f"\nerror: {m.error_message}"
+            label = f"outcome ({m.outcome})"
     return body, label
 
 
@@ -106,18 +107,17 @@ def render_memory(item: "ScoredMemory", max_tokens: int | None = None) -> str:
 def mention_text(item: "ScoredMemory") -> str:
     """A memory in one line: its situation and its lesson, an outcome as "tried X: result" first,
     so that the cut at MENTION_CHARS takes the task's wording rather than how it went."""
-    m = item.memory
-    kind = m.type  # type: ignore[attr-defined]
-    if kind == "heuristic":
-        text = f"when {m.condition}: {m.strategy}"  # type: ignore[attr-defined]
-    elif kind == "anti_pattern":
-        text = f"avoid {m.pattern}: {m.why_bad}"  # type: ignore[attr-defined]
-    elif kind == "preference":
-        text = f"{m.category}: {m.preference}"  # type: ignore[attr-defined]
-    elif kind == "knowledge":
-        text = m.fact  # type: ignore[attr-defined]
-    else:
-        text = f"tried {m.strategy_used}: {m.outcome} (task: {m.task})"  # type: ignore[attr-defined]
+    match item.memory:
+        case Heuristic() as m:
+            text = f"when {m.condition}: {m.strategy}"
+        case AntiPattern() as m:
+            text = f"avoid {m.pattern}: {m.why_bad}"
+        case UserPreference() as m:
+            text = f"{m.category}: {m.preference}"
+        case DomainKnowledge() as m:
+            text = m.fact
+        case Outcome() as m:
+            text = f"tried {m.strategy_used}: {m.outcome} (task: {m.task})"
     text = " ".join(text.split())
     return text if len(text) <= MENTION_CHARS else text[: MENTION_CHARS - 3].rstrip() + "..."
 
@@ -143,7 +143,7 @@ def render_track(record: "TrackRecord") -> str:
 
 
 def render_prompt(
-    items_by_type: dict[str, Sequence["ScoredMemory"]], token_budget: int, track: "TrackRecord | None" = None
+    items_by_type: Mapping[str, Sequence["ScoredMemory"]], token_budget: int, track: "TrackRecord | None" = None
 ) -> str:
     """Markdown with one section per memory type, filled by value until the budget is spent.
 
@@ -170,14 +170,12 @@ def render_prompt(
         track_text = ""
     # A single memory may take at most a third of the budget: one long memory must not crowd out the rest.
     per_memory = max(60, token_budget // 3)
-    warnings_first = sorted(
-        candidates, key=lambda i: (i.memory.type != "anti_pattern", -i.score)  # type: ignore[attr-defined]
-    )
+    warnings_first = sorted(candidates, key=lambda i: (not isinstance(i.memory, AntiPattern), -i.score))
     rendered: dict[str, str] = {}
     opened: set[str] = set()
     titles = dict(SECTIONS)
     for item in warnings_first:
-        kind = item.memory.type  # type: ignore[attr-defined]
+        kind = item.memory.type
         text = render_memory(item, per_memory)
         cost = estimate_tokens(text) + 1
         if kind not in opened:

@@ -4,7 +4,7 @@ rendered from it (`MemorySlice`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -96,7 +96,7 @@ class MemorySlice(BaseModel):
     )
     prompt: str = Field("", description="Markdown to inject before the task; empty when nothing is relevant.")
 
-    def by_type(self) -> dict[str, list[ScoredMemory]]:
+    def by_type(self) -> dict[str, Sequence[ScoredMemory]]:
         return {
             "heuristic": self.heuristics,
             "anti_pattern": self.anti_patterns,

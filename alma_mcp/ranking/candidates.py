@@ -13,9 +13,8 @@ import numpy as np
 from ..config import RetrievalSettings
 from ..learning.signals import feedback_score, recency, success_rate
 from ..learning.track import TrackRecord, tally
-from ..models import MemoryBase, Outcome
+from ..models import AntiPattern, AnyMemory, Heuristic, Outcome, UserPreference
 from ..prompt.results import SCORED_BY_TYPE, ScoredMemory, Tier
-from ..storage.store import PREFERENCES
 
 Mode = Literal["hybrid", "dense", "lexical"]
 """hybrid is what the server uses; dense-only and lexical-only exist for the benchmark."""
@@ -25,7 +24,7 @@ Mode = Literal["hybrid", "dense", "lexical"]
 class Candidate:
     """One memory considered for a task, with every signal the ranking uses."""
 
-    memory: MemoryBase
+    memory: AnyMemory
     vector: np.ndarray
     similarity: float
     lexical: float = 0.0
@@ -53,7 +52,7 @@ class Candidate:
         return "lexical" if self.lexical_ok else "dense"
 
     def scored(self, tier: Tier = "confident") -> ScoredMemory:
-        return SCORED_BY_TYPE[self.memory.type](  # type: ignore[attr-defined]
+        return SCORED_BY_TYPE[self.memory.type](
             memory=self.memory,
             tier=tier,
             evidence=round(self.evidence, 4),
@@ -132,7 +131,7 @@ def final_score(candidate: Candidate, settings: RetrievalSettings, now: datetime
         w.similarity * candidate.relevance
         + w.recency * recency(memory, settings.recency_half_life_days, now)
         + w.success * success_rate(memory)
-        + w.confidence * float(getattr(memory, "confidence", 0.5))
+        + w.confidence * memory.confidence
         + w.feedback * feedback_score(memory)
     )
     return value / (total or 1.0)
@@ -153,7 +152,7 @@ def select(candidates: Sequence[Candidate], top_k: int, near_duplicate: float) -
 def under_preference_floor(c: Candidate, settings: RetrievalSettings) -> bool:
     """A preference of the named user that clears its own floor, when it has one (see `choose`)."""
     floor = settings.preference_floor
-    return floor is not None and c.memory.type == PREFERENCES and c.evidence >= floor  # type: ignore[attr-defined]
+    return floor is not None and isinstance(c.memory, UserPreference) and c.evidence >= floor
 
 
 def admitted(c: Candidate, answered: bool, settings: RetrievalSettings) -> bool:
@@ -184,18 +183,18 @@ def choose(
         # One ranking across the types: scores are comparable between sections (fuse ranks all
         # types at once), and top_k per type would let five loosely related lessons of each
         # type bury the two or three memories that match this task closely.
-        pool = [c for c in candidates if c.memory.type in kinds and admitted(c, answered, settings)]  # type: ignore[attr-defined]
+        pool = [c for c in candidates if c.memory.type in kinds and admitted(c, answered, settings)]
         together = select(pool, top_k, settings.near_duplicate)
         # A warning that clears the floor is never crowded out by advice: the best one takes the
         # last place (the prompt, too, fills its budget with anti-patterns first).
-        warnings = [c for c in pool if c.memory.type == "anti_pattern" and c.cleared]  # type: ignore[attr-defined]
-        if warnings and not any(c.memory.type == "anti_pattern" for c in together):  # type: ignore[attr-defined]
+        warnings = [c for c in pool if isinstance(c.memory, AntiPattern) and c.cleared]
+        if warnings and not any(isinstance(c.memory, AntiPattern) for c in together):
             together = [*together[: min(len(together), top_k - 1)], max(warnings, key=lambda c: c.score)]
         together = _lessons_over_their_outcomes(pool, together)
-        return {kind: [c for c in together if c.memory.type == kind] for kind in kinds}  # type: ignore[attr-defined]
+        return {kind: [c for c in together if c.memory.type == kind] for kind in kinds}
     return {
         kind: select(
-            [c for c in candidates if c.memory.type == kind and admitted(c, answered, settings)],  # type: ignore[attr-defined]
+            [c for c in candidates if c.memory.type == kind and admitted(c, answered, settings)],
             top_k,
             settings.near_duplicate,
         )
@@ -209,7 +208,8 @@ def _lessons_over_their_outcomes(pool: Sequence[Candidate], together: list[Candi
     outcome and its lesson speak for the same strategy, the lesson with all its evidence)."""
     chosen_ids = {c.memory.id for c in together}
     for lesson in sorted(pool, key=lambda c: c.score, reverse=True):
-        support = set(getattr(lesson.memory, "supporting_outcomes", ()))
+        memory = lesson.memory
+        support = set(memory.supporting_outcomes) if isinstance(memory, (Heuristic, AntiPattern)) else set()
         if not support or lesson.memory.id in chosen_ids:
             continue
         backing = [i for i, c in enumerate(together) if c.memory.id in support]
@@ -244,7 +244,7 @@ def mention(
     if room <= 0:
         return []
     ids = {c.memory.id for c in taken}
-    best = max((c.evidence for c in candidates if c.memory.type in allowed), default=0.0)  # type: ignore[attr-defined]
+    best = max((c.evidence for c in candidates if c.memory.type in allowed), default=0.0)
     if best < settings.weak_floor:
         return []
     # The task is given mentions at all only when its best candidate reaches weak_floor, and then
@@ -256,7 +256,7 @@ def mention(
         (
             c
             for c in candidates
-            if c.memory.type in allowed  # type: ignore[attr-defined]
+            if c.memory.type in allowed
             and c.memory.id not in ids
             and c.evidence >= least
         ),
@@ -277,5 +277,5 @@ def track_of(candidates: Sequence[Candidate], n: int) -> TrackRecord | None:
     """The track record over the n outcomes among the candidates whose tasks are most similar."""
     if n <= 0:
         return None
-    outcomes = sorted((c for c in candidates if isinstance(c.memory, Outcome)), key=lambda c: -c.similarity)[:n]
-    return tally([(c.memory, c.similarity) for c in outcomes])  # type: ignore[misc]
+    outcomes = [(c.memory, c.similarity) for c in candidates if isinstance(c.memory, Outcome)]
+    return tally(sorted(outcomes, key=lambda pair: -pair[1])[:n])

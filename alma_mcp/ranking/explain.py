@@ -89,7 +89,7 @@ def judge(
     return answered, [
         CandidateVerdict(
             id=c.memory.id,
-            type=c.memory.type,  # type: ignore[attr-defined]
+            type=c.memory.type,
             agent=c.memory.agent,
             text=" ".join(c.memory.text().split())[:120],
             evidence=round(c.evidence, 4),

@@ -57,7 +57,7 @@ from ..indexes.follower import CollectionIndex, SearchIndexes
 from ..indexes.keys import KeyVectors
 from ..learning.learner import without_contradictions
 from ..learning.track import TrackRecord
-from ..models import MEMORY_TYPES, MemoryBase
+from ..models import MEMORY_TYPES, AntiPattern, AnyMemory, Heuristic, Outcome, UserPreference
 from ..prompt.render import render_prompt
 from ..prompt.results import FIELD_BY_TYPE, MemorySlice
 from ..storage.store import PREFERENCES, MemoryStore
@@ -78,11 +78,11 @@ _RESULT_TTL_SECONDS = 300.0
 CALIBRATION_FILE = "feedback_calibration.json"
 
 
-def _other_type(memory: MemoryBase, wanted: str | None) -> bool:
+def _other_type(memory: AnyMemory, wanted: str | None) -> bool:
     """Filed under a task type other than `wanted` (lower case; None wants every type). A memory
     filed under none never is, nor knowledge and preferences, which have no task type."""
-    filed = getattr(memory, "task_type", None)
-    return wanted is not None and bool(filed) and filed.lower() != wanted
+    filed = memory.task_type if isinstance(memory, (Heuristic, AntiPattern, Outcome)) else None
+    return wanted is not None and filed is not None and filed.lower() != wanted
 
 
 class Retriever:
@@ -198,7 +198,7 @@ class Retriever:
         by_type = {kind: [c.scored() for c in picked] for kind, picked in chosen.items()}
         by_type.update({kind: [] for kind in kinds if kind not in by_type})
         for candidate in mention(candidates, chosen, settings, kinds, top_k):
-            by_type[candidate.memory.type].append(candidate.scored("weak"))  # type: ignore[attr-defined]
+            by_type[candidate.memory.type].append(candidate.scored("weak"))
         if by_type.get("heuristic") and by_type.get("anti_pattern"):
             by_type["heuristic"], by_type["anti_pattern"] = without_contradictions(by_type["heuristic"], by_type["anti_pattern"])
         record = track_of(candidates, settings.track_record) if "outcome" in kinds else None
@@ -344,15 +344,15 @@ class Retriever:
                     continue
                 if _other_type(hit.memory, wanted_type):
                     continue
-                found[hit.memory.id] = Candidate(hit.memory, hit.vector, hit.similarity, key_vector=hit.key_vector)  # type: ignore[arg-type]
+                found[hit.memory.id] = Candidate(hit.memory, hit.vector, hit.similarity, key_vector=hit.key_vector)
             lexical_hits += [(h.score, h.id) for h in hits]
             for doc, hit in extra.items():
                 memory, vec = hit.memory, hit.vector
-                if memory.archived or (kind == PREFERENCES and getattr(memory, "user_id", None) != user_id):
+                if memory.archived or (isinstance(memory, UserPreference) and memory.user_id != user_id):
                     continue
                 if _other_type(memory, wanted_type):
                     continue
-                found[doc] = Candidate(memory, vec, float(np.dot(vec, vector)), key_vector=hit.key_vector)  # type: ignore[arg-type]
+                found[doc] = Candidate(memory, vec, float(np.dot(vec, vector)), key_vector=hit.key_vector)
             for h in hits:
                 candidate = found.get(h.id)
                 if candidate is not None:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Literal, Protocol
 from pydantic import BaseModel, Field, ValidationError
 
 from ..errors import StorageError
-from ..models import MemoryBase, utcnow
+from ..models import AnyMemory, UserPreference, utcnow
 from .store import chroma_filter
 
 log = logging.getLogger("alma_mcp")
@@ -65,7 +65,7 @@ class AuditEntry(BaseModel):
 
 
 def entry_for(
-    memory: MemoryBase,
+    memory: AnyMemory,
     action: AuditAction,
     call: str,
     reason: str,
@@ -77,10 +77,10 @@ def entry_for(
         call=call,
         reason=reason,
         memory_id=memory.id,
-        memory_type=memory.type,  # type: ignore[attr-defined]
+        memory_type=memory.type,
         agent=memory.agent,
         title=memory.title(),
-        user_id=getattr(memory, "user_id", None) if memory.type == "preference" else None,  # type: ignore[attr-defined]
+        user_id=memory.user_id if isinstance(memory, UserPreference) else None,
         details=details or {},
         snapshot=json.loads(memory.model_dump_json()) if keep_snapshot else None,
     )

@@ -31,7 +31,7 @@ import numpy as np
 from .backend import InMemoryBackend
 from ..embedding.embedder import Embedder
 from ..errors import NotFound, StorageError
-from ..models import MEMORY_TYPES, AnyMemory, MemoryBase, key_text, memory_type_of, parse_memory, strategy_key
+from ..models import MEMORY_TYPES, AnyMemory, Outcome, key_text, memory_type_of, parse_memory, strategy_key
 from .writelock import SharedClient, collection_missing, release_shared_client, shared_client
 
 log = logging.getLogger("alma_mcp")
@@ -67,7 +67,7 @@ def _parse_collection_name(name: str) -> tuple[str, str, str] | None:
     return parts[1], parts[2], parts[3]
 
 
-WriteListener = Callable[[str, Sequence[MemoryBase], bool, int, int, "np.ndarray | None"], None]
+WriteListener = Callable[[str, Sequence[AnyMemory], bool, int, int, "np.ndarray | None"], None]
 """(collection name, the memories written, True when they were deleted, the collection's
 generation just before and just after this write, and the memories' text vectors when the write
 stored them, else None). A listener whose view was at `before` may apply the write and move to
@@ -78,7 +78,7 @@ store."""
 
 @dataclass
 class Hit:
-    memory: MemoryBase
+    memory: AnyMemory
     similarity: float
     vector: np.ndarray | None = None
     key_vector: np.ndarray | None = None
@@ -99,11 +99,11 @@ def encode_key_vector(vector: np.ndarray) -> str:
     return base64.b64encode(np.asarray(vector, dtype="<f2").tobytes()).decode("ascii")
 
 
-def key_metadata(memory: MemoryBase, vector: np.ndarray) -> dict[str, Any]:
+def key_metadata(memory: AnyMemory, vector: np.ndarray) -> dict[str, Any]:
     return {KEY_VECTOR: encode_key_vector(vector), KEY_CHECK: key_check(key_text(memory))}
 
 
-def stored_key_vector(memory: MemoryBase, meta: dict[str, Any]) -> np.ndarray | None:
+def stored_key_vector(memory: AnyMemory, meta: dict[str, Any]) -> np.ndarray | None:
     """The key vector kept in `meta`, if it was made from the memory's current key text."""
     encoded = meta.get(KEY_VECTOR)
     if not isinstance(encoded, str) or meta.get(KEY_CHECK) != key_check(key_text(memory)):
@@ -114,10 +114,10 @@ def stored_key_vector(memory: MemoryBase, meta: dict[str, Any]) -> np.ndarray | 
         return None
 
 
-def _metadata(memory: MemoryBase) -> dict[str, Any]:
+def _metadata(memory: AnyMemory) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "agent": memory.agent,
-        "type": memory.type,  # type: ignore[attr-defined]
+        "type": memory.type,
         "archived": memory.archived,
         "created_ts": memory.created_at.timestamp(),
         "updated_ts": memory.updated_at.timestamp(),
@@ -128,8 +128,8 @@ def _metadata(memory: MemoryBase) -> dict[str, Any]:
         value = getattr(memory, key, None)
         if value is not None:
             meta[key] = value
-    if memory.type == "outcome":  # type: ignore[attr-defined]
-        meta["strategy_key"] = strategy_key(memory.strategy_used)  # type: ignore[attr-defined]
+    if isinstance(memory, Outcome):
+        meta["strategy_key"] = strategy_key(memory.strategy_used)
     return meta
 
 
@@ -454,7 +454,7 @@ class MemoryStore:
     def _notify(
         self,
         name: str,
-        memories: Sequence[MemoryBase],
+        memories: Sequence[AnyMemory],
         deleted: bool,
         before: int,
         vectors: np.ndarray | None = None,
@@ -491,7 +491,7 @@ class MemoryStore:
         return sorted({agent for agent, _ in self.scopes() if agent != "_"})
 
     # -- embedding -----------------------------------------------------------------------
-    def embed(self, memories: Sequence[MemoryBase]) -> np.ndarray:
+    def embed(self, memories: Sequence[AnyMemory]) -> np.ndarray:
         """The text vectors of memories, embedded in one batch together with their key fields,
         whose vectors are kept for the put() that stores them."""
         texts = [m.text() for m in memories]
@@ -501,18 +501,19 @@ class MemoryStore:
         self.remember_keys(keys, vectors[len(texts) :])
         return vectors[: len(texts)]
 
-    def key_vectors(self, memories: Sequence[MemoryBase]) -> np.ndarray:
+    def key_vectors(self, memories: Sequence[AnyMemory]) -> np.ndarray:
         """The embeddings of memories' key fields (models.key_text): recent ones from a cache,
         the rest embedded in one batch."""
         keys = [key_text(m) for m in memories]
         with self._lock:
-            found = {k: self._key_cache.get(k) for k in dict.fromkeys(keys)}
-        missing = [k for k, v in found.items() if v is None]
+            cached = {k: self._key_cache.get(k) for k in dict.fromkeys(keys)}
+        found = {k: v for k, v in cached.items() if v is not None}
+        missing = [k for k in cached if k not in found]
         if missing:
             fresh = self.embedder.embed(missing)
             found.update(zip(missing, fresh))
             self.remember_keys(missing, fresh)
-        return np.stack([found[k] for k in keys])  # type: ignore[misc]
+        return np.stack([found[k] for k in keys])
 
     def remember_keys(self, keys: Sequence[str], vectors: Sequence[np.ndarray] | np.ndarray) -> None:
         """Keep key fields' vectors embedded elsewhere (`learning.memory_vectors`) for the put() or
@@ -527,7 +528,7 @@ class MemoryStore:
     # -- writes ------------------------------------------------------------------------
     def put(
         self,
-        memories: Sequence[MemoryBase],
+        memories: Sequence[AnyMemory],
         embeddings: np.ndarray | None = None,
         key_embeddings: np.ndarray | None = None,
     ) -> None:
@@ -541,12 +542,12 @@ class MemoryStore:
             key_embeddings = self.key_vectors(memories)
         groups: dict[str, list[int]] = {}
         for i, memory in enumerate(memories):
-            name = collection_name(self.project, memory.type, memory.agent)  # type: ignore[attr-defined]
+            name = collection_name(self.project, memory.type, memory.agent)
             groups.setdefault(name, []).append(i)
         with self._writing():
             for name, indexes in groups.items():
                 first = memories[indexes[0]]
-                col = self._collection(first.type, first.agent, create=True)  # type: ignore[attr-defined]
+                col = self._collection(first.type, first.agent, create=True)
                 before = self._generation_of(name)
                 metas = [_metadata(memories[i]) | key_metadata(memories[i], key_embeddings[i]) for i in indexes]
                 vectors = np.asarray(embeddings[indexes], dtype=np.float32)
@@ -563,14 +564,14 @@ class MemoryStore:
                     self._bump(name)
                 self._notify(name, [memories[i] for i in indexes], False, before, vectors, metas)
 
-    def update_metadata(self, memories: Sequence[MemoryBase]) -> None:
+    def update_metadata(self, memories: Sequence[AnyMemory]) -> None:
         """Rewrite memories whose text did not change (counters, flags): no re-embedding."""
-        groups: dict[str, list[MemoryBase]] = {}
+        groups: dict[str, list[AnyMemory]] = {}
         for memory in memories:
-            groups.setdefault(collection_name(self.project, memory.type, memory.agent), []).append(memory)  # type: ignore[attr-defined]
+            groups.setdefault(collection_name(self.project, memory.type, memory.agent), []).append(memory)
         with self._writing():
             for name, items in groups.items():
-                col = self._collection(items[0].type, items[0].agent, create=True)  # type: ignore[attr-defined]
+                col = self._collection(items[0].type, items[0].agent, create=True)
                 before = self._generation_of(name)
                 metas = [_metadata(m) for m in items]
                 try:
@@ -581,14 +582,14 @@ class MemoryStore:
                     self._bump(name)
                 self._notify(name, items, False, before, metas=metas)
 
-    def delete(self, memories: Iterable[MemoryBase]) -> int:
-        groups: dict[str, list[MemoryBase]] = {}
+    def delete(self, memories: Iterable[AnyMemory]) -> int:
+        groups: dict[str, list[AnyMemory]] = {}
         for memory in memories:
-            groups.setdefault(collection_name(self.project, memory.type, memory.agent), []).append(memory)  # type: ignore[attr-defined]
+            groups.setdefault(collection_name(self.project, memory.type, memory.agent), []).append(memory)
         deleted = 0
         with self._writing():
             for name, items in groups.items():
-                col = self._collection(items[0].type, items[0].agent, create=False)  # type: ignore[attr-defined]
+                col = self._collection(items[0].type, items[0].agent, create=False)
                 if col is None:
                     continue
                 before = self._generation_of(name)
@@ -623,9 +624,10 @@ class MemoryStore:
 
     def fetch_with_vectors(
         self, memory_type: str, agent: str | None, ids: Sequence[str]
-    ) -> dict[str, tuple[MemoryBase, np.ndarray]]:
+    ) -> dict[str, tuple[AnyMemory, np.ndarray]]:
         """Memories of one collection by id, with their stored vectors."""
-        return {doc: (hit.memory, hit.vector) for doc, hit in self.fetch_hits(memory_type, agent, ids).items()}  # type: ignore[misc]
+        hits = self.fetch_hits(memory_type, agent, ids)
+        return {doc: (hit.memory, hit.vector) for doc, hit in hits.items() if hit.vector is not None}
 
     def fetch_hits(
         self, memory_type: str, agent: str | None, ids: Sequence[str], shared: bool = False
@@ -658,7 +660,7 @@ class MemoryStore:
 
     def read_collection(
         self, memory_type: str, agent: str | None, archived: set[str] | None = None
-    ) -> Iterator[tuple[MemoryBase, np.ndarray]]:
+    ) -> Iterator[tuple[AnyMemory, np.ndarray]]:
         """Every active memory of a collection with its vector, for an index built from the store.
         The records read also fill the record cache (up to its size per collection), so the
         searches that follow read none of them again. `archived`: filled with the ids of the
@@ -680,7 +682,7 @@ class MemoryStore:
 
     def changes_since(
         self, memory_type: str, agent: str | None, since: float, limit: int
-    ) -> list[tuple[MemoryBase, np.ndarray]] | None:
+    ) -> list[tuple[AnyMemory, np.ndarray]] | None:
         """The records of a collection written at or after `since` (Unix time, see WRITTEN),
         archived ones included, with their vectors; None when there are more than `limit` (reading
         the whole collection is cheaper then). Records written before WRITTEN existed have no
@@ -997,5 +999,5 @@ class _RemoteChanges:
             log.warning("could not record a change on the Chroma server (other processes' caches may lag): %s", exc)
 
 
-def dump_json(memory: MemoryBase) -> dict[str, Any]:
+def dump_json(memory: AnyMemory) -> dict[str, Any]:
     return json.loads(memory.model_dump_json())

@@ -46,7 +46,7 @@ log = logging.getLogger("alma_mcp")
 try:  # POSIX: flock gives shared and exclusive locks, released by the kernel if a process dies.
     import fcntl
 except ImportError:  # Windows: fall back to one exclusive lock for reads and writes.
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # the module, or None where the platform has no flock
 
 LOCK_FILE = "write.lock"
 COUNTER_FILE = "generations.bin"

@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from ...learning.learner import wilson_lower_bound
-from ...models import MEMORY_TYPES, OUTCOME_WEIGHTS, AnyMemory, MemoryBase, Outcome
+from ...models import MEMORY_TYPES, OUTCOME_WEIGHTS, AnyMemory, Outcome
 
 if TYPE_CHECKING:
     from ...service import ALMA
@@ -15,11 +15,11 @@ if TYPE_CHECKING:
 LESSONS = ("heuristic", "anti_pattern")
 
 
-def summary(memory: MemoryBase) -> dict[str, Any]:
+def summary(memory: AnyMemory) -> dict[str, Any]:
     """One row of a listing."""
     return {
         "id": memory.id,
-        "type": memory.type,  # type: ignore[attr-defined]
+        "type": memory.type,
         "agent": memory.agent,
         "title": memory.title(),
         "confidence": getattr(memory, "confidence", None),
@@ -64,13 +64,13 @@ def memory_page(alma: "ALMA", memory_id: str) -> dict[str, Any]:
     }
 
 
-def _editable(memory: MemoryBase) -> list[str]:
+def _editable(memory: AnyMemory) -> list[str]:
     from ...service import EDITABLE
 
-    return list(EDITABLE.get(memory.type, ()))  # type: ignore[attr-defined]
+    return list(EDITABLE.get(memory.type, ()))
 
 
-def confidence_series(memory: MemoryBase, outcomes: list[Any], history: list[Any]) -> list[dict[str, Any]]:
+def confidence_series(memory: AnyMemory, outcomes: list[Any], history: list[Any]) -> list[dict[str, Any]]:
     """Points (time, value, what) of a memory's confidence: for a learned lesson, the lower Wilson
     bound of its success rate as each outcome came in (what learning's evidence said then);
     the before/after values the audit log kept for feedback; and the value now."""
@@ -78,7 +78,7 @@ def confidence_series(memory: MemoryBase, outcomes: list[Any], history: list[Any
     wins = 0.0
     for n, outcome in enumerate(sorted(outcomes, key=lambda o: o.created_at), 1):
         wins += OUTCOME_WEIGHTS[outcome.outcome]
-        rate = wins if memory.type == "heuristic" else n - wins  # type: ignore[attr-defined]
+        rate = wins if memory.type == "heuristic" else n - wins
         points.append({"at": outcome.created_at.isoformat(), "value": round(wilson_lower_bound(rate, n), 4),
                        "source": f"evidence after {n} outcome{'s' if n > 1 else ''}"})
     for entry in sorted(history, key=lambda e: e.at):
