@@ -66,6 +66,7 @@ print({name: os.environ.get(name) for name in sys.argv[2:]})
 """
 
 
+@pytest.mark.slow
 def test_the_command_makes_the_process_settings_itself(tmp_path: Path) -> None:
     """The settings the library no longer makes are the command's: numpy's BLAS on one thread
     (before numpy is imported), no telemetry, no tokenizer threads; a user's own value stands."""
