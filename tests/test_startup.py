@@ -52,3 +52,53 @@ def test_a_stdio_server_starts_loading_before_it_imports_the_sdk(tmp_path: Path)
     assert calls, "the server never warmed up"
     assert calls[0]["sdk_imported"] is False, "the model and the indexes waited for the MCP SDK's import"
     assert len({c["service"] for c in calls}) == 1, "the service warmed up early is the one served"
+
+
+CHROMA_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+
+    import overrides
+
+    checks = sys.modules["overrides.overrides"]
+    compared = []
+    compare = checks.ensure_signature_is_compatible
+
+    def counting(*args, **kwargs):
+        compared.append(1)
+        return compare(*args, **kwargs)
+
+    checks.ensure_signature_is_compatible = counting
+    decorator = overrides.override
+    from alma_mcp.embeddings import HashEmbedder
+    from alma_mcp.store import MemoryStore
+
+    store = MemoryStore.embedded(Path(sys.argv[1]), "startup", HashEmbedder(64))
+    try:
+        counted = store.count("knowledge", "helena")  # opens the client
+    finally:
+        store.close()
+    import chromadb.api.rust
+
+    print(json.dumps({
+        "signatures_compared": len(compared),
+        "decorator_restored": overrides.override is decorator,
+        "marked": getattr(chromadb.api.rust.RustBindingsAPI._count, "__override__", False),
+        "counted": counted,
+    }))
+    """
+)
+
+
+def test_opening_the_store_skips_the_override_checks_of_chromas_classes(tmp_path: Path) -> None:
+    """Chroma's `@override` decorators compare signatures at import (about 0.4 s of CPU per
+    process): opening the store imports chromadb without that check, still marking the methods,
+    and leaves the `overrides` package as it found it."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", ANONYMIZED_TELEMETRY="False")
+    done = subprocess.run(
+        [sys.executable, "-c", CHROMA_PROBE, str(tmp_path / "chroma")], capture_output=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    result = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert result == {"signatures_compared": 0, "decorator_restored": True, "marked": True, "counted": 0}
