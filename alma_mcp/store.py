@@ -274,26 +274,30 @@ def _marked_override(method: Any = None, **_checks: Any) -> Any:
     return method
 
 
+_IMPORTING = threading.Lock()  # one window at a time: a second would save the first's stand-in
+
+
 @contextmanager
 def _unchecked_overrides() -> Iterator[None]:
     """While chromadb's modules are imported, their `@override` decorators only mark the methods.
 
     The `overrides` package checks, at import, each decorated method against its base classes by
-    inspecting the caller's frame and comparing signatures: about 0.5 s of CPU of every process
-    that opens the store, a fifth of a one-shot `alma-mcp search` (bench/perf_breakdown.py), spent
-    checking a released chromadb against itself. The package's own decorators are put back after:
-    modules imported later, anyone's, get the checks as usual."""
-    try:
-        import overrides
-    except ImportError:
-        yield
-        return
-    saved = overrides.override, overrides.overrides
-    overrides.override = overrides.overrides = _marked_override
-    try:
-        yield
-    finally:
-        overrides.override, overrides.overrides = saved
+    inspecting the caller's frame and comparing signatures: 0.3-0.4 s of CPU here in every process
+    that opens the store (a third of importing chromadb; bench/perf_breakdown.py), spent checking
+    a released chromadb against itself. The package's own decorators are put back after: modules
+    imported later, anyone's, get the checks as usual."""
+    with _IMPORTING:
+        try:
+            import overrides
+        except ImportError:
+            yield
+            return
+        saved = overrides.override, overrides.overrides
+        overrides.override = overrides.overrides = _marked_override
+        try:
+            yield
+        finally:
+            overrides.override, overrides.overrides = saved
 
 
 def _import_chromadb(embedded: bool = False) -> Any:

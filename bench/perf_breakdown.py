@@ -4,10 +4,10 @@
 
 Start-up (CPU seconds, user + system, the median of --runs fresh interpreters: on a shared machine
 CPU time grows with the load much less than wall-clock time): an empty interpreter, then importing
-each of the heavy parts a server needs before its first retrieve (the MCP SDK, Chroma, the
-service, the MCP server module), each in a process of its own; then, in this process, loading the
-model's weights, writing its ONNX graph, building the ONNX Runtime session, opening the Chroma
-client and reading the store's collections into the search indexes.
+each of the heavy parts a server needs before its first retrieve (the MCP SDK, Chroma with the
+store module, the service, the MCP server module), each in a process of its own; then, in this
+process, loading the model's weights, writing its ONNX graph, building the ONNX Runtime session,
+opening the Chroma client and reading the store's collections into the search indexes.
 
 Per call (milliseconds, p50, warm, on a store of --memories memories as bench/perf.py fills it):
 embedding one task (ONNX Runtime, one thread); `ALMA.retrieve` for a new task and for a task
@@ -44,7 +44,8 @@ from alma_mcp.service import ALMA  # noqa: E402
 IMPORTS = {
     "an empty interpreter (python -c pass)": "pass",
     "the MCP SDK (mcp.server)": "import alma_mcp, mcp.server",
-    "Chroma (chromadb)": "import alma_mcp, chromadb",
+    "the store module (alma_mcp.store: models, pydantic, numpy)": "import alma_mcp.store",
+    "the store module and Chroma, imported as the embedded store does": "import alma_mcp.store as s; s._import_chromadb(embedded=True)",
     "the service (alma_mcp.service: config, models, retrieval, numpy, pydantic)": "import alma_mcp.service",
     "the MCP server module (alma_mcp.server: the SDK and the service)": "import alma_mcp.server",
 }
