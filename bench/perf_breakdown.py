@@ -44,10 +44,10 @@ from alma_mcp.service import ALMA  # noqa: E402
 IMPORTS = {
     "an empty interpreter (python -c pass)": "pass",
     "the MCP SDK (mcp.server)": "import alma_mcp, mcp.server",
-    "the store module (alma_mcp.store: models, pydantic, numpy)": "import alma_mcp.store",
-    "the store module and Chroma, imported as the embedded store does": "import alma_mcp.store as s; s._import_chromadb(embedded=True)",
+    "the store module (alma_mcp.storage.store: models, pydantic, numpy)": "import alma_mcp.storage.store",
+    "the store module and Chroma, imported as the embedded store does": "import alma_mcp.storage.store as s; s._import_chromadb(embedded=True)",
     "the service (alma_mcp.service: config, models, retrieval, numpy, pydantic)": "import alma_mcp.service",
-    "the MCP server module (alma_mcp.server: the SDK and the service)": "import alma_mcp.server",
+    "the MCP server module (alma_mcp.frontends.server: the SDK and the service)": "import alma_mcp.frontends.server",
 }
 
 
@@ -80,8 +80,8 @@ def start_up(config: Path, runs: int) -> list[tuple[str, float, float | None]]:
         log(f"importing: {label}")
         rows.append((label, statistics.median(child_cpu_s(code) for _ in range(runs)), None))
 
-    from alma_mcp import bert, bert_onnx
-    from alma_mcp.embeddings import bundled_model_path
+    from alma_mcp.embedding import bert, bert_onnx
+    from alma_mcp.embedding.embedder import bundled_model_path
 
     path = bundled_model_path()
     if path is None:

@@ -15,7 +15,8 @@ from pathlib import Path
 PROBE = textwrap.dedent(
     """
     import json, sys
-    from alma_mcp import cli, service
+    from alma_mcp import service
+    from alma_mcp.frontends import cli
 
     calls = []
     original = service.ALMA.warm_up
@@ -71,8 +72,8 @@ CHROMA_PROBE = textwrap.dedent(
 
     checks.ensure_signature_is_compatible = counting
     decorator = overrides.override
-    from alma_mcp.embeddings import HashEmbedder
-    from alma_mcp.store import MemoryStore
+    from alma_mcp.embedding.embedder import HashEmbedder
+    from alma_mcp.storage.store import MemoryStore
 
     store = MemoryStore.embedded(Path(sys.argv[1]), "startup", HashEmbedder(64))
     try:

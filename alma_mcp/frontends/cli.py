@@ -141,7 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # imports the MCP SDK (about a second): the part of their work that runs outside the GIL (reading
     # the weights and the database, building the ONNX Runtime session) overlaps the import instead
     # of following it. The lifespan's warm_up then finds them under way.
-    from .service import ALMA
+    from ..service import ALMA
 
     service = ALMA(config)
     service.warm_up()
