@@ -77,7 +77,7 @@ def _tensor(name: str, array: np.ndarray) -> list[Any]:
     kind = {np.dtype(np.float32): _FLOAT, np.dtype(np.int64): _INT64}[array.dtype]
     dims = b"".join(_int(1, d) for d in array.shape)
     raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).reshape(-1)  # a view where it already is
-    return [dims + _int(2, kind) + _bytes(8, name), *_message(9, [memoryview(raw).cast("B")])]
+    return [dims + _int(2, kind) + _bytes(8, name), *_message(9, [raw.data.cast("B")])]
 
 
 def _attribute(name: str, value: float | int | tuple[int, ...]) -> bytes:
