@@ -149,9 +149,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.http:
         return _serve_http(args, config)
 
+    # The model, Chroma and the search indexes start loading on their threads now, while this one
+    # imports the MCP SDK (about a second): the part of their work that runs outside the GIL (reading
+    # the weights and the database, building the ONNX Runtime session) overlaps the import instead
+    # of following it. The lifespan's warm_up then finds them under way.
+    from ..service import ALMA
+
+    service = ALMA(config)
+    service.warm_up()
     from .server import create_server
 
-    mcp = create_server(config)
+    mcp = create_server(config, alma=service)
     if sys.stdin.isatty():
         print(
             "alma-mcp: serving MCP over stdio: waiting for an MCP client on stdin.\n"

@@ -266,9 +266,48 @@ class RecordCache:
                 kept.popitem(last=False)
 
 
-def _import_chromadb() -> Any:
+def _marked_override(method: Any = None, **_checks: Any) -> Any:
+    """`overrides.override` without its checks: marks the method, as EnforceOverrides expects."""
+    if method is None:
+        return _marked_override
+    method.__override__ = True
+    return method
+
+
+_IMPORTING = threading.Lock()  # one window at a time: a second would save the first's stand-in
+
+
+@contextmanager
+def _unchecked_overrides() -> Iterator[None]:
+    """While chromadb's modules are imported, their `@override` decorators only mark the methods.
+
+    The `overrides` package checks, at import, each decorated method against its base classes by
+    inspecting the caller's frame and comparing signatures: 0.3-0.4 s of CPU here in every process
+    that opens the store (a third of importing chromadb; bench/perf_breakdown.py), spent checking
+    a released chromadb against itself. The package's own decorators are put back after: modules
+    imported later, anyone's, get the checks as usual."""
+    with _IMPORTING:
+        try:
+            import overrides
+        except ImportError:
+            yield
+            return
+        saved = overrides.override, overrides.overrides
+        overrides.override = overrides.overrides = _marked_override
+        try:
+            yield
+        finally:
+            overrides.override, overrides.overrides = saved
+
+
+def _import_chromadb(embedded: bool = False) -> Any:
     try:
-        import chromadb
+        with _unchecked_overrides():
+            import chromadb
+
+            if embedded:  # else imported by the first client, after the window
+                import chromadb.api.rust  # noqa: F401
+                import chromadb.telemetry.product.posthog  # noqa: F401
     except ImportError as exc:
         if exc.name != "chromadb":
             raise
@@ -336,7 +375,7 @@ class MemoryStore:
     def embedded(cls, path: Path, project: str, embedder: Embedder, lock_dir: Path | None = None) -> "MemoryStore":
         """The embedded store in folder `path`. Processes sharing it coordinate through a lock and
         counters in `lock_dir` (default: the folder above, i.e. the data directory)."""
-        chromadb = _import_chromadb()
+        chromadb = _import_chromadb(embedded=True)
         from chromadb.config import Settings
 
         path.mkdir(parents=True, exist_ok=True)
