@@ -42,8 +42,9 @@ def test_one_lucky_success_among_failures_is_not_a_rule():
 
 def test_one_success_one_failure_is_neither_a_rule_nor_a_verdict():
     assert tally([(attempt("x", "success", 0), 0.8), (attempt("x", "failure", 1), 0.8)]) is None
-    # One of three is the prior's rate exactly: no evidence either way, so no verdict.
-    assert tally([(attempt("x", "success", 0), 0.8)] + [(attempt("x", "failure", i), 0.8) for i in (1, 2)]) is None
+    # One of three is no better than a strategy never tried: try another.
+    record = tally([(attempt("x", "success", 0), 0.8)] + [(attempt("x", "failure", i), 0.8) for i in (1, 2)])
+    assert record is not None and record.strategies[0].verdict == "avoid"
 
 
 def test_a_failure_with_nothing_to_set_against_it_is_avoided_even_on_a_less_similar_task():
