@@ -34,14 +34,14 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from .audit import AuditEntry, AuditLog
+from .storage.audit import AuditEntry, AuditLog
 from .config import AlmaConfig
-from .embeddings import Embedder
+from .embedding.embedder import Embedder
 from .errors import InvalidInput, NotFound
-from .learning import memory_vectors
+from .learning.learner import memory_vectors
 from .models import MemoryBase, MemoryId, key_text, memory_type_of, parse_memory, utcnow
-from .store import PREFERENCES, WRITTEN, MemoryStore, collection_name, key_metadata, stored_key_vector
-from .writelock import WriteLock
+from .storage.store import PREFERENCES, WRITTEN, MemoryStore, collection_name, key_metadata, stored_key_vector
+from .storage.writelock import WriteLock
 
 
 

@@ -18,12 +18,12 @@ from typing import Annotated, Any, Awaitable, Callable, Literal, Sequence, TypeV
 import anyio
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from .audit import AuditEntry, AuditLog, audit_visible, entry_for, open_audit_log
+from .storage.audit import AuditEntry, AuditLog, audit_visible, entry_for, open_audit_log
 from .config import AlmaConfig, load_config
-from .embeddings import Embedder, create_embedder
+from .embedding.embedder import Embedder, create_embedder
 from .errors import AlmaError, InvalidInput, NotFound, ScopeDenied
-from .learning import Learner, LearnReport, apply_feedback, memory_vectors
-from .lifecycle import MERGEABLE, ConsolidateResult, Lifecycle, RestoreResult, SweepResult
+from .learning.learner import Learner, LearnReport, apply_feedback, memory_vectors
+from .learning.lifecycle import MERGEABLE, ConsolidateResult, Lifecycle, RestoreResult, SweepResult
 from .models import (
     FEEDBACK_SIGNALS,
     MEMORY_TYPES,
@@ -43,10 +43,13 @@ from .models import (
     new_id,
     utcnow,
 )
-from .retrieval import Explanation, MemorySlice, Retriever, SearchIndexes
+from .indexes.follower import SearchIndexes
+from .prompt.results import MemorySlice
+from .ranking.explain import Explanation
+from .ranking.retriever import Retriever
 from .scope import EVERYONE, Caller, can_read, check_can_learn, missing, visible
-from .store import PREFERENCES, MemoryStore
-from .writelock import WriteLock
+from .storage.store import PREFERENCES, MemoryStore
+from .storage.writelock import WriteLock
 
 log = logging.getLogger("alma_mcp")
 T = TypeVar("T")
@@ -660,7 +663,7 @@ class ALMA:
     def merge(self, survivor_id: str, other_id: str, reason: str = "merged by hand") -> MemoryBase:
         """Fold `other` into `survivor` (its counters, provenance and confidence; the survivor's
         wording stays) and archive `other`, as consolidation does for near-duplicates."""
-        from .lifecycle import compatible, merge_into
+        from .learning.lifecycle import compatible, merge_into
 
         survivor_id = _validated(_memory_id, survivor_id, "survivor_id")
         other_id = _validated(_memory_id, other_id, "other_id")

@@ -29,7 +29,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from alma_mcp.config import parse_config  # noqa: E402
-from alma_mcp.embeddings import SentenceTransformerEmbedder  # noqa: E402
+from alma_mcp.embedding.embedder import SentenceTransformerEmbedder  # noqa: E402
 from alma_mcp.models import (  # noqa: E402
     AntiPattern,
     DomainKnowledge,

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 from alma_mcp import ALMA, Agent, Briefing, Context, ExecutionResult, Harness, MemorySchema, Setting, Tool  # noqa: E402
 from alma_mcp.config import parse_config  # noqa: E402
-from alma_mcp.embeddings import SentenceTransformerEmbedder  # noqa: E402
+from alma_mcp.embedding.embedder import SentenceTransformerEmbedder  # noqa: E402
 from alma_mcp.models import strategy_key  # noqa: E402
 
 FAMILIES: dict[str, dict[str, Any]] = {

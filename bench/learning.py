@@ -78,10 +78,10 @@ import numpy as np  # noqa: E402
 from mcp import Client  # noqa: E402
 
 from alma_mcp.config import AgentSettings, LearningSettings, parse_config  # noqa: E402
-from alma_mcp.embeddings import SentenceTransformerEmbedder  # noqa: E402
-from alma_mcp.learning import Evidence, anti_pattern_state, heuristic_state, weigh  # noqa: E402
+from alma_mcp.embedding.embedder import SentenceTransformerEmbedder  # noqa: E402
+from alma_mcp.learning.learner import Evidence, anti_pattern_state, heuristic_state, weigh  # noqa: E402
 from alma_mcp.models import Outcome, new_id, strategy_key  # noqa: E402
-from alma_mcp.server import create_server  # noqa: E402
+from alma_mcp.frontends.server import create_server  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -299,7 +299,7 @@ def run_oracle(
 ) -> list[Choice]:
     """alma's rules on perfectly grouped outcomes: (family, strategy) is the lesson, and the
     family's outcomes of the other strategies are its alternatives. The rules themselves are the
-    server's own functions (alma_mcp.learning), so this arm cannot drift from them."""
+    server's own functions (alma_mcp.learning.learner), so this arm cannot drift from them."""
     settings = LearningSettings(min_alternative_outcomes=min_alternatives)
     if bound is not None:
         settings = settings.model_copy(update={"max_success_bound_for_anti_pattern": bound})

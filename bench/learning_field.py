@@ -422,7 +422,7 @@ async def run_alma(
     from mcp import Client
 
     from alma_mcp.config import parse_config
-    from alma_mcp.server import create_server
+    from alma_mcp.frontends.server import create_server
     from alma_mcp.service import ALMA
 
     with tempfile.TemporaryDirectory(prefix="alma-field-alma-", ignore_cleanup_errors=True) as tmp:
@@ -581,7 +581,7 @@ async def main_async(args: argparse.Namespace) -> int:
     w = load_workload(args.set)
     embedder = None
     if {"plain", "alma"} & set(args.arms):
-        from alma_mcp.embeddings import SentenceTransformerEmbedder
+        from alma_mcp.embedding.embedder import SentenceTransformerEmbedder
 
         inner = SentenceTransformerEmbedder()
         embedder = CachedEmbedder(inner, HERE / ".cache" / f"vectors-{args.set}-{Path(inner.name).name}.npz")

@@ -55,9 +55,9 @@ from bench.common import (  # noqa: E402
 )
 
 from alma_mcp.config import RetrievalSettings  # noqa: E402
-from alma_mcp.embeddings import SentenceTransformerEmbedder  # noqa: E402
+from alma_mcp.embedding.embedder import SentenceTransformerEmbedder  # noqa: E402
 from alma_mcp.models import MEMORY_TYPES  # noqa: E402
-from alma_mcp.retrieval import Candidate, Mode, choose, final_score, fuse  # noqa: E402
+from alma_mcp.ranking.candidates import Candidate, Mode, choose, final_score, fuse  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
 
 MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
@@ -411,7 +411,7 @@ async def mcp_latency(alma: ALMA, tasks: Sequence[Task], rounds: int = 2) -> dic
     """alma_retrieve timed through a real MCP client (the SDK's in-process Client, legacy handshake)."""
     from mcp import Client
 
-    from alma_mcp.server import create_server
+    from alma_mcp.frontends.server import create_server
 
     server = create_server(alma=alma)
     samples: dict[str, list[float]] = {"new task": [], "seen task, cache cleared": [], "repeat (cached)": [], "cache cleared, default types": [], "after a write": [], "write (add_knowledge)": []}

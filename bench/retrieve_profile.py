@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import bench_config, load_tasks, log, split  # noqa: E402
 from bench.retrieval import mcp_latency  # noqa: E402
 
-from alma_mcp.embeddings import SentenceTransformerEmbedder  # noqa: E402
+from alma_mcp.embedding.embedder import SentenceTransformerEmbedder  # noqa: E402
 from alma_mcp.models import MEMORY_TYPES  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
 

@@ -27,9 +27,9 @@ from bench.common import Task, ndcg_at, recall_at
 
 from alma_mcp.config import RetrievalSettings
 from alma_mcp.models import MemoryBase
-from alma_mcp.prompt import estimate_tokens
-from alma_mcp.retrieval import Candidate, choose, final_score, fuse, mention
-from alma_mcp.prompt import render_prompt
+from alma_mcp.prompt.render import estimate_tokens
+from alma_mcp.ranking.candidates import Candidate, choose, final_score, fuse, mention
+from alma_mcp.prompt.render import render_prompt
 
 PLAIN_K = 5
 KINDS = ["heuristic", "anti_pattern", "knowledge", "preference", "outcome"]
@@ -209,11 +209,11 @@ def report(title: str, alma: Any, plain: PlainStore, embedder: Any, tasks: Seque
 def replay(title: str, alma: Any, rated: Sequence[Task], measured: Sequence[Task]) -> None:
     """The agents' own feedback, simulated from the labels: every memory served for a `rated`
     task is rated `helpful` (grade 2), `used` (grade 1) or `ignored` (not relevant), which moves
-    the agent's floors (alma_mcp/calibration.py); then the `measured` tasks, which were never
+    the agent's floors (alma_mcp/ranking/calibration.py); then the `measured` tasks, which were never
     rated, are served with the floors so moved, beside the same tasks with no feedback. Only the
     floors learn here: the per-memory feedback part of the score is left out, so a memory that
     was rated does not simply rise on its own rating."""
-    from alma_mcp.calibration import FloorCalibration
+    from alma_mcp.ranking.calibration import FloorCalibration
 
     retriever = alma.retriever
     retriever.calibration = FloorCalibration(None)
@@ -316,7 +316,7 @@ def run(args: Any) -> int:
 
     from bench.common import DATA, load_memories, load_tasks, split
 
-    from alma_mcp.embeddings import SentenceTransformerEmbedder
+    from alma_mcp.embedding.embedder import SentenceTransformerEmbedder
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alma-tiers-"))
     embedder = SentenceTransformerEmbedder(args.model)

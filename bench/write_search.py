@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PROJECT, bench_config, filler_sentences, log, put_in_batches  # noqa: E402
 
-from alma_mcp.learning import GROUP_POOL  # noqa: E402
+from alma_mcp.learning.learner import GROUP_POOL  # noqa: E402
 from alma_mcp.models import DomainKnowledge, Outcome, strategy_key  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
 

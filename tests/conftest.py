@@ -17,14 +17,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The ONNX copy of the model (alma_mcp/onnx_encoder.py) is exported once into this folder and
+# The ONNX copy of the model (alma_mcp/embedding/onnx_encoder.py) is exported once into this folder and
 # reused by later runs on the machine; every use is checked against torch first.
 ONNX_CACHE = os.environ.setdefault("ALMA_MCP_CACHE_DIR", os.path.join(tempfile.gettempdir(), "alma-mcp-test-cache"))
 
-from alma_mcp.embeddings import HashEmbedder, SentenceTransformerEmbedder  # noqa: E402
-from alma_mcp.backend import InMemoryBackend  # noqa: E402
+from alma_mcp.embedding.embedder import HashEmbedder, SentenceTransformerEmbedder  # noqa: E402
+from alma_mcp.storage.backend import InMemoryBackend  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
-from alma_mcp.store import MemoryStore  # noqa: E402
+from alma_mcp.storage.store import MemoryStore  # noqa: E402
 from helpers import build_config  # noqa: E402
 
 

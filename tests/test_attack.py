@@ -26,7 +26,7 @@ from mcp import Client, StdioServerParameters
 
 from alma_mcp.config import load_config
 from alma_mcp.scope import Caller
-from alma_mcp.server import create_server
+from alma_mcp.frontends.server import create_server
 from alma_mcp.service import ALMA
 
 from serving import authorized_client, serve_http, stop

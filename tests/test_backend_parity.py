@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from alma_mcp.embeddings import HashEmbedder
+from alma_mcp.embedding.embedder import HashEmbedder
 from alma_mcp.models import DomainKnowledge
-from alma_mcp.store import MemoryStore
+from alma_mcp.storage.store import MemoryStore
 
 
 def _exercise(store: MemoryStore) -> list[object]:

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from alma_mcp.backup import FORMAT, VERSION, reindex
-from alma_mcp.embeddings import HashEmbedder
+from alma_mcp.embedding.embedder import HashEmbedder
 from alma_mcp.errors import InvalidInput
-from alma_mcp.store import collection_name
+from alma_mcp.storage.store import collection_name
 
 
 def snapshot(alma: Any) -> dict[str, dict[str, Any]]:

@@ -9,7 +9,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from alma_mcp.models import MAX_TEXT_CHARS
-from alma_mcp.server import create_server
+from alma_mcp.frontends.server import create_server
 
 AGENTS = {
     "helena": {"can_learn": ["form_testing", "ui_testing"], "cannot_learn": ["database"]},

@@ -1,4 +1,4 @@
-"""The numpy encoder (alma_mcp/bert.py) against sentence-transformers, and what it refuses.
+"""The numpy encoder (alma_mcp/embedding/bert.py) against sentence-transformers, and what it refuses.
 
 The equivalence test needs sentence-transformers (`alma-mcp[models]`) and is skipped without
 it; the default install runs the rest.
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alma_mcp import bert
-from alma_mcp.embeddings import SentenceTransformerEmbedder, bundled_model_path
+from alma_mcp.embedding import bert
+from alma_mcp.embedding.embedder import SentenceTransformerEmbedder, bundled_model_path
 
 DATA = Path(__file__).resolve().parent.parent / "bench" / "data"
 MODEL = bundled_model_path()

@@ -9,8 +9,8 @@ import pytest
 
 from helpers import teach_playwright
 
-from alma_mcp.calibration import MAX_SHIFT, FloorCalibration, fitted_shift
-from alma_mcp.retrieval import CALIBRATION_FILE
+from alma_mcp.ranking.calibration import MAX_SHIFT, FloorCalibration, fitted_shift
+from alma_mcp.ranking.retriever import CALIBRATION_FILE
 from alma_mcp.service import ALMA
 
 FLOOR = 0.42

@@ -23,7 +23,7 @@ from mcp import Client
 
 from alma_mcp.config import parse_config
 from alma_mcp.errors import StorageError
-from alma_mcp.server import create_server
+from alma_mcp.frontends.server import create_server
 from alma_mcp.service import ALMA
 from serving import free_port, stop
 

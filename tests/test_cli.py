@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alma_mcp.cli import build_parser
+from alma_mcp.frontends.cli import build_parser
 
 COMMANDS = [
     ["serve"],
@@ -90,7 +90,7 @@ def test_every_command_has_help_with_an_example(command, capsys):
 
 
 def test_verbosity_defaults_to_warnings_for_one_shot_commands():
-    from alma_mcp.cli import _log_level
+    from alma_mcp.frontends.cli import _log_level
 
     parser = build_parser()
     assert _log_level(parser.parse_args(["stats"])) == "WARNING"

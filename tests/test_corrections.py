@@ -104,7 +104,7 @@ def test_a_persons_wording_of_a_learned_lesson_survives_the_next_outcome(alma):
 
 
 def test_learning_recognises_its_own_wording():
-    from alma_mcp.learning import written_by_learning
+    from alma_mcp.learning.learner import written_by_learning
 
     assert written_by_learning("tasks like: a; b", "condition")
     assert not written_by_learning("when the signup email is empty", "condition")

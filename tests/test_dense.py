@@ -11,8 +11,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from alma_mcp.dense import VectorIndex
-from alma_mcp.embeddings import HashEmbedder
+from alma_mcp.indexes.dense import VectorIndex
+from alma_mcp.embedding.embedder import HashEmbedder
 from alma_mcp.models import DomainKnowledge, new_id
 from alma_mcp.service import ALMA
 
@@ -135,7 +135,7 @@ def test_another_process_s_writes_are_caught_up_without_reading_the_collection_a
     """Another process adds, archives, restores and feeds back on memories: this one's index
     follows by reading only the records written since (by their write time). A deletion, or more
     changes than a catch-up is worth, makes it read the collection again, and nothing is missed."""
-    import alma_mcp.retrieval as retrieval
+    import alma_mcp.indexes.follower as follower
 
     alma = make_alma(data_dir=tmp_path / "shared", lifecycle={"merge_on_write": False})
     other = make_alma(data_dir=tmp_path / "shared", lifecycle={"merge_on_write": False})  # another process
@@ -170,8 +170,8 @@ def test_another_process_s_writes_are_caught_up_without_reading_the_collection_a
     assert indexes.full_reads == reads + 1
     _index_matches_store(alma, "knowledge", "helena")
 
-    monkeypatch.setattr(retrieval, "CATCH_UP_MIN", 1)
-    monkeypatch.setattr(retrieval, "CATCH_UP_MAX_SHARE", 0.0)
+    monkeypatch.setattr(follower, "CATCH_UP_MIN", 1)
+    monkeypatch.setattr(follower, "CATCH_UP_MAX_SHARE", 0.0)
     many = [other.add_knowledge("helena", "ops", f"Staging fact number {n}: the {w} queue drains hourly.") for n, w in enumerate(["mail", "billing"])]
     ids()  # two changes where one is the most a catch-up takes: read again
     assert indexes.full_reads == reads + 2
@@ -182,9 +182,9 @@ def test_another_process_s_writes_are_caught_up_without_reading_the_collection_a
 def test_auto_searches_small_collections_in_memory_and_large_ones_in_chroma(
     make_alma: Callable[..., ALMA], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import alma_mcp.retrieval as retrieval
+    import alma_mcp.indexes.follower as follower
 
-    monkeypatch.setattr(retrieval, "IN_MEMORY_LIMIT", 4)  # the real limit is 200,000: same rule, smaller store
+    monkeypatch.setattr(follower, "IN_MEMORY_LIMIT", 4)  # the real limit is 200,000: same rule, smaller store
     alma = make_alma(data_dir=tmp_path / "shared", lifecycle={"merge_on_write": False})  # vector_search: auto, the default
     chroma = make_alma(data_dir=tmp_path / "shared", vector_search="chroma")
     assert alma.config.alma.vector_search == "auto"

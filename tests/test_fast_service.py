@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from mcp import Client
 
-from alma_mcp.backend import CollectionNotFound, InMemoryBackend
+from alma_mcp.storage.backend import CollectionNotFound, InMemoryBackend
 from alma_mcp.errors import InvalidInput, NotFound, StorageError
-from alma_mcp.server import create_server
-from alma_mcp.store import collection_name
+from alma_mcp.frontends.server import create_server
+from alma_mcp.storage.store import collection_name
 
 pytestmark = pytest.mark.fast
 

@@ -1,4 +1,4 @@
-"""`initialize` answered over stdio before the server is imported (alma_mcp/handshake.py): the
+"""`initialize` answered over stdio before the server is imported (alma_mcp/frontends/handshake.py): the
 early answer must be the one the MCP SDK gives, and the session must go on as usual after it."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from alma_mcp import handshake
-from alma_mcp.cli import DEFAULT_CONFIG_PATH, _serves_stdio
+from alma_mcp.frontends import handshake
+from alma_mcp.frontends.cli import DEFAULT_CONFIG_PATH, _serves_stdio
 
 
 def test_fixed_parts_match_the_sdk_and_the_config():

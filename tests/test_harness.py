@@ -31,7 +31,7 @@ from alma_mcp import (
     create_harness,
 )
 from alma_mcp.config import write_starter_config
-from alma_mcp.templates import TEMPLATES
+from alma_mcp.frontends.templates import TEMPLATES
 
 REPO = Path(__file__).resolve().parent.parent
 NAIVE = "Fill the form with valid data, submit it and check the success page"

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 
-from alma_mcp.server import create_server
+from alma_mcp.frontends.server import create_server
 from alma_mcp.service import ALMA
 
 pytestmark = pytest.mark.slow

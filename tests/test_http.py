@@ -22,8 +22,8 @@ import pytest
 
 from alma_mcp.config import HttpSettings
 from alma_mcp.errors import ConfigError
-from alma_mcp.http import build_http_app
-from alma_mcp.server import create_server
+from alma_mcp.frontends.http import build_http_app
+from alma_mcp.frontends.server import create_server
 from serving import authorized_client, free_port, serve_http, stop
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from alma_mcp import importers
+from alma_mcp.interop import importers
 from alma_mcp.errors import InvalidInput
-from alma_mcp.exporters import claude_md, export_to
-from alma_mcp.importers import import_from
+from alma_mcp.interop.exporters import claude_md, export_to
+from alma_mcp.interop.importers import import_from
 
 DATA = Path(__file__).parent / "data"
 
@@ -205,7 +205,7 @@ def test_bad_arguments_say_what_to_send(alma, tmp_path):
 
 
 def test_cli_import_from_and_export_to(alma, tmp_path, capsys):
-    from alma_mcp.cli import main
+    from alma_mcp.frontends.cli import main
 
     config = tmp_path / "config.yaml"
     config.write_text(f"alma:\n  project_id: cli\n  allow_undeclared_agents: true\n  data_dir: {tmp_path / 'cli-data'}\n", encoding="utf-8")

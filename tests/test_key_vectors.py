@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from mcp import Client
 
-from alma_mcp.embeddings import HashEmbedder
+from alma_mcp.embedding.embedder import HashEmbedder
 from alma_mcp.models import key_text
-from alma_mcp.server import create_server
+from alma_mcp.frontends.server import create_server
 from alma_mcp.service import ALMA
-from alma_mcp.store import KEY_CHECK, KEY_VECTOR, collection_name
+from alma_mcp.storage.store import KEY_CHECK, KEY_VECTOR, collection_name
 
 from helpers import teach_playwright
 

@@ -12,7 +12,7 @@ import pytest
 from mcp import Client
 
 from alma_mcp.config import LearningSettings
-from alma_mcp.learning import (
+from alma_mcp.learning.learner import (
     FEEDBACK_STEPS,
     USAGE_OFFSET_LIMIT,
     VOTES_OFFSET_RANGE,
@@ -24,7 +24,7 @@ from alma_mcp.learning import (
     worse_than_alternatives,
 )
 from alma_mcp.models import Heuristic, Outcome, new_id, strategy_key
-from alma_mcp.server import create_server
+from alma_mcp.frontends.server import create_server
 
 MODES = ["legacy", "auto"]
 

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 from mcp import Client
 
-from alma_mcp.audit import AuditEntry, ChromaAuditLog, JsonlAuditLog, audit_file
+from alma_mcp.storage.audit import AuditEntry, ChromaAuditLog, JsonlAuditLog, audit_file
 from alma_mcp.errors import InvalidInput, NotFound
-from alma_mcp.lifecycle import days_to_floor, plan_merges, strength
+from alma_mcp.learning.lifecycle import days_to_floor, plan_merges, strength
 from alma_mcp.models import DomainKnowledge, Heuristic, new_id, utcnow
-from alma_mcp.server import create_server
+from alma_mcp.frontends.server import create_server
 
 MODES = ["legacy", "auto"]
 

@@ -237,12 +237,12 @@ def test_threads_reading_and_writing_at_once_do_not_deadlock(tmp_path, real_embe
 
 def test_write_lock_excludes_other_processes(tmp_path):
     """While one process holds the write lock, another cannot write; it waits, then proceeds."""
-    from alma_mcp.writelock import WriteLock
+    from alma_mcp.storage.writelock import WriteLock
 
     data = tmp_path / "data"
     flag = tmp_path / "child-wrote"
     child = (
-        "import sys, pathlib; from alma_mcp.writelock import WriteLock; "
+        "import sys, pathlib; from alma_mcp.storage.writelock import WriteLock; "
         f"lock = WriteLock(pathlib.Path({str(data)!r})); "
         f"lock.__enter__(); pathlib.Path({str(flag)!r}).write_text('x'); lock.__exit__(None, None, None)"
     )
@@ -262,7 +262,7 @@ def test_write_lock_excludes_other_processes(tmp_path):
 def uncoordinated() -> None:
     """Switch the protocol off in this worker (manual check that the test can fail):
     `MP_UNCOORDINATED=1 pytest tests/test_multiprocess.py -k lose_nothing` must fail."""
-    from alma_mcp import writelock
+    from alma_mcp.storage import writelock
 
     writelock.SharedClient._stale = lambda self: self._raw is None  # type: ignore[method-assign]
     writelock.SharedClient._fresh = lambda self: self._raw if self._raw is not None else self._reopen_first()  # type: ignore[method-assign]

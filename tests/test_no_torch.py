@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from alma_mcp.embeddings import bundled_model_path
+from alma_mcp.embedding.embedder import bundled_model_path
 
 pytestmark = [
     pytest.mark.slow,
@@ -97,7 +97,7 @@ def modules_of_a_server_that_served(tmp_path: Path) -> list[str]:
 
 def test_serving_the_default_model_never_imports_torch(tmp_path):
     modules = modules_of_a_server_that_served(tmp_path)
-    assert "alma_mcp.bert" in modules and "chromadb" in modules  # the model ran, in numpy
+    assert "alma_mcp.embedding.bert" in modules and "chromadb" in modules  # the model ran, in numpy
     assert [m for m in HEAVY if m in modules] == []
 
 
@@ -108,5 +108,5 @@ def test_a_one_shot_search_never_imports_torch(tmp_path):
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert json.loads(done.stdout)  # a real answer: the query was embedded
     modules = reported_modules(done.stderr.decode())
-    assert "alma_mcp.bert" in modules
+    assert "alma_mcp.embedding.bert" in modules
     assert [m for m in HEAVY if m in modules] == []

@@ -21,9 +21,9 @@ import pytest
 
 pytest.importorskip("sentence_transformers", reason="needs alma-mcp[models]")
 
-from alma_mcp import onnx_encoder  # noqa: E402
-from alma_mcp.embeddings import SentenceTransformerEmbedder, resolve_model  # noqa: E402
-from alma_mcp.onnx_encoder import OnnxEncoder, prepare  # noqa: E402
+from alma_mcp.embedding import onnx_encoder  # noqa: E402
+from alma_mcp.embedding.embedder import SentenceTransformerEmbedder, resolve_model  # noqa: E402
+from alma_mcp.embedding.onnx_encoder import OnnxEncoder, prepare  # noqa: E402
 from helpers import ONNX_CACHE, server_env, write_config  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.models]
@@ -204,7 +204,7 @@ def test_a_process_that_exits_while_the_onnx_copy_loads_exits_cleanly(real_embed
     """A script that embeds a text and ends at once exits while the background thread loads the
     ONNX file: onnxruntime used to abort it (SIGABRT); exit now waits for the load."""
     script = (
-        "from alma_mcp.embeddings import SentenceTransformerEmbedder as E; import time; "
+        "from alma_mcp.embedding.embedder import SentenceTransformerEmbedder as E; import time; "
         f"e = E(backend='torch'); e.wait(); e.embed(['x']); time.sleep({linger})"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300, env=server_env())

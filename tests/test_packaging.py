@@ -14,7 +14,7 @@ from jsonschema import Draft7Validator
 
 import alma_mcp
 from alma_mcp import configdoc
-from alma_mcp.cli import build_parser
+from alma_mcp.frontends.cli import build_parser
 from alma_mcp.config import CONFIG_ENV, DATA_DIR_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def test_server_json_describes_this_package():
     # Its environment variables are the ones the code reads.
     named = {variable["name"] for variable in package["environmentVariables"]}
     assert {CONFIG_ENV, DATA_DIR_ENV, "ALMA_MCP_CACHE_DIR", "HF_HUB_OFFLINE"} == named
-    assert '"ALMA_MCP_CACHE_DIR"' in (ROOT / "alma_mcp" / "onnx_encoder.py").read_text(encoding="utf-8")
+    assert '"ALMA_MCP_CACHE_DIR"' in (ROOT / "alma_mcp" / "embedding" / "onnx_encoder.py").read_text(encoding="utf-8")
 
 
 def test_readme_carries_the_registry_ownership_marker():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from alma_mcp.models import AntiPattern, DomainKnowledge, Heuristic, Outcome, new_id
-from alma_mcp.prompt import (
+from alma_mcp.prompt.render import (
     FENCE_INFO,
     HEADER,
     MENTION_CHARS,
@@ -17,7 +17,7 @@ from alma_mcp.prompt import (
     fence,
     render_prompt,
 )
-from alma_mcp.retrieval import ScoredMemory
+from alma_mcp.prompt.results import ScoredMemory
 from alma_mcp.service import ALMA
 from helpers import fenced_regions
 

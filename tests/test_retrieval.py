@@ -13,10 +13,10 @@ from mcp import Client
 
 from alma_mcp.config import RetrievalSettings
 from alma_mcp.errors import AlmaError
-from alma_mcp.lexical import BM25Index, tokenize
-from alma_mcp.prompt import estimate_tokens
-from alma_mcp.retrieval import KeyVectors
-from alma_mcp.server import create_server
+from alma_mcp.indexes.lexical import BM25Index, tokenize
+from alma_mcp.prompt.render import estimate_tokens
+from alma_mcp.indexes.keys import KeyVectors
+from alma_mcp.frontends.server import create_server
 from alma_mcp.service import ALMA
 from helpers import teach_playwright
 

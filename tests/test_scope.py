@@ -11,7 +11,7 @@ from mcp import Client
 
 from alma_mcp.config import parse_config
 from alma_mcp.errors import ConfigError, NotFound, ScopeDenied
-from alma_mcp.server import create_server
+from alma_mcp.frontends.server import create_server
 
 MODES = ["legacy", "auto"]
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from alma_mcp import audit as audit_module
-from alma_mcp import lexical
-from alma_mcp.audit import AuditEntry, JsonlAuditLog
+from alma_mcp.storage import audit as audit_module
+from alma_mcp.indexes import lexical
+from alma_mcp.storage.audit import AuditEntry, JsonlAuditLog
 from alma_mcp.config import HttpSettings
 from alma_mcp.errors import AlmaError, ConfigError, InvalidInput, NotFound
-from alma_mcp.http import build_http_app
-from alma_mcp.server import create_server
-from alma_mcp.writelock import LOCK_FILE
+from alma_mcp.frontends.http import build_http_app
+from alma_mcp.frontends.server import create_server
+from alma_mcp.storage.writelock import LOCK_FILE
 
 AGENTS = {"alice": {}, "mallory": {"cannot_learn": ["secrets", "backend"]}}
 

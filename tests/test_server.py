@@ -10,7 +10,7 @@ import pytest
 from mcp import Client
 
 from alma_mcp.config import parse_config
-from alma_mcp.server import create_server
+from alma_mcp.frontends.server import create_server
 from alma_mcp.service import ALMA
 
 MODES = ["legacy", "auto"]
@@ -266,7 +266,7 @@ async def test_retrieve_output_schema_folds_optional_fields_and_still_checks_the
 async def test_a_model_that_cannot_load_is_reported_not_hidden(tmp_path):
     """With an embedding model unavailable offline, health says so (it used to answer "ok"), and
     a retrieval or a write is an error result naming the setting to fix, with nothing stored."""
-    from alma_mcp.embeddings import SentenceTransformerEmbedder
+    from alma_mcp.embedding.embedder import SentenceTransformerEmbedder
 
     embedder = SentenceTransformerEmbedder("no-such-model-offline", onnx=False)
     with pytest.raises(Exception):

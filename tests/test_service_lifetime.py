@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from alma_mcp.embeddings import HashEmbedder
-from alma_mcp.server import create_server
+from alma_mcp.embedding.embedder import HashEmbedder
+from alma_mcp.frontends.server import create_server
 from alma_mcp.service import ALMA
-from alma_mcp.writelock import COUNTER_FILE, open_clients, open_directories
+from alma_mcp.storage.writelock import COUNTER_FILE, open_clients, open_directories
 
 from helpers import build_config
 
@@ -120,7 +120,7 @@ async def test_the_http_app_starts_the_service_with_its_lifespan_and_closes_it_a
     """`serve --http`: the ASGI app's lifespan (run once by uvicorn) is the service's lifetime."""
     import httpx
 
-    from alma_mcp.http import build_http_app
+    from alma_mcp.frontends.http import build_http_app
 
     before = background_threads()
     settings = service.config.alma.http

@@ -7,8 +7,8 @@ from chromadb.errors import InternalError
 from mcp import Client
 
 from alma_mcp.errors import StorageError
-from alma_mcp.server import create_server
-from alma_mcp.writelock import SharedCollection
+from alma_mcp.frontends.server import create_server
+from alma_mcp.storage.writelock import SharedCollection
 
 
 def break_collection_reads(alma, monkeypatch) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alma_mcp.store import collection_name
+from alma_mcp.storage.store import collection_name
 
 
 def _knowledge_ids(alma, task: str) -> list[str]:

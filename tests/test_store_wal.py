@@ -9,7 +9,7 @@ import sys
 
 from helpers import build_config
 
-from alma_mcp.embeddings import HashEmbedder
+from alma_mcp.embedding.embedder import HashEmbedder
 from alma_mcp.service import ALMA
 
 
@@ -32,7 +32,7 @@ def test_the_store_writes_through_a_write_ahead_log_and_another_process_reads_it
     assert journal_mode(database) == "wal"
     assert (database.stat().st_mode & 0o777) == 0o600
     script = (
-        "import sys; from alma_mcp.service import ALMA; from alma_mcp.embeddings import HashEmbedder; "
+        "import sys; from alma_mcp.service import ALMA; from alma_mcp.embedding.embedder import HashEmbedder; "
         "from alma_mcp.config import parse_config; "
         f"a = ALMA(parse_config({{'alma': {{'data_dir': {str(tmp_path / 'data')!r}, 'allow_undeclared_agents': True}}}}), embedder=HashEmbedder(64)); "
         f"print(a.store.get({fact.id!r}).fact); a.close()"

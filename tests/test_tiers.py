@@ -7,7 +7,7 @@ from __future__ import annotations
 from helpers import fenced_regions, teach_playwright
 
 from alma_mcp.config import RetrievalSettings
-from alma_mcp.prompt import WEAK_HEADER, WEAK_SECTION, estimate_tokens
+from alma_mcp.prompt.render import WEAK_HEADER, WEAK_SECTION, estimate_tokens
 from alma_mcp.service import ALMA
 
 FLAKY = "Fix a flaky end-to-end test that clicks a button too early after navigating"

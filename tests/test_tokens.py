@@ -13,7 +13,7 @@ import pytest
 
 from alma_mcp.config import parse_config
 from alma_mcp.errors import ConfigError
-from alma_mcp.http import bind_tokens
+from alma_mcp.frontends.http import bind_tokens
 
 from serving import authorized_client, serve_http, stop
 
@@ -110,8 +110,8 @@ def test_each_token_acts_only_as_what_it_names(server, mode):
 
 def test_a_guarded_server_gives_a_request_without_a_caller_nothing(alma):
     from alma_mcp.config import HttpSettings
-    from alma_mcp.http import build_http_app
-    from alma_mcp.server import create_server
+    from alma_mcp.frontends.http import build_http_app
+    from alma_mcp.frontends.server import create_server
 
     mcp = create_server(alma=alma)
     assert mcp.alma_caller.agents is None  # stdio and in-process: every agent

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from alma_mcp.models import Outcome
-from alma_mcp.prompt import fence, render_prompt, render_track
-from alma_mcp.track import tally, weight
+from alma_mcp.prompt.render import fence, render_prompt, render_track
+from alma_mcp.learning.track import tally, weight
 
 
 def attempt(strategy: str, outcome: str, n: int = 0) -> Outcome:
@@ -99,7 +99,7 @@ def test_no_record_and_no_memories_inject_nothing():
 import pytest  # noqa: E402
 from mcp import Client  # noqa: E402
 
-from alma_mcp.server import create_server  # noqa: E402
+from alma_mcp.frontends.server import create_server  # noqa: E402
 
 ATTEMPTS = [
     ("The worker image build fails at the pip install layer", "restart the build runner", "failure"),
@@ -161,7 +161,7 @@ async def test_track_record_zero_turns_it_off(make_alma):
 
 
 def test_an_outcome_the_record_tallied_is_not_mentioned_again_as_a_weak_match():
-    from alma_mcp.retrieval import ScoredMemory
+    from alma_mcp.prompt.results import ScoredMemory
 
     tallied, other = attempt("pin the image", "success", 1), attempt("flush the cache", "success", 2)
     record = tally([(tallied, 0.9)])

@@ -7,8 +7,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from alma_mcp.errors import ConfigError
-from alma_mcp.ui import views
-from alma_mcp.ui.app import CSP, build_app, launch_key
+from alma_mcp.frontends.ui import views
+from alma_mcp.frontends.ui.app import CSP, build_app, launch_key
 
 PORT = 8766
 BASE = f"http://127.0.0.1:{PORT}"
@@ -120,7 +120,7 @@ def test_learning_view_counts_lessons_and_success_by_task_type(alma):
 
 
 def test_cli_ui_refuses_a_non_loopback_host_without_a_token(tmp_path, capsys, monkeypatch):
-    from alma_mcp.cli import main
+    from alma_mcp.frontends.cli import main
 
     monkeypatch.delenv("ALMA_MCP_TOKEN", raising=False)
     config = tmp_path / "config.yaml"

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from alma_mcp import calibration, models
-from alma_mcp.server import create_server
+from alma_mcp import models
+from alma_mcp.ranking import calibration
+from alma_mcp.frontends.server import create_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +36,7 @@ def test_the_learning_guide_states_the_feedback_steps_as_defined() -> None:
 
 
 def test_the_review_page_states_the_harmful_step_as_defined() -> None:
-    script = (ROOT / "alma_mcp" / "ui" / "static" / "app.js").read_text(encoding="utf-8")
+    script = (ROOT / "alma_mcp" / "frontends" / "ui" / "static" / "app.js").read_text(encoding="utf-8")
     (step,) = re.findall(r"Harmful feedback \(confidence ([+−-]\d\.\d+)\)", script)
     assert _number(step) == models.FEEDBACK_STEPS["harmful"]
 

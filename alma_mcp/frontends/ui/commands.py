@@ -1,0 +1,77 @@
+"""The CLI commands of the review page and of the transfer formats: `alma-mcp ui`,
+`alma-mcp import-from FORMAT PATH` and `alma-mcp export-to FORMAT OUT`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULT_PORT = 8766
+
+
+def add_review_commands(sub: Any, service: Callable[[argparse.Namespace], Any]) -> None:
+    from ...interop.exporters import DEFAULT_MAX_CHARS, EXPORT_FORMATS
+    from ...interop.importers import IMPORT_FORMATS
+
+    def cmd_ui(args: argparse.Namespace) -> int:
+        from .app import launch_key, serve
+
+        alma = service(args)
+        key = launch_key(os.environ.get(alma.config.alma.http.token_env) or None, args.host)  # refuses before any work
+        alma.warm_up()
+
+        def announce(url: str) -> None:
+            print(f"alma-mcp review page: open {url}", flush=True)
+            if args.open:
+                import webbrowser
+
+                webbrowser.open(url)
+
+        try:
+            serve(alma, args.host, args.port, key, announce)
+        finally:
+            alma.close()
+        return 0
+
+    def cmd_import_from(args: argparse.Namespace) -> int:
+        from ...interop.importers import import_from
+
+        report = import_from(service(args), args.format, Path(args.path), args.agent, args.user)
+        for bad in report.rejected:
+            where = f"line {bad.line}: " if bad.line else ""
+            print(f"alma-mcp: {args.path}: {where}rejected: {bad.error}", file=sys.stderr)
+        print(report.model_dump_json(indent=2))
+        return 1 if report.rejected else 0
+
+    def cmd_export_to(args: argparse.Namespace) -> int:
+        from ...interop.exporters import export_to
+
+        print(export_to(service(args), args.format, args.agent, Path(args.out), args.max_chars).model_dump_json(indent=2))
+        return 0
+
+    ui = sub.add_parser("ui", help="open the review page: browse, search, correct and trace memories (loopback)")
+    ui.add_argument("--host", default="127.0.0.1", help="loopback address to bind (another host needs the serve --http token)")
+    ui.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
+    ui.add_argument("--open", action="store_true", help="also open the page in the default browser")
+    ui.set_defaults(func=cmd_ui)
+
+    load = sub.add_parser("import-from", help="import memory from other tools (idempotent; see --help for formats)")
+    load.add_argument("format", choices=IMPORT_FORMATS, help=(
+        "claude-code: a CLAUDE.md or a folder holding CLAUDE.md / an auto-memory MEMORY.md and topic files; "
+        "memory-dir: a folder written by Anthropic's memory tool; mcp-memory: the MCP memory server's JSONL; "
+        "jsonl: one text (or {\"text\": ...}) per line"))
+    load.add_argument("path")
+    load.add_argument("--agent", required=True, help="the agent the memories are for")
+    load.add_argument("--user", default="default", help="the user id of imported preferences (default: default)")
+    load.set_defaults(func=cmd_import_from)
+
+    dump = sub.add_parser("export-to", help="write an agent's memory in another tool's form (CLAUDE.md digest, ...)")
+    dump.add_argument("format", choices=EXPORT_FORMATS)
+    dump.add_argument("out", help="the file to write (for memory-dir: the folder)")
+    dump.add_argument("--agent", required=True)
+    dump.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
+                      help=f"claude-md / memory-dir: the digest's size limit (default {DEFAULT_MAX_CHARS}); the most valuable memories go first")
+    dump.set_defaults(func=cmd_export_to)

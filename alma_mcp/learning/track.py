@@ -1,0 +1,123 @@
+"""An agent's track record on tasks like this one: its own past attempts, tallied by strategy.
+
+Lessons (heuristics, anti-patterns) form once an agent has done a kind of task several times and
+the outcomes agree. Before that, and whenever the kinds of task are not labelled, the best
+evidence an agent has is what it tried on similar tasks and how that went. Shown one attempt at a
+time, that evidence is noisy: the five nearest attempts may be on another kind of task, a lucky
+success of a poor strategy reads as much as a real one, and one strategy may be named five times
+while the one that works is named once.
+
+So retrieval also tallies the agent's own outcomes on similar tasks, strategy by strategy,
+weighing each attempt by how similar its task is to this one (a soft ramp on the similarity of
+the two tasks' wording), and states the result once per strategy: the one to use (the best
+success rate, once it has worked), the ones to avoid (failed clearly more often than they
+worked), and the others as tried. The success rates are smoothed towards a prior, so one lucky
+success is not a rule and one failure is not a verdict against a strategy that has also worked.
+
+Everything here is pure: the numbers in, the record out. Retrieval finds the neighbours;
+prompt/render.py renders the record inside a data fence.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+from pydantic import BaseModel, Field
+
+from ..models import OUTCOME_WEIGHTS, Outcome, strategy_key
+
+RAMP_LOW = 0.30
+"""Tasks whose wording is less similar than this to the task at hand count for nothing."""
+RAMP_HIGH = 0.50
+"""From this similarity up, an attempt counts in full."""
+PRIOR_SUCCESS = 0.5
+PRIOR_FAILURE = 1.0
+"""The smoothing: a strategy is credited with this many successes and failures before any
+attempt (a mean of one in three: most strategies an agent tries on a task do not work)."""
+USE_AT_LEAST = 0.5
+"""A strategy is the one to use when its smoothed success rate is at least this."""
+AVOID_AT_MOST = PRIOR_SUCCESS / (PRIOR_SUCCESS + PRIOR_FAILURE)
+"""A strategy is one to avoid once its smoothed success rate is no better than the prior's, the rate
+of a strategy not yet tried, and it has failed: while one is left untried, that is the better bet.
+On the development workload this beat the stricter bar of 1 in 4, which left strategies that had
+only ever failed open to be tried again (offline replay, episodes 21-60: 0.60 against 0.56)."""
+MIN_WEIGHT = 0.05
+"""Attempts weighing less than this are left out (and not counted as seen)."""
+
+Verdict = Literal["use", "avoid", "tried"]
+
+
+class StrategyRecord(BaseModel):
+    strategy: str = Field(description="The strategy, as worded in its most similar attempt.")
+    verdict: Verdict = Field(
+        "tried",
+        description="use: the best success rate on similar tasks, and it has worked; avoid: failed clearly more "
+        "often than it worked; tried: neither.",
+    )
+    successes: int = Field(0, description="Similar attempts with this strategy that succeeded.")
+    attempts: int = Field(0, description="Similar attempts with this strategy.")
+    rate: float = Field(0.0, description="Success rate, each attempt weighed by its task's similarity, smoothed towards 1 in 3.")
+    weighted_successes: float = Field(0.0, exclude=True)
+    weighted_attempts: float = Field(0.0, exclude=True)
+    best_similarity: float = Field(0.0, description="Similarity of its most similar attempt's task to this task.")
+    ids: list[str] = Field(default_factory=list, description="The outcomes tallied, most similar first.")
+
+    def smoothed(self) -> float:
+        return (self.weighted_successes + PRIOR_SUCCESS) / (self.weighted_attempts + PRIOR_SUCCESS + PRIOR_FAILURE)
+
+
+class TrackRecord(BaseModel):
+    """The agent's own attempts at similar tasks, tallied by strategy."""
+
+    strategies: list[StrategyRecord] = Field(
+        default_factory=list, description="Use first, then tried, then avoid; each group by success rate (empty: no record)."
+    )
+    attempts: int = Field(0, description="Outcomes tallied.")
+
+    @property
+    def ids(self) -> set[str]:
+        return {i for s in self.strategies for i in s.ids}
+
+
+def weight(similarity: float) -> float:
+    if similarity <= RAMP_LOW:
+        return 0.0
+    if similarity >= RAMP_HIGH:
+        return 1.0
+    return (similarity - RAMP_LOW) / (RAMP_HIGH - RAMP_LOW)
+
+
+def tally(neighbours: Sequence[tuple[Outcome, float]]) -> TrackRecord | None:
+    """The track record over `neighbours` (an outcome and the similarity of its task to this
+    one); None when no attempt is similar enough to count, or when no strategy is either to use or
+    to avoid."""
+    records: dict[str, StrategyRecord] = {}
+    attempts = 0
+    for outcome, similarity in sorted(neighbours, key=lambda n: -n[1]):
+        w = weight(similarity)
+        if w < MIN_WEIGHT:
+            continue
+        key = strategy_key(outcome.strategy_used)
+        record = records.setdefault(key, StrategyRecord(strategy=outcome.strategy_used, best_similarity=round(similarity, 4)))
+        c = OUTCOME_WEIGHTS[outcome.outcome]
+        record.attempts += 1
+        record.successes += int(c == 1.0)
+        record.weighted_attempts += w
+        record.weighted_successes += w * c
+        record.ids.append(outcome.id)
+        attempts += 1
+    if not records:
+        return None
+    for record in records.values():
+        record.rate = round(record.smoothed(), 4)
+    ranked = sorted(records.values(), key=lambda r: (-r.rate, -r.best_similarity))
+    best = ranked[0]
+    if best.successes > 0 and best.rate >= USE_AT_LEAST:
+        best.verdict = "use"
+    for record in ranked:
+        if record.verdict != "use" and record.successes < record.attempts and record.smoothed() <= AVOID_AT_MOST + 1e-9:
+            record.verdict = "avoid"
+    if all(record.verdict == "tried" for record in ranked):
+        return None  # it would say nothing either way, and a task with no answer would pay for it
+    order = {"use": 0, "tried": 1, "avoid": 2}
+    return TrackRecord(strategies=sorted(ranked, key=lambda r: (order[r.verdict], -r.rate)), attempts=attempts)

@@ -1,0 +1,1 @@
+"""What an agent is given: the result models of a retrieval and the prompt rendered from them."""

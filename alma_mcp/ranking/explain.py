@@ -1,0 +1,104 @@
+"""Why a retrieval returned what it did: the verdict on each candidate against the floors
+(`alma_retrieve`'s explain, `alma-mcp explain`)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from pydantic import BaseModel, Field
+
+from ..config import RetrievalSettings
+from ..prompt.results import Tier
+from .candidates import Candidate, admitted, under_preference_floor
+
+
+class CandidateVerdict(BaseModel):
+    """One memory considered for a task, its evidence against the floor, and what became of it."""
+
+    id: str
+    type: str
+    agent: str
+    text: str = Field(description="the memory's text, cut to 120 characters")
+    evidence: float = Field(description="what the floor is checked against: similarity + lexical_weight x coverage")
+    similarity: float
+    coverage: float = Field(description="share of the task's distinctive words (IDF mass) the memory holds")
+    score: float
+    injected: bool
+    tier: Tier | None = Field(None, description="how it was injected: in full (confident), in one line (weak); null: not at all")
+    verdict: str
+
+
+class Explanation(BaseModel):
+    """Why a retrieval returned what it did: the floors, and the candidates nearest to clearing them."""
+
+    task: str
+    agent: str
+    relevance_floor: float
+    floor_margin: float
+    lexical_floor: float
+    preference_floor: float | None
+    weak_floor: float = 0.0
+    weak_span: float = 0.0
+    crowding: float = Field(
+        0.0, description="What was taken off every candidate's evidence for this task because the store is crowded around it"
+    )
+    answered: bool = Field(description="some candidate cleared the floor, so the task is answered at all")
+    candidates: list[CandidateVerdict]
+
+
+def judge(
+    candidates: Sequence[Candidate],
+    chosen: dict[str, list[Candidate]],
+    settings: RetrievalSettings,
+    n: int,
+    weak: Sequence[Candidate] = (),
+) -> tuple[bool, list[CandidateVerdict]]:
+    """The verdict on every injected candidate and on the strongest others (by evidence), `n` in
+    all at least: the rules of `choose` and `mention`, spelled out per memory."""
+    answered = any(c.cleared for c in candidates)
+    best = max((c.evidence for c in candidates), default=0.0)
+    confident = {c.memory.id for picked in chosen.values() for c in picked}
+    mentioned = {c.memory.id for c in weak}
+    injected = confident | mentioned
+    ranked = sorted(candidates, key=lambda c: (c.memory.id in injected, c.evidence), reverse=True)
+    shown = ranked[: max(n, len(injected))]
+
+    def verdict(c: Candidate) -> str:
+        if c.memory.id in mentioned:
+            return "injected as a weak match: below the floor, within weak_span of the task's best; one line for the model to judge"
+        if c.memory.id in confident:
+            if c.dense_ok:
+                return "injected: cleared relevance_floor"
+            if c.lexical_ok:
+                return "injected: through the lexical door (coverage or a quoted identifier)"
+            if under_preference_floor(c, settings):
+                return "injected: the user's preference cleared preference_floor"
+            return "injected: within floor_margin of relevance_floor, and the task is answered"
+        if admitted(c, answered, settings):
+            return "admitted, not injected: top_k is full, or it nearly duplicates one injected"
+        if best < settings.weak_floor:
+            weak = "no weak matches: the task's best candidate is below weak_floor"
+        elif c.evidence >= best - settings.weak_span:
+            weak = "within weak_span of the best, not mentioned: weak_top_k (or top_k) is full, or it nearly duplicates one injected"
+        else:
+            weak = "more than weak_span below the task's best candidate"
+        if not answered:
+            return f"below the floor: no memory cleared it; {weak}"
+        return f"below relevance_floor - floor_margin; {weak}"
+
+    return answered, [
+        CandidateVerdict(
+            id=c.memory.id,
+            type=c.memory.type,  # type: ignore[attr-defined]
+            agent=c.memory.agent,
+            text=" ".join(c.memory.text().split())[:120],
+            evidence=round(c.evidence, 4),
+            similarity=round(c.similarity, 4),
+            coverage=round(c.coverage, 3),
+            score=round(c.score, 4),
+            injected=c.memory.id in injected,
+            tier="confident" if c.memory.id in confident else "weak" if c.memory.id in mentioned else None,
+            verdict=verdict(c),
+        )
+        for c in shown
+    ]
