@@ -264,6 +264,8 @@ class Result:
     why: list[str]
     best: list[int]
     """1 where the choice was the kind's best strategy."""
+    read: list[dict[str, Any]] | None = None
+    """With --dump: per episode, what the agent read and what it chose."""
 
 
 def score(stream: list[Episode], decisions: list[Decision]) -> Result:
@@ -288,17 +290,21 @@ Record = Callable[[Episode, str, bool], Awaitable[None]]
 async def run_episodes(stream: list[Episode], seed: int, recall: Step, record: Record, trace: int, arm: str) -> Result:
     rng = guess_rng(seed)
     decisions: list[Decision] = []
+    read: list[dict[str, Any]] = []
     for i, episode in enumerate(stream):
         text = await recall(episode)
         decision = decide(text, list(episode.kind.strategies), rng)
         decisions.append(decision)
+        read.append({"kind": episode.kind.name, "task": episode.task, "text": text, "chose": decision.strategy, "why": decision.why})
         success = episode.draw < episode.kind.strategies[decision.strategy]
         if i >= len(stream) - trace:
             print(f"\n=== {arm} seed {seed} episode {i + 1} [{episode.kind.agent}/{episode.kind.name}] {episode.task}\n"
                   f"--- the agent read:\n{text or '(nothing)'}\n--- chose: {decision.strategy} ({decision.why}), "
                   f"p={episode.kind.strategies[decision.strategy]}, {'success' if success else 'failure'}")
         await record(episode, decision.strategy, success)
-    return score(stream, decisions)
+    result = score(stream, decisions)
+    result.read = read
+    return result
 
 
 class CachedEmbedder:
@@ -586,6 +592,7 @@ async def main_async(args: argparse.Namespace) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     run: dict[str, Any] = {"set": args.set, "seeds": seeds, "episodes": args.episodes, "arms": {}, "alma_config": args.alma_config}
     started = time.perf_counter()
+    dumped: dict[str, dict[int, list[dict[str, Any]]]] = {}
     for seed in seeds:
         stream = make_stream(w, args.episodes, seed)
         for arm in args.arms:
@@ -594,6 +601,8 @@ async def main_async(args: argparse.Namespace) -> int:
             slot = run["arms"].setdefault(arm, {"success": [], "expected": [], "why": [], "best": []})
             for key in slot:
                 slot[key].append(getattr(r, key))
+            if args.dump and r.read is not None:
+                dumped.setdefault(arm, {})[seed] = r.read
             print(f"seed {seed} {arm}: all {np.mean(r.success):.2f}, last 20 {np.mean(r.success[-20:]):.2f} "
                   f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
         if embedder is not None:
@@ -601,6 +610,8 @@ async def main_async(args: argparse.Namespace) -> int:
         if args.save:  # after every seed, so a long run that is stopped keeps what it measured
             Path(args.save).parent.mkdir(parents=True, exist_ok=True)
             Path(args.save).write_text(json.dumps({**run, "seeds": seeds[: seeds.index(seed) + 1]}), encoding="utf-8")
+        if args.dump:
+            Path(args.dump).write_text(json.dumps(dumped), encoding="utf-8")
     print_figures(run)
     print(f"\nwall time {time.perf_counter() - started:.0f}s")
     return 0
@@ -620,6 +631,7 @@ def main() -> int:
         "--alma-config", type=json.loads, default=None,
         help='settings merged into the alma arm\'s config, e.g. \'{"retrieval": {"include_outcomes": true}}\' (default: none, the defaults)',
     )
+    parser.add_argument("--dump", help="write what the agent read and chose in every episode to this JSON file")
     parser.add_argument("--trace", type=int, default=0, help="print what the agent read in the last N episodes of the first seed")
     return anyio.run(main_async, parser.parse_args())
 

@@ -54,7 +54,8 @@ def test_the_prompt_the_result_and_explain_give_the_same_evidence(alma: ALMA) ->
     assert len(result) > 0
     for m in result.all():
         assert m.evidence == why[m.memory.id].evidence and why[m.memory.id].tier == m.tier
-        assert f"evidence {m.evidence:.2f}" in result.prompt
+        shown = f"evidence {m.evidence:.2f}" if m.tier == "confident" else f"{m.memory.id}` {m.evidence:.2f}"
+        assert shown in result.prompt
     assert "relevance 0." not in result.prompt
 
 
@@ -175,3 +176,26 @@ def test_a_store_crowded_around_the_task_lowers_every_evidence_by_the_same_amoun
 
     alma.config.alma.retrieval = settings.model_copy(update={"crowding_weight": 0.0})
     assert alma.explain(FLAKY, "helena").crowding == 0.0, "crowding_weight 0: off"
+
+
+def test_a_heuristic_under_the_floor_is_named_not_given_on_the_margin(alma: ALMA) -> None:
+    # Advice an agent acts on must clear the floor in its own right: the floor margin that brings
+    # in the memories around a relevant one names a heuristic in the weak tier instead.
+    teach_playwright(alma)
+    everything = RetrievalSettings(relevance_floor=0.01, floor_margin=0.0, lexical_floor=1.0, weak_top_k=0, top_k=10)
+    ranked = alma.retriever.retrieve(FLAKY, "helena", settings=everything).ranked()
+    top = ranked[0]
+    lower = [m for m in ranked[1:] if m.memory.type == "heuristic" and m.evidence < top.evidence - 0.02]  # type: ignore[attr-defined]
+    assert lower, "the fixture has a heuristic less relevant than its best memory"
+    heuristic = lower[0]
+    floor = (heuristic.evidence + top.evidence) / 2
+    margin = RetrievalSettings(relevance_floor=floor, floor_margin=1.0, lexical_floor=1.0, weak_floor=0.0, weak_span=0.0, weak_top_k=5, top_k=10)
+    result = alma.retriever.retrieve(FLAKY, "helena", settings=margin)
+    tiers = {m.memory.id: m.tier for m in result.all()}
+    assert tiers.get(top.memory.id) == "confident"
+    assert tiers.get(heuristic.memory.id) == "weak", "named in the weak tier, not given in full"
+    assert f"- memory `{heuristic.memory.id}`" not in result.prompt and heuristic.memory.id in result.prompt
+    # Any other type within the margin is still given in full.
+    others = [m for m in ranked[1:] if m.memory.type != "heuristic" and m.evidence < floor]  # type: ignore[attr-defined]
+    for m in others:
+        assert tiers.get(m.memory.id) == "confident"

@@ -37,12 +37,29 @@ def test_the_strategy_that_worked_is_the_one_to_use_and_one_that_kept_failing_is
 
 def test_one_lucky_success_among_failures_is_not_a_rule():
     record = tally([(attempt("x", "success", 0), 0.8)] + [(attempt("x", "failure", i), 0.8) for i in range(1, 4)])
-    assert record is None  # neither to use nor (yet) to avoid: nothing worth the tokens
+    assert record is not None and [(s.verdict, s.successes, s.attempts) for s in record.strategies] == [("avoid", 1, 4)]
+
+
+def test_one_success_one_failure_is_neither_a_rule_nor_a_verdict():
+    assert tally([(attempt("x", "success", 0), 0.8), (attempt("x", "failure", 1), 0.8)]) is None
+    # One of three is no better than a strategy never tried: try another.
+    record = tally([(attempt("x", "success", 0), 0.8)] + [(attempt("x", "failure", i), 0.8) for i in (1, 2)])
+    assert record is not None and record.strategies[0].verdict == "avoid"
+
+
+def test_a_failure_with_nothing_to_set_against_it_is_avoided_even_on_a_less_similar_task():
+    # One in four candidate strategies works on a typical task: a strategy that failed on a task
+    # like this and never worked is the one not to try again while others are untried.
+    record = tally([(attempt("x", "failure", 0), 0.4)])
+    assert record is not None and record.strategies[0].verdict == "avoid"
 
 
 def test_a_record_that_says_nothing_either_way_is_not_shown():
-    # One weakly similar attempt of each: neither clears a verdict.
-    assert tally([(attempt("x", "success", 0), 0.35), (attempt("y", "failure", 1), 0.35)]) is None
+    # A success and a failure of one strategy, on weakly similar tasks: neither a rule nor a verdict.
+    assert tally([(attempt("x", "success", 0), 0.35), (attempt("x", "failure", 1), 0.35)]) is None
+    # As weakly similar, a failure alone is still a verdict: it has never worked.
+    record = tally([(attempt("y", "failure", 1), 0.35)])
+    assert record is not None and record.strategies[0].verdict == "avoid"
 
 
 def test_nothing_is_to_use_before_something_has_worked():

@@ -152,22 +152,22 @@ def render_prompt(
     sections, no filler.
     """
     everything = [item for kind, _ in SECTIONS for item in items_by_type.get(kind, ())]
-    # An outcome the track record tallied is not mentioned again as a weak match: one line each, those
-    # outcomes (often of other kinds of task, less like this one) outvoted the record's single line.
-    tallied = track.ids if track is not None else set()
-    weak = sorted(
-        (item for item in everything if item.tier == "weak" and item.memory.id not in tallied), key=lambda i: -i.score
-    )
-    candidates = [item for item in everything if item.tier != "weak"]
-    track_text = render_track(track) if track is not None else ""
-    if not candidates and not track_text:
-        return _weak_only(weak, token_budget)
     head = f"{HEADER}\n\n{PREAMBLE}\n"
     used = estimate_tokens(head) + 1
+    track_text = render_track(track) if track is not None else ""
     if track_text and used + estimate_tokens(track_text) + 1 <= token_budget:
         used += estimate_tokens(track_text) + 1
     else:
         track_text = ""
+    # The outcomes the track record tallied are not shown again, in full or as weak matches: the
+    # record states them once per strategy, and one line each (often of other kinds of task)
+    # outvoted its single line or split its verdict.
+    tallied = track.ids if track is not None and track_text else set()
+    everything = [item for item in everything if item.memory.id not in tallied]
+    weak = sorted((item for item in everything if item.tier == "weak"), key=lambda i: -i.score)
+    candidates = [item for item in everything if item.tier != "weak"]
+    if not candidates and not track_text:
+        return _weak_only(weak, token_budget)
     # A single memory may take at most a third of the budget: one long memory must not crowd out the rest.
     per_memory = max(60, token_budget // 3)
     warnings_first = sorted(candidates, key=lambda i: (not isinstance(i.memory, AntiPattern), -i.score))

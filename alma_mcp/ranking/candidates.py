@@ -155,6 +155,26 @@ def under_preference_floor(c: Candidate, settings: RetrievalSettings) -> bool:
     return floor is not None and isinstance(c.memory, UserPreference) and c.evidence >= floor
 
 
+ADVICE = ("heuristic",)
+"""Lessons an agent acts on ("when ...: do ..."): given in full only when they clear the floor in
+their own right, never on the floor margin that brings in the memories around a relevant one; below
+the floor they keep their place in the ranking but are named in the weak tier, as what may not
+apply. On the field benchmark's development set, a heuristic taught for a neighbouring kind of
+task and admitted on the margin was the advice most often followed to a wrong choice (58 of 65
+such heuristics, evidence median 0.37); named instead, episodes 21-60 +0.040 ± 0.014 (realised,
+seeds 0-9; docs/learning-benchmark.md)."""
+
+
+def on_margin_advice(c: Candidate, answered: bool, settings: RetrievalSettings) -> bool:
+    """Advice (ADVICE) that only the floor margin admits: chosen in its place, then named, not given."""
+    return (
+        answered
+        and c.memory.type in ADVICE
+        and not c.cleared
+        and c.evidence >= settings.relevance_floor - settings.floor_margin
+    )
+
+
 def admitted(c: Candidate, answered: bool, settings: RetrievalSettings) -> bool:
     """Whether `choose` may keep this candidate; `answered`: some candidate cleared the floor."""
     if under_preference_floor(c, settings):
@@ -191,13 +211,18 @@ def choose(
         if warnings and not any(isinstance(c.memory, AntiPattern) for c in together):
             together = [*together[: min(len(together), top_k - 1)], max(warnings, key=lambda c: c.score)]
         together = _lessons_over_their_outcomes(pool, together)
+        together = [c for c in together if not on_margin_advice(c, answered, settings)]
         return {kind: [c for c in together if c.memory.type == kind] for kind in kinds}
     return {
-        kind: select(
-            [c for c in candidates if c.memory.type == kind and admitted(c, answered, settings)],
-            top_k,
-            settings.near_duplicate,
-        )
+        kind: [
+            c
+            for c in select(
+                [c for c in candidates if c.memory.type == kind and admitted(c, answered, settings)],
+                top_k,
+                settings.near_duplicate,
+            )
+            if not on_margin_advice(c, answered, settings)
+        ]
         for kind in kinds
     }
 
@@ -252,15 +277,22 @@ def mention(
     # memories stand level gets several, one whose best stands out gets that one, and a store
     # where everything sits a little closer to every task does not raise the count.
     least = best - settings.weak_span
+    # Advice the floor margin chose but did not give in full (see ADVICE) is named here, first:
+    # the room it left is the room it keeps.
+    answered = any(c.cleared for c in candidates)
+
+    def demoted(c: Candidate) -> bool:
+        return on_margin_advice(c, answered, settings)
+
     pool = sorted(
         (
             c
             for c in candidates
             if c.memory.type in allowed
             and c.memory.id not in ids
-            and c.evidence >= least
+            and (c.evidence >= least or demoted(c))
         ),
-        key=lambda c: c.score,
+        key=lambda c: (demoted(c), c.score),
         reverse=True,
     )
     weak: list[Candidate] = []
