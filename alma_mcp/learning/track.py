@@ -10,8 +10,8 @@ while the one that works is named once.
 So retrieval also tallies the agent's own outcomes on similar tasks, strategy by strategy,
 weighing each attempt by how similar its task is to this one (a soft ramp on the similarity of
 the two tasks' wording), and states the result once per strategy: the one to use (the best
-success rate, once it has worked), the ones to avoid (failed clearly more often than they
-worked), and the others as tried. The success rates are smoothed towards a prior, so one lucky
+success rate, once it has worked), the ones to avoid (they have failed, and their rate is no
+better than that of a strategy not yet tried), and the others as tried. The success rates are smoothed towards a prior, so one lucky
 success is not a rule and one failure is not a verdict against a strategy that has also worked.
 
 Everything here is pure: the numbers in, the record out. Retrieval finds the neighbours;
@@ -51,8 +51,8 @@ class StrategyRecord(BaseModel):
     strategy: str = Field(description="The strategy, as worded in its most similar attempt.")
     verdict: Verdict = Field(
         "tried",
-        description="use: the best success rate on similar tasks, and it has worked; avoid: failed clearly more "
-        "often than it worked; tried: neither.",
+        description="use: the best success rate on similar tasks, and it has worked; avoid: it has failed, and its "
+        "rate is no better than an untried strategy's (1 in 3); tried: neither.",
     )
     successes: int = Field(0, description="Similar attempts with this strategy that succeeded.")
     attempts: int = Field(0, description="Similar attempts with this strategy.")

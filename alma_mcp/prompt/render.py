@@ -151,19 +151,21 @@ def render_prompt(
     rest of the budget holds. Returns "" when there is nothing to inject: no header, no empty
     sections, no filler.
     """
-    everything = [item for kind, _ in SECTIONS for item in items_by_type.get(kind, ())]
     head = f"{HEADER}\n\n{PREAMBLE}\n"
     used = estimate_tokens(head) + 1
     track_text = render_track(track) if track is not None else ""
-    if track_text and used + estimate_tokens(track_text) + 1 <= token_budget:
-        used += estimate_tokens(track_text) + 1
+    track_cost = estimate_tokens(track_text) + 1
+    if track_text and used + track_cost <= token_budget:
+        used += track_cost
     else:
         track_text = ""
     # The outcomes the track record tallied are not shown again, in full or as weak matches: the
     # record states them once per strategy, and one line each (often of other kinds of task)
     # outvoted its single line or split its verdict.
     tallied = track.ids if track is not None and track_text else set()
-    everything = [item for item in everything if item.memory.id not in tallied]
+    everything = [
+        item for kind, _ in SECTIONS for item in items_by_type.get(kind, ()) if item.memory.id not in tallied
+    ]
     weak = sorted((item for item in everything if item.tier == "weak"), key=lambda i: -i.score)
     candidates = [item for item in everything if item.tier != "weak"]
     if not candidates and not track_text:

@@ -167,12 +167,7 @@ seeds 0-9; docs/learning-benchmark.md)."""
 
 def on_margin_advice(c: Candidate, answered: bool, settings: RetrievalSettings) -> bool:
     """Advice (ADVICE) that only the floor margin admits: chosen in its place, then named, not given."""
-    return (
-        answered
-        and c.memory.type in ADVICE
-        and not c.cleared
-        and c.evidence >= settings.relevance_floor - settings.floor_margin
-    )
+    return c.memory.type in ADVICE and not c.cleared and admitted(c, answered, settings)
 
 
 def admitted(c: Candidate, answered: bool, settings: RetrievalSettings) -> bool:
@@ -280,19 +275,16 @@ def mention(
     # Advice the floor margin chose but did not give in full (see ADVICE) is named here, first:
     # the room it left is the room it keeps.
     answered = any(c.cleared for c in candidates)
-
-    def demoted(c: Candidate) -> bool:
-        return on_margin_advice(c, answered, settings)
-
+    demoted = {c.memory.id for c in candidates if on_margin_advice(c, answered, settings)}
     pool = sorted(
         (
             c
             for c in candidates
             if c.memory.type in allowed
             and c.memory.id not in ids
-            and (c.evidence >= least or demoted(c))
+            and (c.evidence >= least or c.memory.id in demoted)
         ),
-        key=lambda c: (demoted(c), c.score),
+        key=lambda c: (c.memory.id in demoted, c.score),
         reverse=True,
     )
     weak: list[Candidate] = []
