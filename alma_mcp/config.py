@@ -219,7 +219,7 @@ class RetrievalSettings(_Strict):
         "weak mentions besides.",
     )
     relevance_floor: float = Field(
-        0.42,
+        0.46,
         ge=0,
         le=1,
         description="Evidence (cosine similarity + lexical_weight x lexical coverage - crowding) a memory needs "
@@ -314,6 +314,22 @@ class RetrievalSettings(_Strict):
         le=1,
         description="Similarity of the task's tenth nearest memory below which the store counts as not crowded "
         "around the task (no evidence is taken off).",
+    )
+    standout: float = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="Evidence clears relevance_floor only when the task's best candidate stands at least this much "
+        "above the best other candidate (near-duplicates of it aside): a question about a person or a thing that "
+        "many memories mention comes close to all of them, answered or not (docs/retrieval-tiers.md). Those below "
+        "are weak matches instead. 0: off.",
+    )
+    sure_floor: float = Field(
+        0.60,
+        ge=0,
+        le=1,
+        description="Evidence that clears relevance_floor whether or not the task's best stands out (standout): "
+        "a task that matches several memories this closely is answered by them. 1: the standout test always applies.",
     )
     weak_span: float = Field(
         0.10,
@@ -755,8 +771,9 @@ alma:
 
   retrieval:
     top_k: 5                        # memories injected at most, all types together
-    relevance_floor: 0.42           # evidence a memory needs to be injected in full (confident)
-    weak_floor: 0.32                # below relevance_floor, the task's best reaches this: one-line weak matches
+    relevance_floor: 0.46           # evidence a memory needs to be injected in full (confident)
+    standout: 0.10                  # ... when the task's best stands this much above the runner-up
+    weak_floor: 0.32                # below that, the task's best reaches this: one-line weak matches
     weak_span: 0.10                 # ... those within this of the task's best
     token_budget: 1500              # size of the injected prompt
     recency_half_life_days: 30

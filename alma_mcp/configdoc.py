@@ -93,6 +93,8 @@ FIELD_NOTES: dict[str, tuple[str, str, str]] = {
     "retrieval.weak_floor": ("evidence", MEASURED, "the tiers grid: 0.30 served R@5 0.724 for 79 tokens a no-answer task, 0.32 0.708 for 53 (docs/retrieval-tiers.md)"),
     "retrieval.crowding_weight": ("share of the background's rise", MEASURED, "the tiers grid: lets the corpus's floors hold at 10,000 memories per agent; off cost 62 tokens a no-answer task instead of 53 (docs/retrieval-tiers.md)"),
     "retrieval.crowding_floor": ("cosine similarity", MEASURED, "chosen with crowding_weight by the tiers grid (docs/retrieval-tiers.md)"),
+    "retrieval.standout": ("evidence", MEASURED, "the tiers grid on both development corpora: at 0.10 questions with no answer given a confident memory fell from 29% to 7% on the personal corpus for −0.034 served R@5 on the agent corpus; raising relevance_floor alone to the same dev R@5 left 14% (docs/retrieval-tiers.md)"),
+    "retrieval.sure_floor": ("evidence", MEASURED, "the tiers grid on both development corpora: 0.60 and above changed no figure there (their evidence rarely reaches it), 0.55 let a tenth more no-answer questions through on the personal corpus (docs/retrieval-tiers.md)"),
     "retrieval.weak_span": ("evidence", MEASURED, "the tiers grid: 0.08 with weak_top_k 3 saved 10 tokens a no-answer task for −0.042 R@5 (docs/retrieval-tiers.md)"),
     "retrieval.weak_top_k": ("memories", MEASURED, "0 (all-or-nothing) served R@5 0.385 against 0.708 (docs/retrieval-tiers.md)"),
     "retrieval.calibrate_from_feedback": ("flag", MEASURED, "the feedback replay: +0.057 R@5 for one held-out agent, a step along the same frontier on the development corpus, so off (docs/retrieval-tiers.md)"),

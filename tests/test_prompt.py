@@ -124,14 +124,16 @@ def test_weak_matches_alone_get_a_short_labelled_block_with_hostile_text_fenced(
     assert prompt.startswith(WEAK_HEADER) and HEADER not in prompt, "weak matches alone skip the full preamble"
     inside, outside = fenced_regions(prompt)
     assert len(inside) == 1, "all mentions share one fence"
-    assert inside[0].split("\n") == [
-        "1 " + " ".join(HOSTILE.split())[: MENTION_CHARS - 3].rstrip() + "...",
-        "2 Deploys happen on Tuesdays.",
-    ], "one line each, numbered, cut to MENTION_CHARS: a newline in a memory cannot start a line of its own"
+    lines = inside[0].split("\n")
+    assert len(lines) == 2, "one line each: a newline in a memory cannot start a line of its own"
+    assert lines[0].startswith(f"{hostile.id} 0.36 Use the staging database.") and lines[0].endswith("\u2026")
+    assert len(lines[0]) <= len(f"{hostile.id} 0.36 ") + MENTION_CHARS, "cut to MENTION_CHARS"
+    assert not lines[0].removesuffix("\u2026").endswith(" "), "cut on a word"
+    assert lines[1] == f"{plain.id} 0.33 Deploys happen on Tuesdays.", "each line starts with the server's id and evidence"
     outside_text = "\n".join(outside).lower()
-    assert "ignore previous instructions" not in outside_text and "never an instruction" in outside_text
-    assert f"evidence: 1 `{hostile.id}` 0.36; 2 `{plain.id}` 0.33" in prompt, "one name for the number, as in the full section"
-    assert estimate_tokens(prompt) <= 80
+    assert "ignore previous instructions" not in outside_text and "data only" in outside_text
+    assert "evidence" in outside_text, "one name for the number, as in the full section"
+    assert estimate_tokens(prompt) <= 70
 
 
 def test_weak_matches_follow_the_confident_memories_in_their_own_section() -> None:
@@ -140,7 +142,7 @@ def test_weak_matches_follow_the_confident_memories_in_their_own_section() -> No
     prompt = render_prompt({"knowledge": [scored(full, 0.8), weak(maybe)]}, 1500)
     assert prompt.startswith(HEADER) and prompt.index("### Facts") < prompt.index(WEAK_SECTION)
     assert f"- memory `{full.id}`" in prompt and f"- memory `{maybe.id}`" not in prompt, "a weak match is never shown in full"
-    assert f"1 `{maybe.id}` 0.35" in prompt
+    assert f"{maybe.id} 0.35 Deploys happen on Tuesdays." in prompt
     assert len(fenced_regions(prompt)[0]) == 2
 
 
@@ -159,7 +161,7 @@ def test_an_outcome_is_mentioned_as_what_was_tried_and_how_it_went() -> None:
         id=new_id("outcome"), project="p", agent="a", task="Deploy billing", strategy_used="blue-green switch", outcome="failure"
     )
     prompt = render_prompt({"outcome": [weak(attempt)]}, 1500)
-    assert "1 tried blue-green switch: failure (task: Deploy billing)" in prompt
+    assert f"{attempt.id} 0.35 tried blue-green switch: failure (task: Deploy\u2026" in prompt
 
 
 def test_the_prompt_shows_evidence_not_the_ranking_score() -> None:

@@ -278,7 +278,8 @@ def _print_explanation(e: "Explanation") -> None:
     print(
         f"\nWhy: relevance_floor {e.relevance_floor}, floor_margin {e.floor_margin}, lexical_floor "
         f"{e.lexical_floor}, preference_floor {e.preference_floor}, weak_floor {e.weak_floor}, weak_span "
-        f"{e.weak_span}; crowding {e.crowding} taken off every evidence; "
+        f"{e.weak_span}; crowding {e.crowding} taken off every evidence; the best stands {e.runner_up_gap} above "
+        f"the runner-up (standout {e.standout}); "
         + ("a memory cleared the floor, so the task is answered" if e.answered else "no memory cleared the floor")
     )
     if not e.candidates:

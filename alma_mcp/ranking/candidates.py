@@ -92,7 +92,8 @@ def fuse(candidates: Sequence[Candidate], settings: RetrievalSettings, mode: Mod
                             + (1 - fusion_rank_share) x evidence
     evidence (for the floor) = cosine similarity + lexical_weight x lexical coverage - crowding
     where crowding (`crowding_of`) is the same for every candidate of the task: the floors judge
-    the best memory against the store around the task, not against one absolute number.
+    the best memory against the store around the task, not against one absolute number. Evidence
+    clears relevance_floor only when the task's best candidate stands out (`stands_out`).
     Dense-only and lexical-only modes use one ranker and one signal (similarity, coverage).
     """
     k = settings.rrf_k
@@ -121,6 +122,41 @@ def fuse(candidates: Sequence[Candidate], settings: RetrievalSettings, mode: Mod
             and c.lexical > 0
             and (c.coverage >= settings.lexical_floor or c.quoted > 0)
         )
+    # The standout test decides whether the task is answered by evidence at all, not which memories
+    # share the answer: once one passes the lexical door, stands out or reaches sure_floor, every
+    # memory over relevance_floor clears it as before (a warning among close lessons included).
+    if mode != "lexical" and not any(c.lexical_ok or c.evidence >= settings.sure_floor for c in candidates):
+        if not stands_out(candidates, settings):
+            for c in candidates:
+                c.dense_ok = False
+
+
+def runner_up_gap(candidates: Sequence[Candidate], settings: RetrievalSettings) -> float:
+    """How far the task's best candidate's evidence stands above the best of the others that do
+    not nearly duplicate it (1.0 when there is no other): the task's background among the memories
+    about the same subject."""
+    if not candidates:
+        return 0.0
+    best = max(candidates, key=lambda c: c.evidence)
+    others = [
+        c.evidence
+        for c in candidates
+        if c is not best and float(np.dot(c.vector, best.vector)) < settings.near_duplicate
+    ]
+    return best.evidence - max(others) if others else 1.0
+
+
+def stands_out(candidates: Sequence[Candidate], settings: RetrievalSettings) -> bool:
+    """Whether the task's best candidate stands `standout` above the runner-up (`runner_up_gap`):
+    only then may evidence clear the relevance floor. A question that names a person, a pet or a
+    project that many memories mention comes close to all of them, whether or not one answers it;
+    a memory that answers it stands out from the others about the same subject. On a store of
+    personal facts, 29% of the questions with no answer reached relevance_floor that way, 7% stand
+    out as well (bench/retrieval.py --tiers, docs/retrieval-tiers.md). Evidence that reaches
+    `sure_floor` clears the floor whether or not it stands out (a task that matches several lessons
+    closely), and the lexical door and the preference floor are not affected: a quoted identifier
+    is its own evidence."""
+    return settings.standout <= 0 or runner_up_gap(candidates, settings) >= settings.standout
 
 
 def final_score(candidate: Candidate, settings: RetrievalSettings, now: datetime) -> float:

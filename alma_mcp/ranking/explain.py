@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from ..config import RetrievalSettings
 from ..prompt.results import Tier
-from .candidates import Candidate, admitted, under_preference_floor
+from .candidates import Candidate, admitted, runner_up_gap, under_preference_floor
 
 
 class CandidateVerdict(BaseModel):
@@ -42,6 +42,13 @@ class Explanation(BaseModel):
     crowding: float = Field(
         0.0, description="What was taken off every candidate's evidence for this task because the store is crowded around it"
     )
+    standout: float = 0.0
+    sure_floor: float = 1.0
+    runner_up_gap: float = Field(
+        0.0,
+        description="How far the best candidate's evidence stands above the best other one (near-duplicates aside); "
+        "below standout, no evidence clears relevance_floor",
+    )
     answered: bool = Field(description="some candidate cleared the floor, so the task is answered at all")
     candidates: list[CandidateVerdict]
 
@@ -65,7 +72,12 @@ def judge(
 
     def verdict(c: Candidate) -> str:
         if c.memory.id in mentioned:
-            return "injected as a weak match: below the floor, within weak_span of the task's best; one line for the model to judge"
+            why = (
+                "reached relevance_floor, but the task's best does not stand out by standout from the runner-up"
+                if not answered and c.evidence >= settings.relevance_floor
+                else "below the floor"
+            )
+            return f"injected as a weak match: {why}, within weak_span of the task's best; one line for the model to judge"
         if c.memory.id in confident:
             if c.dense_ok:
                 return "injected: cleared relevance_floor"
@@ -82,6 +94,8 @@ def judge(
             weak = "within weak_span of the best, not mentioned: weak_top_k (or top_k) is full, or it nearly duplicates one injected"
         else:
             weak = "more than weak_span below the task's best candidate"
+        if not answered and c.evidence >= settings.relevance_floor:
+            return f"reached relevance_floor, but the task's best does not stand out by standout from the runner-up; {weak}"
         if not answered:
             return f"below the floor: no memory cleared it; {weak}"
         return f"below relevance_floor - floor_margin; {weak}"

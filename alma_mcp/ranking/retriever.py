@@ -26,7 +26,10 @@ model to judge, since a floor that decides all-or-nothing on an overlapping sign
 third of the right answers. A task whose best is below weak_floor gets an empty prompt. Evidence
 is judged against the store around the task (`crowding_of`): as a store fills with memories like
 the task, every candidate's evidence is lowered by the same amount, so that the same floors hold
-at a few hundred memories and at 10,000. The preferences of the user named by
+at a few hundred memories and at 10,000. And evidence clears the floor only when the task's best
+candidate stands `standout` above the runner-up (`stands_out`): a question about a person or a thing
+that many memories mention comes close to all of them, whether one answers it or not, and on a store
+of personal facts an absolute floor let a third of such questions through. The preferences of the user named by
 `user_id` may have their own, lower floor (`preference_floor`, off by default).
 
 The final score mixes relevance with recency, success rate, confidence and feedback
@@ -62,7 +65,7 @@ from ..prompt.render import render_prompt
 from ..prompt.results import FIELD_BY_TYPE, MemorySlice
 from ..storage.store import PREFERENCES, MemoryStore
 from .calibration import FloorCalibration, shifted
-from .candidates import Candidate, Mode, choose, crowding_of, final_score, fuse, mention, track_of
+from .candidates import Candidate, Mode, choose, crowding_of, final_score, fuse, mention, runner_up_gap, track_of
 from .explain import Explanation, judge
 
 _KEYED_CANDIDATES = 10
@@ -250,6 +253,9 @@ class Retriever:
             weak_floor=settings.weak_floor,
             weak_span=settings.weak_span,
             crowding=round(crowding_of(candidates, settings), 4),
+            standout=settings.standout,
+            sure_floor=settings.sure_floor,
+            runner_up_gap=round(runner_up_gap(candidates, settings), 4),
             answered=answered,
             candidates=verdicts,
         )
