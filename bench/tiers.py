@@ -153,13 +153,17 @@ def print_rows(title: str, rows: list[tuple[str, dict[str, float]]]) -> None:
 # -- the run ---------------------------------------------------------------------------------
 HELDOUT_MEMORIES = "heldout_personal_memories.jsonl"
 HELDOUT_TASKS = "heldout_personal_tasks.jsonl"
+PERSONAL_MEMORIES = "dev_personal_memories.jsonl"
+PERSONAL_TASKS = "dev_personal_tasks.jsonl"
+"""The development corpus of a second kind (facts about two households): tuned on, whole."""
 
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("alma, shipped settings", {}),
     ("alma, shipped, server's default types", {"kinds": None}),
     ("alma, all-or-nothing (weak_top_k 0)", {"weak_top_k": 0}),
-    ("alma, cheaper: weak_span 0.08, weak_top_k 3", {"weak_span": 0.08, "weak_top_k": 3}),
-    ("alma, fuller: weak_floor 0.30", {"weak_floor": 0.30}),
+    ("alma, cheaper: weak_floor 0.34", {"weak_floor": 0.34}),
+    ("alma, fuller: weak_floor 0.30, weak_span 0.15", {"weak_floor": 0.30, "weak_span": 0.15}),
+    ("alma, absolute floor (standout 0, floor 0.42)", {"standout": 0.0, "relevance_floor": 0.42}),
     ("alma, crowding off (crowding_weight 0)", {"crowding_weight": 0.0}),
 ]
 """The shipped settings and alternatives around them. All but one read all five types,
@@ -240,24 +244,24 @@ def replay(title: str, alma: Any, rated: Sequence[Task], measured: Sequence[Task
 
 
 def grid(alma: Any, tasks: Sequence[Task], base: RetrievalSettings, title: str) -> list[tuple[dict[str, float], RetrievalSettings]]:
-    """Floors, crowding and weak-tier settings on the calibration split: every point's figures
-    (served from the same candidates as the server would, `serve_offline`)."""
+    """Floors, the standout test and weak-tier settings on a set of development tasks: every
+    point's figures (served from the same candidates as the server would, `serve_offline`).
+    Crowding keeps the shipped setting (its own grid chose it at 10,000 memories per agent)."""
     import itertools
 
     wide = base.model_copy(update={"relevance_floor": 0.0, "lexical_floor": 0.0, "floor_margin": 0.0, "weak_floor": 0.0, "weak_span": 1.0})
     candidates = {t.id: alma.retriever.candidates(t.task, t.agent, t.user_id, KINDS, wide) for t in tasks}
     points = []
-    for (crowding_weight, crowding_floor), floor, weak_floor, weak_span, weak_top_k in itertools.product(
-        ((0.0, 0.2), (0.5, 0.25), (0.75, 0.2), (0.75, 0.25), (1.0, 0.2)), (0.42, 0.44, 0.46), (0.30, 0.32, 0.34, 0.36), (0.04, 0.06, 0.08, 0.1), (2, 3, 5)
+    for floor, standout, weak_floor, weak_span, weak_top_k in itertools.product(
+        (0.42, 0.46, 0.50), (0.0, 0.06, 0.08, 0.1, 0.12), (0.30, 0.32, 0.34), (0.1, 0.15), (3, 5)
     ):
         settings = base.model_copy(
             update={
                 "relevance_floor": floor,
+                "standout": standout,
                 "weak_floor": weak_floor,
                 "weak_span": weak_span,
                 "weak_top_k": weak_top_k,
-                "crowding_weight": crowding_weight,
-                "crowding_floor": crowding_floor,
             }
         )
         served = {tid: serve_offline(c, settings) for tid, c in candidates.items()}
@@ -270,7 +274,7 @@ def log_points(title: str, points: list[tuple[dict[str, float], RetrievalSetting
     """The best R@5 + nDCG@10 at each no-answer token cost, among the points that give a
     confident memory to at most 10% of the no-answer tasks (on `others` too, point by point)."""
     print(f"\n{title}: best served R@5 + nDCG@10 at each no-answer token cost (also within it on the other sets)")
-    print(f"{'tokens <=':>9} {'crowd':>9} {'floor':>6} {'weak_floor':>10} {'span':>5} {'weak_k':>6} {'R@5':>6} {'nDCG@10':>8} {'hit@1':>6} {'none: conf':>10} {'none: any':>9} {'none: tok':>9}")
+    print(f"{'tokens <=':>9} {'floor':>6} {'standout':>8} {'weak_floor':>10} {'span':>5} {'weak_k':>6} {'R@5':>6} {'nDCG@10':>8} {'hit@1':>6} {'none: conf':>10} {'none: any':>9} {'none: tok':>9}")
     for cap in (20, 30, 40, 50, 60, 80):
         fits = [
             (i, row, s)
@@ -281,7 +285,7 @@ def log_points(title: str, points: list[tuple[dict[str, float], RetrievalSetting
             continue
         _, row, s = max(fits, key=lambda p: (round(p[1]["R@5"] + p[1]["nDCG@10"], 6), -p[1].get("none: tokens", 0.0)))
         print(
-            f"{cap:>9} {s.crowding_weight:>4.2f}/{s.crowding_floor:<4.2f} {s.relevance_floor:>6.2f} {s.weak_floor:>10.2f} {s.weak_span:>5.2f} {s.weak_top_k:>6} "
+            f"{cap:>9} {s.relevance_floor:>6.2f} {s.standout:>8.2f} {s.weak_floor:>10.2f} {s.weak_span:>5.2f} {s.weak_top_k:>6} "
             f"{row['R@5']:>6.3f} {row['nDCG@10']:>8.3f} {row['hit@1']:>6.3f} {row.get('none: confident', 0):>10.1%} "
             f"{row.get('none: anything', 0):>9.1%} {row.get('none: tokens', 0):>9.1f}"
         )
@@ -329,23 +333,30 @@ def run(args: Any) -> int:
     print(
         f"Shipped settings: relevance_floor={base.relevance_floor} floor_margin={base.floor_margin} "
         f"lexical_floor={base.lexical_floor} weak_floor={base.weak_floor} weak_span={base.weak_span} "
-        f"weak_top_k={base.weak_top_k} crowding_weight={base.crowding_weight} crowding_floor={base.crowding_floor} top_k={base.top_k}"
+        f"weak_top_k={base.weak_top_k} crowding_weight={base.crowding_weight} crowding_floor={base.crowding_floor} "
+        f"standout={base.standout} sure_floor={base.sure_floor} top_k={base.top_k}"
     )
+    p_memories, p_tasks = load_memories(DATA / PERSONAL_MEMORIES), load_tasks(DATA / PERSONAL_TASKS)
+    p_alma, p_plain = build(workdir / "personal", embedder, p_memories)
     if args.calibrate_tiers:
-        # The points are chosen on the calibration split of the development corpus as it is and,
-        # with --scale, of the same corpus at 10,000 memories per agent: one setting for both.
+        # The points are chosen on the calibration split of the development corpus, on the whole
+        # development corpus of personal facts and, with --scale, on the calibration split at
+        # 10,000 memories per agent: one setting for all.
         points = grid(alma, calibration, base, f"Calibration split ({len(calibration)} tasks)")
+        personal = grid(p_alma, p_tasks, base, f"Development corpus of personal facts ({len(p_tasks)} tasks)")
+        log_points("Both development corpora: the calibration split, points that also hold on personal facts", points, [personal])
         if args.scale:
             fill(alma, plain, embedder, memories, scale_agents)
             level = [t for t in calibration if not scale_agents or t.agent in scale_agents]
             scaled = grid(alma, level, base, f"Calibration split at 10,000 memories per agent ({len(level)} tasks)")
-            log_points("Both: the development calibration split, points that also hold at 10,000", points, [scaled])
+            log_points("All three: the calibration split, points that also hold on personal facts and at 10,000", points, [personal, scaled])
         return 0
     heldout = DATA / HELDOUT_MEMORIES
     if args.only_scale:
         heldout = Path("/nonexistent")
     elif not args.feedback_only:
         report(f"Development corpus ({len(memories)} memories), test split ({len(test)} tasks)", alma, plain, embedder, test)
+        report(f"Development corpus of personal facts ({len(p_memories)} memories, {len(p_tasks)} tasks, tuned on)", p_alma, p_plain, embedder, p_tasks)
     if heldout.exists():
         h_memories, h_tasks = load_memories(heldout), load_tasks(DATA / HELDOUT_TASKS)
         h_alma, h_plain = build(workdir / "heldout", embedder, h_memories)

@@ -48,7 +48,8 @@ WEAK_HEADER = "## alma-mcp weak matches (id, evidence, text; may not apply; data
 WEAK_SECTION = "### Weak matches, below the relevance floor: id, evidence, text"
 MENTION_CHARS = 48
 """A weak mention's text is cut, on a word, to at most this many characters: enough to judge whether
-it applies (the id reads the rest), few enough that a task with no answer stays cheap."""
+it applies (the id reads the rest), few enough that a task with no answer stays cheap (60 cost it
+49 tokens instead of 43 on the development calibration split, docs/retrieval-tiers.md)."""
 FENCE_INFO = "memory-data"
 _TRUNCATED = "\n[... truncated to fit the memory budget; read the whole memory with its id]"
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
@@ -136,10 +137,10 @@ def cut(text: str, limit: int) -> str:
 
 def render_mentions(items: Sequence["ScoredMemory"]) -> str:
     """The weak tier: one fence, one line a memory: its id and evidence (server-made values, the
-    number named as everywhere else in the header), then the start of its text. A label line
-    outside the fence repeating each id cost a task with no answer about a fifth more tokens
-    (bench/retrieval.py --tiers). The kind is not labelled: each kind's line has its own form
-    ("when ...:", "avoid ...:", "tried ...:", "category: ...")."""
+    number named as everywhere else in the header), then the start of its text. A numbered label
+    line outside the fence cost a task with no answer 58 tokens instead of 49 (the same mentions,
+    development calibration split, docs/retrieval-tiers.md). The kind is not labelled: each kind's
+    line has its own form ("when ...:", "avoid ...:", "tried ...:", "category: ...")."""
     return fence("\n".join(f"{_safe_id(item)} {item.evidence:.2f} {mention_text(item)}" for item in items))
 
 
