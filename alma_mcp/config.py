@@ -219,7 +219,7 @@ class RetrievalSettings(_Strict):
         "weak mentions besides.",
     )
     relevance_floor: float = Field(
-        0.46,
+        0.42,
         ge=0,
         le=1,
         description="Evidence (cosine similarity + lexical_weight x lexical coverage - crowding) a memory needs "
@@ -316,13 +316,13 @@ class RetrievalSettings(_Strict):
         "around the task (no evidence is taken off).",
     )
     standout: float = Field(
-        0.10,
+        0.18,
         ge=0,
         le=1,
-        description="Evidence clears relevance_floor only when the task's best candidate stands at least this much "
-        "above the best other candidate (near-duplicates of it aside): a question about a person or a thing that "
-        "many memories mention comes close to all of them, answered or not (docs/retrieval-tiers.md). Those below "
-        "are weak matches instead. 0: off.",
+        description="When the task's best candidate is a fact or a preference, evidence clears relevance_floor only "
+        "if that best stands at least this much above the best other candidate (near-duplicates of it aside): a "
+        "question about a person or a thing that many memories mention comes close to all of them, answered or not "
+        "(docs/retrieval-tiers.md). Those below are weak matches instead. 0: off.",
     )
     sure_floor: float = Field(
         0.60,
@@ -771,8 +771,8 @@ alma:
 
   retrieval:
     top_k: 5                        # memories injected at most, all types together
-    relevance_floor: 0.46           # evidence a memory needs to be injected in full (confident)
-    standout: 0.10                  # ... when the task's best stands this much above the runner-up
+    relevance_floor: 0.42           # evidence a memory needs to be injected in full (confident)
+    standout: 0.18                  # ... a fact or preference when it stands this much above the runner-up
     weak_floor: 0.32                # below that, the task's best reaches this: one-line weak matches
     weak_span: 0.10                 # ... those within this of the task's best
     token_budget: 1500              # size of the injected prompt

@@ -125,7 +125,7 @@ def test_cli_init_stats_search_and_bad_config(tmp_path):
     assert "nothing in memory is relevant" in search.stdout
     explained = run_cli("search", "test the login form", "--agent", "helena", "--explain", cwd=tmp_path)
     assert explained.returncode == 0, explained.stderr
-    assert "Why: relevance_floor 0.46" in explained.stdout and "no memory cleared the floor" in explained.stdout
+    assert "Why: relevance_floor 0.42" in explained.stdout and "no memory cleared the floor" in explained.stdout
     assert "has no memories" in explained.stdout
 
     unknown = run_cli("search", "x", "--agent", "ghost", cwd=tmp_path)

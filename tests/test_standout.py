@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from helpers import teach_playwright
+
 from alma_mcp.config import RetrievalSettings
 from alma_mcp.service import ALMA
 
@@ -72,3 +74,13 @@ def test_the_lexical_door_ignores_the_standout_test(alma: ALMA) -> None:
     alma.config.alma.retrieval = strict
     result = alma.retrieve(task, "butler")
     assert any(m.tier == "confident" and "1-KXV-482" in m.memory.fact for m in result.all())  # type: ignore[attr-defined]
+
+
+def test_a_family_of_close_lessons_is_not_judged_by_the_standout_test(alma: ALMA) -> None:
+    # Lessons are keyed on a situation: several close ones are what a task in it should be given.
+    teach_playwright(alma)
+    task = "Fix a flaky end-to-end test that clicks a button too early after navigating"
+    alma.config.alma.retrieval = RetrievalSettings(standout=1.0, sure_floor=1.0)
+    result = alma.retrieve(task, "helena")
+    assert result.ranked()[0].memory.type == "heuristic" and result.ranked()[0].tier == "confident"
+    assert alma.explain(task, "helena").runner_up_gap < 1.0

@@ -61,9 +61,6 @@ def test_the_prompt_the_result_and_explain_give_the_same_evidence(alma: ALMA) ->
 
 def test_by_default_an_agents_own_outcomes_reach_it_ranked_with_the_lessons(alma: ALMA) -> None:
     teach_playwright(alma)
-    # The outcome stands within `standout` of the lessons on flaky tests (test_standout.py): judged
-    # here by the floors alone.
-    alma.config.alma.retrieval = alma.config.alma.retrieval.model_copy(update={"standout": 0.0})
     alma.learn("helena", "Fix the flaky checkout end-to-end test that clicks Pay too early", "success",
                "Waited for the payment iframe to load with frameLocator before clicking Pay", task_type="testing")
     task = "The checkout e2e test is flaky: it presses Pay before the card iframe is ready"
