@@ -47,7 +47,8 @@ class Explanation(BaseModel):
     runner_up_gap: float = Field(
         0.0,
         description="How far the best candidate's evidence stands above the best other one (near-duplicates aside); "
-        "below standout, no evidence clears relevance_floor",
+        "when the best is a fact or a preference, below sure_floor, and this is below standout, no evidence clears "
+        "relevance_floor",
     )
     answered: bool = Field(description="some candidate cleared the floor, so the task is answered at all")
     candidates: list[CandidateVerdict]

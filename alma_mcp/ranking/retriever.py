@@ -26,10 +26,11 @@ model to judge, since a floor that decides all-or-nothing on an overlapping sign
 third of the right answers. A task whose best is below weak_floor gets an empty prompt. Evidence
 is judged against the store around the task (`crowding_of`): as a store fills with memories like
 the task, every candidate's evidence is lowered by the same amount, so that the same floors hold
-at a few hundred memories and at 10,000. And evidence clears the floor only when the task's best
-candidate stands `standout` above the runner-up (`stands_out`): a question about a person or a thing
-that many memories mention comes close to all of them, whether one answers it or not, and on a store
-of personal facts an absolute floor let a third of such questions through. The preferences of the user named by
+at a few hundred memories and at 10,000. And when the task's best candidate is a fact or a
+preference, evidence clears the floor only if that best stands `standout` above the runner-up
+(`stands_out`): a question about a person or a thing that many memories mention comes close to all
+of them, whether one answers it or not, and on a store of personal facts an absolute floor let
+almost a third of such questions through. The preferences of the user named by
 `user_id` may have their own, lower floor (`preference_floor`, off by default).
 
 The final score mixes relevance with recency, success rate, confidence and feedback
