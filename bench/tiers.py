@@ -253,7 +253,7 @@ def grid(alma: Any, tasks: Sequence[Task], base: RetrievalSettings, title: str) 
     candidates = {t.id: alma.retriever.candidates(t.task, t.agent, t.user_id, KINDS, wide) for t in tasks}
     points = []
     for floor, standout, weak_floor, weak_span, weak_top_k in itertools.product(
-        (0.42, 0.46, 0.50), (0.0, 0.06, 0.08, 0.1, 0.12), (0.30, 0.32, 0.34), (0.1, 0.15), (3, 5)
+        (0.42, 0.46, 0.50), (0.0, 0.1, 0.15, 0.18, 0.2), (0.30, 0.32, 0.34), (0.1, 0.15), (3, 5)
     ):
         settings = base.model_copy(
             update={
