@@ -546,6 +546,27 @@ class ALMA:
             return result
         return self.retriever.retrieve(task, agent, top_k, user_id, types, task_type=task_type)
 
+    def retrieve_from_snapshots(
+        self,
+        task: str,
+        agent: str,
+        top_k: int | None = None,
+        user_id: str | None = None,
+        memory_types: Sequence[str] | None = None,
+        task_type: str | None = None,
+    ) -> MemorySlice | None:
+        """`retrieve`, when the saved index snapshots answer it (indexes/snapshot.py); None when
+        they cannot (missing or stale, or the store's own indexes are ready), without opening the
+        store. What a stdio server answers before its MCP SDK is imported (frontends/handshake.py)."""
+        task, agent, user_id, task_type = self._query(task, agent, top_k, user_id, task_type)
+        types = self._types(memory_types)
+        quick = self._quick_retriever(agent, user_id, types)
+        if quick is None:
+            return None
+        result = quick.retrieve(task, agent, top_k, user_id, types, task_type=task_type)
+        self._served_quickly()
+        return result
+
     def _quick_retriever(self, agent: str, user_id: str | None, types: Sequence[str] | None) -> Retriever | None:
         """The retriever over saved index snapshots, for a retrieval the store's own indexes are
         not ready for (Chroma still loading in a server, or never opened by a one-shot command),
@@ -1199,7 +1220,7 @@ class ALMA:
         if self._preload_failed is not None:
             return f"preload failed, read when first searched ({self._preload_failed})"
         if self._deferring:
-            return "answered from the saved index snapshots; the store opens after the first retrieval"
+            return "preloading (the store opens after the first retrieval, answered from the saved index snapshots)"
         if self._preloaded is None:
             return "preloading (opening the store)"
         done, total = self._preloaded

@@ -129,18 +129,20 @@ def test_lines_replay_the_first_then_the_wire():
     """The first line again, then what its read brought along, then the wire: nothing lost or
     reordered, a line split across reads joined, a last line without newline kept."""
     read_end, write_end = os.pipe()
+    out_read, out_write = os.pipe()
+    os.write(write_end, b'{"a": 1}\n{"b": 2}\n{"part')
+    early = handshake.EarlyStdio((read_end, out_write))
+    assert early._first_read.wait(30)  # the first read took all three: the rest waits in its buffer
     os.write(write_end, 'ial": 3}\n{"d": "é"}\n{"e": 5}'.encode())
     os.close(write_end)
-
-    class Early:
-        first = b'{"a": 1}\n'
-        rest = b'{"b": 2}\n{"part'
-        _reader = type("Done", (), {"join": staticmethod(lambda: None)})()
+    early._pumping.set()  # as `run` does
 
     async def collect() -> list[str]:
-        return [line async for line in handshake._Lines(Early(), read_end)]  # type: ignore[arg-type]
+        return [line async for line in handshake._Lines(early)]
 
     try:
         assert anyio.run(collect) == ['{"a": 1}\n', '{"b": 2}\n', '{"partial": 3}\n', '{"d": "é"}\n', '{"e": 5}']
+        assert early.answer is None and early.answered_early == []  # not an initialize: all left to the SDK
     finally:
-        os.close(read_end)
+        for fd in (read_end, out_read, out_write):
+            os.close(fd)

@@ -209,9 +209,12 @@ class _Server:
                 return reply["result"]
 
     def call(self, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        return self.result(tool, arguments)["structuredContent"]
+
+    def result(self, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
         result = self.request("tools/call", {"name": tool, "arguments": arguments})
         assert result["isError"] is False, result
-        return result["structuredContent"]
+        return result
 
     def close(self) -> str:
         assert self.proc.stdin is not None and self.proc.stderr is not None
@@ -221,6 +224,7 @@ class _Server:
 
 
 FIRST_FROM_SNAPSHOT = "first retrieval answered from the saved index snapshots (chromadb imported: no)"
+BEFORE_THE_SDK = "request 2 (tools/call) answered before the MCP SDK was up"
 
 
 @pytest.mark.slow
@@ -229,22 +233,24 @@ def test_a_server_answers_its_first_retrieve_from_snapshots_before_importing_chr
     config = _config(tmp_path)
     arguments = {"agent": "helena", "task": TASK}
 
-    cold = _Server(config)  # no snapshot yet: the store answers; the server saves them as it closes
-    expected = cold.call("alma_retrieve", arguments)
+    cold = _Server(config)  # no snapshot yet: the store and the SDK answer; the server saves them as it closes
+    expected = cold.result("alma_retrieve", arguments)
     assert cold.call("alma_health", {})["snapshot_retrievals"] == 0
     log = cold.close()
-    assert "answered from the saved index snapshots" not in log
+    assert "answered from the saved index snapshots" not in log and "before the MCP SDK was up" not in log
     assert sorted(p.name for p in (tmp_path / "data" / "snapshots").iterdir()) == ["alma.snap._.preference.snap"] + [
         f"alma.snap.helena.{kind}.snap" for kind in ("anti_pattern", "heuristic", "knowledge", "outcome")
     ]
 
     warm = _Server(config)
-    answered = warm.call("alma_retrieve", arguments)
+    answered = warm.result("alma_retrieve", arguments)
     assert warm.call("alma_health", {})["snapshot_retrievals"] == 1
     log = warm.close()
     assert FIRST_FROM_SNAPSHOT in log, log[-3000:]
+    assert BEFORE_THE_SDK in log, log[-3000:]
     assert "Traceback" not in log
-    assert answered == expected
+    assert answered == expected  # the early answer is the SDK's, field for field (the prompt's JSON text too)
+    assert answered["structuredContent"]["heuristics"]
 
 
 @pytest.mark.slow

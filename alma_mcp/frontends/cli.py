@@ -157,6 +157,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     service = ALMA(config)
     service.warm_up()
+    if early is not None:
+        from .handshake import retrieve_answerer
+
+        # The first retrieval is answered now if saved index snapshots can answer it: the SDK's
+        # import would otherwise take the CPU first.
+        early.answer_early(retrieve_answerer(service))
     from .server import create_server
 
     mcp = create_server(config, alma=service)
