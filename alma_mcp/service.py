@@ -261,7 +261,16 @@ class ALMA:
             os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
         store = MemoryStore.embedded(folder, self.config.project, self.embedder)
         private_files(folder)
+        if self._quick is not None:
+            store.add_write_listener(self._drop_snapshot_on_delete)
         return store
+
+    def _drop_snapshot_on_delete(self, name: str, memories: Sequence[Any], deleted: bool, *_: Any) -> None:
+        """A purge deletes memories from the store: their copy in the collection's snapshot goes at
+        once too (a stale snapshot is never served, but it would keep their text on disk)."""
+        if deleted and self._quick is not None:
+            self._quick.discard(name)
+            self._saved.pop(name, None)
 
     @property
     def retriever(self) -> Retriever:

@@ -315,3 +315,21 @@ def test_the_cli_search_answers_from_snapshots_without_importing_chroma(tmp_path
     second = search()
     assert second["code"] == 0 and second["chromadb"] is False
     assert second["result"] == first["result"] and second["result"]["heuristics"]
+
+
+@pytest.mark.slow
+def test_a_purge_deletes_the_purged_memories_snapshot_at_once(make_alma: Callable[..., ALMA], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    alma = make_alma(data_dir=data)
+    secret = alma.add_knowledge("helena", "ops", "The staging database password is hunter2-staging.")
+    alma.add_heuristic("helena", "Deploying to staging", "Run the smoke tests first")
+    alma.save_snapshots()
+    folder = data / "snapshots"
+    knowledge = snapshot.path_of(folder, f"alma.{alma.config.project}.helena.knowledge")
+    assert b"hunter2" in knowledge.read_bytes()
+
+    alma.forget([secret.id], agent="helena", dry_run=False, purge=True)
+    assert not knowledge.exists(), "the purged memory's text stayed on disk in its snapshot"
+    assert snapshot.path_of(folder, f"alma.{alma.config.project}.helena.heuristic").exists()  # others untouched
+    alma.save_snapshots()
+    assert b"hunter2" not in knowledge.read_bytes()

@@ -284,6 +284,15 @@ class QuickSearch:
                 scopes += [(kind, source) for source in self.config.readable_agents(agent, kind)]
         return scopes
 
+    def discard(self, name: str) -> None:
+        """Delete the saved snapshot of collection `name` (its records were purged from the store)."""
+        try:
+            path_of(self.folder, name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not delete the index snapshot of %s: %s", name, exc)
+
     def saved(self, snapshot: Snapshot) -> None:
         """A snapshot this process has just written: used from now on without reading it back."""
         with self._lock:
