@@ -47,7 +47,7 @@ from .models import (
     utcnow,
 )
 from .indexes import snapshot
-from .indexes.follower import IN_MEMORY_LIMIT, SearchIndexes
+from .indexes.follower import SearchIndexes
 from .prompt.results import MemorySlice
 from .ranking.explain import Explanation
 from .ranking.retriever import Retriever
@@ -434,13 +434,14 @@ class ALMA:
     def _save_snapshot(self, memory_type: str, agent: str | None, name: str) -> int:
         quick = self._quick
         assert quick is not None
+        if self.store.count(memory_type, agent, include_archived=False) > snapshot.LIMIT:
+            quick.discard(name)  # too large to be worth it (see snapshot.LIMIT): the store answers
+            self._saved[name] = self._counters().of(name)
+            return 0
         read = self.store.consistent_read(memory_type, agent)
         if read is None:
             return 0
         count, rows = read
-        if self.config.alma.vector_search == "auto" and len(rows) > IN_MEMORY_LIMIT:
-            self._saved[name] = count  # searched by Chroma, not in memory: no snapshot serves it
-            return 0
         vectors = np.stack([vector for _, vector in rows]) if rows else np.zeros((0, 0), dtype=np.float32)
         saved = snapshot.Snapshot(name, self.embedder.name, count, [meta for meta, _ in rows], vectors)
         snapshot.write(quick.folder, saved)

@@ -45,6 +45,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("alma_mcp")
 
+LIMIT = 20_000
+"""Collections with more active records than this get no snapshot (their retrievals wait for
+Chroma, as without snapshots): reading one parses every record, which grows with the collection,
+and a collection searched by Chroma (past follower.IN_MEMORY_LIMIT) could not be served from one
+at all. Where reading a snapshot stops paying is not measured yet: bench/perf.py measures 400."""
+
 FOLDER = "snapshots"
 """The snapshots' folder, in the data directory."""
 SUFFIX = ".snap"
@@ -264,10 +270,21 @@ class QuickSearch:
         """Retrievals answered from snapshots."""
 
     def available(self) -> bool:
-        """Whether any snapshot of this project is saved (cheap: a directory listing)."""
-        return bool(saved_agents(self.folder, self.config.project)) or path_of(
-            self.folder, collection_name(self.config.project, "preference", None)
-        ).exists()
+        """Whether some saved snapshot of this project is current (cheap: a directory listing and
+        the headers), i.e. whether the first retrievals may well be answered from them."""
+        project = self.config.project
+        names = [collection_name(project, PREFERENCES, None)] + [
+            collection_name(project, kind, agent) for agent in saved_agents(self.folder, project) for kind in MEMORY_TYPES if kind != PREFERENCES
+        ]
+        counters = None
+        for name in names:
+            saved = saved_generation(self.folder, name, self.embedder.name)
+            if saved is None:
+                continue
+            counters = counters or self._counters()
+            if saved == counters.of(name):
+                return True
+        return False
 
     def agents(self) -> list[str]:
         return saved_agents(self.folder, self.config.project)
