@@ -50,6 +50,7 @@ from .indexes import snapshot
 from .indexes.follower import SearchIndexes
 from .prompt.results import MemorySlice
 from .ranking.explain import Explanation
+from .ranking.quick import QuickSearch
 from .ranking.retriever import Retriever
 from .scope import EVERYONE, Caller, can_read, check_can_learn, missing, visible
 from .storage.store import PREFERENCES, MemoryStore, collection_name
@@ -214,12 +215,12 @@ class ALMA:
         self._closing = threading.Event()  # stops the preload and the follower
         # Retrieval from saved index snapshots, before Chroma is loaded (indexes/snapshot.py): for
         # the embedded store searched in memory, where a snapshot holds all a retrieval reads.
-        self._quick: snapshot.QuickSearch | None = None
+        self._quick: QuickSearch | None = None
         if store is None and settings.storage == "chroma" and settings.vector_search != "chroma":
-            self._quick = snapshot.QuickSearch(config, self.embedder, lambda: self._counters())
+            self._quick = QuickSearch(config, self.embedder, lambda: self._counters())
         self._quick_served = threading.Event()  # a retrieval was answered from snapshots
         self._chroma_wanted = threading.Event()  # ends the preload's wait before it opens Chroma
-        self._saved: dict[str, int] = {}  # write count of the snapshot on disk, by collection, as this process knows it
+        self._saved: dict[str, int | None] = {}  # write count of the snapshot on disk, by collection, as this process knows it
         self._keeps_snapshots = False  # a server (warm_up) saves them as the store changes
         self._snapshot_scopes: list[tuple[str, str | None]] = []  # what it saves: the preloaded collections
         self._writes_seen = (-1, 0.0)  # the store's write count when last looked at, and since when
