@@ -278,8 +278,10 @@ class ALMA:
         with self._parts_lock:  # one retriever, also when the preload and a first call race
             if self._retriever is None:
                 retriever = Retriever(self.store, self.embedder, self.config)
-                if self._quick is not None and self._quick.calibration is not None:
-                    # The ratings of what the snapshots served must reach the same floors.
+                if self._quick is not None:
+                    # One calibration for both: the ratings of what either served move the same floors.
+                    if self._quick.calibration is None:
+                        self._quick.calibration = retriever.calibration
                     retriever.calibration = self._quick.calibration
                 self._retriever = retriever
             return self._retriever
@@ -435,7 +437,7 @@ class ALMA:
     def _save_snapshot(self, memory_type: str, agent: str | None, name: str) -> int:
         quick = self._quick
         assert quick is not None
-        if self.store.count(memory_type, agent, include_archived=False) > snapshot.LIMIT:
+        if self.store.count(memory_type, agent) > snapshot.LIMIT:
             quick.discard(name)  # too large to be worth it (see snapshot.LIMIT): the store answers
             self._saved[name] = self._counters().of(name)
             return 0

@@ -121,6 +121,23 @@ def test_a_retrieval_from_snapshots_equals_the_stores(make_alma: Callable[..., A
 
 
 @pytest.mark.slow
+def test_ratings_of_what_snapshots_served_move_the_same_floors(make_alma: Callable[..., ALMA], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    teacher = make_alma(data_dir=data, retrieval={"calibrate_from_feedback": True})
+    teach_playwright(teacher)
+    teacher.save_snapshots()
+    teacher.close()
+
+    alma = make_alma(data_dir=data, retrieval={"calibrate_from_feedback": True})
+    served = alma.retrieve(TASK, "helena")
+    assert _snapshot_retrievals(alma) == 1 and served.heuristics
+    for item in served.heuristics:
+        alma.feedback(item.memory.id, "harmful", agent="helena")  # counted by the store's retriever
+    saved = json.loads((data / "feedback_calibration.json").read_text())
+    assert len(saved["ratings"]["helena"]) == len(served.heuristics), "ratings of what the snapshots served were dropped"
+
+
+@pytest.mark.slow
 def test_a_write_by_another_process_makes_the_snapshot_stale(make_alma: Callable[..., ALMA], tmp_path: Path) -> None:
     data = tmp_path / "data"
     first = make_alma(data_dir=data)

@@ -41,7 +41,7 @@ from ..storage.store import Hit, Record, collection_name
 log = logging.getLogger("alma_mcp")
 
 LIMIT = 20_000
-"""Collections with more active records than this get no snapshot (their retrievals wait for
+"""Collections of more records than this (archived ones included) get no snapshot (their retrievals wait for
 Chroma, as without snapshots): reading one parses every record, which grows with the collection,
 and a collection searched by Chroma (past follower.IN_MEMORY_LIMIT) could not be served from one
 at all. Where reading a snapshot stops paying is not measured yet: bench/perf.py measures 400."""
