@@ -350,3 +350,28 @@ def test_a_purge_deletes_the_purged_memories_snapshot_at_once(make_alma: Callabl
     assert snapshot.path_of(folder, f"alma.{alma.config.project}.helena.heuristic").exists()  # others untouched
     alma.save_snapshots()
     assert b"hunter2" not in knowledge.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_call_the_snapshots_cannot_answer_is_left_to_the_sdk(tmp_path: Path, real_embedder: Any) -> None:
+    """Arguments the tool's schema refuses or the service rejects, and another tool, get the
+    SDK's own answers even when they come first, before the SDK is up."""
+    from alma_mcp.config import load_config
+
+    _teach(tmp_path, real_embedder)
+    config = _config(tmp_path)
+    alma = ALMA(load_config(config), embedder=real_embedder)
+    try:
+        alma.save_snapshots()
+    finally:
+        alma.close()
+
+    server = _Server(config)
+    refused = server.request("tools/call", {"name": "alma_retrieve", "arguments": {"agent": "helena", "task": TASK, "top_k": 0}})
+    as_text = server.request("tools/call", {"name": "alma_retrieve", "arguments": {"agent": "helena", "task": TASK, "top_k": "3"}})
+    stats = server.request("tools/call", {"name": "alma_stats", "arguments": {"agent": "helena"}})
+    log = server.close()
+    assert refused["isError"] is True and "top_k" in refused["content"][0]["text"]
+    assert as_text["isError"] is False and len(as_text["structuredContent"]["heuristics"]) <= 3  # the SDK converted "3"
+    assert stats["isError"] is False
+    assert "before the MCP SDK was up" not in log, log[-3000:]
