@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -199,10 +200,11 @@ def _teach(tmp_path: Path, real_embedder: Any) -> None:
 class _Server:
     """`python -m alma_mcp` over stdio, spoken to in raw JSON-RPC."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, early: bool = True) -> None:
+        env = server_env() | ({} if early else {"ALMA_EARLY_INITIALIZE": "0"})  # 0: the SDK answers everything
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "alma_mcp", "--config", str(config), "--log-level", "DEBUG"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=server_env(), cwd=config.parent,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=config.parent,
         )
         self._id = 0
         self.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}})
@@ -250,7 +252,7 @@ def test_a_server_answers_its_first_retrieve_from_snapshots_before_importing_chr
     config = _config(tmp_path)
     arguments = {"agent": "helena", "task": TASK}
 
-    cold = _Server(config)  # no snapshot yet: the store and the SDK answer; the server saves them as it closes
+    cold = _Server(config, early=False)  # no snapshot yet: the store and the SDK answer; the server saves them as it closes
     expected = cold.result("alma_retrieve", arguments)
     assert cold.call("alma_health", {})["snapshot_retrievals"] == 0
     log = cold.close()
@@ -268,6 +270,14 @@ def test_a_server_answers_its_first_retrieve_from_snapshots_before_importing_chr
     assert "Traceback" not in log
     assert answered == expected  # the early answer is the SDK's, field for field (the prompt's JSON text too)
     assert answered["structuredContent"]["heuristics"]
+
+    # No snapshot (a first start): answered early all the same, from the store.
+    shutil.rmtree(tmp_path / "data" / "snapshots")
+    first = _Server(config)
+    from_store = first.result("alma_retrieve", arguments)
+    log = first.close()
+    assert BEFORE_THE_SDK in log and "answered from the saved index snapshots" not in log, log[-3000:]
+    assert from_store == expected
 
 
 @pytest.mark.slow

@@ -11,13 +11,14 @@ an error, which tests/test_handshake.py treats as a failure. Anything other than
 `initialize` as the first message (the stateless protocol revision, a batch, bad JSON) is left
 entirely to the SDK. ALMA_EARLY_INITIALIZE=0 turns all of this off.
 
-The first `alma_retrieve` is answered early too, when the saved index snapshots can answer it
-(indexes/snapshot.py): once the service exists, `answer_early` has the reader go on past the first
-line, answer the retrievals already sent (the host sends one right after the handshake) while the
-SDK is not imported yet, and queue every other line for the SDK, which reads them from that queue.
-An early answer is the SDK's own answer to the same call, field for field (`retrieve_answerer`;
-tests/test_snapshot.py compares the two); a call it cannot answer from snapshots (a stale or
-missing one, arguments the SDK would have to check or convert) is left to the SDK.
+The first `alma_retrieve` is answered early too: once the service exists, `answer_early` has the
+reader go on past the first line, answer the retrievals already sent (a host sends one right after
+the handshake) while the SDK is not imported yet, and queue every other line for the SDK, which
+reads them from that queue. Saved index snapshots (indexes/snapshot.py) answer it without Chroma;
+without current ones the store answers, and the SDK's import waits for Chroma's instead of
+slowing it. An early answer is the SDK's own answer to the same call, field for field
+(`retrieve_answerer`; tests/test_snapshot.py compares the two); a call with arguments the SDK
+would have to check or convert, or that fails, is left to the SDK.
 
 This module imports only the standard library, and `anyio` once the SDK is running.
 """
@@ -98,8 +99,8 @@ RETRIEVE_TOP_K = 5
 
 
 def retrieve_answerer(service: Any) -> Answerer:
-    """Answers `tools/call alma_retrieve` from the service's saved index snapshots, as the SDK
-    would (server.py's alma_retrieve: a CallToolResult with the MemorySlice as JSON text and as
+    """Answers `tools/call alma_retrieve` from the service (from its saved index snapshots when
+    they can answer, else from the store), as the SDK would (server.py's alma_retrieve: a CallToolResult with the MemorySlice as JSON text and as
     structured content), for a stdio caller, who may act as every agent. Arguments of any type
     but the plain JSON ones the tool declares, and failures, are left to the SDK, which checks,
     converts and reports them its way."""
@@ -126,9 +127,11 @@ def retrieve_answerer(service: Any) -> Answerer:
             and (memory_types is None or (isinstance(memory_types, list) and all(isinstance(t, str) for t in memory_types)))
         ):
             return None
+        # From the snapshots when they can answer; else from the store: the SDK's import then waits
+        # for Chroma's instead of running beside it (on two cores the two only slow each other).
         result = service.retrieve_from_snapshots(task, agent, top_k, user_id, memory_types, task_type)
         if result is None:
-            return None
+            result = service.retrieve(task, agent, top_k, user_id, memory_types, task_type)
         import pydantic_core
 
         return {
