@@ -269,15 +269,18 @@ class EarlyStdio:
             return False
         if not isinstance(message, dict) or "id" not in message:
             return False
+        # Worked out outside the lock: the SDK may take over meanwhile (a large store read from
+        # Chroma can take longer than answer_early waits), and then answers the call itself.
+        try:
+            result = self._answerer(message)
+        except Exception as exc:  # noqa: BLE001 - the SDK answers it instead, its way
+            log.debug("request %s left to the MCP SDK: %s", message.get("id"), exc)
+            return False
+        if result is None:
+            return False
         with self._wire:
-            if self._sdk_running or self._answerer is None:
-                return False
-            try:
-                result = self._answerer(message)
-            except Exception as exc:  # noqa: BLE001 - the SDK answers it instead, its way
-                log.debug("request %s left to the MCP SDK: %s", message.get("id"), exc)
-                return False
-            if result is None:
+            if self._sdk_running:
+                log.debug("request %s left to the MCP SDK, which is up now", message["id"])
                 return False
             try:
                 self._send({"jsonrpc": "2.0", "id": message["id"], "result": result})
@@ -294,7 +297,7 @@ class EarlyStdio:
         """Serve `server` (an mcp MCPServer) over the claimed stdio until the client leaves."""
         import anyio
 
-        with self._wire:  # an early answer under way is finished first
+        with self._wire:  # from now on nothing is answered early (an answer being sent is sent first)
             self._sdk_running = True
         self._pumping.set()
 
