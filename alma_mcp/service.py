@@ -318,13 +318,13 @@ class ALMA:
         start = getattr(self.embedder, "start", None)
         if start is not None:
             start()
+        self._keeps_snapshots = self._quick is not None  # saved at close; also when quiet, with the preload
         if not self.config.alma.preload_indexes:
             return
         with self._parts_lock:
             if self._preloader is not None and self._preloader.is_alive():
                 return
             self._closing.clear()
-            self._keeps_snapshots = self._quick is not None
             self._preloaded = None
             self._preload_failed = None
             # Not a daemon (see SearchIndexes.prepare): at exit it stops after the collection it is
