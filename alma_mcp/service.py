@@ -10,12 +10,15 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable, Literal, Sequence, TypeVar
 
 import anyio
+import numpy as np
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from .storage.audit import AuditEntry, AuditLog, audit_visible, entry_for, open_audit_log
@@ -43,12 +46,14 @@ from .models import (
     new_id,
     utcnow,
 )
+from .indexes import snapshot
 from .indexes.follower import SearchIndexes
 from .prompt.results import MemorySlice
 from .ranking.explain import Explanation
+from .ranking.quick import QuickSearch
 from .ranking.retriever import Retriever
 from .scope import EVERYONE, Caller, can_read, check_can_learn, missing, visible
-from .storage.store import PREFERENCES, MemoryStore
+from .storage.store import PREFERENCES, MemoryStore, collection_name
 from .storage.writelock import WriteLock
 
 log = logging.getLogger("alma_mcp")
@@ -56,6 +61,13 @@ T = TypeVar("T")
 
 FOLLOW_SECONDS = 1.0
 """How often a server's preloaded search indexes look for other processes' writes and catch up."""
+
+SNAPSHOT_QUIET_SECONDS = 2.0
+"""A server saves its index snapshots once no process has written to the store for this long."""
+CHROMA_DEFER_SECONDS = 3.0
+"""With current index snapshots saved, a server imports Chroma after its first retrieval (answered
+from them) or after this long, whichever comes first: on two cores, Chroma's import beside the MCP
+SDK's slows both, and the first retrieval waits for the slower."""
 
 MAX_AGE_DAYS = 36_500
 """Longest age `forget(older_than_days=...)` accepts: a hundred years, far inside what dates can count."""
@@ -201,6 +213,18 @@ class ALMA:
         self._preloaded: tuple[int, int] | None = None  # (collections read, to read), once it knows
         self._preload_failed: str | None = None
         self._closing = threading.Event()  # stops the preload and the follower
+        # Retrieval from saved index snapshots, before Chroma is loaded (indexes/snapshot.py): for
+        # the embedded store searched in memory, where a snapshot holds all a retrieval reads.
+        self._quick: QuickSearch | None = None
+        if store is None and settings.storage == "chroma" and settings.vector_search != "chroma":
+            self._quick = QuickSearch(config, self.embedder, lambda: self._counters())
+        self._quick_served = threading.Event()  # a retrieval was answered from snapshots
+        self._chroma_wanted = threading.Event()  # ends the preload's wait before it opens Chroma
+        self._saved: dict[str, int | None] = {}  # write count of the snapshot on disk, by collection, as this process knows it
+        self._keeps_snapshots = False  # a server (warm_up) saves them as the store changes
+        self._snapshot_scopes: list[tuple[str, str | None]] = []  # what it saves: the preloaded collections
+        self._writes_seen = (-1, 0.0)  # the store's write count when last looked at, and since when
+        self._deferring = False  # the preload waits before it opens Chroma (see CHROMA_DEFER_SECONDS)
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **kwargs: Any) -> "ALMA":
@@ -221,6 +245,7 @@ class ALMA:
     def store(self) -> MemoryStore:
         with self._parts_lock:
             if self._store is None:
+                self._chroma_wanted.set()  # opened by a call: the preload need not wait any longer
                 self._store = self._open_store()
             return self._store
 
@@ -237,13 +262,28 @@ class ALMA:
             os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
         store = MemoryStore.embedded(folder, self.config.project, self.embedder)
         private_files(folder)
+        if self._quick is not None:
+            store.add_write_listener(self._drop_snapshot_on_delete)
         return store
+
+    def _drop_snapshot_on_delete(self, name: str, memories: Sequence[Any], deleted: bool, *_: Any) -> None:
+        """A purge deletes memories from the store: their copy in the collection's snapshot goes at
+        once too (a stale snapshot is never served, but it would keep their text on disk)."""
+        if deleted and self._quick is not None:
+            self._quick.discard(name)
+            self._saved.pop(name, None)
 
     @property
     def retriever(self) -> Retriever:
         with self._parts_lock:  # one retriever, also when the preload and a first call race
             if self._retriever is None:
-                self._retriever = Retriever(self.store, self.embedder, self.config)
+                retriever = Retriever(self.store, self.embedder, self.config)
+                if self._quick is not None:
+                    # One calibration for both: the ratings of what either served move the same floors.
+                    if self._quick.calibration is None:
+                        self._quick.calibration = retriever.calibration
+                    retriever.calibration = self._quick.calibration
+                self._retriever = retriever
             return self._retriever
 
     @property
@@ -278,6 +318,7 @@ class ALMA:
         start = getattr(self.embedder, "start", None)
         if start is not None:
             start()
+        self._keeps_snapshots = self._quick is not None  # saved at close; also when quiet, with the preload
         if not self.config.alma.preload_indexes:
             return
         with self._parts_lock:
@@ -295,9 +336,20 @@ class ALMA:
     def _preload(self) -> None:
         """Read the search indexes of `_preload_scopes`, one after another, until closed or the
         program exits; `_preloaded` tells how far it got (see health)."""
+        if self._quick is not None and self._quick.available():
+            # Saved snapshots can answer the first retrievals: Chroma waits for the first of them
+            # to be answered (and its answer sent), or for CHROMA_DEFER_SECONDS.
+            self._deferring = True
+            self._chroma_wanted.wait(CHROMA_DEFER_SECONDS)
+            if self._quick_served.is_set():
+                self._closing.wait(0.2)
+            self._deferring = False
+            if self._stopping():
+                return
         try:  # the store is opened here too, off the thread that answers initialize
             indexes = self.retriever.indexes
             scopes = self._preload_scopes()
+            self._snapshot_scopes = scopes
             for done, (memory_type, agent) in enumerate(scopes):
                 self._preloaded = (done, len(scopes))
                 if self._stopping():
@@ -342,6 +394,78 @@ class ALMA:
                     step(memory_type, agent)
                 except Exception as exc:  # noqa: BLE001 - a background thread: the next search catches up or reads it, and reports the failure
                     log.debug("could not follow %s of %s: %s", memory_type, agent, exc)
+            self._save_snapshots(scopes, when_quiet=True)
+
+    # -- index snapshots (indexes/snapshot.py) -------------------------------------------
+    def _counters(self) -> Any:
+        """The data directory's shared write counters (read without opening Chroma)."""
+        lock = self.write_lock.directory_lock
+        assert lock is not None  # the embedded store, the only one with snapshots
+        return lock.counters
+
+    def _save_snapshots(self, scopes: Sequence[tuple[str, str | None]], when_quiet: bool) -> int:
+        """Save the snapshot of each of these collections whose saved one is not current; with
+        `when_quiet`, only once no process has written for SNAPSHOT_QUIET_SECONDS (a server saves
+        them between bursts of writes, not after each). Returns how many were saved; a failure
+        is logged, never raised (snapshots are a cache)."""
+        quick = self._quick
+        if quick is None or not scopes:
+            return 0
+        counters = self._counters()
+        if when_quiet:
+            total, now = counters.total(), time.monotonic()
+            if total != self._writes_seen[0]:
+                self._writes_seen = (total, now)
+                return 0
+            if now - self._writes_seen[1] < SNAPSHOT_QUIET_SECONDS:
+                return 0
+        saved = 0
+        for memory_type, agent in scopes:
+            name = collection_name(self.config.project, memory_type, agent)
+            if name not in self._saved:
+                self._saved[name] = snapshot.saved_generation(quick.folder, name, self.embedder.name)
+            if self._saved[name] == counters.of(name):
+                continue
+            if when_quiet and self._stopping():
+                break
+            try:
+                saved += self._save_snapshot(memory_type, agent, name)
+            except Exception as exc:  # noqa: BLE001 - a cache: the store still answers; tried again later
+                log.warning("could not save the index snapshot of %s: %s", name, exc)
+        return saved
+
+    def _save_snapshot(self, memory_type: str, agent: str | None, name: str) -> int:
+        quick = self._quick
+        assert quick is not None
+        if self.store.count(memory_type, agent) > snapshot.LIMIT:
+            quick.discard(name)  # too large to be worth it (see snapshot.LIMIT): the store answers
+            self._saved[name] = self._counters().of(name)
+            return 0
+        read = self.store.consistent_read(memory_type, agent)
+        if read is None:
+            return 0
+        count, rows = read
+        vectors = np.stack([vector for _, vector in rows]) if rows else np.zeros((0, 0), dtype=np.float32)
+        saved = snapshot.Snapshot(name, self.embedder.name, count, [meta for meta, _ in rows], vectors)
+        snapshot.write(quick.folder, saved)
+        self._saved[name] = count
+        quick.saved(saved)
+        return 1
+
+    def save_snapshots(self, agent: str | None = None) -> int:
+        """Save the index snapshots that are not current, of the collections `agent` reads (every
+        collection the store holds when None), so that the next process answers retrievals from
+        them before Chroma is loaded (a one-shot `alma-mcp search` does this after it had to open
+        Chroma). Opens the store. Returns how many were written."""
+        if self._quick is None:
+            return 0
+        if agent is not None:
+            agents = [self._agent(agent)]
+        else:
+            agents = list(dict.fromkeys([*self.config.alma.agents, *self.store.agents()]))
+        # Collections never written to as well: a retrieval reads them too, and finds them empty.
+        scopes = [scope for name in agents for scope in self._quick.scopes(name, None, "any user")]
+        return self._save_snapshots(list(dict.fromkeys(scopes)), when_quiet=False)
 
     def _preload_scopes(self) -> list[tuple[str, str | None]]:
         """Every collection an agent reads (the declared ones, and with allow_undeclared_agents
@@ -361,9 +485,22 @@ class ALMA:
         reading) and let go of the store, its client and the lock files. The service stays
         usable: the next call opens what it needs again."""
         self._closing.set()
+        self._chroma_wanted.set()
         preloader = self._preloader
         if preloader is not None and preloader is not threading.current_thread():
             preloader.join()
+        if self._keeps_snapshots and self._store is not None:
+            try:  # the next start answers from them
+                self._save_snapshots(self._snapshot_scopes or self._preload_scopes(), when_quiet=False)
+            except AlmaError as exc:
+                log.warning("could not save the index snapshots: %s", exc)
+        if self._quick is not None:
+            self._quick.close()
+        self._keeps_snapshots = False
+        self._saved.clear()
+        self._quick_served.clear()
+        self._chroma_wanted.clear()
+        self._snapshot_scopes = []
         with self._parts_lock:
             retriever, store = self._retriever, self._store
             self._retriever = self._learner = self._lifecycle = self._audit = None
@@ -414,7 +551,63 @@ class ALMA:
         task_type: str | None = None,
     ) -> MemorySlice:
         task, agent, user_id, task_type = self._query(task, agent, top_k, user_id, task_type)
-        return self.retriever.retrieve(task, agent, top_k, user_id, self._types(memory_types), task_type=task_type)
+        types = self._types(memory_types)
+        quick = self._quick_retriever(agent, user_id, types)
+        if quick is not None:
+            result = quick.retrieve(task, agent, top_k, user_id, types, task_type=task_type)
+            self._served_quickly()
+            return result
+        return self.retriever.retrieve(task, agent, top_k, user_id, types, task_type=task_type)
+
+    def retrieve_from_snapshots(
+        self,
+        task: str,
+        agent: str,
+        top_k: int | None = None,
+        user_id: str | None = None,
+        memory_types: Sequence[str] | None = None,
+        task_type: str | None = None,
+    ) -> MemorySlice | None:
+        """`retrieve`, when the saved index snapshots answer it (indexes/snapshot.py); None when
+        they cannot (missing or stale, or the store's own indexes are ready), without opening the
+        store. What a stdio server answers before its MCP SDK is imported (frontends/handshake.py)."""
+        task, agent, user_id, task_type = self._query(task, agent, top_k, user_id, task_type)
+        types = self._types(memory_types)
+        quick = self._quick_retriever(agent, user_id, types)
+        if quick is None:
+            return None
+        result = quick.retrieve(task, agent, top_k, user_id, types, task_type=task_type)
+        self._served_quickly()
+        return result
+
+    def _quick_retriever(self, agent: str, user_id: str | None, types: Sequence[str] | None) -> Retriever | None:
+        """The retriever over saved index snapshots, for a retrieval the store's own indexes are
+        not ready for (Chroma still loading in a server, or never opened by a one-shot command),
+        when every collection it may read has a current snapshot; else None (the normal path)."""
+        quick = self._quick
+        if quick is None:
+            return None
+        scopes = quick.scopes(agent, types, user_id)
+        warm = self._retriever
+        if warm is not None and all(warm.indexes.ready(*scope) is not None for scope in scopes):
+            return None
+        try:
+            return quick.retriever(scopes)
+        except Exception as exc:  # noqa: BLE001 - a cache: whatever went wrong, the store answers
+            log.warning("index snapshots not used: %s", exc)
+            return None
+
+    def _served_quickly(self) -> None:
+        quick = self._quick
+        assert quick is not None
+        quick.served += 1
+        if not self._quick_served.is_set():
+            self._quick_served.set()
+            self._chroma_wanted.set()
+            log.info(
+                "first retrieval answered from the saved index snapshots (chromadb imported: %s)",
+                "yes" if "chromadb" in sys.modules else "no",
+            )
 
     def _query(
         self, task: str, agent: str, top_k: int | None, user_id: str | None, task_type: str | None
@@ -445,7 +638,9 @@ class ALMA:
         task, agent, user_id, task_type = self._query(task, agent, top_k, user_id, task_type)
         if not (1 <= n <= 100):
             raise InvalidInput(f"n is {n}: explain from 1 to 100 candidates")
-        return self.retriever.explain(task, agent, top_k, user_id, self._types(memory_types), task_type, n)
+        types = self._types(memory_types)
+        retriever = self._quick_retriever(agent, user_id, types) or self.retriever
+        return retriever.explain(task, agent, top_k, user_id, types, task_type, n)
 
     # -- learning --------------------------------------------------------------------
     def learn(
@@ -1026,6 +1221,7 @@ class ALMA:
             "embedding_model_status": model,
             "config_file": str(self.config.source) if self.config.source else None,
             "search_indexes": self._preload_status(),
+            "snapshot_retrievals": self._quick.served if self._quick is not None else 0,
         }
 
     def _preload_status(self) -> str:
@@ -1036,6 +1232,8 @@ class ALMA:
             return "read when first searched"
         if self._preload_failed is not None:
             return f"preload failed, read when first searched ({self._preload_failed})"
+        if self._deferring:
+            return "preloading (the store opens after the first retrieval, answered from the saved index snapshots)"
         if self._preloaded is None:
             return "preloading (opening the store)"
         done, total = self._preloaded

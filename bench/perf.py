@@ -9,10 +9,13 @@ Every figure comes through a real stdio client: this script spawns the server as
 and speaks JSON-RPC to it.
 
 - spawn to `initialize` answered; spawn to the first `alma_retrieve` answered (sent at once after
-  the handshake, so it waits for whatever is still loading);
+  the handshake, so it waits for whatever is still loading), with the index snapshots a server
+  saves beside the store (indexes/snapshot.py: the normal case for a returning user) and, in a
+  row of its own, without them (deleted before each start: a first start ever);
 - resident memory of the server and its child processes after that first retrieve, and the peak
   (VmHWM) at the end of the run;
-- a one-shot `alma-mcp search` from spawn to exit, with its peak memory (median of three);
+- a one-shot `alma-mcp search` from spawn to exit, with its peak memory (median of three), with
+  and without the snapshots (the search saves them when it finds none);
 - `alma_retrieve` p50 over distinct tasks of the benchmark corpus (no cache hits), and
   `alma_learn` and `alma_add_knowledge` p50, on a store of --memories memories (bench/common.py's
   filler, real embeddings), after one untimed first learn;
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,10 +58,12 @@ HERE = Path(__file__).resolve().parent
 COMPARE = HERE / ".compare" / "node_modules" / "@modelcontextprotocol" / "server-memory" / "dist" / "index.js"
 TARGETS = {  # the issue's targets: (figure, limit, unit); {n} is the store size of the run
     "initialize_s": ("spawn → initialize answered", 0.8, "s"),
-    "first_retrieve_s": ("spawn → first `alma_retrieve` answered", 1.5, "s"),
+    "first_retrieve_s": ("spawn → first `alma_retrieve` answered (index snapshots saved: a returning user)", 1.5, "s"),
+    "first_retrieve_cold_s": ("spawn → first `alma_retrieve` answered, no snapshot saved (a first start)", 1.5, "s"),
     "rss_mb": ("resident memory, server and children, after a first retrieve", 350, "MB"),
     "peak_mb": ("peak resident memory, server and children", 450, "MB"),
-    "cli_s": ("one-shot CLI command (`alma-mcp search ...`)", 1.5, "s"),
+    "cli_s": ("one-shot CLI command (`alma-mcp search ...`), snapshots saved", 1.5, "s"),
+    "cli_cold_s": ("one-shot CLI command (`alma-mcp search ...`), no snapshot saved", 1.5, "s"),
     "retrieve_p50_ms": ("`alma_retrieve` p50, {n} memories, warm", 10, "ms"),
     "learn_p50_ms": ("`alma_learn` p50, {n} memories", 20, "ms"),
     "add_p50_ms": ("`alma_add_knowledge` p50, {n} memories", 20, "ms"),
@@ -172,10 +178,28 @@ def strategy(i: int) -> str:
     return f"Strategy number {i % 7}: check the logs, then fix the smallest failing piece"
 
 
-def measure_alma(config: Path, tasks: list[str], samples: int, writes: int) -> dict[str, float]:
+def forget_snapshots(config: Path) -> None:
+    """Delete the index snapshots saved beside the store (`data/snapshots`, see main)."""
+    shutil.rmtree(config.parent.parent / "data" / "snapshots", ignore_errors=True)
+
+
+def first_retrieve_cold(config: Path, task: str) -> float:
+    """Spawn → first `alma_retrieve` answered with no index snapshot saved (as on a first start)."""
+    forget_snapshots(config)
     server = StdioServer(alma_command(config))
     try:
-        figures: dict[str, float] = {"initialize_s": server.initialize()}
+        server.initialize()
+        server.call("alma_retrieve", {"agent": AGENT, "task": task})
+        return time.perf_counter() - server.spawned
+    finally:
+        server.close()  # saves the snapshots again
+
+
+def measure_alma(config: Path, tasks: list[str], samples: int, writes: int) -> dict[str, float]:
+    figures = {"first_retrieve_cold_s": first_retrieve_cold(config, tasks[0])}
+    server = StdioServer(alma_command(config))
+    try:
+        figures["initialize_s"] = server.initialize()
         server.call("alma_retrieve", {"agent": AGENT, "task": tasks[0]})
         figures["first_retrieve_s"] = time.perf_counter() - server.spawned
         figures["first_retrieve_cpu_s"] = tree_cpu_s(server.proc.pid)
@@ -208,14 +232,17 @@ def p50s(search: list[float], learn: list[float], add: list[float]) -> dict[str,
     }
 
 
-def measure_cli(config: Path, task: str, runs: int = 3) -> tuple[float, float]:
-    """Median seconds from spawn to exit of a one-shot `alma-mcp search`, and its peak memory in MB.
+def measure_cli(config: Path, task: str, runs: int = 3, snapshots: bool = True) -> tuple[float, float]:
+    """Median seconds from spawn to exit of a one-shot `alma-mcp search`, and its peak memory in MB;
+    without `snapshots`, the index snapshots are deleted before each run (which saves them again).
 
     The peak is the child's VmHWM, read from /proc while it runs: the rusage of a child is no
     use here, as Linux carries the forking process's own peak over into the child's."""
     seconds, peaks = [], []
     env = dict(os.environ, HF_HUB_OFFLINE="1", ANONYMIZED_TELEMETRY="False", TOKENIZERS_PARALLELISM="false")
     for _ in range(runs):
+        if not snapshots:
+            forget_snapshots(config)
         started = time.perf_counter()
         proc = subprocess.Popen(
             [*alma_command(config), "search", task, "--agent", AGENT], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
@@ -388,7 +415,8 @@ def main() -> None:
         log(f"alma-mcp: start {start + 1} of {args.starts}")
         runs.append(measure_alma(config, tasks, args.samples, args.writes))
     alma = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-    log("alma-mcp search (one-shot, three runs)")
+    log("alma-mcp search (one-shot, three runs without index snapshots, three with)")
+    alma["cli_cold_s"], cli_cold_peak = measure_cli(config, tasks[0], snapshots=False)
     alma["cli_s"], cli_peak = measure_cli(config, tasks[0])
     alma["environment_mb"] = environment_mb()
     try:
@@ -406,7 +434,7 @@ def main() -> None:
     print("|---|---:|---:|---|")
     for key, (label, limit, unit) in TARGETS.items():
         value = alma[key]
-        extra = f" (peak {cli_peak:.0f} MB)" if key == "cli_s" else f" ({has_torch}: {sys.prefix})" if key == "environment_mb" else ""
+        extra = f" (peak {cli_peak:.0f} MB)" if key == "cli_s" else f" (peak {cli_cold_peak:.0f} MB)" if key == "cli_cold_s" else f" ({has_torch}: {sys.prefix})" if key == "environment_mb" else ""
         print(f"| {label.format(n=args.memories)} | {cell(value, unit)}{extra} | ≤ {cell(limit, unit)} | {'yes' if value <= limit else 'NO'} |")
 
     print("\nlargest in this environment: " + ", ".join(f"{name} {size:.0f} MB" for name, size in largest_packages()))

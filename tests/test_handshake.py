@@ -129,18 +129,53 @@ def test_lines_replay_the_first_then_the_wire():
     """The first line again, then what its read brought along, then the wire: nothing lost or
     reordered, a line split across reads joined, a last line without newline kept."""
     read_end, write_end = os.pipe()
+    out_read, out_write = os.pipe()
+    os.write(write_end, b'{"a": 1}\n{"b": 2}\n{"part')
+    early = handshake.EarlyStdio((read_end, out_write))
+    assert early._first_read.wait(30)  # the first read took all three: the rest waits in its buffer
     os.write(write_end, 'ial": 3}\n{"d": "é"}\n{"e": 5}'.encode())
     os.close(write_end)
-
-    class Early:
-        first = b'{"a": 1}\n'
-        rest = b'{"b": 2}\n{"part'
-        _reader = type("Done", (), {"join": staticmethod(lambda: None)})()
+    early._pumping.set()  # as `run` does
 
     async def collect() -> list[str]:
-        return [line async for line in handshake._Lines(Early(), read_end)]  # type: ignore[arg-type]
+        return [line async for line in handshake._Lines(early)]
 
     try:
         assert anyio.run(collect) == ['{"a": 1}\n', '{"b": 2}\n', '{"partial": 3}\n', '{"d": "é"}\n', '{"e": 5}']
+        assert early.answer is None and early.answered_early == []  # not an initialize: all left to the SDK
     finally:
-        os.close(read_end)
+        for fd in (read_end, out_read, out_write):
+            os.close(fd)
+
+
+def test_a_call_worked_out_early_after_the_sdk_took_over_is_left_to_the_sdk():
+    """An early answer is sent only while the SDK is not serving; one finished later is dropped and
+    the request passed on, so the wire never carries two answers to one request."""
+    read_end, write_end = os.pipe()
+    out_read, out_write = os.pipe()
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+    os.write(write_end, (json.dumps(initialize) + "\n").encode())
+    early = handshake.EarlyStdio((read_end, out_write))
+    try:
+        assert early._first_read.wait(30) and early.answer is not None
+        calls = []
+
+        def slow(message):  # the SDK takes over while this one is worked out
+            calls.append(message["id"])
+            early._sdk_running = message["id"] == 3
+            return {"content": [], "isError": False}
+
+        early._answerer = slow
+        assert early._answered(b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call"}\n') is True
+        assert early._answered(b'{"jsonrpc": "2.0", "id": 3, "method": "tools/call"}\n') is False
+        assert early._answered(b'{"jsonrpc": "2.0", "id": 4, "method": "tools/call"}\n') is False  # SDK up: not even tried
+        assert calls == [2, 3] and early.answered_early == [2]
+        os.close(out_write)
+        out_write = -1
+        sent = [json.loads(line) for line in os.read(out_read, 65536).decode().splitlines()]
+        assert [m["id"] for m in sent] == [1, 2]
+    finally:
+        for fd in (read_end, write_end, out_read, out_write):
+            if fd >= 0:
+                os.close(fd)

@@ -157,6 +157,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     service = ALMA(config)
     service.warm_up()
+    if early is not None:
+        from .handshake import retrieve_answerer
+
+        # The first retrieval is answered now if saved index snapshots can answer it: the SDK's
+        # import would otherwise take the CPU first.
+        early.answer_early(retrieve_answerer(service))
     from .server import create_server
 
     mcp = create_server(config, alma=service)
@@ -259,6 +265,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         start()  # the model loads on its thread while the store (Chroma) is imported on this one
     result = alma.retrieve(args.task, args.agent, args.top_k, args.user, task_type=args.task_type)
     explanation = alma.explain(args.task, args.agent, args.top_k, args.user, task_type=args.task_type, n=args.explain) if args.explain else None
+    if "chromadb" in sys.modules:  # the saved index snapshots were missing or stale: the next search uses fresh ones
+        try:
+            alma.save_snapshots(args.agent)
+        except AlmaError as exc:
+            log.warning("could not save the index snapshots: %s", exc)
     if args.json:
         if explanation is None:
             print(result.model_dump_json(indent=2))

@@ -11,6 +11,15 @@ an error, which tests/test_handshake.py treats as a failure. Anything other than
 `initialize` as the first message (the stateless protocol revision, a batch, bad JSON) is left
 entirely to the SDK. ALMA_EARLY_INITIALIZE=0 turns all of this off.
 
+The first `alma_retrieve` is answered early too: once the service exists, `answer_early` has the
+reader go on past the first line, answer the retrievals already sent (a host sends one right after
+the handshake) while the SDK is not imported yet, and queue every other line for the SDK, which
+reads them from that queue. Saved index snapshots (indexes/snapshot.py) answer it without Chroma;
+without current ones the store answers, and the SDK's import waits for Chroma's instead of
+slowing it. An early answer is the SDK's own answer to the same call, field for field
+(`retrieve_answerer`; tests/test_snapshot.py compares the two); a call with arguments the SDK
+would have to check or convert, or that fails, is left to the SDK.
+
 This module imports only the standard library, and `anyio` once the SDK is running.
 """
 
@@ -19,8 +28,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import threading
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 log = logging.getLogger("alma_mcp")
 
@@ -42,6 +52,11 @@ CAPABILITIES = {
     "tools": {"listChanged": False},
 }
 ENV = "ALMA_EARLY_INITIALIZE"
+SETTLE_SECONDS = 5.0
+"""`answer_early` returns once the retrievals already sent are answered, or after this long."""
+
+Answerer = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+"""A request's result, when it can be answered before the SDK is up; else None."""
 
 
 def initialize_result(requested: str) -> dict[str, Any]:
@@ -78,6 +93,56 @@ def early_answer(message: Any) -> dict[str, Any] | None:
     return {"jsonrpc": "2.0", "id": request_id, "result": initialize_result(params["protocolVersion"])}
 
 
+RETRIEVE_ARGUMENTS = {"task", "agent", "top_k", "user_id", "memory_types", "task_type"}
+RETRIEVE_TOP_K = 5
+"""alma_retrieve's default top_k (server.py's TopK default; tests/test_snapshot.py compares answers)."""
+
+
+def retrieve_answerer(service: Any) -> Answerer:
+    """Answers `tools/call alma_retrieve` from the service (from its saved index snapshots when
+    they can answer, else from the store), as the SDK would (server.py's alma_retrieve: a CallToolResult with the MemorySlice as JSON text and as
+    structured content), for a stdio caller, who may act as every agent. Arguments of any type
+    but the plain JSON ones the tool declares, and failures, are left to the SDK, which checks,
+    converts and reports them its way."""
+
+    def answer(message: dict[str, Any]) -> dict[str, Any] | None:
+        params = message.get("params")
+        if message.get("jsonrpc") != "2.0" or message.get("method") != "tools/call" or not isinstance(params, dict):
+            return None
+        arguments = params.get("arguments")
+        if set(params) != {"name", "arguments"} or params["name"] != "alma_retrieve" or not isinstance(arguments, dict):
+            return None
+        if not set(arguments) <= RETRIEVE_ARGUMENTS:
+            return None
+        task, agent = arguments.get("task"), arguments.get("agent")
+        top_k = arguments.get("top_k", RETRIEVE_TOP_K)
+        user_id, task_type = arguments.get("user_id"), arguments.get("task_type")
+        memory_types = arguments.get("memory_types")
+        if not (
+            isinstance(task, str)
+            and isinstance(agent, str)
+            and type(top_k) is int
+            and (user_id is None or isinstance(user_id, str))
+            and (task_type is None or isinstance(task_type, str))
+            and (memory_types is None or (isinstance(memory_types, list) and all(isinstance(t, str) for t in memory_types)))
+        ):
+            return None
+        # From the snapshots when they can answer; else from the store: the SDK's import then waits
+        # for Chroma's instead of running beside it (on two cores the two only slow each other).
+        result = service.retrieve_from_snapshots(task, agent, top_k, user_id, memory_types, task_type)
+        if result is None:
+            result = service.retrieve(task, agent, top_k, user_id, memory_types, task_type)
+        import pydantic_core
+
+        return {
+            "content": [{"type": "text", "text": pydantic_core.to_json(result, fallback=str, indent=2).decode()}],
+            "structuredContent": result.model_dump(mode="json", by_alias=True),
+            "isError": False,
+        }
+
+    return answer
+
+
 def _write_all(fd: int, data: bytes) -> None:
     while data:
         data = data[os.write(fd, data) :]
@@ -86,19 +151,28 @@ def _write_all(fd: int, data: bytes) -> None:
 class EarlyStdio:
     """The process's stdio, claimed before the imports: see the module's docstring."""
 
-    def __init__(self) -> None:
-        # Private copies of the wire; fd 0 then reads the null device and fd 1 goes to stderr, so
-        # stray output of an import or a library cannot corrupt the protocol (as the SDK does).
-        self._in = os.dup(0)
-        self._out = os.dup(1)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        os.dup2(2, 1)
+    def __init__(self, wire: tuple[int, int] | None = None) -> None:
+        """`wire`: the (input, output) descriptors to serve; by default the process's stdio, claimed."""
+        if wire is None:
+            # Private copies of the wire; fd 0 then reads the null device and fd 1 goes to stderr, so
+            # stray output of an import or a library cannot corrupt the protocol (as the SDK does).
+            wire = os.dup(0), os.dup(1)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+            os.dup2(2, 1)
+        self._in, self._out = wire
         self.first: bytes = b""  # the first line, to be read again by the SDK
-        self.rest: bytes = b""  # what came after it in the same read
         self.answer: dict[str, Any] | None = None  # what was sent for it, if anything
-        self._reader = threading.Thread(target=self._read_first, name="alma-handshake", daemon=True)
+        self.answered_early: list[Any] = []  # ids of the other requests answered before the SDK was up
+        self._first_read = threading.Event()
+        self._lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()  # the lines after it, for the SDK; None ends them
+        self._pumping = threading.Event()  # read on past the first line (answer_early, run)
+        self._idle = threading.Event()  # everything sent so far has been read and dealt with
+        self._wire = threading.Lock()  # early answers against the SDK taking over stdout
+        self._answerer: Answerer | None = None
+        self._sdk_running = False
+        self._reader = threading.Thread(target=self._read, name="alma-handshake", daemon=True)
         self._reader.start()
 
     @classmethod
@@ -120,7 +194,16 @@ class EarlyStdio:
         os.dup2(self._in, 0)
         os.dup2(self._out, 1)
 
-    def _read_first(self) -> None:
+    def answer_early(self, answerer: Answerer) -> None:
+        """Read on past the first line, answering with `answerer` what it can answer until the SDK
+        runs; returns once what the client has sent so far is dealt with (at most SETTLE_SECONDS),
+        so that those answers do not compete for the CPU with the SDK's import."""
+        with self._wire:
+            self._answerer = answerer
+        self._pumping.set()
+        self._idle.wait(SETTLE_SECONDS)
+
+    def _read(self) -> None:
         buffer = bytearray()
         try:
             # In chunks, not a byte at a time: each read gives up the GIL, and getting it back
@@ -133,22 +216,90 @@ class EarlyStdio:
         except OSError:
             pass
         end = buffer.find(b"\n") + 1 or len(buffer)
-        line, self.rest = bytes(buffer[:end]), bytes(buffer[end:])
-        self.first = bytes(line)
+        self.first = bytes(buffer[:end])
+        del buffer[:end]
         try:
             answer = early_answer(json.loads(self.first))
         except ValueError:
             answer = None
         if answer is not None:
             try:
-                _write_all(self._out, (json.dumps(answer, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
+                self._send(answer)
+                self.answer = answer
             except OSError:
-                return  # the client left; the SDK will see the end of stdin
-            self.answer = answer
+                pass  # the client left; the SDK will see the end of stdin
+        self._first_read.set()
+        if not self.first.endswith(b"\n"):
+            self._lines.put(None)  # stdin ended with it
+            self._idle.set()
+            return
+        self._pumping.wait()
+        self._pump(buffer)
+
+    def _pump(self, buffer: bytearray) -> None:
+        """Pass stdin on to the SDK line by line, answering early what `_answerer` can."""
+        while True:
+            while (end := buffer.find(b"\n")) >= 0:
+                line = bytes(buffer[: end + 1])
+                del buffer[: end + 1]
+                if not self._answered(line):
+                    self._lines.put(line)
+            if not _readable(self._in):
+                self._idle.set()
+            try:
+                chunk = os.read(self._in, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                if buffer:
+                    self._lines.put(bytes(buffer))
+                self._lines.put(None)
+                self._idle.set()
+                return
+            self._idle.clear()
+            buffer += chunk
+
+    def _answered(self, line: bytes) -> bool:
+        """Whether `line` was a request answered here (so the SDK never sees it)."""
+        if self.answer is None or self._sdk_running or self._answerer is None:
+            return False
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return False
+        if not isinstance(message, dict) or "id" not in message:
+            return False
+        # Worked out outside the lock: the SDK may take over meanwhile (a large store read from
+        # Chroma can take longer than answer_early waits), and then answers the call itself.
+        try:
+            result = self._answerer(message)
+        except Exception as exc:  # noqa: BLE001 - the SDK answers it instead, its way
+            log.debug("request %s left to the MCP SDK: %s", message.get("id"), exc)
+            return False
+        if result is None:
+            return False
+        with self._wire:
+            if self._sdk_running:
+                log.debug("request %s left to the MCP SDK, which is up now", message["id"])
+                return False
+            try:
+                self._send({"jsonrpc": "2.0", "id": message["id"], "result": result})
+            except OSError:
+                return True  # the client left
+            self.answered_early.append(message["id"])
+            log.debug("request %s (%s) answered before the MCP SDK was up", message["id"], message.get("method"))
+            return True
+
+    def _send(self, message: dict[str, Any]) -> None:
+        _write_all(self._out, (json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
 
     def run(self, server: Any) -> None:
         """Serve `server` (an mcp MCPServer) over the claimed stdio until the client leaves."""
         import anyio
+
+        with self._wire:  # from now on nothing is answered early (an answer being sent is sent first)
+            self._sdk_running = True
+        self._pumping.set()
 
         anyio.run(self._serve, server)
 
@@ -159,47 +310,42 @@ class EarlyStdio:
         wire_out = anyio.wrap_file(os.fdopen(self._out, "w", encoding="utf-8", closefd=False))
         lowlevel = server._lowlevel_server  # what MCPServer.run_stdio_async serves
         # _Lines and _Answers have the calls stdio_server makes, not the whole of anyio's AsyncFile.
-        async with stdio_server(stdin=_Lines(self, self._in), stdout=_Answers(self, wire_out)) as (read, write):  # type: ignore[arg-type]
+        async with stdio_server(stdin=_Lines(self), stdout=_Answers(self, wire_out)) as (read, write):  # type: ignore[arg-type]
             await lowlevel.run(read, write, lowlevel.create_initialization_options())
 
 
-class _Lines:
-    """stdin as the SDK's transport reads it: the first line again, then the rest of the wire, one
-    line at a time (decoded as the SDK decodes it: UTF-8, undecodable bytes replaced)."""
+def _readable(fd: int) -> bool:
+    """Whether `fd` has something to read at once (where select works on pipes: POSIX)."""
+    try:
+        import select
 
-    def __init__(self, early: EarlyStdio, fd: int) -> None:
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
+
+
+class _Lines:
+    """stdin as the SDK's transport reads it: the first line again, then the lines the reader
+    passes on (decoded as the SDK decodes them: UTF-8, undecodable bytes replaced)."""
+
+    def __init__(self, early: EarlyStdio) -> None:
         self._early = early
-        self._fd = fd
 
     def __aiter__(self) -> AsyncIterator[str]:
-        return self._lines()
+        return self._read()
 
-    async def _lines(self) -> AsyncIterator[str]:
+    async def _read(self) -> AsyncIterator[str]:
         import anyio
 
-        await anyio.to_thread.run_sync(self._early._reader.join)
+        await anyio.to_thread.run_sync(self._early._first_read.wait)
         first = self._early.first
         if first:
             yield first.decode("utf-8", errors="replace")
-        if not first.endswith(b"\n"):
-            return  # stdin ended with it
-        pending = bytearray(self._early.rest)
         while True:
-            end = pending.find(b"\n")
-            if end >= 0:
-                line = bytes(pending[: end + 1])
-                del pending[: end + 1]
-                yield line.decode("utf-8", errors="replace")
-                continue
-            try:
-                chunk = await anyio.to_thread.run_sync(os.read, self._fd, 65536, abandon_on_cancel=True)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                if pending:
-                    yield bytes(pending).decode("utf-8", errors="replace")
+            line = await anyio.to_thread.run_sync(self._early._lines.get, abandon_on_cancel=True)
+            if line is None:
                 return
-            pending += chunk
+            yield line.decode("utf-8", errors="replace")
 
 
 class _Answers:

@@ -719,6 +719,22 @@ class MemoryStore:
                 page = {}
         self.records.add(name, generation, page)
 
+    def consistent_read(self, memory_type: str, agent: str | None) -> tuple[int, list[tuple[dict[str, Any], np.ndarray]]] | None:
+        """Every active record of a collection (metadata and vector) with the shared write count
+        they reflect (`writelock.ChangeCounters.of`), both read under the store's read lock so that
+        no write falls between them: what an index snapshot is made of (indexes/snapshot.py).
+        None where other processes' writes are not counted in shared counters (a Chroma server)."""
+        if self._shared is None:
+            return None
+        name = collection_name(self.project, memory_type, agent)
+        with self._shared.reading():
+            count = self._shared.lock.counters.of(name)
+            rows = [
+                (meta, np.asarray(vector, dtype=np.float32))
+                for meta, vector in self._pages(memory_type, agent, None, False, with_embeddings=True)
+            ]
+        return count, rows
+
     def changes_since(
         self, memory_type: str, agent: str | None, since: float, limit: int
     ) -> list[tuple[AnyMemory, np.ndarray]] | None:
