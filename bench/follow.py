@@ -43,8 +43,8 @@ def writer(data_dir: Path) -> None:
     """The other process: one round of writes per line read from stdin ("N": N facts), then "ok"."""
     alma = ALMA(parse_config(settings(data_dir)))
     alma.embedder.embed(["warm up"])
-    for kind in ("heuristic", "anti_pattern", "knowledge", "outcome"):  # its own indexes, read before it writes:
-        alma.retriever.indexes.get(kind, AGENT)  # else its first writes read them in the background, beside the timed calls
+    # Its own indexes, read before it writes: else its first writes read them in the background, beside the timed calls.
+    alma.preload([AGENT])
     print("ready", flush=True)
     for n, line in enumerate(sys.stdin):
         facts = [
@@ -53,14 +53,14 @@ def writer(data_dir: Path) -> None:
         ]
         alma.learn(AGENT, f"Rebuild the staging replica {n} after the snapshot failed", "success",
                    "Restore the latest good snapshot, then replay the write-ahead log")
-        alma.feedback(facts[0].id if facts else alma.store.list("knowledge", AGENT)[0].id, "used")
+        alma.feedback(facts[0].id if facts else alma.memories("knowledge", AGENT)[0].id, "used")
         print("ok", flush=True)
     alma.close()
 
 
 def fill(data_dir: Path, size: int) -> None:
     alma = ALMA(parse_config(settings(data_dir)))
-    stored = sum(alma.store.count(kind, AGENT) for kind in ("heuristic", "anti_pattern", "knowledge", "outcome"))
+    stored = sum(alma.count(kind, AGENT, include_archived=True) for kind in ("heuristic", "anti_pattern", "knowledge", "outcome"))
     if stored >= size:
         log(f"{stored} memories already stored in {data_dir}")
         alma.close()
@@ -68,7 +68,7 @@ def fill(data_dir: Path, size: int) -> None:
     situations, lessons = filler_sentences()
     started = time.perf_counter()
     memories, vectors = make_filler(AGENT, size - stored, alma.embedder.embed(situations), alma.embedder.embed(lessons), seed=size, start=stored)
-    put_in_batches(alma.store, memories, vectors)
+    put_in_batches(alma, memories, vectors)
     log(f"{size} memories stored ({time.perf_counter() - started:.0f} s to add)")
     alma.close()
 
