@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PROJECT, filler_sentences, load_tasks, log, make_filler, percentiles, put_in_batches  # noqa: E402
-from perf import AGENT, StdioServer  # noqa: E402
+from perf import AGENT, StdioServer, alma_command  # noqa: E402
 
 from alma_mcp.config import parse_config  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
@@ -94,11 +94,10 @@ def main() -> None:
     config.write_text(f"alma:\n  project_id: {PROJECT}\n  data_dir: {data_dir}\n  allow_undeclared_agents: true\n", encoding="utf-8")
     tasks = iter([t.task for t in load_tasks()])
 
-    server = StdioServer(config)
+    server = StdioServer(alma_command(config))
     other = None
     try:
-        server.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench-follow", "version": "1"}})
-        server.notify("notifications/initialized")
+        server.initialize()
         while True:  # the model loaded and the indexes read: else the first quiet call waits for them
             health = server.call("alma_health", {})["structuredContent"]
             if health["embedding_model_ready"] and health["search_indexes"].startswith("preloaded"):
