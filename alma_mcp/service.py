@@ -15,14 +15,14 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Awaitable, Callable, Literal, Sequence, TypeVar
+from typing import Annotated, Any, Awaitable, Callable, Literal, Sequence, TypeVar, get_args
 
 import anyio
 import numpy as np
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from .storage.audit import AuditEntry, AuditLog, audit_visible, entry_for, open_audit_log
-from .config import AgentSettings, AlmaConfig, load_config
+from .config import AgentSettings, AlmaConfig, RetrievalSettings, load_config
 from .embedding.embedder import Embedder, create_embedder
 from .errors import AlmaError, InvalidInput, NotFound, ScopeDenied
 from .learning.learner import Learner, LearnReport, apply_feedback, memory_vectors
@@ -49,6 +49,7 @@ from .models import (
 from .indexes import snapshot
 from .indexes.follower import SearchIndexes
 from .prompt.results import MemorySlice
+from .ranking.candidates import Mode
 from .ranking.explain import Explanation
 from .ranking.quick import QuickSearch
 from .ranking.retriever import Retriever
@@ -68,6 +69,9 @@ CHROMA_DEFER_SECONDS = 3.0
 """With current index snapshots saved, a server imports Chroma after its first retrieval (answered
 from them) or after this long, whichever comes first: on two cores, Chroma's import beside the MCP
 SDK's slows both, and the first retrieval waits for the slower."""
+
+MODES: tuple[Mode, ...] = get_args(Mode)
+"""How `retrieve` may rank: both signals fused, or one alone."""
 
 MAX_AGE_DAYS = 36_500
 """Longest age `forget(older_than_days=...)` accepts: a hundred years, far inside what dates can count."""
@@ -181,11 +185,29 @@ def _async_twin(method: Callable[..., T]) -> Callable[..., Awaitable[T]]:
 class ALMA:
     """The memory service for one project."""
 
-    def __init__(self, config: AlmaConfig, embedder: Embedder | None = None, store: MemoryStore | None = None) -> None:
+    def __init__(
+        self,
+        config: AlmaConfig,
+        embedder: Embedder | None = None,
+        store: MemoryStore | None = None,
+        retriever: Retriever | None = None,
+    ) -> None:
         """Builds nothing that runs: no thread starts and no file or client opens until first use
         (`warm_up` starts the background work; `close` ends it and lets go of everything).
-        The service keeps a copy of `config`: what it changes in it (`adopt_agent`) is its own."""
-        self.config = config.model_copy(deep=True)
+        The service keeps a copy of `config`: what it changes in it (`adopt_agent`) is its own.
+
+        `store`, or a `retriever` (which brings its store), are the caller's parts to build the
+        service on: a store on another backend, or parts a test or a benchmark watches at work.
+        The service uses them and never closes them; the caller does, after `close`. With a
+        retriever, the service shares the retriever's config (equal to `config`) instead of a copy,
+        so that both rank by the same settings whatever is changed later."""
+        if retriever is not None:
+            if store is not None and store is not retriever.store:
+                raise InvalidInput("give a store or a retriever (which has its own store), not two different stores")
+            if retriever.config != config:
+                raise InvalidInput("the retriever was built with another config: build it with this one")
+            store = retriever.store
+        self.config = config.model_copy(deep=True) if retriever is None else retriever.config
         config = self.config
         settings = config.alma
         self.embedder = embedder or create_embedder(
@@ -198,11 +220,12 @@ class ALMA:
         # and opens the store), and dropped by close: the next call makes them again.
         self._parts_lock = threading.RLock()
         self._given_store = store  # the caller's, never closed here
-        self._store: MemoryStore | None = store
-        self._retriever: Retriever | None = None
-        self._learner: Learner | None = None
-        self._audit: AuditLog | None = None
-        self._lifecycle: Lifecycle | None = None
+        self._given_retriever = retriever  # likewise, and its indexes keep following the store
+        self._made_store: MemoryStore | None = store
+        self._made_retriever: Retriever | None = retriever
+        self._made_learner: Learner | None = None
+        self._made_audit: AuditLog | None = None
+        self._made_lifecycle: Lifecycle | None = None
         lock_dir = config.data_dir if settings.storage == "chroma" else None
         if lock_dir is not None:
             private_dir(lock_dir)
@@ -242,12 +265,12 @@ class ALMA:
 
     # -- lazily opened parts ---------------------------------------------------------
     @property
-    def store(self) -> MemoryStore:
+    def _store(self) -> MemoryStore:
         with self._parts_lock:
-            if self._store is None:
+            if self._made_store is None:
                 self._chroma_wanted.set()  # opened by a call: the preload need not wait any longer
-                self._store = self._open_store()
-            return self._store
+                self._made_store = self._open_store()
+            return self._made_store
 
     def _open_store(self) -> MemoryStore:
         settings = self.config.alma
@@ -274,41 +297,41 @@ class ALMA:
             self._saved.pop(name, None)
 
     @property
-    def retriever(self) -> Retriever:
+    def _retriever(self) -> Retriever:
         with self._parts_lock:  # one retriever, also when the preload and a first call race
-            if self._retriever is None:
-                retriever = Retriever(self.store, self.embedder, self.config)
+            if self._made_retriever is None:
+                retriever = Retriever(self._store, self.embedder, self.config)
                 if self._quick is not None:
                     # One calibration for both: the ratings of what either served move the same floors.
                     if self._quick.calibration is None:
                         self._quick.calibration = retriever.calibration
                     retriever.calibration = self._quick.calibration
-                self._retriever = retriever
-            return self._retriever
+                self._made_retriever = retriever
+            return self._made_retriever
 
     @property
-    def learner(self) -> Learner:
+    def _learner(self) -> Learner:
         with self._parts_lock:
-            if self._learner is None:
-                self._learner = Learner(self.store, self.config, self.retriever.indexes)
-            return self._learner
+            if self._made_learner is None:
+                self._made_learner = Learner(self._store, self.config, self._retriever.indexes)
+            return self._made_learner
 
     @property
-    def audit(self) -> AuditLog:
+    def _audit(self) -> AuditLog:
         """Where every removal is recorded: a JSONL file (embedded) or a Chroma collection (chroma-http)."""
         with self._parts_lock:
-            if self._audit is None:
-                self._audit = open_audit_log(
-                    self.config.alma.storage, self.config.data_dir, self.store.client, self.config.project
+            if self._made_audit is None:
+                self._made_audit = open_audit_log(
+                    self.config.alma.storage, self.config.data_dir, self._store.client, self.config.project
                 )
-            return self._audit
+            return self._made_audit
 
     @property
-    def lifecycle(self) -> Lifecycle:
+    def _lifecycle(self) -> Lifecycle:
         with self._parts_lock:
-            if self._lifecycle is None:
-                self._lifecycle = Lifecycle(self.store, self.config, self.audit, self.retriever.indexes)
-            return self._lifecycle
+            if self._made_lifecycle is None:
+                self._made_lifecycle = Lifecycle(self._store, self.config, self._audit, self._retriever.indexes)
+            return self._made_lifecycle
 
     def warm_up(self) -> None:
         """Start loading the embedding model in the background and, unless `preload_indexes` is
@@ -347,7 +370,7 @@ class ALMA:
             if self._stopping():
                 return
         try:  # the store is opened here too, off the thread that answers initialize
-            indexes = self.retriever.indexes
+            indexes = self._retriever.indexes
             scopes = self._preload_scopes()
             self._snapshot_scopes = scopes
             for done, (memory_type, agent) in enumerate(scopes):
@@ -386,7 +409,7 @@ class ALMA:
                 # After another process's write, an embedded store's client is reopened, and Chroma's
                 # first touch of each collection then costs about 150 ms at 100,000 memories: the
                 # collections not caught up are touched (counted) here too, not in the next call.
-                steps += [(self.store.count, scope) for scope in scopes if scope not in stale]
+                steps += [(self._store.count, scope) for scope in scopes if scope not in stale]
             for step, (memory_type, agent) in steps:
                 if self._stopping():
                     return
@@ -437,11 +460,11 @@ class ALMA:
     def _save_snapshot(self, memory_type: str, agent: str | None, name: str) -> int:
         quick = self._quick
         assert quick is not None
-        if self.store.count(memory_type, agent) > snapshot.LIMIT:
+        if self._store.count(memory_type, agent) > snapshot.LIMIT:
             quick.discard(name)  # too large to be worth it (see snapshot.LIMIT): the store answers
             self._saved[name] = self._counters().of(name)
             return 0
-        read = self.store.consistent_read(memory_type, agent)
+        read = self._store.consistent_read(memory_type, agent)
         if read is None:
             return 0
         count, rows = read
@@ -462,22 +485,35 @@ class ALMA:
         if agent is not None:
             agents = [self._agent(agent)]
         else:
-            agents = list(dict.fromkeys([*self.config.alma.agents, *self.store.agents()]))
+            agents = list(dict.fromkeys([*self.config.alma.agents, *self._store.agents()]))
         # Collections never written to as well: a retrieval reads them too, and finds them empty.
         scopes = [scope for name in agents for scope in self._quick.scopes(name, None, "any user")]
         return self._save_snapshots(list(dict.fromkeys(scopes)), when_quiet=False)
 
-    def _preload_scopes(self) -> list[tuple[str, str | None]]:
+    def preload(self, agents: Sequence[str] | None = None) -> int:
+        """Read the search indexes of every collection these agents read (default: the agents
+        `warm_up` preloads) now, waiting until they are read: what `warm_up` does in the
+        background, for a process that wants its first calls to wait for no index (a benchmark
+        timing retrievals, a batch job). Returns the number of collections read."""
+        names = None if agents is None else [self._agent(a) for a in ([agents] if isinstance(agents, str) else agents)]
+        scopes = self._preload_scopes(names)
+        indexes = self._retriever.indexes
+        for memory_type, agent in scopes:
+            indexes.get(memory_type, agent)
+        return len(scopes)
+
+    def _preload_scopes(self, agents: list[str] | None = None) -> list[tuple[str, str | None]]:
         """Every collection an agent reads (the declared ones, and with allow_undeclared_agents
         those with memories stored): what retrieval reads by default first, then the outcomes
         learning groups, so that the first retrieval waits for as little as it can."""
-        agents = list(self.config.alma.agents)
-        if self.config.alma.allow_undeclared_agents:
-            agents += [a for a in self.store.agents() if a not in agents]
+        if agents is None:
+            agents = list(self.config.alma.agents)
+            if self.config.alma.allow_undeclared_agents:
+                agents += [a for a in self._store.agents() if a not in agents]
         scopes: list[tuple[str, str | None]] = [(PREFERENCES, None)]
         for kinds in ([t for t in MEMORY_TYPES if t not in ("outcome", PREFERENCES)], ["outcome"]):
             for agent in agents:
-                scopes += self.retriever.scopes(agent, kinds, user_id=None)
+                scopes += self._retriever.scopes(agent, kinds, user_id=None)
         return list(dict.fromkeys(scopes))
 
     def close(self) -> None:
@@ -489,7 +525,7 @@ class ALMA:
         preloader = self._preloader
         if preloader is not None and preloader is not threading.current_thread():
             preloader.join()
-        if self._keeps_snapshots and self._store is not None:
+        if self._keeps_snapshots and self._made_store is not None:
             try:  # the next start answers from them
                 self._save_snapshots(self._snapshot_scopes or self._preload_scopes(), when_quiet=False)
             except AlmaError as exc:
@@ -502,18 +538,19 @@ class ALMA:
         self._chroma_wanted.clear()
         self._snapshot_scopes = []
         with self._parts_lock:
-            retriever, store = self._retriever, self._store
-            self._retriever = self._learner = self._lifecycle = self._audit = None
+            retriever, store = self._made_retriever, self._made_store
+            self._made_retriever = self._given_retriever
+            self._made_learner = self._made_lifecycle = self._made_audit = None
             self._preloader = None
             if store is not self._given_store:
-                self._store = None
-        if retriever is not None:
+                self._made_store = None
+        if retriever is not None and retriever is not self._given_retriever:
             retriever.close()
             retriever.indexes.close()
         if store is not None and store is not self._given_store:
             store.close()
-        elif store is not None:  # kept for the next use: the parts made next listen to it afresh
-            store.remove_write_listeners()
+        elif store is not None and self._given_retriever is None:
+            store.remove_write_listeners()  # kept for the next use: the parts made next listen to it afresh
         self.write_lock.close()
 
     def __enter__(self) -> "ALMA":
@@ -549,15 +586,39 @@ class ALMA:
         user_id: str | None = None,
         memory_types: Sequence[str] | None = None,
         task_type: str | None = None,
+        settings: RetrievalSettings | None = None,
+        mode: Mode = "hybrid",
     ) -> MemorySlice:
+        """The memories to inject for `task`, ranked, with the prompt that renders them.
+
+        `settings` ranks this call with other retrieval settings than the agent's (the config's
+        `retrieval`, its per-agent overrides and its floors moved by feedback: see
+        `retrieval_settings`), e.g. to try a floor before writing it into the config; `mode`
+        ranks by `dense` similarity or `lexical` coverage alone instead of both (`hybrid`)."""
         task, agent, user_id, task_type = self._query(task, agent, top_k, user_id, task_type)
+        if settings is not None and not isinstance(settings, RetrievalSettings):
+            raise InvalidInput("settings must be a RetrievalSettings (e.g. alma.retrieval_settings(agent).model_copy(update={...}))")
+        if mode not in MODES:
+            raise InvalidInput(f"mode {mode!r} is not one of {', '.join(MODES)}")
         types = self._types(memory_types)
-        quick = self._quick_retriever(agent, user_id, types)
-        if quick is not None:
-            result = quick.retrieve(task, agent, top_k, user_id, types, task_type=task_type)
-            self._served_quickly()
-            return result
-        return self.retriever.retrieve(task, agent, top_k, user_id, types, task_type=task_type)
+        if settings is None and mode == "hybrid":
+            quick = self._quick_retriever(agent, user_id, types)
+            if quick is not None:
+                result = quick.retrieve(task, agent, top_k, user_id, types, task_type=task_type)
+                self._served_quickly()
+                return result
+        return self._retriever.retrieve(task, agent, top_k, user_id, types, settings, mode, task_type=task_type)
+
+    def retrieval_settings(self, agent: str) -> RetrievalSettings:
+        """The retrieval settings `retrieve` uses for `agent`: the config's, with the agent's
+        overrides and its floors as its feedback moved them (`calibrate_from_feedback`)."""
+        return self._retriever.settings_for(self._agent(agent))
+
+    def clear_cache(self) -> None:
+        """Forget the cached retrieval results, so that the next `retrieve` of a task ranks it
+        afresh (timing a retrieval; a store changed behind the service's back). Writes through
+        any service already invalidate what they change."""
+        self._retriever.clear_cache()
 
     def retrieve_from_snapshots(
         self,
@@ -588,7 +649,7 @@ class ALMA:
         if quick is None:
             return None
         scopes = quick.scopes(agent, types, user_id)
-        warm = self._retriever
+        warm = self._made_retriever
         if warm is not None and all(warm.indexes.ready(*scope) is not None for scope in scopes):
             return None
         try:
@@ -639,7 +700,7 @@ class ALMA:
         if not (1 <= n <= 100):
             raise InvalidInput(f"n is {n}: explain from 1 to 100 candidates")
         types = self._types(memory_types)
-        retriever = self._quick_retriever(agent, user_id, types) or self.retriever
+        retriever = self._quick_retriever(agent, user_id, types) or self._retriever
         return retriever.explain(task, agent, top_k, user_id, types, task_type, n)
 
     # -- learning --------------------------------------------------------------------
@@ -678,8 +739,8 @@ class ALMA:
         self._current_indexes([("outcome", agent), ("heuristic", agent), ("anti_pattern", agent)])
         with self.write_lock:
             # Its key field is its task too: the one vector serves as both.
-            self.store.put([record], vector[None, :], key_embeddings=vector[None, :])
-            report = self.learner.apply(record, vector)
+            self._store.put([record], vector[None, :], key_embeddings=vector[None, :])
+            report = self._learner.apply(record, vector)
             self._audit_retired(report)
         self._after_write(agent, ["outcome", "heuristic", "anti_pattern"])
         return _learn_result(record.id, report)
@@ -690,17 +751,17 @@ class ALMA:
         (retrieval.SearchIndexes.nearest); until one is read (in the background, seconds at
         100,000 memories), the write asks Chroma's approximate index, as it always did."""
         for memory_type, agent in scopes:
-            self.retriever.indexes.prepare(memory_type, agent)
+            self._retriever.indexes.prepare(memory_type, agent)
 
     def _audit_retired(self, report: LearnReport) -> None:
         """Learning archives lessons the evidence turned against; the audit log must say so too."""
         retired = [*report.heuristics_retired, *report.anti_patterns_retired]
         if not retired and not report.lessons_merged:
             return
-        memories = [self.store.get(memory_id) for memory_id in retired]
-        self.audit.append(
+        memories = [self._store.get(memory_id) for memory_id in retired]
+        self._audit.append(
             [entry_for(m, "archive", "learn", m.archived_reason or "retired by learning") for m in memories]
-            + [entry_for(self.store.get(i), "merge", "learn", "same lesson") for i in report.lessons_merged]
+            + [entry_for(self._store.get(i), "merge", "learn", "same lesson") for i in report.lessons_merged]
         )
 
     def _add(self, memory: _Taught, category: str | None, what: str) -> _Taught:
@@ -711,12 +772,12 @@ class ALMA:
 
     def _store_new(self, memory: _Taught, call: str) -> _Taught:
         """Store a taught memory, or merge it into a near-duplicate; returns the one that stays active."""
-        vector = self.store.embed([memory])  # with its key field, in one batch, for the put below
+        vector = self._store.embed([memory])  # with its key field, in one batch, for the put below
         self._current_indexes([(memory.type, None if isinstance(memory, UserPreference) else memory.agent)])
         with self.write_lock:
-            merged = self.lifecycle.merge_on_write(memory, vector[0], call)
+            merged = self._lifecycle.merge_on_write(memory, vector[0], call)
             if merged is None:
-                self.store.put([memory], vector)
+                self._store.put([memory], vector)
         return merged or memory
 
     def add_heuristic(
@@ -823,10 +884,10 @@ class ALMA:
             # By models.FEEDBACK_STEPS, within the bounds learning.feedback_offset keeps.
             retired = apply_feedback(memory, signal, self.config.alma.learning.retire_below_confidence)
             if retired:  # the audit entry goes first, like every archive
-                self.audit.append([entry_for(memory, "archive", "feedback", memory.archived_reason or "harmful")])
-            self.store.update_metadata([memory])
+                self._audit.append([entry_for(memory, "archive", "feedback", memory.archived_reason or "harmful")])
+            self._store.update_metadata([memory])
         self._after_write(memory.agent, [memory.type])
-        self.retriever.rate(reader or memory.agent, memory_id, signal)  # the agent's floors learn from it too
+        self._retriever.rate(reader or memory.agent, memory_id, signal)  # the agent's floors learn from it too
         return memory
 
     # -- corrections by a person (the review page): each one audited before it is written --
@@ -836,7 +897,7 @@ class ALMA:
         memory_id = _validated(_memory_id, memory_id, "memory_id")
         reason = _build(_Reason, "reason", reason=reason).reason
         with self.write_lock:
-            memory = self.store.get(memory_id)
+            memory = self._store.get(memory_id)
             allowed = EDITABLE.get(memory.type, ())
             unknown = sorted(set(changes) - set(allowed))
             if not allowed or unknown:
@@ -845,9 +906,9 @@ class ALMA:
             if all(before[k] == v for k, v in changes.items()):
                 raise InvalidInput("nothing changed: send a new wording")
             edited = _build(type(memory), memory.type, **(memory.model_dump() | changes | {"updated_at": utcnow()}))
-            vectors = memory_vectors(self.store, [edited])
-            self.audit.append([entry_for(memory, "edit", "edit", reason, {"before": before, "after": dict(changes)})])
-            self.store.put([edited], vectors)
+            vectors = memory_vectors(self._store, [edited])
+            self._audit.append([entry_for(memory, "edit", "edit", reason, {"before": before, "after": dict(changes)})])
+            self._store.put([edited], vectors)
         return edited
 
     def mark_wrong(self, memory_id: str, reason: str) -> AnyMemory:
@@ -856,7 +917,7 @@ class ALMA:
         memory_id = _validated(_memory_id, memory_id, "memory_id")
         reason = _build(_Reason, "reason", reason=reason).reason
         with self.write_lock:
-            memory = self.store.get(memory_id)
+            memory = self._store.get(memory_id)
             before = getattr(memory, "confidence", None)
             entry = entry_for(memory, "feedback", "mark wrong", reason, {"signal": "harmful", "confidence_before": before})
             retired = apply_feedback(memory, "harmful", self.config.alma.learning.retire_below_confidence)
@@ -864,8 +925,8 @@ class ALMA:
             entries = [entry]
             if retired:
                 entries.append(entry_for(memory, "archive", "mark wrong", memory.archived_reason or "harmful"))
-            self.audit.append(entries)
-            self.store.update_metadata([memory])
+            self._audit.append(entries)
+            self._store.update_metadata([memory])
         return memory
 
     def merge(self, survivor_id: str, other_id: str, reason: str = "merged by hand") -> AnyMemory:
@@ -877,7 +938,7 @@ class ALMA:
         other_id = _validated(_memory_id, other_id, "other_id")
         reason = _build(_Reason, "reason", reason=reason).reason
         with self.write_lock:
-            survivor, other = self.store.get(survivor_id), self.store.get(other_id)
+            survivor, other = self._store.get(survivor_id), self._store.get(other_id)
             if survivor.archived or other.archived:
                 raise InvalidInput("restore an archived memory before merging it")
             if not compatible(survivor, other):
@@ -888,10 +949,10 @@ class ALMA:
             merge_into(survivor, other)
             now = utcnow()
             survivor.updated_at = now
-            self.audit.append([entry_for(other, "merge", "merge", reason, {"survivor": survivor.id})])
+            self._audit.append([entry_for(other, "merge", "merge", reason, {"survivor": survivor.id})])
             other.archived, other.archived_reason, other.updated_at = True, f"merged into {survivor.id}: {reason}"[:500], now
-            self.store.put([survivor], memory_vectors(self.store, [survivor]))  # its outcomes changed: so may its vector
-            self.store.update_metadata([other])
+            self._store.put([survivor], memory_vectors(self._store, [survivor]))  # its outcomes changed: so may its vector
+            self._store.update_metadata([other])
         return survivor
 
     # -- reading single memories -----------------------------------------------------
@@ -901,7 +962,7 @@ class ALMA:
         """The memory, if `agent` (serving `users`) may read it, or change it with `write`; else
         NotFound worded exactly as for an id that does not exist, so scope tells nothing."""
         try:
-            memory = self.store.get(memory_id)
+            memory = self._store.get(memory_id)
         except NotFound:
             raise missing(self.config, memory_id) from None
         if not visible(self.config, memory, agent, users, write):
@@ -920,7 +981,7 @@ class ALMA:
         # Another agent's lesson is shown without the raw outcomes behind it (their ids stay in
         # supporting_outcomes): outcomes are never shared.
         if supporting and (reader is None or can_read(self.config, reader, memory.agent, "outcome")):
-            found = self.store.fetch_with_vectors("outcome", memory.agent, supporting)
+            found = self._store.fetch_with_vectors("outcome", memory.agent, supporting)
             provenance = [found[i][0] for i in supporting if i in found]
         return MemoryDetail(memory=memory, provenance=provenance)
 
@@ -941,7 +1002,7 @@ class ALMA:
         memories: list[AnyMemory] = []
         sources = self.config.readable_agents(agent, kind) if kind != "preference" else [None]
         for source in sources:
-            memories += self.store.list(kind, source, include_archived=include_archived)
+            memories += self._store.list(kind, source, include_archived=include_archived)
         if kind == "preference" and user_id is not None:
             memories = [m for m in memories if getattr(m, "user_id", None) == user_id]
         memories.sort(key=lambda m: m.updated_at, reverse=True)
@@ -949,7 +1010,7 @@ class ALMA:
 
     def agents(self) -> list[dict[str, Any]]:
         declared = self.config.alma.agents
-        stored = set(self.store.agents())
+        stored = set(self._store.agents())
         out = []
         for name in sorted(set(declared) | stored):
             settings = declared.get(name)
@@ -965,6 +1026,72 @@ class ALMA:
                 }
             )
         return out
+
+    # -- the stored records as they are: every agent's, no scope (an operator's view) ----
+    def memories(
+        self, memory_type: str | None = None, agent: str | None = None, include_archived: bool = False
+    ) -> list[AnyMemory]:
+        """Every stored memory, of one type and one agent when given (a preference counts as the
+        agent's that recorded it), archived ones too with `include_archived`. Unlike
+        `list_memories` nothing is scoped or capped: this is the whole store, for inspection,
+        checks and tools that process it (a serving agent reads through `retrieve` and `get`)."""
+        kinds = self._types([memory_type] if memory_type is not None else None) or list(MEMORY_TYPES)
+        if agent is not None:
+            agent = _validated(_name, agent, "agent")
+            if memory_type not in (None, PREFERENCES):  # one collection
+                return self._store.list(kinds[0], agent, include_archived=include_archived)
+        found: list[AnyMemory] = []
+        for owner, kind in self._store.scopes():
+            if kind not in kinds:
+                continue
+            if kind == PREFERENCES:
+                found += [m for m in self._store.list(kind, None, include_archived=include_archived) if agent in (None, m.agent)]
+            elif agent in (None, owner):
+                found += self._store.list(kind, owner, include_archived=include_archived)
+        return found
+
+    def count(self, memory_type: str | None = None, agent: str | None = None, include_archived: bool = False) -> int:
+        """How many memories `memories` would return, without reading them (but preferences of one agent)."""
+        kinds = self._types([memory_type] if memory_type is not None else None) or list(MEMORY_TYPES)
+        if agent is not None:
+            agent = _validated(_name, agent, "agent")
+            if memory_type not in (None, PREFERENCES):  # one collection: counted, or 0 if it was never written
+                return self._store.count(kinds[0], agent, include_archived=include_archived)
+        total = 0
+        for owner, kind in self._store.scopes():
+            if kind not in kinds:
+                continue
+            if kind == PREFERENCES:
+                if agent is None:
+                    total += self._store.count(kind, None, include_archived=include_archived)
+                else:
+                    total += len(self.memories(kind, agent, include_archived))
+            elif agent in (None, owner):
+                total += self._store.count(kind, owner, include_archived=include_archived)
+        return total
+
+    def put(
+        self,
+        memories: Sequence[AnyMemory],
+        vectors: np.ndarray | None = None,
+        key_vectors: np.ndarray | None = None,
+    ) -> None:
+        """Store memories exactly as given, each new or replacing the stored one with its id:
+        no merge, no learning, no scope check, no upkeep (`add_*` and `learn` do those). For
+        loading memories built elsewhere, e.g. a benchmark's filler. `vectors` (one row per
+        memory, the model's dimension) are used instead of embedding the text, `key_vectors`
+        instead of embedding the key fields. They must be the configured model's: a collection
+        keeps the dimension of its first vectors and refuses others (a `StorageError`)."""
+        memories = list(memories)
+        wrong = [type(m).__name__ for m in memories if not isinstance(m, (Heuristic, AntiPattern, Outcome, DomainKnowledge, UserPreference))]
+        if wrong:
+            raise InvalidInput(f"put stores memories (alma_mcp.models), not {sorted(set(wrong))}")
+        for given, name in ((vectors, "vectors"), (key_vectors, "key_vectors")):
+            # Rows only: the model's dimension would wait for the model, which a load with vectors never needs.
+            if given is not None and (np.ndim(given) != 2 or len(given) != len(memories)):
+                raise InvalidInput(f"{name} has shape {np.shape(given)}: give one row (a vector) per memory ({len(memories)})")
+        with self.write_lock:
+            self._store.put(memories, vectors, key_vectors)
 
     # -- forgetting ------------------------------------------------------------------
     def forget(
@@ -1006,7 +1133,7 @@ class ALMA:
             for kind in MEMORY_TYPES:
                 if kind == "preference":
                     continue
-                for memory in self.store.list(kind, agent, include_archived=purge):
+                for memory in self._store.list(kind, agent, include_archived=purge):
                     if cutoff is not None and memory.updated_at > cutoff:
                         continue
                     if below_confidence is not None and getattr(memory, "confidence", 1.0) >= below_confidence:
@@ -1034,9 +1161,9 @@ class ALMA:
         call = "forget (purge)" if purge else "forget"
         with self.write_lock:
             if purge:
-                removed = self.lifecycle.purge(targets, call, reason)
+                removed = self._lifecycle.purge(targets, call, reason)
             else:
-                self.lifecycle.archive([(m, reason, {}) for m in targets], call)
+                self._lifecycle.archive([(m, reason, {}) for m in targets], call)
                 removed = len(targets)
         done = (
             f"deleted {removed} memories (copies are in the audit log; restore brings one back)"
@@ -1062,7 +1189,7 @@ class ALMA:
             if owner is not None or users is not None:
                 for memory_id in ids:
                     self._reachable(memory_id, owner, users, write=True)
-            return self.lifecycle.restore(ids, "restore")
+            return self._lifecycle.restore(ids, "restore")
 
     def consolidate(
         self,
@@ -1093,14 +1220,14 @@ class ALMA:
             )
         kinds = [memory_type] if memory_type else ["heuristic", "anti_pattern", "knowledge"]
         with self.write_lock:
-            return self.lifecycle.consolidate(kinds, agent, similarity_threshold, dry_run, "consolidate")
+            return self._lifecycle.consolidate(kinds, agent, similarity_threshold, dry_run, "consolidate")
 
     def sweep(self, agent: str | None = None, dry_run: bool = True) -> SweepResult:
         """Archive memories whose strength decayed below the floor, and those past an agent's cap."""
         if agent is not None:
             agent = self._agent(agent)
         with self.write_lock:
-            return self.lifecycle.sweep(agent, dry_run, "sweep")
+            return self._lifecycle.sweep(agent, dry_run, "sweep")
 
     def audit_log(
         self,
@@ -1120,9 +1247,9 @@ class ALMA:
         if agent is not None:
             agent = _validated(_name, agent, "agent")
         if reader is None and users is None:
-            return self.audit.read(limit, memory_id, action, agent)
+            return self._audit.read(limit, memory_id, action, agent)
         reader = self._agent(reader) if reader is not None else None
-        return self.audit.read(
+        return self._audit.read(
             limit, memory_id, action, agent, keep=lambda e: audit_visible(self.config, e, reader, users)
         )
 
@@ -1136,10 +1263,10 @@ class ALMA:
         try:
             with self.write_lock:
                 if due:
-                    self.lifecycle.sweep(None, dry_run=False, call="automatic sweep")
-                elif agent is not None and self.lifecycle.cap(agent) is not None:
+                    self._lifecycle.sweep(None, dry_run=False, call="automatic sweep")
+                elif agent is not None and self._lifecycle.cap(agent) is not None:
                     for kind in kinds:
-                        self.lifecycle.enforce_cap(agent, kind, "cap")
+                        self._lifecycle.enforce_cap(agent, kind, "cap")
         except AlmaError as exc:
             log.warning("automatic life-cycle upkeep failed (the write itself succeeded): %s", exc)
 
@@ -1148,13 +1275,13 @@ class ALMA:
         """Write every memory (archived too) to a JSONL file; see `backup.export_memories`."""
         from .backup import export_memories
 
-        return export_memories(self, Path(path), with_embeddings=with_embeddings, progress=progress)
+        return export_memories(_Parts(self), Path(path), with_embeddings=with_embeddings, progress=progress)
 
     def import_memories(self, path: str | Path, progress: bool = False) -> Any:
         """Load an export file, idempotently; see `backup.import_memories`."""
         from .backup import import_memories
 
-        return import_memories(self, Path(path), progress=progress)
+        return import_memories(_Parts(self), Path(path), progress=progress)
 
     def import_from(self, fmt: str, path: str | Path, agent: str, user_id: str = "default") -> Any:
         """Import memory from where another tool keeps it (interop/importers.py: Claude Code's
@@ -1162,7 +1289,7 @@ class ALMA:
         holds is stored twice. Returns the ImportReport."""
         from .interop.importers import import_from
 
-        return import_from(self, fmt, Path(path), self._agent(agent), _validated(_user, user_id, "user"))
+        return import_from(_Parts(self), fmt, Path(path), self._agent(agent), _validated(_user, user_id, "user"))
 
     def export_to(self, fmt: str, agent: str, out: str | Path, max_chars: int | None = None) -> Any:
         """Write the agent's memory in a form another tool reads (interop/exporters.py: a CLAUDE.md
@@ -1171,11 +1298,15 @@ class ALMA:
 
         return export_to(self, fmt, self._agent(agent), Path(out), max_chars)
 
-    def reindex(self, force: bool = False, progress: bool = False) -> Any:
-        """Re-embed every memory with the configured model; see `backup.reindex`."""
-        from .backup import reindex
+    def reindex(self, force: bool = False, progress: bool = False, batch: int | None = None) -> Any:
+        """Re-embed every memory with the configured model, `batch` memories at a time (default
+        `backup.BATCH`; each batch is embedded and written before the next, so an interrupted run
+        resumes after the last one written); see `backup.reindex`."""
+        from .backup import BATCH, reindex
 
-        return reindex(self, force=force, progress=progress)
+        if batch is not None and not 1 <= batch <= 100_000:
+            raise InvalidInput(f"batch is {batch}: use 1 to 100000 memories at a time")
+        return reindex(_Parts(self), force=force, progress=progress, batch=batch or BATCH)
 
     # -- overview --------------------------------------------------------------------
     def stats(self, agent: str | None = None, caller: Caller = EVERYONE) -> dict[str, Any]:
@@ -1187,17 +1318,17 @@ class ALMA:
         for declared in self.config.alma.agents:  # listed with zeros before they store anything
             if agent is None or declared == agent:
                 per_agent[declared] = {t: 0 for t in MEMORY_TYPES if t != "preference"}
-        for owner, kind in self.store.scopes():
+        for owner, kind in self._store.scopes():
             if kind == "preference" or (agent is not None and owner != agent) or not caller.may_act_as(owner):
                 continue
-            per_agent.setdefault(owner, {t: 0 for t in MEMORY_TYPES if t != "preference"})[kind] = self.store.count(
+            per_agent.setdefault(owner, {t: 0 for t in MEMORY_TYPES if t != "preference"})[kind] = self._store.count(
                 kind, owner, include_archived=False
             )
-        preferences = self.store.count("preference", None, include_archived=False) if caller.users is None else 0
+        preferences = self._store.count("preference", None, include_archived=False) if caller.users is None else 0
         total = sum(sum(c.values()) for c in per_agent.values()) + (preferences if agent is None else 0)
         return {
             "project": self.config.project,
-            "storage": self.store.description,
+            "storage": self._store.description,
             "agents": per_agent,
             "preferences": preferences,
             "total": total,
@@ -1208,14 +1339,14 @@ class ALMA:
         that failed to load is (every retrieval and write would fail with its reason)."""
         model = str(getattr(self.embedder, "status", "ready"))
         problems = []
-        if not self.store.heartbeat():
+        if not self._store.heartbeat():
             problems.append("storage unreachable")
         if model.startswith("failed"):
             problems.append("embedding model failed to load")
         return {
             "status": "; ".join(problems) or "ok",
             "project": self.config.project,
-            "storage": self.store.description,
+            "storage": self._store.description,
             "embedding_model": self.embedder.name,
             "embedding_model_ready": model == "ready",
             "embedding_model_status": model,
@@ -1257,6 +1388,29 @@ class ALMA:
     alist_memories = _async_twin(list_memories)
     aimport_from = _async_twin(import_from)
     aexport_to = _async_twin(export_to)
+    amemories = _async_twin(memories)
+    acount = _async_twin(count)
+    aput = _async_twin(put)
+
+
+class _Parts:
+    """The service's store and audit log beside its config, model and write lock: what backup and
+    the importers work on (their `Service` protocol), handed to them by the service's own methods
+    and to no caller."""
+
+    def __init__(self, alma: ALMA) -> None:
+        self._alma = alma
+        self.config = alma.config
+        self.embedder = alma.embedder
+        self.write_lock = alma.write_lock
+
+    @property
+    def store(self) -> MemoryStore:
+        return self._alma._store
+
+    @property
+    def audit(self) -> AuditLog:
+        return self._alma._audit
 
 
 class _TaskText(BaseModel):

@@ -115,7 +115,7 @@ def main() -> int:
 
         def seed() -> None:
             for start in range(0, len(memories), 512):
-                source.store.put(memories[start : start + 512])
+                source.put(memories[start : start + 512])
                 log(f"   seeded {min(start + 512, len(memories))}/{len(memories)}")
 
         _, seed_seconds = timed(f"seeding {args.n} memories (real model)", seed)

@@ -12,9 +12,10 @@ import os
 import random
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -27,6 +28,10 @@ import numpy as np  # noqa: E402
 
 from alma_mcp.config import AlmaConfig, parse_config  # noqa: E402
 from alma_mcp.models import AnyMemory, parse_memory  # noqa: E402
+
+if TYPE_CHECKING:
+    from alma_mcp.ranking.retriever import Retriever
+    from alma_mcp.service import ALMA
 
 DATA = Path(__file__).resolve().parent / "data"
 MEMORIES_FILE = DATA / "retrieval_memories.jsonl"
@@ -199,13 +204,40 @@ def bench_config(data_dir: Path, retrieval: dict[str, Any] | None = None, vector
     return parse_config({"alma": alma})
 
 
+_RETRIEVERS: "weakref.WeakKeyDictionary[ALMA, Retriever]" = weakref.WeakKeyDictionary()
+
+
+def ranked_service(config: AlmaConfig, embedder: Any = None) -> ALMA:
+    """An ALMA service built on a Retriever made here, for the benchmarks that read ranking's
+    internals (candidates before the floors, the floor calibration, the search indexes): they
+    read them from that component (`retriever_of`), since the service exposes none of its parts."""
+    from alma_mcp.embedding.embedder import create_embedder
+    from alma_mcp.ranking.retriever import Retriever
+    from alma_mcp.service import ALMA
+    from alma_mcp.storage.store import MemoryStore
+
+    if embedder is None:  # the config's, as ALMA makes it
+        model = config.alma.embedding
+        embedder = create_embedder(model.model, model.device, onnx=model.onnx, backend=model.backend)
+    retriever = Retriever(MemoryStore.embedded(config.data_dir / "chroma", config.project, embedder), embedder, config)
+    alma = ALMA(config, embedder=embedder, retriever=retriever)
+    _RETRIEVERS[alma] = retriever
+    return alma
+
+
+def retriever_of(alma: ALMA) -> Retriever:
+    """The Retriever `ranked_service` built `alma` on."""
+    return _RETRIEVERS[alma]
+
+
 def put_in_batches(
-    store: Any, memories: Sequence[AnyMemory], vectors: np.ndarray, batch: int = 5000, key_vectors: np.ndarray | None = None
+    alma: ALMA, memories: Sequence[AnyMemory], vectors: np.ndarray, batch: int = 5000, key_vectors: np.ndarray | None = None
 ) -> None:
-    """Store memories with their vectors; their key fields are embedded unless `key_vectors` are given."""
+    """Store memories as they are (`ALMA.put`) with their vectors; their key fields are embedded
+    unless `key_vectors` are given."""
     for start in range(0, len(memories), batch):
         keys = None if key_vectors is None else key_vectors[start : start + batch]
-        store.put(memories[start : start + batch], vectors[start : start + batch], key_embeddings=keys)
+        alma.put(memories[start : start + batch], vectors[start : start + batch], key_vectors=keys)
 
 
 # -- metrics ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PROJECT, filler_sentences, load_tasks, log, make_filler, percentiles, put_in_batches  # noqa: E402
-from perf import AGENT, StdioServer  # noqa: E402
+from perf import AGENT, StdioServer, alma_command  # noqa: E402
 
 from alma_mcp.config import parse_config  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
@@ -43,8 +43,8 @@ def writer(data_dir: Path) -> None:
     """The other process: one round of writes per line read from stdin ("N": N facts), then "ok"."""
     alma = ALMA(parse_config(settings(data_dir)))
     alma.embedder.embed(["warm up"])
-    for kind in ("heuristic", "anti_pattern", "knowledge", "outcome"):  # its own indexes, read before it writes:
-        alma.retriever.indexes.get(kind, AGENT)  # else its first writes read them in the background, beside the timed calls
+    # Its own indexes, read before it writes: else its first writes read them in the background, beside the timed calls.
+    alma.preload([AGENT])
     print("ready", flush=True)
     for n, line in enumerate(sys.stdin):
         facts = [
@@ -53,14 +53,14 @@ def writer(data_dir: Path) -> None:
         ]
         alma.learn(AGENT, f"Rebuild the staging replica {n} after the snapshot failed", "success",
                    "Restore the latest good snapshot, then replay the write-ahead log")
-        alma.feedback(facts[0].id if facts else alma.store.list("knowledge", AGENT)[0].id, "used")
+        alma.feedback(facts[0].id if facts else alma.memories("knowledge", AGENT)[0].id, "used")
         print("ok", flush=True)
     alma.close()
 
 
 def fill(data_dir: Path, size: int) -> None:
     alma = ALMA(parse_config(settings(data_dir)))
-    stored = sum(alma.store.count(kind, AGENT) for kind in ("heuristic", "anti_pattern", "knowledge", "outcome"))
+    stored = sum(alma.count(kind, AGENT, include_archived=True) for kind in ("heuristic", "anti_pattern", "knowledge", "outcome"))
     if stored >= size:
         log(f"{stored} memories already stored in {data_dir}")
         alma.close()
@@ -68,7 +68,7 @@ def fill(data_dir: Path, size: int) -> None:
     situations, lessons = filler_sentences()
     started = time.perf_counter()
     memories, vectors = make_filler(AGENT, size - stored, alma.embedder.embed(situations), alma.embedder.embed(lessons), seed=size, start=stored)
-    put_in_batches(alma.store, memories, vectors)
+    put_in_batches(alma, memories, vectors)
     log(f"{size} memories stored ({time.perf_counter() - started:.0f} s to add)")
     alma.close()
 
@@ -94,11 +94,10 @@ def main() -> None:
     config.write_text(f"alma:\n  project_id: {PROJECT}\n  data_dir: {data_dir}\n  allow_undeclared_agents: true\n", encoding="utf-8")
     tasks = iter([t.task for t in load_tasks()])
 
-    server = StdioServer(config)
+    server = StdioServer(alma_command(config))
     other = None
     try:
-        server.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench-follow", "version": "1"}})
-        server.notify("notifications/initialized")
+        server.initialize()
         while True:  # the model loaded and the indexes read: else the first quiet call waits for them
             health = server.call("alma_health", {})["structuredContent"]
             if health["embedding_model_ready"] and health["search_indexes"].startswith("preloaded"):

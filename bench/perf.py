@@ -380,7 +380,7 @@ def fill(data: Path, count: int) -> list[str]:
         situations, lessons = filler_sentences()
         situation_vectors, lesson_vectors = alma.embedder.embed(situations), alma.embedder.embed(lessons)
         memories, vectors = make_filler(AGENT, count, situation_vectors, lesson_vectors, seed=count)
-        put_in_batches(alma.store, memories, vectors)
+        put_in_batches(alma, memories, vectors)
     finally:
         alma.close()
     return [" ".join(str(v) for k, v in m.model_dump().items() if k in TEXT_FIELDS and v) for m in memories]
@@ -494,7 +494,7 @@ def by_size(args: argparse.Namespace) -> None:
     for size in sizes:
         started = time.perf_counter()
         memories, vectors = make_filler(AGENT, size - stored, situation_vectors, lesson_vectors, seed=size, start=stored)
-        put_in_batches(alma.store, memories, vectors)
+        put_in_batches(alma, memories, vectors)
         stored = size
         log(f"{size} memories stored ({time.perf_counter() - started:.0f} s to add); measuring")
         for arm in arms:

@@ -100,11 +100,10 @@ def start_up(config: Path, runs: int) -> list[tuple[str, float, float | None]]:
 
     alma = ALMA(load_config(str(config)))
     try:
-        cpu, wall, _ = cpu_and_wall(lambda: alma.store.count("knowledge", AGENT))
+        cpu, wall, _ = cpu_and_wall(lambda: alma.count("knowledge", AGENT))
         rows.append(("Chroma client opened (and one count)", cpu, wall))
-        scopes = alma._preload_scopes()
-        cpu, wall, _ = cpu_and_wall(lambda: [alma.retriever.indexes.get(*scope) for scope in scopes])
-        rows.append((f"{len(scopes)} collections read into the search indexes", cpu, wall))
+        cpu, wall, read = cpu_and_wall(alma.preload)
+        rows.append((f"{read} collections read into the search indexes", cpu, wall))
         cpu, wall, _ = cpu_and_wall(alma.save_snapshots)
         rows.append(("their index snapshots saved (`ALMA.save_snapshots`)", cpu, wall))
     finally:
@@ -145,8 +144,7 @@ def per_call(config: Path, samples: int) -> list[tuple[str, float]]:
 
         def put(i: int) -> None:
             memory = DomainKnowledge(id=new_id("knowledge"), project=PROJECT, agent=AGENT, domain="ops", fact=f"Put {i}")
-            with alma.write_lock:
-                alma.store.put([memory], vector, key_embeddings=vector)
+            alma.put([memory], vector, key_vectors=vector)  # under the write lock
 
         rows.append(("one memory written to Chroma (`MemoryStore.put`, vectors given)", p50_ms(put, samples)))
         rows.append((

@@ -14,7 +14,7 @@ What it does, in order:
    nDCG@10 (graded) on the test tasks by kind, and the false-injection rate on the no-answer
    test tasks (a task counts when anything at all would be injected).
 4. Adds synthetic filler (10,000 memories per agent; then 100,000 for two agents) and repeats
-   the accuracy figures, then times each mode in process (`Retriever.retrieve`, new task texts,
+   the accuracy figures, then times each mode in process (`ALMA.retrieve`, new task texts,
    nothing cached) and `alma_retrieve` through a real MCP client (the SDK's in-process
    `Client`, legacy handshake) against the server built by `create_server`.
 
@@ -50,7 +50,9 @@ from bench.common import (  # noqa: E402
     ndcg_at,
     percentiles,
     put_in_batches,
+    ranked_service,
     recall_at,
+    retriever_of,
     split,
 )
 
@@ -115,7 +117,7 @@ def objective(table: dict[str, dict[str, float]]) -> float:
 
 # -- calibration ---------------------------------------------------------------------------
 def gather(alma: ALMA, tasks: Sequence[Task], settings: RetrievalSettings, mode: Mode) -> dict[str, list[Candidate]]:
-    retriever = alma.retriever
+    retriever = retriever_of(alma)
     return {t.id: retriever.candidates(t.task, t.agent, t.user_id, KINDS, settings, mode) for t in tasks}
 
 
@@ -203,18 +205,18 @@ def print_table(title: str, rows: dict[str, dict[str, dict[str, float]]], with_f
 
 # -- the run ---------------------------------------------------------------------------------
 def build_service(workdir: Path, embedder: SentenceTransformerEmbedder, retrieval: dict[str, Any]) -> ALMA:
-    return ALMA(bench_config(workdir, retrieval), embedder=embedder)
+    return ranked_service(bench_config(workdir, retrieval), embedder)
 
 
 def accuracy(
     alma: ALMA, tasks: Sequence[Task], settings: dict[Mode, RetrievalSettings]
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Metrics per mode, through Retriever.retrieve (the code path the server runs)."""
+    """Metrics per mode, through ALMA.retrieve (the code path the server runs)."""
     rows = {}
     for mode in MODES:
         rankings = {}
         for t in tasks:
-            result = alma.retriever.retrieve(t.task, t.agent, TOP_K, t.user_id, KINDS, settings[mode], mode)
+            result = alma.retrieve(t.task, t.agent, TOP_K, t.user_id, KINDS, settings=settings[mode], mode=mode)
             rankings[t.id] = [item.memory.id for item in result.ranked()]
         rows[mode] = evaluate(rankings, tasks)
     return rows
@@ -270,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     alma = build_service(workdir / "base", embedder, {"include_outcomes": True})
     with Stopwatch() as sw:
-        put_in_batches(alma.store, memories, embedder.embed([m.text() for m in memories]))
+        put_in_batches(alma, memories, embedder.embed([m.text() for m in memories]))
     log(f"stored the corpus in {sw.ms / 1000:.1f} s")
 
     base = alma.config.retrieval_for("helena")
@@ -316,15 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 filler, vectors = make_filler(
                     agent, missing, situation_vectors, lesson_vectors, seed=number + level, start=per_agent[agent]
                 )
-                put_in_batches(alma.store, filler, vectors)
+                put_in_batches(alma, filler, vectors)
                 per_agent[agent] = level
                 log(f"  {agent}: {level:,} memories")
         log(f"filled to {level:,} per agent ({', '.join(level_agents)}) in {sw.ms / 1000:.0f} s")
         level_tasks = [t for t in test if t.agent in level_agents]
-        with Stopwatch() as sw:
-            for kind in KINDS:  # first read of each collection builds its lexical index
-                for agent in level_agents:
-                    alma.retriever.indexes.get(kind, agent if kind != "preference" else None)
+        with Stopwatch() as sw:  # first read of each collection builds its lexical index
+            alma.preload(level_agents)
         log(f"lexical indexes built in {sw.ms / 1000:.1f} s")
         print_table(
             f"Served, floors calibrated on the hand-written corpus alone: {level:,} memories per agent "
@@ -367,14 +367,12 @@ def latency_only(workdir: Path) -> int:
     _, test = split(load_tasks())
     by_size: dict[int, list[Task]] = {}
     for agent in sorted({t.agent for t in test}):
-        size = sum(alma.store.count(kind, agent, include_archived=False) for kind in KINDS if kind != "preference")
+        size = sum(alma.count(kind, agent) for kind in KINDS if kind != "preference")
         level = 100_000 if size >= 100_000 else 10_000 if size >= 10_000 else size
         by_size.setdefault(level, []).extend(t for t in test if t.agent == agent)
     for level, tasks in sorted(by_size.items()):
         with Stopwatch() as sw:
-            for kind in KINDS:
-                for agent in {t.agent for t in tasks}:
-                    alma.retriever.indexes.get(kind, agent if kind != "preference" else None)
+            alma.preload(sorted({t.agent for t in tasks}))
         log(f"{level:,}: lexical indexes built from the store in {sw.ms / 1000:.1f} s")
         print_latency([(level, asyncio.run(mcp_latency(alma, tasks)))])
     return 0
@@ -383,24 +381,24 @@ def latency_only(workdir: Path) -> int:
 def mode_latency(
     alma: ALMA, tasks: Sequence[Task], settings: dict[Mode, RetrievalSettings]
 ) -> dict[Mode, dict[str, float]]:
-    """Each mode timed in process (Retriever.retrieve, all five types): task texts never seen
+    """Each mode timed in process (ALMA.retrieve, all five types): task texts never seen
     before, so the query is embedded and no result is cached. The MCP figures below add the
     protocol and the server's thread hop to the hybrid."""
     samples: dict[Mode, list[float]] = {mode: [] for mode in MODES}
     for mode in MODES:
         for task in tasks[:3]:  # untimed: the first reads open collections and build indexes
-            alma.retriever.retrieve(f"{task.task} (warm-up)", task.agent, TOP_K, task.user_id, KINDS, settings[mode], mode)
+            alma.retrieve(f"{task.task} (warm-up)", task.agent, TOP_K, task.user_id, KINDS, settings=settings[mode], mode=mode)
         for task in tasks:
             with Stopwatch() as sw:
-                alma.retriever.retrieve(
-                    f"{task.task} ({mode} timing)", task.agent, TOP_K, task.user_id, KINDS, settings[mode], mode
+                alma.retrieve(
+                    f"{task.task} ({mode} timing)", task.agent, TOP_K, task.user_id, KINDS, settings=settings[mode], mode=mode
                 )
             samples[mode].append(sw.ms)
     return {mode: {**percentiles(values), "n": len(values)} for mode, values in samples.items()}
 
 
 def print_mode_latency(level: int, table: dict[Mode, dict[str, float]]) -> None:
-    print(f"\nLatency by mode, in process (Retriever.retrieve, new task texts), {level:,} memories per agent, ms")
+    print(f"\nLatency by mode, in process (ALMA.retrieve, new task texts), {level:,} memories per agent, ms")
     print(f"{'mode':<8} {'n':>4} {'p50':>7} {'p95':>7} {'p99':>7}")
     for mode, row in table.items():
         print(f"{mode:<8} {int(row['n']):>4} {row['p50']:>7.1f} {row['p95']:>7.1f} {row['p99']:>7.1f}")
@@ -435,12 +433,12 @@ async def mcp_latency(alma: ALMA, tasks: Sequence[Task], rounds: int = 2) -> dic
             for task in tasks:
                 # A text never seen: the query is embedded and nothing is cached.
                 samples["new task"].append(await retrieve(task, f"{task.task} (attempt {round_number + 1})"))
-            alma.retriever.clear_cache()
+            alma.clear_cache()
             for task in tasks:
                 samples["seen task, cache cleared"].append(await retrieve(task, task.task))
             for task in tasks:
                 samples["repeat (cached)"].append(await retrieve(task, task.task))
-            alma.retriever.clear_cache()
+            alma.clear_cache()
             for task in tasks:  # the default types: no raw outcomes, so one collection fewer
                 samples["cache cleared, default types"].append(await retrieve(task, task.task, None))
         written = []
@@ -457,7 +455,7 @@ async def mcp_latency(alma: ALMA, tasks: Sequence[Task], rounds: int = 2) -> dic
             samples["write (add_knowledge)"].append(sw.ms)
             samples["after a write"].append(await retrieve(task, task.task))
     # Leave the store as it was, so the next level measures the corpus and the filler only.
-    alma.store.delete([alma.store.get(memory_id) for memory_id in written])
+    alma.forget(written, dry_run=False, purge=True)
     return {name: {**percentiles(values), "n": len(values)} for name, values in samples.items()}
 
 

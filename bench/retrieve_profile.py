@@ -29,12 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import bench_config, load_tasks, log, split  # noqa: E402
+from bench.common import bench_config, load_tasks, log, ranked_service, retriever_of, split  # noqa: E402
 from bench.retrieval import mcp_latency  # noqa: E402
 
 from alma_mcp.embedding.embedder import SentenceTransformerEmbedder  # noqa: E402
 from alma_mcp.models import MEMORY_TYPES  # noqa: E402
-from alma_mcp.service import ALMA  # noqa: E402
 
 KINDS = list(MEMORY_TYPES)
 
@@ -68,20 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     embedder.wait(timeout=300)
     log(f"small inputs embedded by {embedder.wait_small(timeout=600)}")
     config = bench_config(args.workdir / "base", {"include_outcomes": True, **args.retrieval}, args.vector_search)
-    alma = ALMA(config, embedder=embedder)
+    alma = ranked_service(config, embedder)
     _, test = split(load_tasks())
     tasks = [t for t in test if t.agent in agents]
     started = time.perf_counter()
-    for kind in KINDS:
-        for agent in agents:
-            alma.retriever.indexes.get(kind, agent if kind != "preference" else None)
+    alma.preload(agents)
     log(f"search indexes of {', '.join(agents)} built in {time.perf_counter() - started:.1f} s; {len(tasks)} tasks")
 
     table = asyncio.run(mcp_latency(alma, tasks, args.rounds))
     print(f"{'call':<30} {'n':>4} {'p50':>7} {'p95':>7}   (ms, through a real MCP client)")
     for name, row in table.items():
         print(f"{name:<30} {int(row['n']):>4} {row['p50']:>7.1f} {row['p95']:>7.1f}")
-    print(f"key vectors retrieval had to embed itself: {alma.retriever.keys.embedded}")
+    print(f"key vectors retrieval had to embed itself: {retriever_of(alma).keys.embedded}")
 
     if args.profile:
         profile = cProfile.Profile()

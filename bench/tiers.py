@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bench.common import Task, ndcg_at, recall_at
+from bench.common import Task, ndcg_at, recall_at, retriever_of
 
 from alma_mcp.config import RetrievalSettings
 from alma_mcp.models import MemoryBase
@@ -82,7 +82,7 @@ class Served:
 
 
 def serve_alma(alma: Any, task: Task, settings: RetrievalSettings, kinds: Sequence[str] | None = KINDS) -> Served:
-    result = alma.retriever.retrieve(task.task, task.agent, None, task.user_id, kinds, settings)
+    result = alma.retrieve(task.task, task.agent, None, task.user_id, kinds, settings=settings)
     return Served([m.memory.id for m in result.ranked()], len(result.confident()), estimate_tokens(result.prompt) if result.prompt else 0)
 
 
@@ -178,24 +178,22 @@ def variant(base: RetrievalSettings, change: dict[str, Any]) -> RetrievalSetting
 def build(folder: Path, embedder: Any, memories: Sequence[MemoryBase]) -> tuple[Any, PlainStore]:
     """Both stores with these memories; stores a previous run left in `folder` are reused as they
     are (with any filler it added), so a second report needs no refill."""
-    from bench.common import bench_config, put_in_batches
+    from bench.common import bench_config, put_in_batches, ranked_service
 
-    from alma_mcp.service import ALMA
-
-    alma = ALMA(bench_config(folder / "alma"), embedder=embedder)
+    alma = ranked_service(bench_config(folder / "alma"), embedder)
     plain = PlainStore(folder / "plain")
     if plain.collection.count() >= len(memories):
         texts = plain.collection.get(include=["documents"])
         plain.texts = dict(zip(texts["ids"], texts["documents"]))
         return alma, plain
     vectors = embedder.embed([m.text() for m in memories])
-    put_in_batches(alma.store, memories, vectors)
+    put_in_batches(alma, memories, vectors)
     plain.add(memories, vectors)
     return alma, plain
 
 
 def filled(alma: Any, agent: str) -> int:
-    return sum(alma.store.count(kind, agent, include_archived=False) for kind in KINDS if kind != "preference")
+    return sum(alma.count(kind, agent) for kind in KINDS if kind != "preference")
 
 
 def report(title: str, alma: Any, plain: PlainStore, embedder: Any, tasks: Sequence[Task], kinds: Sequence[str] | None = KINDS) -> None:
@@ -219,7 +217,7 @@ def replay(title: str, alma: Any, rated: Sequence[Task], measured: Sequence[Task
     was rated does not simply rise on its own rating."""
     from alma_mcp.ranking.calibration import FloorCalibration
 
-    retriever = alma.retriever
+    retriever = retriever_of(alma)
     retriever.calibration = FloorCalibration(None)
     shipped = alma.config.alma.retrieval
     alma.config.alma.retrieval = shipped.model_copy(update={"calibrate_from_feedback": True})  # off by default
@@ -250,7 +248,7 @@ def grid(alma: Any, tasks: Sequence[Task], base: RetrievalSettings, title: str) 
     import itertools
 
     wide = base.model_copy(update={"relevance_floor": 0.0, "lexical_floor": 0.0, "floor_margin": 0.0, "weak_floor": 0.0, "weak_span": 1.0})
-    candidates = {t.id: alma.retriever.candidates(t.task, t.agent, t.user_id, KINDS, wide) for t in tasks}
+    candidates = {t.id: retriever_of(alma).candidates(t.task, t.agent, t.user_id, KINDS, wide) for t in tasks}
     points = []
     for floor, standout, weak_floor, weak_span, weak_top_k in itertools.product(
         (0.42, 0.46, 0.50), (0.0, 0.1, 0.15, 0.18, 0.2), (0.30, 0.32, 0.34), (0.1, 0.15), (3, 5)
@@ -310,7 +308,7 @@ def fill(
         filler, vectors = make_filler(agent, level - have, situation_vectors, lesson_vectors, seed=number + level, start=have)
         # The filler's key vectors are its text vectors (its key is most of its text): embedding
         # 60,000 keys for real takes longer than the rest of the run on a busy machine.
-        put_in_batches(alma.store, filler, vectors, key_vectors=vectors)
+        put_in_batches(alma, filler, vectors, key_vectors=vectors)
         plain.add(filler, vectors)
         log(f"  {agent}: {level:,} memories")
 

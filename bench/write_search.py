@@ -32,11 +32,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PROJECT, bench_config, filler_sentences, log, put_in_batches  # noqa: E402
+from common import PROJECT, bench_config, filler_sentences, log, put_in_batches, ranked_service, retriever_of  # noqa: E402
 
 from alma_mcp.learning.learner import GROUP_POOL  # noqa: E402
 from alma_mcp.models import DomainKnowledge, Outcome, strategy_key  # noqa: E402
-from alma_mcp.service import ALMA  # noqa: E402
 
 AGENT = "helena"
 STRATEGY = "Retry the call with exponential backoff"
@@ -63,7 +62,8 @@ def missed(found: list[float], true: np.ndarray) -> int:
 
 def measure(size: int, queries: int, seed: int, data: str) -> dict[str, float]:
     rng = np.random.default_rng(seed)
-    alma = ALMA(bench_config(Path(tempfile.mkdtemp(prefix="alma-write-search-"))))
+    alma = ranked_service(bench_config(Path(tempfile.mkdtemp(prefix="alma-write-search-"))))
+    store, indexes = retriever_of(alma).store, retriever_of(alma).indexes  # the components compared
     alma.embedder.wait(timeout=300)
     situations, lessons = filler_sentences()
     situation_vectors, lesson_vectors = alma.embedder.embed(situations), alma.embedder.embed(lessons)
@@ -91,9 +91,8 @@ def measure(size: int, queries: int, seed: int, data: str) -> dict[str, float]:
              for i in range(size)]
     start = time.perf_counter()
     for memories, vectors in ((outcomes, outcome_vectors), (facts, fact_vectors)):
-        put_in_batches(alma.store, memories, vectors, key_vectors=vectors)  # the searches measured use the text's
+        put_in_batches(alma, memories, vectors, key_vectors=vectors)  # the searches measured use the text's
     log(f"{size:,} outcomes and {size:,} facts stored ({time.perf_counter() - start:.0f} s)")
-    indexes = alma.retriever.indexes
     for kind in ("outcome", "knowledge"):
         indexes.get(kind, AGENT)  # as the service does before a write
     key = strategy_key(STRATEGY)
@@ -101,7 +100,7 @@ def measure(size: int, queries: int, seed: int, data: str) -> dict[str, float]:
     figures = {"pool_chroma": 0, "pool_exact": 0, "merge_chroma": 0, "merge_exact": 0}
     for task in tasks:
         true = np.sort(outcome_vectors @ task)[::-1][:10]
-        chroma = alma.store.query("outcome", AGENT, task, GROUP_POOL, where={"strategy_key": key})
+        chroma = store.query("outcome", AGENT, task, GROUP_POOL, where={"strategy_key": key})
         exact = indexes.nearest("outcome", AGENT, task, GROUP_POOL, owner=key, restrict=True)
         figures["pool_chroma"] += missed([h.similarity for h in chroma], true)
         figures["pool_exact"] += missed([h.similarity for h in exact], true)
@@ -110,7 +109,7 @@ def measure(size: int, queries: int, seed: int, data: str) -> dict[str, float]:
         repeat = fact_vectors[i] + 0.33 * noise / np.linalg.norm(noise)
         repeat /= np.linalg.norm(repeat)
         best = float(fact_vectors[i] @ repeat)
-        chroma = alma.store.query("knowledge", AGENT, repeat, 5)
+        chroma = store.query("knowledge", AGENT, repeat, 5)
         exact = indexes.nearest("knowledge", AGENT, repeat, 5)
         figures["merge_chroma"] += int(max((h.similarity for h in chroma), default=0.0) < best - 1e-5)
         figures["merge_exact"] += int(max((h.similarity for h in exact), default=0.0) < best - 1e-5)

@@ -27,8 +27,9 @@ ONNX_CACHE = os.environ.setdefault("ALMA_MCP_CACHE_DIR", os.path.join(tempfile.g
 from alma_mcp.embedding.embedder import HashEmbedder, SentenceTransformerEmbedder  # noqa: E402
 from alma_mcp.storage.backend import InMemoryBackend  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
+from alma_mcp.ranking.retriever import Retriever  # noqa: E402
 from alma_mcp.storage.store import MemoryStore  # noqa: E402
-from helpers import build_config  # noqa: E402
+from helpers import Parts, build_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +65,53 @@ def _closing(build: Callable[..., ALMA]) -> Iterator[Callable[..., ALMA]]:
         return made[-1]
 
     yield factory
+    for service in made:
+        service.close()
+
+
+@pytest.fixture
+def make_parts(tmp_path: Path, real_embedder: SentenceTransformerEmbedder) -> Iterator[Callable[..., Parts]]:
+    """A factory: make_parts(**settings) -> Parts(alma, store, retriever), a service on an embedded
+    store and a retriever the test holds (real model unless `embedder` is given); all closed
+    when the test ends, the service first."""
+    made: list[Parts] = []
+
+    def build(embedder: Any = None, data_dir: Path | None = None, **alma: Any) -> Parts:
+        embedder = embedder or real_embedder
+        config = build_config(data_dir or tmp_path / "data", **alma)
+        store = MemoryStore.embedded(config.data_dir / "chroma", config.project, embedder)
+        retriever = Retriever(store, embedder, config)
+        made.append(Parts(ALMA(config, embedder=embedder, retriever=retriever), store, retriever))
+        return made[-1]
+
+    yield build
+    for parts in made:
+        parts.alma.close()
+        parts.retriever.close()
+        parts.retriever.indexes.close()
+        parts.store.close()
+
+
+@pytest.fixture
+def parts(make_parts: Callable[..., Parts]) -> Parts:
+    """A service on parts the test holds, undeclared agents allowed, on a fresh store, with the real model."""
+    return make_parts()
+
+
+@pytest.fixture
+def make_fast_store(tmp_path: Path) -> Iterator[Callable[..., tuple[ALMA, MemoryStore]]]:
+    """make_fast_store(backend=None, **settings) -> (service, its in-memory store), for fast
+    tests that watch the store at work; each service closed when the test ends."""
+    made: list[ALMA] = []
+
+    def build(backend: InMemoryBackend | None = None, **alma: Any) -> tuple[ALMA, MemoryStore]:
+        config = build_config(tmp_path / "data", **alma)
+        embedder = HashEmbedder()
+        store = MemoryStore.in_memory(config.project, embedder, backend)
+        made.append(ALMA(config, embedder=embedder, store=store))
+        return made[-1], store
+
+    yield build
     for service in made:
         service.close()
 

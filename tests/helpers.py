@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from alma_mcp.config import AlmaConfig, parse_config
 
 if TYPE_CHECKING:
+    from alma_mcp.ranking.retriever import Retriever
     from alma_mcp.service import ALMA
+    from alma_mcp.storage.store import MemoryStore
 
 
 ONNX_CACHE = os.environ["ALMA_MCP_CACHE_DIR"]
@@ -23,6 +25,16 @@ def build_config(data_dir: Path, **alma: Any) -> AlmaConfig:
     alma.setdefault("allow_undeclared_agents", True)
     alma.setdefault("data_dir", str(data_dir))
     return parse_config({"alma": alma})
+
+
+class Parts(NamedTuple):
+    """A service built on a store and a retriever the test made and holds (conftest `make_parts`):
+    a test of a component at work in the service watches the component itself, since ALMA
+    exposes none of its parts."""
+
+    alma: ALMA
+    store: MemoryStore
+    retriever: Retriever
 
 
 # -- a small corpus: four Playwright lessons and a fact (retrieval, dense, key-vector tests) --

@@ -126,3 +126,76 @@ def test_test_modules_import_no_other_test_module() -> None:
     for path in tests.glob("test_*.py"):
         imported = _imported(path)
         assert not {m for m in imported if m.startswith("test_") or m == "conftest"}, f"{path.name} imports {imported}"
+
+
+# -- ALMA is a facade: tests and benchmarks use its public methods, never its parts ------------
+ROOT = PACKAGE.parent
+PARTS = ("store", "retriever", "learner", "lifecycle", "audit")
+"""The components ALMA is built from; it used to hand them out, and no longer does."""
+
+
+def _alma_private_names() -> set[str]:
+    """ALMA's private methods, properties and instance attributes (read from service.py)."""
+    tree = ast.parse((PACKAGE / "service.py").read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ALMA")
+    names = {n.name for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    names |= {t.id for n in cls.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    for node in ast.walk(cls):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+            names.add(node.attr)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def private_uses(source: str, private: set[str]) -> list[tuple[int, str]]:
+    """(line, name) of every `something._name` in `source` where `_name` is one of ALMA's private names."""
+    return [
+        (node.lineno, node.attr)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute)
+        and node.attr in private
+        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+    ]
+
+
+def test_tests_and_benchmarks_touch_no_private_part_of_alma() -> None:
+    private = _alma_private_names()
+    assert {"_store", "_retriever", "_learner", "_lifecycle", "_audit", "_preload_scopes"} <= private
+    assert private_uses("alma._store.get(memory_id)", private) == [(1, "_store")]  # the check sees a reach-in
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: .{name}"
+        for folder in ("tests", "bench")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for line, name in private_uses(path.read_text(encoding="utf-8"), private)
+    ]
+    assert found == [], "use ALMA's public methods (docs/library.md), or build the component itself: " + ", ".join(found)
+
+
+def test_alma_hands_out_none_of_its_parts() -> None:
+    from alma_mcp.service import ALMA
+
+    assert [part for part in PARTS if hasattr(ALMA, part)] == []
+
+
+def test_every_third_party_import_of_the_package_is_a_declared_dependency() -> None:
+    import importlib.metadata
+    import re
+    import sys
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    declared = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+    distributions = importlib.metadata.packages_distributions()
+    missing = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            for top in {n.split(".")[0] for n in names} - {"", "alma_mcp"} - set(sys.stdlib_module_names):
+                if top in distributions and not {d.lower() for d in distributions[top]} & declared:
+                    missing.add(f"{top} ({path.relative_to(ROOT)})")
+    assert not missing, f"imported but not declared in pyproject.toml: {sorted(missing)}"

@@ -28,6 +28,7 @@ from alma_mcp.config import load_config
 from alma_mcp.scope import Caller
 from alma_mcp.frontends.server import create_server
 from alma_mcp.service import ALMA
+from alma_mcp.storage.audit import audit_file
 
 from serving import authorized_client, serve_http, stop
 
@@ -83,10 +84,9 @@ def seed(alma: ALMA) -> dict[str, str]:
 def snapshot(alma: ALMA) -> tuple[list[str], bytes]:
     """Every memory (archived too) and the audit log, to compare before and after."""
     memories = []
-    for agent, kind in alma.store.scopes():
-        scope = None if agent == "_" else agent
-        memories += sorted(m.model_dump_json() for m in alma.store.list(kind, scope, include_archived=True))
-    audit = alma.audit.path.read_bytes() if alma.audit.path.exists() else b""  # type: ignore[attr-defined]
+    memories += [m.model_dump_json() for m in alma.memories(include_archived=True)]
+    log = audit_file(alma.config.data_dir, alma.config.project)
+    audit = log.read_bytes() if log.exists() else b""
     return sorted(memories), audit
 
 

@@ -13,18 +13,17 @@ import numpy as np
 import pytest
 import yaml
 
-from alma_mcp.backup import FORMAT, VERSION, reindex
+from alma_mcp.backup import FORMAT, VERSION
 from alma_mcp.embedding.embedder import HashEmbedder
 from alma_mcp.errors import InvalidInput
-from alma_mcp.storage.store import collection_name
+from alma_mcp.storage.store import MemoryStore, collection_name
 
 
 def snapshot(alma: Any) -> dict[str, dict[str, Any]]:
     """Every stored memory (archived too), as plain data, by id."""
     out = {}
-    for agent, kind in alma.store.scopes():
-        for memory in alma.store.list(kind, None if agent == "_" else agent, include_archived=True):
-            out[memory.id] = memory.model_dump(mode="json")
+    for memory in alma.memories(include_archived=True):
+        out[memory.id] = memory.model_dump(mode="json")
     return out
 
 
@@ -72,7 +71,7 @@ def test_export_then_import_into_an_empty_store_gives_the_same_memories(make_alm
     assert report.ok and report.added == len(original) and report.lines == len(original)
     assert snapshot(target) == original
     # Provenance still resolves, and retrieval works on the imported store.
-    (heuristic,) = target.store.list("heuristic", "helena")
+    (heuristic,) = target.memories("heuristic", "helena")
     assert len(target.get(heuristic.id).provenance) == 3
     found = target.retrieve("When are invoices created?", "victor")
     assert [m.memory.fact for m in found.knowledge] == ["Invoices are generated at 02:00 UTC"]
@@ -94,13 +93,13 @@ def test_import_twice_adds_nothing_and_keeps_newer_changes(make_alma, tmp_path):
     # A memory changed since the backup is newer than the file: the file does not undo it.
     target.feedback(fact.id, "helpful")
     third = target.import_memories(out)
-    assert third.kept_newer == 1 and target.store.get(fact.id).helpful == 1
+    assert third.kept_newer == 1 and target.get(fact.id).memory.helpful == 1
     # ... while a store holding an older version takes the file's.
     source.feedback(fact.id, "used")
     source.feedback(fact.id, "used")
     source.export(out)
     fourth = target.import_memories(out)
-    assert fourth.updated == 1 and target.store.get(fact.id).used == 2
+    assert fourth.updated == 1 and target.get(fact.id).memory.used == 2
     assert fourth.re_embedded == 0  # same text: the stored vector was kept
 
 
@@ -155,49 +154,49 @@ def test_a_file_without_a_valid_header_is_refused_and_nothing_changes(make_alma,
     assert snapshot(target) == before
 
 
-def test_export_with_embeddings_imports_without_embedding_again(make_alma, tmp_path):
-    source = make_alma(data_dir=tmp_path / "source")
+def test_export_with_embeddings_imports_without_embedding_again(make_parts, tmp_path):
+    source, source_store, _ = make_parts(data_dir=tmp_path / "source")
     fact = source.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC")
     source.add_preference("alice", "communication", "Keep test reports to five bullet points")
     out = tmp_path / "backup.jsonl"
     assert source.export(out, with_embeddings=True).with_embeddings
-    target = make_alma(data_dir=tmp_path / "target")
+    target, target_store, _ = make_parts(data_dir=tmp_path / "target")
     report = target.import_memories(out)
     assert report.added == 2 and report.re_embedded == 0
     (_, before), (_, after) = (
-        store.fetch_with_vectors("knowledge", "victor", [fact.id])[fact.id] for store in (source.store, target.store)
+        store.fetch_with_vectors("knowledge", "victor", [fact.id])[fact.id] for store in (source_store, target_store)
     )
     assert np.allclose(before, after)
 
 
-def _models(alma: Any) -> set[str]:
+def _models(store: MemoryStore) -> set[str]:
     return {
-        alma.store.collection_model(collection_name(alma.config.project, kind, None if agent == "_" else agent))
-        for agent, kind in alma.store.scopes()
+        store.collection_model(collection_name(store.project, kind, None if agent == "_" else agent))
+        for agent, kind in store.scopes()
     }
 
 
-def _side_collections(alma: Any) -> list[str]:
-    return sorted(n for n in alma.store.collection_names() if not n.startswith("alma."))
+def _side_collections(store: MemoryStore) -> list[str]:
+    return sorted(n for n in store.collection_names() if not n.startswith("alma."))
 
 
-def test_reindex_with_a_second_model_and_back(make_alma, tmp_path, real_embedder):
+def test_reindex_with_a_second_model_and_back(make_parts, tmp_path, real_embedder):
     data = tmp_path / "data"
-    first = make_alma(data_dir=data)
+    first, first_store, _ = make_parts(data_dir=data)
     populate(first)
     original = snapshot(first)
     before = first.retrieve("When are invoices created?", "victor")
-    assert _models(first) == {"all-MiniLM-L6-v2"}
+    assert _models(first_store) == {"all-MiniLM-L6-v2"}
 
     # The config now names another model: every vector is rebuilt with it.
-    second = make_alma(data_dir=data, embedder=HashEmbedder(256), embedding={"model": "hash-256"})
+    second, second_store, _ = make_parts(data_dir=data, embedder=HashEmbedder(256), embedding={"model": "hash-256"})
     report = second.reindex()
     assert report.model == "hash-256" and report.re_embedded == len(original)
     assert {c.status for c in report.collections} == {"reindexed"}
-    assert _models(second) == {"hash-256"} and _side_collections(second) == []
+    assert _models(second_store) == {"hash-256"} and _side_collections(second_store) == []
     assert snapshot(second) == original
     fact = next(m for m in original.values() if m.get("fact") == "Invoices are generated at 02:00 UTC")
-    (_, vector) = second.store.fetch_with_vectors("knowledge", "victor", [fact["id"]])[fact["id"]]
+    (_, vector) = second_store.fetch_with_vectors("knowledge", "victor", [fact["id"]])[fact["id"]]
     assert vector.shape == (256,) and np.allclose(vector, HashEmbedder(256).embed(["billing: Invoices are generated at 02:00 UTC"])[0])
     found = second.retrieve("When are invoices generated at 02:00 UTC?", "victor")
     assert fact["id"] in [m.memory.id for m in found.knowledge]
@@ -206,7 +205,7 @@ def test_reindex_with_a_second_model_and_back(make_alma, tmp_path, real_embedder
     assert again.re_embedded == 0 and {c.status for c in again.collections} == {"current"}
 
     # And back to the real model: the same retrieval as before the round trip.
-    third = make_alma(data_dir=data, embedder=real_embedder)
+    third, third_store, _ = make_parts(data_dir=data, embedder=real_embedder)
     assert third.reindex().re_embedded == len(original)
     after = third.retrieve("When are invoices created?", "victor")
     assert [m.memory.id for m in after.knowledge] == [m.memory.id for m in before.knowledge]
@@ -229,44 +228,44 @@ class _InterruptedEmbedder(HashEmbedder):
         return super().embed(texts)
 
 
-def test_reindex_interrupted_anywhere_can_be_run_again(make_alma, tmp_path, hash_embedder):
+def test_reindex_interrupted_anywhere_can_be_run_again(make_parts, tmp_path, hash_embedder):
     data = tmp_path / "data"
-    first = make_alma(data_dir=data, embedder=hash_embedder, embedding={"model": "hash-256"})
+    first, first_store, _ = make_parts(data_dir=data, embedder=hash_embedder, embedding={"model": "hash-256"})
     for i in range(12):
         first.add_knowledge("victor", "ops", f"Service number {i} listens on port {8000 + i}")
     original = snapshot(first)
 
     # Ctrl-C during the copy: the live collection is untouched and still serves.
-    interrupted = make_alma(data_dir=data, embedder=_InterruptedEmbedder(64, interrupt_on_call=3), embedding={"model": "hash-64"})
+    interrupted, interrupted_store, _ = make_parts(data_dir=data, embedder=_InterruptedEmbedder(64, interrupt_on_call=3), embedding={"model": "hash-64"})
     with pytest.raises(KeyboardInterrupt):
-        reindex(interrupted, batch=4)
-    assert _side_collections(interrupted) == ["alma-reindex.default.victor.knowledge"]
-    assert _models(first) == {"hash-256"} and snapshot(first) == original
+        interrupted.reindex(batch=4)
+    assert _side_collections(interrupted_store) == ["alma-reindex.default.victor.knowledge"]
+    assert _models(first_store) == {"hash-256"} and snapshot(first) == original
     assert first.retrieve("Which port does service number 3 listen on?", "victor").knowledge
 
     # Written meanwhile by a server still on the old model: the rerun catches it up.
     late = first.add_knowledge("victor", "ops", "The cache listens on port 6379")
-    resumed = make_alma(data_dir=data, embedder=HashEmbedder(64), embedding={"model": "hash-64"})
-    report = reindex(resumed, batch=4)
+    resumed, resumed_store, _ = make_parts(data_dir=data, embedder=HashEmbedder(64), embedding={"model": "hash-64"})
+    report = resumed.reindex(batch=4)
     assert report.re_embedded < 13  # the batches copied before the interruption were not redone
-    assert _models(resumed) == {"hash-64"} and _side_collections(resumed) == []
+    assert _models(resumed_store) == {"hash-64"} and _side_collections(resumed_store) == []
     assert set(snapshot(resumed)) == set(original) | {late.id}
 
     # A crash inside the swap (live renamed away, the new one not yet renamed in): the next run
     # finishes it. Both states the swap passes through are recovered without loss.
     live = collection_name("default", "knowledge", "victor")
-    store = resumed.store
+    store = resumed_store
     store.rename_collection(live, "alma-reindex.default.victor.knowledge")  # the new one, complete
     store.staging_collection("alma-retired.default.victor.knowledge", "hash-256")  # the old one, about to go
-    finished = make_alma(data_dir=data, embedder=HashEmbedder(64), embedding={"model": "hash-64"})
-    recovered = reindex(finished)
+    finished, finished_store, _ = make_parts(data_dir=data, embedder=HashEmbedder(64), embedding={"model": "hash-64"})
+    recovered = finished.reindex()
     assert {c.status for c in recovered.collections} == {"recovered"}
-    assert _side_collections(finished) == [] and set(snapshot(finished)) == set(original) | {late.id}
+    assert _side_collections(finished_store) == [] and set(snapshot(finished)) == set(original) | {late.id}
 
     store.rename_collection(live, "alma-retired.default.victor.knowledge")  # renamed away, nothing new
-    again = make_alma(data_dir=data, embedder=HashEmbedder(64), embedding={"model": "hash-64"})
-    assert {c.status for c in reindex(again).collections} == {"recovered"}
-    assert _side_collections(again) == [] and set(snapshot(again)) == set(original) | {late.id}
+    again, again_store, _ = make_parts(data_dir=data, embedder=HashEmbedder(64), embedding={"model": "hash-64"})
+    assert {c.status for c in again.reindex().collections} == {"recovered"}
+    assert _side_collections(again_store) == [] and set(snapshot(again)) == set(original) | {late.id}
 
 
 def run_cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
@@ -323,46 +322,46 @@ LEARNED_TASKS = [
 ]
 
 
-def _vectors(alma: Any, agent: str = "bot") -> dict[str, np.ndarray]:
+def _vectors(store: MemoryStore, agent: str = "bot") -> dict[str, np.ndarray]:
     """Every outcome's and lesson's stored vector, by id."""
     out: dict[str, np.ndarray] = {}
     for kind in ("outcome", "heuristic", "anti_pattern"):
-        ids = [m.id for m in alma.list_memories(agent, kind, limit=100, include_archived=True)]
-        out.update({i: v for i, (_, v) in alma.store.fetch_with_vectors(kind, agent, ids).items()})
+        ids = [m.id for m in store.list(kind, agent, include_archived=True)]
+        out.update({i: v for i, (_, v) in store.fetch_with_vectors(kind, agent, ids).items()})
     return out
 
 
-def test_reindex_import_and_restore_keep_the_vectors_learning_gave(make_alma, tmp_path):
+def test_reindex_import_and_restore_keep_the_vectors_learning_gave(make_parts, tmp_path):
     # Learning stores an outcome under its task alone, and a learned lesson under the mean of its
     # tasks plus its strategy: that is what groups outcomes and lets a task find its lessons.
     # Re-embedding (reindex), importing without vectors and restoring an archived lesson must give
     # them those same vectors, not the embedding of their text (a purged one is erased).
-    first = make_alma(data_dir=tmp_path / "a")
+    first, first_store, _ = make_parts(data_dir=tmp_path / "a")
     for task in LEARNED_TASKS:
         first.learn("bot", task, "success", "Replace fixed sleeps with explicit waits", "testing")
         first.learn("bot", task, "failure", "Increase the test timeout", "testing", error_message="still flaky")
     assert first.list_memories("bot", "heuristic") and first.list_memories("bot", "anti_pattern")
-    learned = _vectors(first)
+    learned = _vectors(first_store)
     assert len(learned) == 8  # six outcomes, a heuristic and an anti-pattern
 
-    def same(alma: Any) -> None:
-        now = _vectors(alma)
+    def same(store: MemoryStore) -> None:
+        now = _vectors(store)
         assert now.keys() == learned.keys()
         for i, vector in learned.items():
             assert np.allclose(now[i], vector, atol=1e-5), i
 
     assert first.reindex(force=True).re_embedded == 8
-    same(first)
+    same(first_store)
 
     path = tmp_path / "bot.jsonl"
     first.export(path)  # without embeddings: the import embeds again
-    second = make_alma(data_dir=tmp_path / "b")
+    second, second_store, _ = make_parts(data_dir=tmp_path / "b")
     assert second.import_memories(path).re_embedded == 8
-    same(second)
+    same(second_store)
 
     heuristic = first.list_memories("bot", "heuristic")[0]
     first.forget([heuristic.id], dry_run=False)
     first.restore([heuristic.id])
-    same(first)
+    same(first_store)
     found = first.retrieve("The login page browser test is flaky in CI", "bot", memory_types=["heuristic"])
     assert [m.memory.id for m in found.heuristics] == [heuristic.id]

@@ -67,8 +67,8 @@ BAD_CALLS = [
 def snapshot(alma) -> str:
     """Every stored memory (archived too), as JSON: compared before and after bad calls."""
     rows = []
-    for agent, kind in alma.store.scopes():
-        rows += [m.model_dump(mode="json") for m in alma.store.list(kind, None if agent == "_" else agent, include_archived=True)]
+    for memory in alma.memories(include_archived=True):
+        rows.append(memory.model_dump(mode="json"))
     return json.dumps(sorted(rows, key=lambda r: r["id"]), sort_keys=True)
 
 

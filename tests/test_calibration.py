@@ -60,11 +60,11 @@ def test_feedback_through_the_service_moves_the_agents_floors(alma: ALMA) -> Non
     best = served.ranked()[0]
     for _ in range(60):  # the agent keeps finding a memory at this evidence useless
         alma.feedback(best.memory.id, "ignored", agent="helena")
-    moved = alma.retriever.settings_for("helena")
+    moved = alma.retrieval_settings("helena")
     assert moved.relevance_floor > configured.relevance_floor and moved.weak_floor > configured.weak_floor
     assert moved.relevance_floor - configured.relevance_floor == pytest.approx(moved.weak_floor - configured.weak_floor)
-    assert alma.retriever.settings_for("victor") == alma.config.retrieval_for("victor"), "per agent"
+    assert alma.retrieval_settings("victor") == alma.config.retrieval_for("victor"), "per agent"
     assert (alma.config.data_dir / CALIBRATION_FILE).exists()
     off = configured.model_copy(update={"calibrate_from_feedback": False})
     alma.config.alma.retrieval = off
-    assert alma.retriever.settings_for("helena") == off
+    assert alma.retrieval_settings("helena") == off

@@ -21,10 +21,12 @@ import httpx
 import pytest
 from mcp import Client
 
-from alma_mcp.config import parse_config
+from alma_mcp.config import AlmaConfig, parse_config
 from alma_mcp.errors import StorageError
 from alma_mcp.frontends.server import create_server
+from alma_mcp.ranking.retriever import Retriever
 from alma_mcp.service import ALMA
+from alma_mcp.storage.store import MemoryStore
 from serving import free_port, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.chroma_server]
@@ -77,7 +79,9 @@ def backend(request, tmp_path, real_embedder) -> Callable[..., ALMA]:
     project = f"t{uuid.uuid4().hex[:12]}"
     made: list[ALMA] = []
 
-    def make(**alma: Any) -> ALMA:
+    watched: list[Retriever] = []
+
+    def config(alma: dict[str, Any]) -> AlmaConfig:
         alma.setdefault("project_id", project)
         alma.setdefault("allow_undeclared_agents", True)
         alma.setdefault("data_dir", str(tmp_path / "data"))
@@ -85,14 +89,33 @@ def backend(request, tmp_path, real_embedder) -> Callable[..., ALMA]:
             server = request.getfixturevalue("chroma_server")
             alma.setdefault("storage", "chroma-http")
             alma.setdefault("chroma_http", {"host": server["host"], "port": server["port"], "headers": {"X-Team": "qa"}})
-        service = ALMA(parse_config({"alma": alma}), embedder=real_embedder)
+        return parse_config({"alma": alma})
+
+    def make(**alma: Any) -> ALMA:
+        service = ALMA(config(alma), embedder=real_embedder)
         made.append(service)
         return service
 
+    def make_watched(**alma: Any) -> tuple[ALMA, Retriever]:
+        """A service on a retriever the test holds, to watch its indexes follow the store."""
+        settings = config(alma)
+        if request.param == "chroma-http":
+            store = MemoryStore.http(settings.alma.chroma_http, settings.project, real_embedder)
+        else:
+            store = MemoryStore.embedded(settings.data_dir / "chroma", settings.project, real_embedder)
+        watched.append(Retriever(store, real_embedder, settings))
+        made.append(ALMA(settings, embedder=real_embedder, retriever=watched[-1]))
+        return made[-1], watched[-1]
+
     make.kind = request.param  # type: ignore[attr-defined]
+    make.watched = make_watched  # type: ignore[attr-defined]
     yield make
     for service in made:
         service.close()
+    for retriever in watched:
+        retriever.close()
+        retriever.indexes.close()
+        retriever.store.close()
 
 
 def ok(result: Any) -> dict[str, Any]:
@@ -102,7 +125,7 @@ def ok(result: Any) -> dict[str, Any]:
 
 async def test_teach_then_retrieve_and_scope(backend):
     alma = backend()
-    assert alma.store.description.startswith("chroma-http" if backend.kind == "chroma-http" else "chroma (embedded")
+    assert alma.stats()["storage"].startswith("chroma-http" if backend.kind == "chroma-http" else "chroma (embedded")
     async with Client(create_server(alma=alma), mode="legacy") as client:
         taught = ok(
             await client.call_tool(
@@ -165,7 +188,7 @@ def test_a_second_service_on_the_same_store_sees_writes(backend):
     """Two services on one store (two processes in real life): B's cached retrieval follows A's write
     at once on the embedded store, within `change_check_seconds` on a Chroma server."""
     a = backend()
-    b = backend()
+    b, watched = backend.watched()
     task = "Which port does the billing webhook gateway listen on?"
     a.add_knowledge("helena", "ops", "The cron parser runs every night at 02:00")
     assert b.retrieve(task, "helena").knowledge == []
@@ -178,7 +201,7 @@ def test_a_second_service_on_the_same_store_sees_writes(backend):
         time.sleep(0.1)
     assert taught.id in ids
     # B followed by catching up with the records A wrote, not by reading the collection again.
-    indexes = b.retriever.indexes
+    indexes = watched.indexes
     assert indexes.catch_ups >= 1
     reads = indexes.full_reads
     a.forget(memory_ids=[taught.id], dry_run=False)  # archived by A
@@ -205,7 +228,7 @@ def test_tenant_and_database_isolate(chroma_server, tmp_path, real_embedder):
     team.add_knowledge("helena", "ops", "The staging database is rebuilt every Monday")
     assert team.stats()["agents"]["helena"]["knowledge"] == 1
     assert "helena" not in default.stats()["agents"]
-    assert database in team.store.description
+    assert database in team.stats()["storage"]
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path, real_embedder):
@@ -213,4 +236,4 @@ def test_unreachable_server_is_a_clear_error(tmp_path, real_embedder):
         {"alma": {"storage": "chroma-http", "chroma_http": {"host": "127.0.0.1", "port": free_port()}, "data_dir": str(tmp_path)}}
     )
     with pytest.raises(StorageError, match="cannot reach the Chroma server at 127.0.0.1"):
-        ALMA(config, embedder=real_embedder).store  # noqa: B018 - opening the store is the point
+        ALMA(config, embedder=real_embedder).stats()  # opens the store

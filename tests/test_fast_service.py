@@ -78,16 +78,16 @@ def test_the_in_memory_backend_keeps_chromas_semantics() -> None:
     assert [c.name for c in backend.list_collections()] == ["alma.p.bot.knowledge2"]
 
 
-def test_a_collection_never_written_is_empty_and_a_broken_one_is_an_error(make_fast_alma) -> None:
+def test_a_collection_never_written_is_empty_and_a_broken_one_is_an_error(make_fast_store) -> None:
     broken: set[str] = set()
     backend = InMemoryBackend(fault=lambda op, name: RuntimeError("disk I/O error") if name in broken else None)
-    alma = make_fast_alma(backend=backend)
-    assert alma.store.count("knowledge", "bot") == 0
+    alma, store = make_fast_store(backend=backend)
+    assert alma.count("knowledge", "bot") == 0
     alma.add_knowledge("bot", "kafka", "Kafka has twelve partitions")
     broken.add(collection_name(alma.config.project, "knowledge", "bot"))
-    alma.store.collection_replaced(collection_name(alma.config.project, "knowledge", "bot"))  # no cached handle
+    store.collection_replaced(collection_name(alma.config.project, "knowledge", "bot"))  # no cached handle
     with pytest.raises(StorageError, match="disk I/O error"):
-        alma.store.count("knowledge", "bot")
+        alma.count("knowledge", "bot")
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
@@ -103,5 +103,5 @@ async def test_a_backend_failure_reaches_the_client_and_changes_nothing(make_fas
         forgot = await client.call_tool("alma_forget", {"memory_ids": [fact.id], "agent": "bot", "dry_run": False})
         assert forgot.is_error and "disk is full" in forgot.content[0].text
     failing.clear()
-    assert alma.store.count("outcome", "bot") == 0
-    assert alma.store.get(fact.id) == fact
+    assert alma.count("outcome", "bot") == 0
+    assert alma.get(fact.id).memory == fact

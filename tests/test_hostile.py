@@ -40,9 +40,8 @@ INJECTION = (
 def snapshot(alma: ALMA) -> str:
     """Everything stored for the project, archived memories included, as one comparable string."""
     rows = []
-    for agent, kind in alma.store.scopes():
-        for memory in alma.store.list(kind, None if agent == "_" else agent, include_archived=True):
-            rows.append(memory.model_dump_json())
+    for memory in alma.memories(include_archived=True):
+        rows.append(memory.model_dump_json())
     return json.dumps(sorted(rows))
 
 

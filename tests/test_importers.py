@@ -17,7 +17,7 @@ DATA = Path(__file__).parent / "data"
 
 
 def active(alma, agent, kind):
-    return [m for m in alma.store.list(kind, None if kind == "preference" else agent) if not m.archived]
+    return [m for m in alma.memories(kind, None if kind == "preference" else agent) if not m.archived]
 
 
 def facts(alma, agent="dev"):

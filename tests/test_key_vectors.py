@@ -15,8 +15,7 @@ from mcp import Client
 from alma_mcp.embedding.embedder import HashEmbedder
 from alma_mcp.models import key_text
 from alma_mcp.frontends.server import create_server
-from alma_mcp.service import ALMA
-from alma_mcp.storage.store import KEY_CHECK, KEY_VECTOR, collection_name
+from alma_mcp.storage.store import KEY_CHECK, KEY_VECTOR, MemoryStore, collection_name
 
 from helpers import teach_playwright
 
@@ -45,19 +44,19 @@ class CountingEmbedder:
         return vector
 
 
-def stored_keys(alma: ALMA) -> dict[str, tuple[Any, np.ndarray | None]]:
+def stored_keys(store: MemoryStore) -> dict[str, tuple[Any, np.ndarray | None]]:
     """id -> (memory, its stored key vector or None), for every memory (archived too)."""
     out = {}
-    for agent, kind in alma.store.scopes():
-        for hit in alma.store.iter_hits(kind, None if agent == "_" else agent, include_archived=True):
+    for agent, kind in store.scopes():
+        for hit in store.iter_hits(kind, None if agent == "_" else agent, include_archived=True):
             out[hit.memory.id] = (hit.memory, hit.key_vector)
     return out
 
 
-def assert_keys_match_model(alma: ALMA, embedder: Any, atol: float = 2e-3) -> int:
+def assert_keys_match_model(store: MemoryStore, embedder: Any, atol: float = 2e-3) -> int:
     """Every stored memory has a key vector, and it is the model's embedding of its key text
     (float16 storage: equal to about 1e-3)."""
-    found = stored_keys(alma)
+    found = stored_keys(store)
     assert found
     memories = [m for m, _ in found.values()]
     expected = embedder.embed([key_text(m) for m in memories])
@@ -67,92 +66,92 @@ def assert_keys_match_model(alma: ALMA, embedder: Any, atol: float = 2e-3) -> in
     return len(found)
 
 
-def strip_key_vectors(alma: ALMA) -> None:
+def strip_key_vectors(store: MemoryStore) -> None:
     """Make the store look as an older alma-mcp left it: no key vector fields at all."""
-    for agent, kind in alma.store.scopes():
-        col = alma.store.client.get_collection(collection_name(alma.config.project, kind, None if agent == "_" else agent))
+    for agent, kind in store.scopes():
+        col = store.client.get_collection(collection_name(store.project, kind, None if agent == "_" else agent))
         ids = col.get(include=[])["ids"]
         col.update(ids=ids, metadatas=[{KEY_VECTOR: None, KEY_CHECK: None} for _ in ids])
-        alma.store._bump(col.name)  # noqa: SLF001 - retrieval caches must see the change
+        store._bump(col.name)  # noqa: SLF001 - retrieval caches must see the change
 
 
-def test_every_taught_and_learned_memory_is_stored_with_its_key_vector(make_alma, real_embedder) -> None:
-    alma = make_alma()
+def test_every_taught_and_learned_memory_is_stored_with_its_key_vector(make_parts, real_embedder) -> None:
+    alma, alma_store, alma_retriever = make_parts()
     teach_playwright(alma)
     alma.add_preference("alice", "reporting", "Keep reports short: five bullet points at most.")
     for task in ("Test the signup form with an empty email", "Test the signup form when the email is empty",
                  "Test signup form validation for a blank email field"):
         alma.learn("helena", task, "success", "Submit blank and assert the inline error", task_type="testing")
-    assert {m.type for m, _ in stored_keys(alma).values()} == {"heuristic", "anti_pattern", "knowledge", "preference", "outcome"}
-    assert_keys_match_model(alma, real_embedder)
+    assert {m.type for m, _ in stored_keys(alma_store).values()} == {"heuristic", "anti_pattern", "knowledge", "preference", "outcome"}
+    assert_keys_match_model(alma_store, real_embedder)
 
 
-def test_a_warm_retrieval_embeds_only_the_task(make_alma, real_embedder) -> None:
+def test_a_warm_retrieval_embeds_only_the_task(make_parts, real_embedder) -> None:
     counting = CountingEmbedder(real_embedder)
-    alma = make_alma(embedder=counting)
+    alma, alma_store, alma_retriever = make_parts(embedder=counting)
     teach_playwright(alma)
-    fresh = make_alma(embedder=counting)  # another process on the same store: no key cache at all
+    fresh, fresh_store, fresh_retriever = make_parts(embedder=counting)  # another process on the same store: no key cache at all
     counting.texts.clear()
     task = "My Playwright test is flaky right after the page navigates (key vector test)"
     result = fresh.retrieve(task, "helena")
     assert result.heuristics, "the lesson about flaky navigation is found"
     assert counting.texts == [task], "only the task is embedded; memories' keys come from the store"
-    assert fresh.retriever.keys.embedded == 0
+    assert fresh_retriever.keys.embedded == 0
 
 
-def test_merge_on_write_and_a_changed_key_keep_key_vectors_right(make_alma, real_embedder) -> None:
-    alma = make_alma()
+def test_merge_on_write_and_a_changed_key_keep_key_vectors_right(make_parts, real_embedder) -> None:
+    alma, alma_store, alma_retriever = make_parts()
     alma.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC every night.")
     # Taught again almost verbatim: merged into one active memory, both records written.
     alma.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC every night!")
-    active = [m for m, _ in stored_keys(alma).values() if not m.archived]
+    active = [m for m, _ in stored_keys(alma_store).values() if not m.archived]
     assert len(active) == 1
-    assert_keys_match_model(alma, real_embedder)
+    assert_keys_match_model(alma_store, real_embedder)
 
     # A path that rewrites metadata only (update_metadata) with a changed key text leaves the
     # old key vector behind: it is recognised as stale and the key is embedded on first sight.
     edited = active[0]
     edited.fact = "Credit notes are issued on the first Monday of each month."  # type: ignore[attr-defined]
-    alma.store.update_metadata([edited])
-    memory, vector = stored_keys(alma)[edited.id]
+    alma_store.update_metadata([edited])  # a store-level write: no service call rewrites text this way
+    memory, vector = stored_keys(alma_store)[edited.id]
     assert vector is None, "a key vector made from another key text is not used"
 
 
-def test_memories_stored_without_key_vectors_still_work_and_reindex_fills_them(make_alma, tmp_path, real_embedder) -> None:
+def test_memories_stored_without_key_vectors_still_work_and_reindex_fills_them(make_parts, tmp_path, real_embedder) -> None:
     data = tmp_path / "data"
-    alma = make_alma(data_dir=data)
+    alma, alma_store, alma_retriever = make_parts(data_dir=data)
     teach_playwright(alma)
     task = "Playwright test flaky after navigation"
     with_keys = alma.retrieve(task, "helena")
-    strip_key_vectors(alma)
-    assert all(v is None for _, v in stored_keys(alma).values())
+    strip_key_vectors(alma_store)
+    assert all(v is None for _, v in stored_keys(alma_store).values())
 
-    older = make_alma(data_dir=data)
+    older, older_store, older_retriever = make_parts(data_dir=data)
     without = older.retrieve(task, "helena")
-    assert older.retriever.keys.embedded > 0, "keys of old memories are embedded on first sight"
+    assert older_retriever.keys.embedded > 0, "keys of old memories are embedded on first sight"
     assert [m.memory.id for m in without.all()] == [m.memory.id for m in with_keys.all()]
     assert [m.similarity for m in without.all()] == pytest.approx([m.similarity for m in with_keys.all()], abs=2e-3)
 
     report = older.reindex()
-    assert report.re_embedded == 0 and report.keys_filled == len(stored_keys(older))
-    assert_keys_match_model(older, real_embedder)
+    assert report.re_embedded == 0 and report.keys_filled == len(stored_keys(older_store))
+    assert_keys_match_model(older_store, real_embedder)
     assert older.reindex().keys_filled == 0, "a second run has nothing to fill"
-    later = make_alma(data_dir=data)
+    later, later_store, later_retriever = make_parts(data_dir=data)
     assert [m.memory.id for m in later.retrieve(task, "helena").all()] == [m.memory.id for m in with_keys.all()]
-    assert later.retriever.keys.embedded == 0
+    assert later_retriever.keys.embedded == 0
 
 
-def test_reindex_with_another_model_re_embeds_key_vectors(make_alma, tmp_path) -> None:
+def test_reindex_with_another_model_re_embeds_key_vectors(make_parts, tmp_path) -> None:
     data = tmp_path / "data"
-    first = make_alma(data_dir=data)
+    first, first_store, first_retriever = make_parts(data_dir=data)
     teach_playwright(first)
-    second = make_alma(data_dir=data, embedder=HashEmbedder(256), embedding={"model": "hash-256"})
-    assert second.reindex().re_embedded == len(stored_keys(second))
-    assert assert_keys_match_model(second, HashEmbedder(256), atol=1e-3) == 6  # 256-dimensional now
+    second, second_store, second_retriever = make_parts(data_dir=data, embedder=HashEmbedder(256), embedding={"model": "hash-256"})
+    assert second.reindex().re_embedded == len(stored_keys(second_store))
+    assert assert_keys_match_model(second_store, HashEmbedder(256), atol=1e-3) == 6  # 256-dimensional now
 
 
-def test_import_keeps_key_vectors_with_and_without_embeddings(make_alma, tmp_path, real_embedder) -> None:
-    source = make_alma(data_dir=tmp_path / "source")
+def test_import_keeps_key_vectors_with_and_without_embeddings(make_parts, tmp_path, real_embedder) -> None:
+    source, source_store, source_retriever = make_parts(data_dir=tmp_path / "source")
     teach_playwright(source)
     source.add_preference("alice", "reporting", "Keep reports short: five bullet points at most.")
     plain, vectors = tmp_path / "plain.jsonl", tmp_path / "vectors.jsonl"
@@ -162,25 +161,25 @@ def test_import_keeps_key_vectors_with_and_without_embeddings(make_alma, tmp_pat
 
     # With vectors: nothing at all is embedded, and the keys arrive as they were.
     counting = CountingEmbedder(real_embedder)
-    target = make_alma(data_dir=tmp_path / "with", embedder=counting)
+    target, target_store, target_retriever = make_parts(data_dir=tmp_path / "with", embedder=counting)
     counting.texts.clear()
     assert target.import_memories(vectors).added == 7
     assert counting.texts == []
-    original = stored_keys(source)
-    for memory_id, (_, vector) in stored_keys(target).items():
+    original = stored_keys(source_store)
+    for memory_id, (_, vector) in stored_keys(target_store).items():
         assert np.allclose(vector, original[memory_id][1], atol=1e-3)
 
     # Without vectors: texts and keys are embedded (one batch), and are right.
-    other = make_alma(data_dir=tmp_path / "without")
+    other, other_store, other_retriever = make_parts(data_dir=tmp_path / "without")
     assert other.import_memories(plain).re_embedded == 7
-    assert_keys_match_model(other, real_embedder)
+    assert_keys_match_model(other_store, real_embedder)
 
 
-def test_key_vectors_are_used_through_a_real_mcp_client(make_alma, real_embedder) -> None:
+def test_key_vectors_are_used_through_a_real_mcp_client(make_parts, real_embedder) -> None:
     counting = CountingEmbedder(real_embedder)
-    alma = make_alma(embedder=counting)
+    alma, alma_store, alma_retriever = make_parts(embedder=counting)
     teach_playwright(alma)
-    keys = alma.retriever.keys  # the session's end closes the service, which makes a new retriever after
+    keys = alma_retriever.keys
     keys.embedded = 0
 
     async def main() -> None:

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from mcp import Client
 
-from alma_mcp.storage.audit import AuditEntry, ChromaAuditLog, JsonlAuditLog, audit_file
+from alma_mcp.storage.audit import AuditEntry, JsonlAuditLog, audit_file
 from alma_mcp.errors import InvalidInput, NotFound
-from alma_mcp.learning.lifecycle import days_to_floor, plan_merges, strength
+from alma_mcp.learning.lifecycle import days_to_floor, half_life, plan_merges, strength
 from alma_mcp.models import DomainKnowledge, Heuristic, new_id, utcnow
 from alma_mcp.frontends.server import create_server
 
@@ -34,9 +34,8 @@ MODES = ["legacy", "auto"]
 def snapshot(alma: Any) -> dict[str, str]:
     """Every stored memory (archived too) as JSON, by id: to prove that nothing changed."""
     out = {}
-    for agent, kind in alma.store.scopes():
-        for memory in alma.store.list(kind, None if agent == "_" else agent, include_archived=True):
-            out[memory.id] = memory.model_dump_json()
+    for memory in alma.memories(include_archived=True):
+        out[memory.id] = memory.model_dump_json()
     return out
 
 
@@ -47,7 +46,7 @@ def old_fact(alma: Any, agent: str, fact: str, days: float, confidence: float = 
         id=new_id("knowledge"), project=alma.config.project, agent=agent, domain="ops", fact=fact,
         confidence=confidence, created_at=then, updated_at=then,
     )
-    alma.store.put([memory])
+    alma.put([memory])
     return memory
 
 
@@ -65,13 +64,13 @@ def test_anti_pattern_taught_twice_is_merged_with_counts_kept(alma):
         "helena", "Waiting for elements with sleep()", "Makes tests flaky", better_alternative="Wait for the element to be visible", task_type="testing"
     )
     assert second.id == first.id  # the older lesson survives, ACE-style
-    survivor = alma.store.get(first.id)
+    survivor = alma.get(first.id).memory
     assert survivor.occurrence_count == 2
     assert survivor.helpful == 1 and survivor.used == 1
     assert survivor.better_alternative == "Wait for the element to be visible"
     assert survivor.pattern == "Using sleep() to wait for elements"
     assert not survivor.archived
-    archived = [m for m in alma.store.list("anti_pattern", "helena", include_archived=True) if m.archived]
+    archived = [m for m in alma.memories("anti_pattern", "helena", include_archived=True) if m.archived]
     assert len(archived) == 1 and archived[0].pattern == "Waiting for elements with sleep()"
     assert archived[0].archived_reason.startswith(f"merged into {first.id}")
     assert alma.stats()["agents"]["helena"]["anti_pattern"] == 1
@@ -94,14 +93,14 @@ def test_preference_restated_keeps_the_newer_wording(alma):
     alma.feedback(old.id, "helpful")
     new = alma.add_preference("alice", "code_style", "Use 4 spaces for indentation")
     assert new.id != old.id
-    active = alma.store.list("preference", None)
+    active = alma.memories("preference")
     assert [m.preference for m in active] == ["Use 4 spaces for indentation"]
     assert active[0].helpful == 1 and active[0].created_at == old.created_at  # the history is folded in
-    stale = alma.store.get(old.id)
+    stale = alma.get(old.id).memory
     assert stale.archived and stale.archived_reason.startswith(f"superseded by {new.id}")
     # Another user's identical preference is theirs alone.
     alma.add_preference("bob", "code_style", "Use 4 spaces for indentation")
-    assert len(alma.store.list("preference", None)) == 2
+    assert len(alma.memories("preference")) == 2
 
 
 def test_merge_thresholds_are_configurable_per_type(make_alma):
@@ -126,16 +125,16 @@ def test_merging_a_taught_duplicate_into_a_learned_heuristic_keeps_its_provenanc
     for task in tasks:
         created += alma.learn("helena", task, "success", strategy, task_type="form_testing").heuristics_created
     (learned_id,) = created
-    learned = alma.store.get(learned_id)
+    learned = alma.get(learned_id).memory
     taught = alma.add_heuristic("helena", "Testing a login form with an empty email field", strategy, "form_testing", confidence=0.9)
     alma.feedback(taught.id, "helpful")
     result = alma.consolidate("helena", "heuristic", similarity_threshold=0.75, dry_run=False)
     assert result.count == 1 and result.groups[0].survivor.id == learned_id  # the older lesson survives
-    merged = alma.store.get(learned_id)
+    merged = alma.get(learned_id).memory
     assert merged.supporting_outcomes == learned.supporting_outcomes and len(merged.supporting_outcomes) == 3
     assert merged.occurrence_count == 4 and merged.success_count == 4 and merged.helpful == 1
     assert merged.confidence >= 0.9
-    assert alma.store.get(taught.id).archived_reason.startswith(f"merged into {learned_id}")
+    assert alma.get(taught.id).memory.archived_reason.startswith(f"merged into {learned_id}")
     # Learning goes on updating the same lesson: the archived copy never comes back.
     report = alma.learn("helena", "Check the login form with a blank email address", "success", strategy, task_type="form_testing")
     assert report.heuristics_updated == [learned_id] and report.heuristics_created == []
@@ -167,7 +166,7 @@ def test_consolidate_dry_run_changes_nothing_then_merges(make_alma):
     # Facts: the newest statement survives.
     assert group.survivor.id == made[2].id
     assert {m.id for m in group.merged} == {made[0].id, made[1].id}
-    survivor = alma.store.get(made[2].id)
+    survivor = alma.get(made[2].id).memory
     assert survivor.used == 3 and survivor.created_at == made[0].created_at
     assert alma.stats()["agents"]["victor"]["knowledge"] == 2
     assert {e.memory_id for e in alma.audit_log(action="merge")} == {made[0].id, made[1].id}
@@ -239,23 +238,23 @@ def test_sweep_archives_only_what_decayed_below_the_floor(alma):
 
     done = alma.sweep(dry_run=False)
     assert [m.id for m in done.decayed] == [stale.id]
-    gone = alma.store.get(stale.id)
+    gone = alma.get(stale.id).memory
     assert gone.archived and gone.archived_reason.startswith("decayed: strength")
     for kept in (fresh, month, revived):
-        assert not alma.store.get(kept.id).archived
+        assert not alma.get(kept.id).memory.archived
     (entry,) = alma.audit_log()
     assert (entry.action, entry.call, entry.memory_id) == ("archive", "sweep", stale.id)
     # Decay also orders what stays: the month-old fact is weaker than the fresh one.
-    half_life = alma.lifecycle.half_life("victor")
+    days = half_life(alma.config, "victor")
     now = utcnow()
-    assert strength(alma.store.get(fresh.id), half_life, now) > strength(alma.store.get(month.id), half_life, now)
+    assert strength(alma.get(fresh.id).memory, days, now) > strength(alma.get(month.id).memory, days, now)
 
 
 def test_automatic_sweep_runs_on_the_first_write(make_alma):
     alma = make_alma(lifecycle={"sweep_every_writes": 5})
     stale = old_fact(alma, "victor", "The old build server was called hermes", days=400)
     alma.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC")
-    assert alma.store.get(stale.id).archived
+    assert alma.get(stale.id).memory.archived
     (entry,) = alma.audit_log()
     assert entry.call == "automatic sweep" and entry.memory_id == stale.id
 
@@ -270,7 +269,7 @@ def test_cap_archives_the_lowest_value_first(make_alma):
         "API keys rotate every 90 days": 0.7,
     }
     made = {fact: alma.add_knowledge("victor", "ops", fact, confidence=c) for fact, c in facts.items()}
-    active = {m.fact for m in alma.store.list("knowledge", "victor")}
+    active = {m.fact for m in alma.memories("knowledge", "victor")}
     assert active == {"Invoices are generated at 02:00 UTC", "Deploys need a green CI run first", "API keys rotate every 90 days"}
     capped = alma.audit_log(action="archive")
     assert {e.memory_id for e in capped} == {made["The nightly backup runs at 03:00 UTC"].id, made["The staging database is reset every Sunday"].id}
@@ -293,7 +292,7 @@ def test_forget_archives_by_default_and_restore_brings_it_back(alma):
     fact = alma.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC")
     done = alma.forget([fact.id], dry_run=False)
     assert done.action == "archive" and done.count == 1
-    stored = alma.store.get(fact.id)
+    stored = alma.get(fact.id).memory
     assert stored.archived and stored.archived_reason == "forgotten by id"
     assert alma.retrieve("When are invoices generated?", "victor").knowledge == []
     # Archiving twice changes nothing.
@@ -301,7 +300,7 @@ def test_forget_archives_by_default_and_restore_brings_it_back(alma):
 
     restored = alma.restore([fact.id])
     assert restored.count == 1
-    back = alma.store.get(fact.id)
+    back = alma.get(fact.id).memory
     assert not back.archived and back.archived_reason is None and back.last_used_at is not None
     assert [m.memory.id for m in alma.retrieve("When are invoices generated?", "victor").knowledge] == [fact.id]
     assert [e.action for e in alma.audit_log(memory_id=fact.id)] == ["restore", "archive"]
@@ -317,12 +316,12 @@ def test_purge_erases_the_memory_and_its_words_from_the_audit_log(alma):
     done = alma.forget([fact.id], dry_run=False, purge=True)
     assert done.action == "purge" and done.count == 1
     with pytest.raises(NotFound):
-        alma.store.get(fact.id)
+        alma.get(fact.id).memory
     (entry,) = alma.audit_log(action="purge")
     assert entry.memory_id == fact.id and entry.snapshot is None and entry.title is None
     assert entry.call == "forget (purge)"
     assert all(e.title is None for e in alma.audit_log(memory_id=fact.id))
-    log_text = alma.audit.path.read_text()
+    log_text = audit_file(alma.config.data_dir, alma.config.project).read_text()
     assert "cron-7f3a" not in log_text and "Refunds take five business days" in log_text
     with pytest.raises(NotFound, match="no memory with id"):
         alma.restore([fact.id])
@@ -353,7 +352,7 @@ def test_every_removal_is_in_the_audit_log(make_alma):
         retired += alma.learn("helena", f"{tasks[i % 4]} again", "failure", strategy, task_type="api", error_message="still timed out").heuristics_retired
     assert retired, "the heuristic should have been retired by the failures"
 
-    archived = {m.id for agent, kind in alma.store.scopes() for m in alma.store.list(kind, None if agent == "_" else agent, include_archived=True) if m.archived}
+    archived = {m.id for m in alma.memories(include_archived=True) if m.archived}
     audited = {e.memory_id: e for e in alma.audit_log(limit=1000) if e.action in ("archive", "merge", "purge")}
     assert archived <= set(audited), f"removals without an audit entry: {archived - set(audited)}"
     assert b.id in audited and audited[b.id].action == "purge"
@@ -403,12 +402,11 @@ def test_chroma_http_audit_log_is_shared_and_ignored_by_scopes(tmp_path, make_al
         first = make_alma(data_dir=tmp_path / "one", **settings)
         fact = first.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC")
         first.forget([fact.id], dry_run=False)
-        assert isinstance(first.audit, ChromaAuditLog)
         # A second service (another process, another machine) reads the same log.
         second = make_alma(data_dir=tmp_path / "two", **settings)
         (entry,) = second.audit_log()
         assert entry.memory_id == fact.id and entry.action == "archive"
-        assert second.store.scopes() == [("victor", "knowledge")]
+        assert list(second.stats()["agents"]) == ["victor"] and second.count(include_archived=True) == 1  # no audit "agent"
         assert not (tmp_path / "one" / "audit.default.jsonl").exists()
     finally:
         server.terminate()

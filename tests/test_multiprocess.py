@@ -81,9 +81,10 @@ def run_verifier(config: str, acks: str) -> None:
     """In a fresh process: every acknowledged id is stored and found by vector search."""
     from alma_mcp.models import memory_type_of
     from alma_mcp.service import ALMA
+    from alma_mcp.storage.store import MemoryStore
 
     alma = ALMA.from_config(config)
-    store = alma.store
+    store = MemoryStore.embedded(alma.config.data_dir / "chroma", alma.config.project, alma.embedder)  # searched directly
     ids = [line.strip() for line in open(acks, encoding="utf-8") if line.strip()]
     missing, unsearchable = [], []
     by_scope: dict[tuple[str, str], list[str]] = {}
@@ -115,7 +116,7 @@ def seed(config: Path, real_embedder, count: int) -> list[str]:
         DomainKnowledge(id=new_id("knowledge"), project="multiproc", agent="helena", domain="ops", fact=unique_fact(rng, "seed", i))
         for i in range(count)
     ]
-    alma.store.put(memories, real_embedder.embed([m.text() for m in memories]))
+    alma.put(memories, real_embedder.embed([m.text() for m in memories]))
     return [m.id for m in memories]
 
 
@@ -167,17 +168,21 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path, real_embedder):
 def test_a_running_process_sees_another_process_write_at_once(tmp_path, real_embedder):
     """The long-lived server process has searched (its index is in memory, its result cached);
     another process then teaches a fact; the next retrieval here must return it."""
+    from alma_mcp.config import load_config
+    from alma_mcp.ranking.retriever import Retriever
     from alma_mcp.service import ALMA
+    from alma_mcp.storage.store import MemoryStore
 
     config = write_config(tmp_path)
-    from alma_mcp.config import load_config
 
-    alma = ALMA(load_config(config), embedder=real_embedder)
+    settings = load_config(config)
+    retriever = Retriever(MemoryStore.embedded(settings.data_dir / "chroma", settings.project, real_embedder), real_embedder, settings)
+    alma = ALMA(settings, embedder=real_embedder, retriever=retriever)
     task = "Which port does the billing webhook gateway listen on?"
     alma.add_knowledge("helena", "ops", "The cron parser runs every night at 02:00")  # the collection exists
     before = alma.retrieve(task, "helena")
     assert [m.memory.fact for m in before.knowledge] == []
-    generation = alma.store.generation("knowledge", "helena")
+    generation = retriever.store.generation("knowledge", "helena")
 
     acks = tmp_path / "acks.txt"
     script = (
@@ -189,8 +194,8 @@ def test_a_running_process_sees_another_process_write_at_once(tmp_path, real_emb
     subprocess.run([sys.executable, "-c", script], env=worker_env(), check=True, timeout=300)
     taught = acks.read_text().strip()
 
-    assert alma.store.generation("knowledge", "helena") != generation
-    indexes = alma.retriever.indexes
+    assert retriever.store.generation("knowledge", "helena") != generation
+    indexes = retriever.indexes
     full_reads, catch_ups = indexes.full_reads, indexes.catch_ups
     after = alma.retrieve(task, "helena")
     assert taught in [m.memory.id for m in after.knowledge]
@@ -199,6 +204,10 @@ def test_a_running_process_sees_another_process_write_at_once(tmp_path, real_emb
     assert "8443" in after.prompt
     # And the fact can be fed back on from here: the read-modify-write sees the other process's record.
     assert alma.feedback(taught, "helpful").helpful == 1
+    alma.close()
+    retriever.close()
+    retriever.indexes.close()
+    retriever.store.close()
 
 
 def test_threads_reading_and_writing_at_once_do_not_deadlock(tmp_path, real_embedder):

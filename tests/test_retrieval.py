@@ -18,7 +18,7 @@ from alma_mcp.prompt.render import estimate_tokens
 from alma_mcp.indexes.keys import KeyVectors
 from alma_mcp.frontends.server import create_server
 from alma_mcp.service import ALMA
-from helpers import teach_playwright
+from helpers import Parts, teach_playwright
 
 def test_a_task_with_nothing_relevant_gets_an_empty_prompt(alma: ALMA) -> None:
     teach_playwright(alma)
@@ -182,31 +182,33 @@ def test_the_prompt_keeps_to_its_token_budget(make_alma: Callable[..., ALMA], tm
             assert shown < len(result)  # a small one cannot hold them all
 
 
-def test_the_result_cache_is_invalidated_by_a_write_to_the_scope_only(alma: ALMA) -> None:
+def test_the_result_cache_is_invalidated_by_a_write_to_the_scope_only(parts: Parts) -> None:
+    alma, retriever = parts.alma, parts.retriever
     teach_playwright(alma)
     task = "Test the signup page's captcha bypass on staging"
     first = alma.retrieve(task, "helena")
-    misses = alma.retriever.cache_misses
+    misses = retriever.cache_misses
     again = alma.retrieve(task, "helena")
-    assert again == first and alma.retriever.cache_misses == misses  # served from the cache
+    assert again == first and retriever.cache_misses == misses  # served from the cache
 
     alma.add_knowledge("victor", "api", "The staging captcha is reCAPTCHA v3 with a 0.5 threshold.")  # another scope
     alma.retrieve(task, "helena")
-    assert alma.retriever.cache_misses == misses, "a write to another agent must not invalidate helena's results"
+    assert retriever.cache_misses == misses, "a write to another agent must not invalidate helena's results"
 
     taught = alma.add_heuristic(
         "helena", "Testing signup behind the captcha on staging", "Send the X-Test-Bypass header from the Playwright config."
     )
     after = alma.retrieve(task, "helena")
-    assert alma.retriever.cache_misses == misses + 1
+    assert retriever.cache_misses == misses + 1
     assert taught.id in [m.memory.id for m in after.all()], "the new memory must be visible at once"
 
 
-def test_the_lexical_index_follows_writes_and_forgetting(alma: ALMA) -> None:
+def test_the_lexical_index_follows_writes_and_forgetting(parts: Parts) -> None:
+    alma, retriever = parts.alma, parts.retriever
     teach_playwright(alma)
     alma.retrieve("warm the indexes", "helena")  # builds the lexical indexes from the store
     taught = alma.add_knowledge("helena", "ci", "Error ERR_PNPM_OUTDATED_LOCKFILE means the lockfile must be regenerated.")
-    index = alma.retriever.indexes.get("knowledge", "helena").lexical
+    index = retriever.indexes.get("knowledge", "helena").lexical
     assert [h.id for h in index.search("ERR_PNPM_OUTDATED_LOCKFILE", 3)][:1] == [taught.id]
     alma.forget(memory_ids=[taught.id], dry_run=False)
     assert taught.id not in [h.id for h in index.search("ERR_PNPM_OUTDATED_LOCKFILE", 3)]
@@ -244,35 +246,38 @@ def test_archived_memories_are_never_retrieved(alma: ALMA) -> None:
     task = "Audit the new settings page for accessibility problems"
     found = alma.retrieve(task, "helena").heuristics
     target = next(m.memory for m in found if "AxeBuilder" in m.memory.strategy)  # type: ignore[attr-defined]
-    target.archived = True
-    alma.store.update_metadata([target])
+    alma.forget([target.id], dry_run=False)  # archived
     assert target.id not in [m.memory.id for m in alma.retrieve(task, "helena").all()]
 
 
-def test_another_writer_on_the_same_store_is_seen_by_the_lexical_index(make_alma: Callable[..., ALMA], tmp_path: Path) -> None:
-    reader = make_alma(data_dir=tmp_path / "shared")
+def test_another_writer_on_the_same_store_is_seen_by_the_lexical_index(
+    make_alma: Callable[..., ALMA], make_parts: Callable[..., Parts], tmp_path: Path
+) -> None:
+    reader, _, retriever = make_parts(data_dir=tmp_path / "shared")
     writer = make_alma(data_dir=tmp_path / "shared")  # a second service, as a second process would be
     teach_playwright(reader)
     task = "CI says ERR_PNPM_OUTDATED_LOCKFILE on install"
     before = reader.retrieve(task, "helena")  # builds the reader's lexical indexes
     assert all("ERR_PNPM" not in m.memory.text() for m in before.all())
     taught = writer.add_knowledge("helena", "ci", "ERR_PNPM_OUTDATED_LOCKFILE: run pnpm install without --frozen-lockfile once and commit the lockfile.")
-    index = reader.retriever.indexes.get("knowledge", "helena").lexical
+    index = retriever.indexes.get("knowledge", "helena").lexical
     assert taught.id in [h.id for h in index.search(task, 5)], "the reader's index must pick up the other writer's memory"
     assert taught.id in [m.memory.id for m in reader.retrieve(task, "helena").knowledge]
 
 
-def test_a_write_of_ours_after_another_writers_does_not_hide_theirs(make_alma: Callable[..., ALMA], tmp_path: Path) -> None:
+def test_a_write_of_ours_after_another_writers_does_not_hide_theirs(
+    make_alma: Callable[..., ALMA], make_parts: Callable[..., Parts], tmp_path: Path
+) -> None:
     # The lexical index follows this process's writes incrementally; when another process wrote
     # first, applying only our write must not mark the index as up to date.
-    reader = make_alma(data_dir=tmp_path / "shared")
+    reader, _, retriever = make_parts(data_dir=tmp_path / "shared")
     writer = make_alma(data_dir=tmp_path / "shared")
     teach_playwright(reader)
     task = "CI says ERR_PNPM_OUTDATED_LOCKFILE on install"
     reader.retrieve(task, "helena")  # builds the reader's lexical indexes
     theirs = writer.add_knowledge("helena", "ci", "ERR_PNPM_OUTDATED_LOCKFILE: run pnpm install without --frozen-lockfile once and commit the lockfile.")
     reader.add_knowledge("helena", "ci", "The CI runners cache the pnpm store under /opt/pnpm-store between jobs.")
-    index = reader.retriever.indexes.get("knowledge", "helena").lexical
+    index = retriever.indexes.get("knowledge", "helena").lexical
     assert theirs.id in [h.id for h in index.search(task, 5)]
 
 
@@ -299,7 +304,7 @@ def test_a_named_users_general_preferences_are_injected_under_their_own_floor(al
 
     # The preference floor is configurable: at the main floor's height, the same call injects nothing.
     strict = RetrievalSettings(preference_floor=0.9)
-    assert alma.retriever.retrieve(task, "helena", user_id="alice", settings=strict).prompt == ""
+    assert alma.retrieve(task, "helena", user_id="alice", settings=strict).prompt == ""
 
 
 def test_key_vectors_are_embedded_once_per_key_text(alma: ALMA) -> None:

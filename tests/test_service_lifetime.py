@@ -98,22 +98,50 @@ def test_close_waits_for_the_follower_and_releases_the_lock_files(service: ALMA)
     assert data.resolve() not in open_directories()
 
 
-def test_the_lazy_parts_are_made_once_under_concurrent_first_use(service: ALMA) -> None:
-    made: list[object] = []
+def test_the_lazy_parts_are_made_once_under_concurrent_first_use(service: ALMA, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight threads make their first calls at once: one store, retriever, learner and life cycle
+    is made for all of them, and the learner and the life cycle search the retriever's indexes."""
+    import alma_mcp.service as service_module
+
+    made: dict[str, list[object]] = {}
+    for name in ("MemoryStore", "Retriever", "Learner", "Lifecycle"):
+        real = getattr(service_module, name)
+        if name == "MemoryStore":
+            opened = real.embedded
+
+            def embedded(*args: object, _opened=opened, **kwargs: object) -> object:
+                made.setdefault("MemoryStore", []).append(store := _opened(*args, **kwargs))
+                return store
+
+            monkeypatch.setattr(real, "embedded", staticmethod(embedded))
+            continue
+
+        class Counted(real):  # type: ignore[misc, valid-type]
+            def __init__(self, *args: object, _name: str = name, **kwargs: object) -> None:
+                super().__init__(*args, **kwargs)
+                made.setdefault(_name, []).append(self)
+
+        monkeypatch.setattr(service_module, name, Counted)
     barrier = threading.Barrier(8)
+    failures: list[BaseException] = []
 
-    def first_use() -> None:
+    def first_use(n: int) -> None:
         barrier.wait()
-        made.append(service.lifecycle)
-        made.append(service.learner)
+        try:
+            service.sweep(dry_run=True)  # the life cycle, so the store and the retriever's indexes
+            service.learn("ops", f"restart the consumer {n}", "success", "rolling restart")  # the learner
+        except BaseException as exc:  # noqa: BLE001 - reported below, from the test's thread
+            failures.append(exc)
 
-    threads = [threading.Thread(target=first_use) for _ in range(8)]
+    threads = [threading.Thread(target=first_use, args=(n,)) for n in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len({id(part) for part in made}) == 2
-    assert service.lifecycle.indexes is service.retriever.indexes
+    assert failures == []
+    assert {name: len(parts) for name, parts in made.items()} == {"MemoryStore": 1, "Retriever": 1, "Learner": 1, "Lifecycle": 1}
+    (retriever,), (learner,), (lifecycle,) = made["Retriever"], made["Learner"], made["Lifecycle"]
+    assert learner.indexes is retriever.indexes and lifecycle.indexes is retriever.indexes  # type: ignore[attr-defined]
 
 
 async def test_the_http_app_starts_the_service_with_its_lifespan_and_closes_it_at_the_end(service: ALMA) -> None:

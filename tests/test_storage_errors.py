@@ -11,32 +11,32 @@ from alma_mcp.frontends.server import create_server
 from alma_mcp.storage.writelock import SharedCollection
 
 
-def break_collection_reads(alma, monkeypatch) -> None:
+def break_collection_reads(store, monkeypatch) -> None:
     """Every attempt to open an existing collection fails as a locked or broken database would."""
 
     def failing(name, **kwargs):
         raise InternalError("database is locked")
 
-    monkeypatch.setattr(alma.store.client, "get_collection", failing)
+    monkeypatch.setattr(store.client, "get_collection", failing)
 
 
-def test_a_failing_read_is_not_an_empty_collection(alma, monkeypatch):
-    break_collection_reads(alma, monkeypatch)
+def test_a_failing_read_is_not_an_empty_collection(parts, monkeypatch):
+    break_collection_reads(parts.store, monkeypatch)
     with pytest.raises(StorageError, match="database is locked"):
-        alma.store.count("heuristic", "zed")
+        parts.alma.count("heuristic", "zed")
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
-async def test_the_client_sees_the_storage_error_instead_of_no_memories(alma, monkeypatch, mode):
-    break_collection_reads(alma, monkeypatch)
-    async with Client(create_server(alma=alma), mode=mode) as client:
+async def test_the_client_sees_the_storage_error_instead_of_no_memories(parts, monkeypatch, mode):
+    break_collection_reads(parts.store, monkeypatch)
+    async with Client(create_server(alma=parts.alma), mode=mode) as client:
         result = await client.call_tool("alma_retrieve", {"task": "deploy the billing service", "agent": "zed"})
     assert result.is_error
     assert "database is locked" in result.content[0].text
 
 
 def test_a_collection_never_written_is_still_empty(alma):
-    assert alma.store.count("heuristic", "zed") == 0
+    assert alma.count("heuristic", "zed") == 0
     assert len(alma.retrieve("deploy the billing service", agent="zed")) == 0
 
 
@@ -52,7 +52,7 @@ def fail_every_write(monkeypatch) -> None:
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_a_failing_write_reaches_the_client_and_damages_nothing(alma, monkeypatch, mode):
     fact = alma.add_knowledge("zed", "billing", "The billing service deploys blue-green behind the canary gate.")
-    outcomes = alma.store.count("outcome", "zed")
+    outcomes = alma.count("outcome", "zed")
     fail_every_write(monkeypatch)
     async with Client(create_server(alma=alma), mode=mode) as client:
         result = await client.call_tool(
@@ -64,20 +64,21 @@ async def test_a_failing_write_reaches_the_client_and_damages_nothing(alma, monk
         result = await client.call_tool("alma_forget", {"memory_ids": [fact.id], "agent": "zed", "dry_run": False})
         assert result.is_error and "disk is full" in result.content[0].text
     monkeypatch.undo()
-    assert alma.store.count("outcome", "zed") == outcomes
-    assert alma.store.get(fact.id) == fact and not alma.store.get(fact.id).archived
+    assert alma.count("outcome", "zed") == outcomes
+    assert alma.get(fact.id).memory == fact and not alma.get(fact.id).memory.archived
     found = alma.retrieve("how does billing deploy", "zed", memory_types=["knowledge"])
     assert [m.memory.id for m in found.knowledge] == [fact.id]
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
-async def test_a_store_that_cannot_list_its_collections_is_an_error_not_zero_memories(alma, monkeypatch, mode):
+async def test_a_store_that_cannot_list_its_collections_is_an_error_not_zero_memories(parts, monkeypatch, mode):
+    alma = parts.alma
     alma.add_knowledge("zed", "billing", "The billing service deploys blue-green behind the canary gate.")
 
     def failing(*args, **kwargs):
         raise InternalError("database disk image is malformed")
 
-    monkeypatch.setattr(alma.store.client, "list_collections", failing)
+    monkeypatch.setattr(parts.store.client, "list_collections", failing)
     async with Client(create_server(alma=alma), mode=mode) as client:
         result = await client.call_tool("alma_stats", {"agent": "zed"})
     assert result.is_error

@@ -35,7 +35,7 @@ def test_the_store_writes_through_a_write_ahead_log_and_another_process_reads_it
         "import sys; from alma_mcp.service import ALMA; from alma_mcp.embedding.embedder import HashEmbedder; "
         "from alma_mcp.config import parse_config; "
         f"a = ALMA(parse_config({{'alma': {{'data_dir': {str(tmp_path / 'data')!r}, 'allow_undeclared_agents': True}}}}), embedder=HashEmbedder(64)); "
-        f"print(a.store.get({fact.id!r}).fact); a.close()"
+        f"print(a.get({fact.id!r}).memory.fact); a.close()"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -16,7 +16,7 @@ FLAKY = "Fix a flaky end-to-end test that clicks a button too early after naviga
 def test_evidence_below_the_floor_is_mentioned_as_a_weak_match(alma: ALMA) -> None:
     teach_playwright(alma)
     unreachable = RetrievalSettings(relevance_floor=0.95, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.2, weak_span=1.0, weak_top_k=2)
-    result = alma.retriever.retrieve(FLAKY, "helena", settings=unreachable)
+    result = alma.retrieve(FLAKY, "helena", settings=unreachable)
     assert 1 <= len(result) <= 2 and {m.tier for m in result.all()} == {"weak"}
     assert result.ranked()[0].memory.condition.startswith("A Playwright test flakes")  # type: ignore[attr-defined]
     assert result.confident() == []
@@ -26,17 +26,17 @@ def test_evidence_below_the_floor_is_mentioned_as_a_weak_match(alma: ALMA) -> No
 
     # weak_top_k 0 is the all-or-nothing floor of before.
     off = unreachable.model_copy(update={"weak_top_k": 0})
-    nothing = alma.retriever.retrieve(FLAKY, "helena", settings=off)
+    nothing = alma.retrieve(FLAKY, "helena", settings=off)
     assert len(nothing) == 0 and nothing.prompt == ""
     # ... and evidence under weak_floor is not mentioned either.
     high = unreachable.model_copy(update={"weak_floor": 0.9})
-    assert len(alma.retriever.retrieve(FLAKY, "helena", settings=high)) == 0
+    assert len(alma.retrieve(FLAKY, "helena", settings=high)) == 0
 
 
 def test_confident_memories_come_first_and_weak_ones_after(alma: ALMA) -> None:
     teach_playwright(alma)
     settings = RetrievalSettings(relevance_floor=0.5, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.0, weak_span=1.0, weak_top_k=3)
-    result = alma.retriever.retrieve(FLAKY, "helena", settings=settings)
+    result = alma.retrieve(FLAKY, "helena", settings=settings)
     tiers = [m.tier for m in result.ranked()]
     assert tiers[0] == "confident" and "weak" in tiers
     assert tiers == sorted(tiers), "confident (c) before weak (w)"
@@ -103,32 +103,32 @@ def teach_flaky_mix(alma: ALMA) -> None:
 def test_top_k_counts_the_memories_injected_in_all_ranked_across_types(alma: ALMA) -> None:
     teach_flaky_mix(alma)
     settings = RetrievalSettings(relevance_floor=0.2, floor_margin=0.0, lexical_floor=1.0, weak_top_k=0, top_k=3)
-    result = alma.retriever.retrieve(FLAKY, "helena", settings=settings)
+    result = alma.retrieve(FLAKY, "helena", settings=settings)
     assert len(result) == 3, "three memories in all, not three of each type"
-    why = alma.retriever.explain(FLAKY, "helena", top_k=3, n=40)
+    why = alma.explain(FLAKY, "helena", top_k=3, n=40)
     admitted = [c for c in why.candidates if c.verdict.startswith("admitted, not injected")]
     assert admitted, "more than three memories cleared the floor"
     assert min(m.score for m in result.all()) >= max(c.score for c in admitted), "the three best scores, whatever their type"
-    per_type = alma.retriever.retrieve(FLAKY, "helena", settings=settings.model_copy(update={"top_k_scope": "type"}))
+    per_type = alma.retrieve(FLAKY, "helena", settings=settings.model_copy(update={"top_k_scope": "type"}))
     assert len(per_type) > 3 and all(len(items) <= 3 for items in per_type.by_type().values())
 
 
 def test_weak_mentions_only_fill_the_room_the_confident_memories_left(alma: ALMA) -> None:
     teach_flaky_mix(alma)
     settings = RetrievalSettings(relevance_floor=0.5, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.0, weak_span=1.0, weak_top_k=5, top_k=8)
-    result = alma.retriever.retrieve(FLAKY, "helena", settings=settings)
+    result = alma.retrieve(FLAKY, "helena", settings=settings)
     confident = len(result.confident())
     assert 1 <= confident < 8 and len(result) == 8, "confident first, then weak mentions up to top_k in all"
     full = settings.model_copy(update={"relevance_floor": 0.2, "top_k": 2})
-    assert {m.tier for m in alma.retriever.retrieve(FLAKY, "helena", settings=full).all()} == {"confident"}
-    per_type = alma.retriever.retrieve(FLAKY, "helena", settings=settings.model_copy(update={"top_k_scope": "type"}))
+    assert {m.tier for m in alma.retrieve(FLAKY, "helena", settings=full).all()} == {"confident"}
+    per_type = alma.retrieve(FLAKY, "helena", settings=settings.model_copy(update={"top_k_scope": "type"}))
     assert len(per_type) - len(per_type.confident()) == 5, "per type, weak_top_k mentions besides"
 
 
 def test_weak_mentions_are_judged_against_the_tasks_own_best_candidate(alma: ALMA) -> None:
     teach_flaky_mix(alma)
     wide = RetrievalSettings(relevance_floor=0.95, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.0, weak_span=1.0, weak_top_k=20, top_k=20)
-    everything = sorted((m.evidence for m in alma.retriever.retrieve(FLAKY, "helena", settings=wide).all()), reverse=True)
+    everything = sorted((m.evidence for m in alma.retrieve(FLAKY, "helena", settings=wide).all()), reverse=True)
     best = everything[0]
     assert len(everything) >= 6 and everything[5] < best - 0.05, "the memories are not all level with the best"
 
@@ -136,17 +136,17 @@ def test_weak_mentions_are_judged_against_the_tasks_own_best_candidate(alma: ALM
     # only those, even where they are below weak_floor themselves.
     for span in (0.05, 0.15):
         settings = wide.model_copy(update={"weak_floor": best - 0.01, "weak_span": span})
-        mentioned = [m.evidence for m in alma.retriever.retrieve(FLAKY, "helena", settings=settings).all()]
+        mentioned = [m.evidence for m in alma.retrieve(FLAKY, "helena", settings=settings).all()]
         assert sorted(mentioned, reverse=True) == [e for e in everything if e >= best - span]
     assert any(e < best - 0.01 for e in mentioned), "a mention below weak_floor, within weak_span of the best"
     # A best below weak_floor: nothing, however level the others are.
-    assert len(alma.retriever.retrieve(FLAKY, "helena", settings=wide.model_copy(update={"weak_floor": best + 0.01}))) == 0
+    assert len(alma.retrieve(FLAKY, "helena", settings=wide.model_copy(update={"weak_floor": best + 0.01}))) == 0
 
 
 def test_a_weak_mention_is_short(alma: ALMA) -> None:
     teach_flaky_mix(alma)
     settings = RetrievalSettings(relevance_floor=0.95, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.0, weak_span=1.0, weak_top_k=5)
-    result = alma.retriever.retrieve(FLAKY, "helena", settings=settings)
+    result = alma.retrieve(FLAKY, "helena", settings=settings)
     assert len(result) == 5 and result.confident() == []
     # A header of about 20 tokens and about 30 a mention, a third of that the id (kind-uuid, 40-odd
     # characters); the format of before (kind words, 72 characters a mention) took about 200.
@@ -183,14 +183,14 @@ def test_a_heuristic_under_the_floor_is_named_not_given_on_the_margin(alma: ALMA
     # in the memories around a relevant one names a heuristic in the weak tier instead.
     teach_playwright(alma)
     everything = RetrievalSettings(relevance_floor=0.01, floor_margin=0.0, lexical_floor=1.0, weak_top_k=0, top_k=10)
-    ranked = alma.retriever.retrieve(FLAKY, "helena", settings=everything).ranked()
+    ranked = alma.retrieve(FLAKY, "helena", settings=everything).ranked()
     top = ranked[0]
     lower = [m for m in ranked[1:] if m.memory.type == "heuristic" and m.evidence < top.evidence - 0.02]  # type: ignore[attr-defined]
     assert lower, "the fixture has a heuristic less relevant than its best memory"
     heuristic = lower[0]
     floor = (heuristic.evidence + top.evidence) / 2
     margin = RetrievalSettings(relevance_floor=floor, floor_margin=1.0, lexical_floor=1.0, weak_floor=0.0, weak_span=0.0, weak_top_k=5, top_k=10)
-    result = alma.retriever.retrieve(FLAKY, "helena", settings=margin)
+    result = alma.retrieve(FLAKY, "helena", settings=margin)
     tiers = {m.memory.id: m.tier for m in result.all()}
     assert tiers.get(top.memory.id) == "confident"
     assert tiers.get(heuristic.memory.id) == "weak", "named in the weak tier, not given in full"

@@ -24,7 +24,6 @@ from ..config import AlmaConfig
 from ..errors import InvalidInput
 from ..learning.lifecycle import half_life, strength, value
 from ..models import AnyMemory, DomainKnowledge, utcnow
-from ..storage.store import MemoryStore
 
 
 class Source(Protocol):
@@ -32,8 +31,9 @@ class Source(Protocol):
 
     config: AlmaConfig
 
-    @property
-    def store(self) -> MemoryStore: ...
+    def memories(
+        self, memory_type: str | None = None, agent: str | None = None, include_archived: bool = False
+    ) -> list[AnyMemory]: ...
 
 ExportFormat = Literal["claude-md", "memory-dir", "mcp-memory", "jsonl"]
 EXPORT_FORMATS: tuple[str, ...] = ("claude-md", "memory-dir", "mcp-memory", "jsonl")
@@ -85,7 +85,7 @@ def ranked(alma: Source, agent: str) -> list[tuple[float, AnyMemory]]:
     days = half_life(alma.config, agent)
     found: list[tuple[float, AnyMemory]] = []
     for kind in SECTIONS:
-        for memory in alma.store.list(kind, agent, include_archived=False):
+        for memory in alma.memories(kind, agent):
             found.append((value(memory, strength(memory, days, now)), memory))
     found.sort(key=lambda pair: (-pair[0], pair[1].id))
     return found

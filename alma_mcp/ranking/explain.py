@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from ..config import RetrievalSettings
 from ..prompt.results import Tier
-from .candidates import Candidate, admitted, runner_up_gap, under_preference_floor
+from .candidates import Candidate, admitted, under_preference_floor
 
 
 class CandidateVerdict(BaseModel):
