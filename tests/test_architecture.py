@@ -196,6 +196,6 @@ def test_every_third_party_import_of_the_package_is_a_declared_dependency() -> N
             else:
                 continue
             for top in {n.split(".")[0] for n in names} - {"", "alma_mcp"} - set(sys.stdlib_module_names):
-                if top in distributions and not {d.lower() for d in distributions[top]} & declared:
+                if top in distributions and not {d.lower().replace("_", "-") for d in distributions[top]} & declared:
                     missing.add(f"{top} ({path.relative_to(ROOT)})")
     assert not missing, f"imported but not declared in pyproject.toml: {sorted(missing)}"
