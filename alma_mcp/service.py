@@ -602,11 +602,9 @@ class ALMA:
             raise InvalidInput(f"mode {mode!r} is not one of {', '.join(MODES)}")
         types = self._types(memory_types)
         if settings is None and mode == "hybrid":
-            quick = self._quick_retriever(agent, user_id, types)
+            quick = self._snapshot_answer(task, agent, top_k, user_id, types, task_type)
             if quick is not None:
-                result = quick.retrieve(task, agent, top_k, user_id, types, task_type=task_type)
-                self._served_quickly()
-                return result
+                return quick
         return self._retriever.retrieve(task, agent, top_k, user_id, types, settings, mode, task_type=task_type)
 
     def retrieval_settings(self, agent: str) -> RetrievalSettings:
@@ -633,7 +631,11 @@ class ALMA:
         they cannot (missing or stale, or the store's own indexes are ready), without opening the
         store. What a stdio server answers before its MCP SDK is imported (frontends/handshake.py)."""
         task, agent, user_id, task_type = self._query(task, agent, top_k, user_id, task_type)
-        types = self._types(memory_types)
+        return self._snapshot_answer(task, agent, top_k, user_id, self._types(memory_types), task_type)
+
+    def _snapshot_answer(
+        self, task: str, agent: str, top_k: int | None, user_id: str | None, types: list[str] | None, task_type: str | None
+    ) -> MemorySlice | None:
         quick = self._quick_retriever(agent, user_id, types)
         if quick is None:
             return None

@@ -13,7 +13,7 @@ from ..embedding.embedder import Embedder
 from ..indexes.snapshot import FOLDER, Snapshot, SnapshotStore, path_of, read, saved_agents, saved_generation
 from ..models import MEMORY_TYPES
 from ..storage.store import PREFERENCES, collection_name
-from .retriever import Retriever
+from .retriever import Retriever, read_scopes
 
 log = logging.getLogger("alma_mcp")
 
@@ -63,14 +63,7 @@ class QuickSearch:
     def scopes(self, agent: str, memory_types: Sequence[str] | None, user_id: str | None) -> list[tuple[str, str | None]]:
         """The collections a retrieval for `agent` may read (as `Retriever.scopes`), of every type
         when `memory_types` is None: all must be current for a snapshot to answer."""
-        scopes: list[tuple[str, str | None]] = []
-        for kind in MEMORY_TYPES if memory_types is None else memory_types:
-            if kind == PREFERENCES:
-                if user_id:
-                    scopes.append((kind, None))
-            else:
-                scopes += [(kind, source) for source in self.config.readable_agents(agent, kind)]
-        return scopes
+        return read_scopes(self.config, agent, MEMORY_TYPES if memory_types is None else memory_types, user_id)
 
     def discard(self, name: str) -> None:
         """Delete the saved snapshot of collection `name` (its records were purged from the store)."""

@@ -89,6 +89,19 @@ def _other_type(memory: AnyMemory, wanted: str | None) -> bool:
     return wanted is not None and filed is not None and filed.lower() != wanted
 
 
+
+def read_scopes(config: AlmaConfig, agent: str, memory_types: Sequence[str], user_id: str | None) -> list[tuple[str, str | None]]:
+    """The collections (type, owning agent) a retrieval for `agent` reads: its own and those it
+    may read (share_with, inherit_from); the preferences collection only for a user."""
+    scopes: list[tuple[str, str | None]] = []
+    for kind in memory_types:
+        if kind == PREFERENCES:
+            if user_id:
+                scopes.append((kind, None))
+        else:
+            scopes += [(kind, source) for source in config.readable_agents(agent, kind)]
+    return scopes
+
 class Retriever:
     def __init__(self, store: MemoryStore, embedder: Embedder, config: AlmaConfig, cache_size: int = 512) -> None:
         self.store = store
@@ -114,16 +127,7 @@ class Retriever:
             self._results.clear()
 
     def scopes(self, agent: str, memory_types: Sequence[str], user_id: str | None) -> list[tuple[str, str | None]]:
-        """The collections (type, owning agent) a retrieval for `agent` reads: its own and those it
-        may read (share_with, inherit_from); the preferences collection only for a user."""
-        scopes: list[tuple[str, str | None]] = []
-        for kind in memory_types:
-            if kind == PREFERENCES:
-                if user_id:
-                    scopes.append((kind, None))
-            else:
-                scopes += [(kind, source) for source in self.config.readable_agents(agent, kind)]
-        return scopes
+        return read_scopes(self.config, agent, memory_types, user_id)
 
     def settings_for(self, agent: str) -> RetrievalSettings:
         """The agent's retrieval settings, its floors moved by its own feedback (calibration.py)."""
