@@ -170,6 +170,14 @@ class StdioServer:
             self.proc.wait()
 
 
+def write_config(path: Path, data: Path, extra: str = "") -> Path:
+    """A config file at `path` for the benchmark's project, its store in `data`, any agent
+    allowed; `extra`: more lines of the `alma:` section."""
+    path.parent.mkdir(parents=True)
+    path.write_text(f"alma:\n  project_id: {PROJECT}\n  data_dir: {data}\n  allow_undeclared_agents: true\n{extra}", encoding="utf-8")
+    return path
+
+
 def alma_command(config: Path) -> list[str]:
     return [sys.executable, "-m", "alma_mcp", "--config", str(config), "--log-level", "WARNING"]
 
@@ -403,9 +411,7 @@ def main() -> None:
 
     load_before = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="alma-perf-"))
-    config = root / ".alma" / "config.yaml"
-    config.parent.mkdir(parents=True)
-    config.write_text(f"alma:\n  project_id: {PROJECT}\n  data_dir: {root / 'data'}\n  allow_undeclared_agents: true\n", encoding="utf-8")
+    config = write_config(root / ".alma" / "config.yaml", root / "data")
     log(f"storing {args.memories} memories")
     texts = fill(root / "data", args.memories)
     tasks = [t.task for t in load_tasks()]
@@ -477,13 +483,8 @@ def by_size(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="alma-perf-"))
     configs = {}
     for arm in arms:  # one config per arm, on the same store
-        configs[arm] = root / arm / ".alma" / "config.yaml"
-        configs[arm].parent.mkdir(parents=True)
-        configs[arm].write_text(
-            f"alma:\n  project_id: {PROJECT}\n  data_dir: {root / 'data'}\n  allow_undeclared_agents: true\n"
-            f"  preload_indexes: {'true' if arm == 'on' else 'false'}\n",
-            encoding="utf-8",
-        )
+        preload = "true" if arm == "on" else "false"
+        configs[arm] = write_config(root / arm / ".alma" / "config.yaml", root / "data", f"  preload_indexes: {preload}\n")
     alma = ALMA(parse_config({"alma": {"project_id": PROJECT, "data_dir": str(root / "data"), "allow_undeclared_agents": True}}))
     situations, lessons = filler_sentences()
     situation_vectors, lesson_vectors = alma.embedder.embed(situations), alma.embedder.embed(lessons)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import alma_mcp  # noqa: E402,F401  (before numpy, as in the server)
 from common import PROJECT, load_tasks, log, percentiles  # noqa: E402
-from perf import AGENT, StdioServer, alma_command, fill  # noqa: E402
+from perf import AGENT, StdioServer, alma_command, fill, write_config  # noqa: E402
 
 from alma_mcp.config import load_config  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
@@ -173,9 +173,7 @@ def main() -> None:
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="alma-perf-"))
-    config = root / ".alma" / "config.yaml"
-    config.parent.mkdir(parents=True)
-    config.write_text(f"alma:\n  project_id: {PROJECT}\n  data_dir: {root / 'data'}\n  allow_undeclared_agents: true\n", encoding="utf-8")
+    config = write_config(root / ".alma" / "config.yaml", root / "data")
     log(f"storing {args.memories} memories")
     fill(root / "data", args.memories)
     load_before = os.getloadavg()[0]
