@@ -302,10 +302,7 @@ class ALMA:
             if self._made_retriever is None:
                 retriever = Retriever(self._store, self.embedder, self.config)
                 if self._quick is not None:
-                    # One calibration for both: the ratings of what either served move the same floors.
-                    if self._quick.calibration is None:
-                        self._quick.calibration = retriever.calibration
-                    retriever.calibration = self._quick.calibration
+                    self._quick.share_calibration(retriever)
                 self._made_retriever = retriever
             return self._made_retriever
 

@@ -36,7 +36,7 @@ class QuickSearch:
         self._missing: dict[str, int] = {}  # collections found with no usable snapshot, at this write count
         self._retriever: Retriever | None = None
         self._retriever_stale = False
-        self.calibration: Any = None  # shared with the service's retriever (see ALMA.retriever)
+        self.calibration: Any = None  # shared with the service's retriever (share_calibration)
         self.served = 0
         """Retrievals answered from snapshots."""
 
@@ -56,9 +56,6 @@ class QuickSearch:
             if saved == counters.of(name):
                 return True
         return False
-
-    def agents(self) -> list[str]:
-        return saved_agents(self.folder, self.config.project)
 
     def scopes(self, agent: str, memory_types: Sequence[str] | None, user_id: str | None) -> list[tuple[str, str | None]]:
         """The collections a retrieval for `agent` may read (as `Retriever.scopes`), of every type
@@ -111,10 +108,15 @@ class QuickSearch:
         if self._retriever is not None:
             self._retriever.close()
         retriever = Retriever(SnapshotStore(self.config.project, dict(self._snapshots)), self.embedder, self.config)  # type: ignore[arg-type]
+        self.share_calibration(retriever)
+        return retriever
+
+    def share_calibration(self, retriever: Retriever) -> None:
+        """One feedback calibration for the retrievers over snapshots and the service's own: the
+        ratings of what either served move the same floors."""
         if self.calibration is None:
             self.calibration = retriever.calibration
         retriever.calibration = self.calibration
-        return retriever
 
     def close(self) -> None:
         with self._lock:

@@ -89,7 +89,6 @@ def _other_type(memory: AnyMemory, wanted: str | None) -> bool:
     return wanted is not None and filed is not None and filed.lower() != wanted
 
 
-
 def read_scopes(config: AlmaConfig, agent: str, memory_types: Sequence[str], user_id: str | None) -> list[tuple[str, str | None]]:
     """The collections (type, owning agent) a retrieval for `agent` reads: its own and those it
     may read (share_with, inherit_from); the preferences collection only for a user."""
@@ -101,6 +100,7 @@ def read_scopes(config: AlmaConfig, agent: str, memory_types: Sequence[str], use
         else:
             scopes += [(kind, source) for source in config.readable_agents(agent, kind)]
     return scopes
+
 
 class Retriever:
     def __init__(self, store: MemoryStore, embedder: Embedder, config: AlmaConfig, cache_size: int = 512) -> None:
