@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..models import MEMORY_TYPES
+from ..storage.files import write_whole
 from ..storage.store import Hit, Record, collection_name
 
 log = logging.getLogger("alma_mcp")
@@ -129,21 +129,7 @@ def decode(data: bytes, name: str) -> Snapshot:
 def write(folder: Path, snapshot: Snapshot) -> None:
     """Save `snapshot` atomically (a temporary file renamed over the old one), readable by its
     owner only. A crash leaves the old file or the new one, never half of one."""
-    data = encode(snapshot)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    final = path_of(folder, snapshot.name)
-    temporary = folder / f".{snapshot.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(temporary, final)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    write_whole(path_of(folder, snapshot.name), encode(snapshot))
 
 
 def read(folder: Path, name: str, model: str) -> Snapshot | None:

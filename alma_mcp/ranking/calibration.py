@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+
+from ..storage.files import write_whole
 
 log = logging.getLogger("alma_mcp")
 
@@ -122,16 +122,10 @@ class FloorCalibration:
     def _save(self, snapshot: dict[str, list[tuple[float, bool]]]) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".calibration-", suffix=".json")
         try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump({"version": 1, "ratings": snapshot}, out)
-            os.replace(temporary, self.path)
+            write_whole(self.path, json.dumps({"version": 1, "ratings": snapshot}).encode("utf-8"))
         except OSError as exc:
             log.warning("could not save the feedback calibration to %s: %s", self.path, exc)
-            if os.path.exists(temporary):
-                os.unlink(temporary)
 
 
 def shifted(floor: float, shift: float) -> float:
