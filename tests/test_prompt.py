@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from alma_mcp.models import AntiPattern, DomainKnowledge, Heuristic, Outcome, new_id
+from alma_mcp.prompt.handles import handle_of
 from alma_mcp.prompt.render import (
     FENCE_INFO,
     HEADER,
@@ -126,10 +127,10 @@ def test_weak_matches_alone_get_a_short_labelled_block_with_hostile_text_fenced(
     assert len(inside) == 1, "all mentions share one fence"
     lines = inside[0].split("\n")
     assert len(lines) == 2, "one line each: a newline in a memory cannot start a line of its own"
-    assert lines[0].startswith(f"{hostile.id} 0.36 Use the staging database.") and lines[0].endswith("\u2026")
-    assert len(lines[0]) <= len(f"{hostile.id} 0.36 ") + MENTION_CHARS, "cut to MENTION_CHARS"
+    assert lines[0].startswith(f"{handle_of(hostile.id)} 0.36 Use the staging database.") and lines[0].endswith("\u2026")
+    assert len(lines[0]) <= len(f"{handle_of(hostile.id)} 0.36 ") + MENTION_CHARS, "cut to MENTION_CHARS"
     assert not lines[0].removesuffix("\u2026").endswith(" "), "cut on a word"
-    assert lines[1] == f"{plain.id} 0.33 Deploys happen on Tuesdays.", "each line starts with the server's id and evidence"
+    assert lines[1] == f"{handle_of(plain.id)} 0.33 Deploys happen on Tuesdays.", "each line starts with the server's id and evidence"
     outside_text = "\n".join(outside).lower()
     assert "ignore previous instructions" not in outside_text and "data only" in outside_text
     assert "evidence" in outside_text, "one name for the number, as in the full section"
@@ -141,8 +142,8 @@ def test_weak_matches_follow_the_confident_memories_in_their_own_section() -> No
     maybe = knowledge("Deploys happen on Tuesdays.")
     prompt = render_prompt({"knowledge": [scored(full, 0.8), weak(maybe)]}, 1500)
     assert prompt.startswith(HEADER) and prompt.index("### Facts") < prompt.index(WEAK_SECTION)
-    assert f"- memory `{full.id}`" in prompt and f"- memory `{maybe.id}`" not in prompt, "a weak match is never shown in full"
-    assert f"{maybe.id} 0.35 Deploys happen on Tuesdays." in prompt
+    assert f"- memory `{handle_of(full.id)}`" in prompt and f"- memory `{handle_of(maybe.id)}`" not in prompt, "a weak match is never shown in full"
+    assert f"{handle_of(maybe.id)} 0.35 Deploys happen on Tuesdays." in prompt
     assert len(fenced_regions(prompt)[0]) == 2
 
 
@@ -151,7 +152,7 @@ def test_weak_matches_give_way_to_the_budget_best_first() -> None:
     for budget in (100, 150, 250):
         prompt = render_prompt({"knowledge": items}, budget)
         assert estimate_tokens(prompt) <= budget
-        shown = [item for item in items if item.memory.id in prompt]
+        shown = [item for item in items if handle_of(item.memory.id) in prompt]
         assert shown == items[: len(shown)], "the best weak matches are the ones kept"
     assert render_prompt({"knowledge": items}, 20) == "", "no room for one mention: nothing, not a bare header"
 
@@ -161,7 +162,7 @@ def test_an_outcome_is_mentioned_as_what_was_tried_and_how_it_went() -> None:
         id=new_id("outcome"), project="p", agent="a", task="Deploy billing", strategy_used="blue-green switch", outcome="failure"
     )
     prompt = render_prompt({"outcome": [weak(attempt)]}, 1500)
-    assert f"{attempt.id} 0.35 tried blue-green switch: failure (task: Deploy\u2026" in prompt
+    assert f"{handle_of(attempt.id)} 0.35 tried blue-green switch: failure\u2026" in prompt
 
 
 def test_the_prompt_shows_evidence_not_the_ranking_score() -> None:

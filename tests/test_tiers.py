@@ -7,6 +7,8 @@ from __future__ import annotations
 from helpers import fenced_regions, teach_playwright
 
 from alma_mcp.config import RetrievalSettings
+from alma_mcp.ranking.candidates import NAMED_ON_MARGIN
+from alma_mcp.prompt.handles import handle_of
 from alma_mcp.prompt.render import WEAK_HEADER, WEAK_SECTION, estimate_tokens
 from alma_mcp.service import ALMA
 
@@ -21,7 +23,7 @@ def test_evidence_below_the_floor_is_mentioned_as_a_weak_match(alma: ALMA) -> No
     assert result.ranked()[0].memory.condition.startswith("A Playwright test flakes")  # type: ignore[attr-defined]
     assert result.confident() == []
     assert result.prompt.startswith(WEAK_HEADER)
-    assert all(m.memory.id in result.prompt for m in result.all()), "a weak match's id is in the prompt, to read or rate it"
+    assert all(handle_of(m.memory.id) in result.prompt for m in result.all()), "a weak match's handle is in the prompt, to read or rate it"
     assert len(fenced_regions(result.prompt)[0]) == 1
 
     # weak_top_k 0 is the all-or-nothing floor of before.
@@ -44,7 +46,7 @@ def test_confident_memories_come_first_and_weak_ones_after(alma: ALMA) -> None:
     assert all(m.evidence < 0.5 for m in result.all() if m.tier == "weak")
     assert result.prompt.index("### Strategies") < result.prompt.index(WEAK_SECTION)
     for m in result.all():
-        assert (f"- memory `{m.memory.id}`" in result.prompt) == (m.tier == "confident")
+        assert (f"- memory `{handle_of(m.memory.id)}`" in result.prompt) == (m.tier == "confident")
 
 
 def test_the_prompt_the_result_and_explain_give_the_same_evidence(alma: ALMA) -> None:
@@ -54,7 +56,7 @@ def test_the_prompt_the_result_and_explain_give_the_same_evidence(alma: ALMA) ->
     assert len(result) > 0
     for m in result.all():
         assert m.evidence == why[m.memory.id].evidence and why[m.memory.id].tier == m.tier
-        shown = f"evidence {m.evidence:.2f}" if m.tier == "confident" else f"{m.memory.id} {m.evidence:.2f}"
+        shown = f"evidence {m.evidence:.2f}" if m.tier == "confident" else f"{handle_of(m.memory.id)} {m.evidence:.2f}"
         assert shown in result.prompt
     assert "relevance 0." not in result.prompt
 
@@ -194,8 +196,14 @@ def test_a_heuristic_under_the_floor_is_named_not_given_on_the_margin(alma: ALMA
     tiers = {m.memory.id: m.tier for m in result.all()}
     assert tiers.get(top.memory.id) == "confident"
     assert tiers.get(heuristic.memory.id) == "weak", "named in the weak tier, not given in full"
-    assert f"- memory `{heuristic.memory.id}`" not in result.prompt and heuristic.memory.id in result.prompt
-    # Any other type within the margin is still given in full.
-    others = [m for m in ranked[1:] if m.memory.type != "heuristic" and m.evidence < floor]  # type: ignore[attr-defined]
+    assert f"- memory `{handle_of(heuristic.memory.id)}`" not in result.prompt and handle_of(heuristic.memory.id) in result.prompt
+    # Any other type within the margin but facts and preferences (NAMED_ON_MARGIN) is still given in full.
+    others = [m for m in ranked[1:] if m.memory.type not in NAMED_ON_MARGIN and m.evidence < floor]  # type: ignore[attr-defined]
     for m in others:
         assert tiers.get(m.memory.id) == "confident"
+    # A fact within the margin shares a subject with what cleared the floor more often than it
+    # answers the task: named, not given in full.
+    facts = [m for m in ranked[1:] if m.memory.type == "knowledge" and m.evidence < floor]  # type: ignore[attr-defined]
+    assert facts, "the fixture has a fact less relevant than its best memory"
+    assert all(tiers.get(m.memory.id) == "weak" for m in facts)
+    assert all(f"- memory `{handle_of(m.memory.id)}`" not in result.prompt for m in facts)

@@ -212,10 +212,19 @@ task and admitted on the margin was the advice most often followed to a wrong ch
 such heuristics, evidence median 0.37); named instead, episodes 21-60 +0.040 ± 0.014 (realised,
 seeds 0-9; docs/learning-benchmark.md)."""
 
+NAMED_ON_MARGIN = (*ADVICE, *SUBJECT_TYPES)
+"""The types the floor margin names (weak tier) instead of giving in full: advice (ADVICE), and
+facts and preferences, which share a subject with the memory that cleared the floor more often
+than they answer the task. A task with no answer whose best fact reaches sure_floor brought its
+neighbours in full on the margin: on the development corpus of personal facts those cost 10 of the
+46 tokens a no-answer question was given on average, for the same served recall (all of them are
+still served, one line each; docs/retrieval-tiers.md)."""
 
-def on_margin_advice(c: Candidate, answered: bool, settings: RetrievalSettings) -> bool:
-    """Advice (ADVICE) that only the floor margin admits: chosen in its place, then named, not given."""
-    return c.memory.type in ADVICE and not c.cleared and admitted(c, answered, settings)
+
+def on_margin_named(c: Candidate, answered: bool, settings: RetrievalSettings) -> bool:
+    """A memory of NAMED_ON_MARGIN that only the floor margin admits: chosen in its place, then
+    named, not given."""
+    return c.memory.type in NAMED_ON_MARGIN and not c.cleared and admitted(c, answered, settings)
 
 
 def admitted(c: Candidate, answered: bool, settings: RetrievalSettings) -> bool:
@@ -254,7 +263,7 @@ def choose(
         if warnings and not any(isinstance(c.memory, AntiPattern) for c in together):
             together = [*together[: min(len(together), top_k - 1)], max(warnings, key=lambda c: c.score)]
         together = _lessons_over_their_outcomes(pool, together)
-        together = [c for c in together if not on_margin_advice(c, answered, settings)]
+        together = [c for c in together if not on_margin_named(c, answered, settings)]
         return {kind: [c for c in together if c.memory.type == kind] for kind in kinds}
     return {
         kind: [
@@ -264,7 +273,7 @@ def choose(
                 top_k,
                 settings.near_duplicate,
             )
-            if not on_margin_advice(c, answered, settings)
+            if not on_margin_named(c, answered, settings)
         ]
         for kind in kinds
     }
@@ -320,10 +329,10 @@ def mention(
     # memories stand level gets several, one whose best stands out gets that one, and a store
     # where everything sits a little closer to every task does not raise the count.
     least = best - settings.weak_span
-    # Advice the floor margin chose but did not give in full (see ADVICE) is named here, first:
+    # What the floor margin chose but did not give in full (NAMED_ON_MARGIN) is named here, first:
     # the room it left is the room it keeps.
     answered = any(c.cleared for c in candidates)
-    demoted = {c.memory.id for c in candidates if on_margin_advice(c, answered, settings)}
+    demoted = {c.memory.id for c in candidates if on_margin_named(c, answered, settings)}
     pool = sorted(
         (
             c
