@@ -96,6 +96,23 @@ def _check_memory_id(value: str) -> str:
     return value
 
 
+HANDLE_DIGITS = 8
+"""A memory's handle, how the prompt names it, is the first HANDLE_DIGITS hex digits of its id
+(prompt/handles.py); a tool that takes an id also takes a handle, resolved among the memories the
+caller may read. One memory in 4 billion shares a given handle: a clash is an error asking for
+the full id, never a guess."""
+_MEMORY_REF_RE = re.compile(rf"^(?:[a-z_]{{1,16}}-[0-9a-f]{{32}}|[0-9a-f]{{{HANDLE_DIGITS},32}})$")
+
+
+def _check_memory_ref(value: str) -> str:
+    if not _MEMORY_REF_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a memory id or handle (ids look like 'heuristic-<32 hex digits>'; a handle is the "
+            f"first {HANDLE_DIGITS} or more of those digits, as the prompt shows it)"
+        )
+    return value
+
+
 # The validators give the caller a readable message; json_schema_extra publishes the same rule
 # in the JSON Schemas and the MCP tool input schemas.
 Name = Annotated[str, AfterValidator(_check_name), Field(json_schema_extra={"pattern": _NAME_RE.pattern})]
@@ -110,6 +127,10 @@ Text = Annotated[
 MemoryId = Annotated[
     str, AfterValidator(_check_memory_id), Field(json_schema_extra={"pattern": _MEMORY_ID_RE.pattern})
 ]
+MemoryRef = Annotated[
+    str, AfterValidator(_check_memory_ref), Field(json_schema_extra={"pattern": _MEMORY_REF_RE.pattern})
+]
+"""A memory's id or its handle (HANDLE_DIGITS or more of its hex digits)."""
 Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
 Count = Annotated[int, Field(ge=0)]
 

@@ -38,6 +38,7 @@ from .models import (
     Memory,
     MemoryBase,
     MemoryId,
+    MemoryRef,
     Name,
     Outcome,
     Text,
@@ -48,6 +49,7 @@ from .models import (
 )
 from .indexes import snapshot
 from .indexes.follower import SearchIndexes
+from .prompt.handles import is_handle
 from .prompt.results import MemorySlice
 from .ranking.candidates import Mode
 from .ranking.explain import Explanation
@@ -123,6 +125,7 @@ _name = TypeAdapter(Name)
 _user = TypeAdapter(UserId)
 _category = TypeAdapter(Category)
 _memory_id = TypeAdapter(MemoryId)
+_memory_ref = TypeAdapter(MemoryRef)
 _Taught = TypeVar("_Taught", Heuristic, AntiPattern, DomainKnowledge, UserPreference)
 """A memory a caller teaches directly: stored as given, or merged into its near-duplicate of the same type."""
 
@@ -874,10 +877,10 @@ class ALMA:
     ) -> AnyMemory:
         """Count a feedback signal on a memory: helpful, harmful, used or ignored. With `agent`,
         only on a memory that agent may read (and a preference of one of `users`, when given)."""
-        memory_id = _validated(_memory_id, memory_id, "memory_id")
         if signal not in FEEDBACK_SIGNALS:
             raise InvalidInput(f"signal {signal!r} is not one of {', '.join(FEEDBACK_SIGNALS)}")
         reader = self._agent(agent) if agent is not None else None
+        memory_id = self._resolved(memory_id, "memory_id", reader, users)
         with self.write_lock:
             memory = self._reachable(memory_id, reader, users)
             # By models.FEEDBACK_STEPS, within the bounds learning.feedback_offset keeps.
@@ -955,6 +958,30 @@ class ALMA:
         return survivor
 
     # -- reading single memories -----------------------------------------------------
+    def _resolved(
+        self, ref: str, what: str, agent: str | None, users: frozenset[str] | None, write: bool = False
+    ) -> str:
+        """The id that `ref` names: an id as it is, or a handle (how the prompt names a memory,
+        prompt/handles.py) resolved among the memories `agent` may read (change, with `write`).
+        A handle that names none is reported like a missing id; one that names several, with their
+        ids, so the caller can pick."""
+        ref = _validated(_memory_ref, ref, what)
+        if not is_handle(ref):
+            return ref
+        named = []
+        for memory_id in self._retriever.with_handle(ref, agent):
+            try:
+                memory = self._store.get(memory_id)
+            except NotFound:
+                continue
+            if visible(self.config, memory, agent, users, write):
+                named.append(memory_id)
+        if not named:
+            raise missing(self.config, ref)
+        if len(named) > 1:
+            raise InvalidInput(f"{what}: handle {ref!r} names {len(named)} memories ({', '.join(named)}): give the full id")
+        return named[0]
+
     def _reachable(
         self, memory_id: str, agent: str | None, users: frozenset[str] | None, write: bool = False
     ) -> AnyMemory:
@@ -972,8 +999,8 @@ class ALMA:
         """One memory and the outcomes behind it. With `agent`, only if that agent may read it
         (otherwise it is reported missing, as if it did not exist); a preference only if its user
         is one of `users` (None: any)."""
-        memory_id = _validated(_memory_id, memory_id, "memory_id")
         reader = self._agent(agent) if agent is not None else None
+        memory_id = self._resolved(memory_id, "memory_id", reader, users)
         memory = self._reachable(memory_id, reader, users)
         provenance: list[MemoryBase] = []
         supporting = getattr(memory, "supporting_outcomes", None)
@@ -1117,9 +1144,9 @@ class ALMA:
         if memory_ids:
             if agent is not None and not (older_than_days is None and below_confidence is None):
                 raise InvalidInput("give either memory_ids or criteria (agent, older_than_days, below_confidence), not both")
-            ids = [_validated(_memory_id, i, "memory_ids") for i in dict.fromkeys(memory_ids)]
             if agent is not None:
                 agent = self._agent(agent)
+            ids = list(dict.fromkeys(self._resolved(i, "memory_ids", agent, users, write=True) for i in memory_ids))
             # Only the owner forgets a memory (a preference: an agent working for its user); any
             # other id is answered like a missing one.
             targets = [self._reachable(i, agent, users, write=True) for i in ids]

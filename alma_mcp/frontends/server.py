@@ -43,6 +43,7 @@ from ..models import (
     DomainKnowledge,
     Heuristic,
     MemoryId,
+    MemoryRef,
     MemoryType,
     Name,
     Text,
@@ -326,7 +327,7 @@ def create_server(
     @mcp.tool(annotations=WRITE, title="Give feedback on a memory")
     @tool_errors
     def alma_feedback(
-        memory_id: MemoryId,
+        memory_id: Annotated[MemoryRef, Field(description="The memory's id, or its handle as the prompt shows it.")],
         signal: Annotated[
             FeedbackSignal,
             Field(
@@ -350,7 +351,9 @@ def create_server(
     @tool_errors
     def alma_forget(
         agent: Annotated[Name, Field(description="The agent whose memories go (by id too: only its own).")],
-        memory_ids: Annotated[list[MemoryId] | None, Field(max_length=1000)] = None,
+        memory_ids: Annotated[
+            list[MemoryRef] | None, Field(max_length=1000, description="Ids, or handles as the prompt shows them.")
+        ] = None,
         older_than_days: Annotated[float | None, Field(ge=0, le=MAX_AGE_DAYS)] = None,
         below_confidence: Annotated[float | None, Field(ge=0, le=1)] = None,
         dry_run: Annotated[bool, Field(description="Only list what would go (the default).")] = True,

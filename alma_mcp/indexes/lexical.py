@@ -175,6 +175,11 @@ class BM25Index:
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self._slot_of
 
+    def ids(self) -> list[str]:
+        """The ids indexed now (a handle is resolved among them, Retriever.with_handle)."""
+        with self._lock:
+            return list(self._slot_of)
+
     # -- writes --------------------------------------------------------------------------
     def add_many(self, ids: Iterable[str], texts: Iterable[str]) -> None:
         with self._lock:

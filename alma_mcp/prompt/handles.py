@@ -3,7 +3,7 @@
 A server id is the memory's type and 32 hex digits (`knowledge-3f0c9e2a…`): about 11 tokens, which
 on a weak mention is as much as the words it shows. The prompt names a memory by the first
 HANDLE_DIGITS of those hex digits instead; a tool that takes a memory id also takes a handle, and
-resolves it among the memories the caller may read (Retriever.resolve), never across agents or
+resolves it among the memories the caller may read (Retriever.with_handle), never across agents or
 users. Ids of another form (a store imported with its own ids) are shown whole.
 """
 
@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import re
 
-HANDLE_DIGITS = 8
-"""Hex digits of a handle: one memory in 4 billion shares a given handle, so among the memories one
-agent reads a clash is rare, and a clash is an error that asks for the full id, never a guess."""
+from ..models import HANDLE_DIGITS
 
 _SERVER_ID = re.compile(r"^[a-z_]{1,16}-([0-9a-f]{32})$")
-HANDLE_PATTERN = rf"^[0-9a-f]{{{HANDLE_DIGITS},32}}$"
+_HANDLE = re.compile(rf"^[0-9a-f]{{{HANDLE_DIGITS},32}}$")
 """What a tool accepts as a handle: a prefix of an id's hex digits, at least HANDLE_DIGITS long."""
-_HANDLE = re.compile(HANDLE_PATTERN)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 

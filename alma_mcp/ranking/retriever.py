@@ -62,6 +62,7 @@ from ..indexes.keys import KeyVectors
 from ..learning.learner import without_contradictions
 from ..learning.track import TrackRecord
 from ..models import MEMORY_TYPES, AntiPattern, AnyMemory, Heuristic, Outcome, UserPreference
+from ..prompt.handles import matches
 from ..prompt.render import render_prompt
 from ..prompt.results import FIELD_BY_TYPE, MemorySlice
 from ..storage.store import PREFERENCES, MemoryStore
@@ -143,6 +144,21 @@ class Retriever:
                 "weak_floor": shifted(settings.weak_floor, shift),
             }
         )
+
+    def with_handle(self, handle: str, agent: str | None) -> list[str]:
+        """The ids of the active memories whose hex digits start with `handle` (prompt/handles.py),
+        among the collections `agent` reads (None: every collection); preferences of every user,
+        which the caller narrows to its own. Read from the search indexes, not the store: a handle
+        is resolved in the time of a lookup, at any size."""
+        if agent is None:
+            scopes = [(kind, None if owner == "_" else owner) for owner, kind in self.store.scopes()]
+        else:
+            kinds = [kind for kind in MEMORY_TYPES if kind != PREFERENCES]
+            scopes = read_scopes(self.config, agent, kinds, None) + [(PREFERENCES, None)]
+        found: list[str] = []
+        for kind, source in scopes:
+            found += [memory_id for memory_id in self.indexes.get(kind, source).lexical.ids() if matches(memory_id, handle)]
+        return list(dict.fromkeys(found))
 
     def rate(self, agent: str, memory_id: str, signal: str) -> bool:
         """Count `agent`'s feedback on a memory it was served (see calibration.py)."""
