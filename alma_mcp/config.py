@@ -198,6 +198,10 @@ class RetrievalSettings(_Strict):
         "weight of 0.85-0.95 moved the benchmark's figures by about 0.01",
     }
     # Constants of the ranking, kept beside the settings it reads them with; not settable.
+    weak_few: ClassVar[int] = 2
+    """Weak matches at most for a task whose best candidate is below weak_few_below (1 kept none of
+    the recall that 2 gave on the development corpus of personal facts; 3 cost 10,000 memories per
+    agent 4 tokens more for nothing, docs/retrieval-tiers.md)."""
     near_duplicate: ClassVar[float] = 0.92
     """Cosine similarity at which a candidate duplicates one already chosen (and is skipped)."""
     candidate_pool: ClassVar[int] = 20
@@ -292,13 +296,21 @@ class RetrievalSettings(_Strict):
         "the other types.",
     )
     weak_floor: float = Field(
-        0.32,
+        0.30,
         ge=0,
         le=1,
         description="Evidence the task's best candidate needs for any weak match to be mentioned: memories that are "
         "not confident (they neither clear relevance_floor nor are admitted beside one that does), within weak_span "
-        "of that best, one line each, labelled for the model to judge (docs/retrieval-tiers.md). Above "
-        "relevance_floor: no weak tier.",
+        "of that best, one line each, labelled for the model to judge (docs/retrieval-tiers.md); below weak_few_below, "
+        "at most 2 of them. Above relevance_floor: no weak tier.",
+    )
+    weak_few_below: float = Field(
+        0.32,
+        ge=0,
+        le=1,
+        description="A task whose best candidate is below this (and reaches weak_floor) is given at most 2 weak matches "
+        "instead of weak_top_k: near the bottom of the weak tier a mention is more often a near miss, and the few "
+        "closest hold most of what the tier serves there (docs/retrieval-tiers.md). At weak_floor or below: off.",
     )
     crowding_weight: float = Field(
         0.75,
@@ -773,7 +785,8 @@ alma:
     top_k: 5                        # memories injected at most, all types together
     relevance_floor: 0.42           # evidence a memory needs to be injected in full (confident)
     standout: 0.18                  # ... a fact or preference when it stands this much above the runner-up
-    weak_floor: 0.32                # below that, the task's best reaches this: one-line weak matches
+    weak_floor: 0.30                # below that, the task's best reaches this: one-line weak matches
+    weak_few_below: 0.32            # ... at most 2 of them while the best is below this
     weak_span: 0.10                 # ... those within this of the task's best
     token_budget: 1500              # size of the injected prompt
     recency_half_life_days: 30

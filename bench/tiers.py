@@ -161,14 +161,34 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("alma, shipped settings", {}),
     ("alma, shipped, server's default types", {"kinds": None}),
     ("alma, all-or-nothing (weak_top_k 0)", {"weak_top_k": 0}),
-    ("alma, cheaper: weak_floor 0.34", {"weak_floor": 0.34}),
-    ("alma, fuller: weak_floor 0.30, weak_span 0.15", {"weak_floor": 0.30, "weak_span": 0.15}),
+    ("alma, cheaper: weak_floor 0.32", {"weak_floor": 0.32}),
+    ("alma, fuller: weak_floor 0.30, weak_span 0.15, no few", {"weak_floor": 0.30, "weak_span": 0.15, "weak_few_below": 0.30}),
     ("alma, absolute floor (standout 0, floor 0.42)", {"standout": 0.0, "relevance_floor": 0.42}),
     ("alma, crowding off (crowding_weight 0)", {"crowding_weight": 0.0}),
 ]
 """The shipped settings and alternatives around them. All but one read all five types,
 outcomes like any memory (the corpus labels outcomes); the server's default types read outcomes
 as weak matches only under `include_outcomes: weak` (true by default, so the same here)."""
+
+
+def server_ids(memories: Sequence[Any], tasks: Sequence[Task]) -> tuple[list[Any], list[Task]]:
+    """The corpus under ids of the server's own form (the type and 32 hex digits, from a hash of the
+    corpus id), and its tasks' labels with them: the prompt names a memory by the start of those
+    digits (prompt/handles.py), so its token cost is the server's, not that of the corpus's short
+    ids (`m-helena-h-001`)."""
+    import hashlib
+
+    renamed = {m.id: f"{m.type}-{hashlib.md5(m.id.encode()).hexdigest()}" for m in memories}
+    out = []
+    for m in memories:
+        update: dict[str, Any] = {"id": renamed[m.id]}
+        if getattr(m, "supporting_outcomes", None):
+            update["supporting_outcomes"] = [renamed.get(i, i) for i in m.supporting_outcomes]
+        out.append(m.model_copy(update=update))
+    relabelled = [
+        Task(t.id, t.agent, t.user_id, t.task, {renamed.get(i, i): g for i, g in t.relevant.items()}, t.kind) for t in tasks
+    ]
+    return out, relabelled
 
 
 def variant(base: RetrievalSettings, change: dict[str, Any]) -> RetrievalSettings:
@@ -183,6 +203,8 @@ def build(folder: Path, embedder: Any, memories: Sequence[MemoryBase]) -> tuple[
     alma = ranked_service(bench_config(folder / "alma"), embedder)
     plain = PlainStore(folder / "plain")
     if plain.collection.count() >= len(memories):
+        if not plain.collection.get(ids=[memories[0].id])["ids"]:
+            raise SystemExit(f"{folder} holds the corpus under other ids (a run of before): give a new --workdir")
         texts = plain.collection.get(include=["documents"])
         plain.texts = dict(zip(texts["ids"], texts["documents"]))
         return alma, plain
@@ -323,7 +345,7 @@ def run(args: Any) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alma-tiers-"))
     embedder = SentenceTransformerEmbedder(args.model)
     embedder.wait(timeout=300)
-    memories, tasks = load_memories(), load_tasks()
+    memories, tasks = server_ids(load_memories(), load_tasks())
     calibration, test = split(tasks)
     alma, plain = build(workdir / "dev", embedder, memories)
     scale_agents = args.scale_agents.split(",") if args.scale_agents else None
@@ -332,9 +354,9 @@ def run(args: Any) -> int:
         f"Shipped settings: relevance_floor={base.relevance_floor} floor_margin={base.floor_margin} "
         f"lexical_floor={base.lexical_floor} weak_floor={base.weak_floor} weak_span={base.weak_span} "
         f"weak_top_k={base.weak_top_k} crowding_weight={base.crowding_weight} crowding_floor={base.crowding_floor} "
-        f"standout={base.standout} sure_floor={base.sure_floor} top_k={base.top_k}"
+        f"standout={base.standout} sure_floor={base.sure_floor} weak_few_below={base.weak_few_below} top_k={base.top_k}"
     )
-    p_memories, p_tasks = load_memories(DATA / PERSONAL_MEMORIES), load_tasks(DATA / PERSONAL_TASKS)
+    p_memories, p_tasks = server_ids(load_memories(DATA / PERSONAL_MEMORIES), load_tasks(DATA / PERSONAL_TASKS))
     p_alma, p_plain = build(workdir / "personal", embedder, p_memories)
     if args.calibrate_tiers:
         # The points are chosen on the calibration split of the development corpus, on the whole
@@ -356,7 +378,7 @@ def run(args: Any) -> int:
         report(f"Development corpus ({len(memories)} memories), test split ({len(test)} tasks)", alma, plain, embedder, test)
         report(f"Development corpus of personal facts ({len(p_memories)} memories, {len(p_tasks)} tasks, tuned on)", p_alma, p_plain, embedder, p_tasks)
     if heldout.exists():
-        h_memories, h_tasks = load_memories(heldout), load_tasks(DATA / HELDOUT_TASKS)
+        h_memories, h_tasks = server_ids(load_memories(heldout), load_tasks(DATA / HELDOUT_TASKS))
         h_alma, h_plain = build(workdir / "heldout", embedder, h_memories)
         if not args.feedback_only:
             report(f"Held-out corpus ({len(h_memories)} memories, {len(h_tasks)} tasks, never tuned on)", h_alma, h_plain, embedder, h_tasks)

@@ -207,3 +207,18 @@ def test_a_heuristic_under_the_floor_is_named_not_given_on_the_margin(alma: ALMA
     assert facts, "the fixture has a fact less relevant than its best memory"
     assert all(tiers.get(m.memory.id) == "weak" for m in facts)
     assert all(f"- memory `{handle_of(m.memory.id)}`" not in result.prompt for m in facts)
+
+
+def test_a_task_near_the_bottom_of_the_weak_tier_is_given_its_few_closest(alma: ALMA) -> None:
+    teach_playwright(alma)
+    settings = RetrievalSettings(
+        relevance_floor=0.95, floor_margin=0.0, lexical_floor=1.0, weak_floor=0.0, weak_few_below=0.0, weak_span=1.0, weak_top_k=5
+    )
+    many = alma.retrieve(FLAKY, "helena", settings=settings)
+    assert len(many) >= 3 and {m.tier for m in many.all()} == {"weak"}
+    best = max(m.evidence for m in many.all())
+    few = alma.retrieve(FLAKY, "helena", settings=settings.model_copy(update={"weak_few_below": best + 0.01}))
+    assert [m.memory.id for m in few.ranked()] == [m.memory.id for m in many.ranked()][: RetrievalSettings.weak_few]
+    # At weak_few_below or above, the task's best has the whole weak tier again.
+    level = alma.retrieve(FLAKY, "helena", settings=settings.model_copy(update={"weak_few_below": best - 0.01}))
+    assert len(level) == len(many)

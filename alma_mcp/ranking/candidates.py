@@ -324,6 +324,10 @@ def mention(
     best = max((c.evidence for c in candidates if c.memory.type in allowed), default=0.0)
     if best < settings.weak_floor:
         return []
+    if best < settings.weak_few_below:
+        # Near the bottom of the tier the task is given its few closest memories, not weak_top_k:
+        # what the tier serves there is mostly in them, and a task with no answer pays for the rest.
+        room = min(room, settings.weak_few)
     # The task is given mentions at all only when its best candidate reaches weak_floor, and then
     # only those within weak_span of that best: the bar is the task's own, so a task whose closest
     # memories stand level gets several, one whose best stands out gets that one, and a store

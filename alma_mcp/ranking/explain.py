@@ -92,7 +92,7 @@ def judge(
         if best < settings.weak_floor:
             weak = "no weak matches: the task's best candidate is below weak_floor"
         elif c.evidence >= best - settings.weak_span:
-            weak = "within weak_span of the best, not mentioned: weak_top_k (or top_k) is full, or it nearly duplicates one injected"
+            weak = "within weak_span of the best, not mentioned: weak_top_k (top_k, or 2 below weak_few_below) is full, or it nearly duplicates one injected"
         else:
             weak = "more than weak_span below the task's best candidate"
         if not answered and c.evidence >= settings.relevance_floor:
