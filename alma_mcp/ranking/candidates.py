@@ -216,15 +216,21 @@ NAMED_ON_MARGIN = (*ADVICE, *SUBJECT_TYPES)
 """The types the floor margin names (weak tier) instead of giving in full: advice (ADVICE), and
 facts and preferences, which share a subject with the memory that cleared the floor more often
 than they answer the task. A task with no answer whose best fact reaches sure_floor brought its
-neighbours in full on the margin: on the development corpus of personal facts those cost 10 of the
-46 tokens a no-answer question was given on average, for the same served recall (all of them are
-still served, one line each; docs/retrieval-tiers.md)."""
+neighbours in full on the margin: on the development corpus of personal facts, naming them instead
+took a no-answer question's mean prompt from 52.2 to 47.5 tokens, for the same served recall (all of
+them are still served, one line each; docs/retrieval-tiers.md)."""
 
 
 def on_margin_named(c: Candidate, answered: bool, settings: RetrievalSettings) -> bool:
     """A memory of NAMED_ON_MARGIN that only the floor margin admits: chosen in its place, then
-    named, not given."""
-    return c.memory.type in NAMED_ON_MARGIN and not c.cleared and admitted(c, answered, settings)
+    named, not given. A preference under its own floor (preference_floor) is not on the margin: the
+    caller asked for that user's preferences."""
+    return (
+        c.memory.type in NAMED_ON_MARGIN
+        and not c.cleared
+        and not under_preference_floor(c, settings)
+        and admitted(c, answered, settings)
+    )
 
 
 def admitted(c: Candidate, answered: bool, settings: RetrievalSettings) -> bool:
