@@ -32,6 +32,7 @@ from alma_mcp import (
 )
 from alma_mcp.config import write_starter_config
 from alma_mcp.frontends.templates import TEMPLATES
+from alma_mcp.prompt.handles import handle_of
 
 REPO = Path(__file__).resolve().parent.parent
 NAIVE = "Fill the form with valid data, submit it and check the success page"
@@ -109,7 +110,7 @@ def test_second_run_prompt_injects_the_heuristic_learned_in_the_first(alma):
 
     second = harness.run(Context(task="Test the login form validation in Firefox"), executor)
     assert THOROUGH in second.prompt
-    assert learned_id in second.prompt
+    assert handle_of(learned_id) in second.prompt
     assert learned_id in second.injected_ids
     assert [h.memory.id for h in executor.briefings[1].memories.heuristics] == [learned_id]
     # The injected memory sits between the setting and the task.
@@ -418,7 +419,7 @@ async def test_pre_run_and_post_run_can_drive_an_agent_loop_the_caller_owns(alma
     first = harness.post_run(briefing, ExecutionResult("success", THOROUGH))
     assert first.learned.heuristics_created
     later = await harness.apre_run(Context(task="Test the login form validation in Firefox"))
-    assert first.learned.heuristics_created[0] in later.prompt
+    assert handle_of(first.learned.heuristics_created[0]) in later.prompt
     second = await harness.apost_run(later, {"outcome": "success", "strategy": THOROUGH})  # type: ignore[arg-type]
     assert alma.get(second.learned.outcome_id).memory.task == "Test the login form validation in Firefox"
     assert second.learned.heuristics_updated or second.learned.heuristics_created

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from alma_mcp.prompt.handles import handle_of
+
 LIBRARY = Path(__file__).resolve().parent.parent / "docs" / "library.md"
 SECTION = "# Python library and the harness pattern"
 ISSUE_LINES = [
@@ -73,7 +75,7 @@ def test_readme_library_section_runs_as_written(tmp_path, monkeypatch, capsys):
         line.split("created heuristic ")[1].split(";")[0] for line in printed.splitlines() if "created heuristic" in line
     ]
     assert created, printed
-    assert created[0] in result.prompt  # type: ignore[attr-defined]
+    assert handle_of(created[0]) in result.prompt  # type: ignore[attr-defined]
     assert "Submit each field with invalid values and check its validation message" in result.prompt  # type: ignore[attr-defined]
     assert result.prompt.rstrip().endswith("Test the signup form validation")  # type: ignore[attr-defined]
     # The custom agent's schema refused its forbidden category, naming the rule.

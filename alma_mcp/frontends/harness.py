@@ -32,6 +32,7 @@ from pydantic import TypeAdapter, ValidationError
 from ..config import AgentSettings
 from ..errors import InvalidInput, NotFound, ScopeDenied
 from ..models import FEEDBACK_SIGNALS, OUTCOME_KINDS, Category, Name, OutcomeKind
+from ..prompt.handles import handle_of
 from ..prompt.results import MemorySlice
 from ..scope import check_can_learn
 
@@ -319,8 +320,8 @@ class RunResult:
 
     @property
     def injected_ids(self) -> list[str]:
-        """Ids of the memories that were in the prompt."""
-        return [item.memory.id for item in self.memories.all() if item.memory.id in self.prompt]
+        """Ids of the memories that were in the prompt (which names them by their handles)."""
+        return [item.memory.id for item in self.memories.all() if handle_of(item.memory.id) in self.prompt]
 
 
 Executor = Callable[[Briefing], Union[ExecutionResult, dict[str, Any], Awaitable[Any]]]
