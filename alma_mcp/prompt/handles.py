@@ -35,4 +35,4 @@ def is_handle(text: str) -> bool:
 def matches(memory_id: str, handle: str) -> bool:
     """Whether a server id's hex digits start with `handle`."""
     found = _SERVER_ID.match(memory_id)
-    return bool(found) and found.group(1).startswith(handle)
+    return found is not None and found.group(1).startswith(handle)
