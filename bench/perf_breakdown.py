@@ -43,6 +43,7 @@ from perf import AGENT, StdioServer, alma_command, fill, write_config  # noqa: E
 
 from alma_mcp.config import load_config  # noqa: E402
 from alma_mcp.service import ALMA  # noqa: E402
+from alma_mcp.storage.store import MemoryStore  # noqa: E402
 
 IMPORTS = {
     "an empty interpreter (python -c pass)": "pass",
@@ -149,11 +150,18 @@ def per_call(config: Path, samples: int) -> list[tuple[str, float]]:
 
         rows.append(("one memory written (`MemoryStore.put`, vectors given: the write journal's append and fdatasync)", p50_ms(put, samples)))
 
-        def put_and_apply(i: int) -> None:
-            put(i)
-            alma._store.flush_journal()  # what the background applier does: Chroma's upsert and its commits
+        # A store of its own on the same folder shares the service's client and write journal.
+        store = MemoryStore.embedded(alma.config.data_dir / "chroma", PROJECT, alma.embedder)
 
-        rows.append(("one memory written and applied to Chroma at once (`put`, then `MemoryStore.flush_journal`)", p50_ms(put_and_apply, samples)))
+        def put_and_apply(i: int) -> None:
+            memory = DomainKnowledge(id=new_id("knowledge"), project=PROJECT, agent=AGENT, domain="ops", fact=f"Applied {i}")
+            store.put([memory], vector, key_embeddings=vector)
+            store.flush_journal()  # what the background applier does: Chroma's upsert and its commits
+
+        try:
+            rows.append(("one memory written and applied to Chroma at once (`MemoryStore.put`, then `flush_journal`)", p50_ms(put_and_apply, samples)))
+        finally:
+            store.close()
         rows.append((
             "`ALMA.learn`, task vector cached",
             p50_ms(lambda i: alma.learn(AGENT, seen[i], "success" if i % 3 else "failure", f"Strategy number {i % 7}: check the logs"), samples),

@@ -668,7 +668,7 @@ class JournaledCollection:
 
     def upsert(self, ids: Sequence[str], embeddings: Any = None, documents: Sequence[str] | None = None,
                metadatas: Sequence[Mapping[str, Any]] | None = None, **kwargs: Any) -> None:
-        if embeddings is None or kwargs:  # Chroma would embed: not a write the journal can hold
+        if embeddings is None or kwargs or _removes_keys(metadatas):  # Chroma would embed, or drop keys: done directly
             return self._direct("upsert", ids=ids, embeddings=embeddings, documents=documents, metadatas=metadatas, **kwargs)
         vectors = self._check(ids, embeddings, documents, metadatas)
         self._client.append(self.name, "upsert", list(ids), vectors, _list(documents), _dicts(metadatas))
@@ -676,7 +676,7 @@ class JournaledCollection:
 
     def update(self, ids: Sequence[str], embeddings: Any = None, documents: Sequence[str] | None = None,
                metadatas: Sequence[Mapping[str, Any]] | None = None, **kwargs: Any) -> None:
-        if kwargs or (embeddings is None and documents is None and metadatas is None):
+        if kwargs or (embeddings is None and documents is None and metadatas is None) or _removes_keys(metadatas):
             return self._direct("update", ids=ids, embeddings=embeddings, documents=documents, metadatas=metadatas, **kwargs)
         vectors = self._check(ids, embeddings, documents, metadatas)
         self._client.append(self.name, "update", list(ids), vectors, _list(documents), _dicts(metadatas))
@@ -787,6 +787,12 @@ class JournaledCollection:
 
     def __repr__(self) -> str:
         return f"JournaledCollection({self.name!r})"
+
+
+def _removes_keys(metadatas: Sequence[Mapping[str, Any]] | None) -> bool:
+    """Whether a write sets a metadata key to None, which Chroma takes as "remove the key": rare
+    (tests, repairs), and done directly rather than mirrored in the overlay."""
+    return any(value is None for meta in metadatas or [] for value in meta.values())
 
 
 def _list(values: Sequence[str] | None) -> list[str] | None:
