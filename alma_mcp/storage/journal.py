@@ -28,7 +28,8 @@ Who sees a write when:
   Chroma write does, so their caches and index snapshots see the change, and a process that reads
   Chroma while another's entries are waiting applies them first (`flush`), under the exclusive lock.
 - after a crash: the next process to open the store (or to read or write it) replays the entries
-  not applied, in order. Applying is idempotent (an upsert of the same record, a delete), so an
+  not applied, in order within each collection (collections are independent: the entries waiting
+  are applied collection by collection, one Chroma call per run of one operation). Applying is idempotent (an upsert of the same record, a delete), so an
   entry applied just before a crash that kept the state from saying so does no harm when replayed.
 
 A damaged entry (CRC mismatch, unreadable) is skipped, logged, counted in the state file (health
@@ -415,11 +416,11 @@ class JournaledClient:
             log.error("write journal: %d damaged entries skipped in %s", parsed.damaged, self.path)
         todo = [(end, entry) for end, entry in parsed.entries if entry.seq > applied]
         try:
-            for group in _groups(todo):
-                self._apply_group([entry for _, entry in group])
-                state[APPLIED] = max(state[APPLIED], group[-1][1].seq)
-                state[APPLIED_AT] = group[-1][0]
-                self.applied += len(group)
+            # The state moves only once all are applied: a failure or a crash half way replays them
+            # all, which is idempotent, in the same order within each collection.
+            for group in _groups([entry for _, entry in todo]):
+                self._apply_group(group)
+            self.applied += len(todo)
         except Exception as exc:  # noqa: BLE001 - whatever Chroma raises, the entries stay and the caller gets a StorageError
             self.failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -557,16 +558,22 @@ class JournaledClient:
         return call
 
 
-def _groups(todo: list[tuple[int, Entry]]) -> Iterator[list[tuple[int, Entry]]]:
-    """Runs of entries of one collection and operation: one Chroma call each."""
-    run: list[tuple[int, Entry]] = []
-    for item in todo:
-        if run and (run[-1][1].collection, run[-1][1].op) != (item[1].collection, item[1].op):
+def _groups(entries: list[Entry]) -> Iterator[list[Entry]]:
+    """The entries as Chroma calls: by collection, and within one, runs of one operation in their
+    order. Collections are independent of each other, so a stream of learns (an outcome, then a
+    lesson, an outcome...) takes a call or two per collection instead of one per entry."""
+    by_collection: dict[str, list[Entry]] = {}
+    for entry in entries:
+        by_collection.setdefault(entry.collection, []).append(entry)
+    for ordered in by_collection.values():
+        run: list[Entry] = []
+        for entry in ordered:
+            if run and run[-1].op != entry.op:
+                yield run
+                run = []
+            run.append(entry)
+        if run:
             yield run
-            run = []
-        run.append(item)
-    if run:
-        yield run
 
 
 def _merged(entries: list[Entry]) -> tuple[list[str], Any, Any, Any]:
