@@ -445,21 +445,21 @@ class JournaledClient:
         self.state[END] = 0
 
     def _apply_group(self, entries: list[Entry]) -> None:
-        first = entries[0]
-        ids, vectors, documents, metas = _merged(entries)
+        """Apply the entries of one collection: their net effect, in at most a few Chroma calls."""
+        name = entries[0].collection
         with self._mutex:
             listeners = list(self._listeners)
-        col = self.shared.get_collection(first.collection)
-        with self._mutex:
             own = all(entry.seq in self._own for entry in entries)
+        col = self.shared.get_collection(name)
         for listener in listeners:
-            listener([first.collection], own)
-        if first.op == "delete":
-            col.delete(ids=ids)
-        elif first.op == "update":
-            col.update(ids=ids, embeddings=vectors, documents=documents, metadatas=metas)
-        else:
-            col.upsert(ids=ids, embeddings=vectors, documents=documents, metadatas=metas)
+            listener([name], own)
+        for op, ids, vectors, documents, metas in _calls(entries):
+            if op == "delete":
+                col.delete(ids=ids)
+            elif op == "update":
+                col.update(ids=ids, documents=documents, metadatas=metas)
+            else:
+                col.upsert(ids=ids, embeddings=vectors, documents=documents, metadatas=metas)
 
     # -- the applier thread --------------------------------------------------------------
     def _start_applier(self) -> None:
@@ -559,60 +559,40 @@ class JournaledClient:
 
 
 def _groups(entries: list[Entry]) -> Iterator[list[Entry]]:
-    """The entries as Chroma calls: by collection, and within one, runs of one operation in their
-    order. Collections are independent of each other, so a stream of learns (an outcome, then a
-    lesson, an outcome...) takes a call or two per collection instead of one per entry."""
+    """The entries by collection, in their order within each. Collections are independent of each
+    other, so a stream of learns (an outcome, then a lesson, an outcome...) is applied in a few
+    calls per collection instead of one per entry."""
     by_collection: dict[str, list[Entry]] = {}
     for entry in entries:
         by_collection.setdefault(entry.collection, []).append(entry)
-    for ordered in by_collection.values():
-        run: list[Entry] = []
-        for entry in ordered:
-            if run and run[-1].op != entry.op:
-                yield run
-                run = []
-            run.append(entry)
-        if run:
-            yield run
+    yield from by_collection.values()
 
 
-def _merged(entries: list[Entry]) -> tuple[list[str], Any, Any, Any]:
-    """One call's arguments for a run of entries (an id written twice: the later write over the
-    earlier, metadata merged, as Chroma would have it after both)."""
-    if len(entries) == 1:
-        e = entries[0]
-        return e.ids, e.embeddings, e.documents, e.metadatas
-    order: dict[str, int] = {}
-    vectors: list[Any] = []
-    documents: list[Any] = []
-    metas: list[dict[str, Any] | None] = []
-    has = {"e": any(e.embeddings is not None for e in entries), "d": any(e.documents is not None for e in entries),
-           "m": any(e.metadatas is not None for e in entries)}
-    if has["e"] and not all(e.embeddings is not None for e in entries) or has["d"] and not all(e.documents is not None for e in entries):
-        raise ValueError("entries of one run disagree on their fields")  # never: the store writes whole records
-    for e in entries:
-        for k, doc in enumerate(e.ids):
-            at = order.get(doc)
-            meta = e.metadatas[k] if e.metadatas is not None else None
-            if at is None:
-                order[doc] = len(vectors)
-                vectors.append(e.embeddings[k] if e.embeddings is not None else None)
-                documents.append(e.documents[k] if e.documents is not None else None)
-                metas.append(dict(meta) if meta is not None else None)
-            else:
-                if e.embeddings is not None:
-                    vectors[at] = e.embeddings[k]
-                if e.documents is not None:
-                    documents[at] = e.documents[k]
-                if meta is not None:
-                    metas[at] = {**(metas[at] or {}), **meta}
-    ids = list(order)
-    return (
-        ids,
-        np.stack(vectors) if has["e"] else None,
-        documents if has["d"] else None,
-        [m or {} for m in metas] if has["m"] else None,
-    )
+def _calls(entries: list[Entry]) -> list[tuple[str, list[str], Any, Any, Any]]:
+    """Chroma calls with the net effect of these entries of one collection, record by record (the
+    overlay's rules, `_compose`): first the deletes (of records deleted, or deleted and written
+    again), then one upsert of every record written whole, then one update of those whose metadata
+    or document alone changed. Each record is in at most one upsert or update; records are
+    independent of each other, so only each one's own order matters."""
+    net: dict[str, _Pending] = {}
+    for entry in entries:
+        _compose(net, entry)
+    calls: list[tuple[str, list[str], Any, Any, Any]] = []
+    gone = [doc for doc, p in net.items() if not p.base]
+    if gone:
+        calls.append(("delete", gone, None, None, None))
+    written = [doc for doc, p in net.items() if not p.deleted and p.vector is not None]
+    changed = [doc for doc, p in net.items() if not p.deleted and p.vector is None and p.base]
+    for op, chosen in (("upsert", written), ("update", changed)):
+        # A call gives documents for all its records or for none.
+        for with_document in (True, False):
+            ids = [doc for doc in chosen if (net[doc].document is not None) == with_document]
+            if not ids:
+                continue
+            vectors = np.stack([net[doc].vector for doc in ids]) if op == "upsert" else None
+            documents = [net[doc].document for doc in ids] if with_document else None
+            calls.append((op, ids, vectors, documents, [dict(net[doc].meta) for doc in ids]))
+    return calls
 
 
 _METADATA_TYPES = (str, int, float, bool)
