@@ -1345,6 +1345,8 @@ class ALMA:
         journal = self._store.journal_status()
         if journal is not None and journal["apply_error"]:
             problems.append(f"{journal['waiting']} journaled writes not applied to Chroma yet (retrying): {journal['apply_error']}")
+        if journal is not None and journal["damaged_entries_skipped"]:
+            problems.append(f"{journal['damaged_entries_skipped']} damaged write journal entries were skipped (their writes are lost; see the log)")
         return {
             "status": "; ".join(problems) or "ok",
             "project": self.config.project,

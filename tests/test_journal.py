@@ -155,8 +155,9 @@ def test_a_damaged_entry_is_reported_skipped_and_never_applied(parts, held_back)
 
     store.flush_journal()
     assert in_chroma(store, "knowledge", "helena", [f.id for f in facts]) == [facts[0].id, facts[2].id]
-    status = alma.health()["write_journal"]
-    assert status["damaged_entries_skipped"] == 1 and status["waiting"] == 0
+    health = alma.health()
+    assert health["write_journal"]["damaged_entries_skipped"] == 1 and health["write_journal"]["waiting"] == 0
+    assert "1 damaged write journal entries were skipped" in health["status"]
     with pytest.raises(NotFound):
         store.get(facts[1].id)
     assert log_file.stat().st_size == 0
