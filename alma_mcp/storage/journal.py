@@ -607,7 +607,7 @@ def _calls(entries: list[Entry]) -> list[tuple[str, list[str], Any, Any, Any]]:
             ids = [doc for doc in chosen if (net[doc].document is not None) == with_document]
             if not ids:
                 continue
-            vectors = np.stack([net[doc].vector for doc in ids]) if op == "upsert" else None
+            vectors = np.stack([v for v in (net[doc].vector for doc in ids) if v is not None]) if op == "upsert" else None
             documents = [net[doc].document for doc in ids] if with_document else None
             calls.append((op, ids, vectors, documents, [dict(net[doc].meta) for doc in ids]))
     return calls
