@@ -1369,6 +1369,11 @@ class ALMA:
             problems.append("storage unreachable")
         if model.startswith("failed"):
             problems.append("embedding model failed to load")
+        journal = self._store.journal_status()
+        if journal is not None and journal["apply_error"]:
+            problems.append(f"{journal['waiting']} journaled writes not applied to Chroma yet (retrying): {journal['apply_error']}")
+        if journal is not None and journal["damaged_entries_skipped"]:
+            problems.append(f"{journal['damaged_entries_skipped']} damaged write journal entries were skipped (their writes are lost; see the log)")
         return {
             "status": "; ".join(problems) or "ok",
             "project": self.config.project,
@@ -1379,6 +1384,7 @@ class ALMA:
             "config_file": str(self.config.source) if self.config.source else None,
             "search_indexes": self._preload_status(),
             "snapshot_retrievals": self._quick.served if self._quick is not None else 0,
+            "write_journal": journal,
         }
 
     def _preload_status(self) -> str:

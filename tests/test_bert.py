@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alma_mcp.embedding import bert
+from alma_mcp.embedding import bert, bert_onnx
 from alma_mcp.embedding.embedder import SentenceTransformerEmbedder, bundled_model_path
 
 DATA = Path(__file__).resolve().parent.parent / "bench" / "data"
@@ -91,10 +91,20 @@ def test_the_onnx_runtime_layers_give_the_numpy_vectors():
     encoder = bert.load(MODEL)
     numpy_bulk = encoder.encode(texts)
     numpy_single = np.stack([encoder.encode([t])[0] for t in texts[::5]])
+    layers = encoder.layers
     assert encoder.start_runtime() and encoder.session is not None
+    assert encoder.session.fused  # ONNX Runtime's fused BERT operators (bert_onnx.model_bytes)
     assert float(np.abs(encoder.encode(texts) - numpy_bulk).max()) <= 1e-6
     single = np.stack([encoder.encode([t])[0] for t in texts[::5]])
     assert float(np.abs(single - numpy_single).max()) <= 1e-6
+
+    # The graph of plain operators, the fallback where the fused ones are refused: the same vectors.
+    import onnxruntime as ort
+
+    encoder.layers = layers
+    plain = ort.InferenceSession(bert_onnx.plain_model_bytes(encoder), providers=["CPUExecutionProvider"])
+    encoder.session = bert_onnx.Layers(plain, fused=False)
+    assert float(np.abs(encoder.encode(texts) - numpy_bulk).max()) <= 1e-6
 
 
 @needs_model

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 from chromadb.errors import InternalError
 from mcp import Client
 
 from alma_mcp.errors import StorageError
 from alma_mcp.frontends.server import create_server
+from alma_mcp.storage.journal import JournaledClient
 from alma_mcp.storage.writelock import SharedCollection
 
 
@@ -41,12 +44,17 @@ def test_a_collection_never_written_is_still_empty(alma):
 
 
 def fail_every_write(monkeypatch) -> None:
-    """Every write to a collection fails as a full disk would (reads keep working)."""
+    """Every write fails as on a full disk (reads keep working): the write journal's appends, where a
+    write is acknowledged, and Chroma's own writes, where the journal applies it."""
 
     def failing(self, method, *args, **kwargs):
         raise InternalError("database or disk is full")
 
+    def journal_full(self, fd, data, end):
+        raise OSError(errno.ENOSPC, "No space left on device: database or disk is full")
+
     monkeypatch.setattr(SharedCollection, "_write", failing)
+    monkeypatch.setattr(JournaledClient, "_write_entry", journal_full)
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])

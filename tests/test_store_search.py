@@ -159,6 +159,7 @@ def test_lexical_hits_beyond_the_nearest_are_read_in_the_same_call(make_parts, m
     assert far.id not in [hit.memory.id for hit in nearest], "the test needs the fact outside the dense search"
 
     retriever.indexes.get("knowledge", "helena").lexical  # the BM25 index is built from the store first
+    store.flush_journal()  # the writes above in Chroma: the reads counted below are the search's own
     reads = []
     real_get = chroma_collection.Collection.get
 

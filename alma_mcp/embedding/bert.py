@@ -206,7 +206,7 @@ class BertEncoder:
         self.dim = int(self.words.shape[1])
         self.folder = folder
         _drop_mapped_pages(self.words)  # the layers were read through the map and copied
-        self.session: Any = None  # the layers in ONNX Runtime, once start_runtime() has built them
+        self.session: Any = None  # the layers in ONNX Runtime (bert_onnx.Layers), once start_runtime() has built them
 
     def start_runtime(self) -> bool:
         """Run the layers in ONNX Runtime from now on (bert_onnx), if it is installed: about twice
@@ -227,14 +227,13 @@ class BertEncoder:
         tokens = ids.shape[1]
         x = self.words[ids] + self.positions[:tokens] + self.types[types]
         x = _layer_norm(x, *self.ln0, self.eps)
-        # Padding gets the most negative float added before the softmax: exp gives it exactly 0.
-        masked = ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :]
         layers = self.layers  # before the session: start_runtime sets the session, then drops these
         session = self.session
         if session is not None:
-            x = session.run(None, {"hidden": x, "mask_bias": masked})[0]
+            x = session(x, mask)
         else:
-            x = self._layers(x, masked, layers)
+            # Padding gets the most negative float added before the softmax: exp gives it exactly 0.
+            x = self._layers(x, ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :], layers)
         if self.pooling == "cls":
             return x[:, 0]
         weights = mask[..., None]

@@ -2,23 +2,35 @@
 
 For the few tokens of a query, numpy spends as long dispatching some 150 small operations as
 multiplying; ONNX Runtime runs the same six layers about twice as fast on one thread, and faster
-again on two. The graph is
-written here, from the weights already in memory, as ONNX protobuf bytes: exporting needs torch,
-and the `onnx` package (31 MB) would only be used to spell a few message types. It holds the
-layers alone; the word-embedding lookup, the pooling and the normalisation stay in numpy, so the
-47 MB embedding table is not copied. Same arithmetic as bert.py: vectors agree within 1e-6
-(tests/test_bert.py). Without onnxruntime the encoder simply stays in numpy.
+again on two. The graph is written here, from the weights already in memory, as ONNX protobuf
+bytes: exporting needs torch, and the `onnx` package (31 MB) would only be used to spell a few
+message types. It holds the layers alone; the word-embedding lookup, the pooling and the
+normalisation stay in numpy, so the 47 MB embedding table is not copied. Without onnxruntime the
+encoder simply stays in numpy.
+
+Each layer is written with ONNX Runtime's fused operators for BERT (`Attention`,
+`SkipLayerNormalization`, `BiasGelu`, of its `com.microsoft` domain, which every CPU build has):
+seven operators a layer instead of about twenty-five. Its optimiser fuses only some of them from
+plain ONNX operators (the fused attention comes from exporters' tools, not at run time), and with
+threads that sleep between operators rather than spin, each operator of a call costs a wake-up:
+a query embedded in about 5-7 ms against 7-10 on the plain graph (two threads, a busy 2-core
+machine; bench/perf_breakdown.py). Same arithmetic as bert.py: vectors agree with it and with
+sentence-transformers within 1e-6 (tests/test_bert.py). `plain_model_bytes` writes the graph of
+plain operators, used where ONNX Runtime refuses the fused one.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import struct
 import threading
 from typing import Any, Protocol, Sequence
 
 import numpy as np
+
+log = logging.getLogger("alma_mcp")
 
 
 class BertEncoder(Protocol):
@@ -32,7 +44,8 @@ class BertEncoder(Protocol):
     def layers(self) -> Sequence[Any]: ...
 
 # ONNX's protobuf field numbers (onnx/onnx.proto) and the few enum values used.
-_FLOAT, _INT64 = 1, 7  # TensorProto.DataType
+_FLOAT, _INT32, _INT64 = 1, 6, 7  # TensorProto.DataType
+_CONTRIB = "com.microsoft"
 _ATTR_FLOAT, _ATTR_INT, _ATTR_INTS = 1, 2, 7  # AttributeProto.AttributeType
 IR_VERSION, OPSET = 8, 17  # LayerNormalization is opset 17
 
@@ -90,14 +103,15 @@ def _attribute(name: str, value: float | int | tuple[int, ...]) -> bytes:
     return _bytes(1, name) + b"".join(_int(8, v) for v in value) + _int(20, _ATTR_INTS)
 
 
-def _value_info(name: str, dims: tuple[int | str, ...]) -> bytes:
+def _value_info(name: str, dims: tuple[int | str, ...], kind: int = 1) -> bytes:
     shape = b"".join(_bytes(1, _int(1, d) if isinstance(d, int) else _bytes(2, d)) for d in dims)
-    tensor_type = _int(1, _FLOAT) + _bytes(2, shape)
+    tensor_type = _int(1, kind) + _bytes(2, shape)
     return _bytes(1, name) + _bytes(2, _bytes(1, tensor_type))
 
 
 class _Graph:
-    def __init__(self) -> None:
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
         self.nodes: list[bytes] = []
         self.initializers: list[Any] = []  # message parts: bytes, and the weights as buffers
         self._count = 0
@@ -106,20 +120,53 @@ class _Graph:
         self.initializers += _message(5, _tensor(name, array))
         return name
 
-    def op(self, op_type: str, inputs: list[str], **attributes: Any) -> str:
+    def op(self, op_type: str, inputs: list[str], domain: str = "", **attributes: Any) -> str:
         self._count += 1
         output = f"{op_type.lower()}_{self._count}"
         body = b"".join(_bytes(1, i) for i in inputs) + _bytes(2, output) + _bytes(3, output) + _bytes(4, op_type)
         body += b"".join(_bytes(5, _attribute(k, v)) for k, v in attributes.items())
+        if domain:
+            body += _bytes(7, domain)
         self.nodes.append(_bytes(1, body))
         return output
 
+    def model(self, last: str, inputs: list[bytes], domains: list[tuple[str, int]]) -> bytes:
+        """The model: this graph, its `inputs` (value infos), output `last` as `last`."""
+        self.nodes.append(_bytes(1, _bytes(1, last) + _bytes(2, "last") + _bytes(3, "output") + _bytes(4, "Identity")))
+        dim = self.dim
+        graph = [b"".join(self.nodes) + _bytes(2, "bert_layers"), *self.initializers,
+                 b"".join(_bytes(11, i) for i in inputs) + _bytes(12, _value_info("last", ("batch", "tokens", dim)))]
+        head = _int(1, IR_VERSION) + _bytes(2, "alma-mcp")
+        imports = b"".join(_bytes(8, _bytes(1, domain) + _int(2, version)) for domain, version in domains)
+        return b"".join([head, *_message(7, graph), imports])
+
 
 def model_bytes(encoder: "BertEncoder") -> bytes:
+    """An ONNX model of the encoder's layers in ONNX Runtime's fused operators: inputs `hidden`
+    (batch, tokens, dim), the embeddings after their layer norm, and `mask` (batch, tokens, int32),
+    1 for a token and 0 for padding; output `last` (batch, tokens, dim). The attention's query,
+    key and value weights are the layer's `qkv_w` as it stands (their columns in that order, as
+    the operator wants them); its padding gets -10000 before the softmax, whose exp is exactly 0
+    in float32, as the plain graph's most negative float is."""
+    g = _Graph(encoder.dim)
+    x = "hidden"
+    for n, layer in enumerate(encoder.layers):
+        w = {name: g.const(f"l{n}.{name}", getattr(layer, name)) for name in ("qkv_w", "qkv_b", "out_w", "out_b", "up_w", "up_b", "down_w", "down_b")}
+        ln1 = [g.const(f"l{n}.ln1_{i}", a) for i, a in enumerate(layer.ln1)]
+        ln2 = [g.const(f"l{n}.ln2_{i}", a) for i, a in enumerate(layer.ln2)]
+        attended = g.op("Attention", [x, w["qkv_w"], w["qkv_b"], "mask"], _CONTRIB, num_heads=encoder.heads)
+        x = g.op("SkipLayerNormalization", [g.op("MatMul", [attended, w["out_w"]]), x, *ln1, w["out_b"]], _CONTRIB, epsilon=encoder.eps)
+        h = g.op("BiasGelu", [g.op("MatMul", [x, w["up_w"]]), w["up_b"]], _CONTRIB)
+        x = g.op("SkipLayerNormalization", [g.op("MatMul", [h, w["down_w"]]), x, *ln2, w["down_b"]], _CONTRIB, epsilon=encoder.eps)
+    inputs = [_value_info("hidden", ("batch", "tokens", encoder.dim)), _value_info("mask", ("batch", "tokens"), _INT32)]
+    return g.model(x, inputs, [("", OPSET), (_CONTRIB, 1)])
+
+
+def plain_model_bytes(encoder: "BertEncoder") -> bytes:
     """An ONNX model of the encoder's layers: inputs `hidden` (batch, tokens, dim), the embeddings
     after their layer norm, and `mask_bias` (batch, 1, 1, tokens), 0 for a token and the most
     negative float for padding; output `last` (batch, tokens, dim)."""
-    g = _Graph()
+    g = _Graph(encoder.dim)
     heads, size, dim = encoder.heads, encoder.dim // encoder.heads, encoder.dim
     split_heads = g.const("split_heads", np.array([0, 0, 3, heads, size], dtype=np.int64))
     merge_heads = g.const("merge_heads", np.array([0, 0, dim], dtype=np.int64))
@@ -144,11 +191,8 @@ def model_bytes(encoder: "BertEncoder") -> bytes:
         h = g.op("Mul", [g.op("Mul", [h, g.op("Add", [erf, one])]), half])
         out = g.op("Add", [g.op("Add", [g.op("MatMul", [h, w["down_w"]]), w["down_b"]]), x])
         x = g.op("LayerNormalization", [out, *ln2], axis=-1, epsilon=encoder.eps)
-    g.nodes.append(_bytes(1, _bytes(1, x) + _bytes(2, "last") + _bytes(3, "output") + _bytes(4, "Identity")))
-    inputs = _bytes(11, _value_info("hidden", ("batch", "tokens", dim))) + _bytes(11, _value_info("mask_bias", ("batch", 1, 1, "tokens")))
-    graph = [b"".join(g.nodes) + _bytes(2, "bert_layers"), *g.initializers, inputs + _bytes(12, _value_info("last", ("batch", "tokens", dim)))]
-    head = _int(1, IR_VERSION) + _bytes(2, "alma-mcp")
-    return b"".join([head, *_message(7, graph), _bytes(8, _bytes(1, "") + _int(2, OPSET))])
+    inputs = [_value_info("hidden", ("batch", "tokens", dim)), _value_info("mask_bias", ("batch", 1, 1, "tokens"))]
+    return g.model(x, inputs, [("", OPSET)])
 
 
 THREADS = max(1, min(2, os.cpu_count() or 1))
@@ -180,7 +224,24 @@ def session(encoder: "BertEncoder") -> Any:
         return _session(encoder)
 
 
-def _session(encoder: "BertEncoder") -> Any:
+class Layers:
+    """The encoder's layers in an ONNX Runtime session: `layers(hidden, mask)` gives the last hidden
+    states, `mask` (batch, tokens) being 1 for a token and 0 for padding, whichever graph it runs."""
+
+    def __init__(self, session: Any, fused: bool) -> None:
+        self.session = session
+        self.fused = fused
+
+    def __call__(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self.fused:
+            feed = {"hidden": hidden, "mask": mask.astype(np.int32)}
+        else:  # padding gets the most negative float added before the softmax: exp gives it exactly 0
+            feed = {"hidden": hidden, "mask_bias": ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :]}
+        out: np.ndarray = self.session.run(None, feed)[0]
+        return out
+
+
+def _session(encoder: "BertEncoder") -> Layers:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -191,4 +252,8 @@ def _session(encoder: "BertEncoder") -> Any:
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes(encoder), options, providers=["CPUExecutionProvider"])
+    try:
+        return Layers(ort.InferenceSession(model_bytes(encoder), options, providers=["CPUExecutionProvider"]), True)
+    except Exception as exc:  # noqa: BLE001 - a build without the fused operators: the plain graph does the same
+        log.info("ONNX Runtime refused the fused encoder layers (%s): plain operators instead", exc)
+    return Layers(ort.InferenceSession(plain_model_bytes(encoder), options, providers=["CPUExecutionProvider"]), False)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .backend import InMemoryBackend
+from .journal import JournaledClient, journaled
 from ..embedding.embedder import Embedder
 from ..errors import NotFound, StorageError
 from ..models import MEMORY_TYPES, AnyMemory, Outcome, key_text, memory_type_of, parse_memory, strategy_key
@@ -360,15 +361,22 @@ class MemoryStore:
         self._generations: dict[str, int] = {}
         # Whose writes generation() can see: the embedded store's shared counters see every
         # process's; a server's change tokens are read at most every `change_check_seconds`.
-        self._shared = client if isinstance(client, SharedClient) else None
+        self._journal = client if isinstance(client, JournaledClient) else None
+        self._shared = self._journal.shared if self._journal is not None else client if isinstance(client, SharedClient) else None
         self._remote = (
             _RemoteChanges(client, project, change_check_seconds) if change_check_seconds is not None else None
         )
         self._write_listeners: list[WriteListener] = []
+        # Shared counter values taken by this process's own journal applies, and the values they
+        # stand for (see _applying).
+        self._aliases: dict[str, tuple[int, int]] = {}
         self.records = RecordCache()
         # Key vectors embedded recently, by key text: embed() fills it for the put() that follows,
         # and a lesson rewritten with the same condition is not embedded again.
         self._key_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._apply_listener = self._applying
+        if self._journal is not None:
+            self._journal.add_apply_listener(self._apply_listener)
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -384,7 +392,12 @@ class MemoryStore:
             _write_ahead_log(folder / "chroma.sqlite3")
             return chromadb.PersistentClient(path=str(folder), settings=Settings(anonymized_telemetry=False))
 
-        client = shared_client(path, open_client, lock_dir)
+        shared = shared_client(path, open_client, lock_dir)
+        try:
+            client = journaled(shared, shared.path)
+        except BaseException:
+            release_shared_client(shared)
+            raise
         return cls(client, project, embedder, description=f"chroma (embedded, {path})")
 
     @classmethod
@@ -461,7 +474,7 @@ class MemoryStore:
     def _generation_of(self, name: str) -> int:
         local = self._generations.get(name, 0)
         if self._shared is not None:
-            return (self._shared.lock.counters.of(name) << 20) + local
+            return (self._slot_of(name) << 20) + local
         if self._remote is not None:
             return (self._remote.token(name) << 20) + local
         return local
@@ -512,6 +525,35 @@ class MemoryStore:
                 listener(name, memories, deleted, before, after, vectors)
             except Exception:  # a follower's failure must not undo or hide a finished write
                 log.exception("a write listener failed")
+
+    def _applying(self, names: list[str], own: bool) -> None:
+        """The write journal is about to apply to these collections writes that, when `own`, this
+        store already told its caches and listeners about (journal.py). The apply moves their
+        shared counters as any Chroma write does; for this process's caches that move is no
+        change, so the counter value it will take is read as the one before (`_generation_of`),
+        from before it is taken: a search reading the counter during the apply sees no change
+        either. Another process's entries applied here are changes, and read as such."""
+        if not own or self._shared is None:
+            return
+        counters = self._shared.lock.counters
+        upcoming = counters.total() + 1  # under the exclusive lock: the apply's own bump is the next
+        for name in names:
+            self._aliases[name] = (upcoming, self._slot_of(name))
+
+    def _slot_of(self, name: str) -> int:
+        assert self._shared is not None
+        slot = self._shared.lock.counters.of(name)
+        alias = self._aliases.get(name)
+        return alias[1] if alias is not None and alias[0] == slot else slot
+
+    def journal_status(self) -> dict[str, Any] | None:
+        """The write journal's state (journal.JournaledClient.status); None without one."""
+        return self._journal.status() if self._journal is not None else None
+
+    def flush_journal(self) -> None:
+        """Apply every write the journal holds to Chroma now (StorageError if Chroma refuses)."""
+        if self._journal is not None:
+            self._journal.flush()
 
     def scopes(self) -> list[tuple[str, str]]:
         """(agent, memory_type) of every collection of this project; agent '_' for preferences."""
@@ -727,13 +769,19 @@ class MemoryStore:
         if self._shared is None:
             return None
         name = collection_name(self.project, memory_type, agent)
-        with self._shared.reading():
-            count = self._shared.lock.counters.of(name)
-            rows = [
-                (meta, np.asarray(vector, dtype=np.float32))
-                for meta, vector in self._pages(memory_type, agent, None, False, with_embeddings=True)
-            ]
-        return count, rows
+        while True:
+            # Another process's journaled writes are counted but not in Chroma, and cannot be
+            # applied under a read lock: applied first, and again if one came in meanwhile.
+            self.flush_journal()
+            with self._shared.reading():
+                if self._journal is not None and self._journal.others_waiting():
+                    continue
+                count = self._shared.lock.counters.of(name)
+                rows = [
+                    (meta, np.asarray(vector, dtype=np.float32))
+                    for meta, vector in self._pages(memory_type, agent, None, False, with_embeddings=True)
+                ]
+            return count, rows
 
     def changes_since(
         self, memory_type: str, agent: str | None, since: float, limit: int
@@ -1001,6 +1049,8 @@ class MemoryStore:
         client (the last holder closes Chroma's client and unmaps the counters). A store is not
         used after `close`; the service opens a new one."""
         self._collections.clear()
+        if self._journal is not None:
+            self._journal.remove_apply_listener(self._apply_listener)
         if self._shared is not None:
             release_shared_client(self._shared)
 

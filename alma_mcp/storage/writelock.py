@@ -506,6 +506,7 @@ class SharedClient:
         self._seen = -1
         self._collections: dict[str, Any] = {}
         self.reopened = 0
+        self.journal: Any = None  # the write journal in front of this client (journal.journaled)
 
     # -- the protocol ----------------------------------------------------------------
     def _fresh(self) -> Any:
@@ -557,6 +558,15 @@ class SharedClient:
             yield raw
             self._seen = value  # only after success: a failed write leaves us reopening next time
 
+    def count_write(self, names: list[str]) -> None:
+        """Count a write that other processes must notice though Chroma's files did not change
+        (one the write journal holds); this process's client stays open. Call with the exclusive
+        lock held."""
+        fresh = not self._stale()
+        value = self.lock.counters.bump(names)
+        if fresh:
+            self._seen = value
+
     def raw_collection(self, raw: Any, name: str) -> Any:
         col = self._collections.get(name)
         if col is None:
@@ -601,7 +611,11 @@ class SharedClient:
             return raw.heartbeat()
 
     def close(self) -> None:
-        """Close Chroma's client (a later call opens it again, as after another process's write)."""
+        """Close Chroma's client (a later call opens it again, as after another process's write),
+        after applying what the write journal holds."""
+        journal, self.journal = self.journal, None
+        if journal is not None:
+            journal.close()
         with self.lock.write():
             raw, self._raw = self._raw, None
             self._collections.clear()
