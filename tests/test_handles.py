@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from alma_mcp.frontends.server import create_server
 from alma_mcp.models import DomainKnowledge
@@ -64,3 +65,25 @@ async def test_a_handle_that_names_two_memories_asks_for_the_full_id(alma: ALMA)
         assert alma.get(twins[0].id).memory.used == 0, "the ambiguous call changed nothing"
         short = await client.call_tool("alma_feedback", {"memory_id": "abcdef0", "signal": "used", "agent": "helena"})
         assert short.is_error and "memory id or handle" in text_of(short)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_handle_resolves_only_among_the_callers_memories(alma: ALMA, mode: str) -> None:
+    # Two agents' facts whose ids share their first 8 hex digits: each agent's handle names its
+    # own, and neither the answer nor an error ever shows the other agent's id.
+    mine, theirs = (
+        DomainKnowledge(id=f"knowledge-5eed5eed{tail * 24}", project=alma.config.project, agent=agent, domain="ops", fact=fact)
+        for tail, agent, fact in (("a", "victor", "Victor's builds run on the arm64 pool."), ("b", "helena", FACT))
+    )
+    alma.put([mine, theirs])
+    server = create_server(alma=alma)
+    async with Client(server, mode=mode) as client:
+        rated = await client.call_tool("alma_feedback", {"memory_id": "5eed5eed", "signal": "harmful", "agent": "victor"})
+        assert not rated.is_error, text_of(rated)
+        assert rated.structured_content["id"] == mine.id and theirs.id not in text_of(rated)
+        gone = await client.call_tool("alma_forget", {"agent": "victor", "memory_ids": ["5eed5eedb"], "dry_run": False})
+        assert gone.is_error and "no memory with id" in text_of(gone) and theirs.id not in text_of(gone)
+        with pytest.raises(MCPError, match="no memory with id") as refused:
+            await client.read_resource("alma://memories/5eed5eedb?agent=victor")
+        assert theirs.id not in str(refused.value)
+    assert alma.get(theirs.id).memory.harmful == 0 and not alma.get(theirs.id).memory.archived
