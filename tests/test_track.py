@@ -63,12 +63,24 @@ def test_a_record_that_says_nothing_either_way_is_not_shown():
     assert record is not None and record.strategies[0].verdict == "avoid"
 
 
-def test_a_mixed_record_that_mostly_failed_is_avoided():
-    # 2 of 5 (smoothed 0.38) and 1 of 2 on less similar tasks beside a failure here: a poorer bet
-    # than a strategy not yet tried, though above the prior's 1 in 3.
-    record = tally([(attempt("x", "success", i), 0.8) for i in range(2)] + [(attempt("x", "failure", i), 0.8) for i in range(2, 5)])
-    assert record is not None and [(s.verdict, s.successes, s.attempts) for s in record.strategies] == [("avoid", 2, 5)]
-    record = tally([(attempt("y", "success", 0), 0.35), (attempt("y", "failure", 1), 0.35)])
+def test_a_mixed_record_that_mostly_failed_closer_to_this_task_is_avoided():
+    # 3 of 7 (smoothed 0.41), failing on tasks closer than any it worked on, and 1 of 2 with the
+    # failure closer: a poorer bet than a strategy not yet tried, though above the prior's 1 in 3.
+    record = tally([(attempt("x", "success", i), 0.8) for i in range(3)] + [(attempt("x", "failure", i), 0.9) for i in range(3, 7)])
+    assert record is not None and [(s.verdict, s.successes, s.attempts) for s in record.strategies] == [("avoid", 3, 7)]
+    record = tally([(attempt("y", "success", 0), 0.3), (attempt("y", "failure", 1), 0.35)])
+    assert record is not None and record.strategies[0].verdict == "avoid"
+
+
+def test_a_bad_start_on_this_very_kind_of_task_does_not_strike_a_strategy_out():
+    # A strategy that works 70% of the time, 2 of 5 so far (smoothed 0.38) with its closest attempt
+    # a success: it has worked here, and stays a candidate while one that never worked is avoided.
+    x = [(attempt("x", "success", 0), 0.9), (attempt("x", "success", 1), 0.6)] + [(attempt("x", "failure", i), 0.8) for i in range(2, 5)]
+    record = tally(x + [(attempt("z", "failure", 5), 0.85)])
+    assert record is not None
+    assert [(s.strategy, s.verdict, s.successes, s.attempts) for s in record.strategies] == [("x", "tried", 2, 5), ("z", "avoid", 0, 1)]
+    # The same record with its closest attempt a failure is the neighbouring-situation case.
+    record = tally([(attempt("x", "success", 0), 0.6), (attempt("x", "success", 1), 0.6)] + [(attempt("x", "failure", i), 0.8) for i in range(2, 5)])
     assert record is not None and record.strategies[0].verdict == "avoid"
 
 

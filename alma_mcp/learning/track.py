@@ -10,10 +10,10 @@ while the one that works is named once.
 So retrieval also tallies the agent's own outcomes on similar tasks, strategy by strategy,
 weighing each attempt by how similar its task is to this one (a soft ramp on the similarity of
 the two tasks' wording), and states the result once per strategy: the one to use (the best
-success rate, once it has worked), the ones to avoid (they have failed, and their rate is at most
-0.4: no better than that of a strategy not yet tried, or mixed and mostly failing), and the
-others as tried. The success rates are smoothed towards a prior, so one lucky
-success is not a rule and one failure is not a verdict against a strategy that has also worked.
+success rate, once it has worked), the ones to avoid (they have failed, and their rate is no
+better than that of a strategy not yet tried, or, when they failed closer to this task than they
+ever worked, mixed and mostly failing: at most 0.45), and the others as tried. The success rates
+are smoothed towards a prior, so one lucky success is not a rule and one failure is not a verdict against a strategy that has also worked.
 
 Everything here is pure: the numbers in, the record out. Retrieval finds the neighbours;
 prompt/render.py renders the record inside a data fence.
@@ -41,16 +41,19 @@ PRIOR_FAILURE = 1.0
 attempt (a mean of one in three: most strategies an agent tries on a task do not work)."""
 USE_AT_LEAST = 0.5
 """A strategy is the one to use when its smoothed success rate is at least this."""
-AVOID_AT_MOST = 0.40
-"""A strategy is one to avoid once it has failed and its smoothed success rate is at most this: no
-better than a strategy not yet tried (the prior's 1 in 3), or a record that is mixed and mostly
-failing (1 of 3, 2 of 5, a success on a less similar task against failures on closer ones). The
-commonest such strategy, traced on the development workload, had worked in a neighbouring
-situation (often an outcome the user recorded) and failed on this kind of task; left as "tried",
-the agent kept trying it while a candidate was untried. The cost: a strategy that works 70% of the
-time and starts 2 of 5 is struck out too. Chosen on the development workload (offline replay and
-the server; docs/learning-benchmark.md, "A mixed record is a poor bet"), against the prior's 1 in
-3, which had itself beaten 1 in 4."""
+AVOID_AT_MOST = 0.45
+"""A strategy that has failed on a task more similar to this one than any it worked on is avoided
+up to this smoothed success rate: a record that is mixed and mostly failing (1 of 3, 2 of 5) with
+its successes further away is the neighbouring-situation case. The commonest such strategy,
+traced on the development workload, had worked in a neighbouring situation (often an outcome the
+user recorded) and failed on this kind of task; left as "tried", the agent kept trying it while a
+candidate was untried. Chosen on the development workload (offline replay and the server;
+docs/learning-benchmark.md, "A mixed record is a poor bet" and "Where the failures are"), against
+a bar of 0.40 for every strategy."""
+AVOID_AT_MOST_OTHERWISE = PRIOR_SUCCESS / (PRIOR_SUCCESS + PRIOR_FAILURE)
+"""A strategy whose closest attempt worked (or tied with a failure) is avoided only when its rate is
+no better than a strategy not yet tried (the prior's 1 in 3): a strategy that works 70% of the
+time and starts 2 of 5 on this very kind of task is not struck out by its bad start."""
 MIN_WEIGHT = 0.05
 """Attempts weighing less than this are left out (and not counted as seen)."""
 
@@ -62,7 +65,8 @@ class StrategyRecord(BaseModel):
     verdict: Verdict = Field(
         "tried",
         description="use: the best success rate on similar tasks, and it has worked; avoid: it has failed, and its "
-        "rate is at most 0.4 (an untried strategy's is 1 in 3); tried: neither.",
+        "rate is at most 1 in 3 (an untried strategy's), or 0.45 when it failed on a more similar task than any "
+        "it worked on; tried: neither.",
     )
     successes: int = Field(0, description="Similar attempts with this strategy that succeeded.")
     attempts: int = Field(0, description="Similar attempts with this strategy.")
@@ -70,6 +74,8 @@ class StrategyRecord(BaseModel):
     weighted_successes: float = Field(0.0, exclude=True)
     weighted_attempts: float = Field(0.0, exclude=True)
     best_similarity: float = Field(0.0, description="Similarity of its most similar attempt's task to this task.")
+    closest_success: float = Field(-1.0, exclude=True, description="Similarity of its most similar successful attempt.")
+    closest_failure: float = Field(-1.0, exclude=True, description="Similarity of its most similar failed attempt.")
     ids: list[str] = Field(default_factory=list, description="The outcomes tallied, most similar first.")
 
     def smoothed(self) -> float:
@@ -97,6 +103,13 @@ def weight(similarity: float) -> float:
     return (similarity - RAMP_LOW) / (RAMP_HIGH - RAMP_LOW)
 
 
+def avoid_bar(record: StrategyRecord) -> float:
+    """The highest smoothed rate at which `record`, having failed, is avoided."""
+    if record.closest_failure > record.closest_success:
+        return AVOID_AT_MOST
+    return AVOID_AT_MOST_OTHERWISE
+
+
 def tally(neighbours: Sequence[tuple[Outcome, float]]) -> TrackRecord | None:
     """The track record over `neighbours` (an outcome and the similarity of its task to this
     one); None when no attempt is similar enough to count, or when no strategy is either to use or
@@ -115,6 +128,10 @@ def tally(neighbours: Sequence[tuple[Outcome, float]]) -> TrackRecord | None:
         record.weighted_attempts += w
         record.weighted_successes += w * c
         record.ids.append(outcome.id)
+        if c == 1.0:
+            record.closest_success = max(record.closest_success, similarity)
+        else:
+            record.closest_failure = max(record.closest_failure, similarity)
         attempts += 1
     if not records:
         return None
@@ -125,7 +142,7 @@ def tally(neighbours: Sequence[tuple[Outcome, float]]) -> TrackRecord | None:
     if best.successes > 0 and best.rate >= USE_AT_LEAST:
         best.verdict = "use"
     for record in ranked:
-        if record.verdict != "use" and record.successes < record.attempts and record.smoothed() <= AVOID_AT_MOST + 1e-9:
+        if record.verdict != "use" and record.successes < record.attempts and record.smoothed() <= avoid_bar(record) + 1e-9:
             record.verdict = "avoid"
     if all(record.verdict == "tried" for record in ranked):
         return None  # it would say nothing either way, and a task with no answer would pay for it
