@@ -41,7 +41,18 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
 # No space at the end: "secrets " must not pass for a category other than "secrets".
 _CATEGORY_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9 _./:-]{0,62}[A-Za-z0-9_./:-])?$")
-_MEMORY_ID_RE = re.compile(r"^[a-z_]{1,16}-[0-9a-f]{32}$")
+
+HANDLE_DIGITS = 8
+"""A memory's handle, how the prompt names it, is the first HANDLE_DIGITS hex digits of its id
+(prompt/handles.py); a tool that takes an id also takes a handle, resolved among the memories the
+caller may read. One memory in 4 billion shares a given handle: a clash is an error asking for
+the full id, never a guess."""
+MEMORY_ID_PATTERN = r"[a-z_]{1,16}-[0-9a-f]{32}"
+"""A server-made memory id: its type and 32 hex digits."""
+HANDLE_PATTERN = rf"[0-9a-f]{{{HANDLE_DIGITS},32}}"
+"""A handle: the first HANDLE_DIGITS or more of an id's hex digits."""
+_MEMORY_ID_RE = re.compile(rf"^{MEMORY_ID_PATTERN}$")
+
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -96,12 +107,7 @@ def _check_memory_id(value: str) -> str:
     return value
 
 
-HANDLE_DIGITS = 8
-"""A memory's handle, how the prompt names it, is the first HANDLE_DIGITS hex digits of its id
-(prompt/handles.py); a tool that takes an id also takes a handle, resolved among the memories the
-caller may read. One memory in 4 billion shares a given handle: a clash is an error asking for
-the full id, never a guess."""
-_MEMORY_REF_RE = re.compile(rf"^(?:[a-z_]{{1,16}}-[0-9a-f]{{32}}|[0-9a-f]{{{HANDLE_DIGITS},32}})$")
+_MEMORY_REF_RE = re.compile(rf"^(?:{MEMORY_ID_PATTERN}|{HANDLE_PATTERN})$")
 
 
 def _check_memory_ref(value: str) -> str:

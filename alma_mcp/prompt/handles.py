@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 
-from ..models import HANDLE_DIGITS
+from ..models import HANDLE_DIGITS, HANDLE_PATTERN, MEMORY_ID_PATTERN
 
-_SERVER_ID = re.compile(r"^[a-z_]{1,16}-([0-9a-f]{32})$")
-_HANDLE = re.compile(rf"^[0-9a-f]{{{HANDLE_DIGITS},32}}$")
+_SERVER_ID = re.compile(rf"^{MEMORY_ID_PATTERN}$")
+_HANDLE = re.compile(rf"^{HANDLE_PATTERN}$")
 """What a tool accepts as a handle: a prefix of an id's hex digits, at least HANDLE_DIGITS long."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -22,9 +22,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 def handle_of(memory_id: str) -> str:
     """How the prompt names this memory: the start of its hex digits, or (an id of another form)
     the id itself, made safe to stand outside a fence."""
-    found = _SERVER_ID.match(memory_id)
-    if found:
-        return found.group(1)[:HANDLE_DIGITS]
+    if _SERVER_ID.match(memory_id):
+        return _digits(memory_id)[:HANDLE_DIGITS]
     return _UNSAFE.sub("_", memory_id)[:80]
 
 
@@ -34,5 +33,9 @@ def is_handle(text: str) -> bool:
 
 def matches(memory_id: str, handle: str) -> bool:
     """Whether a server id's hex digits start with `handle`."""
-    found = _SERVER_ID.match(memory_id)
-    return found is not None and found.group(1).startswith(handle)
+    return bool(_SERVER_ID.match(memory_id)) and _digits(memory_id).startswith(handle)
+
+
+def _digits(memory_id: str) -> str:
+    """A server id's 32 hex digits (its type has no '-')."""
+    return memory_id.partition("-")[2][:32]
