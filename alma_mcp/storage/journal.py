@@ -54,6 +54,7 @@ import sys
 import threading
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -390,8 +391,16 @@ class JournaledClient:
     def flush(self) -> None:
         """Apply every entry waiting (this process's and any other's) to Chroma, in order; raises
         StorageError when Chroma refuses (the entries stay, to be retried)."""
+        with self.up_to_date():
+            pass
+
+    @contextmanager
+    def up_to_date(self) -> Iterator[None]:
+        """Hold the exclusive lock with every entry waiting applied (see `flush`): for what acts on
+        Chroma as it is, and must not be overtaken by entries applied later."""
         with self.lock.write():
             self._apply_waiting()
+            yield
 
     def recover(self) -> None:
         """At open: replay what a process that died left waiting. A failure is reported, not raised:
@@ -541,8 +550,7 @@ class JournaledClient:
         return JournaledCollection(self, self.shared.create_collection(name, **kwargs))
 
     def delete_collection(self, name: str) -> None:
-        with self.lock.write():
-            self._apply_waiting()
+        with self.up_to_date():
             self.shared.delete_collection(name)
 
     def list_collections(self, *args: Any, **kwargs: Any) -> Any:
@@ -556,8 +564,7 @@ class JournaledClient:
             raise AttributeError(attribute)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            with self.lock.write():
-                self._apply_waiting()
+            with self.up_to_date():
                 return getattr(self.shared, attribute)(*args, **kwargs)
 
         return call
@@ -696,8 +703,7 @@ class JournaledCollection:
         return None
 
     def _direct(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        with self._client.lock.write():
-            self._client._apply_waiting()
+        with self._client.up_to_date():
             self._dimension = None
             return getattr(self._col, method)(*args, **kwargs)
 
