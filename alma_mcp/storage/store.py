@@ -319,6 +319,21 @@ def _import_chromadb(embedded: bool = False) -> Any:
     return chromadb
 
 
+# Databases this process has handed to Chroma: Python's sqlite3 must not open them again (below).
+_opened_by_chroma: set[Path] = set()
+_opened_lock = threading.Lock()
+
+
+def _in_wal_mode(database: Path) -> bool:
+    """Whether the file's header says write-ahead log (bytes 18 and 19 both 2, SQLite's file format)."""
+    try:
+        with open(database, "rb") as file:
+            header = file.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header[18] == 2 and header[19] == 2
+
+
 def _write_ahead_log(database: Path) -> None:
     """Put Chroma's SQLite database in write-ahead-log mode (a setting stored in the file).
 
@@ -326,8 +341,18 @@ def _write_ahead_log(database: Path) -> None:
     the folder, the journal again and the database, and an upsert is two transactions, so a
     one-memory write spent about 35 ms of its 50 in fsync on this kind of disk. In WAL mode a
     commit is one fsync of the log and just as durable at full sync (SQLite's default, which
-    Chroma keeps). If another process has the database open the switch waits for the next start."""
-    if not database.is_file():
+    Chroma keeps). If another process has the database open the switch waits for the next start.
+
+    Python's sqlite3 and Chroma's own SQLite are two copies of the library in one process, and
+    POSIX locks do not tell them apart: once Chroma has had the file open here, a sqlite3
+    connection can take itself for the last one and truncate the shared-memory file under
+    Chroma's mapping (a bus error). So sqlite3 opens the file only when its header is not in WAL
+    mode already, and never after this process has given it to Chroma."""
+    database = database.resolve()
+    with _opened_lock:
+        first = database not in _opened_by_chroma
+        _opened_by_chroma.add(database)
+    if not first or not database.is_file() or _in_wal_mode(database):
         return
     import sqlite3
 
