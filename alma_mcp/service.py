@@ -71,6 +71,7 @@ CHROMA_DEFER_SECONDS = 3.0
 """With current index snapshots saved, a server imports Chroma after its first retrieval (answered
 from them) or after this long, whichever comes first: on two cores, Chroma's import beside the MCP
 SDK's slows both, and the first retrieval waits for the slower."""
+CHROMA_DEFER_EXPIRED = f"no retrieval within {CHROMA_DEFER_SECONDS:.0f} s of the start: Chroma is opened now"
 
 MODES: tuple[Mode, ...] = get_args(Mode)
 """How `retrieve` may rank: both signals fused, or one alone."""
@@ -363,7 +364,8 @@ class ALMA:
             # Saved snapshots can answer the first retrievals: Chroma waits for the first of them
             # to be answered (and its answer sent), or for CHROMA_DEFER_SECONDS.
             self._deferring = True
-            self._chroma_wanted.wait(CHROMA_DEFER_SECONDS)
+            if not self._chroma_wanted.wait(CHROMA_DEFER_SECONDS):
+                log.info("%s", CHROMA_DEFER_EXPIRED)
             if self._quick_served.is_set():
                 self._closing.wait(0.2)
             self._deferring = False

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from alma_mcp.indexes import snapshot
-from alma_mcp.service import ALMA
+from alma_mcp.service import ALMA, CHROMA_DEFER_EXPIRED
 from helpers import server_env, teach_playwright
 
 TASK = "Write a Playwright test for the login form's validation errors"
@@ -243,6 +243,7 @@ class _Server:
 
 
 FIRST_FROM_SNAPSHOT = "first retrieval answered from the saved index snapshots (chromadb imported: no)"
+FIRST_LATE = "first retrieval answered from the saved index snapshots (chromadb imported: yes)"
 BEFORE_THE_SDK = "request 2 (tools/call) answered before the MCP SDK was up"
 
 
@@ -265,7 +266,9 @@ def test_a_server_answers_its_first_retrieve_from_snapshots_before_importing_chr
     answered = warm.result("alma_retrieve", arguments)
     assert warm.call("alma_health", {})["snapshot_retrievals"] == 1
     log = warm.close()
-    assert FIRST_FROM_SNAPSHOT in log, log[-3000:]
+    # Chroma is imported after the first retrieval, or once the deferral runs out on a machine too
+    # loaded to answer within it: only then may the first answer find it imported.
+    assert FIRST_FROM_SNAPSHOT in log or (CHROMA_DEFER_EXPIRED in log and FIRST_LATE in log), log[-3000:]
     assert BEFORE_THE_SDK in log, log[-3000:]
     assert "Traceback" not in log
     assert answered == expected  # the early answer is the SDK's, field for field (the prompt's JSON text too)
