@@ -179,3 +179,47 @@ def test_a_call_worked_out_early_after_the_sdk_took_over_is_left_to_the_sdk():
         for fd in (read_end, write_end, out_read, out_write):
             if fd >= 0:
                 os.close(fd)
+
+
+def test_lines_and_replies_pass_without_a_thread_hand_off_each(monkeypatch):
+    """Once the first line is in, each line reaches the SDK by the reader waking the event loop,
+    and each reply is written from the loop: no worker thread per line, write or flush (anyio's
+    to_thread and file wrapper took one each, a wake-up apiece on every call)."""
+    read_end, write_end = os.pipe()
+    out_read, out_write = os.pipe()
+    os.write(write_end, b'{"first": 0}\n')
+    early = handshake.EarlyStdio((read_end, out_write))
+    assert early._first_read.wait(30)
+    early._pumping.set()
+    hand_offs = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counting_run_sync(func, *args, **kwargs):
+        hand_offs.append(func)
+        return await real_run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
+
+    async def serve() -> list[str]:
+        lines = handshake._Lines(early)
+        wire = handshake._Answers(early, handshake._Wire(out_write))
+        got = []
+        async for line in lines:
+            got.append(line)
+            await wire.write(line)
+            await wire.flush()
+            if len(got) < 20:
+                await anyio.sleep(0.001)
+                os.write(write_end, json.dumps({"n": len(got)}).encode() + b"\n")  # arrives while the loop waits
+            else:
+                os.close(write_end)
+        return got
+
+    try:
+        got = anyio.run(serve)
+        assert got == ['{"first": 0}\n', *(json.dumps({"n": n}) + "\n" for n in range(1, 20))]
+        assert os.read(out_read, 65536).decode() == "".join(got), "every reply written at once, in order"
+        assert len(hand_offs) == 1, "only the wait for the first line runs on a worker thread"
+    finally:
+        for fd in (read_end, out_read, out_write):
+            os.close(fd)

@@ -9,6 +9,7 @@ so that what they check happens while the write is in the journal and not yet in
 from __future__ import annotations
 
 import signal
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,34 @@ def test_a_write_chroma_would_refuse_is_refused_before_it_is_journaled(parts) ->
     assert parts.alma.health()["write_journal"]["waiting"] == waiting
     store.flush_journal()
     assert parts.alma.health()["status"] == "ok"
+
+
+def test_a_stream_of_writes_slower_than_the_quiet_pause_is_applied_together(parts, monkeypatch) -> None:
+    """Writes every 120 ms (a session's calls on a busy machine) are not one apply each: the applier
+    waits for twice their spacing without a write, within MAX_DELAY_SECONDS, so the calls of the
+    stream do not each wait for Chroma's apply of the one before (Chroma holds the GIL)."""
+    from alma_mcp.models import DomainKnowledge, new_id
+
+    monkeypatch.setattr(journal, "QUIET_SECONDS", 0.05)
+    monkeypatch.setattr(journal, "MAX_DELAY_SECONDS", 5.0)
+    alma, store, _ = parts
+    applies: list[str] = []
+    real_apply_group = store.client._apply_group
+
+    def counting(entries):  # noqa: ANN001 - journal.Entry
+        applies.append(entries[0].collection)
+        return real_apply_group(entries)
+
+    monkeypatch.setattr(store.client, "_apply_group", counting)
+    vector = store.embedder.embed(["a fact"])
+    ids = []
+    for i in range(8):
+        memory = DomainKnowledge(id=new_id("knowledge"), project=store.project, agent="victor", domain="ops", fact=f"Fact {i}")
+        store.put([memory], vector, key_embeddings=vector)
+        ids.append(memory.id)
+        time.sleep(0.12)  # longer than QUIET_SECONDS: the previous rule applied in each of these pauses
+    assert len(applies) <= 2, f"{len(applies)} applies for a stream of 8 writes"
+    deadline = time.monotonic() + 10
+    while sorted(in_chroma(store, "knowledge", "victor", ids)) != sorted(ids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(in_chroma(store, "knowledge", "victor", ids)) == sorted(ids), "applied once the stream stopped"

@@ -13,11 +13,12 @@ import pytest
 from mcp import Client
 
 from alma_mcp.embedding.embedder import HashEmbedder
-from alma_mcp.models import key_text
+from alma_mcp.models import DomainKnowledge, key_text, new_id
+from alma_mcp.service import ALMA
 from alma_mcp.frontends.server import create_server
 from alma_mcp.storage.store import KEY_CHECK, KEY_VECTOR, MemoryStore, collection_name
 
-from helpers import teach_playwright
+from helpers import build_config, teach_playwright
 
 
 class CountingEmbedder:
@@ -42,6 +43,48 @@ class CountingEmbedder:
         vector = self.embed([text])[0]
         self.inner.cache.put(text, vector)
         return vector
+
+
+class CallCounter(CountingEmbedder):
+    """CountingEmbedder that also keeps each call's texts apart (one list per encoder call)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.calls: list[list[str]] = []
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return super().embed(texts)
+
+
+def test_a_taught_memory_is_embedded_in_one_encoder_call_each_distinct_text_once(tmp_path) -> None:
+    counting = CallCounter(HashEmbedder())
+    config = build_config(tmp_path / "data")
+    store = MemoryStore.in_memory(config.project, counting)
+    alma = ALMA(config, embedder=counting, store=store)
+    try:
+        alma.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC every night.")
+        # The fact with its domain (the memory's text) and the fact alone (its key field): one call.
+        assert counting.calls == [["billing: Invoices are generated at 02:00 UTC every night.",
+                                   "Invoices are generated at 02:00 UTC every night."]]
+        counting.calls.clear()
+
+        # Two memories with one text, and a key field that is another memory's whole text: each
+        # distinct text goes to the encoder once, and every memory still gets its own row.
+        def knowledge(domain: str, fact: str) -> DomainKnowledge:
+            return DomainKnowledge(id=new_id("knowledge"), project=config.project, agent="victor", domain=domain, fact=fact)
+
+        twins = [knowledge("ops", "Deploys freeze on Fridays."), knowledge("ops", "Deploys freeze on Fridays."),
+                 knowledge("ops", "ops: Deploys freeze on Fridays.")]
+        vectors = store.embed(twins)  # the store's batch, as every write path makes it
+        assert counting.calls == [["ops: Deploys freeze on Fridays.", "ops: ops: Deploys freeze on Fridays.", "Deploys freeze on Fridays."]]
+        assert vectors.shape == (3, counting.dim)
+        expected = HashEmbedder().embed([m.text() for m in twins])
+        assert np.allclose(vectors, expected)
+        assert np.allclose(store.key_vectors(twins), HashEmbedder().embed([key_text(m) for m in twins]))
+        assert len(counting.calls) == 1, "the key vectors were kept from the same call"
+    finally:
+        alma.close()
 
 
 def stored_keys(store: MemoryStore) -> dict[str, tuple[Any, np.ndarray | None]]:

@@ -167,6 +167,7 @@ class EarlyStdio:
         self.answered_early: list[Any] = []  # ids of the other requests answered before the SDK was up
         self._first_read = threading.Event()
         self._lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()  # the lines after it, for the SDK; None ends them
+        self._on_line: Callable[[], object] | None = None  # told of each line queued (`_Lines`, on the event loop)
         self._pumping = threading.Event()  # read on past the first line (answer_early, run)
         self._idle = threading.Event()  # everything sent so far has been read and dealt with
         self._wire = threading.Lock()  # early answers against the SDK taking over stdout
@@ -230,7 +231,7 @@ class EarlyStdio:
                 pass  # the client left; the SDK will see the end of stdin
         self._first_read.set()
         if not self.first.endswith(b"\n"):
-            self._lines.put(None)  # stdin ended with it
+            self._pass_on(None)  # stdin ended with it
             self._idle.set()
             return
         self._pumping.wait()
@@ -243,7 +244,7 @@ class EarlyStdio:
                 line = bytes(buffer[: end + 1])
                 del buffer[: end + 1]
                 if not self._answered(line):
-                    self._lines.put(line)
+                    self._pass_on(line)
             if not _readable(self._in):
                 self._idle.set()
             try:
@@ -252,12 +253,22 @@ class EarlyStdio:
                 chunk = b""
             if not chunk:
                 if buffer:
-                    self._lines.put(bytes(buffer))
-                self._lines.put(None)
+                    self._pass_on(bytes(buffer))
+                self._pass_on(None)
                 self._idle.set()
                 return
             self._idle.clear()
             buffer += chunk
+
+    def _pass_on(self, line: bytes | None) -> None:
+        """Queue a line for the SDK (None: stdin ended) and wake its reader."""
+        self._lines.put(line)
+        on_line = self._on_line
+        if on_line is not None:
+            try:
+                on_line()
+            except RuntimeError:  # the event loop has closed: nobody reads on
+                pass
 
     def _answered(self, line: bytes) -> bool:
         """Whether `line` was a request answered here (so the SDK never sees it)."""
@@ -304,13 +315,11 @@ class EarlyStdio:
         anyio.run(self._serve, server)
 
     async def _serve(self, server: Any) -> None:
-        import anyio
         from mcp.server.stdio import stdio_server
 
-        wire_out = anyio.wrap_file(os.fdopen(self._out, "w", encoding="utf-8", closefd=False))
         lowlevel = server._lowlevel_server  # what MCPServer.run_stdio_async serves
         # _Lines and _Answers have the calls stdio_server makes, not the whole of anyio's AsyncFile.
-        async with stdio_server(stdin=_Lines(self), stdout=_Answers(self, wire_out)) as (read, write):  # type: ignore[arg-type]
+        async with stdio_server(stdin=_Lines(self), stdout=_Answers(self, _Wire(self._out))) as (read, write):  # type: ignore[arg-type]
             await lowlevel.run(read, write, lowlevel.create_initialization_options())
 
 
@@ -326,7 +335,11 @@ def _readable(fd: int) -> bool:
 
 class _Lines:
     """stdin as the SDK's transport reads it: the first line again, then the lines the reader
-    passes on (decoded as the SDK decodes them: UTF-8, undecodable bytes replaced)."""
+    passes on (decoded as the SDK decodes them: UTF-8, undecodable bytes replaced).
+
+    The reader thread wakes the event loop itself when it queues a line (`_pass_on`), instead of a
+    worker thread of the loop waiting on the queue: one thread hand-off per request fewer, each a
+    wake-up that a busy machine can delay by a scheduling slice."""
 
     def __init__(self, early: EarlyStdio) -> None:
         self._early = early
@@ -335,17 +348,48 @@ class _Lines:
         return self._read()
 
     async def _read(self) -> AsyncIterator[str]:
+        import asyncio
+
         import anyio
 
-        await anyio.to_thread.run_sync(self._early._first_read.wait)
-        first = self._early.first
+        early = self._early
+        await anyio.to_thread.run_sync(early._first_read.wait)
+        first = early.first
         if first:
             yield first.decode("utf-8", errors="replace")
-        while True:
-            line = await anyio.to_thread.run_sync(self._early._lines.get, abandon_on_cancel=True)
-            if line is None:
-                return
-            yield line.decode("utf-8", errors="replace")
+        loop = asyncio.get_running_loop()  # anyio.run's default backend, as `run` starts it
+        arrived = asyncio.Event()
+        early._on_line = lambda: loop.call_soon_threadsafe(arrived.set)
+        try:
+            while True:
+                try:
+                    line = early._lines.get_nowait()
+                except queue.Empty:  # queued before the wake-up is set up, or since: never missed
+                    await arrived.wait()
+                    arrived.clear()
+                    continue
+                if line is None:
+                    return
+                yield line.decode("utf-8", errors="replace")
+        finally:
+            early._on_line = None
+
+
+class _Wire:
+    """The claimed stdout, written from the event loop as the SDK's writer hands over each message:
+    a reply leaves at once, not through a worker thread for the write and another for the flush
+    (anyio's file wrapper), each a hand-off and back. A pipe holds 64 KB before a write waits for
+    the client to read; the client is never kept waiting on us meanwhile, as stdin is read on the
+    reader's own thread."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    async def write(self, text: str) -> None:
+        _write_all(self._fd, text.encode("utf-8"))
+
+    async def flush(self) -> None:
+        pass  # nothing is buffered
 
 
 class _Answers:

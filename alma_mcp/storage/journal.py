@@ -5,8 +5,9 @@ Chroma's upsert of one record took 13-35 ms here (two SQLite commits, each fsync
 hundred page reads), most of an `alma_learn`. Appending one entry to a file of our own and
 fsyncing it takes a small write and one `fdatasync`; applying entries in groups makes one Chroma
 call of many writes. Chroma's Rust bindings hold the GIL for the whole call, so the applier waits
-for a quiet moment (QUIET_SECONDS without a write, at most MAX_DELAY_SECONDS after the first
-entry waiting) rather than stalling the calls of a busy session one by one.
+for a quiet moment (QUIET_SECONDS without a write, or twice the spacing of the writes coming in
+when that is longer; at most MAX_DELAY_SECONDS after the first entry waiting) rather than stalling
+the calls of a busy session one by one.
 
 Files, in the Chroma folder (the data directory's `chroma/`), readable by their owner only:
 - `write-journal.log`: the entries, appended under the store's exclusive lock (writelock.py), so
@@ -74,7 +75,13 @@ _WORD = struct.Struct("<Q")
 WRITTEN, APPLIED, APPLIED_AT, END, DAMAGED = range(5)
 
 QUIET_SECONDS = 0.05
-"""The applier waits this long without a new entry before applying (see the module's docstring)."""
+"""The applier waits this long without a new entry before applying (see the module's docstring)..."""
+STREAM_FACTOR = 2.0
+"""...or this many times the time between the last two entries, when that is longer: writes that
+come every 60-100 ms (a session's calls on a busy machine, each embedding its texts first) are one
+stream, applied together, not one apply between each two of them that the next call waits for
+(Chroma holds the GIL while it applies: `alma_add_knowledge` p50 went to 120-240 ms that way at
+load 8-10)."""
 MAX_DELAY_SECONDS = 0.5
 """...but never longer than this after the oldest entry waiting."""
 RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -257,6 +264,7 @@ class JournaledClient:
         self._fd: int | None = None
         self._first_waiting: float | None = None
         self._last_write = 0.0
+        self._spacing = 0.0  # between the last two entries, when they came within MAX_DELAY_SECONDS
         self._listeners: list[ApplyListener] = []
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -332,6 +340,8 @@ class JournaledClient:
                 self._own[seq] = entry
                 _compose(self._overlay.setdefault(collection, {}), entry)
                 now = time.monotonic()
+                gap = now - self._last_write
+                self._spacing = gap if gap < MAX_DELAY_SECONDS else 0.0
                 self._last_write = now
                 if self._first_waiting is None:
                     self._first_waiting = now
@@ -489,7 +499,8 @@ class JournaledClient:
         if self._first_waiting is None:
             return None
         now = time.monotonic()
-        return max(0.0, min(self._last_write + QUIET_SECONDS, self._first_waiting + MAX_DELAY_SECONDS) - now)
+        quiet = max(QUIET_SECONDS, STREAM_FACTOR * self._spacing)
+        return max(0.0, min(self._last_write + quiet, self._first_waiting + MAX_DELAY_SECONDS) - now)
 
     def _run(self) -> None:
         attempt = 0

@@ -599,13 +599,15 @@ class MemoryStore:
     # -- embedding -----------------------------------------------------------------------
     def embed(self, memories: Sequence[AnyMemory]) -> np.ndarray:
         """The text vectors of memories, embedded in one batch together with their key fields,
-        whose vectors are kept for the put() that stores them."""
+        whose vectors are kept for the put() that stores them. Each distinct text is embedded
+        once: a text two memories share, or a key field that is the memory's whole text."""
         texts = [m.text() for m in memories]
         with self._lock:
             keys = [k for k in dict.fromkeys(key_text(m) for m in memories) if k not in self._key_cache]
-        vectors = self.embedder.embed(texts + keys)
-        self.remember_keys(keys, vectors[len(texts) :])
-        return vectors[: len(texts)]
+        row = {text: i for i, text in enumerate(dict.fromkeys(texts + keys))}
+        vectors = self.embedder.embed(list(row))
+        self.remember_keys(keys, vectors[[row[k] for k in keys]])
+        return vectors[[row[t] for t in texts]]
 
     def key_vectors(self, memories: Sequence[AnyMemory]) -> np.ndarray:
         """The embeddings of memories' key fields (models.key_text): recent ones from a cache,
