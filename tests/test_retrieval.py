@@ -403,3 +403,17 @@ def test_explain_gives_each_memory_its_verdict_against_the_floor(alma: ALMA) -> 
             assert fix in str(exc)
         else:
             raise AssertionError(f"explain accepted {bad}")
+
+
+def test_an_outcomes_verdict_does_not_rank_it_below_one_about_another_task(alma: ALMA) -> None:
+    """A failure with the task's own situation is the warning the task needs: ranked by its verdict
+    (a success counted 1, a failure 0) it fell below a success about a neighbouring task."""
+    alma.learn("helena", "The nightly S3 backup job timed out after 30 minutes", "failure",
+               "Raised the job timeout to 60 minutes", task_type="ops")
+    alma.learn("helena", "The nightly database dump to S3 was slow", "success",
+               "Compressed the dump with zstd before uploading", task_type="ops")
+    open_floor = RetrievalSettings(relevance_floor=0.0, lexical_floor=1.0, weak_top_k=0, top_k=2)
+    result = alma.retrieve("The nightly S3 dump job timed out", "helena", memory_types=["outcome"], settings=open_floor)
+    ranked = result.ranked()
+    assert [m.memory.outcome for m in ranked] == ["failure", "success"]  # type: ignore[attr-defined]
+    assert ranked[0].evidence > ranked[1].evidence + 0.05
