@@ -171,18 +171,6 @@ given: judged by the standout test too, the field learning benchmark's developme
 ± 0.018 of its success in episodes 21-60 (10 seeds, docs/retrieval-tiers.md)."""
 
 
-def ranking_success(memory: AnyMemory) -> float:
-    """The success part of a memory's score: a heuristic's success rate (`success_rate`), and 0.5
-    (no say) for every other type, outcomes included. An outcome's verdict says what happened, not
-    whether the attempt is about the task: a failure with the task's own error is the warning the
-    task needs, and ranked by its verdict it fell below successes about other tasks. Unfloored, on
-    the development sets (bench/retrieval.py --tiers, docs/retrieval-tiers.md), the verdict left
-    out took nDCG@10 from 0.724 to 0.738 on the calibration split and from 0.814 to 0.834 on the
-    personal corpus; the field learning benchmark's agent, which reads a success first to its
-    profit, lost 0.013 ± 0.008 of its expected success in episodes 21-60 (20 seeds)."""
-    return 0.5 if isinstance(memory, Outcome) else success_rate(memory)
-
-
 def final_score(candidate: Candidate, settings: RetrievalSettings, now: datetime) -> float:
     w = settings.weights
     total = w.similarity + w.recency + w.success + w.confidence + w.feedback
@@ -190,7 +178,7 @@ def final_score(candidate: Candidate, settings: RetrievalSettings, now: datetime
     value = (
         w.similarity * candidate.relevance
         + w.recency * recency(memory, settings.recency_half_life_days, now)
-        + w.success * ranking_success(memory)
+        + w.success * success_rate(memory)
         + w.confidence * memory.confidence
         + w.feedback * feedback_score(memory)
     )
