@@ -283,7 +283,8 @@ class RetrievalSettings(_Strict):
         le=1,
         description="Share of a memory's similarity that comes from its key field alone (a heuristic's "
         "condition, an anti-pattern's pattern, a fact, an outcome's task, a preference) rather than its "
-        "whole text: tasks are worded like situations, not like the lessons learned in them. 0: whole text only.",
+        "whole text: tasks are worded like situations, not like the lessons learned in them. Twice this for facts and "
+        "preferences, whose whole text only adds a label to the key. 0: whole text only.",
     )
     preference_floor: float | None = Field(
         None,

@@ -236,3 +236,17 @@ def test_key_vectors_are_used_through_a_real_mcp_client(make_parts, real_embedde
 
     anyio.run(main)
     assert keys.embedded == 0
+
+
+def test_a_facts_key_counts_twice_key_weight_in_its_similarity(alma: Any, real_embedder: Any) -> None:
+    """A fact's key is the statement itself; its whole text only adds the domain before it."""
+    fact = alma.add_knowledge("helena", "contracts - bills and subscriptions", "Miso the cat is insured with Petplan")
+    lesson = alma.add_heuristic("helena", "Paying the vet for the cat", "Claim it back from the insurer the same week")
+    task = "which company covers the cat's vet bills"
+    query = real_embedder.embed_query(task)
+    why = {c.id: c for c in alma.explain(task, "helena").candidates}
+    weight = alma.config.retrieval_for("helena").key_weight
+    for memory, share in ((fact, 2 * weight), (lesson, weight)):
+        text, key = real_embedder.embed([memory.text(), key_text(memory)]) @ query
+        assert abs(key - text) > 0.05, "the test needs a key that differs from the text"
+        assert why[memory.id].similarity == pytest.approx((1 - share) * text + share * key, abs=2e-3)
