@@ -24,6 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .bert_onnx import padding_bias
+
 log = logging.getLogger("alma_mcp")
 
 BATCH = 32
@@ -233,7 +235,7 @@ class BertEncoder:
             x = session(x, mask)
         else:
             # Padding gets the most negative float added before the softmax: exp gives it exactly 0.
-            x = self._layers(x, ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :], layers)
+            x = self._layers(x, padding_bias(mask), layers)
         if self.pooling == "cls":
             return x[:, 0]
         weights = mask[..., None]

@@ -224,6 +224,13 @@ def session(encoder: "BertEncoder") -> Any:
         return _session(encoder)
 
 
+def padding_bias(mask: np.ndarray) -> np.ndarray:
+    """What the attention scores get added, from `mask` (batch, tokens; 1 a token, 0 padding): 0 for
+    a token and the most negative float for padding, whose exp in the softmax is exactly 0; shaped
+    (batch, 1, 1, tokens) to broadcast over heads and queries."""
+    return ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :]
+
+
 class Layers:
     """The encoder's layers in an ONNX Runtime session: `layers(hidden, mask)` gives the last hidden
     states, `mask` (batch, tokens) being 1 for a token and 0 for padding, whichever graph it runs."""
@@ -235,8 +242,8 @@ class Layers:
     def __call__(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if self.fused:
             feed = {"hidden": hidden, "mask": mask.astype(np.int32)}
-        else:  # padding gets the most negative float added before the softmax: exp gives it exactly 0
-            feed = {"hidden": hidden, "mask_bias": ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :]}
+        else:
+            feed = {"hidden": hidden, "mask_bias": padding_bias(mask)}
         out: np.ndarray = self.session.run(None, feed)[0]
         return out
 
