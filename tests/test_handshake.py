@@ -62,6 +62,9 @@ async def test_a_different_sdk_answer_is_reported(caplog):
     class Early:
         answer = {"jsonrpc": "2.0", "id": 7, "result": {"protocolVersion": "2025-06-18"}}
 
+        def sent(self, text: str) -> None:
+            pass
+
     class Wire:
         def __init__(self) -> None:
             self.written: list[str] = []

@@ -145,3 +145,37 @@ def test_a_server_whose_client_leaves_at_once_exits_cleanly(tmp_path):
     assert proc.returncode == 0, stderr[-2000:]
     assert proc.stdout == b"", "nothing but protocol on stdout"
     assert "Traceback" not in stderr and "could not" not in stderr, stderr[-2000:]
+
+
+def test_a_client_that_sends_its_requests_and_closes_stdin_gets_every_answer(tmp_path):
+    """`printf '...' | alma-mcp`: stdin ends straight after the requests. Every request the server
+    took must still be answered before it exits, a quick one (ping, a write) as well as one that
+    first loads the model and the store (alma_retrieve), and the unanswerable line (a batch) gets
+    no reply and does not hold the exit up."""
+    config = write_config(tmp_path)
+    messages = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "alma_add_knowledge", "arguments": {"agent": "helena", "domain": "form_testing", "fact": "The deploy script lives in tools/deploy.sh"}}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "alma_retrieve", "arguments": {"agent": "helena", "task": "where is the deploy script"}}},
+        [{"jsonrpc": "2.0", "id": 4, "method": "ping"}],
+        {"jsonrpc": "2.0", "id": "last", "method": "ping"},
+    ]
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "alma_mcp", "--config", str(config)],
+        input="".join(json.dumps(m) + "\n" for m in messages).encode(),
+        capture_output=True,
+        env=server_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 0, stderr[-2000:]
+    replies = {r["id"]: r for r in (json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip())}
+    assert sorted(replies, key=str) == [1, 2, 3, "last"], stderr[-2000:]
+    assert not replies[2]["result"]["isError"], replies[2]
+    assert not replies[3]["result"]["isError"], replies[3]
+    assert "tools/deploy.sh" in replies[3]["result"]["structuredContent"]["prompt"]
+    assert "still unanswered" not in stderr
+    assert time.monotonic() - started < 60

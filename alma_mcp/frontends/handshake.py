@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 from typing import Any, AsyncIterator, Callable
 
@@ -53,6 +54,9 @@ CAPABILITIES = {
 }
 ENV = "ALMA_EARLY_INITIALIZE"
 SETTLE_SECONDS = 5.0
+DRAIN_SECONDS = 30.0
+"""When stdin ends, how long the requests already passed to the MCP SDK may take to be answered
+before the server stops (a client that sends its requests and closes stdin gets every answer)."""
 """`answer_early` returns once the retrievals already sent are answered, or after this long."""
 
 Answerer = Callable[[dict[str, Any]], "dict[str, Any] | None"]
@@ -168,6 +172,8 @@ class EarlyStdio:
         self._first_read = threading.Event()
         self._lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()  # the lines after it, for the SDK; None ends them
         self._on_line: Callable[[], object] | None = None  # told of each line queued (`_Lines`, on the event loop)
+        self._unanswered: dict[str, int] = {}  # ids (as JSON) of requests passed to the SDK and not yet answered
+        self._unanswered_lock = threading.Lock()
         self._pumping = threading.Event()  # read on past the first line (answer_early, run)
         self._idle = threading.Event()  # everything sent so far has been read and dealt with
         self._wire = threading.Lock()  # early answers against the SDK taking over stdout
@@ -262,6 +268,8 @@ class EarlyStdio:
 
     def _pass_on(self, line: bytes | None) -> None:
         """Queue a line for the SDK (None: stdin ended) and wake its reader."""
+        if line is not None:
+            self.expect_answer(line)
         self._lines.put(line)
         on_line = self._on_line
         if on_line is not None:
@@ -270,9 +278,62 @@ class EarlyStdio:
             except RuntimeError:  # the event loop has closed: nobody reads on
                 pass
 
+    def expect_answer(self, line: bytes) -> None:
+        """Note a request the SDK will answer (one it can parse: a JSON object with a method and an
+        id that UTF-8 can carry); a cancellation notice lets go of the request it names."""
+        if b'"id"' not in line and b"cancelled" not in line:
+            return
+        try:
+            message = json.loads(line)
+            json.dumps(message, ensure_ascii=False).encode("utf-8")  # a lone surrogate: the SDK drops the line
+        except ValueError:  # UnicodeError included
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("method"), str):
+            return
+        request_id = message.get("id")
+        if request_id is None and message["method"] == "notifications/cancelled":
+            params = message.get("params")
+            if isinstance(params, dict):
+                self.answered(params.get("requestId"))
+            return
+        if isinstance(request_id, (int, str)) and not isinstance(request_id, bool):
+            key = json.dumps(request_id)
+            with self._unanswered_lock:
+                self._unanswered[key] = self._unanswered.get(key, 0) + 1
+
+    def answered(self, request_id: Any) -> None:
+        """A reply to `request_id` went out (or it was cancelled)."""
+        if not isinstance(request_id, (int, str)) or isinstance(request_id, bool):
+            return
+        key = json.dumps(request_id)
+        with self._unanswered_lock:
+            left = self._unanswered.get(key, 0) - 1
+            if left > 0:
+                self._unanswered[key] = left
+            else:
+                self._unanswered.pop(key, None)
+
+    def sent(self, text: str) -> None:
+        """The SDK wrote `text` to the client: if it is a reply, its request is answered."""
+        if self._unanswered:
+            self.answered(_reply_id(text))
+
+    async def drain(self, seconds: float = DRAIN_SECONDS) -> None:
+        """Once stdin has ended: wait until every request passed to the SDK is answered (or
+        `seconds` pass), so that ending the SDK's input does not cancel one still being served."""
+        import anyio
+
+        with anyio.move_on_after(seconds):
+            while self._unanswered:
+                await anyio.sleep(0.01)
+        if self._unanswered:
+            log.warning("stdin ended; %d request(s) still unanswered after %.0f s", len(self._unanswered), seconds)
+
     def _answered(self, line: bytes) -> bool:
         """Whether `line` was a request answered here (so the SDK never sees it)."""
         if self.answer is None or self._sdk_running or self._answerer is None:
+            return False
+        if self._unanswered:  # a request before it waits for the SDK: answered here, this one could overtake it
             return False
         try:
             message = json.loads(line)
@@ -356,6 +417,8 @@ class _Lines:
         await anyio.to_thread.run_sync(early._first_read.wait)
         first = early.first
         if first:
+            if early.answer is None:  # else answered already, and the SDK's answer is held back
+                early.expect_answer(first)
             yield first.decode("utf-8", errors="replace")
         loop = asyncio.get_running_loop()  # anyio.run's default backend, as `run` starts it
         arrived = asyncio.Event()
@@ -369,6 +432,7 @@ class _Lines:
                     arrived.clear()
                     continue
                 if line is None:
+                    await early.drain()
                     return
                 yield line.decode("utf-8", errors="replace")
         finally:
@@ -390,6 +454,22 @@ class _Wire:
 
     async def flush(self) -> None:
         pass  # nothing is buffered
+
+
+_REPLY_HEAD = re.compile(r'\{"jsonrpc":"2\.0","id":(-?\d+|"(?:[^"\\]|\\.)*"),"(?:result|error)"')
+
+
+def _reply_id(text: str) -> Any:
+    """The id a message the SDK writes replies to, or None (a notification, or a request of its own).
+    Read from the head the SDK's serialisation gives a reply, without parsing a long result."""
+    head = _REPLY_HEAD.match(text)
+    if head is not None:
+        return json.loads(head.group(1))
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return None
+    return message.get("id") if isinstance(message, dict) and "method" not in message else None
 
 
 class _Answers:
@@ -416,6 +496,7 @@ class _Answers:
                     )
                 return
         await self._wire.write(text)
+        self._early.sent(text)
 
     async def flush(self) -> None:
         await self._wire.flush()
