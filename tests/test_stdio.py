@@ -128,14 +128,12 @@ async def test_learn_restart_and_find_everything(tmp_path):
             assert stats.structured_content["agents"]["helena"]["outcome"] == 3
 
 
-def test_a_server_whose_client_leaves_at_once_exits_cleanly(tmp_path):
-    """A host may start the server and close its stdin straight away (a probe, a cancelled
-    start). The start-up preload of the search indexes is then cut short by the exit: that is no
-    failure, and the server must neither crash nor log one."""
+def _run_server(tmp_path, stdin: bytes) -> tuple[subprocess.CompletedProcess[bytes], str]:
+    """Run the stdio server on `stdin` (then its end) to its exit, which must be clean; and its stderr."""
     config = write_config(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "alma_mcp", "--config", str(config)],
-        stdin=subprocess.DEVNULL,
+        input=stdin,
         capture_output=True,
         env=server_env(),
         cwd=tmp_path,
@@ -143,6 +141,14 @@ def test_a_server_whose_client_leaves_at_once_exits_cleanly(tmp_path):
     )
     stderr = proc.stderr.decode()
     assert proc.returncode == 0, stderr[-2000:]
+    return proc, stderr
+
+
+def test_a_server_whose_client_leaves_at_once_exits_cleanly(tmp_path):
+    """A host may start the server and close its stdin straight away (a probe, a cancelled
+    start). The start-up preload of the search indexes is then cut short by the exit: that is no
+    failure, and the server must neither crash nor log one."""
+    proc, stderr = _run_server(tmp_path, b"")
     assert proc.stdout == b"", "nothing but protocol on stdout"
     assert "Traceback" not in stderr and "could not" not in stderr, stderr[-2000:]
 
@@ -152,7 +158,6 @@ def test_a_client_that_sends_its_requests_and_closes_stdin_gets_every_answer(tmp
     took must still be answered before it exits, a quick one (ping, a write) as well as one that
     first loads the model and the store (alma_retrieve), and the unanswerable line (a batch) gets
     no reply and does not hold the exit up."""
-    config = write_config(tmp_path)
     messages = [
         {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
@@ -162,16 +167,7 @@ def test_a_client_that_sends_its_requests_and_closes_stdin_gets_every_answer(tmp
         {"jsonrpc": "2.0", "id": "last", "method": "ping"},
     ]
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "alma_mcp", "--config", str(config)],
-        input="".join(json.dumps(m) + "\n" for m in messages).encode(),
-        capture_output=True,
-        env=server_env(),
-        cwd=tmp_path,
-        timeout=120,
-    )
-    stderr = proc.stderr.decode()
-    assert proc.returncode == 0, stderr[-2000:]
+    proc, stderr = _run_server(tmp_path, "".join(json.dumps(m) + "\n" for m in messages).encode())
     replies = {r["id"]: r for r in (json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip())}
     assert sorted(replies, key=str) == [1, 2, 3, "last"], stderr[-2000:]
     assert not replies[2]["result"]["isError"], replies[2]
