@@ -54,10 +54,10 @@ CAPABILITIES = {
 }
 ENV = "ALMA_EARLY_INITIALIZE"
 SETTLE_SECONDS = 5.0
+"""`answer_early` returns once the retrievals already sent are answered, or after this long."""
 DRAIN_SECONDS = 30.0
 """When stdin ends, how long the requests already passed to the MCP SDK may take to be answered
 before the server stops (a client that sends its requests and closes stdin gets every answer)."""
-"""`answer_early` returns once the retrievals already sent are answered, or after this long."""
 
 Answerer = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 """A request's result, when it can be answered before the SDK is up; else None."""

@@ -11,9 +11,10 @@ all memory types at once so that scores are comparable between sections.
 A memory's similarity to the task mixes the cosine similarity of its whole text with that of
 its key field alone (`key_weight`, twice it for facts and preferences, `key_share`; a heuristic's
 condition, an anti-pattern's pattern, a fact, an outcome's task): tasks are worded like the
-situation a lesson was learned in, and the lesson's own words dilute the match. Only the closest candidates are keyed; the key vector is
-embedded when the memory is written and stored with it (`KeyVectors` embeds those of older
-memories on first sight), so a warm query costs a few dot products.
+situation a lesson was learned in, and the lesson's own words dilute the match. Only the closest
+candidates are keyed; the key vector is embedded when the memory is written and stored with it
+(`KeyVectors` embeds those of older memories on first sight), so a warm query costs a few dot
+products.
 
 A candidate is *relevant* when it clears the floor: its evidence (similarity plus a share of
 lexical coverage) reaches `relevance_floor`, or its lexical coverage (the share of the task's IDF mass the memory
@@ -90,9 +91,9 @@ def key_share(kind: str, settings: RetrievalSettings) -> float:
     """The key field's share of a memory's similarity: `key_weight`, and SUBJECT_KEY_SHARE times it
     for facts and preferences (SUBJECT_TYPES). Their key is the statement itself and their whole
     text adds only a label before it ("pets: ...", "food: ..."), which a question does not use: on
-    the development corpus of personal facts, unfloored R@5 0.881 -> 0.899 and served R@5 0.814 ->
-    0.832 for the same no-answer cost, the agent corpus unchanged (docs/retrieval-tiers.md). 0
-    stays 0: whole text only."""
+    the development corpus of personal facts, served R@5 0.795 -> 0.818 for the same no-answer
+    cost (unfloored R@5 0.881 -> 0.899, measured with an outcome's verdict left out of its score),
+    the agent corpus unchanged (docs/retrieval-tiers.md). 0 stays 0: whole text only."""
     share = settings.key_weight * (SUBJECT_KEY_SHARE if kind in SUBJECT_TYPES else 1.0)
     return min(1.0, share)
 
