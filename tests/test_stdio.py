@@ -172,6 +172,8 @@ def test_a_client_that_sends_its_requests_and_closes_stdin_gets_every_answer(tmp
     assert sorted(replies, key=str) == [1, 2, 3, "last"], stderr[-2000:]
     assert not replies[2]["result"]["isError"], replies[2]
     assert not replies[3]["result"]["isError"], replies[3]
-    assert "tools/deploy.sh" in replies[3]["result"]["structuredContent"]["prompt"]
+    # Not asserted: that the retrieve sees the write. Both reach the MCP SDK, which serves requests
+    # concurrently (as JSON-RPC allows); a client that needs a write seen waits for its answer.
+    assert "prompt" in replies[3]["result"]["structuredContent"]
     assert "still unanswered" not in stderr
     assert time.monotonic() - started < 60
