@@ -311,7 +311,6 @@ class Retriever:
         change them. With `task_type`, lessons and outcomes filed under another task type are left
         out (those filed under none stay): each ranker then looks twice as deep, so that the
         memories left still fill the pool."""
-        vector = self.embedder.embed_query(task)
         pool = settings.candidate_pool * (2 if task_type else 1)
         wanted_type = task_type.lower() if task_type else None
         found: dict[str, Candidate] = {}
@@ -321,12 +320,26 @@ class Retriever:
             admit = min(admit, settings.weak_floor - settings.weak_span)
         scopes = self.scopes(agent, memory_types, user_id)
 
+        # Each collection's index is taken once, with its vectors as they are now: a concurrent
+        # write may drop them (a collection grown past IN_MEMORY_LIMIT) while the search runs.
+        indexes: dict[tuple[str, str | None], tuple[CollectionIndex, VectorIndex | None]] = {}
+        for scope in scopes:
+            index = self.indexes.get(*scope)
+            indexes[scope] = (index, index.dense)
+        # The lexical searches need no vector: they run on the search threads while this one
+        # embeds the task (ONNX Runtime lets go of the GIL for the encoder's layers).
+        lexical_jobs = {}
+        if mode != "dense":
+            lexical_jobs = {scope: self._searches.submit(index.lexical.search, task, pool) for scope, (index, _) in indexes.items()}
+        vector = self.embedder.embed_query(task)
+        lexical = {scope: job.result() for scope, job in lexical_jobs.items()}
+
         def search(scope: tuple[str, str | None]) -> tuple[list[Any], list[Any], dict[str, Any]]:
             """One collection: its lexical hits, its nearest memories, and the lexical hits the
             dense search did not return that could still pass, read in the same call to Chroma."""
             kind, source = scope
-            index, dense_index = indexes[scope]
-            hits = index.lexical.search(task, pool) if mode != "dense" else []
+            dense_index = indexes[scope][1]
+            hits = lexical.get(scope, [])
             if mode == "lexical":
                 return hits, [], self.store.fetch_hits(kind, source, [h.id for h in hits], shared=True) if hits else {}
 
@@ -372,15 +385,12 @@ class Retriever:
         # product, its threads spun on both cores after it and slowed Chroma's queries of the
         # larger collections running beside it by more than the scan saved (65 against 51-57 ms
         # at 100,000 per agent). The scan is single-threaded now (dense.py); mixing the two has
-        # not been measured since.
-        # Each collection's index is taken once, with its vectors as they are now: a concurrent
-        # write may drop them (a collection grown past IN_MEMORY_LIMIT) while the search runs.
-        indexes: dict[tuple[str, str | None], tuple[CollectionIndex, VectorIndex | None]] = {}
-        for scope in scopes:
-            index = self.indexes.get(*scope)
-            indexes[scope] = (index, index.dense)
+        # not been measured since. In memory, each scan is a fraction of a millisecond and holds
+        # the GIL most of it: this thread runs them one after another, saving the hand-offs to
+        # the search threads; Chroma's queries of collections too large for memory go to them.
         in_memory = mode != "lexical" and all(dense is not None for _, dense in indexes.values())
-        for (kind, source), (hits, dense_hits, extra) in zip(scopes, self._searches.map(search, scopes)):
+        searched = map(search, scopes) if in_memory else self._searches.map(search, scopes)
+        for (kind, source), (hits, dense_hits, extra) in zip(scopes, searched):
             for hit in dense_hits:
                 if hit.memory.archived:  # archived by another process since the index was read
                     continue
