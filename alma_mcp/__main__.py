@@ -1,4 +1,4 @@
-from .frontends.cli import main
+from .frontends.cli import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -285,3 +285,36 @@ def test_export_draws_its_progress_bar_on_a_terminal(tmp_path):
     assert proc.returncode == 0
     assert json.loads(out)["count"] == 3
     assert b"export" in drawn and b"3/3" in drawn, drawn
+
+
+@pytest.mark.slow
+def test_a_one_shot_command_closes_its_store_so_its_writes_reach_chroma(tmp_path):
+    """A one-shot command exits at once after its work (cli.entry), having closed the store it
+    opened first: the writes it journaled are applied to Chroma by then, not left for the next
+    process to open the store (as a plain interpreter exit left them), and its exit code is kept."""
+    from alma_mcp.storage.journal import APPLIED, WRITTEN, JournalState
+
+    config = str(write_config(tmp_path))
+    memory = {
+        "id": "knowledge-" + "0" * 32, "project": "cli", "agent": "helena", "type": "knowledge",
+        "domain": "testing", "fact": "The staging database is rebuilt from a snapshot every night at two.",
+    }
+    backup = tmp_path / "in.jsonl"
+    header = {"format": "alma-mcp-export", "version": 2, "project": "cli", "embedding_model": "all-MiniLM-L6-v2"}
+    backup.write_text(json.dumps(header) + "\n" + json.dumps({"memory": memory}) + "\n", encoding="utf-8")
+
+    started = time.monotonic()
+    loaded = run_cli(tmp_path, "--config", config, "import", str(backup))
+    assert loaded.returncode == 0, loaded.stderr
+    assert json.loads(loaded.stdout)["added"] == 1, loaded.stdout
+    state = JournalState(tmp_path / "data" / "chroma" / "write-journal.state")
+    try:
+        assert state[WRITTEN] >= 1 and state[APPLIED] == state[WRITTEN], [state[i] for i in range(5)]
+    finally:
+        state.close()
+    assert time.monotonic() - started < 60
+
+    # The exit code of a command that fails after opening the store is still its own.
+    missing = run_cli(tmp_path, "--config", config, "search", "nightly rebuild", "--agent", "nobody")
+    assert missing.returncode == 2, (missing.returncode, missing.stderr)
+    assert "nobody" in missing.stderr

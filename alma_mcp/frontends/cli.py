@@ -81,7 +81,13 @@ def _service(args: argparse.Namespace) -> Any:
 
     config = load_config(args.config)
     config.alma.embedding.onnx = False
-    return ALMA(config)
+    alma = ALMA(config)
+    _opened.append(alma)
+    return alma
+
+
+_opened: list[Any] = []
+"""The services one-shot commands opened (`_service`), closed by `entry` before it exits."""
 
 
 _stopped_by: int | None = None  # the exit code a stop signal asked for (130 or 143)
@@ -515,6 +521,28 @@ alma-mcp search "Fix the checkout bug" --agent victor --user ana --json
 
     add_review_commands(sub, _service)
     return parser
+
+
+def entry() -> None:
+    """The `alma-mcp` command: `main`, then, after a one-shot command, a prompt exit. The services
+    the command opened are closed first (their write journals applied to Chroma, their locks let
+    go of: what a normal exit leaves to the next process), and output and logs flushed; what is
+    skipped is the interpreter's own teardown of its modules, Chroma's client and the model, which
+    took 0.15-0.27 s of a 1.2-1.5 s `alma-mcp search` with nothing left to do. A server, and a
+    command whose services fail to close, exit the usual way."""
+    code = main()
+    if not _opened:
+        raise SystemExit(code)
+    try:
+        while _opened:
+            _opened.pop().close()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+    except Exception as exc:  # noqa: BLE001 - the usual exit then does what is left, and reports it
+        log.warning("closing after the command: %s", exc)
+        raise SystemExit(code) from None
+    logging.shutdown()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
