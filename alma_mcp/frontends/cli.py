@@ -6,6 +6,7 @@ In stdio mode stdout belongs to the protocol: every log line goes to stderr.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -526,22 +527,26 @@ alma-mcp search "Fix the checkout bug" --agent victor --user ana --json
 def entry() -> None:
     """The `alma-mcp` command: `main`, then, after a one-shot command, a prompt exit. The services
     the command opened are closed first (their write journals applied to Chroma, their locks let
-    go of: what a normal exit leaves to the next process), and output and logs flushed; what is
-    skipped is the interpreter's own teardown of its modules, Chroma's client and the model, which
-    took 0.15-0.27 s of a 1.2-1.5 s `alma-mcp search` with nothing left to do. A server, and a
-    command whose services fail to close, exit the usual way."""
+    go of: what a normal exit leaves to the next process), then the exit handlers run (`atexit`:
+    logging's flush among them) and output is flushed; what is skipped is the interpreter's own
+    teardown of its modules, Chroma's client and the model, which took 0.15-0.27 s of a 1.2-1.5 s
+    `alma-mcp search` with nothing left to do. A server, and a command whose services fail to
+    close, exit the usual way."""
     code = main()
     if not _opened:
         raise SystemExit(code)
     try:
         while _opened:
             _opened.pop().close()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
     except Exception as exc:  # noqa: BLE001 - the usual exit then does what is left, and reports it
         log.warning("closing after the command: %s", exc)
         raise SystemExit(code) from None
-    logging.shutdown()
+    atexit._run_exitfuncs()  # as the interpreter would at exit; each handler's error is printed, not raised
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that left, or a stream closed by a handler: nothing more can be said
+            pass
     os._exit(code)
 
 
