@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -92,12 +92,20 @@ def serve_plain(plain: PlainStore, embedder: Any, task: Task) -> Served:
     return Served(ids, len(ids), estimate_tokens(text) if text else 0)
 
 
-def serve_offline(candidates: Sequence[Candidate], settings: RetrievalSettings, kinds: Sequence[str] = KINDS) -> Served:
+def serve_offline(
+    candidates: Sequence[Candidate],
+    settings: RetrievalSettings,
+    kinds: Sequence[str] = KINDS,
+    after_fuse: Callable[[Sequence[Candidate]], Any] | None = None,
+) -> Served:
     """What `Retriever.retrieve` would serve from these candidates (for a quick grid on the
-    calibration split): the same fuse, final_score, choose, mention and render_prompt."""
+    calibration split): the same fuse, final_score, choose, mention and render_prompt;
+    `after_fuse` may change the floor verdicts before the choice."""
     from datetime import datetime, timezone
 
     fuse(candidates, settings, "hybrid")
+    if after_fuse is not None:
+        after_fuse(candidates)
     now = datetime.now(timezone.utc)
     for c in candidates:
         c.score = final_score(c, settings, now)

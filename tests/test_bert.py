@@ -182,3 +182,25 @@ def test_safetensors_are_read_by_dtype(tmp_path):
     tensors = bert.read_safetensors(path)
     for name in blobs:  # quarters are exact in all three
         assert tensors[name].dtype == np.float32 and np.array_equal(tensors[name], values), name
+
+
+@needs_model
+def test_the_word_vectors_before_pooling_are_what_the_sentence_vector_pools():
+    encoder = bert.load(MODEL)
+    embedder = SentenceTransformerEmbedder()
+    embedder.wait(timeout=120)
+    assert isinstance(embedder.encoder, bert.BertEncoder)
+    texts = ["what medication is the dog on for his heart", "Rex takes carprofen for his hip"]
+    encodings = encoder.tokenizer.encode_batch(texts)
+    width = max(len(e.ids) for e in encodings)
+    ids = np.zeros((2, width), dtype=np.int64)
+    mask = np.zeros((2, width), dtype=np.float32)
+    for row, e in enumerate(encodings):
+        ids[row, : len(e.ids)], mask[row, : len(e.ids)] = e.ids, e.attention_mask
+    states = encoder.hidden_states(ids, np.zeros_like(ids), mask)
+    assert states.shape == (2, width, encoder.dim)
+    # One vector a token, the padding included; mean-pooled over the real tokens, the sentence vector.
+    pooled = (states * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    assert float(np.abs(pooled - encoder.encode(texts)).max()) <= 1e-6
+    assert float(np.abs(states[0, 1] - states[0, 2]).max()) > 1e-3  # tokens differ, not one pooled row repeated

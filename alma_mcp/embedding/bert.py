@@ -226,6 +226,14 @@ class BertEncoder:
         return True
 
     def _forward(self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        x = self.hidden_states(ids, types, mask)
+        if self.pooling == "cls":
+            return x[:, 0]
+        weights = mask[..., None]
+        return (x * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+
+    def hidden_states(self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The last layer's vector of every token (batch, tokens, dim), before pooling."""
         tokens = ids.shape[1]
         x = self.words[ids] + self.positions[:tokens] + self.types[types]
         x = _layer_norm(x, *self.ln0, self.eps)
@@ -236,10 +244,7 @@ class BertEncoder:
         else:
             # Padding gets the most negative float added before the softmax: exp gives it exactly 0.
             x = self._layers(x, padding_bias(mask), layers)
-        if self.pooling == "cls":
-            return x[:, 0]
-        weights = mask[..., None]
-        return (x * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        return x
 
     def _layers(self, x: np.ndarray, masked: np.ndarray, layers: list[_Layer]) -> np.ndarray:
         batch, tokens, _ = x.shape

@@ -218,6 +218,12 @@ class SentenceTransformerEmbedder:
         log.info("embedding model %s needs sentence-transformers: %s", self.name, why)
         return False
 
+    @property
+    def encoder(self) -> BertEncoder | None:
+        """The numpy encoder, when the model runs in it (its word vectors are read by
+        ranking/alignment); None under sentence-transformers or before it is loaded."""
+        return self._numpy
+
     def wait_small(self, timeout: float | None = None) -> str:
         """Wait until the small-input path is settled; returns 'numpy', 'onnx' or 'torch'."""
         self.start()
