@@ -247,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", action="store_true", help="with --calibrate-tiers: at 10,000 memories per agent")
     parser.add_argument("--only-scale", action="store_true", help="with --tiers: only the 10,000 level")
     parser.add_argument("--feedback-only", action="store_true", help="with --tiers: only the feedback replay")
+    parser.add_argument(
+        "--dev-only", action="store_true", help="with --tiers: only the development sets (no held-out corpus, no 10,000 level)"
+    )
     parser.add_argument("--scale-agents", default="", help="with --tiers: the agents filled to 10,000 (default: all six)")
     parser.add_argument(
         "--calibrate-tiers", action="store_true", help="the grid of floors and weak-tier settings on the calibration split"

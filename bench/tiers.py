@@ -380,9 +380,9 @@ def run(args: Any) -> int:
             log_points("All three: the calibration split, points that also hold on personal facts and at 10,000", points, [personal, scaled])
         return 0
     heldout = DATA / HELDOUT_MEMORIES
-    if args.only_scale:
+    if args.only_scale or args.dev_only:
         heldout = Path("/nonexistent")
-    elif not args.feedback_only:
+    if not args.only_scale and not args.feedback_only:
         report(f"Development corpus ({len(memories)} memories), test split ({len(test)} tasks)", alma, plain, embedder, test)
         report(f"Development corpus of personal facts ({len(p_memories)} memories, {len(p_tasks)} tasks, tuned on)", p_alma, p_plain, embedder, p_tasks)
     if heldout.exists():
@@ -395,7 +395,7 @@ def run(args: Any) -> int:
     if heldout.exists():
         first, second = split(h_tasks, 0.5, salt="alma-feedback")
         replay("Held-out corpus", h_alma, first, second)
-    if args.no_scale or args.feedback_only:
+    if args.no_scale or args.feedback_only or args.dev_only:
         return 0
     fill(alma, plain, embedder, memories, scale_agents)
     level_tasks = [t for t in test if not scale_agents or t.agent in scale_agents]
