@@ -344,6 +344,15 @@ class RetrievalSettings(_Strict):
         description="Evidence that clears relevance_floor whether or not the task's best stands out (standout): "
         "a task that matches several memories this closely is answered by them. 1: the standout test always applies.",
     )
+    align_floor: float = Field(
+        0.35,
+        ge=0,
+        le=1,
+        description="When the task's best candidate is a fact or a preference that clears relevance_floor by evidence, "
+        "it is a near miss, and the task's candidates are weak matches instead, if some content word of the task is "
+        "matched by no word of that memory closer than this (cosine of the encoder's token vectors; "
+        "alma_mcp/ranking/nearmiss.py). 0: off.",
+    )
     weak_span: float = Field(
         0.10,
         ge=0,
@@ -786,6 +795,7 @@ alma:
     top_k: 5                        # memories injected at most, all types together
     relevance_floor: 0.42           # evidence a memory needs to be injected in full (confident)
     standout: 0.18                  # ... a fact or preference when it stands this much above the runner-up
+    align_floor: 0.35               # ... and every word of the question is matched this closely by it
     weak_floor: 0.30                # below that, the task's best reaches this: one-line weak matches
     weak_few_below: 0.32            # ... at most 2 of them while the best is below this
     weak_span: 0.10                 # ... those within this of the task's best

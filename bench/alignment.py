@@ -39,65 +39,8 @@ from bench.common import DATA, Task, load_memories, load_tasks, retriever_of, sp
 from bench.tiers import KINDS, PERSONAL_MEMORIES, PERSONAL_TASKS, build, figures, serve_offline, server_ids
 
 from alma_mcp.config import RetrievalSettings
-from alma_mcp.embedding.bert import BertEncoder
-from alma_mcp.indexes.lexical import STOPWORDS
 from alma_mcp.ranking.candidates import SUBJECT_TYPES, Candidate, fuse, runner_up_gap
-
-QUESTION_WORDS = frozenset(
-    """where who whom whose why anything something anyone someone please tell know remind remember
-    re ll ve s t d m""".split()
-)
-"""Words of a request that ask rather than say what is asked about (with the lexical index's
-STOPWORDS, which hold 'what', 'how', 'when' and the like), and the tails of contractions."""
-
-
-@dataclass
-class Words:
-    """A text's words, lower-cased, with one unit vector each (the mean of its word pieces)."""
-
-    words: list[str]
-    vectors: np.ndarray
-
-    def content(self) -> list[int]:
-        """The positions of the words that say what a request is about."""
-        return [i for i, w in enumerate(self.words) if is_content(w)]
-
-
-def is_content(word: str) -> bool:
-    return any(ch.isalnum() for ch in word) and word not in STOPWORDS and word not in QUESTION_WORDS
-
-
-def words_of(encoder: BertEncoder, texts: Sequence[str]) -> list[Words]:
-    """Each text's words and their contextual vectors, in one forward pass."""
-    prepared = [str(t).strip() for t in texts]
-    if encoder.lower_case:
-        prepared = [t.lower() for t in prepared]
-    encodings = encoder.tokenizer.encode_batch(prepared)
-    width = max((len(e.ids) for e in encodings), default=0)
-    ids = np.zeros((len(encodings), width), dtype=np.int64)
-    types = np.zeros_like(ids)
-    mask = np.zeros((len(encodings), width), dtype=np.float32)
-    for row, e in enumerate(encodings):
-        n = len(e.ids)
-        ids[row, :n], types[row, :n], mask[row, :n] = e.ids, e.type_ids, e.attention_mask
-    states = encoder.hidden_states(ids, types, mask) if len(encodings) else np.zeros((0, 0, encoder.dim), np.float32)
-    out = []
-    for row, (text, e) in enumerate(zip(prepared, encodings)):
-        pieces: dict[int, list[int]] = {}
-        spans: dict[int, tuple[int, int]] = {}
-        for position, word in enumerate(e.word_ids):
-            if word is None:  # [CLS], [SEP]
-                continue
-            pieces.setdefault(word, []).append(position)
-            start, end = e.offsets[position]
-            first, _ = spans.get(word, (start, end))
-            spans[word] = (first, end)
-        words = [text[spans[w][0] : spans[w][1]].lower() for w in pieces]
-        vectors = np.stack([states[row, positions].mean(axis=0) for positions in pieces.values()]) if pieces else np.zeros((0, encoder.dim), np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        out.append(Words(words, vectors / np.where(norms == 0, 1.0, norms)))
-    return out
-
+from alma_mcp.ranking.nearmiss import Words, words_of
 
 def idf_table(texts: Sequence[str]) -> dict[str, float]:
     """Smoothed inverse document frequency of each lower-cased word over `texts`."""

@@ -173,6 +173,7 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("alma, fuller: weak_floor 0.30, weak_span 0.15, no few", {"weak_floor": 0.30, "weak_span": 0.15, "weak_few_below": 0.30}),
     ("alma, absolute floor (standout 0, floor 0.42)", {"standout": 0.0, "relevance_floor": 0.42}),
     ("alma, crowding off (crowding_weight 0)", {"crowding_weight": 0.0}),
+    ("alma, no near-miss test (align_floor 0)", {"align_floor": 0.0}),
 ]
 """The shipped settings and alternatives around them. All but one read all five types,
 outcomes like any memory (the corpus labels outcomes); the server's default types read outcomes

@@ -92,7 +92,8 @@ async def test_explain_says_why_a_memory_is_injected_or_not(alma, mode):
     alma.add_knowledge("helena", "billing", "Invoices are generated on the first business day of the month")
     async with Client(create_server(alma=alma), mode=mode) as client:
         schema = {t.name: t for t in (await client.list_tools()).tools}["alma_explain"].output_schema
-        task = {"agent": "helena", "task": "What does the sign-in endpoint return for bad credentials input?"}
+        # ("endpoint" instead of "API" would make it a near miss: tests/test_nearmiss.py)
+        task = {"agent": "helena", "task": "What does the sign-in API return for bad credentials input?"}
         got = structured(await client.call_tool("alma_retrieve", task))
         why = structured(await client.call_tool("alma_explain", task))
         Draft202012Validator(schema).validate(why)

@@ -220,8 +220,8 @@ class SentenceTransformerEmbedder:
 
     @property
     def encoder(self) -> BertEncoder | None:
-        """The numpy encoder, when the model runs in it (bench/alignment.py reads its token
-        vectors); None under sentence-transformers or before it is loaded."""
+        """The numpy encoder, when the model runs in it (the near-miss test, ranking/nearmiss.py,
+        reads its token vectors); None under sentence-transformers or before it is loaded."""
         return self._numpy
 
     def wait_small(self, timeout: float | None = None) -> str:

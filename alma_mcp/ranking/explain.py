@@ -50,8 +50,21 @@ class Explanation(BaseModel):
         "when the best is a fact or a preference, below sure_floor, and this is below standout, no evidence clears "
         "relevance_floor",
     )
+    align_floor: float = 0.0
+    alignment: float | None = Field(
+        None,
+        description="How closely the weakest content word of the task is matched in its best candidate, when the "
+        "near-miss test was run (the best a fact or a preference answered by evidence); below align_floor, no "
+        "evidence clears relevance_floor",
+    )
     answered: bool = Field(description="some candidate cleared the floor, so the task is answered at all")
     candidates: list[CandidateVerdict]
+
+
+HELD_BACK = (
+    "the task's best does not stand out by standout from the runner-up, or is a near miss (a word of the task "
+    "matched below align_floor)"
+)
 
 
 def judge(
@@ -74,7 +87,7 @@ def judge(
     def verdict(c: Candidate) -> str:
         if c.memory.id in mentioned:
             why = (
-                "reached relevance_floor, but the task's best does not stand out by standout from the runner-up"
+                f"reached relevance_floor, but {HELD_BACK}"
                 if not answered and c.evidence >= settings.relevance_floor
                 else "below the floor"
             )
@@ -96,7 +109,7 @@ def judge(
         else:
             weak = "more than weak_span below the task's best candidate"
         if not answered and c.evidence >= settings.relevance_floor:
-            return f"reached relevance_floor, but the task's best does not stand out by standout from the runner-up; {weak}"
+            return f"reached relevance_floor, but {HELD_BACK}; {weak}"
         if not answered:
             return f"below the floor: no memory cleared it; {weak}"
         return f"below relevance_floor - floor_margin; {weak}"

@@ -70,6 +70,7 @@ from ..storage.store import PREFERENCES, MemoryStore
 from .calibration import FloorCalibration, shifted
 from .candidates import SUBJECT_TYPES, Candidate, Mode, choose, crowding_of, final_score, fuse, mention, runner_up_gap, track_of
 from .explain import Explanation, judge
+from .nearmiss import near_miss
 
 _KEYED_CANDIDATES = 10
 """Per query, how many candidates (closest by whole text first) get the key field's similarity."""
@@ -194,6 +195,12 @@ class Retriever:
             return [kind for kind in kinds if kind != "outcome"]
         return list(kinds)
 
+    @property
+    def encoder(self) -> Any:
+        """The embedding model's encoder, whose token vectors the near-miss test reads (None when
+        the model runs under sentence-transformers: the test is then skipped)."""
+        return getattr(self.embedder, "encoder", None)
+
     def retrieve(
         self,
         task: str,
@@ -233,6 +240,7 @@ class Retriever:
             self.cache_misses += 1
 
         candidates = self.candidates(task, agent, user_id, kinds, settings, mode, task_type)
+        near_miss(task, candidates, settings, self.encoder)
         chosen = choose(candidates, confident_kinds, top_k, settings)
         by_type = {kind: [c.scored() for c in picked] for kind, picked in chosen.items()}
         by_type.update({kind: [] for kind in kinds if kind not in by_type})
@@ -277,6 +285,7 @@ class Retriever:
         top_k = top_k or settings.top_k
         kinds = self._types(memory_types, settings)
         candidates = self.candidates(task, agent, user_id, kinds, settings, task_type=task_type)
+        aligned = near_miss(task, candidates, settings, self.encoder)
         chosen = choose(candidates, self._confident_types(kinds, memory_types, settings), top_k, settings)
         answered, verdicts = judge(candidates, chosen, settings, n, mention(candidates, chosen, settings, kinds, top_k))
         return Explanation(
@@ -292,6 +301,8 @@ class Retriever:
             standout=settings.standout,
             sure_floor=settings.sure_floor,
             runner_up_gap=round(runner_up_gap(candidates, settings), 4),
+            align_floor=settings.align_floor,
+            alignment=None if aligned is None else round(aligned, 4),
             answered=answered,
             candidates=verdicts,
         )

@@ -1,0 +1,127 @@
+"""The near-miss test: a question about a subject the store knows, asking an attribute it does not.
+
+"what does Miso take for his joints" comes close to the one fact about Miso's car-sickness
+medication: the same dog, the same kind of thing, and that fact stands out from the other facts
+about him, so neither the evidence nor the runner-up gap (`candidates.stands_out`) holds it back.
+What is missing is one content word of the question that nothing in the fact matches. Here each
+word of the task and of its best memory is the mean of its word pieces' last-layer vectors (the
+embedding model's own encoder, `BertEncoder.hidden_states`), each content word of the task is
+matched to its most similar word of the memory, and the task's *alignment* is the weakest of those
+matches. When the task's best candidate is a fact or a preference answered by evidence (not by the
+lexical door) and its alignment is below `align_floor`, no evidence clears the floor: the task's
+candidates are weak matches instead (still served, one line each).
+
+It costs one forward pass of the encoder over the task and one memory (about 13 ms), only on the
+tasks it can change: answered by evidence, best a fact or a preference. Under an encoder that gives
+no token vectors (sentence-transformers in torch) the test is skipped. Measured on the development
+sets (bench/nearmiss.py, docs/retrieval-tiers.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..config import RetrievalSettings
+from ..indexes.lexical import STOPWORDS
+from .candidates import SUBJECT_TYPES, Candidate
+
+QUESTION_WORDS = frozenset(
+    """where who whom whose why anything something anyone someone please tell know remind remember
+    re ll ve s t d m""".split()
+)
+"""Words of a request that ask rather than say what is asked about (with the lexical index's
+STOPWORDS, which hold 'what', 'how', 'when' and the like), and the tails of contractions."""
+
+
+@dataclass
+class Words:
+    """A text's words, lower-cased, with one unit vector each (the mean of its word pieces)."""
+
+    words: list[str]
+    vectors: np.ndarray
+
+    def content(self) -> list[int]:
+        """The positions of the words that say what a request is about."""
+        return [i for i, w in enumerate(self.words) if is_content(w)]
+
+
+def is_content(word: str) -> bool:
+    return any(ch.isalnum() for ch in word) and word not in STOPWORDS and word not in QUESTION_WORDS
+
+
+def words_of(encoder: Any, texts: Sequence[str]) -> list[Words]:
+    """Each text's words and their contextual vectors, in one forward pass of `encoder` (a
+    `BertEncoder`)."""
+    prepared = [str(t).strip() for t in texts]
+    if encoder.lower_case:
+        prepared = [t.lower() for t in prepared]
+    encodings = encoder.tokenizer.encode_batch(prepared)
+    width = max((len(e.ids) for e in encodings), default=0)
+    ids = np.zeros((len(encodings), width), dtype=np.int64)
+    types = np.zeros_like(ids)
+    mask = np.zeros((len(encodings), width), dtype=np.float32)
+    for row, e in enumerate(encodings):
+        n = len(e.ids)
+        ids[row, :n], types[row, :n], mask[row, :n] = e.ids, e.type_ids, e.attention_mask
+    states = encoder.hidden_states(ids, types, mask) if len(encodings) else np.zeros((0, 0, encoder.dim), np.float32)
+    out = []
+    for row, (text, e) in enumerate(zip(prepared, encodings)):
+        pieces: dict[int, list[int]] = {}
+        spans: dict[int, tuple[int, int]] = {}
+        for position, word in enumerate(e.word_ids):
+            if word is None:  # [CLS], [SEP]
+                continue
+            pieces.setdefault(word, []).append(position)
+            start, end = e.offsets[position]
+            first, _ = spans.get(word, (start, end))
+            spans[word] = (first, end)
+        words = [text[spans[w][0] : spans[w][1]].lower() for w in pieces]
+        vectors = (
+            np.stack([states[row, positions].mean(axis=0) for positions in pieces.values()])
+            if pieces
+            else np.zeros((0, encoder.dim), np.float32)
+        )
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        out.append(Words(words, vectors / np.where(norms == 0, 1.0, norms)))
+    return out
+
+
+def weakest_match(task: Words, memory: Words) -> tuple[float, str]:
+    """The lowest, over the task's content words, of each word's best match in `memory` (cosine),
+    and that word; (1.0, "") when the task has no content word."""
+    content = task.content()
+    if not content:
+        return 1.0, ""
+    if not len(memory.words):
+        return 0.0, task.words[content[0]]
+    best = (task.vectors[content] @ memory.vectors.T).max(axis=1)
+    low = int(np.argmin(best))
+    return float(best[low]), task.words[content[low]]
+
+
+def alignment(encoder: Any, task: str, memory_text: str) -> float:
+    """How well the weakest content word of `task` is matched by some word of `memory_text`."""
+    task_words, memory_words = words_of(encoder, [task, memory_text])
+    return weakest_match(task_words, memory_words)[0]
+
+
+def near_miss(task: str, candidates: Sequence[Candidate], settings: RetrievalSettings, encoder: Any) -> float | None:
+    """Take the task's confident verdict back (in place: no candidate clears by evidence) when it is a
+    near miss: answered by evidence only (no lexical door, no preference floor), its best candidate
+    a fact or a preference (SUBJECT_TYPES) whose alignment with the task is below `align_floor`.
+    Returns the alignment when it was measured (None: the test did not apply), so that only the
+    tasks it can change pay for it."""
+    if settings.align_floor <= 0 or encoder is None or not candidates:
+        return None
+    if any(c.lexical_ok for c in candidates) or not any(c.dense_ok for c in candidates):
+        return None
+    best = max(candidates, key=lambda c: c.evidence)
+    if best.memory.type not in SUBJECT_TYPES:
+        return None
+    aligned = alignment(encoder, task, best.memory.text())
+    if aligned < settings.align_floor:
+        for c in candidates:
+            c.dense_ok = False
+    return aligned
