@@ -348,8 +348,8 @@ class RetrievalSettings(_Strict):
         0.35,
         ge=0,
         le=1,
-        description="When the task's best candidate is a fact or a preference that clears relevance_floor by evidence, "
-        "it is a near miss, and the task's candidates are weak matches instead, if some content word of the task is "
+        description="When the task is a question and its best candidate is a fact or a preference that clears "
+        "relevance_floor by evidence, it is a near miss, and the task's candidates are weak matches instead, if some content word of the task is "
         "matched by no word of that memory closer than this (cosine of the encoder's token vectors; "
         "alma_mcp/ranking/nearmiss.py). 0: off.",
     )

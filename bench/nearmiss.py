@@ -24,18 +24,19 @@ from bench.common import DATA, load_memories, load_tasks, split
 from bench.tiers import PERSONAL_MEMORIES, PERSONAL_TASKS, build, figures, serve_offline, server_ids
 
 from alma_mcp.config import RetrievalSettings
+from alma_mcp.ranking.nearmiss import asks
 
 
 def measure(rows: Sequence[dict[str, Any]], settings: RetrievalSettings) -> dict[str, float]:
     """Served figures with these settings; the near-miss test (`hold_back` on the alignment of the
-    task with its best candidate, at any evidence, as `ranking.nearmiss.near_miss` runs it) reads
+    task with its best candidate, at any evidence, on questions, as `ranking.nearmiss.near_miss` runs it) reads
     the alignment each row measured once."""
     served = {}
     for r in rows:
         served[r["task"].id] = serve_offline(
             r["candidates"],
             settings,
-            after_fuse=lambda cs, r=r: hold_back(cs, settings, settings.align_floor, lambda best: r["weakest@1"], 2.0),
+            after_fuse=lambda cs, r=r: asks(r["task"].task) and hold_back(cs, settings, settings.align_floor, lambda best: r["weakest@1"], 2.0),
         )
     tasks = [r["task"] for r in rows]
     row = figures(served, tasks, "paraphrase")

@@ -7,17 +7,19 @@ What is missing is one content word of the question that nothing in the fact mat
 word of the task and of its best memory is the mean of its word pieces' last-layer vectors (the
 embedding model's own encoder, `BertEncoder.hidden_states`), each content word of the task is
 matched to its most similar word of the memory, and the task's *alignment* is the weakest of those
-matches. When the task's best candidate is a fact or a preference answered by evidence (not by the
-lexical door) and its alignment is below `align_floor`, no evidence clears the floor: the task's
-candidates are weak matches instead (still served, one line each).
+matches. When the task reads as a question (`asks`), its best candidate is a fact or a preference
+answered by evidence (not by the lexical door) and its alignment is below `align_floor`, no
+evidence clears the floor: the task's candidates are weak matches instead (still served, one line
+each).
 
 It costs one forward pass of the encoder over the task and one memory (about 13 ms), only on the
-tasks it can change: answered by evidence, best a fact or a preference. Under an encoder that gives
+tasks it can change: questions answered by evidence, their best a fact or a preference. Under an encoder that gives
 no token vectors (sentence-transformers in torch) the test is skipped. Measured on the development
 sets (bench/nearmiss.py, docs/retrieval-tiers.md)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -107,13 +109,28 @@ def alignment(encoder: Any, task: str, memory_text: str) -> float:
     return weakest_match(task_words, memory_words)[0]
 
 
+QUESTION_START = re.compile(
+    r"\s*(what|which|who|whom|whose|when|where|why|how|is|are|was|were|does|do|did|can|could|has|have)\b", re.IGNORECASE
+)
+
+
+def asks(task: str) -> bool:
+    """Whether the task reads as a question (a question word or an auxiliary first, or a question
+    mark last): what asks for an attribute of a subject. A task to do ("book the boiler's yearly
+    service", "deploy the billing service") is given what is known about its subject, whatever its
+    verb: its verb is rarely in the memory ("book" against the fact about the boiler's service,
+    0.21), and on the field learning benchmark, whose tasks are tickets, judging them too lost
+    0.010 ± 0.004 of the expected success over 200 episodes (20 seeds, docs/retrieval-tiers.md)."""
+    return task.rstrip().endswith("?") or QUESTION_START.match(task) is not None
+
+
 def near_miss(task: str, candidates: Sequence[Candidate], settings: RetrievalSettings, encoder: Any) -> float | None:
     """Take the task's confident verdict back (in place: no candidate clears by evidence) when it is a
-    near miss: answered by evidence only (no lexical door, no preference floor), its best candidate
+    near miss: a question (`asks`) answered by evidence only (no lexical door, no preference floor), its best candidate
     a fact or a preference (SUBJECT_TYPES) whose alignment with the task is below `align_floor`.
     Returns the alignment when it was measured (None: the test did not apply), so that only the
     tasks it can change pay for it."""
-    if settings.align_floor <= 0 or encoder is None or not candidates:
+    if settings.align_floor <= 0 or encoder is None or not candidates or not asks(task):
         return None
     if any(c.lexical_ok for c in candidates) or not any(c.dense_ok for c in candidates):
         return None
