@@ -236,12 +236,10 @@ def rule(title: str, rows: Sequence[dict[str, Any]], signal: str, below: float |
         )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--show", action="store_true", help="list each no-answer task's weakest word")
-    args = parser.parse_args()
-
+def development_sets(workdir: Path) -> tuple[Any, dict[str, list[dict[str, Any]]]]:
+    """The development sets' feature rows (`features`), stored under `workdir`: the agent corpus's
+    calibration split, the personal development corpus and the agent corpus's test split; and the
+    service of the agent corpus (its settings are the shipped ones)."""
     from alma_mcp.embedding.embedder import SentenceTransformerEmbedder
 
     embedder = SentenceTransformerEmbedder("all-MiniLM-L6-v2")
@@ -251,13 +249,24 @@ def main() -> int:
         raise SystemExit("alignment needs the numpy encoder (alma_mcp/embedding/bert.py)")
     memories, tasks = server_ids(load_memories(), load_tasks())
     calibration, test = split(tasks)
-    alma, _ = build(args.workdir / "dev", embedder, memories)
+    alma, _ = build(workdir / "dev", embedder, memories)
     p_memories, p_tasks = server_ids(load_memories(DATA / PERSONAL_MEMORIES), load_tasks(DATA / PERSONAL_TASKS))
-    p_alma, _ = build(args.workdir / "personal", embedder, p_memories)
+    p_alma, _ = build(workdir / "personal", embedder, p_memories)
+    return alma, {
+        "calibration split": features(alma, encoder, calibration, memories),
+        "personal corpus": features(p_alma, encoder, p_tasks, p_memories),
+        "test split (confirmation)": features(alma, encoder, test, memories),
+    }
 
-    cal = features(alma, encoder, calibration, memories)
-    per = features(p_alma, encoder, p_tasks, p_memories)
-    tst = features(alma, encoder, test, memories)
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--show", action="store_true", help="list each no-answer task's weakest word")
+    args = parser.parse_args()
+
+    _, sets = development_sets(args.workdir)
+    cal, per, tst = sets.values()
     print("AUC, answerable (high) against no-answer tasks:")
     table("agent corpus, calibration split", cal)
     table("personal development corpus", per)

@@ -19,9 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench.alignment import features, hold_back
-from bench.common import DATA, load_memories, load_tasks, split
-from bench.tiers import PERSONAL_MEMORIES, PERSONAL_TASKS, build, figures, serve_offline, server_ids
+from bench.alignment import development_sets, hold_back
+from bench.tiers import figures, serve_offline
 
 from alma_mcp.config import RetrievalSettings
 from alma_mcp.ranking.nearmiss import asks
@@ -62,22 +61,7 @@ def main() -> int:
     parser.add_argument("--show", action="store_true", help="list the personal corpus's no-answer questions with their signals")
     args = parser.parse_args()
 
-    from alma_mcp.embedding.embedder import SentenceTransformerEmbedder
-
-    embedder = SentenceTransformerEmbedder("all-MiniLM-L6-v2")
-    embedder.wait(timeout=300)
-    if embedder.encoder is None:
-        raise SystemExit("the near-miss test needs the numpy encoder (alma_mcp/embedding/bert.py)")
-    memories, tasks = server_ids(load_memories(), load_tasks())
-    calibration, test = split(tasks)
-    alma, _ = build(args.workdir / "dev", embedder, memories)
-    p_memories, p_tasks = server_ids(load_memories(DATA / PERSONAL_MEMORIES), load_tasks(DATA / PERSONAL_TASKS))
-    p_alma, _ = build(args.workdir / "personal", embedder, p_memories)
-    sets = {
-        "calibration split": features(alma, embedder.encoder, calibration, memories),
-        "personal corpus": features(p_alma, embedder.encoder, p_tasks, p_memories),
-        "test split (confirmation)": features(alma, embedder.encoder, test, memories),
-    }
+    alma, sets = development_sets(args.workdir)
     base = alma.config.retrieval_for("any")
     head = "R@5   nDCG  hit@1 full  none:c  tok"
     print(f"{'':<34} | " + " | ".join(f"{name:<{len(head)}}" for name in sets))
