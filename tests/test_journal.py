@@ -246,3 +246,40 @@ def test_a_stream_of_writes_slower_than_the_quiet_pause_is_applied_together(part
     while sorted(in_chroma(store, "knowledge", "victor", ids)) != sorted(ids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sorted(in_chroma(store, "knowledge", "victor", ids)) == sorted(ids), "applied once the stream stopped"
+
+
+def test_a_count_is_right_when_the_applier_runs_between_its_reads_of_chroma(parts, held_back) -> None:
+    """A count adds the journal's waiting entries to what Chroma holds; entries applied while it
+    reads (by this process's applier or another's) must be counted once, not twice or not at all."""
+    alma, store = parts.alma, parts.store
+    for i in range(3):
+        alma.add_knowledge("helena", "ops", f"Backup job {i} writes to /srv/backup-{i} every night at {i + 1} am.")
+    collection = store._collection("knowledge", "helena", create=False)
+    raw = collection._col
+    applied = []
+
+    class ApplyingAfterEachRead:
+        """Chroma's collection, with the journal applied right after the first read of it."""
+
+        def __getattr__(self, name):
+            method = getattr(raw, name)
+            if name not in ("count", "get"):
+                return method
+
+            def read(*args, **kwargs):
+                result = method(*args, **kwargs)
+                if not applied:
+                    applied.append(name)
+                    store.flush_journal()
+                return result
+
+            return read
+
+    collection._col = ApplyingAfterEachRead()
+    try:
+        assert collection.count() == 3
+    finally:
+        collection._col = raw
+    assert applied, "the journal was applied while counting"
+    assert in_chroma(store, "knowledge", "helena", [m.id for m in store.list("knowledge", "helena")]) != []
+    assert store.count("knowledge", "helena") == 3

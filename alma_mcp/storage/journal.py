@@ -792,12 +792,13 @@ class JournaledCollection:
 
     def count(self) -> int:
         pending = self._client.view(self.name)
-        total = int(self._col.count())
         if not pending:
-            return total
-        present = set(self._col.get(ids=list(pending), include=[])["ids"])
+            return int(self._col.count())
+        # Chroma's total and which waiting ids it already holds, from one read: the applier may
+        # apply between two reads, and a memory would then be counted twice or not at all.
+        present = set(self._col.get(include=[])["ids"])
         after = self._under(pending, list(pending))
-        return total + sum(int(after[doc] is not None) - int(doc in present) for doc in pending)
+        return len(present) + sum(int(after[doc] is not None) - int(doc in present) for doc in pending)
 
     def peek(self, limit: int = 10) -> dict[str, Any]:
         return self.get(limit=limit, include=["metadatas", "documents", "embeddings"])
