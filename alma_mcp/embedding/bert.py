@@ -263,24 +263,33 @@ class BertEncoder:
             x = _layer_norm(h @ layer.down_w + layer.down_b + x, *layer.ln2, self.eps)
         return x
 
-    def encode(self, texts: Sequence[str], batch_size: int = BATCH) -> np.ndarray:
+    def tokenized(self, texts: Sequence[str]) -> tuple[list[str], list[Any]]:
+        """The texts as the model reads them (stripped, lower-cased where it is) and their tokenizer
+        encodings (whose offsets point into those texts)."""
         prepared = [str(t).strip() for t in texts]
         if self.lower_case:
             prepared = [t.lower() for t in prepared]
-        encodings = self.tokenizer.encode_batch(prepared)
+        return prepared, self.tokenizer.encode_batch(prepared)
+
+    @staticmethod
+    def padded(encodings: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token ids, token types and the attention mask of `encodings`, padded to the longest."""
+        width = max((len(e.ids) for e in encodings), default=0)
+        ids = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.zeros_like(ids)
+        mask = np.zeros((len(encodings), width), dtype=np.float32)
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            ids[row, :n], types[row, :n], mask[row, :n] = e.ids, e.type_ids, e.attention_mask
+        return ids, types, mask
+
+    def encode(self, texts: Sequence[str], batch_size: int = BATCH) -> np.ndarray:
+        prepared, encodings = self.tokenized(texts)
         out = np.zeros((len(prepared), self.dim), dtype=np.float32)
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
-            width = max(len(encodings[i].ids) for i in chosen)
-            ids = np.zeros((len(chosen), width), dtype=np.int64)
-            types = np.zeros_like(ids)
-            mask = np.zeros((len(chosen), width), dtype=np.float32)
-            for row, i in enumerate(chosen):
-                e = encodings[i]
-                n = len(e.ids)
-                ids[row, :n], types[row, :n], mask[row, :n] = e.ids, e.type_ids, e.attention_mask
-            out[chosen] = self._forward(ids, types, mask)
+            out[chosen] = self._forward(*self.padded([encodings[i] for i in chosen]))
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms == 0, 1.0, norms)
 

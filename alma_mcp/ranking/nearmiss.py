@@ -56,18 +56,8 @@ def is_content(word: str) -> bool:
 def words_of(encoder: Any, texts: Sequence[str]) -> list[Words]:
     """Each text's words and their contextual vectors, in one forward pass of `encoder` (a
     `BertEncoder`)."""
-    prepared = [str(t).strip() for t in texts]
-    if encoder.lower_case:
-        prepared = [t.lower() for t in prepared]
-    encodings = encoder.tokenizer.encode_batch(prepared)
-    width = max((len(e.ids) for e in encodings), default=0)
-    ids = np.zeros((len(encodings), width), dtype=np.int64)
-    types = np.zeros_like(ids)
-    mask = np.zeros((len(encodings), width), dtype=np.float32)
-    for row, e in enumerate(encodings):
-        n = len(e.ids)
-        ids[row, :n], types[row, :n], mask[row, :n] = e.ids, e.type_ids, e.attention_mask
-    states = encoder.hidden_states(ids, types, mask) if len(encodings) else np.zeros((0, 0, encoder.dim), np.float32)
+    prepared, encodings = encoder.tokenized(texts)
+    states = encoder.hidden_states(*encoder.padded(encodings)) if encodings else np.zeros((0, 0, encoder.dim), np.float32)
     out = []
     for row, (text, e) in enumerate(zip(prepared, encodings)):
         pieces: dict[int, list[int]] = {}
