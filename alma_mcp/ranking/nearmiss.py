@@ -116,8 +116,9 @@ def asks(task: str) -> bool:
 
 def near_miss(task: str, candidates: Sequence[Candidate], settings: RetrievalSettings, encoder: Any) -> float | None:
     """Take the task's confident verdict back (in place: no candidate clears by evidence) when it is a
-    near miss: a question (`asks`) answered by evidence only (no lexical door, no preference floor), its best candidate
-    a fact or a preference (SUBJECT_TYPES) whose alignment with the task is below `align_floor`.
+    near miss: a question (`asks`) answered by evidence, not through the lexical door, its best
+    candidate a fact or a preference (SUBJECT_TYPES) whose alignment with the task is below
+    `align_floor`. A preference over its own `preference_floor` is admitted all the same (`choose`).
     Returns the alignment when it was measured (None: the test did not apply), so that only the
     tasks it can change pay for it."""
     if settings.align_floor <= 0 or encoder is None or not candidates or not asks(task):
