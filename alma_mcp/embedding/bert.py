@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -225,20 +225,27 @@ class BertEncoder:
         self.layers = []  # ONNX Runtime has its own copy; a call still in numpy keeps its own reference
         return True
 
-    def _forward(self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        x = self.hidden_states(ids, types, mask)
+    def _forward(
+        self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray, beside: Callable[[], None] | None = None
+    ) -> np.ndarray:
+        x = self.hidden_states(ids, types, mask, beside)
         if self.pooling == "cls":
             return x[:, 0]
         weights = mask[..., None]
         return (x * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
 
-    def hidden_states(self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """The last layer's vector of every token (batch, tokens, dim), before pooling."""
+    def hidden_states(
+        self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray, beside: Callable[[], None] | None = None
+    ) -> np.ndarray:
+        """The last layer's vector of every token (batch, tokens, dim), before pooling; `beside` is
+        called just before the layers, which let go of the GIL (encode)."""
         tokens = ids.shape[1]
         x = self.words[ids] + self.positions[:tokens] + self.types[types]
         x = _layer_norm(x, *self.ln0, self.eps)
         layers = self.layers  # before the session: start_runtime sets the session, then drops these
         session = self.session
+        if beside is not None:
+            beside()
         if session is not None:
             x = session(x, mask)
         else:
@@ -283,13 +290,20 @@ class BertEncoder:
             ids[row, :n], types[row, :n], mask[row, :n] = e.ids, e.type_ids, e.attention_mask
         return ids, types, mask
 
-    def encode(self, texts: Sequence[str], batch_size: int = BATCH) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = BATCH, beside: Callable[[], None] | None = None) -> np.ndarray:
+        """Unit-length vectors of `texts`. `beside`, if given, is called once, when the first batch is
+        tokenized and about to enter the layers: ONNX Runtime and numpy's products let go of the GIL
+        there, so threads it starts run beside the layers instead of holding up the tokenizer (whose
+        call lets go of the GIL too, and then waits for it)."""
         prepared, encodings = self.tokenized(texts)
         out = np.zeros((len(prepared), self.dim), dtype=np.float32)
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
-            out[chosen] = self._forward(*self.padded([encodings[i] for i in chosen]))
+            out[chosen] = self._forward(*self.padded([encodings[i] for i in chosen]), beside=beside)
+            beside = None
+        if beside is not None:  # no text at all
+            beside()
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms == 0, 1.0, norms)
 

@@ -338,11 +338,23 @@ class Retriever:
             index = self.indexes.get(*scope)
             indexes[scope] = (index, index.dense)
         # The lexical searches need no vector: they run on the search threads while this one
-        # embeds the task (ONNX Runtime lets go of the GIL for the encoder's layers).
-        lexical_jobs = {}
-        if mode != "dense":
-            lexical_jobs = {scope: self._searches.submit(index.lexical.search, task, pool) for scope, (index, _) in indexes.items()}
-        vector = self.embedder.embed_query(task)
+        # embeds the task. They start once the task is tokenized, as it enters the encoder's
+        # layers, which let go of the GIL (ONNX Runtime, numpy's products); started before, they
+        # hold the GIL that the tokenizer's call waits for on its way out.
+        lexical_jobs: dict[tuple[str, str | None], Any] = {}
+
+        def search_lexically() -> None:
+            for scope, (index, _) in indexes.items():
+                lexical_jobs[scope] = self._searches.submit(index.lexical.search, task, pool)
+
+        embed_beside = getattr(self.embedder, "embed_query_beside", None)
+        if mode == "dense":
+            vector = self.embedder.embed_query(task)
+        elif embed_beside is not None:
+            vector = embed_beside(task, search_lexically)
+        else:
+            search_lexically()
+            vector = self.embedder.embed_query(task)
         lexical = {scope: job.result() for scope, job in lexical_jobs.items()}
 
         def search(scope: tuple[str, str | None]) -> tuple[list[Any], list[Any], dict[str, Any]]:
