@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -209,6 +212,8 @@ class BertEncoder:
         self.folder = folder
         _drop_mapped_pages(self.words)  # the layers were read through the map and copied
         self.session: Any = None  # the layers in ONNX Runtime (bert_onnx.Layers), once start_runtime() has built them
+        self._states: OrderedDict[str, TokenStates] = OrderedDict()  # recent single texts' token vectors (token_states)
+        self._states_lock = threading.Lock()
 
     def start_runtime(self) -> bool:
         """Run the layers in ONNX Runtime from now on (bert_onnx), if it is installed: about twice
@@ -228,7 +233,9 @@ class BertEncoder:
     def _forward(
         self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray, beside: Callable[[], None] | None = None
     ) -> np.ndarray:
-        x = self.hidden_states(ids, types, mask, beside)
+        return self._pool(self.hidden_states(ids, types, mask, beside), mask)
+
+    def _pool(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if self.pooling == "cls":
             return x[:, 0]
         weights = mask[..., None]
@@ -296,16 +303,63 @@ class BertEncoder:
         there, so threads it starts run beside the layers instead of holding up the tokenizer (whose
         call lets go of the GIL too, and then waits for it)."""
         prepared, encodings = self.tokenized(texts)
-        out = np.zeros((len(prepared), self.dim), dtype=np.float32)
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-        for start in range(0, len(order), batch_size):
-            chosen = order[start : start + batch_size]
-            out[chosen] = self._forward(*self.padded([encodings[i] for i in chosen]), beside=beside)
-            beside = None
-        if beside is not None:  # no text at all
-            beside()
+        if len(encodings) == 1:  # a query: its token vectors are kept for token_states
+            ids, types, mask = self.padded(encodings)
+            states = self.hidden_states(ids, types, mask, beside)
+            self._keep(TokenStates(prepared[0], encodings[0], states[0]))
+            out = self._pool(states, mask)
+        else:
+            out = np.zeros((len(prepared), self.dim), dtype=np.float32)
+            order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+            for start in range(0, len(order), batch_size):
+                chosen = order[start : start + batch_size]
+                out[chosen] = self._forward(*self.padded([encodings[i] for i in chosen]), beside=beside)
+                beside = None
+            if beside is not None:  # no text at all
+                beside()
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms == 0, 1.0, norms)
+
+    def token_states(self, texts: Sequence[str]) -> list[TokenStates]:
+        """Each text as the model reads it, its tokenizer encoding and the last layer's vector of
+        each of its tokens: of the STATES_KEPT texts seen last alone (a query `encode` embedded,
+        a memory asked for here) from memory, of the others from one forward pass, kept in turn."""
+        prepared, encodings = self.tokenized(texts)
+        with self._states_lock:
+            found = [self._states.get(text) for text in prepared]
+            for state in found:
+                if state is not None:
+                    self._states.move_to_end(state.text)
+        missing = [i for i, state in enumerate(found) if state is None]
+        if missing:
+            states = self.hidden_states(*self.padded([encodings[i] for i in missing]))
+            for row, i in enumerate(missing):
+                state = TokenStates(prepared[i], encodings[i], states[row, : len(encodings[i].ids)])
+                self._keep(state)
+                found[i] = state
+        return [state for state in found if state is not None]
+
+    def _keep(self, state: TokenStates) -> None:
+        with self._states_lock:
+            self._states[state.text] = state
+            self._states.move_to_end(state.text)
+            while len(self._states) > STATES_KEPT:
+                self._states.popitem(last=False)
+
+
+STATES_KEPT = 32
+"""How many texts' token vectors `BertEncoder.token_states` keeps (about 60 KB for a text of 40
+tokens): the near-miss test reads the task's, which its embedding just computed, and its best
+memory's, which a question about the same subject asked a moment before computed too."""
+
+
+@dataclass(frozen=True)
+class TokenStates:
+    """A text as the model reads it, its tokenizer encoding, and its tokens' last-layer vectors (tokens, dim)."""
+
+    text: str
+    encoding: Any
+    vectors: np.ndarray
 
 
 def load(folder: str | Path) -> BertEncoder:
