@@ -305,7 +305,8 @@ class SentenceTransformerEmbedder:
 
     def embed_query_beside(self, text: str, beside: Callable[[], None]) -> np.ndarray:
         """`embed_query`, calling `beside` once: when the task is tokenized and enters the encoder's
-        layers (numpy encoder), else before the embedding, or at once when the vector is cached.
+        layers (numpy encoder), else before the embedding; at once when the vector is cached or
+        the model is still loading (a first call, whose searches may build their indexes then).
         Work that `beside` hands to other threads then runs while the layers have let go of the
         GIL: started before the tokenizer, it held the GIL the tokenizer waited for (0.2 ms alone,
         0.8 ms beside the retriever's lexical searches)."""
@@ -313,13 +314,18 @@ class SentenceTransformerEmbedder:
         if cached is not None:
             beside()
             return cached
+        started: Callable[[], None] | None = beside
+        if not self._ready.is_set():  # the model is still loading: what `beside` starts runs meanwhile
+            beside()
+            started = None
         self.wait()
         encoder = self._numpy
         if encoder is None:
-            beside()
+            if started is not None:
+                started()
             vector = self.embed([text])[0]
         else:
-            vector = encoder.encode([text], beside=beside)[0]
+            vector = encoder.encode([text], beside=started)[0]
         self.cache.put(text, vector)
         return vector
 
