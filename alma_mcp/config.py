@@ -332,7 +332,8 @@ class RetrievalSettings(_Strict):
         0.18,
         ge=0,
         le=1,
-        description="When the task's best candidate is a fact or a preference, evidence clears relevance_floor only "
+        description="When the task's best candidate is a fact or a preference (when the task is a question, any "
+        "memory), evidence clears relevance_floor only "
         "if that best stands at least this much above the best other candidate (near-duplicates of it aside): a "
         "question about a person or a thing that many memories mention comes close to all of them, answered or not "
         "(docs/retrieval-tiers.md). Those below are weak matches instead. 0: off.",

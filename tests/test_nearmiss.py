@@ -119,3 +119,24 @@ def test_the_near_miss_test_reads_the_token_vectors_the_embedding_computed(
     kept = encoder.token_states([second])[0]
     ids, types, mask = encoder.padded(encoder.tokenized([second])[1])
     assert np.array_equal(kept.vectors, forward(ids, types, mask)[0])
+
+
+def test_a_question_whose_best_is_a_lesson_or_outcome_must_stand_out(alma: ALMA) -> None:
+    # An outcome is keyed on a situation: a task in it is given the family of close ones, standing
+    # out or not. A question that only names the situation's subject ("when does the boiler
+    # warranty expire" against getting the boiler serviced) is held to the standout test, as a
+    # fact is: its candidates are weak matches, still served.
+    teach_household(alma)
+    serviced = alma.learn("butler", "Get the boiler serviced before winter", "success", "Called Warmtetechniek Vanhove in September to book an October slot")
+    alma.learn("butler", "Bleed the radiators when the boiler pressure drops", "success", "Opened each radiator valve upstairs first, then topped the pressure up to 1.5 bar")
+    settings = alma.config.retrieval_for("butler")
+    question, task = "when does the boiler warranty expire", "find the boiler warranty certificate"
+    for text in (question, task):
+        why = alma.explain(text, "butler")
+        best = why.candidates[0]
+        assert best.type == "outcome" and settings.relevance_floor <= best.evidence < settings.sure_floor, text
+        assert why.runner_up_gap < settings.standout, text
+    assert not alma.explain(question, "butler").answered
+    held = alma.retrieve(question, "butler")
+    assert held.confident() == [] and serviced.outcome_id in [m.memory.id for m in held.all() if m.tier == "weak"]
+    assert alma.explain(task, "butler").answered and alma.retrieve(task, "butler").confident(), "a task to do is not judged"

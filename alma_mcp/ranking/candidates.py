@@ -168,7 +168,8 @@ SUBJECT_TYPES = ("knowledge", "preference")
 about a subject, which a question that only names the subject comes close to. Lessons and outcomes
 are keyed on a situation, and a family of close ones is what a task in that situation should be
 given: judged by the standout test too, the field learning benchmark's development set lost 0.030
-± 0.018 of its success in episodes 21-60 (10 seeds, docs/retrieval-tiers.md)."""
+± 0.018 of its success in episodes 21-60 (10 seeds, docs/retrieval-tiers.md). A question is held to
+it whatever its best candidate's type (ranking/nearmiss.py)."""
 
 
 def final_score(candidate: Candidate, settings: RetrievalSettings, now: datetime) -> float:

@@ -12,6 +12,11 @@ answered by evidence (not by the lexical door) and its alignment is below `align
 evidence clears the floor: the task's candidates are weak matches instead (still served, one line
 each).
 
+A question whose best candidate is a lesson or an outcome is held to the standout test, which
+`fuse` applies to facts and preferences alone: a lesson is keyed on a situation, and a task in
+that situation is given the family of close ones; a question that only names the situation's
+subject is not answered by them unless one stands out or reaches `sure_floor`.
+
 It costs one forward pass of the encoder over the best memory alone (about 8 ms on a quiet 2-core
 machine, against 13 ms when the task was encoded with it), only on the tasks it can change:
 questions answered by evidence, their best a fact or a preference. The task's token vectors are
@@ -30,7 +35,7 @@ import numpy as np
 
 from ..config import RetrievalSettings
 from ..indexes.lexical import STOPWORDS
-from .candidates import SUBJECT_TYPES, Candidate
+from .candidates import SUBJECT_TYPES, Candidate, runner_up_gap
 
 QUESTION_WORDS = frozenset(
     """where who whom whose why anything something anyone someone please tell know remind remember
@@ -129,6 +134,13 @@ def near_miss(task: str, candidates: Sequence[Candidate], settings: RetrievalSet
         return None
     best = max(candidates, key=lambda c: c.evidence)
     if best.memory.type not in SUBJECT_TYPES:
+        # A lesson or an outcome is keyed on a situation, and `fuse` does not hold it to the
+        # standout test: a task in that situation is given the family of close ones. A question
+        # that names the situation's subject ("who is Lukas's cello teacher" against finding him
+        # a summer teacher) is held to it, as for a fact.
+        if best.evidence < settings.sure_floor and runner_up_gap(candidates, settings) < settings.standout:
+            for c in candidates:
+                c.dense_ok = False
         return None
     aligned = alignment(encoder, task, best.memory.text())
     if aligned < settings.align_floor:
