@@ -347,11 +347,13 @@ class Retriever:
             for scope, (index, _) in indexes.items():
                 lexical_jobs[scope] = self._searches.submit(index.lexical.search, task, pool)
 
-        embed_beside = getattr(self.embedder, "embed_query_beside", None)
+        # Looked up on the class: an embedder that wraps another and hands it what it does not
+        # define itself (__getattr__) still embeds the task through its own embed_query.
+        embed_beside = getattr(type(self.embedder), "embed_query_beside", None)
         if mode == "dense":
             vector = self.embedder.embed_query(task)
         elif embed_beside is not None:
-            vector = embed_beside(task, search_lexically)
+            vector = embed_beside(self.embedder, task, search_lexically)
         else:
             search_lexically()
             vector = self.embedder.embed_query(task)
