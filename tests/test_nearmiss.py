@@ -140,3 +140,6 @@ def test_a_question_whose_best_is_a_lesson_or_outcome_must_stand_out(alma: ALMA)
     held = alma.retrieve(question, "butler")
     assert held.confident() == [] and serviced.outcome_id in [m.memory.id for m in held.all() if m.tier == "weak"]
     assert alma.explain(task, "butler").answered and alma.retrieve(task, "butler").confident(), "a task to do is not judged"
+    # It needs no token vectors: turning the near-miss test off (align_floor 0) leaves it on.
+    alma.config.alma.retrieval = settings.model_copy(update={"align_floor": 0.0})
+    assert not alma.explain(question, "butler").answered

@@ -125,10 +125,12 @@ def near_miss(task: str, candidates: Sequence[Candidate], settings: RetrievalSet
     """Take the task's confident verdict back (in place: no candidate clears by evidence) when it is a
     near miss: a question (`asks`) answered by evidence, not through the lexical door, its best
     candidate a fact or a preference (SUBJECT_TYPES) whose alignment with the task is below
-    `align_floor`. A preference over its own `preference_floor` is admitted all the same (`choose`).
-    Returns the alignment when it was measured (None: the test did not apply), so that only the
-    tasks it can change pay for it."""
-    if settings.align_floor <= 0 or encoder is None or not candidates or not asks(task):
+    `align_floor`; or its best a lesson or an outcome that does not stand out (`standout`, below
+    `sure_floor`), which needs no token vectors and is not turned off with `align_floor`. A
+    preference over its own `preference_floor` is admitted all the same (`choose`). Returns the
+    alignment when it was measured (None: the test did not apply), so that only the tasks it can
+    change pay for it."""
+    if not candidates or not asks(task):
         return None
     if any(c.lexical_ok for c in candidates) or not any(c.dense_ok for c in candidates):
         return None
@@ -141,6 +143,8 @@ def near_miss(task: str, candidates: Sequence[Candidate], settings: RetrievalSet
         if best.evidence < settings.sure_floor and runner_up_gap(candidates, settings) < settings.standout:
             for c in candidates:
                 c.dense_ok = False
+        return None
+    if settings.align_floor <= 0 or encoder is None:
         return None
     aligned = alignment(encoder, task, best.memory.text())
     if aligned < settings.align_floor:
