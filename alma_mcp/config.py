@@ -343,7 +343,8 @@ class RetrievalSettings(_Strict):
         ge=0,
         le=1,
         description="Evidence that clears relevance_floor whether or not the task's best stands out (standout): "
-        "a task that matches several memories this closely is answered by them. 1: the standout test always applies.",
+        "a task that matches several memories this closely is answered by them (not a question whose best is a "
+        "lesson or an outcome: it must stand out). 1: the standout test always applies.",
     )
     align_floor: float = Field(
         0.35,

@@ -140,6 +140,12 @@ def test_a_question_whose_best_is_a_lesson_or_outcome_must_stand_out(alma: ALMA)
     held = alma.retrieve(question, "butler")
     assert held.confident() == [] and serviced.outcome_id in [m.memory.id for m in held.all() if m.tier == "weak"]
     assert alma.explain(task, "butler").answered and alma.retrieve(task, "butler").confident(), "a task to do is not judged"
+    # However close: a question can name the situation in nearly its words and not be answered.
+    alma.learn("butler", "Find a cello teacher for summer lessons for Lukas", "success", "Asked the academy for their summer course list and booked two trial lessons")
+    why = alma.explain("who is Lukas's cello teacher at the academy", "butler")
+    assert why.candidates[0].type == "outcome" and why.candidates[0].evidence >= settings.sure_floor
+    assert why.runner_up_gap < settings.standout and not why.answered
+    assert alma.explain("find Lukas a cello teacher for the summer", "butler").answered
     # It needs no token vectors: turning the near-miss test off (align_floor 0) leaves it on.
     alma.config.alma.retrieval = settings.model_copy(update={"align_floor": 0.0})
     assert not alma.explain(question, "butler").answered

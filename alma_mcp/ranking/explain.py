@@ -47,8 +47,8 @@ class Explanation(BaseModel):
     runner_up_gap: float = Field(
         0.0,
         description="How far the best candidate's evidence stands above the best other one (near-duplicates aside); "
-        "when the best is a fact or a preference (for a question, any memory), below sure_floor, and this is below "
-        "standout, no evidence clears relevance_floor",
+        "when the best is a fact or a preference below sure_floor, or the task is a question and its best a lesson or "
+        "an outcome, and this is below standout, no evidence clears relevance_floor",
     )
     align_floor: float = 0.0
     alignment: float | None = Field(

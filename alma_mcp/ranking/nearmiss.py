@@ -15,7 +15,9 @@ each).
 A question whose best candidate is a lesson or an outcome is held to the standout test, which
 `fuse` applies to facts and preferences alone: a lesson is keyed on a situation, and a task in
 that situation is given the family of close ones; a question that only names the situation's
-subject is not answered by them unless one stands out or reaches `sure_floor`.
+subject is not answered by them unless one stands out, however close they come: a question can
+name the situation in nearly its words ("who is Lukas's cello teacher at the academy" against
+finding him a cello teacher, 0.93) and still not be answered, so `sure_floor` does not apply here.
 
 It costs one forward pass of the encoder over the best memory alone (about 8 ms on a quiet 2-core
 machine, against 13 ms when the task was encoded with it), only on the tasks it can change:
@@ -125,8 +127,8 @@ def near_miss(task: str, candidates: Sequence[Candidate], settings: RetrievalSet
     """Take the task's confident verdict back (in place: no candidate clears by evidence) when it is a
     near miss: a question (`asks`) answered by evidence, not through the lexical door, its best
     candidate a fact or a preference (SUBJECT_TYPES) whose alignment with the task is below
-    `align_floor`; or its best a lesson or an outcome that does not stand out (`standout`, below
-    `sure_floor`), which needs no token vectors and is not turned off with `align_floor`. A
+    `align_floor`; or its best a lesson or an outcome that does not stand out (`standout`, at any
+    evidence), which needs no token vectors and is not turned off with `align_floor`. A
     preference over its own `preference_floor` is admitted all the same (`choose`). Returns the
     alignment when it was measured (None: the test did not apply), so that only the tasks it can
     change pay for it."""
@@ -140,7 +142,7 @@ def near_miss(task: str, candidates: Sequence[Candidate], settings: RetrievalSet
         # standout test: a task in that situation is given the family of close ones. A question
         # that names the situation's subject ("who is Lukas's cello teacher" against finding him
         # a summer teacher) is held to it, as for a fact.
-        if best.evidence < settings.sure_floor and runner_up_gap(candidates, settings) < settings.standout:
+        if runner_up_gap(candidates, settings) < settings.standout:
             for c in candidates:
                 c.dense_ok = False
         return None
