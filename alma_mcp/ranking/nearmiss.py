@@ -141,7 +141,8 @@ def near_miss(task: str, candidates: Sequence[Candidate], settings: RetrievalSet
         # A lesson or an outcome is keyed on a situation, and `fuse` does not hold it to the
         # standout test: a task in that situation is given the family of close ones. A question
         # that names the situation's subject ("who is Lukas's cello teacher" against finding him
-        # a summer teacher) is held to it, as for a fact.
+        # a summer teacher) is held to it at any evidence: it can come that close in nearly the
+        # situation's words and not be answered, so sure_floor does not let it through.
         if runner_up_gap(candidates, settings) < settings.standout:
             for c in candidates:
                 c.dense_ok = False
