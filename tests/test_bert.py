@@ -204,3 +204,25 @@ def test_the_word_vectors_before_pooling_are_what_the_sentence_vector_pools():
     pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
     assert float(np.abs(pooled - encoder.encode(texts)).max()) <= 1e-6
     assert float(np.abs(states[0, 1] - states[0, 2]).max()) > 1e-3  # tokens differ, not one pooled row repeated
+
+
+@needs_model
+def test_the_token_vectors_kept_are_the_last_texts_and_no_more():
+    # A server embeds every task it is asked about: the token vectors it keeps for the near-miss
+    # test are bounded (STATES_KEPT texts), the oldest dropped first, and a text read again from
+    # them counts as recent.
+    encoder = bert.load(MODEL)
+    texts = [f"task number {i}: renew the certificate of service {i}" for i in range(bert.STATES_KEPT + 8)]
+    for text in texts:
+        encoder.encode([text])
+    kept = list(encoder._states)
+    assert len(kept) == bert.STATES_KEPT
+    assert kept == texts[-bert.STATES_KEPT :], "the last texts, oldest first"
+    first_kept = texts[-bert.STATES_KEPT]
+    state = encoder.token_states([first_kept])[0]
+    assert list(encoder._states)[-1] == first_kept and state.vectors.shape == (len(state.encoding.ids), encoder.dim)
+    encoder.encode(["one more task"])
+    assert first_kept in encoder._states and texts[-bert.STATES_KEPT + 1] not in encoder._states
+    # A batch of several texts (a write's) keeps nothing.
+    encoder.encode(["a fact to store", "its key field"])
+    assert "a fact to store" not in encoder._states
