@@ -296,12 +296,7 @@ class SentenceTransformerEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def embed_query(self, text: str) -> np.ndarray:
-        cached = self.cache.get(text)
-        if cached is not None:
-            return cached
-        vector = self.embed([text])[0]
-        self.cache.put(text, vector)
-        return vector
+        return self.embed_query_beside(text, _nothing)
 
     def embed_query_beside(self, text: str, beside: Callable[[], None]) -> np.ndarray:
         """`embed_query`, calling `beside` once: when the task is tokenized and enters the encoder's
@@ -311,23 +306,20 @@ class SentenceTransformerEmbedder:
         GIL: started before the tokenizer, it held the GIL the tokenizer waited for (0.2 ms alone,
         0.8 ms beside the retriever's lexical searches)."""
         cached = self.cache.get(text)
-        if cached is not None:
-            beside()
-            return cached
-        started: Callable[[], None] | None = beside
-        if not self._ready.is_set():  # the model is still loading: what `beside` starts runs meanwhile
-            beside()
-            started = None
-        self.wait()
-        encoder = self._numpy
-        if encoder is None:
-            if started is not None:
-                started()
-            vector = self.embed([text])[0]
+        encoder = self._numpy if self._ready.is_set() else None
+        if cached is None and encoder is not None:
+            vector = encoder.encode([text], beside=beside)[0]
         else:
-            vector = encoder.encode([text], beside=started)[0]
+            beside()
+            if cached is not None:
+                return cached
+            vector = self.embed([text])[0]
         self.cache.put(text, vector)
         return vector
+
+
+def _nothing() -> None:
+    """`embed_query`'s work beside the embedding: none."""
 
 
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
