@@ -21,6 +21,7 @@ from alma_mcp.prompt.render import estimate_tokens
 from alma_mcp.indexes.keys import KeyVectors
 from alma_mcp.models import Outcome
 from alma_mcp.ranking.candidates import Candidate, final_score
+from alma_mcp.ranking.retriever import embeds_beside
 from alma_mcp.frontends.server import create_server
 from alma_mcp.service import ALMA
 from helpers import Parts, teach_playwright
@@ -463,3 +464,70 @@ def test_the_lexical_searches_start_once_the_task_is_tokenized(
     started.clear()
     real_embedder.embed_query_beside(task, lambda: started.append(True))  # cached: called at once
     assert started == [True]
+
+
+def test_an_embedder_that_overrides_embed_query_alone_embeds_the_task_its_own_way(
+    make_parts: Callable[..., Parts],
+) -> None:
+    """A subclass that changes how a task is embedded (`embed_query`) and inherits
+    `embed_query_beside` is not bypassed: the inherited method embeds the text the base class's
+    way, so the retriever calls `embed_query` for such a class."""
+
+    class Unticketed(SentenceTransformerEmbedder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def embed_query(self, text: str) -> np.ndarray:
+            self.seen.append(text)
+            return super().embed_query(text.removeprefix("[JIRA-42] "))
+
+    embedder = Unticketed()
+    embedder.wait(timeout=120)
+    parts = make_parts(embedder=embedder)
+    teach_playwright(parts.alma)
+    task = "[JIRA-42] Checkout test fails now and then on the payment page's validation messages"
+    result = parts.retriever.retrieve(task, "helena")
+    assert task in embedder.seen
+    assert result.heuristics, "the Playwright lessons are found"
+
+
+def test_the_embedding_beside_the_searches_is_taken_only_where_it_embeds_as_embed_query() -> None:
+    class Base:
+        def embed_query(self, text: str) -> str:
+            return text
+
+        def embed_query_beside(self, text: str, beside: Callable[[], None]) -> str:
+            beside()
+            return text
+
+    class Both(Base):
+        def embed_query(self, text: str) -> str:
+            return text.upper()
+
+        def embed_query_beside(self, text: str, beside: Callable[[], None]) -> str:
+            beside()
+            return text.upper()
+
+    class QueryOnly(Base):
+        def embed_query(self, text: str) -> str:
+            return text.lower()
+
+    class Unchanged(Base):
+        pass
+
+    class Wrapper:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def embed_query(self, text: str) -> str:
+            return "wrapped " + text
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    assert embeds_beside(Base()) is Base.embed_query_beside
+    assert embeds_beside(Both()) is Both.embed_query_beside
+    assert embeds_beside(Unchanged()) is Base.embed_query_beside
+    assert embeds_beside(QueryOnly()) is None
+    assert embeds_beside(Wrapper(Base())) is None

@@ -99,6 +99,22 @@ def key_share(kind: str, settings: RetrievalSettings) -> float:
     return min(1.0, share)
 
 
+def embeds_beside(embedder: Any) -> Any:
+    """The embedder class's `embed_query_beside`, when calling it embeds a task as its
+    `embed_query` would; else None (the caller runs its other work, then `embed_query`).
+
+    Looked up on the class: an embedder that wraps another and hands it what it does not define
+    itself (__getattr__) still embeds the task through its own embed_query. A subclass that
+    overrides `embed_query` but not `embed_query_beside` would otherwise be bypassed: the
+    inherited `embed_query_beside` embeds the text the base class's way."""
+    kind = type(embedder)
+    beside = getattr(kind, "embed_query_beside", None)
+    if beside is None:
+        return None
+    owner = next(k for k in kind.__mro__ if "embed_query_beside" in vars(k))
+    return beside if getattr(kind, "embed_query", None) is getattr(owner, "embed_query", None) else None
+
+
 def _other_type(memory: AnyMemory, wanted: str | None) -> bool:
     """Filed under a task type other than `wanted` (lower case; None wants every type). A memory
     filed under none never is, nor knowledge and preferences, which have no task type."""
@@ -347,9 +363,7 @@ class Retriever:
             for scope, (index, _) in indexes.items():
                 lexical_jobs[scope] = self._searches.submit(index.lexical.search, task, pool)
 
-        # Looked up on the class: an embedder that wraps another and hands it what it does not
-        # define itself (__getattr__) still embeds the task through its own embed_query.
-        embed_beside = getattr(type(self.embedder), "embed_query_beside", None)
+        embed_beside = embeds_beside(self.embedder)
         if mode == "dense":
             vector = self.embedder.embed_query(task)
         elif embed_beside is not None:
