@@ -540,6 +540,13 @@ class AlmaSettings(_Strict):
         "background thread, so that the first retrieval and the first learn do not wait for them (seconds at "
         "100,000 memories). Off: each collection is read when it is first searched.",
     )
+    retrieve_structured: bool = Field(
+        True,
+        description="alma_retrieve's result carries, beside its text (the prompt, what a model reads), the "
+        "memories as structured content under an output schema, for programs. Some clients hand the model that "
+        "JSON instead of the text (Claude Code, by its issue tracker): every memory whole and unfenced, about six "
+        "times the prompt's tokens. false: the text alone, no output schema.",
+    )
     http: HttpSettings = Field(default_factory=HttpSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     learning: LearningSettings = Field(default_factory=LearningSettings)
@@ -783,6 +790,8 @@ alma:
                                     # (~1.6 KB per memory) up to 200,000 a collection, Chroma's index beyond;
                                     # memory | chroma: always one of the two
   preload_indexes: true             # read the agents' collections in the background at start (first calls don't wait)
+  retrieve_structured: true         # alma_retrieve's memories as JSON beside its text (false: the text alone,
+                                    # for clients that hand the model the JSON instead of the text)
 
   http:                             # used by `alma-mcp serve --http`
     host: 127.0.0.1                 # loopback by default; other hosts need a token

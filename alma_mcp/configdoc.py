@@ -52,6 +52,7 @@ FIELD_NOTES: dict[str, tuple[str, str, str]] = {
     "data_dir": ("path", NEEDED, "where the embedded store lives"),
     "vector_search": ("choice", MEASURED, "at 100,000 near-duplicate memories per agent Chroma's approximate index returned 85-88% of the true 10 nearest (dense-only Recall@5 0.05 against 0.41 exact); a scan costs 1.6 KB a memory (docs/retrieval.md)"),
     "preload_indexes": ("flag", MEASURED, "at 100,000 memories per agent the indexes take tens of seconds to read, which the first retrieval and learn otherwise wait for (docs/retrieval.md; `bench/perf.py --sizes 10000,100000 --preload off,on`)"),
+    "retrieve_structured": ("flag", NEEDED, "clients differ in what of a tool's result they hand the model: the text, or the structured content's JSON (docs/retrieval-tiers.md, \"What a model reads\")"),
     "allow_undeclared_agents": ("flag", NEEDED, "access control: whether agents missing from `agents` may write"),
     "chroma_http.host": ("host name", NEEDED, "connection to a Chroma server"),
     "chroma_http.port": ("TCP port", NEEDED, "connection to a Chroma server"),

@@ -284,6 +284,29 @@ def test_a_server_answers_its_first_retrieve_from_snapshots_before_importing_chr
 
 
 @pytest.mark.slow
+def test_without_structured_retrieve_results_the_early_answer_is_the_sdks_text_alone(tmp_path: Path, real_embedder: Any) -> None:
+    """`retrieve_structured: false` (for clients that hand the model a result's JSON instead of its
+    text): alma_retrieve has no output schema and answers with the prompt alone, early or not."""
+    _teach(tmp_path, real_embedder)
+    config = _config(tmp_path)
+    config.write_text(config.read_text(encoding="utf-8") + "  retrieve_structured: false\n", encoding="utf-8")
+    arguments = {"agent": "helena", "task": TASK}
+    cold = _Server(config, early=False)
+    tools = {t["name"]: t for t in cold.request("tools/list", {})["tools"]}
+    assert "outputSchema" not in tools["alma_retrieve"] and "outputSchema" in tools["alma_explain"]
+    expected = cold.result("alma_retrieve", arguments)
+    cold.close()
+    assert set(expected) == {"content", "isError"}, expected
+    [block] = expected["content"]
+    assert block["text"].startswith("## Memory from earlier runs (alma-mcp)") and "```memory-data" in block["text"]
+    warm = _Server(config)
+    answered = warm.result("alma_retrieve", arguments)
+    log = warm.close()
+    assert BEFORE_THE_SDK in log, log[-3000:]
+    assert answered == expected
+
+
+@pytest.mark.slow
 def test_a_server_falls_back_to_the_store_when_snapshots_are_stale_or_corrupt(tmp_path: Path, real_embedder: Any) -> None:
     from alma_mcp.config import load_config
 

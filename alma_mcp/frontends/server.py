@@ -24,7 +24,7 @@ from mcp.server.mcpserver import Context, ResourceSecurity
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.mcpserver.prompts.base import Message, UserMessage
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, ToolAnnotations
+from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from .. import __version__
@@ -50,6 +50,7 @@ from ..models import (
     UserId,
     UserPreference,
 )
+from ..prompt.render import read_by_model
 from ..prompt.results import MemorySlice
 from ..ranking.explain import Explanation
 from ..scope import EVERYONE, Caller, check_acts_as, check_serves
@@ -211,7 +212,9 @@ def create_server(
     mcp.alma_caller = caller
 
     # -- tools: before a task ----------------------------------------------------------
-    @mcp.tool(annotations=READ_ONLY, title="Retrieve memories for a task")
+    structured = service.config.alma.retrieve_structured
+
+    @mcp.tool(annotations=READ_ONLY, title="Retrieve memories for a task", structured_output=None if structured else False)
     @tool_errors
     def alma_retrieve(
         task: Annotated[Text, Field(description="The task about to be done, in plain words.")],
@@ -221,11 +224,17 @@ def create_server(
         memory_types: OfTypes = None,
         task_type: OfTaskType = None,
         ctx: Context | None = None,
-    ) -> MemorySlice:
-        """Get the memories relevant to a task, by type with scores, and `prompt`: the markdown to
-        inject before doing the task. An empty prompt means nothing relevant is known."""
+    ) -> Annotated[CallToolResult, MemorySlice]:
+        """Get what memory knows about a task, to read before doing it: the text is the markdown to
+        inject (memories fenced as data; one line when nothing applies); the structured result (unless
+        the config's retrieve_structured is false) holds the same memories by type, each with its tier
+        and evidence, and that markdown as `prompt`."""
         acting(ctx, agent, user_id)
-        return service.retrieve(task, agent, top_k, user_id, memory_types, task_type)
+        found = service.retrieve(task, agent, top_k, user_id, memory_types, task_type)
+        return CallToolResult(
+            content=[TextContent(type="text", text=read_by_model(found.prompt))],
+            structured_content=found.model_dump(mode="json", by_alias=True) if structured else None,
+        )
 
     @mcp.tool(annotations=READ_ONLY, title="Explain what retrieval injects for a task, and why")
     @tool_errors
