@@ -16,6 +16,7 @@ the text of its k memories, one per line.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,8 @@ from bench.common import Task, ndcg_at, recall_at, retriever_of
 
 from alma_mcp.config import RetrievalSettings
 from alma_mcp.models import MemoryBase
-from alma_mcp.prompt.render import estimate_tokens
+from alma_mcp.prompt.render import estimate_tokens, read_by_model, render_prompt
 from alma_mcp.ranking.candidates import Candidate, choose, final_score, fuse, mention
-from alma_mcp.prompt.render import render_prompt
 
 PLAIN_K = 5
 KINDS = ["heuristic", "anti_pattern", "knowledge", "preference", "outcome"]
@@ -79,11 +79,21 @@ class Served:
     ids: list[str]
     confident: int
     tokens: int
+    read: tuple[int, int] = (0, 0)
+    """What a model reads through `alma_retrieve`, in estimated tokens: the tool's text (the prompt,
+    or one line when nothing applies), and the JSON of its structured result (what a client that
+    hands the model the structured content gives it)."""
 
 
 def serve_alma(alma: Any, task: Task, settings: RetrievalSettings, kinds: Sequence[str] | None = KINDS) -> Served:
     result = alma.retrieve(task.task, task.agent, None, task.user_id, kinds, settings=settings)
-    return Served([m.memory.id for m in result.ranked()], len(result.confident()), estimate_tokens(result.prompt) if result.prompt else 0)
+    structured = json.dumps(result.model_dump(mode="json", by_alias=True), separators=(",", ":"), ensure_ascii=False)
+    return Served(
+        [m.memory.id for m in result.ranked()],
+        len(result.confident()),
+        estimate_tokens(result.prompt) if result.prompt else 0,
+        (estimate_tokens(read_by_model(result.prompt)), estimate_tokens(structured)),
+    )
 
 
 def serve_plain(plain: PlainStore, embedder: Any, task: Task) -> Served:
@@ -165,6 +175,8 @@ PERSONAL_MEMORIES = "dev_personal_memories.jsonl"
 PERSONAL_TASKS = "dev_personal_tasks.jsonl"
 """The development corpus of a second kind (facts about two households): tuned on, whole."""
 
+READ_BY_MODEL = "alma, shipped, server's default types"
+"""The variant whose tool result is measured as a model reads it (the server's own call)."""
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("alma, shipped settings", {}),
     ("alma, shipped, server's default types", {"kinds": None}),
@@ -237,6 +249,11 @@ def report(title: str, alma: Any, plain: PlainStore, embedder: Any, tasks: Seque
         if kind and not any(t.kind == kind for t in tasks):
             continue
         print_rows(f"{title}: {label}", [(name, figures(by_task, tasks, kind)) for name, by_task in served.items()])
+    default = served[READ_BY_MODEL]
+    for label, group in (("answerable", [t for t in tasks if t.kind != "no_answer"]), ("no answer", [t for t in tasks if t.kind == "no_answer"])):
+        if group:
+            text, structured = (sum(default[t.id].read[i] for t in group) / len(group) for i in (0, 1))
+            print(f"{READ_BY_MODEL}, what a model reads through alma_retrieve, {label} ({len(group)} tasks): its text {text:.1f} tokens, its structured result's JSON {structured:.1f}")
 
 
 def replay(title: str, alma: Any, rated: Sequence[Task], measured: Sequence[Task]) -> None:
