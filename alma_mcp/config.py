@@ -544,7 +544,7 @@ class AlmaSettings(_Strict):
         True,
         description="alma_retrieve's result carries, beside its text (the prompt, what a model reads), the "
         "memories as structured content under an output schema, for programs. Some clients hand the model that "
-        "JSON instead of the text (Claude Code, by its issue tracker): every memory whole and unfenced, about six "
+        "JSON instead of the text (recent Claude Code releases, as reported): every memory whole and unfenced, about six "
         "times the prompt's tokens. false: the text alone, no output schema.",
     )
     http: HttpSettings = Field(default_factory=HttpSettings)
