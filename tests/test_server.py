@@ -113,6 +113,8 @@ async def test_the_model_reads_the_fenced_prompt_not_the_json_of_the_result(alma
         nothing = await client.call_tool("alma_retrieve", {"agent": "victor", "task": "What does the sign-in API return?"})
         assert [block.text for block in nothing.content] == [NOTHING_APPLIES]
         assert nothing.structured_content["prompt"] == "" and nothing.structured_content["knowledge"] == []
+        task_prompt = await client.get_prompt("alma_task", {"agent": "victor", "task": "What does the sign-in API return?"})
+        assert task_prompt.messages[0].content.text.startswith(NOTHING_APPLIES + "\n\n## Task")
 
 
 @pytest.mark.parametrize("mode", MODES)

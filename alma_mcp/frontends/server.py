@@ -561,16 +561,12 @@ def create_server(
             memory = service.retrieve(task, agent, None, user_id or None, task_type=task_type or None)
         except AlmaError as exc:  # the SDK would hide a plain exception's message
             raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
-        parts = []
-        if memory.prompt:
-            parts.append(memory.prompt)
-        else:
-            parts.append("(alma-mcp memory holds nothing relevant to this task.)")
-        parts.append(f"## Task\n\n{task}")
-        parts.append(
+        parts = [
+            read_by_model(memory.prompt),
+            f"## Task\n\n{task}",
             f"When you are done, record the outcome with the alma_learn tool (agent {agent!r}): "
-            "success, failure or partial, and the strategy you used."
-        )
+            "success, failure or partial, and the strategy you used.",
+        ]
         return [UserMessage("\n\n".join(parts))]
 
     @mcp.prompt(title="Reflect and record", description="Asks the model to record what it learned with alma_learn.")
