@@ -85,15 +85,16 @@ class Served:
     hands the model the structured content gives it)."""
 
 
-def serve_alma(alma: Any, task: Task, settings: RetrievalSettings, kinds: Sequence[str] | None = KINDS) -> Served:
+def serve_alma(
+    alma: Any, task: Task, settings: RetrievalSettings, kinds: Sequence[str] | None = KINDS, read: bool = False
+) -> Served:
+    """What alma serves `task`; with `read`, what a model reads of it too (`Served.read`)."""
     result = alma.retrieve(task.task, task.agent, None, task.user_id, kinds, settings=settings)
-    structured = json.dumps(result.model_dump(mode="json", by_alias=True), separators=(",", ":"), ensure_ascii=False)
-    return Served(
-        [m.memory.id for m in result.ranked()],
-        len(result.confident()),
-        estimate_tokens(result.prompt) if result.prompt else 0,
-        (estimate_tokens(read_by_model(result.prompt)), estimate_tokens(structured)),
-    )
+    served = Served([m.memory.id for m in result.ranked()], len(result.confident()), estimate_tokens(result.prompt) if result.prompt else 0)
+    if read:
+        structured = json.dumps(result.model_dump(mode="json", by_alias=True), separators=(",", ":"), ensure_ascii=False)
+        served.read = (estimate_tokens(read_by_model(result.prompt)), estimate_tokens(structured))
+    return served
 
 
 def serve_plain(plain: PlainStore, embedder: Any, task: Task) -> Served:
@@ -244,7 +245,7 @@ def report(title: str, alma: Any, plain: PlainStore, embedder: Any, tasks: Seque
     served = {"plain vector store (Chroma, top 5, no floor)": {t.id: serve_plain(plain, embedder, t) for t in tasks}}
     for name, change in VARIANTS:
         settings = variant(base, change)
-        served[name] = {t.id: serve_alma(alma, t, settings, change.get("kinds", kinds)) for t in tasks}
+        served[name] = {t.id: serve_alma(alma, t, settings, change.get("kinds", kinds), name == READ_BY_MODEL) for t in tasks}
     for kind, label in (("paraphrase", "paraphrased tasks"), (None, "all answerable tasks")):
         if kind and not any(t.kind == kind for t in tasks):
             continue
