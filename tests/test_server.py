@@ -206,6 +206,12 @@ async def test_resources_and_prompts(alma, mode):
         assert len(sliced["heuristics"]) == 1
         assert sliced["preferences"][0]["memory"]["preference"] == "Keep test reports to five bullet points"
 
+        # Without a task: the agent's most recent memories of each type (preferences need a user).
+        for recent_uri in ("alma://agents/helena/memories", "alma://agents/helena/memories?top_k=2"):
+            recent = json.loads((await client.read_resource(recent_uri)).contents[0].text)
+            assert sorted(recent) == ["anti_pattern", "heuristic", "knowledge", "outcome"], recent_uri
+            assert [h["strategy"] for h in recent["heuristic"]] == ["Type the date instead of clicking through the calendar"]
+
         prompt = (await client.read_resource("alma://agents/helena/prompt?task=pick%20a%20date%20in%20the%20form")).contents[0]
         assert prompt.mime_type == "text/markdown"
         assert "Type the date" in prompt.text

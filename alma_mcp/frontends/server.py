@@ -26,6 +26,7 @@ from mcp.server.mcpserver.prompts.base import Message, UserMessage
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
+from pydantic_core import to_jsonable_python
 
 from .. import __version__
 from ..config import AlmaConfig, load_config
@@ -104,11 +105,8 @@ def resource_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def _json(value: Any) -> str:
-    if hasattr(value, "model_dump"):
-        value = value.model_dump(mode="json")
-    elif isinstance(value, list):
-        value = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value]
-    return json.dumps(value, indent=2, ensure_ascii=False)
+    """`value` as indented JSON: pydantic models at any depth (a dict of lists of memories too)."""
+    return json.dumps(to_jsonable_python(value), indent=2, ensure_ascii=False)
 
 
 def _int_param(value: str | None, name: str, default: int, low: int, high: int) -> int:
