@@ -1344,7 +1344,7 @@ class ALMA:
             agent = self._agent(agent)
         per_agent: dict[str, dict[str, int]] = {}
         for declared in self.config.alma.agents:  # listed with zeros before they store anything
-            if agent is None or declared == agent:
+            if (agent is None or declared == agent) and caller.may_act_as(declared):
                 per_agent[declared] = {t: 0 for t in MEMORY_TYPES if t != "preference"}
         for owner, kind in self._store.scopes():
             if kind == "preference" or (agent is not None and owner != agent) or not caller.may_act_as(owner):

@@ -4,6 +4,7 @@ protected-resource metadata and WWW-Authenticate challenge of the MCP authorizat
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 
@@ -135,3 +136,64 @@ def test_401_points_at_the_protected_resource_metadata(server):
     assert metadata.status_code == 200
     assert metadata.json()["resource"] == server and metadata.json()["bearer_methods_supported"] == ["header"]
     assert httpx.get(metadata_url, headers={"Host": "evil.example"}).status_code == 421
+
+
+def test_a_session_answers_only_the_token_that_opened_it(server):
+    """Another token holding a session's id can neither use nor end it: both get the answer an
+    unknown session gets (404), and the session goes on serving the token that opened it."""
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    opened = httpx.post(server, json=init, headers={**headers, "Authorization": f"Bearer {HELENA}"})
+    assert opened.status_code == 200, opened.text
+    session = opened.headers["mcp-session-id"]
+    in_session = {**headers, "mcp-session-id": session, "mcp-protocol-version": "2025-06-18"}
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    other = {**in_session, "Authorization": f"Bearer {ALL}"}
+    assert httpx.post(server, json=listing, headers=other).status_code == 404
+    assert httpx.delete(server, headers=other).status_code == 404
+    own = {**in_session, "Authorization": f"Bearer {HELENA}"}
+    assert httpx.post(server, json=listing, headers=own).status_code == 200
+    assert httpx.delete(server, headers=own).status_code in (200, 204)
+
+
+@pytest.mark.parametrize(
+    "host", ['localhost:1", error="x', "localhost:1@evil.example", "127.0.0.1:80/x", "localhost:abc", ""]
+)
+def test_a_malformed_host_is_refused_before_anything_reads_it(server, host):
+    headers = {"Accept": "application/json, text/event-stream", "Host": host}
+    for response in (
+        httpx.post(server, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers),
+        httpx.post(server, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={**headers, "Authorization": f"Bearer {ALL}"}),
+        httpx.get(server.rsplit("/mcp", 1)[0] + "/.well-known/oauth-protected-resource/mcp", headers=headers),
+    ):
+        assert response.status_code == 421, (host, response.status_code, response.text)
+        assert "www-authenticate" not in response.headers and "evil" not in response.text
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_a_token_sees_only_the_agents_it_may_act_as(server, mode):
+    """alma://agents, alma://config, alma://stats and alma_stats name only the token's own agents,
+    and of the tokens only its own binding; the all-agents token sees them all."""
+
+    async def read(token: str) -> dict[str, object]:
+        async with authorized_client(server, token, mode) as client:
+            if token == ALL:
+                await client.call_tool("alma_add_knowledge", {"agent": "victor", "domain": "api", "fact": "Pages hold 50 orders"})
+            agents = json.loads((await client.read_resource("alma://agents")).contents[0].text)
+            config = json.loads((await client.read_resource("alma://config")).contents[0].text)
+            stats = json.loads((await client.read_resource("alma://stats")).contents[0].text)
+            tool = (await client.call_tool("alma_stats", {})).structured_content
+            return {"agents": [a["name"] for a in agents], "config agents": sorted(config["alma"]["agents"]),
+                    "tokens": [t["name"] for t in config["alma"]["http"]["tokens"]],
+                    "stats": sorted(stats["agents"]), "tool": sorted(tool["agents"])}
+
+    everything = anyio.run(read, ALL)
+    assert everything == {"agents": ["helena", "victor"], "config agents": ["helena", "victor"], "tokens": ["helena"],
+                          "stats": ["helena", "victor"], "tool": ["helena", "victor"]}
+    assert anyio.run(read, HELENA) == {"agents": ["helena"], "config agents": ["helena"], "tokens": ["helena"],
+                                       "stats": ["helena"], "tool": ["helena"]}

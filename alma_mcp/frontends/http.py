@@ -9,6 +9,11 @@ guidance for a resource server, a 401 carries `WWW-Authenticate: Bearer ... reso
 pointing at the OAuth protected-resource metadata (RFC 9728) served at
 `/.well-known/oauth-protected-resource{path}`. Tokens are issued out of band (config, not an
 authorization server), so the metadata names no authorization server.
+
+A session belongs to the token that opened it: the middleware names each token's principal to the
+SDK (`scope["user"]`), whose session manager answers a request carrying another token's session id
+as it answers an unknown one (404). A Host header that is not a plain `name[:port]` is refused
+(421) before anything reads it, so no part of it reaches a response header.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -39,6 +47,8 @@ MIN_TOKEN_CHARS = 32
 """Shortest token accepted off loopback (and warned about on it): `secrets.token_urlsafe(24)` is 32."""
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 NOBODY = Caller(frozenset(), frozenset(), "no token")
+WELL_FORMED_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(:[0-9]{1,5})?")
+"""A Host header the server reads at all: a name or bracketed IPv6 address, and a port."""
 
 
 def is_loopback(host: str) -> bool:
@@ -54,6 +64,7 @@ def is_loopback(host: str) -> bool:
 class BoundToken:
     digest: bytes  # SHA-256 of the secret: every comparison is of equal length, in constant time
     caller: Caller
+    principal: str = ""  # who the SDK binds sessions to: unique per token, no part of its secret
 
 
 def _digest(secret: bytes) -> bytes:
@@ -112,7 +123,7 @@ def bind_tokens(settings: HttpSettings, legacy: str | None, host: str) -> list[B
         if digest in seen:
             raise ConfigError(f"the tokens {seen[digest]} and {name} are the same secret: give each its own")
         seen[digest] = name
-        bound.append(BoundToken(digest, caller))
+        bound.append(BoundToken(digest, caller, f"{len(bound)}:{name}"))
     return bound
 
 
@@ -137,17 +148,19 @@ class BearerTokenMiddleware:
     def _origin(self, scope: Scope) -> str | None:
         """scheme://host as the client dialed it, if its Host is one the server answers to."""
         host = _header(scope, b"host").decode("latin-1")
+        if not WELL_FORMED_HOST.fullmatch(host):
+            return None
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if host not in self._allowed_hosts and f"{name}:*" not in self._allowed_hosts:
             return None
         return f"{scope.get('scheme', 'http')}://{host}"
 
-    def _match(self, supplied: bytes) -> Caller | None:
+    def _match(self, supplied: bytes) -> BoundToken | None:
         digest = _digest(supplied)
         found = None
         for token in self._tokens:  # all of them, whatever matches: the time tells nothing
             if hmac.compare_digest(digest, token.digest):
-                found = token.caller
+                found = token
         return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -159,11 +172,13 @@ class BearerTokenMiddleware:
             return
         supplied = _header(scope, b"authorization")
         scheme, _, value = supplied.partition(b" ")
-        caller = self._match(value.strip()) if scheme.lower() == b"bearer" and value.strip() else None
-        if caller is None:
+        token = self._match(value.strip()) if scheme.lower() == b"bearer" and value.strip() else None
+        if token is None:
             await self._unauthorized(scope, send, invalid=bool(supplied))
             return
-        scope[CALLER_KEY] = caller
+        scope[CALLER_KEY] = token.caller
+        # The SDK's session manager binds a session to the principal that opened it.
+        scope["user"] = AuthenticatedUser(AccessToken(token="", client_id=token.principal, scopes=[]))
         await self.app(scope, receive, send)
 
     async def _metadata(self, scope: Scope, send: Send) -> None:
@@ -190,6 +205,20 @@ class BearerTokenMiddleware:
             {"error": "unauthorized: send Authorization: Bearer <token>"},
             [(b"www-authenticate", challenge.encode())],
         )
+
+
+class StrictHost:
+    """Answers 421 to a request whose Host header is not a plain `name[:port]` (the SDK's allow-list
+    matches `name:*` as a prefix, so `localhost:1@evil.example` would pass it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not WELL_FORMED_HOST.fullmatch(_header(scope, b"host").decode("latin-1")):
+            await _respond(send, 421, {"error": "misdirected request: malformed Host header"})
+            return
+        await self.app(scope, receive, send)
 
 
 async def _respond(send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -257,6 +286,6 @@ def build_http_app(
         host=host,
     )
     if not tokens:
-        return app
+        return StrictHost(app)
     mcp.alma_caller = NOBODY
-    return BearerTokenMiddleware(app, tokens, settings.path, list(security.allowed_hosts))
+    return StrictHost(BearerTokenMiddleware(app, tokens, settings.path, list(security.allowed_hosts)))

@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Annotated, Any, AsyncIterator, Callable, Literal, ParamSpec, TypeVar
 
 import anyio
@@ -121,11 +122,17 @@ def _int_param(value: str | None, name: str, default: int, low: int, high: int) 
     return number
 
 
-def public_config(config: AlmaConfig) -> dict[str, Any]:
-    """The configuration as JSON, with header values (which may hold credentials) redacted."""
+def public_config(config: AlmaConfig, caller: Caller = EVERYONE) -> dict[str, Any]:
+    """The configuration as JSON, with header values (which may hold credentials) redacted. A
+    caller bound to some agents or users (an HTTP token of `http.tokens`) sees the agents it may act
+    as, and of the tokens only its own: not which other agents and users exist, nor where the other
+    tokens' secrets are kept."""
     data = config.model_dump(mode="json")
     headers = data["alma"]["chroma_http"]["headers"]
     data["alma"]["chroma_http"]["headers"] = {k: "<redacted>" for k in headers}
+    if caller.agents is not None or caller.users is not None:
+        data["alma"]["agents"] = {name: v for name, v in data["alma"]["agents"].items() if caller.may_act_as(name)}
+        data["alma"]["http"]["tokens"] = [t for t in data["alma"]["http"]["tokens"] if caller.name == f"token {t['name']}"]
     data["data_dir"] = str(config.data_dir)
     data["config_file"] = str(config.source) if config.source else None
     return data
@@ -147,12 +154,28 @@ def caller_of(ctx: Context | None, default: Caller) -> Caller:
     return found if isinstance(found, Caller) else default
 
 
+_READER: ContextVar[Caller | None] = ContextVar("alma_mcp_reader", default=None)
+"""The caller of the resource read under way: the SDK hands a static resource (`alma://agents`,
+`alma://config`) no Context, so `AlmaServer.read_resource` leaves its caller here."""
+
+
 class AlmaServer(MCPServer):
     """The SDK's server with what its handlers share: the service, and who a request without a
     caller of its own acts as (build_http_app narrows that to no one once tokens guard it)."""
 
     alma: ALMA
     alma_caller: Caller
+
+    async def read_resource(self, uri: Any, context: Context | None = None) -> Any:
+        reader = _READER.set(caller_of(context, self.alma_caller))
+        try:  # the function runs in this task, or in a worker thread given a copy of its context
+            return await super().read_resource(uri, context)
+        finally:
+            _READER.reset(reader)
+
+    def reader(self) -> Caller:
+        """Who reads the static resource being read (no one, on a server guarded by tokens, outside a read)."""
+        return _READER.get() or self.alma_caller
 
 
 def create_server(
@@ -435,14 +458,23 @@ def create_server(
         return service.health()
 
     # -- resources ---------------------------------------------------------------------
-    @mcp.resource("alma://agents", mime_type="application/json", description="Agents, their scope and what they read.")
+    @mcp.resource(
+        "alma://agents",
+        mime_type="application/json",
+        description="Agents, their scope and what they read (those this connection may act as).",
+    )
     @resource_errors
     def agents_resource() -> str:
-        return _json(service.agents())
+        who = mcp.reader()
+        return _json([agent for agent in service.agents() if who.may_act_as(agent["name"])])
 
-    @mcp.resource("alma://config", mime_type="application/json", description="The configuration in effect.")
+    @mcp.resource(
+        "alma://config",
+        mime_type="application/json",
+        description="The configuration in effect (to a token of http.tokens: its own agents and binding only).",
+    )
     def config_resource() -> str:
-        return _json(public_config(service.config))
+        return _json(public_config(service.config, mcp.reader()))
 
     @mcp.resource(
         "alma://stats{?agent}",
