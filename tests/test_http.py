@@ -152,5 +152,8 @@ def test_no_auth_flag_serves_loopback_only(tmp_path):
     proc, url = start_http_server(tmp_path, token=None, extra_args=["--no-auth"])
     try:
         assert httpx.post(url, json=INIT, headers=MCP_HEADERS).status_code == 200
+        # Without tokens too, a Host that is not a plain name[:port] is refused: the SDK's prefix
+        # match of `localhost:*` would let this one through.
+        assert httpx.post(url, json=INIT, headers={**MCP_HEADERS, "Host": "localhost:1@evil.example"}).status_code == 421
     finally:
         stop(proc)

@@ -286,6 +286,7 @@ def build_http_app(
         host=host,
     )
     if not tokens:
-        return StrictHost(app)
+        app.add_middleware(StrictHost)  # still the Starlette app, whose lifespan uvicorn runs
+        return app
     mcp.alma_caller = NOBODY
     return StrictHost(BearerTokenMiddleware(app, tokens, settings.path, list(security.allowed_hosts)))
