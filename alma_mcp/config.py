@@ -838,13 +838,14 @@ alma:
     helena:
       domain: coding
       description: Frontend testing
-      can_learn: [testing, form_testing, ui_testing]   # task types / domains; empty = anything
+      # What it may write: task types, knowledge domains and preference categories; empty = anything
+      can_learn: [testing, form_testing, ui_testing, communication, code_style]
       cannot_learn: [backend, database]
       min_occurrences_for_heuristic: 3
     victor:
       domain: coding
       description: Backend API development
-      can_learn: [api_design, database, backend]
+      can_learn: [api_design, database, backend, communication, code_style]
       cannot_learn: [frontend]
       min_occurrences_for_heuristic: 3
       share_with: [helena]          # helena may read victor's lessons

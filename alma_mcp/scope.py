@@ -48,7 +48,8 @@ def check_can_learn(config: AlmaConfig, agent: str, category: str | None, what: 
         if not _listed(category, settings.can_learn):
             raise ScopeDenied(
                 f"agent {agent!r} may not learn {what} in category {category!r}: "
-                f"agents.{agent}.can_learn allows only {settings.can_learn}"
+                f"agents.{agent}.can_learn allows only {settings.can_learn} (add {category!r} to that list "
+                "in the config to allow it)"
             )
 
 

@@ -1135,9 +1135,12 @@ class ALMA:
         """Take memories out of service. By default they are archived (kept, restorable with
         `restore`); `purge=True` deletes them, keeping a copy in the audit log. Either way every
         memory concerned is written to the audit log first. `dry_run` (the default) only lists."""
-        if not memory_ids and agent is None and older_than_days is None and below_confidence is None:
+        if memory_ids is None and older_than_days is None and below_confidence is None:
+            # An agent alone is not a criterion: one call without criteria would take out all of its
+            # memories. older_than_days=0 says so on purpose.
             raise InvalidInput(
-                "say what to forget: memory_ids, or agent with older_than_days and/or below_confidence"
+                "say what to forget: memory_ids, or agent with older_than_days and/or below_confidence "
+                "(older_than_days=0 takes every memory of the agent)"
             )
         if older_than_days is not None and not (0 <= older_than_days <= MAX_AGE_DAYS):
             raise InvalidInput(f"older_than_days is {older_than_days}: use 0 to {MAX_AGE_DAYS}")
@@ -1152,6 +1155,10 @@ class ALMA:
             # Only the owner forgets a memory (a preference: an agent working for its user); any
             # other id is answered like a missing one.
             targets = [self._reachable(i, agent, users, write=True) for i in ids]
+        elif memory_ids is not None and older_than_days is None and below_confidence is None:
+            if agent is not None:
+                self._agent(agent)
+            targets = []  # an empty list of ids: nothing
         else:
             if agent is None:
                 raise InvalidInput("criteria need an agent: name the agent whose memories to forget")
@@ -1185,7 +1192,7 @@ class ALMA:
         else:
             rules = [f"older than {older_than_days:g} days" if older_than_days is not None else "",
                      f"confidence below {below_confidence:g}" if below_confidence is not None else ""]
-            reason = "forgotten: " + (", ".join(r for r in rules if r) or f"all memories of {agent}")
+            reason = "forgotten: " + ", ".join(r for r in rules if r)
         call = "forget (purge)" if purge else "forget"
         with self.write_lock:
             if purge:

@@ -7,6 +7,7 @@ import json
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 
 from alma_mcp.models import MAX_TEXT_CHARS
 from alma_mcp.frontends.server import create_server
@@ -59,7 +60,11 @@ BAD_CALLS = [
     ("alma_forget", {"agent": "helena", "below_confidence": 3}, ["below_confidence"]),
     ("alma_forget", {"agent": "helena", "memory_ids": ["knowledge-" + "f" * 32], "dry_run": False}, ["no memory"]),
     ("alma_forget", {"agent": "helena", "older_than_days": 1e308}, ["older_than_days"]),
+    ("alma_forget", {"agent": "helena", "dry_run": False}, ["say what to forget", "older_than_days=0"]),
+    ("alma_forget", {"agent": "helena", "dry_run": False, "purge": True}, ["say what to forget"]),
     ("alma_stats", {"agent": "ghost"}, ["unknown agent"]),
+    ("alma_retrieve", {"agent": "helena", "task": "x", "user": "alice"}, ["unknown argument 'user'", "user_id"]),
+    ("alma_learn", {**LEARN, "outcome": "succeeded", "sucess": 1}, ["unknown argument 'sucess'"]),
     ("alma_no_such_tool", {}, ["alma_no_such_tool"]),
 ]
 
@@ -94,6 +99,7 @@ async def test_every_bad_call_is_an_error_result_and_changes_nothing(seeded, mod
             for word in words:
                 assert word.lower() in message.lower(), f"{tool}({arguments}): {word!r} not in {message!r}"
             assert message.strip() != f"Error executing tool {tool}", "a crash, not an anticipated error"
+            assert "validation error for" not in message and "errors.pydantic.dev" not in message, message
         # The server is still alive and well after all of that.
         ok = await client.call_tool("alma_retrieve", {"agent": "helena", "task": "test the login form"})
         assert not ok.is_error
@@ -115,11 +121,13 @@ async def test_bad_resource_reads_are_clear_errors(seeded):
             ("alma://agents/helena/preference", ["user_id"]),
             ("alma://audit", ["agent=NAME"]),
             ("alma://memories/whatever?agent=helena", ["memory id"]),
+            ("alma://memories/nope-1?agent=helena", ["memory id"]),
         ]:
             with pytest.raises(MCPError) as error:
                 await client.read_resource(uri)
             for word in words:
                 assert word.lower() in str(error.value).lower(), f"{uri}: {error.value}"
+            assert error.value.error.code == INVALID_PARAMS, f"{uri}: a bad argument, not an internal error: {error.value}"
     assert snapshot(seeded) == before
 
 
@@ -134,6 +142,8 @@ async def test_bad_prompt_arguments_are_clear_errors(seeded):
                 await client.get_prompt("alma_task", arguments)
             for word in words:
                 assert word in str(error.value), str(error.value)
+        with pytest.raises(MCPError, match="outcome is 'meh': use one of success, failure, partial"):
+            await client.get_prompt("alma_reflect", {"agent": "helena", "task": "t", "outcome": "meh"})
 
 
 async def test_unusual_unicode_is_stored_and_found(seeded):
@@ -146,3 +156,18 @@ async def test_unusual_unicode_is_stored_and_found(seeded):
         )
         facts = [m["memory"]["fact"] for m in got.structured_content["knowledge"]]
         assert text in facts
+
+
+async def test_argument_errors_read_as_one_clause_each(seeded):
+    async with Client(create_server(alma=seeded), mode="legacy") as client:
+        result = await client.call_tool("alma_learn", {**LEARN, "outcome": "succeeded", "duration_ms": -5, "task": None})
+        assert result.is_error
+        assert result.content[0].text == (
+            "Error executing tool alma_learn: task: input should be a valid string (got None); "
+            "outcome: input should be 'success', 'failure' or 'partial' (got 'succeeded'); "
+            "duration_ms: input should be greater than or equal to 0 (got -5)"
+        )
+        tools = (await client.list_tools()).tools
+        for tool in tools:
+            assert tool.input_schema.get("additionalProperties") is False, tool.name
+            assert "\n " not in (tool.description or ""), f"{tool.name}: source indentation in {tool.description!r}"

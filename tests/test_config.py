@@ -29,6 +29,12 @@ def test_starter_config_is_valid_and_commented(tmp_path):
     assert path.read_text().count("#") > 20
     with pytest.raises(ConfigError, match="already exists"):
         write_starter_config(path)
+    # Its agents may record a user's everyday preferences (the categories alma_add_preference suggests).
+    from alma_mcp.scope import check_can_learn
+
+    for agent in ("helena", "victor"):
+        for category in ("communication", "code_style"):
+            check_can_learn(config, agent, category, "preferences")
 
 
 def test_original_shape_is_accepted():

@@ -288,6 +288,22 @@ def test_forget_dry_run_changes_nothing(alma):
     assert alma.audit_log() == []
 
 
+def test_forget_needs_ids_or_a_criterion(alma):
+    """An agent alone is not a criterion: it would take every memory of the agent in one call."""
+    from alma_mcp.errors import InvalidInput
+
+    alma.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC")
+    alma.add_knowledge("victor", "ops", "Deploys need a green CI run first")
+    before = snapshot(alma)
+    for purge in (False, True):
+        with pytest.raises(InvalidInput, match="older_than_days=0 takes every memory"):
+            alma.forget(agent="victor", dry_run=False, purge=purge)
+    assert alma.forget(memory_ids=[], agent="victor", dry_run=False).count == 0
+    assert snapshot(alma) == before
+    assert alma.forget(agent="victor", older_than_days=0, dry_run=False).count == 2  # on purpose
+    assert alma.memories("knowledge", "victor") == []
+
+
 def test_forget_archives_by_default_and_restore_brings_it_back(alma):
     fact = alma.add_knowledge("victor", "billing", "Invoices are generated at 02:00 UTC")
     done = alma.forget([fact.id], dry_run=False)

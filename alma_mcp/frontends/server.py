@@ -13,20 +13,26 @@ reaches: ids of memories out of its scope are answered exactly like ids that do 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from typing import Annotated, Any, AsyncIterator, Callable, Literal, ParamSpec, TypeVar
+from typing import Annotated, Any, AsyncIterator, Callable, Literal, ParamSpec, TypeVar, get_args
 
 import anyio
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context, ResourceSecurity
-from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.exceptions import (
+    ResourceError,
+    ResourceNotFoundError,
+    ToolError,
+    UnexpectedResourceError,
+)
 from mcp.server.mcpserver.prompts.base import Message, UserMessage
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_core import to_jsonable_python
 
 from .. import __version__
@@ -105,6 +111,22 @@ def resource_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def argument_errors(error: ValidationError) -> str:
+    """What is wrong with a call's arguments, one clause each: `outcome: input should be 'success',
+    'failure' or 'partial' (got 'great')`, `agent: required`."""
+    clauses = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(part) for part in item["loc"]) or "arguments"
+        if item["type"] == "missing":
+            clauses.append(f"{where}: required")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        message = message[:1].lower() + message[1:]
+        given = repr(item.get("input"))
+        clauses.append(f"{where}: {message} (got {given if len(given) <= 60 else given[:57] + '...'})")
+    return "; ".join(clauses)
+
+
 def _json(value: Any) -> str:
     """`value` as indented JSON: pydantic models at any depth (a dict of lists of memories too)."""
     return json.dumps(to_jsonable_python(value), indent=2, ensure_ascii=False)
@@ -167,11 +189,37 @@ class AlmaServer(MCPServer):
     alma_caller: Caller
 
     async def read_resource(self, uri: Any, context: Context | None = None) -> Any:
+        """The SDK's read, with the reader left for static resources, and a bad argument (an
+        anticipated ResourceError) answered as invalid params, not as the SDK's internal error."""
         reader = _READER.set(caller_of(context, self.alma_caller))
         try:  # the function runs in this task, or in a worker thread given a copy of its context
             return await super().read_resource(uri, context)
+        except (ResourceNotFoundError, UnexpectedResourceError):
+            raise
+        except ResourceError as exc:
+            raise MCPError(code=INVALID_PARAMS, message=str(exc), data={"uri": str(uri)}) from None
         finally:
             _READER.reset(reader)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
+        """The SDK's call, refusing arguments the tool does not declare (a misspelt `user` for
+        `user_id` would otherwise be dropped without a word) and saying in one line per argument
+        what is wrong with the others, instead of pydantic's report."""
+        tool = self._tool_manager.get_tool(name)
+        if tool is not None:
+            declared = list(tool.parameters.get("properties", {}))
+            unknown = sorted(set(arguments or {}) - set(declared))
+            if unknown:
+                raise ToolError(
+                    f"Error executing tool {name}: unknown argument{'s' if len(unknown) > 1 else ''} "
+                    f"{', '.join(map(repr, unknown))}; {name} takes {', '.join(declared)}"
+                )
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError) and exc.__cause__.title.endswith("Arguments"):
+                raise ToolError(f"Error executing tool {name}: {argument_errors(exc.__cause__)}") from exc.__cause__
+            raise
 
     def reader(self) -> Caller:
         """Who reads the static resource being read (no one, on a server guarded by tokens, outside a read)."""
@@ -393,8 +441,9 @@ def create_server(
         ctx: Context | None = None,
     ) -> ForgetResult:
         """Take an agent's memories out of service: by id, or those older than N days and/or
-        below a confidence. Shows what would go unless dry_run is false. They are archived
-        (restorable with alma_restore) unless purge is true. Every removal is in alma://audit."""
+        below a confidence (one of the three is required; older_than_days=0 is every memory of the
+        agent). Shows what would go unless dry_run is false. They are archived (restorable with
+        alma_restore) unless purge is true. Every removal is in alma://audit."""
         who = acting(ctx, agent, what="alma_forget")
         return service.forget(memory_ids, agent, older_than_days, below_confidence, dry_run, purge, users=who.users)
 
@@ -606,6 +655,8 @@ def create_server(
             service.config.agent(agent)
         except AlmaError as exc:
             raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+        if outcome not in get_args(OutcomeKind):
+            raise MCPError(code=INVALID_PARAMS, message=f"outcome is {outcome!r}: use one of {', '.join(get_args(OutcomeKind))}")
         return [
             UserMessage(
                 f"You just worked on this task as agent {agent!r}:\n\n{task}\n\n"
@@ -618,4 +669,14 @@ def create_server(
             )
         ]
 
+    for tool in mcp._tool_manager.list_tools():
+        # Arguments no tool declares are refused (AlmaServer.call_tool): the schema says so too.
+        tool.parameters["additionalProperties"] = False
+        tool.description = _plain(tool.description)
     return mcp
+
+
+def _plain(docstring: str | None) -> str:
+    """A docstring as a description: its paragraphs, each on one line (no source indentation)."""
+    paragraphs = inspect.cleandoc(docstring or "").split("\n\n")
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)

@@ -154,7 +154,11 @@ def render_track(record: "TrackRecord") -> str:
     lines = "\n".join(
         f"{s.verdict}: {' '.join(s.strategy.split())} (worked {s.successes} of {s.attempts})" for s in record.strategies
     )
-    label = f"- track record: {record.attempts} attempts at similar tasks, {len(record.strategies)} strategies"
+    attempts, strategies = record.attempts, len(record.strategies)
+    label = (
+        f"- track record: {attempts} attempt{'s' * (attempts != 1)} at similar tasks, "
+        f"{strategies} strateg{'ies' if strategies != 1 else 'y'}"
+    )
     return f"{TRACK_SECTION}\n\n{label}\n{fence(lines)}\n"
 
 
