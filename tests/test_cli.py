@@ -35,6 +35,9 @@ COMMANDS = [
     ["import", "x.jsonl"],
     ["reindex"],
     ["sweep"],
+    ["ui"],
+    ["import-from", "claude-code", "CLAUDE.md", "--agent", "helena"],
+    ["export-to", "claude-md", "CLAUDE.md", "--agent", "helena"],
 ]
 
 

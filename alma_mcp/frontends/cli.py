@@ -520,7 +520,7 @@ alma-mcp search "Fix the checkout bug" --agent victor --user ana --json
 
     from .ui.commands import add_review_commands  # ui, import-from, export-to
 
-    add_review_commands(sub, _service)
+    add_review_commands(command, _service)
     return parser
 
 
