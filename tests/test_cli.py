@@ -92,6 +92,29 @@ def test_every_command_has_help_with_an_example(command, capsys):
     assert "--config" in text
 
 
+@pytest.mark.parametrize("argv", [
+    ["serve", "--http", "--port", "99999"],
+    ["serve", "--http", "--port", "0"],
+    ["serve", "--http", "--port", "http"],
+    ["ui", "--port", "65536"],
+    ["ui", "--port", "-1"],
+])
+def test_a_port_out_of_range_is_refused_with_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(argv)
+    assert done.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --port:" in error and "is not a port number" in error, error
+
+
+def test_the_ports_a_command_can_use_are_accepted():
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--http", "--port", "1"]).port == 1
+    assert parser.parse_args(["serve", "--http", "--port", "65535"]).port == 65535
+    assert parser.parse_args(["ui", "--port", "0"]).port == 0  # a free one
+    assert parser.parse_args(["ui"]).port == 8766
+
+
 def test_verbosity_defaults_to_warnings_for_one_shot_commands():
     from alma_mcp.frontends.cli import _log_level
 

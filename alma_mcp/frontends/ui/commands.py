@@ -15,6 +15,7 @@ DEFAULT_PORT = 8766
 def add_review_commands(
     command: Callable[..., argparse.ArgumentParser],
     service: Callable[[argparse.Namespace], Any],
+    port_number: Callable[[int], Callable[[str], int]],
 ) -> None:
     """Add the commands with the CLI's `command(name, func, summary, examples, more)`, which gives
     each the options every command takes (--config, -v, --log-level) and a help with examples."""
@@ -62,7 +63,7 @@ alma-mcp ui --config .alma/config.yaml --port 0 --open
         "Prints the address to open, with the key API calls need. Ctrl-C stops it.",
     )
     ui.add_argument("--host", default="127.0.0.1", help="loopback address to bind (another host needs the serve --http token)")
-    ui.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
+    ui.add_argument("--port", type=port_number(0), default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     ui.add_argument("--open", action="store_true", help="also open the page in the default browser")
 
     load = command(
