@@ -12,6 +12,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -344,3 +345,32 @@ def test_a_one_shot_command_closes_its_store_so_its_writes_reach_chroma(tmp_path
     missing = run_cli(tmp_path, "--config", config, "search", "nightly rebuild", "--agent", "nobody")
     assert missing.returncode == 2, (missing.returncode, missing.stderr)
     assert "nobody" in missing.stderr
+
+
+@pytest.mark.slow
+def test_serve_http_says_it_serves_once_listening_and_warns_once(tmp_path):
+    """A short token is warned about once; a port in use ends the start without a claim to serve
+    on it; a server that listens says so once."""
+    from serving import serve_http, stop
+
+    config = write_config(tmp_path)
+    env = dict(cli_env(tmp_path), ALMA_MCP_TOKEN="short")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run(
+            [sys.executable, "-m", "alma_mcp", "serve", "--http", "--port", str(port), "--config", str(config)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )
+    assert busy.returncode == 3, busy.stderr
+    assert busy.stderr.count("is 5 characters long") == 1, busy.stderr
+    assert "serving streamable HTTP" not in busy.stderr and "address already in use" in busy.stderr, busy.stderr
+    assert "Traceback" not in busy.stderr, busy.stderr
+
+    proc, url = serve_http(config, "short")
+    stop(proc)
+    assert proc.stderr is not None
+    log = proc.stderr.read().decode()
+    assert log.count("is 5 characters long") == 1, log
+    assert log.count(f"serving streamable HTTP on {url}") == 1, log

@@ -201,11 +201,20 @@ def _serve_http(args: argparse.Namespace, config: Any) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     token = os.environ.get(settings.token_env) or None
-    check_token(settings, host, token, allow_no_auth=args.no_auth)  # before the server opens (and creates) the store
+    tokens = check_token(settings, host, token, allow_no_auth=args.no_auth)  # before the server opens (and creates) the store
     mcp = create_server(config)
-    app = build_http_app(mcp, settings, host, port, token, allow_no_auth=args.no_auth)
-    log.info("serving streamable HTTP on http://%s:%d%s", host, port, settings.path)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    app = build_http_app(mcp, settings, host, port, token, allow_no_auth=args.no_auth, tokens=tokens)
+    url = f"http://{host}:{port}{settings.path}"
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            # Says it serves once the app has started and the port is bound: a port in use ends
+            # the startup first (uvicorn logs why and exits 3).
+            await super().startup(sockets)
+            if self.started:
+                log.info("serving streamable HTTP on %s", url)
+
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
     anyio.run(server.serve)
     return 0
 
