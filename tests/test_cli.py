@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import signal
 import socket
@@ -114,6 +115,21 @@ def test_the_ports_a_command_can_use_are_accepted():
     assert parser.parse_args(["serve", "--http", "--port", "65535"]).port == 65535
     assert parser.parse_args(["ui", "--port", "0"]).port == 0  # a free one
     assert parser.parse_args(["ui"]).port == 8766
+
+
+def test_the_docs_use_agents_the_starter_config_declares():
+    """The commands in the README and docs run as written against the config `alma-mcp init` writes."""
+    from alma_mcp.config import STARTER_CONFIG
+
+    declared = set(yaml.safe_load(STARTER_CONFIG.format(project="p"))["alma"]["agents"])
+    root = Path(__file__).resolve().parent.parent
+    named = {
+        (path.name, agent)
+        for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+        for agent in re.findall(r"alma-mcp [^#`\n]*--agent[= ]+([\w-]+)", path.read_text(encoding="utf-8"))
+    }
+    assert named, "no --agent found: the pattern no longer matches the docs"
+    assert {(name, agent) for name, agent in named if agent not in declared | {"NAME"}} == set()
 
 
 def test_verbosity_defaults_to_warnings_for_one_shot_commands():
@@ -345,6 +361,27 @@ def test_a_one_shot_command_closes_its_store_so_its_writes_reach_chroma(tmp_path
     missing = run_cli(tmp_path, "--config", config, "search", "nightly rebuild", "--agent", "nobody")
     assert missing.returncode == 2, (missing.returncode, missing.stderr)
     assert "nobody" in missing.stderr
+
+
+@pytest.mark.slow
+def test_the_readme_import_and_export_run_on_the_starter_config(tmp_path):
+    """`init`, then import-from and export-to as the README writes them, --config after the command;
+    the digest is a text file (it ends with a newline)."""
+    assert run_cli(tmp_path, "init").returncode == 0
+    config = tmp_path / ".alma" / "config.yaml"
+    text = config.read_text(encoding="utf-8").replace("model: all-MiniLM-L6-v2", "model: hash-64")
+    config.write_text(text.replace("data_dir: .alma/data", f"data_dir: {tmp_path / 'data'}"), encoding="utf-8")
+    (tmp_path / "CLAUDE.md").write_text("# Testing\n\n- The login form is tested with Playwright.\n", encoding="utf-8")
+
+    loaded = run_cli(tmp_path, "import-from", "claude-code", "./CLAUDE.md", "--agent", "helena", "--config", ".alma/config.yaml")
+    assert loaded.returncode == 0, loaded.stderr
+    assert json.loads(loaded.stdout)["added"] == 1
+
+    out = tmp_path / "digest" / "CLAUDE.md"
+    dumped = run_cli(tmp_path, "export-to", "claude-md", str(out), "--agent", "helena", "--max-chars", "4000", "--config", ".alma/config.yaml")
+    assert dumped.returncode == 0, dumped.stderr
+    digest = out.read_text(encoding="utf-8")
+    assert "- The login form is tested with Playwright.\n" in digest and digest.endswith("\n"), digest
 
 
 @pytest.mark.slow
