@@ -10,8 +10,10 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -35,6 +37,9 @@ COMMANDS = [
     ["import", "x.jsonl"],
     ["reindex"],
     ["sweep"],
+    ["ui"],
+    ["import-from", "claude-code", "CLAUDE.md", "--agent", "helena"],
+    ["export-to", "claude-md", "CLAUDE.md", "--agent", "helena"],
 ]
 
 
@@ -87,6 +92,44 @@ def test_every_command_has_help_with_an_example(command, capsys):
     text = capsys.readouterr().out
     assert "examples:" in text and f"alma-mcp {' '.join(names)}" in text, text
     assert "--config" in text
+
+
+@pytest.mark.parametrize("argv", [
+    ["serve", "--http", "--port", "99999"],
+    ["serve", "--http", "--port", "0"],
+    ["serve", "--http", "--port", "http"],
+    ["ui", "--port", "65536"],
+    ["ui", "--port", "-1"],
+])
+def test_a_port_out_of_range_is_refused_with_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(argv)
+    assert done.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --port:" in error and "is not a port number" in error, error
+
+
+def test_the_ports_a_command_can_use_are_accepted():
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--http", "--port", "1"]).port == 1
+    assert parser.parse_args(["serve", "--http", "--port", "65535"]).port == 65535
+    assert parser.parse_args(["ui", "--port", "0"]).port == 0  # a free one
+    assert parser.parse_args(["ui"]).port == 8766
+
+
+def test_the_docs_use_agents_the_starter_config_declares():
+    """The commands in the README and docs run as written against the config `alma-mcp init` writes."""
+    from alma_mcp.config import STARTER_CONFIG
+
+    declared = set(yaml.safe_load(STARTER_CONFIG.format(project="p"))["alma"]["agents"])
+    root = Path(__file__).resolve().parent.parent
+    named = {
+        (path.name, agent)
+        for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+        for agent in re.findall(r"alma-mcp [^#`\n]*--agent[= ]+([\w-]+)", path.read_text(encoding="utf-8"))
+    }
+    assert named, "no --agent found: the pattern no longer matches the docs"
+    assert {(name, agent) for name, agent in named if agent not in declared | {"NAME"}} == set()
 
 
 def test_verbosity_defaults_to_warnings_for_one_shot_commands():
@@ -318,3 +361,53 @@ def test_a_one_shot_command_closes_its_store_so_its_writes_reach_chroma(tmp_path
     missing = run_cli(tmp_path, "--config", config, "search", "nightly rebuild", "--agent", "nobody")
     assert missing.returncode == 2, (missing.returncode, missing.stderr)
     assert "nobody" in missing.stderr
+
+
+@pytest.mark.slow
+def test_the_readme_import_and_export_run_on_the_starter_config(tmp_path):
+    """`init`, then import-from and export-to as the README writes them, --config after the command;
+    the digest is a text file (it ends with a newline)."""
+    assert run_cli(tmp_path, "init").returncode == 0
+    config = tmp_path / ".alma" / "config.yaml"
+    text = config.read_text(encoding="utf-8").replace("model: all-MiniLM-L6-v2", "model: hash-64")
+    config.write_text(text.replace("data_dir: .alma/data", f"data_dir: {tmp_path / 'data'}"), encoding="utf-8")
+    (tmp_path / "CLAUDE.md").write_text("# Testing\n\n- The login form is tested with Playwright.\n", encoding="utf-8")
+
+    loaded = run_cli(tmp_path, "import-from", "claude-code", "./CLAUDE.md", "--agent", "helena", "--config", ".alma/config.yaml")
+    assert loaded.returncode == 0, loaded.stderr
+    assert json.loads(loaded.stdout)["added"] == 1
+
+    out = tmp_path / "digest" / "CLAUDE.md"
+    dumped = run_cli(tmp_path, "export-to", "claude-md", str(out), "--agent", "helena", "--max-chars", "4000", "--config", ".alma/config.yaml")
+    assert dumped.returncode == 0, dumped.stderr
+    digest = out.read_text(encoding="utf-8")
+    assert "- The login form is tested with Playwright.\n" in digest and digest.endswith("\n"), digest
+
+
+@pytest.mark.slow
+def test_serve_http_says_it_serves_once_listening_and_warns_once(tmp_path):
+    """A short token is warned about once; a port in use ends the start without a claim to serve
+    on it; a server that listens says so once."""
+    from serving import serve_http, stop
+
+    config = write_config(tmp_path)
+    env = dict(cli_env(tmp_path), ALMA_MCP_TOKEN="short")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run(
+            [sys.executable, "-m", "alma_mcp", "serve", "--http", "--port", str(port), "--config", str(config)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )
+    assert busy.returncode == 3, busy.stderr
+    assert busy.stderr.count("is 5 characters long") == 1, busy.stderr
+    assert "serving streamable HTTP" not in busy.stderr and "address already in use" in busy.stderr, busy.stderr
+    assert "Traceback" not in busy.stderr, busy.stderr
+
+    proc, url = serve_http(config, "short")
+    stop(proc)
+    assert proc.stderr is not None
+    log = proc.stderr.read().decode()
+    assert log.count("is 5 characters long") == 1, log
+    assert log.count(f"serving streamable HTTP on {url}") == 1, log

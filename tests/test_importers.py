@@ -224,3 +224,15 @@ def test_a_folder_without_claude_code_memory_files_is_refused(alma, tmp_path):
     (tmp_path / "README.md").write_text("- not a memory file\n", encoding="utf-8")
     with pytest.raises(InvalidInput, match="holds none of CLAUDE.md"):
         alma.import_from("claude-code", tmp_path, "dev")
+
+
+@pytest.mark.parametrize("fmt", ["claude-md", "memory-dir", "jsonl", "mcp-memory"])
+def test_every_export_is_a_text_file_ending_with_a_newline(fast_alma, tmp_path, fmt):
+    out = tmp_path / "out"
+    empty = fast_alma.export_to(fmt, "dev", out)
+    written = Path(empty.path).read_text(encoding="utf-8")
+    assert written == "" or written.endswith("\n"), repr(written[-40:])
+    fast_alma.add_knowledge("dev", "ops", "The billing service listens on port 8001")
+    fast_alma.add_heuristic("dev", "a migration fails on a locked table", "retry it outside business hours")
+    full = Path(fast_alma.export_to(fmt, "dev", out).path).read_text(encoding="utf-8")
+    assert full.endswith("\n") and not full.endswith("\n\n"), repr(full[-40:])

@@ -201,11 +201,20 @@ def _serve_http(args: argparse.Namespace, config: Any) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     token = os.environ.get(settings.token_env) or None
-    check_token(settings, host, token, allow_no_auth=args.no_auth)  # before the server opens (and creates) the store
+    tokens = check_token(settings, host, token, allow_no_auth=args.no_auth)  # before the server opens (and creates) the store
     mcp = create_server(config)
-    app = build_http_app(mcp, settings, host, port, token, allow_no_auth=args.no_auth)
-    log.info("serving streamable HTTP on http://%s:%d%s", host, port, settings.path)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    app = build_http_app(mcp, settings, host, port, token, allow_no_auth=args.no_auth, tokens=tokens)
+    url = f"http://{host}:{port}{settings.path}"
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            # Says it serves once the app has started and the port is bound: a port in use ends
+            # the startup first (uvicorn logs why and exits 3).
+            await super().startup(sockets)
+            if self.started:
+                log.info("serving streamable HTTP on %s", url)
+
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
     anyio.run(server.serve)
     return 0
 
@@ -357,6 +366,21 @@ class _Help(argparse.RawDescriptionHelpFormatter):
     pass
 
 
+def port_number(lowest: int = 1) -> Callable[[str], int]:
+    """An argparse type: a TCP port from `lowest` (0 where the system may pick one) to 65535."""
+
+    def parse(text: str) -> int:
+        try:
+            port = int(text)
+        except ValueError:
+            port = -1
+        if not lowest <= port <= 65535:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a port number: use {lowest}-65535")
+        return port
+
+    return parse
+
+
 def _common_options(suppress: bool) -> argparse.ArgumentParser:
     """The options every command takes, before or after its name. Under a command they default to
     SUPPRESS so that a value given before the command is not reset by the command's parser."""
@@ -422,7 +446,7 @@ ALMA_MCP_TOKEN=$(openssl rand -hex 32) alma-mcp serve --http --port 8765
     )
     serve.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
     serve.add_argument("--host", help="HTTP host (default from config: 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="HTTP port (default from config: 8765)")
+    serve.add_argument("--port", type=port_number(), help="HTTP port, 1-65535 (default from config: 8765)")
     serve.add_argument("--no-auth", action="store_true", help="allow HTTP without a token (loopback only)")
 
     init = command(
@@ -520,7 +544,7 @@ alma-mcp search "Fix the checkout bug" --agent victor --user ana --json
 
     from .ui.commands import add_review_commands  # ui, import-from, export-to
 
-    add_review_commands(sub, _service)
+    add_review_commands(command, _service, port_number)
     return parser
 
 

@@ -272,10 +272,19 @@ def check_token(settings: HttpSettings, host: str, token: str | None, allow_no_a
 
 
 def build_http_app(
-    mcp: AlmaServer, settings: HttpSettings, host: str, port: int, token: str | None, allow_no_auth: bool = False
+    mcp: AlmaServer,
+    settings: HttpSettings,
+    host: str,
+    port: int,
+    token: str | None,
+    allow_no_auth: bool = False,
+    tokens: list[BoundToken] | None = None,
 ) -> Any:
-    """The ASGI app for `alma-mcp serve --http` (see `check_token` for what it refuses)."""
-    tokens = check_token(settings, host, token, allow_no_auth)
+    """The ASGI app for `alma-mcp serve --http` (see `check_token` for what it refuses). `tokens`:
+    what `check_token` answered a caller that asked it first with the same arguments (it is then
+    not asked again, and its warnings are not repeated)."""
+    if tokens is None:
+        tokens = check_token(settings, host, token, allow_no_auth)
     if not tokens:
         log.warning("serving HTTP on %s without a token (--no-auth): any local process can use it", host)
     security = transport_security(settings, host, port)

@@ -12,7 +12,13 @@ from typing import Any, Callable
 DEFAULT_PORT = 8766
 
 
-def add_review_commands(sub: Any, service: Callable[[argparse.Namespace], Any]) -> None:
+def add_review_commands(
+    command: Callable[..., argparse.ArgumentParser],
+    service: Callable[[argparse.Namespace], Any],
+    port_number: Callable[[int], Callable[[str], int]],
+) -> None:
+    """Add the commands with the CLI's `command(name, func, summary, examples, more)`, which gives
+    each the options every command takes (--config, -v, --log-level) and a help with examples."""
     from ...interop.exporters import DEFAULT_MAX_CHARS, EXPORT_FORMATS
     from ...interop.importers import IMPORT_FORMATS
 
@@ -48,26 +54,47 @@ def add_review_commands(sub: Any, service: Callable[[argparse.Namespace], Any]) 
         print(service(args).export_to(args.format, args.agent, Path(args.out), args.max_chars).model_dump_json(indent=2))
         return 0
 
-    ui = sub.add_parser("ui", help="open the review page: browse, search, correct and trace memories (loopback)")
+    ui = command(
+        "ui", cmd_ui, "open the review page: browse, search, correct and trace memories (loopback)",
+        """
+alma-mcp ui
+alma-mcp ui --config .alma/config.yaml --port 0 --open
+""",
+        "Prints the address to open, with the key API calls need. Ctrl-C stops it.",
+    )
     ui.add_argument("--host", default="127.0.0.1", help="loopback address to bind (another host needs the serve --http token)")
-    ui.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
+    ui.add_argument("--port", type=port_number(0), default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     ui.add_argument("--open", action="store_true", help="also open the page in the default browser")
-    ui.set_defaults(func=cmd_ui)
 
-    load = sub.add_parser("import-from", help="import memory from other tools (idempotent; see --help for formats)")
+    load = command(
+        "import-from", cmd_import_from, "import memory kept by other tools (idempotent: importing twice adds nothing)",
+        """
+alma-mcp import-from claude-code ./CLAUDE.md --agent helena
+alma-mcp import-from memory-dir ./memories --agent helena
+alma-mcp import-from mcp-memory ./memory.jsonl --agent victor --config .alma/config.yaml
+alma-mcp import-from jsonl ./notes.jsonl --agent helena --user sam
+""",
+        "Bad lines are reported by number on stderr and the good ones imported; the exit code is then 1.",
+    )
     load.add_argument("format", choices=IMPORT_FORMATS, help=(
         "claude-code: a CLAUDE.md or a folder holding CLAUDE.md / an auto-memory MEMORY.md and topic files; "
         "memory-dir: a folder written by Anthropic's memory tool; mcp-memory: the MCP memory server's JSONL; "
         "jsonl: one text (or {\"text\": ...}) per line"))
-    load.add_argument("path")
+    load.add_argument("path", help="the file or folder to read")
     load.add_argument("--agent", required=True, help="the agent the memories are for")
     load.add_argument("--user", default="default", help="the user id of imported preferences (default: default)")
-    load.set_defaults(func=cmd_import_from)
 
-    dump = sub.add_parser("export-to", help="write an agent's memory in another tool's form (CLAUDE.md digest, ...)")
+    dump = command(
+        "export-to", cmd_export_to, "write an agent's memory in another tool's form (CLAUDE.md digest, ...)",
+        """
+alma-mcp export-to claude-md ./CLAUDE.md --agent helena --max-chars 4000
+alma-mcp export-to memory-dir ./memories --agent helena
+alma-mcp export-to jsonl ./victor.jsonl --agent victor --config .alma/config.yaml
+""",
+        "The file is replaced only once it is complete.",
+    )
     dump.add_argument("format", choices=EXPORT_FORMATS)
     dump.add_argument("out", help="the file to write (for memory-dir: the folder)")
-    dump.add_argument("--agent", required=True)
+    dump.add_argument("--agent", required=True, help="the agent whose memory is written")
     dump.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
                       help=f"claude-md / memory-dir: the digest's size limit (default {DEFAULT_MAX_CHARS}); the most valuable memories go first")
-    dump.set_defaults(func=cmd_export_to)
