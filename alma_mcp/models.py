@@ -63,7 +63,7 @@ def utcnow() -> datetime:
 def _check_name(value: str) -> str:
     if not _NAME_RE.fullmatch(value):  # `$` alone lets a trailing newline through
         raise ValueError(
-            f"{value!r} is not a valid name: use 1-48 letters, digits, '-' or '_', "
+            f"{shown(value)} is not a valid name: use 1-48 letters, digits, '-' or '_', "
             "starting with a letter or digit (no spaces, dots or slashes)"
         )
     return value
@@ -72,7 +72,7 @@ def _check_name(value: str) -> str:
 def _check_user(value: str) -> str:
     if not _USER_RE.fullmatch(value):  # `$` alone lets a trailing newline through
         raise ValueError(
-            f"{value!r} is not a valid user id: use 1-128 letters, digits or . _ @ + -, "
+            f"{shown(value)} is not a valid user id: use 1-128 letters, digits or . _ @ + -, "
             "starting with a letter or digit"
         )
     return value
@@ -81,7 +81,7 @@ def _check_user(value: str) -> str:
 def _check_category(value: str) -> str:
     if not _CATEGORY_RE.fullmatch(value):  # `$` alone lets a trailing newline through
         raise ValueError(
-            f"{value!r} is not a valid category: use 1-64 letters, digits, spaces or _ . / : -, "
+            f"{shown(value)} is not a valid category: use 1-64 letters, digits, spaces or _ . / : -, "
             "starting with a letter or digit and not ending with a space"
         )
     return value
@@ -103,8 +103,25 @@ def _check_text(value: str) -> str:
 
 def _check_memory_id(value: str) -> str:
     if not _MEMORY_ID_RE.fullmatch(value):  # `$` alone lets a trailing newline through
-        raise ValueError(f"{value!r} is not a memory id (ids look like 'heuristic-<32 hex digits>')")
+        raise ValueError(f"{shown(value)} is not a memory id (ids look like 'heuristic-<32 hex digits>')")
     return value
+
+
+def shown(value: str, limit: int = 60) -> str:
+    """`value` quoted for an error message, cut to about `limit` characters: an error about a
+    100,000-character argument need not send it back."""
+    quoted = repr(value)
+    return quoted if len(quoted) <= limit else quoted[: limit - 4] + "...'"
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` on one line, cut on a word to at most `limit` characters (an ellipsis marks the cut)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    space = head.rfind(" ")
+    return (head[:space] if space >= limit // 2 else head).rstrip(" ,;:.-") + "\u2026"
 
 
 _MEMORY_REF_RE = re.compile(rf"^(?:{MEMORY_ID_PATTERN}|{HANDLE_PATTERN})$")
@@ -113,7 +130,7 @@ _MEMORY_REF_RE = re.compile(rf"^(?:{MEMORY_ID_PATTERN}|{HANDLE_PATTERN})$")
 def _check_memory_ref(value: str) -> str:
     if not _MEMORY_REF_RE.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a memory id or handle (ids look like 'heuristic-<32 hex digits>'; a handle is the "
+            f"{shown(value)} is not a memory id or handle (ids look like 'heuristic-<32 hex digits>'; a handle is the "
             f"first {HANDLE_DIGITS} or more of those digits, as the prompt shows it)"
         )
     return value
@@ -209,7 +226,7 @@ class MemoryBase(BaseModel):
 
     def title(self) -> str:
         """One line that says what this memory is, for listings."""
-        return self.text()[:120]
+        return _cut(self.text(), 120)
 
 
 class Heuristic(MemoryBase):
@@ -230,7 +247,8 @@ class Heuristic(MemoryBase):
         return f"{self.condition}\n{self.strategy}"
 
     def title(self) -> str:
-        return f"When {self.condition[:60]}: {self.strategy[:60]}"
+        condition = re.sub(r"^when\s+", "", self.condition.strip(), flags=re.IGNORECASE)
+        return f"When {_cut(condition, 60)}: {_cut(self.strategy, 60)}"
 
 
 class AntiPattern(MemoryBase):
@@ -252,7 +270,7 @@ class AntiPattern(MemoryBase):
         return f"{self.pattern}\n{self.why_bad}"
 
     def title(self) -> str:
-        return f"Avoid: {self.pattern[:100]}"
+        return f"Avoid: {_cut(self.pattern, 100)}"
 
 
 class DomainKnowledge(MemoryBase):
@@ -300,7 +318,7 @@ class Outcome(MemoryBase):
         return f"{self.task}\n{self.strategy_used}"
 
     def title(self) -> str:
-        return f"[{self.outcome}] {self.task[:60]} via {self.strategy_used[:50]}"
+        return f"[{self.outcome}] {_cut(self.task, 60)} via {_cut(self.strategy_used, 50)}"
 
 
 AnyMemory = Union[Heuristic, AntiPattern, DomainKnowledge, UserPreference, Outcome]

@@ -74,7 +74,10 @@ def test_merge_folds_one_lesson_into_another_and_archives_it(alma):
     assert entry.memory_id == b.id and entry.details == {"survivor": a.id}
     with pytest.raises(InvalidInput, match="restore an archived memory"):
         alma.merge(a.id, b.id)
-    alma.restore([b.id])
+    restored = alma.restore([b.id])
+    # A merge is not undone: the restore says the survivor still counts the restored one's evidence.
+    assert restored.message == f"restored 1 memory; {b.id} had been merged into {a.id}, which still counts its evidence too"
+    assert alma.get(a.id).memory.helpful == 1
     k = alma.add_knowledge("helena", "forms", "the signup form has five fields")
     with pytest.raises(InvalidInput, match="cannot be merged"):
         alma.merge(a.id, k.id)
@@ -112,3 +115,12 @@ def test_learning_recognises_its_own_wording():
     assert not written_by_learning("retrying without backoff", "pattern")
     assert written_by_learning("failed 3 of 4 times on similar tasks: timeout", "why_bad")
     assert not written_by_learning("it hides the real error", "why_bad")
+
+
+def test_titles_cut_on_a_word_and_say_when_once():
+    from alma_mcp.models import Heuristic, shown
+
+    h = Heuristic(id="heuristic-" + "0" * 32, project="p", agent="a", condition="When testing the signup form of the new onboarding flow for mobile users",
+                  strategy="Fill every required field first, then submit and check the inline errors one by one")
+    assert h.title() == "When testing the signup form of the new onboarding flow for\u2026: Fill every required field first, then submit and check the\u2026"
+    assert shown("x" * 100_000).endswith("...'") and len(shown("x" * 100_000)) == 60

@@ -60,11 +60,40 @@ def test_writes_must_be_json(client, alma):
     assert alma.get(h.id).memory.harmful == 0
 
 
-def test_a_token_is_required_off_loopback():
-    with pytest.raises(ConfigError, match="without a token"):
+def test_a_long_key_is_required_off_loopback():
+    with pytest.raises(ConfigError, match="without a key: set ALMA_UI_KEY"):
         launch_key(None, "0.0.0.0")
-    assert launch_key("configured-token", "0.0.0.0") == "configured-token"
+    with pytest.raises(ConfigError, match="ALMA_UI_KEY is 1 characters long; use at least 32"):
+        launch_key("a", "0.0.0.0")
+    assert launch_key("k" * 32, "0.0.0.0") == "k" * 32
     assert launch_key(None, "127.0.0.1") != launch_key(None, "127.0.0.1")  # a fresh secret per launch
+
+
+def test_the_hosts_the_page_answers_to(alma):
+    """Loopback and the bound address with the port, a bare name on port 80 (as browsers send it),
+    and alma.http.allowed_hosts (name:* for any port) with alma.http.allowed_origins."""
+    from alma_mcp.frontends.ui.app import Guard, _host_names
+
+    assert _host_names("127.0.0.1", 80, []) >= {"127.0.0.1:80", "127.0.0.1", "localhost"}
+    assert "localhost" not in _host_names("127.0.0.1", 8766, [])
+    assert {"review.lan:8766", "box:9"} <= _host_names("0.0.0.0", 8766, ["review.lan:*", "box:9"])
+    guard = Guard(lambda *a: None, "0.0.0.0", 8766, ["review.lan:*"], ["https://review.example"])
+    assert "http://review.lan:8766" in guard.origins and "https://review.example" in guard.origins
+
+
+def test_bad_filters_are_refused_in_words(client, alma):
+    for query, words in [
+        ("/api/memories?agent=dev&limit=-1", "limit is '-1': use a whole number from 1 to 5000"),
+        ("/api/memories?agent=dev&limit=0", "limit is '0'"),
+        ("/api/audit?limit=abc", "limit is 'abc': use a whole number from 1 to 10000"),
+        ("/api/audit?action=bogus", "action is 'bogus': use one of archive, purge, merge"),
+    ]:
+        answer = client.get(query)
+        assert answer.status_code == 400 and words in answer.json()["error"], (query, answer.text)
+    search = client.post("/api/search", json={"task": "x", "agent": "dev", "top_k": "abc"})
+    assert search.status_code == 400 and "top_k is 'abc'" in search.json()["error"]
+    huge = client.get("/api/memory/" + "x" * 60_000)
+    assert huge.status_code == 400 and len(huge.text) < 400, huge.text[:200]
 
 
 def test_corrections_go_through_the_service_and_are_audited(client, alma):
@@ -119,11 +148,27 @@ def test_learning_view_counts_lessons_and_success_by_task_type(alma):
     assert [p["source"] for p in page["confidence"]][:3] == ["evidence after 1 outcome", "evidence after 2 outcomes", "evidence after 3 outcomes"]
 
 
-def test_cli_ui_refuses_a_non_loopback_host_without_a_token(tmp_path, capsys, monkeypatch):
+def test_cli_ui_refuses_a_non_loopback_host_without_its_own_key(tmp_path, capsys, monkeypatch):
+    """The serve --http token (which acts as every agent) is never the page's key."""
     from alma_mcp.frontends.cli import main
 
-    monkeypatch.delenv("ALMA_MCP_TOKEN", raising=False)
+    monkeypatch.delenv("ALMA_UI_KEY", raising=False)
+    monkeypatch.setenv("ALMA_MCP_TOKEN", "t" * 40)
+
+    def served(*args, **kwargs):
+        raise AssertionError("the page was served off loopback with the serve --http token as its key")
+
+    monkeypatch.setattr("alma_mcp.frontends.ui.app.serve", served)
     config = tmp_path / "config.yaml"
     config.write_text(f"alma:\n  project_id: cli\n  data_dir: {tmp_path / 'data'}\n", encoding="utf-8")
     assert main(["--config", str(config), "ui", "--host", "0.0.0.0", "--port", "0"]) == 2
-    assert "refusing to serve the review page on non-loopback host '0.0.0.0' without a token" in capsys.readouterr().err
+    assert "refusing to serve the review page on non-loopback host '0.0.0.0' without a key" in capsys.readouterr().err
+
+
+def test_open_hands_the_browser_a_private_redirect_not_the_key(tmp_path):
+    from alma_mcp.frontends.ui.commands import redirect_page
+
+    url = "http://127.0.0.1:8766/#key=" + "s" * 43
+    page = redirect_page(tmp_path / "data", url)
+    assert page.stat().st_mode & 0o777 == 0o600
+    assert f'content="0;url={url}"' in page.read_text() and "#key=" not in page.as_uri()

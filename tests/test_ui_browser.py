@@ -162,12 +162,26 @@ def test_review_page_in_headless_chromium(tmp_path):
             page.locator('#fields td[data-field="strategy"]', has_text="check every field's inline error").wait_for()
             assert page.locator("#status").inner_text() == "saved"
 
-            # Mark it wrong, with a reason.
+            # Mark it wrong, with a reason: the page asks first, and a "no" changes nothing.
+            asked: list[str] = []
+
+            def answer(yes: bool) -> None:
+                page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept() if yes else dialog.dismiss()))
+
             page.fill("#wrong-reason", "only true for the old signup form")
+            answer(False)
+            page.click("#wrong-save")
+            assert asked and "Mark this memory wrong?" in asked[-1]
+            assert page.locator('#fields td[data-field="harmful"]').inner_text() == "0"
+            answer(True)
             page.click("#wrong-save")
             page.locator('#fields td[data-field="harmful"]', has_text="1").wait_for()
 
-            # Archive, then restore.
+            # Archive (asked first, declined once), then restore.
+            answer(False)
+            page.click("#archive")
+            assert "Archive this memory?" in asked[-1] and page.locator("#restore").count() == 0
+            answer(True)
             page.click("#archive")
             page.locator("#restore").wait_for()
             assert page.locator("#memory-title .tag.archived").count() == 1

@@ -294,6 +294,7 @@ class Lifecycle:
         self.audit.append(
             [entry_for(m, "restore", call, f"restored (was: {m.archived_reason or 'purged'})") for m in back]
         )
+        reasons = [m.archived_reason or "" for m in back]
         for memory in back:
             memory.archived = False
             memory.archived_reason = None
@@ -301,9 +302,13 @@ class Lifecycle:
             if memory.last_used_at is None:
                 memory.last_used_at = now
         self.store.update_metadata(back)
-        return RestoreResult(
-            count=len(back), restored=[ref(m) for m in back], message=f"restored {len(back)} memories"
-        )
+        message = f"restored {len(back)} memor{'y' if len(back) == 1 else 'ies'}"
+        merged = [(m.id, reason.split(":", 1)[0].removeprefix("merged into ")) for m, reason in zip(back, reasons)
+                  if reason.startswith("merged into ")]
+        for memory_id, survivor in merged:
+            # A merge is not undone: the survivor keeps the counts it took from this memory.
+            message += f"; {memory_id} had been merged into {survivor}, which still counts its evidence too"
+        return RestoreResult(count=len(back), restored=[ref(m) for m in back], message=message)
 
     # -- merging -------------------------------------------------------------------------
     def merge_on_write(self, memory: _M, vector: np.ndarray, call: str) -> _M | None:

@@ -1,8 +1,10 @@
 """The review page's web app: static files and a small JSON API over `ALMA`.
 
-Who may use it: the page binds to loopback, and every API call must carry a key (the
-`serve --http` token when one is set, else a secret made at each launch and handed to the
-browser in the URL's fragment, which browsers never send to a server or put in a Referer).
+Who may use it: the page binds to loopback, and every API call must carry a key (`ALMA_UI_KEY`
+when it is set, which another host than loopback requires, else a secret made at each launch),
+handed to the browser in the URL's fragment, which browsers never send to a server or put in a
+Referer. The `serve --http` tokens are never the key: one of them acts as every agent, and the
+page's address is printed and may be opened by a browser.
 Every request's Host must name this server and any Origin must be this page's own, so a web
 page elsewhere can neither read the API through DNS rebinding nor post to it (CSRF): a
 cross-site request cannot set the key header, and one that could is refused by its Origin.
@@ -19,7 +21,7 @@ import socket
 import secrets
 from pathlib import Path
 from urllib.parse import quote
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence, get_args
 
 import anyio
 from starlette.applications import Starlette
@@ -30,7 +32,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...errors import AlmaError, ConfigError, InvalidInput, NotFound
-from ..http import LOOPBACK_NAMES, is_loopback
+from ...storage.audit import AuditAction
+from ..http import LOOPBACK_NAMES, MIN_TOKEN_CHARS, is_loopback
 from . import views
 
 if TYPE_CHECKING:
@@ -47,26 +50,47 @@ CSP = (
 )
 
 
-def launch_key(token: str | None, host: str) -> str:
-    """The key API calls must carry: the configured token, else a fresh secret (loopback only)."""
-    if token:
-        return token
+KEY_ENV = "ALMA_UI_KEY"
+"""The environment variable of a fixed key for the page (needed to serve it off loopback)."""
+
+
+def launch_key(key: str | None, host: str) -> str:
+    """The key API calls must carry: `key` (ALMA_UI_KEY) when set, else a fresh secret (loopback
+    only). Off loopback the key must be at least MIN_TOKEN_CHARS long, as a `serve --http` token."""
     if not is_loopback(host):
-        raise ConfigError(
-            f"refusing to serve the review page on non-loopback host {host!r} without a token: "
-            "set the serve --http token variable (alma.http.token_env) to a long random secret"
-        )
-    return secrets.token_urlsafe(32)
+        if not key:
+            raise ConfigError(
+                f"refusing to serve the review page on non-loopback host {host!r} without a key: "
+                f"set {KEY_ENV} to a long random secret (python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        if len(key) < MIN_TOKEN_CHARS:
+            raise ConfigError(
+                f"refusing to serve the review page on non-loopback host {host!r}: {KEY_ENV} is {len(key)} "
+                f"characters long; use at least {MIN_TOKEN_CHARS} random ones"
+            )
+    return key or secrets.token_urlsafe(32)
+
+
+def _host_names(host: str, port: int, allowed: Sequence[str]) -> set[str]:
+    """The Host headers the page answers to: the loopback names and the bound host with the port
+    (and without it on port 80, as browsers send it), and alma.http.allowed_hosts (`name:*` for
+    any port)."""
+    names = set(LOOPBACK_NAMES) | {host}
+    hosts = {f"{n}:{port}" for n in names} | {f"[{n}]:{port}" for n in names if ":" in n and not n.startswith("[")}
+    if port == 80:
+        hosts |= {h.rsplit(":", 1)[0] for h in hosts}
+    return hosts | {h.replace(":*", f":{port}") for h in allowed}
 
 
 class Guard:
     """Host and Origin checks on every request, security headers on every response."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    def __init__(
+        self, app: ASGIApp, host: str, port: int, allowed_hosts: Sequence[str] = (), allowed_origins: Sequence[str] = ()
+    ) -> None:
         self.app = app
-        names = set(LOOPBACK_NAMES) | {host}
-        self.hosts = {f"{n}:{port}" for n in names} | {f"[{n}]:{port}" for n in names if ":" in n and not n.startswith("[")}
-        self.origins = {f"http://{h}" for h in self.hosts}
+        self.hosts = _host_names(host, port, allowed_hosts)
+        self.origins = {f"http://{h}" for h in self.hosts} | set(allowed_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,6 +122,20 @@ class Guard:
 
 async def _refuse(status: int, error: str, scope: Scope, receive: Receive, send: Send) -> None:
     await JSONResponse({"error": error}, status_code=status)(scope, receive, send)
+
+
+def _whole(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter within [low, high]; InvalidInput naming it otherwise."""
+    text = request.query_params.get(name) or ""
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidInput(f"{name} is {text[:20]!r}: use a whole number from {low} to {high}")
+    return value
 
 
 def build_app(alma: "ALMA", key: str, host: str, port: int) -> ASGIApp:
@@ -142,8 +180,8 @@ def build_app(alma: "ALMA", key: str, host: str, port: int) -> ASGIApp:
         archived = request.query_params.get("archived") == "1"
         if agent is None:
             raise InvalidInput("agent is missing: say which agent to show")
-        limit = int(request.query_params.get("limit") or 500)
-        return [views.summary(m) for m in alma.list_memories(agent, kind, limit=min(limit, 5000), include_archived=archived)]
+        limit = _whole(request, "limit", 500, 1, 5000)
+        return [views.summary(m) for m in alma.list_memories(agent, kind, limit=limit, include_archived=archived)]
 
     def memory(request: Request) -> Any:
         return views.memory_page(alma, request.path_params["memory_id"])
@@ -155,12 +193,17 @@ def build_app(alma: "ALMA", key: str, host: str, port: int) -> ASGIApp:
         return views.learning(alma, agent)
 
     def audit(request: Request) -> Any:
-        limit = int(request.query_params.get("limit") or 200)
-        entries = alma.audit_log(limit, q(request, "memory_id"), q(request, "action"), q(request, "agent"))
+        limit = _whole(request, "limit", 200, 1, 10000)
+        action = q(request, "action")
+        if action is not None and action not in get_args(AuditAction):
+            raise InvalidInput(f"action is {action[:20]!r}: use one of {', '.join(get_args(AuditAction))}")
+        entries = alma.audit_log(limit, q(request, "memory_id"), action, q(request, "agent"))
         return [e.model_dump(mode="json", exclude={"snapshot"}) for e in entries]
 
     def search(request: Request, body: dict[str, Any]) -> Any:
         top_k = body.get("top_k")
+        if top_k not in (None, "") and not (isinstance(top_k, int) or (isinstance(top_k, str) and top_k.isdigit())):
+            raise InvalidInput(f"top_k is {str(top_k)[:20]!r}: use a whole number from 1 to 50")
         return views.search(alma, str(body.get("task") or ""), str(body.get("agent") or ""),
                             body.get("user_id") or None, body.get("task_type") or None,
                             int(top_k) if top_k not in (None, "") else None)
@@ -204,7 +247,8 @@ def build_app(alma: "ALMA", key: str, host: str, port: int) -> ASGIApp:
         Route("/api/merge", api(merge, write=True), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Guard(Starlette(routes=routes), host, port)
+    http = alma.config.alma.http
+    return Guard(Starlette(routes=routes), host, port, http.allowed_hosts, http.allowed_origins)
 
 
 def serve(alma: "ALMA", host: str, port: int, key: str, announce: Callable[[str], None]) -> None:

@@ -12,6 +12,21 @@ from typing import Any, Callable
 DEFAULT_PORT = 8766
 
 
+def redirect_page(folder: Path, url: str) -> Path:
+    """A page only its owner may read (0600) that sends the browser to `url`: what `ui --open`
+    hands the browser, so that the key is on no command line (other local users can read those)."""
+    import html
+
+    path = Path(folder) / "review-page.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        target = html.escape(url, quote=True)
+        out.write(f'<!doctype html><meta http-equiv="refresh" content="0;url={target}"><a href="{target}">alma-mcp review page</a>\n')
+    return path
+
+
 def add_review_commands(
     command: Callable[..., argparse.ArgumentParser],
     service: Callable[[argparse.Namespace], Any],
@@ -23,10 +38,10 @@ def add_review_commands(
     from ...interop.importers import IMPORT_FORMATS
 
     def cmd_ui(args: argparse.Namespace) -> int:
-        from .app import launch_key, serve
+        from .app import KEY_ENV, launch_key, serve
 
+        key = launch_key(os.environ.get(KEY_ENV) or None, args.host)  # refuses before any work
         alma = service(args)
-        key = launch_key(os.environ.get(alma.config.alma.http.token_env) or None, args.host)  # refuses before any work
         alma.warm_up()
 
         def announce(url: str) -> None:
@@ -34,7 +49,7 @@ def add_review_commands(
             if args.open:
                 import webbrowser
 
-                webbrowser.open(url)
+                webbrowser.open(redirect_page(alma.config.data_dir, url).as_uri())
 
         try:
             serve(alma, args.host, args.port, key, announce)
@@ -62,7 +77,7 @@ alma-mcp ui --config .alma/config.yaml --port 0 --open
 """,
         "Prints the address to open, with the key API calls need. Ctrl-C stops it.",
     )
-    ui.add_argument("--host", default="127.0.0.1", help="loopback address to bind (another host needs the serve --http token)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; another needs ALMA_UI_KEY)")
     ui.add_argument("--port", type=port_number(0), default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     ui.add_argument("--open", action="store_true", help="also open the page in the default browser")
 

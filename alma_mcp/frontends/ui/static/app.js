@@ -199,6 +199,7 @@ async function memoryView(view, id) {
       el("button", { type: "submit", class: "danger", id: "wrong-save" }, "Mark wrong"));
     wrong.addEventListener("submit", e => {
       e.preventDefault();
+      if (!confirm("Mark this memory wrong? Its confidence drops by 0.10 and the harmful count stays on it.")) return;
       done(call(`/api/memory/${encodeURIComponent(id)}/wrong`, { reason: wrong.elements.reason.value }), "marked wrong");
     });
     right.append(el("div", { class: "card" }, wrong));
@@ -207,15 +208,18 @@ async function memoryView(view, id) {
     m.archived ? el("p", { class: "muted" }, m.archived_reason || "") : null,
     m.archived
       ? el("button", { id: "restore", onclick: () => done(call(`/api/memory/${encodeURIComponent(id)}/restore`, {}), "restored") }, "Restore")
-      : el("button", { id: "archive", class: "secondary", onclick: () => done(call(`/api/memory/${encodeURIComponent(id)}/archive`, {}), "archived") }, "Archive"));
+      : el("button", { id: "archive", class: "secondary", onclick: () => {
+          if (confirm("Archive this memory? It leaves retrieval; Restore brings it back.")) done(call(`/api/memory/${encodeURIComponent(id)}/archive`, {}), "archived");
+        } }, "Archive"));
   right.append(life);
   if (!m.archived && m.type !== "outcome") {
     const merge = el("form", { id: "merge-form" }, el("h3", {}, "Merge another memory into this one"),
-      el("p", { class: "muted" }, "Its counters and provenance join this one; this wording stays; the other is archived."),
+      el("p", { class: "muted" }, "Its counters and provenance join this one; this wording stays; the other is archived. A merge cannot be undone."),
       el("label", {}, "the other memory's id", el("input", { name: "other", id: "merge-other", size: 44 })),
       el("button", { type: "submit", id: "merge-save" }, "Merge"));
     merge.addEventListener("submit", e => {
       e.preventDefault();
+      if (!confirm("Merge the other memory into this one? This cannot be undone: restoring the other later leaves its counts here too.")) return;
       done(call("/api/merge", { survivor: id, other: merge.elements.other.value.trim() }), "merged");
     });
     right.append(el("div", { class: "card" }, merge));
@@ -242,7 +246,7 @@ async function searchView(view) {
   view.append(el("h3", {}, "Injected prompt"),
     r.prompt ? el("pre", { class: "prompt", id: "prompt" }, r.prompt) : el("p", { id: "prompt", class: "muted" }, "Nothing is relevant enough to inject for this task."),
     el("h3", {}, "Why"),
-    el("p", { id: "floors" }, `relevance floor ${e.relevance_floor}, floor margin ${e.floor_margin}, lexical floor ${e.lexical_floor}, preference floor ${e.preference_floor}. `,
+    el("p", { id: "floors" }, `relevance floor ${e.relevance_floor}, floor margin ${e.floor_margin}, lexical floor ${e.lexical_floor}, preference floor ${e.preference_floor ?? e.relevance_floor}. `,
       e.answered ? "A memory cleared the floor, so the task is answered." : "No memory cleared the floor."),
     el("table", { id: "candidates" },
       el("thead", {}, el("tr", {}, ["memory", "evidence vs floor", "evidence", "similarity", "coverage", "score", "verdict"].map(h => el("th", {}, h)))),
