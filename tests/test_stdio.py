@@ -177,3 +177,66 @@ def test_a_client_that_sends_its_requests_and_closes_stdin_gets_every_answer(tmp
     assert "prompt" in replies[3]["result"]["structuredContent"]
     assert "still unanswered" not in stderr
     assert time.monotonic() - started < 60
+
+
+def test_a_stop_signal_answers_every_request_already_read_before_the_server_exits(tmp_path):
+    """SIGTERM while writes are being served: the server takes no more input, answers what it has
+    read, and exits 143, without a traceback. A write stored and never answered is one a client
+    retries; here every stored write was answered."""
+    import signal
+
+    config = write_config(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alma_mcp", "--config", str(config)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=server_env(), cwd=tmp_path,
+    )
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    subjects = ["invoices", "the cache", "login", "payments", "the search box", "uploads", "emails", "the cart",
+                "passwords", "the sitemap", "webhooks", "dark mode", "the CSV export", "refunds", "the API keys",
+                "the onboarding tour", "push alerts", "the date picker", "avatars", "the audit trail", "coupons",
+                "shipping rates", "the help widget", "two-factor codes", "the changelog", "tax rules", "the footer",
+                "video captions", "the status page", "gift cards"]
+    facts = {i: f"{subject.capitalize()}: checked by test suite {i * 7} on the night build" for i, subject in enumerate(subjects, 1)}
+    writes = [
+        {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "alma_add_knowledge", "arguments": {
+            "agent": "helena", "domain": "form_testing", "fact": fact}}}
+        for i, fact in facts.items()
+    ]
+    try:
+        proc.stdin.write((json.dumps(init) + "\n" + json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n").encode())
+        proc.stdin.flush()
+        first = proc.stdout.readline()
+        assert b'"serverInfo"' in first, first
+        warm = {"jsonrpc": "2.0", "id": 100, "method": "tools/call", "params": {"name": "alma_add_knowledge", "arguments": {
+            "agent": "helena", "domain": "form_testing", "fact": "The signup form has five fields"}}}
+        proc.stdin.write((json.dumps(warm) + "\n").encode())
+        proc.stdin.flush()
+        assert b'"id":100' in proc.stdout.readline()  # the store and the model are up
+        proc.stdin.write("".join(json.dumps(w) + "\n" for w in writes).encode())
+        proc.stdin.flush()
+        time.sleep(0.3)
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = err.decode()
+    answered = {json.loads(line)["id"] for line in out.decode().splitlines() if line.strip()}
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr and "ERROR" not in stderr, stderr[-3000:]
+    assert took < 10, f"SIGTERM took {took:.1f} s"
+
+    from alma_mcp.config import load_config
+    from alma_mcp.service import ALMA
+
+    alma = ALMA(load_config(str(config)))
+    try:
+        stored = {m.fact for m in alma.memories("knowledge", "helena")}
+    finally:
+        alma.close()
+    stored_ids = {i for i, fact in facts.items() if fact in stored}
+    assert len(stored_ids) == 30, sorted(set(facts) - stored_ids)  # distinct facts: none merged into another
+    assert stored_ids <= answered, f"stored but never answered: {sorted(stored_ids - answered)}"
+    assert answered >= set(range(1, 31)), f"read before the signal and not answered: {sorted(set(range(1, 31)) - answered)}"

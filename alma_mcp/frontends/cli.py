@@ -39,6 +39,10 @@ def load_config(path: str | None) -> Any:
 # After Ctrl-C or SIGTERM, the time a server gets to finish what it is doing before it exits anyway:
 # the SDK reads stdin in a worker thread that no cancellation can interrupt.
 STOP_GRACE_SECONDS = 2.0
+STOP_DRAIN_SECONDS = 10.0
+"""A stdio server serving requests when a stop signal comes ends its input instead (as a client that
+closes stdin does): it answers the requests it has read, then exits; after this long it exits anyway.
+Interrupting them instead would leave writes stored and never answered, which a client then retries."""
 
 
 def _setup_logging(level: str) -> None:
@@ -93,6 +97,7 @@ _opened: list[Any] = []
 
 _stopped_by: int | None = None  # the exit code a stop signal asked for (130 or 143)
 _stop_handlers_installed = threading.Event()
+_end_input: Callable[[], None] | None = None  # a running stdio server's EarlyStdio.end_input
 
 
 def _stop_on_signals() -> None:
@@ -114,13 +119,19 @@ def _stop_on_signals() -> None:
         stopping.set()
         _stopped_by = code
         print(f"alma-mcp: stopping ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
+        end_input = _end_input
+        grace = STOP_DRAIN_SECONDS if end_input is not None else STOP_GRACE_SECONDS
 
         def exit_after_grace() -> None:
-            time.sleep(STOP_GRACE_SECONDS)  # a clean exit before then ends this daemon thread with the process
+            time.sleep(grace)  # a clean exit before then ends this daemon thread with the process
             sys.stderr.flush()
             os._exit(code)
 
         threading.Thread(target=exit_after_grace, name="alma-stop", daemon=True).start()
+        if end_input is not None:
+            # Off this handler: it takes a lock the reader thread holds for a moment.
+            threading.Thread(target=end_input, name="alma-stop-input", daemon=True).start()
+            return
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
@@ -184,9 +195,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     _stop_on_signals()
     if early is not None:
-        early.run(mcp)
-    else:
-        mcp.run("stdio")
+        global _end_input
+        _end_input = early.end_input  # a stop signal now ends the input: what was read is answered
+        try:
+            early.run(mcp)
+        finally:
+            _end_input = None
+        return _stopped_by or 0
+    mcp.run("stdio")
     return 0
 
 

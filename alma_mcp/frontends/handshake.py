@@ -180,6 +180,8 @@ class EarlyStdio:
         self._wire = threading.Lock()  # early answers against the SDK taking over stdout
         self._answerer: Answerer | None = None
         self._sdk_running = False
+        self._input_ended = False  # end_input: no line is passed on after it
+        self._input_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name="alma-handshake", daemon=True)
         self._reader.start()
 
@@ -269,15 +271,26 @@ class EarlyStdio:
 
     def _pass_on(self, line: bytes | None) -> None:
         """Queue a line for the SDK (None: stdin ended) and wake its reader."""
-        if line is not None:
-            self.expect_answer(line)
-        self._lines.put(line)
+        with self._input_lock:
+            if self._input_ended:
+                return  # a stop signal ended the input: what arrives after it is not served
+            if line is not None:
+                self.expect_answer(line)
+            else:
+                self._input_ended = True
+            self._lines.put(line)
         on_line = self._on_line
         if on_line is not None:
             try:
                 on_line()
             except RuntimeError:  # the event loop has closed: nobody reads on
                 pass
+
+    def end_input(self) -> None:
+        """End the SDK's input now, as if stdin had ended (a stop signal): the requests passed on
+        before it are answered first (`drain`), those read after it are not taken; then the server
+        stops as a client that closes stdin stops it."""
+        self._pass_on(None)
 
     def expect_answer(self, line: bytes) -> None:
         """Note a request the SDK will answer (one it can parse: a JSON object with a method and an
