@@ -112,6 +112,14 @@ def test_corrections_go_through_the_service_and_are_audited(client, alma):
     assert [e["action"] for e in page["audit"]] == ["restore", "archive", "feedback", "edit"]
     assert page["confidence"][-1]["source"] == "now"
     assert any(p["source"].startswith("feedback: we never deploy") for p in page["confidence"])
+    # The value a correction started from is a point too: the line drops from it, not from nowhere.
+    sources = [p["source"] for p in page["confidence"]]
+    before = sources.index("before feedback")
+    assert sources[before + 1].startswith("feedback: we never deploy")
+    assert page["confidence"][before]["value"] > page["confidence"][before + 1]["value"]
+    # Lessons archived and restored on one day: the learning view counts both.
+    (today,) = [d for d in client.get("/api/learning", params={"agent": "dev"}).json()["days"] if d["retired"]]
+    assert today["retired"] == 2 and today["restored"] == 1  # other merged in, h archived; h restored
 
 
 def test_errors_say_what_to_fix(client, alma):

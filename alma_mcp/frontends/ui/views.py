@@ -82,7 +82,10 @@ def confidence_series(memory: AnyMemory, outcomes: list[Any], history: list[Any]
         points.append({"at": outcome.created_at.isoformat(), "value": round(wilson_lower_bound(rate, n), 4),
                        "source": f"evidence after {n} outcome{'s' if n > 1 else ''}"})
     for entry in sorted(history, key=lambda e: e.at):
-        after = entry.details.get("confidence_after") if isinstance(entry.details, dict) else None
+        details = entry.details if isinstance(entry.details, dict) else {}
+        before, after = details.get("confidence_before"), details.get("confidence_after")
+        if isinstance(before, (int, float)):  # the value the change started from (after a taught memory's start, say)
+            points.append({"at": entry.at.isoformat(), "value": before, "source": f"before {entry.action}"})
         if isinstance(after, (int, float)):
             points.append({"at": entry.at.isoformat(), "value": after, "source": f"{entry.action}: {entry.reason}"})
     if hasattr(memory, "confidence"):
@@ -91,9 +94,9 @@ def confidence_series(memory: AnyMemory, outcomes: list[Any], history: list[Any]
 
 
 def learning(alma: "ALMA", agent: str) -> dict[str, Any]:
-    """Per day: lessons formed (created) and retired (archived, from the audit log); and the
-    success rate of the agent's recorded outcomes by task type."""
-    days: dict[str, dict[str, int]] = defaultdict(lambda: {"formed": 0, "retired": 0})
+    """Per day: lessons formed (created), retired (archived, merged or purged) and restored, from
+    the audit log; and the success rate of the agent's recorded outcomes by task type."""
+    days: dict[str, dict[str, int]] = defaultdict(lambda: {"formed": 0, "retired": 0, "restored": 0})
     lessons: list[AnyMemory] = []
     for kind in LESSONS:
         lessons += [m for m in alma.list_memories(agent, kind, limit=100000, include_archived=True) if m.agent == agent]
@@ -102,6 +105,8 @@ def learning(alma: "ALMA", agent: str) -> dict[str, Any]:
     for entry in alma.audit_log(limit=10000, agent=agent):
         if entry.memory_type in LESSONS and entry.action in ("archive", "merge", "purge"):
             days[entry.at.date().isoformat()]["retired"] += 1
+        elif entry.memory_type in LESSONS and entry.action == "restore":
+            days[entry.at.date().isoformat()]["restored"] += 1
     outcomes = [
         m
         for m in alma.list_memories(agent, "outcome", limit=100000, include_archived=True)

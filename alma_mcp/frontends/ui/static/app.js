@@ -272,8 +272,9 @@ async function learningView(view) {
   const most = Math.max(1, ...d.days.map(x => Math.max(x.formed, x.retired)));
   view.append(el("h3", {}, "Lessons formed and retired, by day"),
     el("table", { id: "learning-days" },
-      el("thead", {}, el("tr", {}, ["day", "formed", "retired or archived", ""].map(h => el("th", {}, h)))),
+      el("thead", {}, el("tr", {}, ["day", "formed", "retired or archived", "restored", ""].map(h => el("th", {}, h)))),
       el("tbody", {}, d.days.map(x => el("tr", {}, el("td", {}, x.day), el("td", { class: "num" }, x.formed), el("td", { class: "num" }, x.retired),
+        el("td", { class: "num" }, x.restored),
         el("td", { class: "bars" }, el("span", { class: "f", style: { width: `${(x.formed / most * 12).toFixed(2)}rem` } }), el("br", {}),
           el("span", { class: "r", style: { width: `${(x.retired / most * 12).toFixed(2)}rem` } })))))));
   view.append(el("h3", {}, "Success rate of outcomes, by task type"),
