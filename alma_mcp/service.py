@@ -1131,10 +1131,12 @@ class ALMA:
         dry_run: bool = True,
         purge: bool = False,
         users: frozenset[str] | None = None,
+        call: str = "forget",
     ) -> ForgetResult:
         """Take memories out of service. By default they are archived (kept, restorable with
         `restore`); `purge=True` deletes them, keeping a copy in the audit log. Either way every
-        memory concerned is written to the audit log first. `dry_run` (the default) only lists."""
+        memory concerned is written to the audit log first. `dry_run` (the default) only lists.
+        `call` names the caller in the audit log (the review page says so)."""
         if memory_ids is None and older_than_days is None and below_confidence is None:
             # An agent alone is not a criterion: one call without criteria would take out all of its
             # memories. older_than_days=0 says so on purpose.
@@ -1193,7 +1195,7 @@ class ALMA:
             rules = [f"older than {older_than_days:g} days" if older_than_days is not None else "",
                      f"confidence below {below_confidence:g}" if below_confidence is not None else ""]
             reason = "forgotten: " + ", ".join(r for r in rules if r)
-        call = "forget (purge)" if purge else "forget"
+        call = f"{call} (purge)" if purge else call
         with self.write_lock:
             if purge:
                 removed = self._lifecycle.purge(targets, call, reason)

@@ -105,8 +105,9 @@ def test_corrections_go_through_the_service_and_are_audited(client, alma):
     assert client.post("/api/merge", json={"survivor": h.id, "other": other.id}).status_code == 200
     assert client.post(f"/api/memory/{h.id}/archive", json={}).status_code == 200
     assert client.post(f"/api/memory/{h.id}/restore", json={}).status_code == 200
-    actions = [e["action"] for e in client.get("/api/audit", params={"agent": "dev"}).json()]
-    assert actions == ["restore", "archive", "merge", "feedback", "edit"]
+    entries = client.get("/api/audit", params={"agent": "dev"}).json()
+    assert [e["action"] for e in entries] == ["restore", "archive", "merge", "feedback", "edit"]
+    assert entries[1]["call"] == "review page"  # the archive says where it was made
     page = client.get(f"/api/memory/{h.id}").json()
     assert page["memory"]["strategy"] == "deploy before 11:00" and page["memory"]["harmful"] == 1
     assert [e["action"] for e in page["audit"]] == ["restore", "archive", "feedback", "edit"]

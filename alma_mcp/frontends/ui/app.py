@@ -219,7 +219,7 @@ def build_app(alma: "ALMA", key: str, host: str, port: int) -> ASGIApp:
         return views.summary(alma.mark_wrong(request.path_params["memory_id"], str(body.get("reason") or "")))
 
     def archive(request: Request, body: dict[str, Any]) -> Any:
-        return alma.forget(memory_ids=[request.path_params["memory_id"]], dry_run=False).model_dump(mode="json")
+        return alma.forget(memory_ids=[request.path_params["memory_id"]], dry_run=False, call="review page").model_dump(mode="json")
 
     def restore(request: Request, body: dict[str, Any]) -> Any:
         return alma.restore([request.path_params["memory_id"]]).model_dump(mode="json")

@@ -102,6 +102,7 @@ async function browse(view) {
   view.append(el("h2", {}, "Memories"), form,
     el("p", { class: "muted" }, `${agent}: ` + Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(", ")));
   if (!agent) { view.append(el("p", {}, "No agents have memories yet.")); return; }
+  const shown = 500;  // the API's default limit: the newest first
   const rows = await call(`/api/memories?agent=${encodeURIComponent(agent)}&type=${encodeURIComponent(type)}&archived=${archived ? 1 : 0}`);
   if (!rows.length) { view.append(el("p", { id: "empty" }, "No memories of this type.")); return; }
   view.append(el("table", { id: "memories" },
@@ -113,6 +114,7 @@ async function browse(view) {
       el("td", { class: "num" }, fmt(m.confidence)),
       el("td", { class: "num" }, m.helpful), el("td", { class: "num" }, m.harmful),
       el("td", { class: "muted" }, when(m.updated_at)))))));
+  if (rows.length >= shown) view.append(el("p", { class: "muted", id: "more" }, `The ${shown} most recent are shown; search finds the others.`));
 }
 
 function fieldsTable(memory) {
