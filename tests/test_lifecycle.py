@@ -172,6 +172,10 @@ def test_consolidate_dry_run_changes_nothing_then_merges(make_alma):
     assert {e.memory_id for e in alma.audit_log(action="merge")} == {made[0].id, made[1].id}
     # Nothing left to merge: a second run is a no-op.
     assert alma.consolidate("victor", "knowledge", similarity_threshold=0.9, dry_run=False).count == 0
+    # Restoring a merged fact says which memory still counts its evidence, by its id alone.
+    assert alma.restore([made[0].id]).message == (
+        f"restored 1 memory; {made[0].id} had been merged into {made[2].id}, which still counts its evidence too"
+    )
 
 
 def test_consolidate_rejects_bad_requests_and_changes_nothing(alma):

@@ -40,6 +40,7 @@ from ..config import AlmaConfig, LifecycleSettings
 from ..errors import InvalidInput, NotFound
 from ..models import FEEDBACK_SIGNALS, AntiPattern, AnyMemory, DomainKnowledge, Heuristic, Outcome, UserPreference, utcnow
 from ..indexes.follower import SearchIndexes
+from .learner import MERGED_PREFIX
 from .signals import feedback_score, recency, success_rate
 from ..storage.store import PREFERENCES, MemoryStore
 
@@ -303,11 +304,11 @@ class Lifecycle:
                 memory.last_used_at = now
         self.store.update_metadata(back)
         message = f"restored {len(back)} memor{'y' if len(back) == 1 else 'ies'}"
-        merged = [(m.id, reason.split(":", 1)[0].removeprefix("merged into ")) for m, reason in zip(back, reasons)
-                  if reason.startswith("merged into ")]
-        for memory_id, survivor in merged:
-            # A merge is not undone: the survivor keeps the counts it took from this memory.
-            message += f"; {memory_id} had been merged into {survivor}, which still counts its evidence too"
+        for memory, reason in zip(back, reasons):
+            if reason.startswith(MERGED_PREFIX):  # "merged into ID: why", "... ID on write (...)", "... ID by consolidate (...)"
+                survivor = reason.removeprefix(MERGED_PREFIX).split()[0].rstrip(":")
+                # A merge is not undone: the survivor keeps the counts it took from this memory.
+                message += f"; {memory.id} had been merged into {survivor}, which still counts its evidence too"
         return RestoreResult(count=len(back), restored=[ref(m) for m in back], message=message)
 
     # -- merging -------------------------------------------------------------------------
