@@ -114,14 +114,18 @@ def shown(value: str, limit: int = 60) -> str:
     return quoted if len(quoted) <= limit else quoted[: limit - 4] + "...'"
 
 
-def _cut(text: str, limit: int) -> str:
-    """`text` on one line, cut on a word to at most `limit` characters (an ellipsis marks the cut)."""
+def cut(text: str, limit: int) -> str:
+    """`text` on one line (its whitespace collapsed) if it fits in `limit` characters, else its
+    words up to `limit` and an ellipsis (a word longer than a third of the limit is cut inside):
+    a listing's title, a weak mention in the prompt."""
     text = " ".join(text.split())
     if len(text) <= limit:
         return text
     head = text[: limit - 1]
     space = head.rfind(" ")
-    return (head[:space] if space >= limit // 2 else head).rstrip(" ,;:.-") + "\u2026"
+    if space >= limit // 3 * 2:
+        head = head[:space]
+    return head.rstrip(" ,;:.-") + "\u2026"
 
 
 _MEMORY_REF_RE = re.compile(rf"^(?:{MEMORY_ID_PATTERN}|{HANDLE_PATTERN})$")
@@ -226,7 +230,7 @@ class MemoryBase(BaseModel):
 
     def title(self) -> str:
         """One line that says what this memory is, for listings."""
-        return _cut(self.text(), 120)
+        return cut(self.text(), 120)
 
 
 class Heuristic(MemoryBase):
@@ -248,7 +252,7 @@ class Heuristic(MemoryBase):
 
     def title(self) -> str:
         condition = re.sub(r"^when\s+", "", self.condition.strip(), flags=re.IGNORECASE)
-        return f"When {_cut(condition, 60)}: {_cut(self.strategy, 60)}"
+        return f"When {cut(condition, 60)}: {cut(self.strategy, 60)}"
 
 
 class AntiPattern(MemoryBase):
@@ -270,7 +274,7 @@ class AntiPattern(MemoryBase):
         return f"{self.pattern}\n{self.why_bad}"
 
     def title(self) -> str:
-        return f"Avoid: {_cut(self.pattern, 100)}"
+        return f"Avoid: {cut(self.pattern, 100)}"
 
 
 class DomainKnowledge(MemoryBase):
@@ -318,7 +322,7 @@ class Outcome(MemoryBase):
         return f"{self.task}\n{self.strategy_used}"
 
     def title(self) -> str:
-        return f"[{self.outcome}] {_cut(self.task, 60)} via {_cut(self.strategy_used, 50)}"
+        return f"[{self.outcome}] {cut(self.task, 60)} via {cut(self.strategy_used, 50)}"
 
 
 AnyMemory = Union[Heuristic, AntiPattern, DomainKnowledge, UserPreference, Outcome]

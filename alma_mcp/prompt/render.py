@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from ..models import AntiPattern, DomainKnowledge, Heuristic, MemoryType, Outcome, UserPreference
+from ..models import AntiPattern, DomainKnowledge, Heuristic, MemoryType, Outcome, UserPreference, cut
 from .handles import handle_of
 
 if TYPE_CHECKING:
@@ -124,19 +124,7 @@ def mention_text(item: "ScoredMemory") -> str:
             text = m.fact
         case Outcome() as m:
             text = f"tried {m.strategy_used}: {m.outcome} (task: {m.task})"
-    return cut(" ".join(text.split()), MENTION_CHARS)
-
-
-def cut(text: str, limit: int) -> str:
-    """`text` if it fits in `limit` characters, else its words up to `limit` and an ellipsis (a
-    word longer than a third of the limit is cut inside)."""
-    if len(text) <= limit:
-        return text
-    head = text[: limit - 1]
-    space = head.rfind(" ")
-    if space >= limit // 3 * 2:
-        head = head[:space]
-    return head.rstrip(" ,;:.-") + "\u2026"
+    return cut(text, MENTION_CHARS)
 
 
 def render_mentions(items: Sequence["ScoredMemory"]) -> str:
